@@ -1,0 +1,150 @@
+"""The `gemma-oracle` command line: thin; every subcommand calls into the packages."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+# See harness/pytest_plugin.py: single-threaded BLAS is faster for the reference engine's small matmuls.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+def _cmd_fixtures_build(args) -> int:
+    from .fixtures import fixture_path, write_fixture
+    from .presets import PRESETS
+    from .quant_mix import VARIANTS
+
+    names = sorted(PRESETS) if args.all else args.presets
+    if not names:
+        print("name at least one preset (or --all); presets: " + ", ".join(sorted(PRESETS)), file=sys.stderr)
+        return 2
+    unknown = [n for n in names if n not in PRESETS]
+    if unknown:
+        print(f"unknown preset(s) {unknown}; expected some of: {', '.join(sorted(PRESETS))}", file=sys.stderr)
+        return 2
+    variants = list(VARIANTS) if args.variant == ["all"] else args.variant
+    for name in names:
+        for variant in variants:
+            if args.out:
+                out = Path(args.out)
+                out.mkdir(parents=True, exist_ok=True)
+                path = write_fixture(out / f"{name}-{variant}-s{args.seed}.gguf", name, variant, args.seed)
+            else:
+                path = fixture_path(name, variant, args.seed)
+            print(f"{name:18s} {variant:7s} {path.stat().st_size / 1e6:8.2f} MB  {path}")
+    return 0
+
+
+def _cmd_fixtures_presets(args) -> int:
+    from .presets import PRESETS
+
+    for name, p in sorted(PRESETS.items()):
+        print(f"{name:18s} {p.description}")
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    from collections import Counter
+
+    from engine.errors import GemmaOracleError
+    from engine.model_file import load_model
+
+    try:
+        m = load_model(args.path, embed_scale_mode=args.embed_scale)
+    except GemmaOracleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    c = m.config
+    print(f"{m.path}: {c.arch}, {c.n_layers} layers, hidden {c.hidden}, {c.n_heads} heads, vocab {c.vocab_size}")
+    for i in range(c.n_layers):
+        kind = "sliding" if c.layer_is_sliding[i] else "global "
+        extra = []
+        if c.layer_k_eq_v[i]:
+            extra.append("k_eq_v")
+        if not c.owns_kv(i):
+            extra.append(f"KV from layer {c.kv_source[i]}")
+        print(f"  layer {i:2d} {kind} head_dim {c.head_dim(i):4d} kv_heads {c.n_kv_heads[i]} n_ff {c.n_ff[i]:6d} {' '.join(extra)}")
+    print(f"  PLE width {c.ple_width}, softcap {c.final_softcap}, rope_freqs {c.has_rope_freqs}, embed scale {c.embed_scale!r} ({c.embed_scale_mode})")
+    types = Counter(t.type_name for t in m.tensors.values())
+    print("  tensor types: " + ", ".join(f"{k} {v}" for k, v in sorted(types.items())))
+    if m.ignored:
+        print(f"  ignored tensors (not read by the model): {len(m.ignored)}")
+    return 0
+
+
+def _cmd_oracle(args) -> int:
+    """The main job (until the nightly report exists): the synthetic golden oracle suite, summarised."""
+    import time
+
+    import numpy as np
+
+    from .oracle_suite import N_LIST, cases, run_case
+    from .pytest_plugin import resolve_backend
+
+    backend, reason = resolve_backend(args.backend)
+    if backend is None:
+        print(f"error: {reason}", file=sys.stderr)
+        return 2
+    todo = cases(args.presets or None, args.variants or None, tuple(args.n) if args.n else N_LIST)
+    print(f"golden oracle: batched vs single-user decode, backend {backend}, {len(todo)} cases")
+    rows: dict[tuple[str, str], list] = {}
+    t0 = time.time()
+    for i, case in enumerate(todo, 1):
+        result = run_case(case, backend)
+        worst = max(c.nmse for c in result.comparisons)
+        rows.setdefault((case.preset, case.variant), []).append((case.n, result.passed, worst, result))
+        print(f"\r  [{i}/{len(todo)}] {case.id:32s}", end="", file=sys.stderr, flush=True)
+    print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
+    print(f"{'preset':18s} {'variant':8s} {'N passed':>10s} {'worst NMSE':>11s} {'argmax/top5':>12s} verdict")
+    failed = []
+    for (preset, variant), items in rows.items():
+        n_ok = sum(ok for _, ok, _, _ in items)
+        worst = max(w for _, _, w, _ in items)
+        agree = all(c.argmax_agree and c.topk_overlap == c.topk for *_, r in items for c in r.comparisons)
+        print(f"{preset:18s} {variant:8s} {n_ok:>4d}/{len(items):<5d} {worst:11.2e} {'identical' if agree else 'DIFFER':>12s} "
+              f"{'PASS' if n_ok == len(items) else 'FAIL'}")
+        failed += [r for _, ok, _, r in items if not ok]
+    print(f"{sum(len(v) for v in rows.values()) - len(failed)} passed, {len(failed)} failed in {time.time() - t0:.1f} s")
+    for r in failed[:5]:
+        print(r.summary(), file=sys.stderr)
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gemma-oracle", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    fx = sub.add_parser("fixtures", help="synthetic and real model fixtures").add_subparsers(dest="fixtures_command", required=True)
+    b = fx.add_parser("build", help="write synthetic Gemma 4 GGUF fixtures (cached under $GEMMA_ORACLE_CACHE)")
+    b.add_argument("presets", nargs="*", help="preset names (see `gemma-oracle fixtures presets`)")
+    b.add_argument("--all", action="store_true", help="every preset")
+    b.add_argument("--variant", nargs="+", default=["all"], help="f32 q8_0 q4_0 q4_k_m, or all (default)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--out", help="write to this directory instead of the cache")
+    b.set_defaults(func=_cmd_fixtures_build)
+    ps = fx.add_parser("presets", help="list the synthetic presets")
+    ps.set_defaults(func=_cmd_fixtures_presets)
+
+    o = sub.add_parser("oracle", help="run the synthetic golden oracle suite (batched vs single-user) and print a summary")
+    o.add_argument("--backend", choices=("numpy", "cupy", "auto"), default="auto")
+    o.add_argument("--presets", nargs="+", help="default: every preset")
+    o.add_argument("--variants", nargs="+", help="default: f32 q8_0 q4_0 q4_k_m")
+    o.add_argument("--n", nargs="+", type=int, help="batch sizes (default 1 2 3 4 5 6 8 9 16 17)")
+    o.set_defaults(func=_cmd_oracle)
+
+    i = sub.add_parser("inspect", help="load a GGUF through the validating loader and print its config")
+    i.add_argument("path")
+    i.add_argument("--embed-scale", choices=("fp32", "bf16"), default="fp32",
+                   help="embedding scale sqrt(hidden) in fp32 (llama.cpp, default) or bf16-rounded (HF/JAX bf16)")
+    i.set_defaults(func=_cmd_inspect)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""Shared test fixtures. Synthetic GGUFs are cached under $GEMMA_ORACLE_CACHE (default ~/.cache/gemma-oracle)."""
+from __future__ import annotations
+
+import pytest
+
+from harness.fixtures import fixture_path
+from harness.presets import PRESETS
+from harness.quant_mix import VARIANTS
+
+PRESET_NAMES = sorted(PRESETS)
+PRESET_VARIANTS = [(p, v) for p in PRESET_NAMES for v in VARIANTS]
+
+
+@pytest.fixture(scope="session")
+def synthetic_gguf():
+    """Factory: (preset, variant) -> path of the cached fixture file."""
+    return lambda preset, variant="f32": fixture_path(preset, variant)

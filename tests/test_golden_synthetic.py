@@ -1,0 +1,17 @@
+"""The golden oracle on every synthetic preset x quant variant x N: batched decode == single-user decode."""
+from __future__ import annotations
+
+import pytest
+
+from harness.oracle_suite import cases, run_case
+
+pytestmark = pytest.mark.synthetic
+
+CASES = cases()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_batched_equals_single_user(case, oracle_backend):
+    result = run_case(case, oracle_backend)
+    assert result.n == case.n and len(result.comparisons) == case.n * 5  # prefill + 4 decode steps per sequence
+    result.assert_passed()
