@@ -80,3 +80,23 @@ def next_token_logprobs(
     for i, r in enumerate(out["results"]):
         rows[i, r["ids"]] = r["logprobs"]
     return rows
+
+
+def greedy_continuations(
+    model_path: os.PathLike | str, prompts: Sequence[Sequence[int]], n_tokens: int, vocab_size: int, *,
+    top_n: int = 20, ban_ids: Sequence[int] = (), n_ctx: int = 512, timeout: float = 600,
+) -> list[tuple[list[int], np.ndarray]]:
+    """llama.cpp's greedy continuation of each prompt: (tokens, [n_tokens, vocab] log-probs that are
+    -inf outside the top_n llama.cpp reported at each step)."""
+    out = _run(
+        {"model": str(model_path), "generate_from": [list(map(int, p)) for p in prompts], "generate_tokens": n_tokens,
+         "n_probs": top_n, "n_ctx": n_ctx, "ban_ids": list(map(int, ban_ids))},
+        timeout,
+    )
+    result = []
+    for steps in out["generated"]:
+        lp = np.full((len(steps), vocab_size), -np.inf)
+        for t, st in enumerate(steps):
+            lp[t, st["ids"]] = st["logprobs"]
+        result.append(([int(st["id"]) for st in steps], lp))
+    return result

@@ -22,9 +22,11 @@ def main(request_path: str, result_path: str) -> int:
     p.model.path = req["model"]
     p.n_ctx = int(req.get("n_ctx", 512))
     p.n_batch = p.n_ubatch = int(req.get("n_batch", 512))
-    p.cpuparams.n_threads = int(req.get("threads", 2))
-    p.cpuparams_batch.n_threads = int(req.get("threads", 2))
+    p.cpuparams.n_threads = int(req.get("threads", 1))
+    p.cpuparams_batch.n_threads = int(req.get("threads", 1))
     p.n_parallel = 1
+    # One thread: ggml worker threads spin-wait, and under pytest -n 2 two spinning pools on 2 cores
+    # made a 3 s comparison take 40 s.
     if req.get("f32_kv", True):  # F32 KV cache: no fp16 rounding of K/V on store
         p.cache_type_k = xlc.ggml_type.GGML_TYPE_F32
         p.cache_type_v = xlc.ggml_type.GGML_TYPE_F32
@@ -48,8 +50,17 @@ def main(request_path: str, result_path: str) -> int:
             raise RuntimeError(f"llama.cpp returned no logprobs for prompt {prompt}: {r['choices'][0]}")
         content = logprobs["content"][0]["top_logprobs"]
         results.append({"ids": [c["id"] for c in content], "logprobs": [c["logprob"] for c in content]})
+    generated = []
+    for prompt in req.get("generate_from", []):  # greedy continuation with top-n logprobs at each step
+        r = server.handle_completions(
+            {"prompt": prompt, "max_tokens": int(req["generate_tokens"]), "temperature": 0,
+             "n_probs": int(req["n_probs"]), "cache_prompt": False, "ignore_eos": True, "logit_bias": bias}
+        )
+        steps = r["choices"][0]["logprobs"]["content"]
+        generated.append([{"id": st["id"], "ids": [c["id"] for c in st["top_logprobs"]],
+                           "logprobs": [c["logprob"] for c in st["top_logprobs"]]} for st in steps])
     with open(result_path, "w") as fh:
-        json.dump({"loaded": True, "results": results}, fh)
+        json.dump({"loaded": True, "results": results, "generated": generated}, fh)
     return 0
 
 
