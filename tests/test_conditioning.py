@@ -51,7 +51,7 @@ def _all_logits(preset: str, variant: str) -> np.ndarray:
 @pytest.mark.parametrize("preset,variant", CASES, ids=[f"{p}-{v}" for p, v in CASES])
 def test_logits_are_well_conditioned(preset, variant):
     logits = _all_logits(preset, variant)
-    assert logits.shape == (SEQUENCES_USED * (1 + DECODE_STEPS), PRESETS[preset].config(logits.shape[1]).vocab_size)
+    assert logits.shape[0] == SEQUENCES_USED * (1 + DECODE_STEPS)
     bad = screen_nonfinite(logits, logits)
     assert bad is None, f"{preset}-{variant}: {bad}"
 

@@ -1,0 +1,42 @@
+"""Compile options for every CUDA source in kernels/cuda/, in one place.
+
+The same options serve CuPy's NVRTC at run time (`load_module`) and the local `nvcc` in the CPU test
+that reads `ptxas -v` for register use and spills (`nvcc_command`).
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+CUDA_DIR = Path(__file__).with_name("cuda")
+ARCH = "sm_90"
+# No fast-math: kernels must reproduce float32 reference arithmetic exactly (the bitwise WS/GEMM-N
+# contract and the dequantizers' equality with ggml); FMA contraction stays on (nvcc's default), and
+# kernels that need one rounding order spell it with __fmaf_rn.
+COMMON_OPTIONS = ("-std=c++17", f"-I{CUDA_DIR}")
+NVRTC_OPTIONS = COMMON_OPTIONS + (f"--gpu-architecture={ARCH}",)
+NVCC_OPTIONS = COMMON_OPTIONS + (f"-arch={ARCH}", "-Xptxas", "-v", "--cubin")
+
+
+def source_path(name: str) -> Path:
+    return CUDA_DIR / f"{name}.cu"
+
+
+def nvcc_command(name: str, out: Path) -> list[str]:
+    """The local nvcc command that compiles kernels/cuda/<name>.cu with the run-time options."""
+    return ["nvcc", *NVCC_OPTIONS, "-o", str(out), str(source_path(name))]
+
+
+@functools.lru_cache(maxsize=None)
+def _module(name: str, name_expressions: tuple[str, ...], device_id: int):
+    import cupy
+
+    code = source_path(name).read_text()
+    return cupy.RawModule(code=code, options=NVRTC_OPTIONS, name_expressions=name_expressions or None)
+
+
+def load_module(name: str, name_expressions: tuple[str, ...] = ()):
+    """The compiled RawModule of kernels/cuda/<name>.cu for the current device (memoized per device)."""
+    import cupy
+
+    return _module(name, tuple(name_expressions), cupy.cuda.Device().id)

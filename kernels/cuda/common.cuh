@@ -1,0 +1,30 @@
+// Shared helpers for gemma-oracle kernels. No CUDA headers are included (NVRTC compiles these
+// without the toolkit's include path), so fixed-width types and fp16/bf16 conversions are spelled here.
+#pragma once
+
+typedef unsigned char u8;
+typedef signed char i8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef int i32;
+typedef long long i64;
+
+// IEEE fp16 bits -> float (exact), via the hardware conversion instruction.
+__device__ __forceinline__ float f16_to_f32(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+// float -> IEEE fp16 bits, round to nearest even (as numpy's astype(float16) and ggml do).
+__device__ __forceinline__ u16 f32_to_f16(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+// bf16 bits -> float (exact).
+__device__ __forceinline__ float bf16_to_f32(u16 b) { return __uint_as_float(((u32)b) << 16); }
+
+// Little-endian unaligned reads from byte buffers (GGUF blocks are packed, not aligned).
+__device__ __forceinline__ u16 load_u16(const u8* p) { return (u16)p[0] | ((u16)p[1] << 8); }

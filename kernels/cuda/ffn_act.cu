@@ -1,0 +1,74 @@
+// Element-wise FFN activation, the final-logit softcap and a row argmax, float32.
+//
+// Entry points (extern "C", C-contiguous arrays):
+//   gelu_tanh_mul_f32(gate, up, y, n)
+//       y[i] = gelu_tanh(gate[i]) * up[i],
+//       gelu_tanh(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))   (accurate tanhf, no fast-math)
+//   softcap_f32(x, y, n, cap)
+//       y[i] = cap * tanh(x[i] / cap)
+//   argmax_rows_f32(x, out, rows, V)
+//       out[r] = index of the largest x[r, :] (int32). Ties go to the LOWER index. NaN is treated as larger
+//       than every number, so a row holding a NaN returns the index of its FIRST NaN, which is exactly what
+//       np.argmax does. -0.0 and +0.0 are equal (lower index wins). The result is the unique maximum of a
+//       total order on (value, index), so it does not depend on the reduction order or the launch shape.
+//
+// Compile-time constants (#define):
+//   ARGMAX_THREADS  threads per row block of argmax_rows_f32 (1024).
+//
+// gelu_tanh_mul_f32 and softcap_f32 are grid-stride loops: y may alias an input (in-place allowed).
+#include "common.cuh"
+
+#define ARGMAX_THREADS 1024
+#define ARGMAX_WARPS (ARGMAX_THREADS / 32)
+
+extern "C" __global__ void gelu_tanh_mul_f32(const float* gate, const float* up, float* y, i64 n) {
+    const float k0 = 0.7978845608028654f;  // sqrt(2 / pi)
+    const float k1 = 0.044715f;
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        const float x = gate[i];
+        const float g = 0.5f * x * (1.0f + tanhf(k0 * (x + k1 * x * x * x)));
+        y[i] = g * up[i];
+    }
+}
+
+extern "C" __global__ void softcap_f32(const float* x, float* y, i64 n, float cap) {
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+        y[i] = cap * tanhf(x[i] / cap);
+}
+
+// (va, ia) beats (vb, ib): NaN above every number; among equal values (or two NaNs) the lower index.
+__device__ __forceinline__ bool argmax_better(float va, int ia, float vb, int ib) {
+    const bool na = va != va, nb = vb != vb;
+    if (na || nb) return na && (!nb || ia < ib);
+    return va > vb || (va == vb && ia < ib);
+}
+
+extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS)
+argmax_rows_f32(const float* __restrict__ x, int* __restrict__ out, int rows, int V) {
+    __shared__ float sv[ARGMAX_WARPS];
+    __shared__ int si[ARGMAX_WARPS];
+    const int r = blockIdx.x;
+    if (r >= rows) return;
+    const float* xr = x + (i64)r * V;
+    // Sentinel (-inf, INT_MAX): any real element, even -inf, beats it (equal value, lower index).
+    float bv = -__int_as_float(0x7f800000);
+    int bi = 0x7fffffff;
+    for (int i = threadIdx.x; i < V; i += ARGMAX_THREADS) {
+        const float v = xr[i];
+        if (argmax_better(v, i, bv, bi)) { bv = v; bi = i; }
+    }
+#pragma unroll
+    for (int m = 16; m >= 1; m >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, bv, m);
+        const int oi = __shfl_xor_sync(0xffffffffu, bi, m);
+        if (argmax_better(ov, oi, bv, bi)) { bv = ov; bi = oi; }
+    }
+    if ((threadIdx.x & 31) == 0) { sv[threadIdx.x >> 5] = bv; si[threadIdx.x >> 5] = bi; }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        bv = sv[0]; bi = si[0];
+        for (int w = 1; w < ARGMAX_WARPS; ++w)
+            if (argmax_better(sv[w], si[w], bv, bi)) { bv = sv[w]; bi = si[w]; }
+        out[r] = bi;
+    }
+}
