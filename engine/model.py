@@ -91,8 +91,9 @@ class GemmaModel:
         return o.softcap(z, cfg.final_softcap) if cfg.final_softcap else z
 
     # --- the whole step -----------------------------------------------------------------------------
-    def forward(self, rows: Sequence[Row], logits_for: Sequence[int]):
-        """Run `rows` through every layer; return logits [len(logits_for), vocab] for those row indices."""
+    def forward(self, rows: Sequence[Row], logits_for: Sequence[int], trace: list | None = None):
+        """Run `rows` through every layer; return logits [len(logits_for), vocab] for those row indices.
+        `trace`, when given, receives the residual stream [rows, hidden] after each layer (host arrays)."""
         tokens = np.array([r.token for r in rows], dtype=np.int64)
         positions = np.array([r.position for r in rows], dtype=np.int64)
         x = self.embed(tokens)
@@ -103,4 +104,6 @@ class GemmaModel:
             if pli is not None:
                 x = self.ple_inject(lw, x, pli[:, layer])
             x = x * lw.output_scale  # the whole residual stream (spec §2.6)
+            if trace is not None:
+                trace.append(self.ops.to_host(x).copy())
         return self.logits(x[np.asarray(logits_for, dtype=np.int64)])

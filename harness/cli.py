@@ -111,6 +111,37 @@ def _cmd_oracle(args) -> int:
     return 1 if failed else 0
 
 
+def _cmd_bench(args) -> int:
+    from .bench import bench_decode, format_table, read_bandwidth_gb_s, rows_as_dicts
+    from .fixtures import fixture_path
+    from .presets import PRESETS
+    from .pytest_plugin import gpu_available
+
+    if not gpu_available():
+        print("error: the bench times the CuPy engine and needs an NVIDIA GPU (pip install 'gemma-oracle[gpu]')",
+              file=sys.stderr)
+        return 2
+    import cupy as cp
+
+    device = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    bw = read_bandwidth_gb_s()
+    all_rows = []
+    for model in args.model:
+        path = fixture_path(model, args.variant) if model in PRESETS else Path(model)
+        all_rows += bench_decode(path, tuple(args.n), steps=args.steps, warmup=args.warmup, repeats=args.repeats,
+                                 kv_dtype=args.kv_dtype, bandwidth=bw)
+    table = format_table(all_rows, bw, device)
+    print(table)
+    if args.out:
+        import json
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench.md").write_text(table + "\n")
+        (out / "bench.json").write_text(json.dumps({"device": device, "read_gb_s": bw, "rows": rows_as_dicts(all_rows)}, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gemma-oracle", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -132,6 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--variants", nargs="+", help="default: f32 q8_0 q4_0 q4_k_m")
     o.add_argument("--n", nargs="+", type=int, help="batch sizes (default 1 2 3 4 5 6 8 9 16 17)")
     o.set_defaults(func=_cmd_oracle)
+
+    bn = sub.add_parser("bench", help="decode tokens/s of the GPU engine beside the device's read bandwidth")
+    bn.add_argument("--model", nargs="+", default=["g4-12b-mini"], help="synthetic preset names or GGUF paths")
+    bn.add_argument("--variant", default="q4_k_m", help="quant variant for presets (default q4_k_m)")
+    bn.add_argument("--n", nargs="+", type=int, default=[1, 2, 4, 8, 16, 32])
+    bn.add_argument("--steps", type=int, default=32)
+    bn.add_argument("--warmup", type=int, default=4)
+    bn.add_argument("--repeats", type=int, default=3)
+    bn.add_argument("--kv-dtype", choices=("float16", "float32"), default="float16")
+    bn.add_argument("--out", help="directory for bench.md and bench.json")
+    bn.set_defaults(func=_cmd_bench)
 
     i = sub.add_parser("inspect", help="load a GGUF through the validating loader and print its config")
     i.add_argument("path")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from oracles.compare import FLOAT64_POLICY, Policy
+from oracles.compare import FLOAT64_POLICY, Policy, exact
 from oracles.single_vs_batched import GoldenResult, golden_single_vs_batched
 
 from .fixtures import fixture_path
@@ -26,7 +26,11 @@ SEQUENCE_SEED = 1234
 # Policy per engine backend. numpy64 is float64 throughout: batched and single-user differ only by BLAS
 # blocking (~1e-16 relative), i.e. NMSE ~1e-30; 1e-24 leaves six orders of margin and still catches any
 # real wiring difference (one wrong row is NMSE ~1).
-POLICIES: dict[str, Policy] = {"numpy64": FLOAT64_POLICY}
+# The CuPy engine's WS/GEMM-N matvecs are bitwise equal to their N = 1 path and its attention reduces each
+# row over its own sequence only, so batched must equal single-user exactly.
+POLICIES: dict[str, Policy] = {"numpy64": FLOAT64_POLICY, "cupy": exact()}
+# The GPU suite adds N = 32 (GEMM-N, beyond every WS capacity).
+GPU_N_LIST = (1, 2, 3, 4, 5, 8, 9, 16, 17, 32)
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ def cases(presets=None, variants=None, n_list=N_LIST) -> list[SuiteCase]:
     return [SuiteCase(p, v, n) for p in (presets or sorted(PRESETS)) for v in (variants or VARIANTS) for n in n_list]
 
 
-def sequences(vocab_size: int, count: int = max(N_LIST), *, seed: int = SEQUENCE_SEED):
+def sequences(vocab_size: int, count: int = max(GPU_N_LIST), *, seed: int = SEQUENCE_SEED):
     """`count` prompts of different lengths (2..26 tokens: longer than every sliding ring of the mini presets,
     window + prefill chunk - 1 <= 23, so the rings wrap)
     and a forced continuation of DECODE_STEPS tokens each. Tokens avoid the special ids 0..3."""
@@ -57,11 +61,11 @@ def sequences(vocab_size: int, count: int = max(N_LIST), *, seed: int = SEQUENCE
     return prompts, forced
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=2)
 def engine_for(preset: str, variant: str, backend: str):
-    from engine.engine import GemmaEngine
+    from engine.factory import make_engine
 
-    return GemmaEngine(fixture_path(preset, variant), backend, memo_prefill=True)
+    return make_engine(backend, fixture_path(preset, variant), memo_prefill=True)
 
 
 _REFERENCE_MEMO: dict = {}

@@ -36,19 +36,14 @@ def gpu_available() -> bool:
 
 
 def resolve_backend(choice: str) -> tuple[str | None, str | None]:
-    """(engine backend name, skip reason). The CuPy engine backend does not exist yet (GPU engine issue)."""
-    from engine.backends import BACKENDS
-
+    """(engine backend name for engine.factory, skip reason)."""
     if choice == "numpy":
         return "numpy64", None
-    has_cupy_backend = "cupy" in BACKENDS
     if choice == "cupy":
-        if not has_cupy_backend:
-            return None, "--backend cupy: the CuPy engine backend is not built yet; run with --backend numpy"
         if not gpu_available():
             return None, "--backend cupy needs an NVIDIA GPU: run on a GPU machine with pip install 'gemma-oracle[gpu]'"
         return "cupy", None
-    return ("cupy", None) if has_cupy_backend and gpu_available() else ("numpy64", None)
+    return ("cupy", None) if gpu_available() else ("numpy64", None)
 
 
 def pytest_addoption(parser):

@@ -27,11 +27,22 @@ def nvcc_command(name: str, out: Path) -> list[str]:
     return ["nvcc", *NVCC_OPTIONS, "-o", str(out), str(source_path(name))]
 
 
+def _headers_digest() -> str:
+    """Hash of every header in kernels/cuda/: CuPy's on-disk kernel cache keys on the source text only, so
+    the text handed to NVRTC carries this hash, and editing a .cuh never reuses a stale compiled kernel."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for header in sorted(CUDA_DIR.glob("*.cuh")):
+        h.update(header.name.encode() + header.read_bytes())
+    return h.hexdigest()
+
+
 @functools.lru_cache(maxsize=None)
 def _module(name: str, name_expressions: tuple[str, ...], device_id: int):
     import cupy
 
-    code = source_path(name).read_text()
+    code = f"// headers {_headers_digest()}\n" + source_path(name).read_text()
     return cupy.RawModule(code=code, options=NVRTC_OPTIONS, name_expressions=name_expressions or None)
 
 

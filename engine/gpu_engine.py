@@ -1,0 +1,181 @@
+"""CupyEngine: the GPU decode engine (CuPy + the CUDA kernels in kernels/), same protocol as GemmaEngine.
+
+Weights are uploaded once, matrices as their raw GGUF blocks (the matvec kernels decode them on the fly),
+vectors as float32. KV caches live on the device in per-layer pools with one slot per live sequence
+(kernels/kv_cache.py). A step is one pass of rows through the layers: decode = N rows of N sequences,
+prefill = a chunk of rows of one sequence. Every matmul is one launch over all rows (WS for N <= 16,
+GEMM-N above: both bitwise equal to the N = 1 path), attention reduces each row over its own sequence
+only, so a sequence's logits do not depend on what else is in the batch.
+"""
+from __future__ import annotations
+
+import math
+import os
+import weakref
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .model import rope_inv_freq
+from .model_file import ModelFile, load_model
+
+PREFILL_CHUNK = 8  # same as the reference engine: ring capacity = window + chunk - 1
+
+
+@dataclass
+class _Matrix:
+    raw: object  # cupy uint8 [rows, row_bytes]
+    type_name: str
+    n_cols: int
+    rows: int
+
+
+class GpuSequence:
+    def __init__(self, engine: "CupyEngine", slot: int):
+        self.slot, self.length = slot, 0
+        weakref.finalize(self, engine._release, slot)
+
+
+class CupyEngine:
+    def __init__(self, model: ModelFile | os.PathLike | str, *, kv_dtype: str = "float32", max_sequences: int = 80,
+                 max_context: int = 2048, matvec_route: str = "auto", embed_scale_mode: str = "fp32",
+                 prefill_chunk: int = PREFILL_CHUNK):
+        import cupy as cp
+
+        from kernels.kv_cache import alloc_layer_kv
+
+        self.cp = cp
+        self.model_file = model if isinstance(model, ModelFile) else load_model(model, embed_scale_mode=embed_scale_mode)
+        cfg = self.config = self.model_file.config
+        self.name = f"cupy-{kv_dtype}:{self.model_file.path.name}"
+        self.vocab_size = cfg.vocab_size
+        self.route = matvec_route
+        self.prefill_chunk = prefill_chunk
+        self.max_context = min(max_context, cfg.context_length or max_context)
+        mf = self.model_file
+
+        def vec(name):
+            return cp.asarray(mf.dequantize(name).astype(np.float32)) if mf.has(name) else None
+
+        def mat(name):
+            if not mf.has(name):
+                return None
+            t = mf.tensors[name]
+            data = np.ascontiguousarray(np.asarray(t.data))
+            raw = data.view(np.uint8).reshape(t.ne[1], -1)
+            return _Matrix(cp.asarray(raw), t.type_name, t.ne[0], t.ne[1])
+
+        self.w = {name: (mat(name) if len(info.ne) == 2 else vec(name)) for name, info in mf.tensors.items()
+                  if name != "rope_freqs.weight"}
+        self.out_scale = [float(mf.dequantize(f"blk.{i}.layer_output_scale.weight")[0])
+                          if mf.has(f"blk.{i}.layer_output_scale.weight") else 1.0 for i in range(cfg.n_layers)]
+        rope_freqs = mf.dequantize("rope_freqs.weight").astype(np.float64) if mf.has("rope_freqs.weight") else None
+        self.inv_freq = [cp.asarray(rope_inv_freq(cfg, i, rope_freqs).astype(np.float32)) for i in range(cfg.n_layers)]
+        self.pools = {}
+        for i in range(cfg.n_layers):
+            if cfg.owns_kv(i):
+                sliding = cfg.layer_is_sliding[i]
+                cap = min(cfg.sliding_window + prefill_chunk - 1, self.max_context) if sliding else self.max_context
+                self.pools[i] = alloc_layer_kv(max_sequences, cap, cfg.n_kv_heads[i], cfg.head_dim(i), ring=sliding,
+                                               dtype=kv_dtype)
+        self._free = list(range(max_sequences - 1, -1, -1))
+
+    # --- sequences ---------------------------------------------------------------------------------
+    def _release(self, slot: int) -> None:
+        self._free.append(slot)
+
+    def new_sequence(self) -> GpuSequence:
+        if not self._free:
+            raise RuntimeError(f"all {len(self.pools and next(iter(self.pools.values())).pos)} sequence slots are in use")
+        slot = self._free.pop()
+        for pool in self.pools.values():
+            pool.pos[slot] = -1
+        return GpuSequence(self, slot)
+
+    # --- the forward pass ----------------------------------------------------------------------------
+    def _matvec(self, name: str, x):
+        from kernels.matvec import matvec
+
+        m = self.w[name]
+        return matvec(m.raw, m.type_name, m.n_cols, self.cp.ascontiguousarray(x), route=self.route)
+
+    def forward(self, tokens: Sequence[int], positions: Sequence[int], slots: Sequence[int], logits_rows, trace=None):
+        from kernels.attention import decode_attention_layer
+        from kernels.dequant import dequantize_rows
+        from kernels.ffn_act import gelu_tanh_mul, softcap
+        from kernels.kv_cache import kv_write_layer
+        from kernels.norms import add_rms_norm, rms_norm
+        from kernels.rope import rope_neox
+
+        cp, cfg, w = self.cp, self.config, self.w
+        R = len(tokens)
+        tok = cp.asarray(np.asarray(tokens, dtype=np.int32))
+        pos = cp.asarray(np.asarray(positions, dtype=np.int32))
+        seq = cp.asarray(np.asarray(slots, dtype=np.int32))
+        max_pos = int(max(positions))
+        emb = w["token_embd.weight"]
+        x = dequantize_rows(emb.raw, emb.type_name, emb.n_cols, tok) * np.float32(cfg.embed_scale)
+        pli = None
+        if cfg.ple_width:
+            P, L = cfg.ple_width, cfg.n_layers
+            pe = w["per_layer_token_embd.weight"]
+            e = dequantize_rows(pe.raw, pe.type_name, pe.n_cols, tok) * np.float32(math.sqrt(P))
+            c = self._matvec("per_layer_model_proj.weight", x) * np.float32(cfg.hidden**-0.5)
+            c = rms_norm(c.reshape(R * L, P), w["per_layer_proj_norm.weight"], cfg.rms_eps).reshape(R, L, P)
+            pli = (c + e.reshape(R, L, P)) * np.float32(2**-0.5)
+        eps = cfg.rms_eps
+        for i in range(cfg.n_layers):
+            p = f"blk.{i}."
+            d, hq, hkv = cfg.head_dim(i), cfg.n_heads, cfg.n_kv_heads[i]
+            a = rms_norm(x, w[p + "attn_norm.weight"], eps)
+            q = self._matvec(p + "attn_q.weight", a).reshape(R * hq, d)
+            q = rope_neox(rms_norm(q, w[p + "attn_q_norm.weight"], eps).reshape(R, hq, d), pos, self.inv_freq[i])
+            if cfg.owns_kv(i):
+                k_raw = self._matvec(p + "attn_k.weight", a)
+                v_raw = k_raw if cfg.layer_k_eq_v[i] else self._matvec(p + "attn_v.weight", a)
+                k = rope_neox(rms_norm(k_raw.reshape(R * hkv, d), w[p + "attn_k_norm.weight"], eps).reshape(R, hkv, d),
+                              pos, self.inv_freq[i])
+                v = v_raw.reshape(R * hkv, d)
+                v = (rms_norm(v, None, eps) if cfg.v_norm else cp.ascontiguousarray(v)).reshape(R, hkv, d)
+                kv_write_layer(self.pools[i], seq, k, v, pos)
+            window = cfg.sliding_window if cfg.layer_is_sliding[i] else 0
+            o = decode_attention_layer(q, self.pools[cfg.kv_source[i]], seq, pos, window=window, scale=cfg.query_scale,
+                                       max_position=max_pos)
+            attn = self._matvec(p + "attn_output.weight", o.reshape(R, hq * d))
+            x = add_rms_norm(x, attn, w[p + "post_attention_norm.weight"], eps)
+            u = rms_norm(x, w[p + "ffn_norm.weight"], eps)
+            act = gelu_tanh_mul(self._matvec(p + "ffn_gate.weight", u), self._matvec(p + "ffn_up.weight", u))
+            f = self._matvec(p + "ffn_down.weight", act)
+            if pli is None:
+                x = add_rms_norm(x, f, w[p + "post_ffw_norm.weight"], eps, scale=self.out_scale[i])
+            else:
+                x = add_rms_norm(x, f, w[p + "post_ffw_norm.weight"], eps)
+                g = gelu_tanh_mul(self._matvec(p + "inp_gate.weight", x), cp.ascontiguousarray(pli[:, i]))
+                x = add_rms_norm(x, self._matvec(p + "proj.weight", g), w[p + "post_norm.weight"], eps,
+                                 scale=self.out_scale[i])
+            if trace is not None:
+                trace.append(cp.asnumpy(x))
+        y = rms_norm(cp.ascontiguousarray(x[cp.asarray(np.asarray(logits_rows, dtype=np.int64))]),
+                     w["output_norm.weight"], eps)
+        out_name = "token_embd.weight" if cfg.tied_output else "output.weight"
+        z = self._matvec(out_name, y)
+        return softcap(z, cfg.final_softcap) if cfg.final_softcap else z
+
+    # --- the engine protocol -------------------------------------------------------------------------
+    def prefill(self, seq: GpuSequence, tokens: Sequence[int]) -> np.ndarray:
+        assert len(tokens) > 0, "prefill needs at least one token"
+        for start in range(0, len(tokens), self.prefill_chunk):
+            chunk = [int(t) for t in tokens[start : start + self.prefill_chunk]]
+            positions = [seq.length + i for i in range(len(chunk))]
+            logits = self.forward(chunk, positions, [seq.slot] * len(chunk), [len(chunk) - 1])
+            seq.length += len(chunk)
+        return self.cp.asnumpy(logits[0])
+
+    def decode(self, seqs: Sequence[GpuSequence], tokens: Sequence[int]) -> np.ndarray:
+        assert len(seqs) == len(tokens) and len({s.slot for s in seqs}) == len(seqs), "one token per distinct sequence"
+        logits = self.forward([int(t) for t in tokens], [s.length for s in seqs], [s.slot for s in seqs],
+                              list(range(len(seqs))))
+        for s in seqs:
+            s.length += 1
+        return self.cp.asnumpy(logits)

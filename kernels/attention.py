@@ -1,0 +1,150 @@
+"""Launcher of kernels/cuda/attention.cu: batched decode attention over per-sequence KV pools (split-KV).
+
+Arrays (CuPy, C-contiguous):
+    q          [R, Hq, d] float32, one query row per batch row (already normed and rotated)
+    k_cache, v_cache, pos_table: one layer's pools (kernels/kv_cache.py layout); shared-KV layers pass their
+               source layer's pools
+    rows_slot  [R] int32 row -> sequence slot; positions [R] int32 the row's absolute position p
+    out        [R, Hq, d] float32
+Row r attends to the keys of its own sequence at positions j with max(0, p - window + 1) <= j <= p (window 0 =
+global), in position order; head h reads KV head h // (Hq / Hkv); scores are (q . k) * scale (1.0 for Gemma 4,
+1/sqrt(d) for Gemma 3). A row's result depends only on its own sequence's cache and position (attention.cu
+explains why), never on R, the other rows or the launch shape.
+"""
+from __future__ import annotations
+
+import functools
+
+import cupy as cp
+
+from ._compile import load_module
+from .kv_cache import LayerKVPool, check_pool, device_rows
+
+CHUNK = 256          # ATTN_CHUNK: positions per split-KV chunk, aligned to absolute positions
+THREADS = 256        # ATTN_THREADS
+HEADS_PER_BLOCK_CHOICES = (1, 2, 4, 8)  # the _h<H> instantiations of attn_partial (ATTN_MAX_HPB = 8)
+MERGE_THREADS = 128  # MERGE_THREADS
+HEAD_DIMS = (64, 128, 256, 512)
+
+
+def chunks_needed(max_position: int, window: int) -> int:
+    """Split-KV chunks a row at position <= max_position can touch (the workspace's chunk axis)."""
+    n = max_position // CHUNK + 1
+    if window > 0:
+        n = min(n, (window + CHUNK - 2) // CHUNK + 1)
+    return n
+
+
+def workspace_floats(rows: int, n_q_heads: int, head_dim: int, n_chunks: int) -> int:
+    """float32 elements of the workspace: partial sums [R, Hq, n_chunks, d] then (max, sum) [R, Hq, n_chunks, 2]."""
+    return rows * n_q_heads * n_chunks * (head_dim + 2)
+
+
+def heads_per_block(group: int, blocks_per_head: int, sm_count: int) -> int:
+    """Query heads one partial block serves: a divisor of the GQA group size in HEADS_PER_BLOCK_CHOICES.
+
+    The largest such divisor that still gives >= 2 blocks per SM (blocks = blocks_per_head * group / H), else the
+    smallest: small batches spread over more blocks, large ones share K/V loads among more heads. The choice never
+    changes a result (attention.cu: each (head, key) and (head, dim) chain is the same whoever computes it)."""
+    divisors = [h for h in HEADS_PER_BLOCK_CHOICES if group % h == 0]
+    for h in reversed(divisors):
+        if blocks_per_head * (group // h) >= 2 * sm_count:
+            return h
+    return divisors[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_id: int) -> int:
+    return int(cp.cuda.Device(device_id).attributes["MultiProcessorCount"])
+
+
+def launch_geometry(rows: int, n_q_heads: int, n_kv_heads: int, n_chunks: int, sm_count: int):
+    """(partial grid, partial block, heads per block, merge grid, merge block)."""
+    hpb = heads_per_block(n_q_heads // n_kv_heads, n_chunks * rows * n_kv_heads, sm_count)
+    return (n_chunks, rows, n_q_heads // hpb), (THREADS,), hpb, (rows, n_q_heads), (MERGE_THREADS,)
+
+
+def decode_attention(q: cp.ndarray, k_cache: cp.ndarray, v_cache: cp.ndarray, pos_table: cp.ndarray, rows_slot,
+                     positions, *, window: int, ring: bool, scale: float, max_position: int | None = None,
+                     out: cp.ndarray | None = None, workspace: cp.ndarray | None = None,
+                     heads_per_block_override: int | None = None) -> cp.ndarray:
+    """Attention of R query rows over their own sequences' caches; returns out [R, Hq, d] float32.
+
+    window: the sliding window (keys with p - j < window), 0 for a global layer. ring: the pool is a sliding ring
+    (slot = position % capacity; then window <= capacity is required) rather than a global array (slot = position).
+    max_position: an upper bound of positions, known on the host (it sizes the workspace and the grid, never a
+    result; a row it underestimates so much that its chunks do not fit comes back NaN); None reads it from the
+    arrays (a device sync when positions is a CuPy array).
+    workspace: optional float32 CuPy array of at least workspace_floats(R, Hq, d, chunks_needed(max_position,
+    window)) elements (e.g. for CUDA-graph capture); otherwise one is taken from CuPy's memory pool.
+    heads_per_block_override: force the partial kernel's heads per block (1, 2, 4 or 8, dividing Hq / Hkv), for tests
+    that show the choice never changes a bit; None lets launch_geometry choose.
+    Rows whose sequence slot is out of range, or that see no key, come back as NaN.
+    """
+    suffix, n_seq, cap, hkv, d = check_pool(k_cache, v_cache, pos_table)
+    if not isinstance(q, cp.ndarray) or q.dtype != cp.float32 or q.ndim != 3 or not q.flags.c_contiguous:
+        raise TypeError("q: expected a C-contiguous float32 cupy.ndarray [R, Hq, d]")
+    rows, hq, dq = (int(s) for s in q.shape)
+    if dq != d:
+        raise ValueError(f"q: head dim {dq} differs from the cache's {d}")
+    if d not in HEAD_DIMS:
+        raise ValueError(f"head dim {d} unsupported: expected one of {HEAD_DIMS}")
+    if hq % hkv:
+        raise ValueError(f"GQA: {hq} query heads are not a multiple of {hkv} KV heads")
+    if window < 0:
+        raise ValueError(f"window must be >= 0 (0 = global), got {window}")
+    if ring and not 0 < window <= cap:
+        raise ValueError(f"a ring cache needs 0 < window <= capacity, got window {window}, capacity {cap}")
+    seq_d, seq_h = device_rows("rows_slot", rows_slot, rows)
+    pos_d, pos_h = device_rows("positions", positions, rows)
+    if pos_h is not None and pos_h.size and pos_h.min() < 0:
+        raise ValueError("positions: must be >= 0")
+    if not ring and pos_h is not None and pos_h.size and pos_h.max() >= cap:
+        raise ValueError(f"positions: {int(pos_h.max())} is beyond the global cache capacity {cap}")
+    if seq_h is not None and seq_h.size and (seq_h.min() < 0 or seq_h.max() >= n_seq):
+        raise ValueError(f"rows_slot: values must be in [0, {n_seq})")
+    if out is None:
+        out = cp.empty((rows, hq, d), dtype=cp.float32)
+    elif (not isinstance(out, cp.ndarray) or out.dtype != cp.float32 or tuple(out.shape) != (rows, hq, d)
+          or not out.flags.c_contiguous):
+        raise ValueError(f"out: expected a C-contiguous float32 cupy.ndarray of shape {(rows, hq, d)}")
+    if rows == 0:
+        return out
+    if max_position is None:
+        max_position = int(pos_h.max()) if pos_h is not None else int(pos_d.max())
+    n_chunks = chunks_needed(max(int(max_position), 0), window)
+
+    need = workspace_floats(rows, hq, d, n_chunks)
+    if workspace is None:
+        workspace = cp.empty(need, dtype=cp.float32)
+    elif (not isinstance(workspace, cp.ndarray) or workspace.dtype != cp.float32 or workspace.ndim != 1
+          or not workspace.flags.c_contiguous or workspace.size < need):
+        raise ValueError(f"workspace: expected a contiguous float32 cupy.ndarray of >= {need} elements")
+    ws_acc = workspace[: rows * hq * n_chunks * d]
+    ws_ml = workspace[rows * hq * n_chunks * d: need]
+
+    grid, block, hpb, mgrid, mblock = launch_geometry(rows, hq, hkv, n_chunks, _sm_count(cp.cuda.Device().id))
+    if heads_per_block_override is not None:
+        hpb = int(heads_per_block_override)
+        if hpb not in HEADS_PER_BLOCK_CHOICES or (hq // hkv) % hpb:
+            raise ValueError(f"heads_per_block_override {hpb}: must divide {hq // hkv} and be in "
+                             f"{HEADS_PER_BLOCK_CHOICES}")
+        grid = (grid[0], grid[1], hq // hpb)
+    module = load_module("attention")
+    module.get_function(f"attn_partial_{suffix}_d{d}_h{hpb}")(
+        grid, block, (q, k_cache, v_cache, pos_table, seq_d, pos_d, ws_acc, ws_ml, cp.int32(rows), cp.int32(hq),
+                      cp.int32(hkv), cp.int32(n_seq), cp.int32(cap), cp.int32(window),
+                      cp.int32(int(ring)), cp.float32(scale), cp.int32(n_chunks)))
+    module.get_function(f"attn_merge_d{d}")(
+        mgrid, mblock, (ws_acc, ws_ml, seq_d, pos_d, out, cp.int32(rows), cp.int32(hq), cp.int32(n_seq),
+                        cp.int32(window), cp.int32(n_chunks)))
+    return out
+
+
+def decode_attention_layer(q: cp.ndarray, pool: LayerKVPool, rows_slot, positions, *, window: int, scale: float,
+                           max_position: int | None = None, out: cp.ndarray | None = None,
+                           workspace: cp.ndarray | None = None) -> cp.ndarray:
+    """decode_attention over a LayerKVPool (its ring flag decides the slot rule)."""
+    return decode_attention(q, pool.k, pool.v, pool.pos, rows_slot, positions, window=window, ring=pool.ring,
+                            scale=scale, max_position=max_position, out=out, workspace=workspace)
+

@@ -1,0 +1,88 @@
+"""Launchers of kernels/cuda/ffn_act.cu: gelu_tanh(gate) * up, the logit softcap, and a row argmax.
+
+CuPy float32 C-contiguous inputs. `out=` may be an input itself (in place, element-wise ops only) or a separate
+C-contiguous array of the right shape and dtype.
+"""
+from __future__ import annotations
+
+import cupy as cp
+
+from ._compile import load_module
+
+ELEMENTWISE_THREADS = 256
+ARGMAX_THREADS = 1024  # ARGMAX_THREADS in ffn_act.cu
+
+
+def _kernel(name: str):
+    return load_module("ffn_act").get_function(name)
+
+
+def _check(name: str, a, dtype=cp.float32, shape=None) -> None:
+    if not isinstance(a, cp.ndarray):
+        raise TypeError(f"{name}: expected a cupy.ndarray, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise TypeError(f"{name}: expected {cp.dtype(dtype).name}, got {a.dtype}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name}: must be C-contiguous")
+    if shape is not None and tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(a.shape)}")
+
+
+def _out(out, shape, dtype, *inputs):
+    if out is None:
+        return cp.empty(shape, dtype=dtype)
+    _check("out", out, dtype, shape)
+    for a in inputs:
+        if out.data.ptr != a.data.ptr and cp.may_share_memory(out, a):
+            raise ValueError("out: overlaps an input without being the same array (only exact in-place is allowed)")
+    return out
+
+
+def elementwise_geometry(n: int) -> tuple[tuple[int], tuple[int]]:
+    """Grid-stride loops: the grid size never changes a result."""
+    return (max(1, min((n + ELEMENTWISE_THREADS - 1) // ELEMENTWISE_THREADS, 65535)),), (ELEMENTWISE_THREADS,)
+
+
+def argmax_geometry(rows: int) -> tuple[tuple[int], tuple[int]]:
+    """One block of ARGMAX_THREADS per row."""
+    return (rows,), (ARGMAX_THREADS,)
+
+
+def gelu_tanh_mul(gate: cp.ndarray, up: cp.ndarray, out: cp.ndarray | None = None) -> cp.ndarray:
+    """gelu_tanh(gate) * up, element-wise; gate and up of one shape (e.g. [R, F]), float32."""
+    _check("gate", gate)
+    _check("up", up, shape=gate.shape)
+    y = _out(out, gate.shape, cp.float32, gate, up)
+    if gate.size:
+        grid, block = elementwise_geometry(gate.size)
+        _kernel("gelu_tanh_mul_f32")(grid, block, (gate, up, y, cp.int64(gate.size)))
+    return y
+
+
+def softcap(x: cp.ndarray, cap: float, out: cp.ndarray | None = None) -> cp.ndarray:
+    """cap * tanh(x / cap), element-wise, float32 (the final logit softcap, spec §2.7)."""
+    _check("x", x)
+    if not cap > 0:
+        raise ValueError(f"cap must be > 0, got {cap}")
+    y = _out(out, x.shape, cp.float32, x)
+    if x.size:
+        grid, block = elementwise_geometry(x.size)
+        _kernel("softcap_f32")(grid, block, (x, y, cp.int64(x.size), cp.float32(cap)))
+    return y
+
+
+def argmax_rows(x: cp.ndarray, out: cp.ndarray | None = None) -> cp.ndarray:
+    """x [R, V] float32 -> int32 [R]: the index of each row's maximum.
+
+    Ties go to the lower index. NaN counts as larger than every number, so a row with a NaN returns the index of
+    its first NaN (what np.argmax does); -0.0 == +0.0. Deterministic: the unique maximum of a total order.
+    """
+    _check("x", x)
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise ValueError(f"x: expected [R, V] with V >= 1, got shape {tuple(x.shape)}")
+    rows, v = (int(s) for s in x.shape)
+    y = _out(out, (rows,), cp.int32)
+    if rows:
+        grid, block = argmax_geometry(rows)
+        _kernel("argmax_rows_f32")(grid, block, (x, y, cp.int32(rows), cp.int32(v)))
+    return y
