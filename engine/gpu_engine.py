@@ -24,6 +24,16 @@ PREFILL_CHUNK = 8  # same as the reference engine: ring capacity = window + chun
 
 
 @dataclass
+class _StepGraph:
+    graph: object
+    pool: object
+    tokens: object
+    positions: object
+    slots: object
+    logits: object
+
+
+@dataclass
 class _Matrix:
     raw: object  # cupy uint8 [rows, row_bytes]
     type_name: str
@@ -40,7 +50,7 @@ class GpuSequence:
 class CupyEngine:
     def __init__(self, model: ModelFile | os.PathLike | str, *, kv_dtype: str = "float32", max_sequences: int = 80,
                  max_context: int = 2048, matvec_route: str = "auto", embed_scale_mode: str = "fp32",
-                 prefill_chunk: int = PREFILL_CHUNK):
+                 prefill_chunk: int = PREFILL_CHUNK, use_graphs: bool = True):
         import cupy as cp
 
         from kernels.kv_cache import alloc_layer_kv
@@ -48,7 +58,7 @@ class CupyEngine:
         self.cp = cp
         self.model_file = model if isinstance(model, ModelFile) else load_model(model, embed_scale_mode=embed_scale_mode)
         cfg = self.config = self.model_file.config
-        self.name = f"cupy-{kv_dtype}:{self.model_file.path.name}"
+        self.name = f"cupy-{kv_dtype}{'' if use_graphs else '-eager'}:{self.model_file.path.name}"
         self.vocab_size = cfg.vocab_size
         self.route = matvec_route
         self.prefill_chunk = prefill_chunk
@@ -80,6 +90,9 @@ class CupyEngine:
                 self.pools[i] = alloc_layer_kv(max_sequences, cap, cfg.n_kv_heads[i], cfg.head_dim(i), ring=sliding,
                                                dtype=kv_dtype)
         self._free = list(range(max_sequences - 1, -1, -1))
+        self.use_graphs = use_graphs
+        self.stream = cp.cuda.Stream()  # blocking: ordered with the default stream that prefill uses
+        self._graphs: dict[int, _StepGraph] = {}
 
     # --- sequences ---------------------------------------------------------------------------------
     def _release(self, slot: int) -> None:
@@ -100,7 +113,11 @@ class CupyEngine:
         m = self.w[name]
         return matvec(m.raw, m.type_name, m.n_cols, self.cp.ascontiguousarray(x), route=self.route)
 
-    def forward(self, tokens: Sequence[int], positions: Sequence[int], slots: Sequence[int], logits_rows, trace=None):
+    def forward(self, tokens: Sequence[int], positions: Sequence[int], slots: Sequence[int], logits_rows, trace=None,
+                static=None):
+        """One pass of R rows. `static` = (tokens, positions, slots) device int32 arrays for CUDA-graph capture:
+        then nothing is uploaded from the host, the attention grid is sized for the whole context, and the
+        logits of every row are returned."""
         from kernels.attention import decode_attention_layer
         from kernels.dequant import dequantize_rows
         from kernels.ffn_act import gelu_tanh_mul, softcap
@@ -109,11 +126,16 @@ class CupyEngine:
         from kernels.rope import rope_neox
 
         cp, cfg, w = self.cp, self.config, self.w
-        R = len(tokens)
-        tok = cp.asarray(np.asarray(tokens, dtype=np.int32))
-        pos = cp.asarray(np.asarray(positions, dtype=np.int32))
-        seq = cp.asarray(np.asarray(slots, dtype=np.int32))
-        max_pos = int(max(positions))
+        if static is None:
+            R = len(tokens)
+            tok = cp.asarray(np.asarray(tokens, dtype=np.int32))
+            pos = cp.asarray(np.asarray(positions, dtype=np.int32))
+            seq = cp.asarray(np.asarray(slots, dtype=np.int32))
+            max_pos = int(max(positions))
+        else:
+            tok, pos, seq = static
+            R = int(tok.shape[0])
+            max_pos = self.max_context - 1  # grid for any position (extra split-KV chunks exit early)
         emb = w["token_embd.weight"]
         x = dequantize_rows(emb.raw, emb.type_name, emb.n_cols, tok) * np.float32(cfg.embed_scale)
         pli = None
@@ -156,8 +178,9 @@ class CupyEngine:
                                  scale=self.out_scale[i])
             if trace is not None:
                 trace.append(cp.asnumpy(x))
-        y = rms_norm(cp.ascontiguousarray(x[cp.asarray(np.asarray(logits_rows, dtype=np.int64))]),
-                     w["output_norm.weight"], eps)
+        if static is None and list(logits_rows) != list(range(R)):
+            x = cp.ascontiguousarray(x[cp.asarray(np.asarray(logits_rows, dtype=np.int64))])
+        y = rms_norm(x, w["output_norm.weight"], eps)
         out_name = "token_embd.weight" if cfg.tied_output else "output.weight"
         z = self._matvec(out_name, y)
         return softcap(z, cfg.final_softcap) if cfg.final_softcap else z
@@ -173,9 +196,46 @@ class CupyEngine:
         return self.cp.asnumpy(logits[0])
 
     def decode(self, seqs: Sequence[GpuSequence], tokens: Sequence[int]) -> np.ndarray:
+        """One step for N sequences: a replay of the step's CUDA graph for this N (captured on first use)."""
         assert len(seqs) == len(tokens) and len({s.slot for s in seqs}) == len(seqs), "one token per distinct sequence"
-        logits = self.forward([int(t) for t in tokens], [s.length for s in seqs], [s.slot for s in seqs],
-                              list(range(len(seqs))))
+        tokens = [int(t) for t in tokens]
+        positions, slots = [s.length for s in seqs], [s.slot for s in seqs]
+        if max(positions) >= self.max_context:
+            raise ValueError(f"position {max(positions)} is beyond this engine's context ({self.max_context})")
+        if self.use_graphs:
+            logits = self._graph_step(tokens, positions, slots)
+        else:
+            logits = self.cp.asnumpy(self.forward(tokens, positions, slots, list(range(len(seqs)))))
         for s in seqs:
             s.length += 1
-        return self.cp.asnumpy(logits)
+        return logits
+
+    # --- CUDA graphs: one per batch size N ---------------------------------------------------------
+    def _graph_step(self, tokens, positions, slots) -> np.ndarray:
+        cp, n = self.cp, len(tokens)
+        g = self._graphs.get(n) or self._capture(n)
+        with self.stream:
+            g.tokens.set(np.asarray(tokens, dtype=np.int32), stream=self.stream)
+            g.positions.set(np.asarray(positions, dtype=np.int32), stream=self.stream)
+            g.slots.set(np.asarray(slots, dtype=np.int32), stream=self.stream)
+            g.graph.launch(self.stream)
+            return g.logits.get(stream=self.stream)  # the step's only host synchronisation
+
+    def _capture(self, n: int) -> "_StepGraph":
+        """Record one decode step of n rows. The step's temporaries come from a memory pool owned by this
+        graph alone, so no later allocation can take memory a replay writes."""
+        cp = self.cp
+        pool = cp.cuda.MemoryPool()
+        with cp.cuda.using_allocator(pool.malloc), self.stream:
+            tokens = cp.zeros(n, dtype=cp.int32)
+            positions = cp.zeros(n, dtype=cp.int32)
+            slots = cp.arange(n, dtype=cp.int32)
+            self.stream.synchronize()
+            self.stream.begin_capture()
+            try:
+                logits = self.forward(None, None, None, None, static=(tokens, positions, slots))
+            finally:
+                graph = self.stream.end_capture()
+        g = _StepGraph(graph, pool, tokens, positions, slots, logits)
+        self._graphs[n] = g
+        return g

@@ -1,8 +1,8 @@
 """`gemma-oracle bench`, first version: decode tokens/s of the CuPy engine beside the device's read bandwidth.
 
-Timing: CUDA events around `steps` decode steps (after `warmup` steps), median over `repeats`. Each step is
-the engine's eager forward plus the logits read-back (the engine protocol); CUDA-graph capture of a step
-is not implemented yet, so launch overhead is included and reported as such.
+Timing: CUDA events around `steps` decode steps (after `warmup` steps, which also capture the step's CUDA
+graph), median over `repeats`. Each step is the engine protocol's decode: upload of tokens/positions, one
+graph replay, and the logits read-back. `--eager` times the uncaptured forward instead.
 """
 from __future__ import annotations
 
@@ -43,13 +43,14 @@ def read_bandwidth_gb_s(nbytes: int = 2 << 30, repeats: int = 5) -> float:
 
 
 def bench_decode(path, n_list=(1, 2, 4, 8, 16, 32), *, steps: int = 32, warmup: int = 4, repeats: int = 3,
-                 prompt_len: int = 16, kv_dtype: str = "float16", bandwidth: float | None = None) -> list[BenchRow]:
+                 prompt_len: int = 16, kv_dtype: str = "float16", bandwidth: float | None = None,
+                 use_graphs: bool = True) -> list[BenchRow]:
     import cupy as cp
     import numpy as np
 
     from engine.gpu_engine import CupyEngine
 
-    engine = CupyEngine(path, kv_dtype=kv_dtype, max_sequences=max(n_list) + 1)
+    engine = CupyEngine(path, kv_dtype=kv_dtype, max_sequences=max(n_list) + 1, use_graphs=use_graphs)
     bw = bandwidth or read_bandwidth_gb_s()
     weight_bytes = sum(int(m.raw.nbytes) for m in engine.w.values() if hasattr(m, "raw"))
     if engine.config.ple_width:  # only one row of each embedding table is read per token
@@ -79,7 +80,7 @@ def bench_decode(path, n_list=(1, 2, 4, 8, 16, 32), *, steps: int = 32, warmup: 
         step = statistics.median(times)
         achieved = weight_bytes / step / 1e9
         rows.append(BenchRow(str(getattr(path, "name", path)), n, step * 1e3, n / step, 1 / step, weight_bytes,
-                             achieved, 100 * achieved / bw))
+                             achieved, 100 * achieved / bw, "graph" if use_graphs else "eager"))
         del seqs
     return rows
 

@@ -13,9 +13,12 @@ ARCH = "sm_90"
 # No fast-math: kernels must reproduce float32 reference arithmetic exactly (the bitwise WS/GEMM-N
 # contract and the dequantizers' equality with ggml); FMA contraction stays on (nvcc's default), and
 # kernels that need one rounding order spell it with __fmaf_rn.
+# IEEE float semantics spelled out (they are the defaults, but the bitwise contracts depend on them):
+# subnormals are kept (no flush-to-zero), division and sqrt are correctly rounded.
+IEEE_OPTIONS = ("-ftz=false", "-prec-div=true", "-prec-sqrt=true")
 COMMON_OPTIONS = ("-std=c++17", f"-I{CUDA_DIR}")
-NVRTC_OPTIONS = COMMON_OPTIONS + (f"--gpu-architecture={ARCH}",)
-NVCC_OPTIONS = COMMON_OPTIONS + (f"-arch={ARCH}", "-Xptxas", "-v", "--cubin")
+NVRTC_OPTIONS = COMMON_OPTIONS + tuple("-" + o for o in IEEE_OPTIONS) + (f"--gpu-architecture={ARCH}",)
+NVCC_OPTIONS = COMMON_OPTIONS + IEEE_OPTIONS + (f"-arch={ARCH}", "-Xptxas", "-v", "--cubin")
 
 
 def source_path(name: str) -> Path:

@@ -87,7 +87,7 @@ def test_dequantize_rows_out_of_range_ids(id_dtype):
 
 def _q8_1_special_blocks() -> np.ndarray:
     """Blocks that pin the arithmetic: all zero; exact halves (amax 127 makes d exactly 1); just below one half;
-    tiny values (subnormal d); a sum that overflows fp16 (s = inf in both)."""
+    subnormal values (flushed to zero on both sides); a sum that overflows fp16 (s = inf in both)."""
     zero = np.zeros(32, np.float32)
     halves = np.array([127, 2.5, -2.5, 0.5, -0.5, 1.5, -1.5, 126.5, -126.5, np.float32(0.49999997)] + [0.0] * 22,
                       dtype=np.float32)

@@ -5,6 +5,7 @@ model file, and gguf-py cannot quantize it (and still lists it as 40 bytes, whic
 the description of llama.cpp's CUDA `quantize_q8_1` in /work/shared/reference/quant-formats-and-kernels.md
 section 1.3, not any kernel source:
 
+* subnormal inputs (|x| < FLT_MIN) count as +0 (the GPU flushes them; see kernels/cuda/quantize_q8_1.cu);
 * d = amax / 127 in float32, where amax is the largest |x| of the 32 values;
 * q = roundf(x / d) with the float32 quotient, rounded half AWAY from zero (C `roundf`), and q = 0 for every value
   of a block whose amax is 0 (no 0/0);
@@ -52,6 +53,7 @@ def quantize_q8_1(x: np.ndarray) -> np.ndarray:
     if x.ndim == 0 or x.shape[-1] % QK8_1:
         raise ValueError(f"Q8_1: last axis ({x.shape[-1] if x.ndim else 0} values) is not a multiple of {QK8_1}")
     b = np.ascontiguousarray(x).reshape(-1, QK8_1)
+    b = np.where(np.abs(b) < np.finfo(np.float32).tiny, np.float32(0), b)
     amax = np.abs(b).max(axis=1)
     d = amax / np.float32(127)  # float32 / float32: IEEE-rounded quotient
     zero = amax == 0
