@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from oracles.metrics import nmse, screen_nonfinite
+
 from kernels.reference.dequant import BLOCK_SIZES, QK_K, dequantize
 from kernels.reference.quantize import quantize
 
@@ -135,3 +137,34 @@ def first_bit_difference(a: np.ndarray, b: np.ndarray) -> str:
     idx = tuple(int(i) for i in np.argwhere(ab != bb)[0])
     return (f"{int((ab != bb).sum())} element(s) differ, first at {idx}: {a[idx]!r} ({int(ab[idx]):#010x}) vs "
             f"{b[idx]!r} ({int(bb[idx]):#010x})")
+
+
+# --- guarded outputs and row-wise NMSE for the fp32 element-wise and attention kernels -----------------------
+# fp32 kernels vs the float64 reference: plain float32 rounding gives per-row NMSE around 1e-14..1e-10; 1e-6 is
+# the fp32 bound of gemma4-architecture.md §8 (per-layer NMSE <~ 1e-6), so only a wiring or formula bug fails it.
+NMSE_FP32 = 1e-6
+
+
+class Guarded(GuardedOutput):
+    """GuardedOutput with an explicit poison value and an asserting check (the element-wise/attention tests)."""
+
+    def __init__(self, shape, dtype=np.float32, poison=np.nan):
+        import cupy as cp
+
+        super().__init__(cp, tuple(shape), dtype)
+        self.view[...] = poison
+
+    def assert_guards_intact(self) -> None:
+        before, after = self.guards_intact()
+        assert before and after, f"guard overwritten: before intact {before}, after intact {after}"
+
+
+def assert_rows_close(ref: np.ndarray, got: np.ndarray, what: str, tol: float = NMSE_FP32) -> None:
+    """NaN/inf screen first, then the per-row NMSE (rows = the leading axis) against tol."""
+    ref2 = np.asarray(ref, dtype=np.float64).reshape(ref.shape[0], -1)
+    got2 = np.asarray(got, dtype=np.float64).reshape(got.shape[0], -1)
+    msg = screen_nonfinite(ref2, got2)
+    assert msg is None, f"{what}: {msg}"
+    err = np.atleast_1d(nmse(ref2, got2))
+    worst = int(np.argmax(err))
+    assert err[worst] <= tol, f"{what}: row {worst} NMSE {err[worst]:.3e} > {tol:.0e}"

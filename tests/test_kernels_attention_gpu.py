@@ -21,6 +21,8 @@ from engine.backends.numpy_backend import NumpyBackend
 from engine.kv_cache import LayerKV
 from oracles.metrics import nmse, screen_nonfinite
 
+from .kernel_support import NMSE_FP32, Guarded, assert_rows_close
+
 try:  # collection must work without CuPy; the gpu marker makes the plugin skip these tests there
     import cupy as cp
 
@@ -32,12 +34,6 @@ except ImportError:
 
 pytestmark = pytest.mark.gpu
 
-# fp32 attention vs the float64 reference on the same (possibly f16-rounded) K/V: float32 rounding of dot products,
-# exp and sums gives per-row NMSE around 1e-12..1e-10; 1e-6 is the fp32 bound of gemma4-architecture.md §8, so only
-# a masking, ordering, GQA or merge bug can fail it.
-NMSE_FP32 = 1e-6
-GUARD = 1024
-GUARD_BITS = 0x5A5A5A5A
 BATCHES = (1, 2, 3, 5, 8, 9, 16, 17, 32)
 DETERMINISM_BATCHES = (2, 9, 17, 32)
 POOL_DTYPES = ("float16", "float32")
@@ -45,33 +41,6 @@ REF = NumpyBackend("float64")
 
 
 # --- helpers --------------------------------------------------------------------------------------------------
-
-class Guarded:
-    """A device float32 buffer [GUARD | out | GUARD]; `view` is the out= array, NaN-poisoned before launch."""
-
-    def __init__(self, shape):
-        self.n = int(np.prod(shape))
-        self.buf = cp.empty(2 * GUARD + self.n, dtype=cp.float32)
-        self.buf.view(cp.uint32)[...] = GUARD_BITS
-        self.view = self.buf[GUARD: GUARD + self.n].reshape(shape)
-        self.view[...] = np.nan
-
-    def assert_guards_intact(self) -> None:
-        bits = cp.asnumpy(self.buf.view(cp.uint32))
-        for name, part in (("before", bits[:GUARD]), ("after", bits[GUARD + self.n:])):
-            bad = np.flatnonzero(part != GUARD_BITS)
-            assert bad.size == 0, f"guard {name} the output overwritten at {bad.size} element(s), first {bad[0]}"
-
-
-def assert_rows_close(ref: np.ndarray, got: np.ndarray, what: str, tol: float = NMSE_FP32) -> None:
-    ref2 = np.asarray(ref, dtype=np.float64).reshape(ref.shape[0], -1)
-    got2 = np.asarray(got, dtype=np.float64).reshape(got.shape[0], -1)
-    msg = screen_nonfinite(ref2, got2)
-    assert msg is None, f"{what}: {msg}"
-    err = np.atleast_1d(nmse(ref2, got2))
-    worst = int(np.argmax(err))
-    assert err[worst] <= tol, f"{what}: row {worst} NMSE {err[worst]:.3e} > {tol:.0e}"
-
 
 def ids(table: dict) -> list:
     return [pytest.param(v, id=k) for k, v in table.items()]

@@ -13,6 +13,8 @@ import pytest
 from engine.backends.numpy_backend import NumpyBackend
 from oracles.metrics import nmse, screen_nonfinite
 
+from .kernel_support import NMSE_FP32, Guarded, assert_rows_close
+
 try:  # collection must work without CuPy; the gpu marker makes the plugin skip these tests there
     import cupy as cp
 
@@ -24,47 +26,14 @@ except ImportError:
 
 pytestmark = pytest.mark.gpu
 
-# fp32 kernels vs the float64 reference: plain float32 rounding gives per-row NMSE around 1e-14..1e-12; 1e-6 is the
-# fp32 bound of gemma4-architecture.md §8 (per-layer NMSE <~ 1e-6), so only a wiring or formula bug can fail it.
-NMSE_FP32 = 1e-6
 EPS = 1e-6            # rms_norm_eps of every Gemma 3/4 config (spec §1)
 SOFTCAP = 30.0        # final_logit_softcapping (spec §2.7)
-GUARD = 1024          # guard elements before and after every output
-GUARD_BITS = 0x5A5A5A5A
 
 BATCHES = (1, 2, 3, 5, 8, 9, 16, 17, 32)
 REF = NumpyBackend("float64")
 
 
 # --- helpers --------------------------------------------------------------------------------------------------
-
-class Guarded:
-    """A device buffer [GUARD | out | GUARD] of a 4-byte dtype; `view` is the out= array, poisoned before launch."""
-
-    def __init__(self, shape, dtype=np.float32, poison=np.nan):
-        self.n = int(np.prod(shape))
-        self.buf = cp.empty(2 * GUARD + self.n, dtype=dtype)
-        self.buf.view(cp.uint32)[...] = GUARD_BITS
-        self.view = self.buf[GUARD: GUARD + self.n].reshape(shape)
-        self.view[...] = poison
-
-    def assert_guards_intact(self) -> None:
-        bits = cp.asnumpy(self.buf.view(cp.uint32))
-        for name, part in (("before", bits[:GUARD]), ("after", bits[GUARD + self.n:])):
-            bad = np.flatnonzero(part != GUARD_BITS)
-            assert bad.size == 0, f"guard {name} the output overwritten at {bad.size} element(s), first {bad[0]}"
-
-
-def assert_rows_close(ref: np.ndarray, got: np.ndarray, what: str, tol: float = NMSE_FP32) -> None:
-    """NaN/inf screen first, then the per-row NMSE (rows = the leading axis) against tol."""
-    ref2 = np.asarray(ref, dtype=np.float64).reshape(ref.shape[0], -1)
-    got2 = np.asarray(got, dtype=np.float64).reshape(got.shape[0], -1)
-    msg = screen_nonfinite(ref2, got2)
-    assert msg is None, f"{what}: {msg}"
-    err = np.atleast_1d(nmse(ref2, got2))
-    worst = int(np.argmax(err))
-    assert err[worst] <= tol, f"{what}: row {worst} NMSE {err[worst]:.3e} > {tol:.0e}"
-
 
 def rows_f32(rng, rows: int, d: int) -> np.ndarray:
     """Normal rows whose magnitudes span 1e-3..1e3 (norms must not care about the scale)."""
