@@ -89,6 +89,7 @@ class CupyEngine:
                 cap = min(cfg.sliding_window + prefill_chunk - 1, self.max_context) if sliding else self.max_context
                 self.pools[i] = alloc_layer_kv(max_sequences, cap, cfg.n_kv_heads[i], cfg.head_dim(i), ring=sliding,
                                                dtype=kv_dtype)
+        self.max_sequences = max_sequences
         self._free = list(range(max_sequences - 1, -1, -1))
         self.use_graphs = use_graphs
         self.stream = cp.cuda.Stream()  # blocking: ordered with the default stream that prefill uses
@@ -100,7 +101,7 @@ class CupyEngine:
 
     def new_sequence(self) -> GpuSequence:
         if not self._free:
-            raise RuntimeError(f"all {len(self.pools and next(iter(self.pools.values())).pos)} sequence slots are in use")
+            raise RuntimeError(f"all {self.max_sequences} sequence slots are in use (CupyEngine(max_sequences=...))")
         slot = self._free.pop()
         for pool in self.pools.values():
             pool.pos[slot] = -1
