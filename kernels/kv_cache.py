@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import cupy as cp
 import numpy as np
 
+from ._checks import check_device_array
 from ._compile import load_module
 
 THREADS = 256  # KVW_THREADS in kv_cache.cu
@@ -63,15 +64,6 @@ def alloc_layer_kv(n_seq_slots: int, capacity: int, n_kv_heads: int, head_dim: i
                        pos=cp.full((n_seq_slots, capacity), -1, dtype=cp.int32), ring=ring)
 
 
-def _check(name: str, a, dtype, ndim: int) -> None:
-    if not isinstance(a, cp.ndarray):
-        raise TypeError(f"{name}: expected a cupy.ndarray, got {type(a).__name__}")
-    if a.dtype != dtype:
-        raise TypeError(f"{name}: expected {cp.dtype(dtype).name}, got {a.dtype}")
-    if a.ndim != ndim:
-        raise ValueError(f"{name}: expected {ndim} dims, got shape {tuple(a.shape)}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name}: must be C-contiguous")
 
 
 def check_pool(k_cache, v_cache, pos_table) -> tuple[str, int, int, int, int]:
@@ -79,9 +71,9 @@ def check_pool(k_cache, v_cache, pos_table) -> tuple[str, int, int, int, int]:
     suffix = POOL_DTYPES.get(getattr(getattr(k_cache, "dtype", None), "name", None))
     if suffix is None:
         raise TypeError(f"k_cache: expected one of {sorted(POOL_DTYPES)}, got {getattr(k_cache, 'dtype', None)}")
-    _check("k_cache", k_cache, k_cache.dtype, 4)
-    _check("v_cache", v_cache, k_cache.dtype, 4)
-    _check("pos_table", pos_table, cp.int32, 2)
+    check_device_array("k_cache", k_cache, k_cache.dtype, 4)
+    check_device_array("v_cache", v_cache, k_cache.dtype, 4)
+    check_device_array("pos_table", pos_table, cp.int32, 2)
     if v_cache.shape != k_cache.shape:
         raise ValueError(f"v_cache: shape {tuple(v_cache.shape)} differs from k_cache {tuple(k_cache.shape)}")
     s, cap, hkv, d = (int(x) for x in k_cache.shape)
@@ -98,7 +90,7 @@ def device_rows(name: str, a, rows: int):
         if a.size and (a.min() < np.iinfo(np.int32).min or a.max() > np.iinfo(np.int32).max):
             raise ValueError(f"{name}: values do not fit int32")
         return cp.asarray(a.astype(np.int32)), a
-    _check(name, a, cp.int32, 1)
+    check_device_array(name, a, cp.int32, 1)
     if a.shape[0] != rows:
         raise ValueError(f"{name}: expected {rows} entries, got {a.shape[0]}")
     return a, None
@@ -118,8 +110,8 @@ def kv_write(k_cache: cp.ndarray, v_cache: cp.ndarray, pos_table: cp.ndarray, ro
     caches) a position >= capacity writes nothing.
     """
     suffix, n_seq, cap, hkv, d = check_pool(k_cache, v_cache, pos_table)
-    _check("k", k, cp.float32, 3)
-    _check("v", v, cp.float32, 3)
+    check_device_array("k", k, cp.float32, 3)
+    check_device_array("v", v, cp.float32, 3)
     rows = int(k.shape[0])
     if tuple(k.shape[1:]) != (hkv, d) or v.shape != k.shape:
         raise ValueError(f"k, v: expected [R, {hkv}, {d}], got {tuple(k.shape)} and {tuple(v.shape)}")

@@ -8,20 +8,12 @@ from __future__ import annotations
 
 import cupy as cp
 
+from ._checks import check_device_array
 from ._compile import load_module
 
 THREADS = 256  # ROPE_THREADS in rope.cu
 
 
-def _check(name: str, a, dtype, ndim: int) -> None:
-    if not isinstance(a, cp.ndarray):
-        raise TypeError(f"{name}: expected a cupy.ndarray, got {type(a).__name__}")
-    if a.dtype != dtype:
-        raise TypeError(f"{name}: expected {cp.dtype(dtype).name}, got {a.dtype}")
-    if a.ndim != ndim:
-        raise ValueError(f"{name}: expected {ndim} dims, got shape {tuple(a.shape)}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name}: must be C-contiguous")
 
 
 def launch_geometry(rows: int, half: int) -> tuple[tuple[int], tuple[int], int]:
@@ -31,9 +23,9 @@ def launch_geometry(rows: int, half: int) -> tuple[tuple[int], tuple[int], int]:
 
 def rope_neox(x: cp.ndarray, positions: cp.ndarray, inv_freq: cp.ndarray, out: cp.ndarray | None = None) -> cp.ndarray:
     """NEOX RoPE of x [R, H, d] at positions [R] with inv_freq [n_rot/2]; returns [R, H, d] float32."""
-    _check("x", x, cp.float32, 3)
-    _check("positions", positions, cp.int32, 1)
-    _check("inv_freq", inv_freq, cp.float32, 1)
+    check_device_array("x", x, cp.float32, 3)
+    check_device_array("positions", positions, cp.int32, 1)
+    check_device_array("inv_freq", inv_freq, cp.float32, 1)
     rows, heads, d = (int(s) for s in x.shape)
     half = int(inv_freq.shape[0])
     if positions.shape[0] != rows:
@@ -43,7 +35,7 @@ def rope_neox(x: cp.ndarray, positions: cp.ndarray, inv_freq: cp.ndarray, out: c
     if out is None:
         out = cp.empty_like(x)
     else:
-        _check("out", out, cp.float32, 3)
+        check_device_array("out", out, cp.float32, 3)
         if out.shape != x.shape:
             raise ValueError(f"out: expected shape {tuple(x.shape)}, got {tuple(out.shape)}")
         if out.data.ptr != x.data.ptr and cp.may_share_memory(out, x):
