@@ -17,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
+from . import routing
 from .model import rope_inv_freq
 from .model_file import ModelFile, load_model
 
@@ -49,7 +50,7 @@ class GpuSequence:
 
 class CupyEngine:
     def __init__(self, model: ModelFile | os.PathLike | str, *, kv_dtype: str = "float32", max_sequences: int = 80,
-                 max_context: int = 2048, matvec_route: str = "auto", embed_scale_mode: str = "fp32",
+                 max_context: int = 2048, route_mode: str | None = None, embed_scale_mode: str = "fp32",
                  prefill_chunk: int = PREFILL_CHUNK, use_graphs: bool = True):
         import cupy as cp
 
@@ -60,7 +61,10 @@ class CupyEngine:
         cfg = self.config = self.model_file.config
         self.name = f"cupy-{kv_dtype}{'' if use_graphs else '-eager'}:{self.model_file.path.name}"
         self.vocab_size = cfg.vocab_size
-        self.route = matvec_route
+        # engine.routing: which kernel serves each matmul; the default keeps batch invariance (WS/GEMM-N).
+        self.route_mode = route_mode or routing.mode_from_env()
+        self.disabled_routes = routing.disabled_from_env()
+        routing.explain_route("F32", 1, 256, 1, mode=self.route_mode)  # a bad mode fails here, not mid-step
         self.prefill_chunk = prefill_chunk
         self.max_context = min(max_context, cfg.context_length or max_context)
         mf = self.model_file
@@ -108,11 +112,27 @@ class CupyEngine:
         return GpuSequence(self, slot)
 
     # --- the forward pass ----------------------------------------------------------------------------
+    def route(self, name: str, n: int) -> str:
+        m = self.w[name]
+        return routing.route_for(m.type_name, m.rows, m.n_cols, n, mode=self.route_mode, disabled=self.disabled_routes)
+
+    def route_table(self, n: int) -> list[tuple[str, str, int, int, str]]:
+        """(tensor, type, rows, cols, route) for every matrix a step of N rows multiplies by."""
+        return [(name, m.type_name, m.rows, m.n_cols, self.route(name, n)) for name, m in self.w.items()
+                if isinstance(m, _Matrix) and name not in ("per_layer_token_embd.weight",)
+                and not (name == "token_embd.weight" and not self.config.tied_output)]
+
     def _matvec(self, name: str, x):
         from kernels.matvec import matvec
 
         m = self.w[name]
-        return matvec(m.raw, m.type_name, m.n_cols, self.cp.ascontiguousarray(x), route=self.route)
+        x = self.cp.ascontiguousarray(x)
+        route = self.route(name, int(x.shape[0]))
+        if route == routing.DECODE_MMQ:
+            from kernels.mmq import mmq_matvec
+
+            return mmq_matvec(m.raw, m.type_name, m.n_cols, x)
+        return matvec(m.raw, m.type_name, m.n_cols, x, route=route)
 
     def forward(self, tokens: Sequence[int], positions: Sequence[int], slots: Sequence[int], logits_rows, trace=None,
                 static=None):

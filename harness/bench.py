@@ -22,6 +22,7 @@ class BenchRow:
     read_gb_s: float
     roofline_pct: float
     mode: str = "eager"
+    routes: str = ""  # matmuls per route at this N, e.g. "ws:47 gemm_n:1"
 
 
 def read_bandwidth_gb_s(nbytes: int = 2 << 30, repeats: int = 5) -> float:
@@ -44,13 +45,14 @@ def read_bandwidth_gb_s(nbytes: int = 2 << 30, repeats: int = 5) -> float:
 
 def bench_decode(path, n_list=(1, 2, 4, 8, 16, 32), *, steps: int = 32, warmup: int = 4, repeats: int = 3,
                  prompt_len: int = 16, kv_dtype: str = "float16", bandwidth: float | None = None,
-                 use_graphs: bool = True) -> list[BenchRow]:
+                 use_graphs: bool = True, route_mode: str | None = None) -> list[BenchRow]:
     import cupy as cp
     import numpy as np
 
     from engine.gpu_engine import CupyEngine
 
-    engine = CupyEngine(path, kv_dtype=kv_dtype, max_sequences=max(n_list) + 1, use_graphs=use_graphs)
+    engine = CupyEngine(path, kv_dtype=kv_dtype, max_sequences=max(n_list) + 1, use_graphs=use_graphs,
+                        route_mode=route_mode)
     bw = bandwidth or read_bandwidth_gb_s()
     weight_bytes = sum(int(m.raw.nbytes) for m in engine.w.values() if hasattr(m, "raw"))
     if engine.config.ple_width:  # only one row of each embedding table is read per token
@@ -79,19 +81,23 @@ def bench_decode(path, n_list=(1, 2, 4, 8, 16, 32), *, steps: int = 32, warmup: 
             times.append(cp.cuda.get_elapsed_time(start, stop) / 1e3 / steps)
         step = statistics.median(times)
         achieved = weight_bytes / step / 1e9
+        counts: dict[str, int] = {}
+        for *_, route in engine.route_table(n):
+            counts[route] = counts.get(route, 0) + 1
         rows.append(BenchRow(str(getattr(path, "name", path)), n, step * 1e3, n / step, 1 / step, weight_bytes,
-                             achieved, 100 * achieved / bw, "graph" if use_graphs else "eager"))
+                             achieved, 100 * achieved / bw, "graph" if use_graphs else "eager",
+                             " ".join(f"{k}:{v}" for k, v in sorted(counts.items()))))
         del seqs
     return rows
 
 
 def format_table(rows: list[BenchRow], bandwidth: float, device: str) -> str:
     lines = [f"device: {device}; streaming read bandwidth {bandwidth:.0f} GB/s; mode {rows[0].mode if rows else '-'}",
-             "", "| model | N | step ms | t/s | t/s per seq | weight MB | GB/s (weights) | % of read BW |",
-             "|---|---|---|---|---|---|---|---|"]
+             "", "| model | N | step ms | t/s | t/s per seq | weight MB | GB/s (weights) | % of read BW | routes |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r.model} | {r.n} | {r.step_ms:.3f} | {r.tokens_per_s:.1f} | {r.per_seq_tokens_per_s:.1f} | "
-                     f"{r.weight_bytes / 1e6:.1f} | {r.read_gb_s:.1f} | {r.roofline_pct:.2f} |")
+                     f"{r.weight_bytes / 1e6:.1f} | {r.read_gb_s:.1f} | {r.roofline_pct:.2f} | {r.routes} |")
     return "\n".join(lines)
 
 

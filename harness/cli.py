@@ -129,7 +129,8 @@ def _cmd_bench(args) -> int:
     for model in args.model:
         path = fixture_path(model, args.variant) if model in PRESETS else Path(model)
         all_rows += bench_decode(path, tuple(args.n), steps=args.steps, warmup=args.warmup, repeats=args.repeats,
-                                 kv_dtype=args.kv_dtype, bandwidth=bw, use_graphs=not args.eager)
+                                 kv_dtype=args.kv_dtype, bandwidth=bw, use_graphs=not args.eager,
+                                 route_mode=args.route)
     table = format_table(all_rows, bw, device)
     print(table)
     if args.out:
@@ -172,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--warmup", type=int, default=4)
     bn.add_argument("--repeats", type=int, default=3)
     bn.add_argument("--kv-dtype", choices=("float16", "float32"), default="float16")
+    bn.add_argument("--route", choices=("auto", "batch-invariant", "ws", "gemm_n", "decode_mmq"), default=None,
+                    help="matmul route mode (engine.routing; default $GEMMA_ORACLE_ROUTE or batch-invariant)")
     bn.add_argument("--eager", action="store_true", help="time the uncaptured forward instead of CUDA-graph replays")
     bn.add_argument("--out", help="directory for bench.md and bench.json")
     bn.set_defaults(func=_cmd_bench)

@@ -138,3 +138,28 @@ def test_gpu_gemma3_270m_matches_float64_reference(gemma3_path):
     assert float(nmse(ref_logits.ravel(), gpu_logits.ravel())) <= LOGIT_NMSE_MAX
     clear = np.atleast_1d(top1_top2_margin(ref_logits)) > ARGMAX_MARGIN_MIN
     assert (ref_logits.argmax(-1)[clear] == gpu_logits.argmax(-1)[clear]).all()
+
+
+@pytest.mark.parametrize("mode", ["ws", "gemm_n"])
+def test_forced_routes_are_batch_invariant(mode):
+    """Forcing every matmul onto WS (GEMM-N beyond 16) or onto GEMM-N keeps batched == single-user, bitwise."""
+    from engine.factory import make_engine
+    from harness.fixtures import fixture_path
+
+    engine = make_engine("cupy", fixture_path("g4-12b-mini", "q4_k_m"), route_mode=mode)
+    routes = {n: {r for *_, r in engine.route_table(n)} for n in (1, 5, 17)}
+    assert routes[17] == {"gemm_n"}
+    assert routes[1] == routes[5] == {mode}
+    prompts, forced = sequences(engine.vocab_size)
+    for n in (1, 5, 17):
+        golden_single_vs_batched(engine, prompts[:n], forced[:n], policy=exact()).assert_passed()
+
+
+def test_default_route_table_is_ws_then_gemm_n():
+    engine = engine_for("g4-e4b-mini", "q8_0", "cupy")
+    assert engine.route_mode == "batch-invariant"
+    for n, expected in ((1, "ws"), (16, "ws"), (17, "gemm_n"), (32, "gemm_n")):
+        table = engine.route_table(n)
+        assert table and {r for *_, r in table} == {expected}
+    names = {t[0] for t in engine.route_table(1)}
+    assert "per_layer_model_proj.weight" in names and "blk.0.inp_gate.weight" in names  # PLE matmuls routed too
