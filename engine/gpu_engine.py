@@ -64,6 +64,8 @@ class CupyEngine:
         # engine.routing: which kernel serves each matmul; the default keeps batch invariance (WS/GEMM-N).
         self.route_mode = route_mode or routing.mode_from_env()
         self.disabled_routes = routing.disabled_from_env()
+        if self.route_mode != "batch-invariant" or self.disabled_routes:  # different numbers: a different name
+            self.name += f"[{self.route_mode}{'-' + '-'.join(sorted(self.disabled_routes)) if self.disabled_routes else ''}]"
         routing.explain_route("F32", 1, 256, 1, mode=self.route_mode)  # a bad mode fails here, not mid-step
         self.prefill_chunk = prefill_chunk
         self.max_context = min(max_context, cfg.context_length or max_context)

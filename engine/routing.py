@@ -42,8 +42,8 @@ class Route:
 
 
 # Tried in order; the first eligible route serves the matmul. GEMM_N accepts everything, so a route is always found.
-# DECODE_MMQ's types: those with a tested decode-MMQ tile (kernels/mmq.py); empty until one passes on the GPU.
-MMQ_TYPES: frozenset[str] = frozenset()
+# DECODE_MMQ's types: those with a decode-MMQ tile that passed its GPU tests (kernels/mmq.py, H100 2026-11-24).
+MMQ_TYPES: frozenset[str] = frozenset({"Q8_0", "Q4_0", "Q4_K"})
 ROUTE_TABLE: tuple[Route, ...] = (
     Route(DECODE_MMQ, MMQ_TYPES, min_n=5, min_rows=2048, col_multiple=256,
           why="seed rule (#201/#206 on a 4070 Ti): the int8 tile wins from N = 5 on tall, 256-aligned matrices"),

@@ -163,3 +163,27 @@ def test_default_route_table_is_ws_then_gemm_n():
         assert table and {r for *_, r in table} == {expected}
     names = {t[0] for t in engine.route_table(1)}
     assert "per_layer_model_proj.weight" in names and "blk.0.inp_gate.weight" in names  # PLE matmuls routed too
+
+
+def test_auto_routes_take_decode_mmq_on_eligible_matmuls():
+    from engine.factory import make_engine
+    from harness.fixtures import fixture_path
+
+    engine = make_engine("cupy", fixture_path("g4-12b-mini", "q4_k_m"), route_mode="auto")
+    mmq = {t[0] for t in engine.route_table(5) if t[4] == "decode_mmq"}
+    # the global layer's q (2048 rows) and every layer's gate/up (2048 rows, Q4_K, cols 256) qualify; N < 5 never
+    assert "blk.5.attn_q.weight" in mmq and "blk.0.ffn_gate.weight" in mmq and "blk.0.attn_q.weight" not in mmq
+    assert not any(t[4] == "decode_mmq" for t in engine.route_table(4))
+
+
+@pytest.mark.parametrize("preset,variant", [("g4-12b-mini", "q4_k_m"), ("g4-12b-mini", "q4_0"), ("g4-12b-mini", "q8_0")])
+def test_decode_mmq_batched_is_argmax_stable(preset, variant):
+    """auto routes: batched steps at N >= 5 run decode-MMQ (Q8_1 activations), single-user runs WS."""
+    from engine.factory import make_engine
+    from harness.fixtures import fixture_path
+    from harness.oracle_suite import MMQ_POLICY
+
+    engine = make_engine("cupy", fixture_path(preset, variant), route_mode="auto")
+    prompts, forced = sequences(engine.vocab_size)
+    for n in (5, 8, 16, 17, 32):
+        golden_single_vs_batched(engine, prompts[:n], forced[:n], policy=MMQ_POLICY).assert_passed()

@@ -1,0 +1,103 @@
+"""Launcher of kernels/cuda/mmq.cu: decode-MMQ, y[n, r] = sum_k W[r, k] * x[n, k] on int8 tensor cores.
+
+W is raw GGUF bytes [rows, row_bytes] of Q8_0, Q4_0 or Q4_K (MMQ_TYPES; see kernels/dequant.py for the buffer rules).
+The activations are taken in either form (the dtype decides):
+  * float32 [N, K] (K = n_cols, C-contiguous): quantized here to Q8_1 with kernels/quantize_q8_1.py (one extra
+    launch into a temporary), then multiplied;
+  * uint8 [N, K / 32 * 36] (C-contiguous, 4-byte aligned): Q8_1 blocks already made by quantize_q8_1, used as is
+    (lets a caller quantize one activation once for several weight matrices).
+y is float32 [N, rows].
+
+Numerics (the .cu header has the exact reduction order): per 32-value block the int8 code dot is exact (int32
+mma), it is scaled by d_w * d_x in float32 and summed over blocks in increasing order in float32 (Q4_K also
+subtracts m_w * d_x * the exact integer sum of the block's Q8_1 codes, per 32-value sub-block). The result is
+deterministic and independent of N and of the batch composition, but it is NOT bitwise equal to the WS mat-vec
+(kernels/matvec.py): quantizing x to Q8_1 is an approximation (NMSE ~1e-5 for uniform activations, within
+llama.cpp's MUL_MAT bound 5e-4), so decode-MMQ is argmax-stable, not bitwise, against WS.
+
+`plan_mmq` does all host-side validation and the launch geometry without a GPU; `mmq_matvec` launches.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kernels._compile import load_module
+from kernels.dequant import UNIT, check_array, check_weight_rows, require_device_arrays
+from kernels.reference.q8_1 import BLOCK_BYTES as Q8_1_BLOCK_BYTES
+
+MODULE = "mmq"
+MMQ_TYPES = ("Q8_0", "Q4_0", "Q4_K")  # the mmq_<t> entries of mmq.cu
+WARPS = 4  # MMQ_WARPS in mmq.cu
+THREADS = 32 * WARPS
+BM = 16 * WARPS  # MMQ_BM: weight rows per thread block
+BN = 16  # MMQ_BN: tokens per thread block
+MAX_N = 65535 * BN  # grid.y limit
+XQ_ALIGN = 4  # 32-bit loads of Q8_1 blocks
+
+
+@dataclass(frozen=True)
+class MmqLaunch:
+    entry: str  # extern "C" name in mmq.cu
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+    rows: int
+    row_bytes: int
+    units: int  # 32-value blocks per row (K / 32)
+    n: int  # tokens
+    quantize: bool  # x is float32 and is quantized to Q8_1 first
+
+
+def mmq_geometry(rows: int, n: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    return ((rows + BM - 1) // BM, (n + BN - 1) // BN, 1), (THREADS, 1, 1)
+
+
+def plan_mmq(w_raw, type_name: str, n_cols: int, x, *, out=None) -> MmqLaunch:
+    """Validate the arguments of `mmq_matvec` on the host (types, shapes, dtypes, contiguity, alignment)."""
+    if type_name not in MMQ_TYPES:
+        raise ValueError(f"type_name: decode-MMQ supports {list(MMQ_TYPES)}, got {type_name!r}")
+    rows, rb = check_weight_rows(w_raw, type_name, n_cols)
+    units = int(n_cols) // UNIT
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        raise ValueError(f"x: expected an array, got {type(x).__name__}")
+    if np.dtype(dtype) == np.float32:
+        check_array("x", x, dtype=np.float32, ndim=2)
+        want, quantize = int(n_cols), True
+    elif np.dtype(dtype) == np.uint8:
+        check_array("x", x, dtype=np.uint8, ndim=2, align=XQ_ALIGN)
+        want, quantize = units * Q8_1_BLOCK_BYTES, False
+    else:
+        raise ValueError(f"x: expected float32 activations [N, {n_cols}] or uint8 Q8_1 blocks "
+                         f"[N, {units * Q8_1_BLOCK_BYTES}], got dtype {np.dtype(dtype).name}")
+    n, k = (int(v) for v in x.shape)
+    if k != want:
+        what = "columns (n_cols)" if quantize else f"bytes ({units} Q8_1 blocks of {Q8_1_BLOCK_BYTES})"
+        raise ValueError(f"x: expected {want} {what}, got shape {tuple(x.shape)}")
+    if not 1 <= n <= MAX_N:
+        raise ValueError(f"x: need 1 <= N <= {MAX_N} tokens (rows), got shape {tuple(x.shape)}")
+    if out is not None:
+        check_array("out", out, dtype=np.float32, ndim=2, shape=(n, rows), align=4)
+    grid, block = mmq_geometry(rows, n)
+    return MmqLaunch(f"mmq_{type_name.lower()}", grid, block, rows, rb, units, n, quantize)
+
+
+def mmq_matvec(w_raw, type_name: str, n_cols: int, x, *, out=None):
+    """y [N, rows] float32 = x @ dequant(W).T with x quantized to Q8_1 (float32 x) or given as Q8_1 (uint8 x).
+
+    out: an optional float32 C-contiguous [N, rows] array to write into (e.g. a view between guard regions).
+    """
+    import cupy
+
+    plan = plan_mmq(w_raw, type_name, n_cols, x, out=out)
+    require_device_arrays(w_raw=w_raw, x=x, out=out)
+    if plan.quantize:
+        from kernels.quantize_q8_1 import quantize_q8_1
+
+        x = quantize_q8_1(x)
+    y = cupy.empty((plan.n, plan.rows), dtype=cupy.float32) if out is None else out
+    load_module(MODULE).get_function(plan.entry)(
+        plan.grid, plan.block,
+        (w_raw, np.int64(plan.row_bytes), np.int32(plan.rows), np.int32(plan.units), x, np.int32(plan.n), y))
+    return y

@@ -1,0 +1,251 @@
+"""Tests of kernels/mmq.py (decode-MMQ: Q8_0 / Q4_0 / Q4_K weights x Q8_1 activations on int8 tensor cores).
+
+GPU (marked `gpu`), per case (type x shape x N, ids like q4_0-r77-c800-n5):
+  * the NaN-poisoned output is fully written and the 1024-float guards before and after it are intact;
+  * BITWISE equal to `emulate_mmq`, a numpy float32 re-statement of the reduction order in the mmq.cu header
+    (exact integer block dots, then scale = d_w * d_x, p = isum * scale, acc += p, each rounded to float32;
+    Q4_K subtracts xs * (m_w * d_x) from p first, xs the exact sum of the block's Q8_1 codes),
+    run on the Q8_1 blocks the GPU quantizer produced;
+  * NMSE against the float64 product of the dequantized weights and the Q8_1-DEQUANTIZED activations is at most
+    MMQ_Q8_1_NMSE_MAX (only float32 rounding remains), and against the float64 product with the ORIGINAL float32
+    activations at most MMQ_NMSE_MAX (llama.cpp's MUL_MAT bound);
+  * the float32-x path equals the pre-quantized (uint8 Q8_1) path bitwise.
+Also: determinism (same inputs twice -> identical bits) and batch invariance (token j of an N-token launch equals
+the N = 1 launch on x[j], bitwise: the reduction of an output depends only on its weight row and token row).
+CPU (no mark): host-side validation of plan_mmq, the launcher/#define agreement, and the provenance of
+MMQ_Q8_1_NMSE_MAX (the emulation against the float64 reference over every case).
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from kernels._compile import source_path
+from kernels.mmq import BM, BN, MMQ_TYPES, THREADS, WARPS, mmq_matvec, plan_mmq
+from kernels.reference.dequant import _k_nibbles, _k_sub_scales
+from kernels.reference.q8_1 import BLOCK_BYTES as Q8_1_BYTES
+from kernels.reference.q8_1 import dequantize_q8_1, quantize_q8_1 as quantize_q8_1_host
+from oracles.metrics import nmse, screen_nonfinite
+from tests.kernel_support import GuardedOutput, activations, first_bit_difference, matvec_reference, quantized_weights
+
+try:  # collection must work without cupy; the gpu marker makes the plugin skip these items with its reason
+    import cupy as cp
+except ImportError:  # pragma: no cover - exercised only on machines without cupy
+    cp = None
+
+gpu = pytest.mark.gpu
+
+# --- tolerances ----------------------------------------------------------------------------------------------------
+# Against the float64 reference on the Q8_1-dequantized activations the only error is float32 rounding: one
+# rounding each for d_w * d_x, isum * scale (and Q4_K's offset product and subtraction) and every block addition,
+# over <= 81 blocks. Measured over every case below, with emulate_mmq (bitwise equal to the kernel, which the GPU
+# test asserts) and on the H100 (junit properties): max 3.4e-14 (Q8_0), 3.2e-14 (Q4_0), 1.0e-13 (Q4_K);
+# 1e-9 leaves room for other shapes, while any indexing or fragment-layout error gives NMSE ~ 1.
+MMQ_Q8_1_NMSE_MAX = 1e-9
+# Against the ORIGINAL float32 activations the Q8_1 quantization of x dominates: measured 4e-6 .. 4.1e-4 (the
+# largest at rows = 1, N = 2, where the NMSE has only two outputs in its denominator: Q8_0 4.1e-4, Q4_K 2.2e-4,
+# Q4_0 1.2e-4); quant-formats-and-kernels.md section 5.1: llama.cpp's test-backend-ops MUL_MAT bound.
+MMQ_NMSE_MAX = 5e-4
+
+# --- cases -----------------------------------------------------------------------------------------------------------
+# rows: 1, 7, 77 and 130 are tails of the 64-row tile (130 = 2 full tiles + 2 rows); cols 256 * k and 256 * k + 32
+# give 8, 9, 25, 32 and 81 blocks per row: full and ragged 4-block shared-memory stages. Q4_K rows are whole
+# 256-value super-blocks: 8, 16, 24, 32 and 80 blocks.
+MMQ_SHAPES = ((1, 256), (7, 288), (77, 800), (130, 1024), (130, 2592))
+MMQ_SHAPES_K = ((1, 256), (7, 512), (77, 768), (130, 1024), (130, 2560))
+# every N to 9 (llama.cpp's MMVQ/MMQ switch at 8/9), both sides of the 16-token tile (15, 16, 17), 2 and 4 tiles
+MMQ_NS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 15, 16, 17, 32, 64)
+CASES = [(t, rows, cols, n) for t in MMQ_TYPES for rows, cols in (MMQ_SHAPES_K if t == "Q4_K" else MMQ_SHAPES)
+         for n in MMQ_NS]
+
+
+def _id(case) -> str:
+    t, rows, cols, n = case
+    return f"{t.lower()}-r{rows}-c{cols}-n{n}"
+
+
+# --- numpy re-statement of the kernel's arithmetic -------------------------------------------------------------------
+
+def weight_codes(w_raw: np.ndarray, type_name: str, n_cols: int):
+    """(int codes [rows, units, 32] as float64, d_w float32 [rows, units], m_w float32 [rows, units] or None)."""
+    w_raw = np.asarray(w_raw)
+    units = n_cols // 32
+    if type_name == "Q4_K":
+        blocks = np.ascontiguousarray(w_raw).reshape(-1, 144)
+        dsc, dm = _k_sub_scales(blocks)  # (rows * supers, 8, 1) float32: d * sc and dmin * m, exact as in ggml
+        q = _k_nibbles(blocks[:, 16:144]).astype(np.float64)
+        rows = w_raw.shape[0]
+        return q.reshape(rows, units, 32), dsc.reshape(rows, units), dm.reshape(rows, units)
+    bpb = {"Q8_0": 34, "Q4_0": 18}[type_name]
+    b = np.ascontiguousarray(w_raw).reshape(w_raw.shape[0], units, bpb)
+    d = b[:, :, 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    if type_name == "Q8_0":
+        q = b[:, :, 2:].copy().view(np.int8).astype(np.float64)
+    else:
+        qs = b[:, :, 2:].astype(np.int64)
+        q = np.concatenate([(qs & 15) - 8, (qs >> 4) - 8], axis=-1).astype(np.float64)
+    return q, d, None
+
+
+def emulate_mmq(w_raw: np.ndarray, type_name: str, n_cols: int, xq: np.ndarray) -> np.ndarray:
+    """float32 [N, rows]: the mmq.cu reduction order in numpy float32 (each ufunc call rounds once, no FMA)."""
+    wq, dw, mw = weight_codes(w_raw, type_name, n_cols)
+    units = n_cols // 32
+    xb = np.ascontiguousarray(xq).reshape(xq.shape[0], units, Q8_1_BYTES)
+    dx = xb[:, :, 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    xc = xb[:, :, 4:].copy().view(np.int8).astype(np.float64)
+    # exact integer dots (|sum| < 2^20, exact in float64): isum[b, n, r]
+    isum = np.matmul(xc.transpose(1, 0, 2), wq.transpose(1, 2, 0))
+    xs = xc.sum(axis=-1).astype(np.float32)  # [N, units], exact integers
+    acc = np.zeros((xq.shape[0], wq.shape[0]), dtype=np.float32)
+    for b in range(units):
+        scale = dx[:, b][:, None] * dw[:, b][None, :]  # float32 x float32 -> float32
+        p = isum[b].astype(np.float32) * scale
+        if mw is not None:
+            p = p - xs[:, b][:, None] * (mw[:, b][None, :] * dx[:, b][:, None])
+        acc = acc + p
+    return acc
+
+
+def q8_1_dequantized(xq: np.ndarray) -> np.ndarray:
+    return dequantize_q8_1(np.asarray(xq))[0]
+
+
+def _inputs(type_name: str, rows: int, cols: int, n: int):
+    raw = quantized_weights(type_name, rows, cols)
+    x = activations(n, cols, "mmq", type_name, rows)
+    return raw, x
+
+
+# --- CPU tests -------------------------------------------------------------------------------------------------------
+
+def test_launcher_matches_defines():
+    src = source_path("mmq").read_text()
+    defines = dict(re.findall(r"^#define (MMQ_\w+) (\d+)\b", src, flags=re.M))
+    assert int(defines["MMQ_WARPS"]) == WARPS and int(defines["MMQ_BN"]) == BN
+    assert THREADS == 32 * WARPS and BM == 16 * WARPS
+    for t in MMQ_TYPES:
+        assert f"MMQ_ENTRY({t.lower()}," in src
+
+
+def test_emulation_bound():
+    """Provenance of MMQ_Q8_1_NMSE_MAX: the emulated kernel vs float64 on the same (Q8_1-dequantized) inputs."""
+    worst = {}
+    for t, rows, cols, n in [c for c in CASES if c[3] in (1, 17, 64)]:
+        raw, x = _inputs(t, rows, cols, n)
+        xq = quantize_q8_1_host(x)
+        y = emulate_mmq(raw, t, cols, xq)
+        e_q = float(nmse(matvec_reference(raw, t, cols, q8_1_dequantized(xq)).ravel(), y.ravel()))
+        e_x = float(nmse(matvec_reference(raw, t, cols, x).ravel(), y.ravel()))
+        worst[t] = max(worst.get(t, (0, 0))[0], e_q), max(worst.get(t, (0, 0))[1], e_x)
+        assert e_q <= MMQ_Q8_1_NMSE_MAX and e_x <= MMQ_NMSE_MAX, (t, rows, cols, n, e_q, e_x)
+    print("emulated max NMSE (vs Q8_1-dequantized x, vs original x):", worst)
+
+
+def _arrays(rows=7, cols=288, n=3, t="Q8_0"):
+    raw, x = _inputs(t, rows, cols, n)
+    return np.array(raw), x
+
+
+@pytest.mark.parametrize("bad, pattern", [
+    (lambda raw, x: dict(w_raw=raw, type_name="Q6_K", n_cols=288, x=x),
+     r"decode-MMQ supports \['Q8_0', 'Q4_0', 'Q4_K'\]"),
+    (lambda raw, x: dict(w_raw=raw, type_name="F32", n_cols=288, x=x), "decode-MMQ supports"),
+    (lambda raw, x: dict(w_raw=raw, type_name="Q8_0", n_cols=256, x=x), "w_raw"),
+    (lambda raw, x: dict(w_raw=raw, type_name="Q8_0", n_cols=288, x=x.astype(np.float64)), "x: expected float32"),
+    (lambda raw, x: dict(w_raw=raw, type_name="Q8_0", n_cols=288, x=x[:, :256].copy()), "x: expected 288 columns"),
+    (lambda raw, x: dict(w_raw=raw, type_name="Q8_0", n_cols=288, x=np.asfortranarray(x)), "C-contiguous"),
+    (lambda raw, x: dict(w_raw=raw, type_name="Q8_0", n_cols=288, x=x[:0]), "1 <= N"),
+    (lambda raw, x: dict(w_raw=raw, type_name="Q8_0", n_cols=288, x=quantize_q8_1_host(x)[:, :36].copy()),
+     r"x: expected 324 bytes"),
+    (lambda raw, x: dict(w_raw=raw, type_name="Q8_0", n_cols=288, x=x,
+                         out=np.empty((3, 8), np.float32)), "out: expected shape"),
+    (lambda raw, x: dict(w_raw=raw, type_name="Q8_0", n_cols=288, x=x,
+                         out=np.empty((3, 7), np.float64)), "out: expected dtype float32"),
+])
+def test_plan_rejects(bad, pattern):
+    raw, x = _arrays()
+    with pytest.raises(ValueError, match=pattern):
+        plan_mmq(**bad(raw, x))
+
+
+def test_plan_geometry():
+    raw, x = _arrays(rows=130, cols=2592, n=17, t="Q4_0")
+    plan = plan_mmq(raw, "Q4_0", 2592, x)
+    assert (plan.entry, plan.grid, plan.block, plan.units, plan.quantize) == ("mmq_q4_0", (3, 2, 1), (THREADS, 1, 1),
+                                                                              81, True)
+    plan = plan_mmq(raw, "Q4_0", 2592, quantize_q8_1_host(x))
+    assert not plan.quantize
+
+
+# --- GPU tests -------------------------------------------------------------------------------------------------------
+
+@gpu
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_mmq_accuracy_bitwise_and_guards(case, record_property):
+    t, rows, cols, n = case
+    raw_host, x_host = _inputs(t, rows, cols, n)
+    raw, x = cp.asarray(raw_host), cp.asarray(x_host)
+    from kernels.quantize_q8_1 import quantize_q8_1
+
+    xq = quantize_q8_1(x)
+    xq_host = cp.asnumpy(xq)
+    where = _id(case)
+
+    out = GuardedOutput(cp, (n, rows), np.float32)
+    y_dev = mmq_matvec(raw, t, cols, x, out=out.view)
+    assert y_dev is out.view
+    cp.cuda.get_current_stream().synchronize()
+    y = cp.asnumpy(out.view)
+
+    before, after = out.guards_intact()
+    assert before and after, f"{where}: guard region overwritten (before intact: {before}, after: {after})"
+    unwritten = np.isnan(y)
+    assert not unwritten.any(), (f"{where}: {int(unwritten.sum())} output(s) left unwritten (NaN poison), "
+                                 f"first at {tuple(int(i) for i in np.argwhere(unwritten)[0])}")
+
+    ref_q = matvec_reference(raw_host, t, cols, q8_1_dequantized(xq_host))
+    ref_x = matvec_reference(raw_host, t, cols, x_host)
+    for ref in (ref_q, ref_x):
+        bad = screen_nonfinite(ref, y)
+        assert bad is None, f"{where}: {bad}"
+    e_q, e_x = float(nmse(ref_q.ravel(), y.ravel())), float(nmse(ref_x.ravel(), y.ravel()))
+    record_property("nmse_vs_q8_1_dequantized", e_q)
+    record_property("nmse_vs_original", e_x)
+    assert e_q <= MMQ_Q8_1_NMSE_MAX, f"{where}: NMSE vs Q8_1-dequantized x {e_q:.3e} > {MMQ_Q8_1_NMSE_MAX:.0e}"
+    assert e_x <= MMQ_NMSE_MAX, f"{where}: NMSE vs original x {e_x:.3e} > {MMQ_NMSE_MAX:.0e}"
+
+    diff = first_bit_difference(y, emulate_mmq(raw_host, t, cols, xq_host))
+    assert not diff, f"{where}: differs from the numpy emulation of the stated reduction order: {diff}"
+
+    y_pre = cp.asnumpy(mmq_matvec(raw, t, cols, xq))
+    diff = first_bit_difference(y, y_pre)
+    assert not diff, f"{where}: float32-x path differs from the pre-quantized Q8_1 path: {diff}"
+
+
+@gpu
+@pytest.mark.parametrize("type_name", MMQ_TYPES)
+def test_mmq_deterministic(type_name):
+    cols = 2560 if type_name == "Q4_K" else 2592
+    raw_host, x_host = _inputs(type_name, 130, cols, 64)
+    raw, x = cp.asarray(raw_host), cp.asarray(x_host)
+    y1 = cp.asnumpy(mmq_matvec(raw, type_name, cols, x))
+    y2 = cp.asnumpy(mmq_matvec(raw, type_name, cols, x))
+    diff = first_bit_difference(y1, y2)
+    assert not diff, f"{type_name}: two runs on the same inputs differ: {diff}"
+
+
+@gpu
+@pytest.mark.parametrize("type_name", MMQ_TYPES)
+@pytest.mark.parametrize("n", (9, 17, 64))
+def test_mmq_batch_invariant(type_name, n):
+    cols = 768 if type_name == "Q4_K" else 800
+    raw_host, x_host = _inputs(type_name, 77, cols, n)
+    raw, x = cp.asarray(raw_host), cp.asarray(x_host)
+    y = cp.asnumpy(mmq_matvec(raw, type_name, cols, x))
+    for j in range(n):
+        single = cp.asnumpy(mmq_matvec(raw, type_name, cols, x[j:j + 1]))[0]
+        diff = first_bit_difference(y[j], single)
+        assert not diff, f"{type_name} N={n}: token {j} differs from its N = 1 launch: {diff}"
