@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from kernels.reference.dequant import BLOCK_SIZES
+
 from .errors import GGUFFormatError, GGUFError, UnsupportedQuantTypeError
 
 GGUF_MAGIC = b"GGUF"
@@ -27,19 +29,12 @@ MAX_DIMS = 4
 _VALUE_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 8: None, 9: None, 10: 8, 11: 8, 12: 8}
 _STRING, _ARRAY = 8, 9
 
-# ggml type id -> (name, values per block, bytes per block) for every type this project decodes.
+# ggml type id of every type this project decodes (ggml.h); block geometry comes from the dequantizers.
+GGML_TYPE_IDS = {"F32": 0, "F16": 1, "Q4_0": 2, "Q5_0": 6, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14, "BF16": 30}
+# ggml type id -> (name, values per block, bytes per block)
 SUPPORTED_TYPES: dict[int, tuple[str, int, int]] = {
-    0: ("F32", 1, 4),
-    1: ("F16", 1, 2),
-    2: ("Q4_0", 32, 18),
-    6: ("Q5_0", 32, 22),
-    8: ("Q8_0", 32, 34),
-    12: ("Q4_K", 256, 144),
-    13: ("Q5_K", 256, 176),
-    14: ("Q6_K", 256, 210),
-    30: ("BF16", 1, 2),
+    tid: (name, *BLOCK_SIZES[name]) for name, tid in GGML_TYPE_IDS.items()
 }
-TYPE_IDS = {name: tid for tid, (name, _, _) in SUPPORTED_TYPES.items()}
 
 
 @dataclass(frozen=True)
@@ -57,7 +52,7 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
-        _, block, size = SUPPORTED_TYPES[TYPE_IDS[self.type_name]]
+        block, size = BLOCK_SIZES[self.type_name]
         return self.n_elements // block * size
 
 

@@ -47,15 +47,10 @@ import os
 
 import numpy as np
 
-QK_K = 256
-BLOCKS: dict[str, tuple[int, int]] = {
-    "Q4_0": (32, 18),
-    "Q5_0": (32, 22),
-    "Q8_0": (32, 34),
-    "Q4_K": (QK_K, 144),
-    "Q5_K": (QK_K, 176),
-    "Q6_K": (QK_K, 210),
-}
+from kernels.reference.dequant import BLOCK_SIZES, QK_K
+
+# (values, bytes) per block of each type this module writes; the layouts themselves live in kernels/reference.
+BLOCKS: dict[str, tuple[int, int]] = {t: BLOCK_SIZES[t] for t in ("Q4_0", "Q5_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K")}
 SUPPORTED_TYPES = tuple(BLOCKS)
 
 CHUNK_ROWS = 256               # rows per independently seeded chunk (work unit for parallel fill)
