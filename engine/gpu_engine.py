@@ -3,9 +3,10 @@
 Weights are uploaded once, matrices as their raw GGUF blocks (the matvec kernels decode them on the fly),
 vectors as float32. KV caches live on the device in per-layer pools with one slot per live sequence
 (kernels/kv_cache.py). A step is one pass of rows through the layers: decode = N rows of N sequences,
-prefill = a chunk of rows of one sequence. Every matmul is one launch over all rows (WS for N <= 16,
-GEMM-N above: both bitwise equal to the N = 1 path), attention reduces each row over its own sequence
-only, so a sequence's logits do not depend on what else is in the batch.
+prefill = a chunk of rows of one sequence. Every matmul is one launch over all rows on the route engine/routing
+picks (WS, GEMM-N or decode-MMQ); in the default batch-invariant mode each matrix's route depends on its shape
+only, and attention reduces each row over its own sequence only, so a sequence's logits do not depend on what
+else is in the batch.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class _StepGraph:
     positions: object
     slots: object
     logits: object
+    routes: dict  # matrix name -> route, as captured
 
 
 @dataclass
@@ -100,6 +102,10 @@ class CupyEngine:
         self.use_graphs = use_graphs
         self.stream = cp.cuda.Stream()  # blocking: ordered with the default stream that prefill uses
         self._graphs: dict[int, _StepGraph] = {}
+        # rows R -> {matrix name: route} as dispatched by the last forward pass of R rows (a graph replay reports
+        # the routes of its capture): what actually ran, for the route tests and the bench's route table
+        self.routes_served: dict[int, dict[str, str]] = {}
+        self._served: dict[str, str] = {}
 
     # --- sequences ---------------------------------------------------------------------------------
     def _release(self, slot: int) -> None:
@@ -124,17 +130,28 @@ class CupyEngine:
                 if isinstance(m, _Matrix) and name not in ("per_layer_token_embd.weight",)
                 and not (name == "token_embd.weight" and not self.config.tied_output)]
 
-    def _matvec(self, name: str, x):
+    def _matvecs(self, names: Sequence[str], x) -> list:
+        """x @ W.T for each matrix W in `names` (all with the same input): x is quantized to Q8_1 once for all the
+        decode-MMQ ones (q/k/v share one input, gate/up another)."""
         from kernels.matvec import matvec
+        from kernels.mmq import mmq_matvec
+        from kernels.quantize_q8_1 import quantize_q8_1
 
-        m = self.w[name]
         x = self.cp.ascontiguousarray(x)
-        route = self.route(name, int(x.shape[0]))
-        if route == routing.DECODE_MMQ:
-            from kernels.mmq import mmq_matvec
+        rows = int(x.shape[0])
+        xq, out = None, []
+        for name in names:
+            m = self.w[name]
+            route = self._served[name] = self.route(name, rows)
+            if route == routing.DECODE_MMQ:
+                xq = quantize_q8_1(x) if xq is None else xq
+                out.append(mmq_matvec(m.raw, m.type_name, m.n_cols, xq))
+            else:
+                out.append(matvec(m.raw, m.type_name, m.n_cols, x, route=route))
+        return out
 
-            return mmq_matvec(m.raw, m.type_name, m.n_cols, x)
-        return matvec(m.raw, m.type_name, m.n_cols, x, route=route)
+    def _matvec(self, name: str, x):
+        return self._matvecs([name], x)[0]
 
     def forward(self, tokens: Sequence[int], positions: Sequence[int], slots: Sequence[int], logits_rows, trace=None,
                 static=None):
@@ -159,6 +176,7 @@ class CupyEngine:
             tok, pos, seq = static
             R = int(tok.shape[0])
             max_pos = self.max_context - 1  # grid for any position (extra split-KV chunks exit early)
+        self._served = self.routes_served[R] = {}
         emb = w["token_embd.weight"]
         x = dequantize_rows(emb.raw, emb.type_name, emb.n_cols, tok) * np.float32(cfg.embed_scale)
         pli = None
@@ -174,11 +192,14 @@ class CupyEngine:
             p = f"blk.{i}."
             d, hq, hkv = cfg.head_dim(i), cfg.n_heads, cfg.n_kv_heads[i]
             a = rms_norm(x, w[p + "attn_norm.weight"], eps)
-            q = self._matvec(p + "attn_q.weight", a).reshape(R * hq, d)
-            q = rope_neox(rms_norm(q, w[p + "attn_q_norm.weight"], eps).reshape(R, hq, d), pos, self.inv_freq[i])
+            own_v = cfg.owns_kv(i) and not cfg.layer_k_eq_v[i]
+            qkv = self._matvecs([p + "attn_q.weight"] + ([p + "attn_k.weight"] if cfg.owns_kv(i) else [])
+                                + ([p + "attn_v.weight"] if own_v else []), a)
+            q = rope_neox(rms_norm(qkv[0].reshape(R * hq, d), w[p + "attn_q_norm.weight"], eps).reshape(R, hq, d),
+                          pos, self.inv_freq[i])
             if cfg.owns_kv(i):
-                k_raw = self._matvec(p + "attn_k.weight", a)
-                v_raw = k_raw if cfg.layer_k_eq_v[i] else self._matvec(p + "attn_v.weight", a)
+                k_raw = qkv[1]
+                v_raw = qkv[2] if own_v else k_raw
                 k = rope_neox(rms_norm(k_raw.reshape(R * hkv, d), w[p + "attn_k_norm.weight"], eps).reshape(R, hkv, d),
                               pos, self.inv_freq[i])
                 v = v_raw.reshape(R * hkv, d)
@@ -190,7 +211,7 @@ class CupyEngine:
             attn = self._matvec(p + "attn_output.weight", o.reshape(R, hq * d))
             x = add_rms_norm(x, attn, w[p + "post_attention_norm.weight"], eps)
             u = rms_norm(x, w[p + "ffn_norm.weight"], eps)
-            act = gelu_tanh_mul(self._matvec(p + "ffn_gate.weight", u), self._matvec(p + "ffn_up.weight", u))
+            act = gelu_tanh_mul(*self._matvecs([p + "ffn_gate.weight", p + "ffn_up.weight"], u))
             f = self._matvec(p + "ffn_down.weight", act)
             if pli is None:
                 x = add_rms_norm(x, f, w[p + "post_ffw_norm.weight"], eps, scale=self.out_scale[i])
@@ -237,6 +258,7 @@ class CupyEngine:
     def _graph_step(self, tokens, positions, slots) -> np.ndarray:
         cp, n = self.cp, len(tokens)
         g = self._graphs.get(n) or self._capture(n)
+        self.routes_served[n] = dict(g.routes)
         with self.stream:
             g.tokens.set(np.asarray(tokens, dtype=np.int32), stream=self.stream)
             g.positions.set(np.asarray(positions, dtype=np.int32), stream=self.stream)
@@ -259,6 +281,6 @@ class CupyEngine:
                 logits = self.forward(None, None, None, None, static=(tokens, positions, slots))
             finally:
                 graph = self.stream.end_capture()
-        g = _StepGraph(graph, pool, tokens, positions, slots, logits)
+        g = _StepGraph(graph, pool, tokens, positions, slots, logits, dict(self.routes_served[n]))
         self._graphs[n] = g
         return g

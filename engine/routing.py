@@ -1,10 +1,11 @@
 """BatchDecodeMatMul routing as data: which kernel serves each matmul of a decode step at batch size N.
 
 Routes (kernels/): WS (weight-stationary mat-vec, N <= 16, bitwise equal to N = 1), GEMM_N (token on the
-grid, any N, bitwise equal to N = 1) and DECODE_MMQ (int8 tensor-core tile on Q8_1 activations: faster at
-larger N, argmax-stable rather than bitwise). The seed engine's eligibility numbers (seed-project.md §1.6:
-MMQ at N >= 5, rows >= 2048, cols % 256 == 0, a tile for the type; WS capacities up to 16) appear here once,
-in ROUTE_TABLE; they are to be re-tuned from H100 measurements (issue 6).
+grid, any N, bitwise equal to N = 1 and to WS) and DECODE_MMQ (int8 tensor-core tile on Q8_1 activations,
+kernels/mmq.py: its output depends on the shape only, never on N, but it is not bitwise equal to the float
+routes). The seed's rules (seed-project.md 1.6: MMQ at N >= 5, rows >= 2048, cols % 256 == 0; WS up to 16)
+were re-tuned from H100 timings of every matmul shape of the 12B-shaped stand-ins (`python -m
+harness.route_tuning`, reports/history/2026-11-25-h100-route-tuning-*.md): the numbers live in the tables below.
 """
 from __future__ import annotations
 
@@ -19,42 +20,89 @@ ALL_TYPES = frozenset({"F32", "F16", "BF16", "Q4_0", "Q5_0", "Q8_0", "Q4_K", "Q5
 @dataclass(frozen=True)
 class Route:
     name: str
-    types: frozenset[str]
-    min_n: int = 1
-    max_n: int | None = None
-    min_rows: int = 0
+    types: frozenset[str]  # capability: the GGML types this route has a kernel for
+    min_n: int = 1  # speed rules: smallest N, smallest row count, rows/cols aspect, column multiple, largest
+    max_n: int | None = None  # capability: the kernel's largest N (WS: 16)
+    min_rows: int = 0  #   row count at which the route pays
+    max_rows: int | None = None
+    min_aspect: float = 0.0
     col_multiple: int = 1
     why: str = ""
 
-    def eligible(self, type_name: str, rows: int, cols: int, n: int) -> str | None:
-        """None when this route can serve the matmul, else the reason it cannot."""
+    def eligible(self, type_name: str, rows: int, cols: int, n: int, *, rules: str = "all") -> str | None:
+        """None when this route can serve the matmul, else the reason it cannot.
+
+        rules: "all" (the table as written), "shape" (no N floor: batch-invariant mode) or "capability" (only what
+        the kernel cannot do: a type without a kernel, N beyond max_n; forced modes)."""
         if type_name not in self.types:
             return f"no {self.name} kernel for {type_name}"
-        if n < self.min_n:
-            return f"N={n} < {self.min_n}"
         if self.max_n is not None and n > self.max_n:
             return f"N={n} > {self.max_n}"
+        if rules == "capability":
+            return None
+        if rules == "all" and n < self.min_n:
+            return f"N={n} < {self.min_n}"
         if rows < self.min_rows:
             return f"rows={rows} < {self.min_rows}"
+        if self.max_rows is not None and rows > self.max_rows:
+            return f"rows={rows} > {self.max_rows}"
+        if rows < self.min_aspect * cols:
+            return f"rows/cols={rows / cols:.2f} < {self.min_aspect}"
         if cols % self.col_multiple:
             return f"cols={cols} not a multiple of {self.col_multiple}"
         return None
 
 
-# Tried in order; the first eligible route serves the matmul. GEMM_N accepts everything, so a route is always found.
-# DECODE_MMQ's types: those with a decode-MMQ tile that passed its GPU tests (kernels/mmq.py, H100 2026-11-24).
-MMQ_TYPES: frozenset[str] = frozenset({"Q8_0", "Q4_0", "Q4_K"})
+# DECODE_MMQ's types: those with a decode-MMQ tile that passed its GPU tests (kernels/mmq.py, H100 2026-11-25).
+MMQ_TYPES: frozenset[str] = frozenset({"Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"})
+_MMQ_32 = MMQ_TYPES - {"Q6_K"}  # one scale per 32 values: one m16n8k32 per block
+
+# The fast mode ("auto"): tried in order, the first eligible route serves the matmul; GEMM_N accepts everything.
+# Each MMQ line is the measured crossover (time of the int8 tile over the best float route, H100, 12B shapes,
+# Q4_K_M and Q4_0 stand-ins): decode-MMQ's time is nearly flat in N, the float routes grow with N, and the tile
+# is slowest relative to them on matrices with few rows and long rows (few thread blocks, a long K walk).
 ROUTE_TABLE: tuple[Route, ...] = (
-    Route(DECODE_MMQ, MMQ_TYPES, min_n=5, min_rows=2048, col_multiple=256,
-          why="seed rule (#201/#206 on a 4070 Ti): the int8 tile wins from N = 5 on tall, 256-aligned matrices"),
-    Route(WS, ALL_TYPES, max_n=16, why="weights read once per step for up to 16 tokens (capacities 1, 2, 4, 8, 16)"),
-    Route(GEMM_N, ALL_TYPES, why="any N: one token per grid row, the N = 1 reduction each"),
+    Route(DECODE_MMQ, MMQ_TYPES, min_n=1, min_aspect=4.0, col_multiple=256,
+          why="tall matrices (ffn gate/up 15360x3840, the tied lm-head 262144x3840): the tile wins from N = 1 "
+              "(0.96x and 0.68x the best float route's time)"),
+    Route(DECODE_MMQ, MMQ_TYPES, min_n=2, min_aspect=2.0, col_multiple=256,
+          why="global attn_q 8192x3840: from N = 2 (0.91x)"),
+    Route(DECODE_MMQ, _MMQ_32, min_n=4, min_rows=3840, col_multiple=256,
+          why="3840..8192-row Q4_K/Q4_0 (attn_q, attn_output, ffn_down): from N = 4 (0.92..0.99x)"),
+    Route(DECODE_MMQ, MMQ_TYPES, min_n=6, min_rows=3840, col_multiple=256,
+          why="Q6_K ffn_down (two 16-value halves a block): from N = 6 (0.86x; 1.02x at N = 5)"),
+    Route(DECODE_MMQ, _MMQ_32, min_n=8, min_rows=2048, col_multiple=256,
+          why="2048-row attn_k / attn_v: from N = 8 (0.95x)"),
+    Route(DECODE_MMQ, MMQ_TYPES, min_n=12, min_rows=2048, col_multiple=256,
+          why="2048-row Q6_K attn_v: from N = 12"),
+    Route(DECODE_MMQ, MMQ_TYPES, min_n=17, col_multiple=256,
+          why="beyond WS's 16 tokens the tile beats GEMM-N on every shape (512-row global attn_k: 0.99x at 17, "
+              "0.61x at 32)"),
+    Route(WS, ALL_TYPES, max_n=16, max_rows=2048,
+          why="up to 16 tokens on <= 2048-row matrices WS beats GEMM-N (0.8..0.98x from N = 3)"),
+    Route(GEMM_N, ALL_TYPES, why="any N: one token per grid row, the N = 1 reduction each (faster than WS on "
+                                 "3840+-row matrices: WS is 1.3..1.7x slower there from N = 3)"),
+)
+
+# batch-invariant mode: the route of a matrix may depend on its shape only, so one choice serves every N. With
+# today's tile that is a trade (measured on the Q4_K_M stand-in: MMQ on every >= 2048-row matrix costs N = 1
+# half its speed, 24.7 vs 53 t/s, and matches auto from N = 5; the float routes alone would read each matrix
+# once per token beyond N = 16). The seed's shape rule is kept: decode-MMQ on rows >= 2048, else WS / GEMM-N.
+INVARIANT_TABLE: tuple[Route, ...] = (
+    Route(DECODE_MMQ, MMQ_TYPES, min_rows=2048, col_multiple=256,
+          why="batch-invariant: decode-MMQ on every >= 2048-row 256-aligned matrix, at every N"),
+    Route(WS, ALL_TYPES, max_n=16, why="batch-invariant: the float route, WS up to 16 tokens"),
+    Route(GEMM_N, ALL_TYPES, why="batch-invariant: the float route beyond 16 tokens (bitwise equal to WS)"),
 )
 
 # Modes a user A/B-tests routes with (CLI --route / env GEMMA_ORACLE_ROUTE):
-#   auto             the table above
-#   batch-invariant  WS/GEMM-N only: every sequence's logits bitwise independent of the batch
-#   ws | gemm_n | decode_mmq   force one route wherever it is eligible (GEMM_N where it is not)
+#   auto             ROUTE_TABLE (the fast mode)
+#   batch-invariant  INVARIANT_TABLE, decode-MMQ judged on the shape alone: each matrix takes it at every N
+#                    (N = 1 included) or never; the float routes it falls back to (WS, GEMM-N beyond 16) share one
+#                    reduction order, so every sequence's logits are bitwise independent of the batch.
+#   ws | gemm_n | decode_mmq   force one route wherever its kernel can serve the matmul (type, N capacity), the
+#                    speed rules ignored; GEMM_N where it cannot. All three are batch-invariant too (each kernel's
+#                    order is fixed by the shape); ws and gemm_n are the float path (no Q8_1 activations)
 MODES = ("auto", "batch-invariant", WS, GEMM_N, DECODE_MMQ)
 ENV_MODE = "GEMMA_ORACLE_ROUTE"
 ENV_DISABLE = "GEMMA_ORACLE_DISABLE_ROUTES"  # comma-separated route names taken out of the table
@@ -75,23 +123,31 @@ def disabled_from_env() -> frozenset[str]:
     return names
 
 
-def _candidates(mode: str, disabled: frozenset[str], table: tuple[Route, ...]) -> list[Route]:
+def _candidates(mode: str, disabled: frozenset[str], table: tuple[Route, ...] | None) -> list[Route]:
     if mode not in MODES:
         raise ValueError(f"route mode {mode!r}: expected one of {MODES}")
+    if table is None:
+        table = INVARIANT_TABLE if mode == "batch-invariant" else ROUTE_TABLE
     routes = [r for r in table if r.name not in disabled]
-    if mode == "batch-invariant":
-        routes = [r for r in routes if r.name != DECODE_MMQ]
-    elif mode != "auto":
-        routes = [r for r in routes if r.name == mode] + [r for r in routes if r.name == GEMM_N]
+    if mode not in ("auto", "batch-invariant"):
+        forced = [r for r in routes if r.name == mode][:1]
+        routes = forced + [Route(GEMM_N, ALL_TYPES, why="forced route cannot serve this matmul")]
+        if GEMM_N in disabled and mode != GEMM_N:
+            routes = forced
     return routes
 
 
 def explain_route(type_name: str, rows: int, cols: int, n: int, *, mode: str = "auto",
-                  disabled: frozenset[str] = frozenset(), table: tuple[Route, ...] = ROUTE_TABLE) -> tuple[str, str]:
-    """(route name, reason) for one matmul; the reason lists why earlier routes were passed over."""
+                  disabled: frozenset[str] = frozenset(), table: tuple[Route, ...] | None = None) -> tuple[str, str]:
+    """(route name, reason) for one matmul; the reason lists why earlier routes were passed over.
+
+    table: the table to use (default: INVARIANT_TABLE in batch-invariant mode, ROUTE_TABLE otherwise)."""
     skipped = []
+    # batch-invariant: decode-MMQ is judged on the shape alone, so a matrix takes it at every N or never
+    rules = {"auto": "all", "batch-invariant": "shape"}.get(mode, "capability")
     for route in _candidates(mode, disabled, table):
-        why_not = route.eligible(type_name, rows, cols, n)
+        route_rules = rules if route.name == DECODE_MMQ or rules == "capability" else "all"
+        why_not = route.eligible(type_name, rows, cols, n, rules=route_rules)
         if why_not is None:
             prefix = f"{'; '.join(skipped)}; " if skipped else ""
             return route.name, f"{prefix}{route.name}: {route.why}"

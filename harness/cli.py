@@ -11,25 +11,40 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def _cmd_fixtures_build(args) -> int:
-    from .fixtures import fixture_path, write_fixture
+    from .fixtures import fixture_names, fixture_path, fixture_variants, write_fixture
     from .presets import PRESETS
-    from .quant_mix import VARIANTS
+    from .standin import STANDINS, write_standin
 
     names = sorted(PRESETS) if args.all else args.presets
     if not names:
-        print("name at least one preset (or --all); presets: " + ", ".join(sorted(PRESETS)), file=sys.stderr)
+        print("name at least one preset (or --all: every mini preset); presets: " + ", ".join(fixture_names()),
+              file=sys.stderr)
         return 2
-    unknown = [n for n in names if n not in PRESETS]
+    unknown = [n for n in names if n not in fixture_names()]
     if unknown:
-        print(f"unknown preset(s) {unknown}; expected some of: {', '.join(sorted(PRESETS))}", file=sys.stderr)
+        print(f"unknown preset(s) {unknown}; expected some of: {', '.join(fixture_names())}", file=sys.stderr)
         return 2
-    variants = list(VARIANTS) if args.variant == ["all"] else args.variant
     for name in names:
+        variants = fixture_variants(name) if args.variant == ["all"] else args.variant
+        bad = [v for v in variants if v not in fixture_variants(name)]
+        if bad:
+            print(f"{name}: no variant(s) {bad}; it is built in {list(fixture_variants(name))}", file=sys.stderr)
+            return 2
         for variant in variants:
             if args.out:
                 out = Path(args.out)
                 out.mkdir(parents=True, exist_ok=True)
-                path = write_fixture(out / f"{name}-{variant}-s{args.seed}.gguf", name, variant, args.seed)
+                target = out / f"{name}-{variant}-s{args.seed}.gguf"
+                tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+                try:  # nothing half-written at the final name
+                    if name in STANDINS:
+                        write_standin(tmp, name, args.seed)
+                    else:
+                        write_fixture(tmp, name, variant, args.seed)
+                    os.replace(tmp, target)
+                finally:
+                    tmp.unlink(missing_ok=True)
+                path = target
             else:
                 path = fixture_path(name, variant, args.seed)
             print(f"{name:18s} {variant:7s} {path.stat().st_size / 1e6:8.2f} MB  {path}")
@@ -38,9 +53,12 @@ def _cmd_fixtures_build(args) -> int:
 
 def _cmd_fixtures_presets(args) -> int:
     from .presets import PRESETS
+    from .standin import STANDINS
 
     for name, p in sorted(PRESETS.items()):
         print(f"{name:18s} {p.description}")
+    for name, s in sorted(STANDINS.items()):
+        print(f"{name:18s} [synthetic 12B stand-in, {s.variant} only] {s.description}")
     return 0
 
 
@@ -113,9 +131,9 @@ def _cmd_oracle(args) -> int:
 
 def _cmd_bench(args) -> int:
     from .bench import bench_decode, format_table, read_bandwidth_gb_s, rows_as_dicts
-    from .fixtures import fixture_path
-    from .presets import PRESETS
+    from .fixtures import fixture_names, fixture_path
     from .pytest_plugin import gpu_available
+    from .standin import STANDINS
 
     if not gpu_available():
         print("error: the bench times the CuPy engine and needs an NVIDIA GPU (pip install 'gemma-oracle[gpu]')",
@@ -127,7 +145,8 @@ def _cmd_bench(args) -> int:
     bw = read_bandwidth_gb_s()
     all_rows = []
     for model in args.model:
-        path = fixture_path(model, args.variant) if model in PRESETS else Path(model)
+        path = (fixture_path(model, None if model in STANDINS else args.variant) if model in fixture_names()
+                else Path(model))
         all_rows += bench_decode(path, tuple(args.n), steps=args.steps, warmup=args.warmup, repeats=args.repeats,
                                  kv_dtype=args.kv_dtype, bandwidth=bw, use_graphs=not args.eager,
                                  route_mode=args.route)
@@ -150,8 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     fx = sub.add_parser("fixtures", help="synthetic and real model fixtures").add_subparsers(dest="fixtures_command", required=True)
     b = fx.add_parser("build", help="write synthetic Gemma 4 GGUF fixtures (cached under $GEMMA_ORACLE_CACHE)")
     b.add_argument("presets", nargs="*", help="preset names (see `gemma-oracle fixtures presets`)")
-    b.add_argument("--all", action="store_true", help="every preset")
-    b.add_argument("--variant", nargs="+", default=["all"], help="f32 q8_0 q4_0 q4_k_m, or all (default)")
+    b.add_argument("--all", action="store_true", help="every mini preset (stand-ins are built by name: shape12b ...)")
+    b.add_argument("--variant", nargs="+", default=["all"],
+                   help="f32 q8_0 q4_0 q4_k_m, or all (default: every variant the preset is built in)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out", help="write to this directory instead of the cache")
     b.set_defaults(func=_cmd_fixtures_build)

@@ -240,6 +240,31 @@ def _fill_file_part(args: tuple) -> int:
     return len(chunks)
 
 
+def random_tensors_parallel(path: str | os.PathLike, tensors: list[tuple[int, str, int, int, float, str]], seed: int,
+                            processes: int | None = None, chunks_per_task: int = 32) -> None:
+    """Write many tensors into the existing file `path` with ONE process pool (a pool per tensor costs more than
+    filling a small one). tensors: (offset, type_name, rows, cols, std, name) each; the bytes are those of
+    `random_tensor(type_name, rows, cols, std, seed, name)` at each offset, whatever `processes` is."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    size = os.path.getsize(path)
+    tasks = []
+    for offset, type_name, rows, cols, std, name in tensors:
+        if size < offset + rows * row_bytes(type_name, cols):
+            raise ValueError(f"{path} is shorter than offset {offset} + {rows * row_bytes(type_name, cols)} bytes ({name})")
+        nk = n_chunks(rows)
+        for k0 in range(0, nk, chunks_per_task):
+            tasks.append((os.fspath(path), offset, type_name, rows, cols, std, seed, name,
+                          list(range(k0, min(nk, k0 + chunks_per_task)))))
+    processes = max(1, min(processes or os.cpu_count() or 1, len(tasks) or 1))
+    if processes == 1:
+        for task in tasks:
+            _fill_file_part(task)
+        return
+    with ProcessPoolExecutor(processes) as pool:
+        list(pool.map(_fill_file_part, tasks))
+
+
 def random_tensor_parallel(path: str | os.PathLike, offset: int, type_name: str, rows: int, cols: int,
                            std: float, seed: int, name: str, processes: int | None = None) -> None:
     """Write `random_tensor(...)` into the existing file `path` at byte `offset` using a process pool.

@@ -179,23 +179,52 @@ def _builder_sources_digest() -> str:
 
     h = hashlib.sha256()
     for mod in ("harness.fixtures", "harness.presets", "harness.quant_mix", "harness.tokenizer_table",
-                "kernels.reference.quantize", "engine.inventory"):
+                "kernels.reference.quantize", "engine.inventory", "harness.standin", "harness.fast_blocks"):
         h.update(Path(import_module(mod).__file__).read_bytes())
     return h.hexdigest()
 
 
-def _digest(preset: Preset, variant: str, seed: int) -> str:
+def _digest(preset, variant: str, seed: int) -> str:
     text = f"{FIXTURE_FORMAT_VERSION}|{_builder_sources_digest()}|{preset!r}|{variant}|{seed}"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def fixture_path(preset_name: str, variant: str = "f32", seed: int = 0, *, directory: os.PathLike | str | None = None) -> Path:
-    """Path of the cached fixture, building it first if needed (under a lock; atomic rename)."""
-    if preset_name not in PRESETS:
-        raise KeyError(f"unknown preset {preset_name!r}: expected one of {sorted(PRESETS)}")
+def fixture_names() -> list[str]:
+    """Every name fixture_path builds: the mini presets, then the 12B-shaped stand-ins."""
+    from .standin import STANDINS
+
+    return sorted(PRESETS) + sorted(STANDINS)
+
+
+def fixture_variants(name: str) -> tuple[str, ...]:
+    """The quant variants a fixture name is built in (a stand-in has exactly one)."""
+    from .standin import STANDINS
+
+    return (STANDINS[name].variant,) if name in STANDINS else VARIANTS
+
+
+def fixture_path(preset_name: str, variant: str | None = None, seed: int = 0, *,
+                 directory: os.PathLike | str | None = None) -> Path:
+    """Path of the cached fixture, building it first if needed (under a lock; atomic rename).
+
+    preset_name: a mini preset (harness.presets, variant default "f32") or a 12B-shaped stand-in
+    (harness.standin, built in its own variant only: "shape12b" q4_k_m, "shape12b-q4_0" q4_0)."""
+    from .standin import STANDINS, write_standin
+
+    if preset_name in STANDINS:
+        standin = STANDINS[preset_name]
+        variant = variant or standin.variant
+        if variant != standin.variant:
+            raise ValueError(f"stand-in {preset_name!r} is built in variant {standin.variant!r} only, not {variant!r}")
+        digest, write = _digest(standin, variant, seed), write_standin
+    elif preset_name in PRESETS:
+        variant = variant or "f32"
+        digest, write = _digest(PRESETS[preset_name], variant, seed), write_fixture
+    else:
+        raise KeyError(f"unknown preset {preset_name!r}: expected one of {fixture_names()}")
     d = Path(directory) if directory is not None else cache_dir()
     d.mkdir(parents=True, exist_ok=True)
-    final = d / f"{preset_name}-{variant}-s{seed}-{_digest(PRESETS[preset_name], variant, seed)}.gguf"
+    final = d / f"{preset_name}-{variant}-s{seed}-{digest}.gguf"
     if final.exists():
         return final
     with FileLock(str(final) + ".lock"):
@@ -203,7 +232,10 @@ def fixture_path(preset_name: str, variant: str = "f32", seed: int = 0, *, direc
             return final
         tmp = final.with_name(final.name + f".tmp{os.getpid()}")
         try:
-            write_fixture(tmp, preset_name, variant, seed)
+            if write is write_standin:
+                write_standin(tmp, preset_name, seed)
+            else:
+                write_fixture(tmp, preset_name, variant, seed)
             os.replace(tmp, final)
         finally:
             if tmp.exists():

@@ -29,10 +29,14 @@ SEQUENCE_SEED = 1234
 # The CuPy engine's WS/GEMM-N matvecs are bitwise equal to their N = 1 path and its attention reduces each
 # row over its own sequence only, so batched must equal single-user exactly.
 POLICIES: dict[str, Policy] = {"numpy64": FLOAT64_POLICY, "cupy": exact()}
-# The decode-MMQ route quantizes activations to Q8_1, so its rows are argmax-stable, not bitwise: issue 5's
-# bound for Q8_1 paths (final-logit NMSE <= 5e-3; argmax equal wherever the reference margin > 0.3), top-5
-# sharing at least 4 tokens (the seed's 12B decode-MMQ oracle used >= 3).
-MMQ_POLICY = tolerance(nmse_max=5e-3, near_tie_eps=0.3, topk=5, topk_min_overlap=4, name="decode-mmq")
+# The fast (auto) mode serves batched steps at N >= 5 through decode-MMQ (Q8_1 activations) while single-user
+# decode runs WS, so its rows are argmax-stable, not bitwise. Verdict of issue 6, tighter than the seed's 12B
+# oracle (1.5 / >= 3 / < 5.0): argmax equal unless the reference's top-two margin is below 0.5, top-5 sharing at
+# least 4 tokens, max |delta logit| <= 1.0; plus issue 5's final-logit NMSE <= 5e-3 for Q8_1 paths.
+MMQ_POLICY = tolerance(nmse_max=5e-3, max_abs_max=1.0, near_tie_eps=0.5, topk=5, topk_min_overlap=4, name="decode-mmq")
+# The seed's own tolerances for its 12B decode-MMQ oracle (seed-project.md): the floor for the 12B-shaped stand-in
+# and the real 12B; the measured worst case is recorded beside every use.
+SEED_MMQ_POLICY = tolerance(max_abs_max=5.0, near_tie_eps=1.5, topk=5, topk_min_overlap=3, name="seed-12b-mmq")
 # The GPU suite adds N = 32 (GEMM-N, beyond every WS capacity).
 GPU_N_LIST = (1, 2, 3, 4, 5, 8, 9, 16, 17, 32)
 
@@ -66,10 +70,12 @@ def sequences(vocab_size: int, count: int = max(GPU_N_LIST), *, seed: int = SEQU
 
 
 @functools.lru_cache(maxsize=2)
-def engine_for(preset: str, variant: str, backend: str):
+def engine_for(preset: str, variant: str, backend: str, route_mode: str | None = None):
+    """route_mode: CupyEngine's matmul route mode (engine.routing; None: its default, batch-invariant)."""
     from engine.factory import make_engine
 
-    return make_engine(backend, fixture_path(preset, variant), memo_prefill=True)
+    options = {"route_mode": route_mode} if route_mode else {}
+    return make_engine(backend, fixture_path(preset, variant), memo_prefill=True, **options)
 
 
 _REFERENCE_MEMO: dict = {}

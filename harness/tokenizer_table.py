@@ -46,3 +46,35 @@ def small_vocab(size: int = VOCAB_SIZE) -> TokenizerTable:
         raise ValueError(f"cannot make a vocabulary of {size} tokens")
     scores = [0.0] * 260 + [-float(i) for i in range(rest)]
     return TokenizerTable(tuple(tokens), tuple(scores), tuple(types))
+
+
+def _long_pieces():
+    """Pieces of 3 and 4 letters, with and without the word-start mark, in a fixed order."""
+    from itertools import product
+
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    for length in (3, 4):
+        for combo in product(letters, repeat=length):
+            piece = "".join(combo)
+            yield "\u2581" + piece
+            yield piece
+
+
+def large_vocab(size: int) -> TokenizerTable:
+    """A vocabulary of `size` tokens (e.g. Gemma's 262144) laid out like small_vocab: the same specials and byte
+    tokens, the small table's pieces, then 3- and 4-letter pieces, all distinct."""
+    base = small_vocab()
+    tokens, types = list(base.tokens), list(base.types)
+    seen = set(tokens)
+    if size > len(tokens):
+        for piece in _long_pieces():
+            if len(tokens) == size:
+                break
+            if piece not in seen:
+                tokens.append(piece)
+                types.append(NORMAL)
+                seen.add(piece)
+    if len(tokens) != size:
+        raise ValueError(f"cannot make a vocabulary of {size} tokens (have {len(tokens)})")
+    scores = [0.0] * 260 + [-float(i) for i in range(size - 260)]
+    return TokenizerTable(tuple(tokens), tuple(scores), tuple(types))

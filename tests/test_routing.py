@@ -1,47 +1,76 @@
 """The BatchDecodeMatMul routing table: seed rules, modes, disabled routes, explanations."""
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from engine import routing
 from engine.routing import DECODE_MMQ, GEMM_N, WS, Route, explain_route, route_for
 
-# A table whose decode-MMQ route has a Q4_K tile, to pin the seed's numbers independent of which tiles exist.
-WITH_MMQ = tuple(dataclasses.replace(r, types=frozenset({"Q4_K", "Q6_K"})) if r.name == DECODE_MMQ else r
-                 for r in routing.ROUTE_TABLE)
+# The measured crossovers of ROUTE_TABLE on the 12B shapes (H100, reports/history/2026-11-25-h100-route-tuning-*):
+# (type, rows, cols, last N on a float route, first N on decode-MMQ, float route below it)
+CROSSOVERS = [
+    ("Q4_K", 15360, 3840, None, 1, None),     # ffn gate/up: MMQ from N = 1
+    ("Q6_K", 262144, 3840, None, 1, None),    # tied lm-head
+    ("Q4_0", 15360, 3840, None, 1, None),
+    ("Q4_K", 8192, 3840, 1, 2, GEMM_N),       # global attn_q
+    ("Q4_K", 4096, 3840, 3, 4, GEMM_N),       # sliding attn_q
+    ("Q4_K", 3840, 4096, 3, 4, GEMM_N),       # attn_output
+    ("Q4_0", 3840, 15360, 3, 4, GEMM_N),      # ffn_down
+    ("Q6_K", 3840, 15360, 5, 6, GEMM_N),      # more-bits ffn_down
+    ("Q4_K", 2048, 3840, 7, 8, WS),           # attn_k / attn_v
+    ("Q6_K", 2048, 3840, 11, 12, WS),         # more-bits attn_v
+    ("Q4_K", 512, 3840, 16, 17, WS),          # global attn_k
+]
 
 
-@pytest.mark.parametrize("n,rows,cols,expected", [
-    (1, 4096, 3840, WS), (4, 4096, 3840, WS),          # below the MMQ floor N >= 5
-    (5, 4096, 3840, DECODE_MMQ), (16, 2048, 256, DECODE_MMQ), (32, 15360, 3840, DECODE_MMQ),
-    (5, 2047, 3840, WS),                                # rows < 2048
-    (8, 4096, 3840 + 32, WS),                           # cols not a multiple of 256
-    (17, 2047, 3840, GEMM_N), (32, 512, 3840, GEMM_N),  # beyond WS capacity 16 and not MMQ-eligible
+@pytest.mark.parametrize("type_name, rows, cols, last_float, first_mmq, float_route", CROSSOVERS)
+def test_auto_table_switches_at_the_measured_crossovers(type_name, rows, cols, last_float, first_mmq, float_route):
+    if last_float is not None:
+        for n in range(1, last_float + 1):
+            assert route_for(type_name, rows, cols, n) == float_route, n
+    for n in (first_mmq, first_mmq + 1, 16, 17, 32, 64):
+        if n >= first_mmq:
+            assert route_for(type_name, rows, cols, n) == DECODE_MMQ, n
+
+
+@pytest.mark.parametrize("type_name, rows, cols, n, expected", [
+    ("Q5_0", 4096, 3840, 8, GEMM_N), ("Q5_0", 1024, 3840, 8, WS), ("Q5_0", 1024, 3840, 32, GEMM_N),  # no tile
+    ("BF16", 768, 256, 4, WS),                                    # per_layer_model_proj stays on the float routes
+    ("Q8_0", 15360, 3840 + 32, 8, GEMM_N),                        # cols not a multiple of 256
+    ("Q4_K", 2048, 256, 1, DECODE_MMQ),                           # aspect 8 (g4-12b-mini gate/up)
+    ("Q4_K", 256, 2048, 16, WS), ("Q4_K", 256, 2048, 17, DECODE_MMQ),
 ])
-def test_seed_rules(n, rows, cols, expected):
-    assert route_for("Q4_K", rows, cols, n, table=WITH_MMQ) == expected
-
-
-def test_type_without_tile_never_takes_mmq():
-    assert route_for("Q5_0", 4096, 3840, 8, table=WITH_MMQ) == WS
-    assert route_for("Q5_0", 4096, 3840, 32, table=WITH_MMQ) == GEMM_N
+def test_auto_table_other_shapes(type_name, rows, cols, n, expected):
+    assert route_for(type_name, rows, cols, n) == expected
 
 
 def test_modes_force_or_exclude_routes():
-    assert route_for("Q4_K", 4096, 3840, 8, table=WITH_MMQ, mode="batch-invariant") == WS
-    assert route_for("Q4_K", 4096, 3840, 32, table=WITH_MMQ, mode="batch-invariant") == GEMM_N
-    assert route_for("Q4_K", 4096, 3840, 8, table=WITH_MMQ, mode=GEMM_N) == GEMM_N
-    assert route_for("Q4_K", 4096, 3840, 8, table=WITH_MMQ, mode=WS) == WS
-    assert route_for("Q4_K", 4096, 3840, 32, table=WITH_MMQ, mode=WS) == GEMM_N  # WS cannot take N=32
-    assert route_for("Q4_K", 4096, 3840, 2, table=WITH_MMQ, mode=DECODE_MMQ) == GEMM_N  # forced, but N < 5
-    assert route_for("Q4_K", 4096, 3840, 8, table=WITH_MMQ, disabled=frozenset({DECODE_MMQ})) == WS
+    # batch-invariant: an MMQ-eligible shape (rows >= 2048) takes decode-MMQ at every N, N = 1 included
+    for n in (1, 4, 8, 32):
+        assert route_for("Q4_K", 4096, 3840, n, mode="batch-invariant") == DECODE_MMQ
+    assert route_for("Q4_K", 1024, 3840, 8, mode="batch-invariant") == WS
+    assert route_for("Q4_K", 1024, 3840, 32, mode="batch-invariant") == GEMM_N
+    assert route_for("Q4_K", 4096, 3840, 8, mode="batch-invariant", disabled=frozenset({DECODE_MMQ})) == WS
+    assert route_for("Q4_K", 4096, 3840, 8, mode=GEMM_N) == GEMM_N
+    assert route_for("Q4_K", 4096, 3840, 8, mode=WS) == WS
+    assert route_for("Q4_K", 4096, 3840, 32, mode=WS) == GEMM_N  # WS cannot take N=32
+    # forced MMQ ignores the speed rules (N floor, rows, column multiple): only a type without a tile falls back
+    assert route_for("Q4_K", 4096, 3840, 2, mode=DECODE_MMQ) == DECODE_MMQ
+    assert route_for("Q4_K", 512, 3840, 1, mode=DECODE_MMQ) == DECODE_MMQ
+    assert route_for("Q5_0", 4096, 3840, 8, mode=DECODE_MMQ) == GEMM_N
+    assert route_for("Q4_K", 4096, 3840, 8, disabled=frozenset({DECODE_MMQ})) == GEMM_N
+    assert route_for("Q4_K", 2048, 3840, 8, disabled=frozenset({DECODE_MMQ})) == WS
+
+
+def test_type_without_tile_never_takes_mmq():
+    for n in (1, 5, 17, 64):
+        assert route_for("Q5_0", 262144, 3840, n) != DECODE_MMQ
+        assert route_for("F32", 262144, 3840, n, mode="batch-invariant") != DECODE_MMQ
 
 
 def test_explanation_names_the_rules_that_failed():
-    name, why = explain_route("Q4_K", 1024, 3840, 8, table=WITH_MMQ)
-    assert name == WS and "rows=1024 < 2048" in why and "not decode_mmq" in why
+    name, why = explain_route("Q4_K", 1024, 3840, 8)
+    assert name == WS and "rows=1024 < 2048" in why and "not decode_mmq" in why and "N=8 < 17" in why
 
 
 def test_every_matmul_gets_a_route_in_every_mode():
@@ -68,3 +97,16 @@ def test_gemm_n_is_last_and_total():
     assert routing.ROUTE_TABLE[-1].name == GEMM_N
     assert routing.ROUTE_TABLE[-1].eligible("Q6_K", 1, 256, 10_000) is None
     assert isinstance(routing.ROUTE_TABLE[0], Route)
+
+
+@pytest.mark.parametrize("type_name", sorted(routing.ALL_TYPES))
+@pytest.mark.parametrize("rows,cols", [(512, 3840), (2048, 256), (4096, 3840), (15360, 3840), (3840, 15360),
+                                       (262144, 3840), (4096, 3840 + 32)])
+def test_batch_invariant_mode_routes_by_shape_only(type_name, rows, cols):
+    """In batch-invariant mode decode-MMQ serves a matrix at every N or at none, and the float routes it falls back
+    to (WS up to 16, GEMM-N beyond) share one reduction order, so no output's arithmetic depends on N."""
+    routes = {n: route_for(type_name, rows, cols, n, mode="batch-invariant") for n in (1, 2, 4, 5, 8, 9, 16, 17, 32, 64)}
+    mmq_at = {n for n, r in routes.items() if r == DECODE_MMQ}
+    assert mmq_at in (set(), set(routes)), routes
+    if not mmq_at:
+        assert all(r == (WS if n <= 16 else GEMM_N) for n, r in routes.items()), routes

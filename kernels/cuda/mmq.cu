@@ -3,18 +3,21 @@
 // (PTX mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32; plain sm_90, no sm_90a feature).
 //
 // Weight types: Q8_0 (codes used as they are) and Q4_0 (nibble - 8, so the codes are signed int8 in [-8, 7] and
-// the Q8_1 block sums are not needed): 32-value blocks whose value is d_w * code exactly. Q4_K: each 32-value
-// sub-block is a "block" with value d_w * code - m_w (d_w = d * sc, m_w = dmin * m, code = the nibble 0..15);
+// the Q8_1 block sums are not needed): 32-value blocks whose value is d_w * code exactly. Q6_K: each 32-value
+// block has two 16-value halves with their own int8 scale (d_w = d * sc_half, code = q - 32 in [-32, 31]); the
+// halves are two m16n8k16 products, each scaled on its own. Q4_K and Q5_K: each 32-value
+// sub-block is a "block" with value d_w * code - m_w (d_w = d * sc, m_w = dmin * m, code = 0..15 / 0..31);
 // its offset term needs the sum of the activations, taken as d_x * xs with xs the EXACT integer sum of the 32
 // Q8_1 codes (dp4a at staging time), not the Q8_1 block's stored fp16 s (llama.cpp uses s, the sum of the
 // unquantized values): so the result is the product with the Q8_1-dequantized activations up to float32
 // rounding, for Q4_K as for the others.
 //
-// Tile: MMQ_BM = 64 weight rows x MMQ_BN = 16 tokens per thread block, MMQ_WARPS = 4 warps; warp w owns rows
-// 16w .. 16w + 15 of the tile and all 16 tokens (two m16n8k32 tiles, tokens 0..7 and 8..15). K is walked in
-// stages of MMQ_KB = 4 blocks (128 values): the stage's weight codes (int8, unpacked from Q8_0 / Q4_0 / Q4_K), the
+// Tile variants (template <WM, BN>): BM = 16 * WM weight rows x BN tokens per thread block, WM warps; warp w
+// owns rows 16w .. 16w + 15 of the tile and all BN tokens (BN / 8 m16n8k32 tiles). Entries are compiled for
+// WM in {2, 4} (BM 32 / 64) and BN in {16, 32}; kernels/mmq.py picks one per launch (TILE_RULES). K is walked in
+// stages of MMQ_KB = 4 blocks (128 values): the stage's weight codes (int8, unpacked from the GGUF block), the
 // activation codes (Q8_1 qs) and both sets of scales (fp16 -> float32) are staged in shared memory, then each
-// warp runs, per 32-value block, one A fragment against two B fragments. Rows past `rows`, tokens past `n` and
+// warp runs, per 32-value block, one A fragment against BN / 8 B fragments. Rows past `rows`, tokens past `n` and
 // blocks past `units` are staged as code 0 / scale 0 and never stored; blocks past `units` are not even visited.
 //
 // Reduction order (per output (r, n); it depends on nothing but the bytes of W row r and Q8_1 row n):
@@ -23,8 +26,11 @@
 //       isum  = sum_{i<32} wq[r, 32b + i] * xq[n, 32b + i]        int32 from the mma, EXACT (|isum| <= 32*127*127)
 //       scale = __fmul_rn(d_w[r, b], d_x[n, b])                   float32, one rounding
 //       acc   = __fadd_rn(acc, __fmul_rn((float)isum, scale))     (float)isum is exact (< 2^24); two roundings
-//       (Q4_K:  acc   = __fadd_rn(acc, __fsub_rn(__fmul_rn((float)isum, scale),
-//                                                   __fmul_rn((float)xs, __fmul_rn(m_w[r, b], d_x[n, b])))) )
+//       (Q4_K, Q5_K:  acc = __fadd_rn(acc, __fsub_rn(__fmul_rn((float)isum, scale),
+//                                                 __fmul_rn((float)xs, __fmul_rn(m_w[r, b], d_x[n, b])))) )
+//       (Q6_K: isum_lo, isum_hi over the block's two 16-value halves;
+//              acc = __fadd_rn(acc, __fmul_rn((float)isum_lo, __fmul_rn(d_lo[r, b], d_x[n, b])));
+//              acc = __fadd_rn(acc, __fmul_rn((float)isum_hi, __fmul_rn(d_hi[r, b], d_x[n, b]))) )
 //   y[n, r] = acc
 // d_w is the block's fp16 d, d_x the Q8_1 block's fp16 d (both widened exactly). No FMA contraction (every
 // operation is an _rn intrinsic), no atomics, no split of K: the result is deterministic, independent of N, of
@@ -42,23 +48,23 @@
 // (32 data + 4 pad) apart: a fragment load touches word 36 * row + 8b + t, i.e. bank (4 * row + 8b + t) mod 32,
 // distinct for the 8 rows x 4 t of a warp: conflict-free.
 //
-// Entry points (<t> in q8_0 q4_0 q4_k), with the same parameters
-//     mmq_<t>(const u8* w, i64 row_bytes, int rows, int units, const u8* xq, int n, float* y)
-//   w [rows, row_bytes] GGUF rows, 16-byte aligned (Q4_K is read with 16-byte loads; Q8_0 / Q4_0 in u16 pieces);
-//   units = K / 32;
+// d_w of Q6_K is d * sc (11 + 8 bits: exact), like Q4_K's d * sc. The tile geometry never enters the arithmetic,
+// so every tile variant gives the same bits.
+//
+// Entry points (<t> in q8_0 q4_0 q4_k q5_k q6_k; tile bm32_bn16, bm32_bn32, bm64_bn16, bm64_bn32), all with
+//     mmq_<t>_<tile>(const u8* w, i64 row_bytes, int rows, int units, const u8* xq, int n, float* y)
+//   w [rows, row_bytes] GGUF rows, 16-byte aligned (Q4_K / Q5_K are read with 16-byte loads; Q8_0 / Q4_0 / Q6_K
+//   in u16 pieces); units = K / 32;
 //   xq [n, units * 36] Q8_1 blocks (4-byte aligned, rows contiguous); y [n, rows] float32.
-//   grid (ceil(rows / MMQ_BM), ceil(n / MMQ_BN)), block 32 * MMQ_WARPS; kernels/mmq.py mirrors these #defines.
+//   grid (ceil(rows / BM), ceil(n / BN)), block 32 * WM; kernels/mmq.py mirrors the tile list.
 #include "quant_blocks.cuh"  // common.cuh, qb_k_scale_min, qb_ld128
 
-#define MMQ_WARPS 4
-#define MMQ_THREADS (32 * MMQ_WARPS)
-#define MMQ_BM (16 * MMQ_WARPS)  // weight rows per thread block
-#define MMQ_BN 16                // tokens per thread block
 #define MMQ_KB 4                 // 32-value blocks per shared-memory stage
 #define MMQ_LDS (8 * MMQ_KB + 4) // words per staged code row (32 * MMQ_KB int8 codes + 16 bytes of padding)
 #define Q8_1_BYTES 36
 
 __device__ __forceinline__ u32 mmq_ld16(const u8* p) { return (u32)__ldg((const unsigned short*)p); }
+__device__ __forceinline__ u32 mmq_ld32_u16(const u8* p) { return mmq_ld16(p) | (mmq_ld16(p + 2) << 16); }
 
 // Four Q4_0 nibbles b (one per byte, 0..15) -> four int8 codes b - 8, byte-wise with no carries between bytes:
 // f = b ^ 8 is b + 8 when b < 8 (bit 3 set) and b - 8 when b >= 8 (bit 3 clear); in the first case the code
@@ -69,60 +75,103 @@ __device__ __forceinline__ u32 mmq_q4_bias(u32 nibbles) {
     return f | (neg * 0xF0u);                // 0xF0 per such byte (at most 0xF0 per byte: no carry)
 }
 
-// Each weight type: HAS_MIN (whether the block has an offset term) and
+// Each weight type: HAS_MIN (whether the block has an offset term), HALVES (1: one scale per 32 values; 2: one per
+// 16-value half) and
 //     stage(row, u, q, d, m): 32-value block u of a row -> eight words of int8 codes (element 4k + i in byte i of
-//     q[k]) and the float32 scale d (value = d * code), plus, for HAS_MIN types, the float32 offset m
+//     q[k]), the float32 scale(s) d[0..HALVES-1] (value = d * code) and, for HAS_MIN types, the float32 offset m
 //     (value = d * code - m).
 struct mq_q8_0 {
     static constexpr bool HAS_MIN = false;
-    static __device__ __forceinline__ void stage(const u8* __restrict__ row, int u, u32 (&q)[8], float& d, float& m) {
+    static constexpr int HALVES = 1;
+    static __device__ __forceinline__ void stage(const u8* __restrict__ row, int u, u32 (&q)[8], float (&d)[2],
+                                                 float& m) {
         const u8* p = row + (size_t)u * 34;
-        d = f16_to_f32((u16)mmq_ld16(p));
+        d[0] = f16_to_f32((u16)mmq_ld16(p));
         m = 0.0f;
 #pragma unroll
-        for (int k = 0; k < 8; ++k) q[k] = mmq_ld16(p + 2 + 4 * k) | (mmq_ld16(p + 4 + 4 * k) << 16);
+        for (int k = 0; k < 8; ++k) q[k] = mmq_ld32_u16(p + 2 + 4 * k);
     }
 };
 
 // Q4_0 (18 B): byte j of qs holds element j (low nibble) and element j + 16 (high nibble).
 struct mq_q4_0 {
     static constexpr bool HAS_MIN = false;
-    static __device__ __forceinline__ void stage(const u8* __restrict__ row, int u, u32 (&q)[8], float& d, float& m) {
+    static constexpr int HALVES = 1;
+    static __device__ __forceinline__ void stage(const u8* __restrict__ row, int u, u32 (&q)[8], float (&d)[2],
+                                                 float& m) {
         const u8* p = row + (size_t)u * 18;
-        d = f16_to_f32((u16)mmq_ld16(p));
+        d[0] = f16_to_f32((u16)mmq_ld16(p));
         m = 0.0f;
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
-            const u32 bytes = mmq_ld16(p + 2 + 4 * k) | (mmq_ld16(p + 4 + 4 * k) << 16);  // qs[4k .. 4k + 3]
+            const u32 bytes = mmq_ld32_u16(p + 2 + 4 * k);  // qs[4k .. 4k + 3]
             q[k] = mmq_q4_bias(bytes & 0x0F0F0F0Fu);            // elements 4k .. 4k + 3
             q[k + 4] = mmq_q4_bias((bytes >> 4) & 0x0F0F0F0Fu); // elements 16 + 4k .. 16 + 4k + 3
         }
     }
 };
 
-// Q4_K (144 B, 16-byte aligned rows): block u is sub-block s = u % 8 of super-block u / 8; codes are the raw
-// nibbles 0..15 (no bias), d = d * sc_s and m = dmin * m_s, both exact products (11 + 6 bits), as in ggml.
-struct mq_q4_k {
+// Q4_K (144 B) and Q5_K (176 B), 16-byte aligned rows: block u is sub-block s = u % 8 of super-block u / 8;
+// codes are the raw nibbles 0..15 (Q5_K: plus 16 * bit s of qh[i], 0..31; no bias), d = d * sc_s and
+// m = dmin * m_s, both exact products (11 + 6 bits), as in ggml.
+template <bool FIVE_BIT>
+struct mq_qk {
     static constexpr bool HAS_MIN = true;
-    static __device__ __forceinline__ void stage(const u8* __restrict__ row, int u, u32 (&q)[8], float& d, float& m) {
-        const u8* b = row + (size_t)(u >> 3) * 144;
+    static constexpr int HALVES = 1;
+    static constexpr int BYTES = FIVE_BIT ? 176 : 144;
+    static __device__ __forceinline__ void stage(const u8* __restrict__ row, int u, u32 (&q)[8], float (&d)[2],
+                                                 float& m) {
+        const u8* b = row + (size_t)(u >> 3) * BYTES;
         const int s = u & 7;
         const uint4 head = qb_ld128(b);
         int sc, mn;
         qb_k_scale_min(head.y, head.z, head.w, s, sc, mn);
-        d = __fmul_rn(f16_to_f32((u16)(head.x & 0xFFFFu)), (float)sc);
+        d[0] = __fmul_rn(f16_to_f32((u16)(head.x & 0xFFFFu)), (float)sc);
         m = __fmul_rn(f16_to_f32((u16)(head.x >> 16)), (float)mn);
         const int shift = 4 * (s & 1);
-        const u8* qs = b + 16 + 32 * (s >> 1);
+        const u8* qs = b + (FIVE_BIT ? 48 : 16) + 32 * (s >> 1);
         const uint4 q0 = qb_ld128(qs), q1 = qb_ld128(qs + 16);
-        q[0] = (q0.x >> shift) & 0x0F0F0F0Fu;
-        q[1] = (q0.y >> shift) & 0x0F0F0F0Fu;
-        q[2] = (q0.z >> shift) & 0x0F0F0F0Fu;
-        q[3] = (q0.w >> shift) & 0x0F0F0F0Fu;
-        q[4] = (q1.x >> shift) & 0x0F0F0F0Fu;
-        q[5] = (q1.y >> shift) & 0x0F0F0F0Fu;
-        q[6] = (q1.z >> shift) & 0x0F0F0F0Fu;
-        q[7] = (q1.w >> shift) & 0x0F0F0F0Fu;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            q[k] = (qb_word(q0, k) >> shift) & 0x0F0F0F0Fu;
+            q[k + 4] = (qb_word(q1, k) >> shift) & 0x0F0F0F0Fu;
+        }
+        if (FIVE_BIT) {  // qh[32] at byte 16: bit s of qh[i] is the fifth bit of element i of sub-block s
+            const uint4 h0 = qb_ld128(b + 16), h1 = qb_ld128(b + 32);
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                q[k] |= ((qb_word(h0, k) >> s) & 0x01010101u) << 4;
+                q[k + 4] |= ((qb_word(h1, k) >> s) & 0x01010101u) << 4;
+            }
+        }
+    }
+};
+
+// Q6_K (210 B, rows 2-byte aligned): ql[128] qh[64] scales[16] (int8) d (fp16). Block u is j = u % 8 of
+// super-block u / 8: half h = j / 4 of 128 values, quarter jj = j % 4; element i (0..31) has
+// q = ((ql[64h + 32 (jj & 1) + i] >> 4 (jj >> 1)) & 15) | (((qh[32h + i] >> 2 jj) & 3) << 4), code q - 32, and
+// scale sc[8h + 2jj + i / 16]: two 16-value halves, two scales (ggml dequantize_row_q6_K).
+struct mq_q6_k {
+    static constexpr bool HAS_MIN = false;
+    static constexpr int HALVES = 2;
+    static __device__ __forceinline__ void stage(const u8* __restrict__ row, int u, u32 (&q)[8], float (&d)[2],
+                                                 float& m) {
+        const u8* b = row + (size_t)(u >> 3) * 210;
+        const int j = u & 7, h = j >> 2, jj = j & 3;
+        const u8* ql = b + 64 * h + 32 * (jj & 1);
+        const u8* qh = b + 128 + 32 * h;
+        const int sl = 4 * (jj >> 1), sh = 2 * jj;
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+            const u32 v = ((mmq_ld32_u16(ql + 4 * k) >> sl) & 0x0F0F0F0Fu) |
+                          (((mmq_ld32_u16(qh + 4 * k) >> sh) & 0x03030303u) << 4);  // 0..63 per byte
+            q[k] = __vsub4(v, 0x20202020u);  // per-byte q - 32, wrapping: the int8 code
+        }
+        const u32 sc = mmq_ld16(b + 192 + 8 * h + 2 * jj);  // sc[8h + 2jj] (low byte), sc[8h + 2jj + 1]
+        const float dd = f16_to_f32((u16)mmq_ld16(b + 208));
+        d[0] = __fmul_rn(dd, (float)(signed char)(sc & 0xFFu));
+        d[1] = __fmul_rn(dd, (float)(signed char)(sc >> 8));
+        m = 0.0f;
     }
 };
 
@@ -133,54 +182,69 @@ __device__ __forceinline__ int mmq_byte_sum(u32 a, int c) {
     return r;
 }
 
-__device__ __forceinline__ void mmq_mma(const u32 (&a)[4], u32 b0, u32 b1, int (&c)[4]) {
+__device__ __forceinline__ void mmq_mma32(const u32 (&a)[4], u32 b0, u32 b1, int (&c)[4]) {
     asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
         "{%10, %10, %10, %10};"
         : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0));
 }
 
-template <class Q>
+// m16n8k16 .s8: A a0 = row g, k 4t..4t+3; a1 = row g + 8, same k; B b0 = token g, k 4t..4t+3; C as m16n8k32.
+// Its fragments are the first (k 0..15) or second (k 16..31) halves of the m16n8k32 ones.
+__device__ __forceinline__ void mmq_mma16(u32 a0, u32 a1, u32 b0, int (&c)[4]) {
+    asm("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5}, {%6}, {%7, %7, %7, %7};"
+        : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
+        : "r"(a0), "r"(a1), "r"(b0), "r"(0));
+}
+
+// acc += (float)isum * (dw * dx), two roundings in that order (plus one for the scale product).
+__device__ __forceinline__ float mmq_axpy(float acc, int isum, float dw, float dx) {
+    return __fadd_rn(acc, __fmul_rn((float)isum, __fmul_rn(dw, dx)));
+}
+
+template <class Q, int WM, int BN>
 __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_bytes, int rows, int units,
                                            const u8* __restrict__ xq, int n, float* __restrict__ y) {
-    __shared__ u32 s_wq[MMQ_BM * MMQ_LDS];
-    __shared__ float s_wd[MMQ_KB * MMQ_BM];
-    __shared__ u32 s_xq[MMQ_BN * MMQ_LDS];
-    __shared__ float s_xd[MMQ_KB * MMQ_BN];
-    __shared__ float s_wm[Q::HAS_MIN ? MMQ_KB * MMQ_BM : 1];  // offsets m (HAS_MIN types only)
-    __shared__ int s_xs[Q::HAS_MIN ? MMQ_KB * MMQ_BN : 1];    // sum of the 32 Q8_1 codes (HAS_MIN types only)
+    constexpr int BM = 16 * WM, THREADS = 32 * WM, NT = BN / 8;  // NT: n8 tiles per warp
+    __shared__ u32 s_wq[BM * MMQ_LDS];
+    __shared__ float s_wd[Q::HALVES * MMQ_KB * BM];
+    __shared__ u32 s_xq[BN * MMQ_LDS];
+    __shared__ float s_xd[MMQ_KB * BN];
+    __shared__ float s_wm[Q::HAS_MIN ? MMQ_KB * BM : 1];  // offsets m (HAS_MIN types only)
+    __shared__ int s_xs[Q::HAS_MIN ? MMQ_KB * BN : 1];    // sum of the 32 Q8_1 codes (HAS_MIN types only)
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
-    const int row0 = blockIdx.x * MMQ_BM, tok0 = blockIdx.y * MMQ_BN;
+    const int row0 = blockIdx.x * BM, tok0 = blockIdx.y * BN;
     const size_t xrow_bytes = (size_t)units * Q8_1_BYTES;
 
-    float acc[2][4];
+    float acc[NT][4];
 #pragma unroll
-    for (int h = 0; h < 2; ++h)
+    for (int h = 0; h < NT; ++h)
 #pragma unroll
         for (int i = 0; i < 4; ++i) acc[h][i] = 0.0f;
 
     for (int b0 = 0; b0 < units; b0 += MMQ_KB) {
-        // ---- stage MMQ_KB blocks of the 64 weight rows (thread -> (row, block), neighbours read one row) ----
+        // ---- stage MMQ_KB blocks of the BM weight rows (thread -> (row, block), neighbours read one row) ----
 #pragma unroll
-        for (int i = 0; i < MMQ_BM * MMQ_KB / MMQ_THREADS; ++i) {
-            const int task = tid + i * MMQ_THREADS;
+        for (int i = 0; i < BM * MMQ_KB / THREADS; ++i) {
+            const int task = tid + i * THREADS;
             const int r = task / MMQ_KB, kb = task % MMQ_KB;
             u32 q[8];
-            float d = 0.0f, m = 0.0f;
+            float d[2] = {0.0f, 0.0f}, m = 0.0f;
 #pragma unroll
             for (int k = 0; k < 8; ++k) q[k] = 0u;
             if (row0 + r < rows && b0 + kb < units) Q::stage(w + (size_t)(row0 + r) * row_bytes, b0 + kb, q, d, m);
             uint4* dst = (uint4*)(s_wq + r * MMQ_LDS + 8 * kb);  // 16-byte aligned: MMQ_LDS and 8 are x4 words
             dst[0] = make_uint4(q[0], q[1], q[2], q[3]);
             dst[1] = make_uint4(q[4], q[5], q[6], q[7]);
-            s_wd[kb * MMQ_BM + r] = d;
-            if (Q::HAS_MIN) s_wm[kb * MMQ_BM + r] = m;
+#pragma unroll
+            for (int hf = 0; hf < Q::HALVES; ++hf) s_wd[(hf * MMQ_KB + kb) * BM + r] = d[hf];
+            if (Q::HAS_MIN) s_wm[kb * BM + r] = m;
         }
-        // ---- stage MMQ_KB Q8_1 blocks of the 16 tokens ----
-        if (tid < MMQ_BN * MMQ_KB) {
-            const int j = tid / MMQ_KB, kb = tid % MMQ_KB;
+        // ---- stage MMQ_KB Q8_1 blocks of the BN tokens ----
+        for (int task = tid; task < BN * MMQ_KB; task += THREADS) {
+            const int j = task / MMQ_KB, kb = task % MMQ_KB;
             uint4 lo = make_uint4(0u, 0u, 0u, 0u), hi = lo;
             float d = 0.0f;
             if (tok0 + j < n && b0 + kb < units) {
@@ -192,18 +256,18 @@ __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_byt
             uint4* dst = (uint4*)(s_xq + j * MMQ_LDS + 8 * kb);
             dst[0] = lo;
             dst[1] = hi;
-            s_xd[kb * MMQ_BN + j] = d;
+            s_xd[kb * BN + j] = d;
             if (Q::HAS_MIN) {
                 int xs = 0;  // exact: |xs| <= 32 * 127
                 xs = mmq_byte_sum(lo.x, xs); xs = mmq_byte_sum(lo.y, xs); xs = mmq_byte_sum(lo.z, xs);
                 xs = mmq_byte_sum(lo.w, xs); xs = mmq_byte_sum(hi.x, xs); xs = mmq_byte_sum(hi.y, xs);
                 xs = mmq_byte_sum(hi.z, xs); xs = mmq_byte_sum(hi.w, xs);
-                s_xs[kb * MMQ_BN + j] = xs;
+                s_xs[kb * BN + j] = xs;
             }
         }
         __syncthreads();
 
-        // ---- per block: one A fragment x two B fragments, then the float32 scale-and-add ----
+        // ---- per block: one A fragment x NT B fragments, then the float32 scale-and-add ----
         const int kbs = min(MMQ_KB, units - b0);
         const int ra = warp * 16 + g;  // this lane's rows in the tile: ra and ra + 8
 #pragma unroll
@@ -211,22 +275,34 @@ __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_byt
             if (kb >= kbs) break;  // block-uniform
             const u32 a[4] = {s_wq[ra * MMQ_LDS + 8 * kb + t], s_wq[(ra + 8) * MMQ_LDS + 8 * kb + t],
                               s_wq[ra * MMQ_LDS + 8 * kb + 4 + t], s_wq[(ra + 8) * MMQ_LDS + 8 * kb + 4 + t]};
-            const float dw0 = s_wd[kb * MMQ_BM + ra], dw1 = s_wd[kb * MMQ_BM + ra + 8];
+            const float dw0 = s_wd[kb * BM + ra], dw1 = s_wd[kb * BM + ra + 8];
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
+            for (int h = 0; h < NT; ++h) {
                 const int jb = 8 * h + g;  // B fragment token of this lane
-                int c[4];
-                mmq_mma(a, s_xq[jb * MMQ_LDS + 8 * kb + t], s_xq[jb * MMQ_LDS + 8 * kb + 4 + t], c);
-                const float dx0 = s_xd[kb * MMQ_BN + 8 * h + 2 * t], dx1 = s_xd[kb * MMQ_BN + 8 * h + 2 * t + 1];
-                if (!Q::HAS_MIN) {
-                    acc[h][0] = __fadd_rn(acc[h][0], __fmul_rn((float)c[0], __fmul_rn(dw0, dx0)));
-                    acc[h][1] = __fadd_rn(acc[h][1], __fmul_rn((float)c[1], __fmul_rn(dw0, dx1)));
-                    acc[h][2] = __fadd_rn(acc[h][2], __fmul_rn((float)c[2], __fmul_rn(dw1, dx0)));
-                    acc[h][3] = __fadd_rn(acc[h][3], __fmul_rn((float)c[3], __fmul_rn(dw1, dx1)));
+                const u32 b0w = s_xq[jb * MMQ_LDS + 8 * kb + t], b1w = s_xq[jb * MMQ_LDS + 8 * kb + 4 + t];
+                const float dx0 = s_xd[kb * BN + 8 * h + 2 * t], dx1 = s_xd[kb * BN + 8 * h + 2 * t + 1];
+                if (Q::HALVES == 2) {
+                    const float dh0 = s_wd[(MMQ_KB + kb) * BM + ra], dh1 = s_wd[(MMQ_KB + kb) * BM + ra + 8];
+                    int c[4], e[4];
+                    mmq_mma16(a[0], a[1], b0w, c);  // k 0..15
+                    mmq_mma16(a[2], a[3], b1w, e);  // k 16..31
+                    acc[h][0] = mmq_axpy(mmq_axpy(acc[h][0], c[0], dw0, dx0), e[0], dh0, dx0);
+                    acc[h][1] = mmq_axpy(mmq_axpy(acc[h][1], c[1], dw0, dx1), e[1], dh0, dx1);
+                    acc[h][2] = mmq_axpy(mmq_axpy(acc[h][2], c[2], dw1, dx0), e[2], dh1, dx0);
+                    acc[h][3] = mmq_axpy(mmq_axpy(acc[h][3], c[3], dw1, dx1), e[3], dh1, dx1);
+                } else if (!Q::HAS_MIN) {
+                    int c[4];
+                    mmq_mma32(a, b0w, b1w, c);
+                    acc[h][0] = mmq_axpy(acc[h][0], c[0], dw0, dx0);
+                    acc[h][1] = mmq_axpy(acc[h][1], c[1], dw0, dx1);
+                    acc[h][2] = mmq_axpy(acc[h][2], c[2], dw1, dx0);
+                    acc[h][3] = mmq_axpy(acc[h][3], c[3], dw1, dx1);
                 } else {
-                    const float wm0 = s_wm[kb * MMQ_BM + ra], wm1 = s_wm[kb * MMQ_BM + ra + 8];
-                    const float xs0 = (float)s_xs[kb * MMQ_BN + 8 * h + 2 * t];
-                    const float xs1 = (float)s_xs[kb * MMQ_BN + 8 * h + 2 * t + 1];
+                    int c[4];
+                    mmq_mma32(a, b0w, b1w, c);
+                    const float wm0 = s_wm[kb * BM + ra], wm1 = s_wm[kb * BM + ra + 8];
+                    const float xs0 = (float)s_xs[kb * BN + 8 * h + 2 * t];
+                    const float xs1 = (float)s_xs[kb * BN + 8 * h + 2 * t + 1];
                     acc[h][0] = __fadd_rn(acc[h][0], __fsub_rn(__fmul_rn((float)c[0], __fmul_rn(dw0, dx0)),
                                                                __fmul_rn(xs0, __fmul_rn(wm0, dx0))));
                     acc[h][1] = __fadd_rn(acc[h][1], __fsub_rn(__fmul_rn((float)c[1], __fmul_rn(dw0, dx1)),
@@ -244,7 +320,7 @@ __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_byt
     // ---- store: c layout -> y[token, row] ----
     const int r_lo = row0 + warp * 16 + g, r_hi = r_lo + 8;
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
+    for (int h = 0; h < NT; ++h) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
             const int j = tok0 + 8 * h + 2 * t + e;
@@ -257,11 +333,15 @@ __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_byt
 }
 
 #define MMQ_PARAMS const u8 *w, i64 row_bytes, int rows, int units, const u8 *xq, int n, float *y
-#define MMQ_ENTRY(name, Q)                                                                                     \
-    extern "C" __global__ void __launch_bounds__(MMQ_THREADS) mmq_##name(MMQ_PARAMS) {                        \
-        mmq_kernel<Q>(w, row_bytes, rows, units, xq, n, y);                                                    \
+#define MMQ_ENTRY(name, Q, WM, BM, BN)                                                                         \
+    extern "C" __global__ void __launch_bounds__(32 * WM) mmq_##name##_bm##BM##_bn##BN(MMQ_PARAMS) {         \
+        mmq_kernel<Q, WM, BN>(w, row_bytes, rows, units, xq, n, y);                                            \
     }
+#define MMQ_TILES(name, Q) \
+    MMQ_ENTRY(name, Q, 2, 32, 16) MMQ_ENTRY(name, Q, 2, 32, 32) MMQ_ENTRY(name, Q, 4, 64, 16) MMQ_ENTRY(name, Q, 4, 64, 32)
 
-MMQ_ENTRY(q8_0, mq_q8_0)
-MMQ_ENTRY(q4_0, mq_q4_0)
-MMQ_ENTRY(q4_k, mq_q4_k)
+MMQ_TILES(q8_0, mq_q8_0)
+MMQ_TILES(q4_0, mq_q4_0)
+MMQ_TILES(q4_k, mq_qk<false>)
+MMQ_TILES(q5_k, mq_qk<true>)
+MMQ_TILES(q6_k, mq_q6_k)

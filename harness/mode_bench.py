@@ -1,0 +1,130 @@
+"""Decode throughput of one model in every route mode, on one engine (weights uploaded once).
+
+    python -m harness.mode_bench --model shape12b --out DIR      # DIR/mode-bench-<model>.md / .json
+
+For each N the same N sequences (prompt of `prompt_len` tokens, prefilled once) are decoded in each mode in turn:
+the mode is switched on the engine and its step graphs dropped, so each mode captures its own graph for N. Steps
+are graph replays timed with CUDA events (`steps` per repeat, median of `repeats`, after `warmup`), the logits
+read back each step as in the engine protocol. The prompt (128) and the modes' steps together give a mean context
+near perf-anchor.md's 192. Aggregate t/s = N / step time; the best forced route per N, the crossover N where
+decode-MMQ overtakes WS, and auto / best and batch-invariant / auto ratios are derived from the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+MODES = ("ws", "decode_mmq", "auto", "batch-invariant")
+N_LIST = (1, 2, 4, 5, 6, 8, 16, 32)
+
+
+def bench_modes(model, n_list=N_LIST, modes=MODES, *, prompt_len: int = 128, steps: int = 8, warmup: int = 2,
+                repeats: int = 3, log=print) -> list[dict]:
+    import cupy as cp
+    import numpy as np
+
+    from engine.gpu_engine import CupyEngine
+
+    engine = CupyEngine(model, kv_dtype="float16", max_sequences=max(n_list) + 1, max_context=1024,
+                        prefill_chunk=prompt_len, route_mode=modes[0])
+    weight_bytes = sum(int(m.raw.nbytes) for name, m in engine.w.items() if hasattr(m, "raw")
+                       and name != "per_layer_token_embd.weight" and (engine.config.tied_output or name != "token_embd.weight"))
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in n_list:
+        seqs = [engine.new_sequence() for _ in range(n)]
+        engine.route_mode = "decode_mmq"  # prefill rows (128) are beyond WS; the int8 tile reads weights once per 32
+        for s in seqs:  # prefilled once for every mode at this N
+            engine.prefill(s, [2] + [int(t) for t in rng.integers(4, engine.vocab_size, size=prompt_len - 1)])
+        tokens = [int(t) for t in rng.integers(4, engine.vocab_size, size=n)]
+        for mode in modes:
+            engine.route_mode = mode
+            engine._graphs.clear()
+            for _ in range(warmup):
+                engine.decode(seqs, tokens)
+            times = []
+            for _ in range(repeats):
+                start, stop = cp.cuda.Event(), cp.cuda.Event()
+                start.record()
+                for _ in range(steps):
+                    engine.decode(seqs, tokens)
+                stop.record()
+                stop.synchronize()
+                times.append(cp.cuda.get_elapsed_time(start, stop) / steps)
+            step_ms = statistics.median(times)
+            routes: dict[str, int] = {}
+            for route in engine.routes_served[n].values():
+                routes[route] = routes.get(route, 0) + 1
+            rows.append(dict(n=n, mode=mode, step_ms=step_ms, spread_ms=max(times) - min(times),
+                             tokens_per_s=1e3 * n / step_ms, mean_context=float(np.mean([s.length for s in seqs])),
+                             weight_bytes=weight_bytes, routes=" ".join(f"{k}:{v}" for k, v in sorted(routes.items()))))
+            log(f"  N={n:3d} {mode:16s} {step_ms:8.3f} ms {1e3 * n / step_ms:9.1f} t/s  {rows[-1]['routes']}")
+        del seqs
+    engine._graphs.clear()
+    return rows
+
+
+def summarize(rows: list[dict], title: str, read_gb_s: float) -> str:
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    t = df.pivot(index="n", columns="mode", values="tokens_per_s")
+    wb = int(df.weight_bytes.iloc[0])
+    lines = [f"# {title}", "", f"streaming read {read_gb_s:.0f} GB/s; weights {wb / 1e9:.3f} GB per step; "
+             f"memory-only N = 1 ceiling {read_gb_s * 1e9 / wb:.0f} t/s (weights only)", "",
+             "| N | " + " | ".join(f"{m} t/s" for m in t.columns) + " | best forced | auto / best | batch-inv / auto |",
+             "|---|" + "---|" * (len(t.columns) + 3)]
+    crossover = None
+    for n, r in t.iterrows():
+        forced = {m: r[m] for m in ("ws", "decode_mmq") if m in r}
+        best_mode = max(forced, key=forced.get)
+        if crossover is None and r.get("decode_mmq", 0) > r.get("ws", float("inf")):
+            crossover = n
+        lines.append(f"| {n} | " + " | ".join(f"{r[m]:.1f}" for m in t.columns)
+                     + f" | {best_mode} | {r['auto'] / max(forced.values()):.3f} | {r['batch-invariant'] / r['auto']:.3f} |")
+    lines += ["", f"decode-MMQ overtakes WS (forced, whole step) first at N = {crossover}", ""]
+    routes = df.pivot(index="n", columns="mode", values="routes")
+    lines += ["routes served per N and mode (matmuls per route):", "", "| N | " + " | ".join(routes.columns) + " |",
+              "|---|" + "---|" * len(routes.columns)]
+    lines += [f"| {n} | " + " | ".join(r) + " |" for n, r in routes.iterrows()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m harness.mode_bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", nargs="+", default=["shape12b", "shape12b-q4_0"])
+    p.add_argument("--n", nargs="+", type=int, default=list(N_LIST))
+    p.add_argument("--modes", nargs="+", default=list(MODES))
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--out")
+    args = p.parse_args(argv)
+    import cupy as cp
+
+    from engine.model_file import load_model
+
+    from .bench import read_bandwidth_gb_s
+    from .fixtures import fixture_names, fixture_path
+
+    device = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    bw = read_bandwidth_gb_s()
+    for name in args.model:
+        path = fixture_path(name) if name in fixture_names() else Path(name)
+        print(f"{name}: {device}", file=sys.stderr)
+        rows = bench_modes(load_model(path), tuple(args.n), tuple(args.modes), steps=args.steps,
+                           log=lambda m: print(m, file=sys.stderr, flush=True))
+        text = summarize(rows, f"{name} (synthetic 12B stand-in) on {device}" if name.startswith("shape12b")
+                         else f"{name} on {device}", bw)
+        print(text, flush=True)
+        if args.out:
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"mode-bench-{name}.md").write_text(text)
+            (out / f"mode-bench-{name}.json").write_text(json.dumps({"device": device, "read_gb_s": bw, "rows": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
