@@ -17,6 +17,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from .fixture_errors import CatalogError, UnknownFixtureError
+from .verification import is_sha256
 
 DEFAULT_CATALOG = Path(__file__).with_name("catalog.toml")
 ENV_CATALOG = "GEMMA_ORACLE_CATALOG"
@@ -25,7 +26,6 @@ SOURCES = ("hub", "pypi", "synthetic")
 # Keys each source cannot do without; the rest of its fields have defaults.
 REQUIRED = {"hub": ("repo_id", "filename"), "pypi": ("module", "install"), "synthetic": ("preset", "variant")}
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -159,14 +159,15 @@ def _entry(path: Path, name: str, raw: Any) -> CatalogEntry:
         raise CatalogError(path, f"unknown key(s) {unknown}: expected some of {sorted(_TYPES) + ['layout']}", key=name)
     for k, v in values.items():
         if isinstance(v, bool) or not isinstance(v, _TYPES[k]):
-            raise CatalogError(path, f"{k} must be a {_TYPES[k][0].__name__}, got {v!r}", key=name)
+            raise CatalogError(path, f"{k} must be {'an integer' if _TYPES[k] == (int,) else 'a string'}, got {v!r}",
+                               key=name)
     source = values.get("source")
     if source not in SOURCES:
         raise CatalogError(path, f"source {source!r}: expected one of {SOURCES}", key=name)
     missing = [k for k in REQUIRED[source] if not values.get(k)]
     if missing:
         raise CatalogError(path, f"a {source} entry needs {missing}", key=name)
-    if "sha256" in values and not _SHA256.match(values["sha256"]):
+    if "sha256" in values and not is_sha256(values["sha256"]):
         raise CatalogError(path, f"sha256 must be 64 lower-case hex digits, got {values['sha256']!r}", key=name)
     if "size" in values and values["size"] <= 0:
         raise CatalogError(path, f"size must be a positive byte count, got {values['size']}", key=name)

@@ -24,13 +24,12 @@ from pathlib import Path
 from filelock import FileLock
 
 from .fixture_errors import ChecksumMismatchError, DownloadError, RemoteNotFoundError
-from .verification import remember_file, sha256_file, verify_file
+from .verification import is_sha256, remember_file, sha256_file, verify_file
 
 READ_BLOCK = 1 << 20
 ATTEMPTS = 5  # transfers per run; each continues where the last one stopped
 TIMEOUT_S = 60.0
 PART_SUFFIX = ".gemma-oracle.part"
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
@@ -80,7 +79,7 @@ class RemoteFile:
     @property
     def lfs_sha256(self) -> str | None:
         """The Hub's ETag of an LFS file is the sha256 of its content; a git file's is a sha1."""
-        return self.etag if _SHA256.match(self.etag) else None
+        return self.etag if is_sha256(self.etag) else None
 
 
 def remote_file(repo_id: str, filename: str, revision: str, *, token=None) -> RemoteFile:

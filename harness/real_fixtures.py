@@ -19,7 +19,8 @@ from filelock import FileLock
 from . import hub_download
 from .catalog import CatalogEntry
 from .fixture_errors import ChecksumMismatchError, FixtureNotPresentError, MissingPackageError
-from .verification import SourceKey, file_verified, read_source, record_source, remember_file, sha256_file, verify_file
+from .verification import (SourceKey, file_verified, is_sha256, read_source, record_source, remember_file,
+                           sha256_file, verify_file)
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def _hub_local(entry: CatalogEntry, opts: Options) -> Path | None:
 def _blob_sha(path: Path) -> str | None:
     """In the huggingface_hub cache a blob is named after its ETag: the LFS sha256 of the file."""
     name = Path(os.path.realpath(path)).name
-    return name if hub_download._SHA256.match(name) else None
+    return name if is_sha256(name) else None
 
 
 def _fetch_hub(entry: CatalogEntry, opts: Options) -> Path:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,9 +24,15 @@ from filelock import FileLock
 
 from .fixture_errors import ChecksumMismatchError, FixtureError
 
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 HASH_BLOCK = 8 << 20
 # Below this a progress bar only flickers.
 PROGRESS_MIN_BYTES = 256 << 20
+
+
+def is_sha256(text: str) -> bool:
+    """64 lower-case hex digits (how the Hub and our records write a sha256)."""
+    return bool(_SHA256.match(text))
 
 
 def records_dir() -> Path:

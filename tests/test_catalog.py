@@ -57,7 +57,7 @@ BAD = {
     "missing-repo": ('[x]\nsource = "hub"\nfilename = "f"\n', "needs ['repo_id']", "x"),
     "bad-source": ('[x]\nsource = "ftp"\n', "source 'ftp'", "x"),
     "bad-sha": ('[x]\nsource = "hub"\nrepo_id = "a/b"\nfilename = "f"\nsha256 = "abc"\n', "64 lower-case hex", "x"),
-    "size-type": ('[x]\nsource = "hub"\nrepo_id = "a/b"\nfilename = "f"\nsize = "7GB"\n', "size must be a int", "x"),
+    "size-type": ('[x]\nsource = "hub"\nrepo_id = "a/b"\nfilename = "f"\nsize = "7GB"\n', "size must be an integer", "x"),
     "layout-pair": ('[x]\nsource = "synthetic"\npreset = "p"\nvariant = "f32"\n[x.layout]\nk_eq_v_global = true\n'
                     'kv_heads = [8]\nhead_dim = [1, 2]\nple = false\nshared_kv = false\n', "[sliding, global]", "x.layout"),
     "layout-missing": ('[x]\nsource = "synthetic"\npreset = "p"\nvariant = "f32"\n[x.layout]\nple = false\n',
