@@ -62,6 +62,68 @@ def _cmd_fixtures_presets(args) -> int:
     return 0
 
 
+def _real_options(args):
+    from .real_fixtures import Options
+
+    return Options(revision=getattr(args, "revision", None), cache_dir=getattr(args, "cache_dir", None),
+                   local_dir=getattr(args, "local_dir", None), progress=not getattr(args, "no_progress", False))
+
+
+def _cmd_fixtures_list(args) -> int:
+    from engine.errors import GemmaOracleError
+
+    from .catalog import catalog
+    from .real_fixtures import status
+
+    try:
+        rows = [status(e, _real_options(args)) for e in catalog().values()]
+    except GemmaOracleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{'name':15s} {'source':9s} {'present':7s} {'size':>10s} {'verified':8s} path / how to get it")
+    for r in rows:
+        size = f"{r.size / 1e6:.1f} MB" if r.size is not None else "-"
+        where = f"{r.path}" + (f"  ({r.note})" if r.note else "") if r.path else r.note
+        print(f"{r.name:15s} {r.source:9s} {'yes' if r.present else 'no':7s} {size:>10s} "
+              f"{('yes' if r.verified else 'no') if r.present else '-':8s} {where}")
+    return 0
+
+
+def _cmd_fixtures_path(args) -> int:
+    from engine.errors import GemmaOracleError
+
+    from .catalog import get
+    from .real_fixtures import local_path
+
+    try:
+        path, verified = local_path(get(args.name), _real_options(args))
+    except GemmaOracleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if not verified:
+        print(f"warning: {args.name}: {path} is not verified (no pinned or recorded sha256)", file=sys.stderr)
+    print(path)
+    return 0
+
+
+def _cmd_fixtures_download(args) -> int:
+    from engine.errors import GemmaOracleError
+
+    from .catalog import get
+    from .real_fixtures import fetch
+
+    failed = 0
+    for name in args.names:
+        try:
+            path = fetch(get(name), _real_options(args))
+        except GemmaOracleError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{name}: {path}")
+    return 1 if failed else 0
+
+
 def _cmd_inspect(args) -> int:
     from collections import Counter
 
@@ -177,6 +239,23 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_fixtures_build)
     ps = fx.add_parser("presets", help="list the synthetic presets")
     ps.set_defaults(func=_cmd_fixtures_presets)
+    ls = fx.add_parser("list", help="real-model fixtures of the catalog: present, size, verified, path")
+    ls.add_argument("--cache-dir", help="huggingface_hub cache to look in (default: HF_HOME/hub)")
+    ls.set_defaults(func=_cmd_fixtures_list)
+    pa = fx.add_parser("path", help="print the verified local path of a real-model fixture (no network)")
+    pa.add_argument("name", help="catalog name (see `gemma-oracle fixtures list`)")
+    pa.add_argument("--revision", help="Hub revision (default: the catalog's)")
+    pa.add_argument("--cache-dir", help="huggingface_hub cache (default: HF_HOME/hub)")
+    pa.add_argument("--local-dir", help="a directory given to `fixtures download --local-dir`")
+    pa.set_defaults(func=_cmd_fixtures_path)
+    dl = fx.add_parser("download", help="fetch real-model fixtures (resumable, sha256-verified, locked); "
+                                        "GEMMA_ORACLE_MODEL_<NAME> points at a copy you already have")
+    dl.add_argument("names", nargs="+", help="catalog names (see `gemma-oracle fixtures list`)")
+    dl.add_argument("--revision", help="Hub branch, tag or commit (default: the catalog's)")
+    dl.add_argument("--cache-dir", help="huggingface_hub cache (default: HF_HOME/hub)")
+    dl.add_argument("--local-dir", help="write a plain file into this directory instead of the cache")
+    dl.add_argument("--no-progress", action="store_true", help="no progress bars")
+    dl.set_defaults(func=_cmd_fixtures_download)
 
     o = sub.add_parser("oracle", help="run the synthetic golden oracle suite (batched vs single-user) and print a summary")
     o.add_argument("--backend", choices=("numpy", "cupy", "auto"), default="auto")

