@@ -9,6 +9,7 @@ only, so a sequence's logits do not depend on what else is in the batch.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import weakref
@@ -100,6 +101,9 @@ class CupyEngine:
         self.use_graphs = use_graphs
         self.stream = cp.cuda.Stream()  # blocking: ordered with the default stream that prefill uses
         self._graphs: dict[int, _StepGraph] = {}
+        # Profiling hook (harness.op_profile): a callable name -> context manager, set only around an eager
+        # forward, never during capture; each matmul (by tensor name) and attention launch runs inside one.
+        self.op_spans = None
 
     # --- sequences ---------------------------------------------------------------------------------
     def _release(self, slot: int) -> None:
@@ -124,17 +128,21 @@ class CupyEngine:
                 if isinstance(m, _Matrix) and name not in ("per_layer_token_embd.weight",)
                 and not (name == "token_embd.weight" and not self.config.tied_output)]
 
+    def _span(self, name: str):
+        return contextlib.nullcontext() if self.op_spans is None else self.op_spans(name)
+
     def _matvec(self, name: str, x):
         from kernels.matvec import matvec
 
         m = self.w[name]
         x = self.cp.ascontiguousarray(x)
         route = self.route(name, int(x.shape[0]))
-        if route == routing.DECODE_MMQ:
-            from kernels.mmq import mmq_matvec
+        with self._span(name):
+            if route == routing.DECODE_MMQ:
+                from kernels.mmq import mmq_matvec
 
-            return mmq_matvec(m.raw, m.type_name, m.n_cols, x)
-        return matvec(m.raw, m.type_name, m.n_cols, x, route=route)
+                return mmq_matvec(m.raw, m.type_name, m.n_cols, x)
+            return matvec(m.raw, m.type_name, m.n_cols, x, route=route)
 
     def forward(self, tokens: Sequence[int], positions: Sequence[int], slots: Sequence[int], logits_rows, trace=None,
                 static=None):
@@ -185,8 +193,9 @@ class CupyEngine:
                 v = (rms_norm(v, None, eps) if cfg.v_norm else cp.ascontiguousarray(v)).reshape(R, hkv, d)
                 kv_write_layer(self.pools[i], seq, k, v, pos)
             window = cfg.sliding_window if cfg.layer_is_sliding[i] else 0
-            o = decode_attention_layer(q, self.pools[cfg.kv_source[i]], seq, pos, window=window, scale=cfg.query_scale,
-                                       max_position=max_pos)
+            with self._span("attention"):
+                o = decode_attention_layer(q, self.pools[cfg.kv_source[i]], seq, pos, window=window,
+                                           scale=cfg.query_scale, max_position=max_pos)
             attn = self._matvec(p + "attn_output.weight", o.reshape(R, hq * d))
             x = add_rms_norm(x, attn, w[p + "post_attention_norm.weight"], eps)
             u = rms_norm(x, w[p + "ffn_norm.weight"], eps)
