@@ -137,6 +137,9 @@ def run_nightly(plan: NightlyPlan, root: Path = DEFAULT_ROOT, *, progress: bool 
     run_dir = create_run_dir(root, f"{started:%Y-%m-%d-%H%M%S}")
     writer = RunWriter(run_dir)
     notes: dict[str, str] = {}
+    left_out = [part for part in PARTS if part not in plan.parts]
+    if left_out:
+        notes["parts left out"] = ", ".join(left_out)
     oracle: list[OracleRecord] = []
     if "synthetic" in plan.parts:
         t = time.monotonic()

@@ -85,7 +85,8 @@ def trends(trend: pd.DataFrame) -> bytes | None:
     for ax, (prefix, ylabel) in zip(axes, panels):
         sub = trend[trend["figure"].str.startswith(prefix + ":")]
         for (figure, device), g in sub.groupby(["figure", "device"]):  # speeds of different devices never share a line
-            ax.plot([xs[r] for r in g["run_id"]], g["value"], marker="o", label=f"{figure[len(prefix) + 2:]} ({device})")
+            label = f"{figure[len(prefix) + 2:]} ({device})"
+            ax.plot([xs[r] for r in g["run_id"]], g["value"], marker="o", label=label)
         ax.set_xticks(range(len(xs)))
         ax.set_xticklabels([c[:16] for c in order["created"]], rotation=30, ha="right", fontsize=7)
         ax.set_ylabel(ylabel)

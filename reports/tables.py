@@ -127,7 +127,7 @@ def headline(run) -> pd.DataFrame:
     meta, rows = run.meta, []
     summary = correctness_summary(run["oracle"])
     for (suite, route), g in summary.groupby(["suite", "route"]):
-        rows.append((f"failed cases: {suite}", int((g["verdict"] == "fail").sum())))
+        rows.append((f"failed cases: {suite} {route}", int((g["verdict"] == "fail").sum())))
         rows.append((f"worst NMSE: {suite} {route}", float(g["worst_nmse"].max())))
     bench = run["bench"]
     if not bench.empty:

@@ -85,7 +85,8 @@ def bench_row(*, model: str = "m-q4_k_m", route: str = "batch-invariant", n: int
         routes="ws:47 gemm_n:1", gpu_index=0 if backend == "cupy" else None)
 
 
-def op_row(op: str, share: float, *, n: int = 8, model: str = "m-q4_k_m", route: str = "batch-invariant") -> OpProfileRecord:
+def op_row(op: str, share: float, *, n: int = 8, model: str = "m-q4_k_m",
+           route: str = "batch-invariant") -> OpProfileRecord:
     return OpProfileRecord(model=model, backend="cupy", route=route, n=n, op=op, calls=6, ms=share / 100,
                            share_pct=share, weight_bytes=0, timing="cuda-events-eager")
 
@@ -96,12 +97,14 @@ def route_row(tensor: str, kernel: str, *, n: int = 8, route: str = "auto") -> R
 
 
 def meta(run_id: str, *, created: str, device: str = GPU, backend: str = "cupy", kind: str = "nightly") -> RunMeta:
+    gpu = backend == "cupy"
     return RunMeta(run_id=run_id, kind=kind, created=created, git_commit="0" * 40, git_dirty=False, backend=backend,
-                   device=device, device_kind="gpu" if backend == "cupy" else "cpu", driver="580.0" if backend == "cupy" else "",
+                   device=device, device_kind="gpu" if gpu else "cpu", driver="580.0" if gpu else "",
                    packages={"numpy": "2"}, python="3.11", platform="test")
 
 
-def store_run(root: Path, run_id: str, *, created: str, oracle=(), bench=(), op_profile=(), routes=(), **meta_kw) -> Path:
+def store_run(root: Path, run_id: str, *, created: str, oracle=(), bench=(), op_profile=(), routes=(),
+              **meta_kw) -> Path:
     writer = RunWriter(root / run_id)
     for table, rows in (("oracle", oracle), ("bench", bench), ("op_profile", op_profile), ("routes", routes)):
         writer.write_table(table, list(rows))

@@ -55,7 +55,8 @@ def bench():
 def test_bench_rows(bench):
     assert [r.n for r in bench.rows] == [1, 3]
     assert {r.model for r in bench.rows} == {"g4-e2b-mini-q4_k_m"}
-    assert {(r.backend, r.route, r.timing, r.gpu_index) for r in bench.rows} == {("numpy64", NO_ROUTE, "host-clock", None)}
+    assert {(r.backend, r.route, r.timing, r.gpu_index) for r in bench.rows} == {
+        ("numpy64", NO_ROUTE, "host-clock", None)}
     assert all(r.weight_bytes == E2B_WEIGHT_BYTES for r in bench.rows)
     # N=1: prompt 5 + 1 warm-up step -> timed positions 6, 7, 8, 9 (2 repeats x 2 steps). Per position, float64:
     # sliding 8 layers x min(p+1, 8) x 64 x 16, global 2 x (p+1) x 128 x 16:
@@ -68,7 +69,8 @@ def test_bench_rows(bench):
     for r in bench.rows:
         assert r.step_ms_min <= r.step_ms <= r.step_ms_max and r.spread_pct >= 0
         assert r.tokens_per_s == pytest.approx(r.n * 1e3 / r.step_ms, rel=1e-12)
-        assert r.roofline_tokens_per_s == pytest.approx(r.n * r.read_gb_s * 1e9 / (E2B_WEIGHT_BYTES + r.kv_bytes), rel=1e-6)
+        ceiling = r.n * r.read_gb_s * 1e9 / (E2B_WEIGHT_BYTES + r.kv_bytes)
+        assert r.roofline_tokens_per_s == pytest.approx(ceiling, rel=1e-6)
         assert r.read_gb_s == bench.read_gb_s > 0
     assert bench.routes == []  # the numpy engine has no routes
 
@@ -76,12 +78,13 @@ def test_bench_rows(bench):
 def test_op_profile_splits_the_step_by_weight_role(bench):
     prof = {p.op: p for p in bench.op_profile if p.n == 3}
     assert set(prof) == {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down", "inp_gate",
-                         "proj", "per_layer_model_proj", "lm_head", "attention", "norms", "rope", "activations", "other"}
+                         "proj", "per_layer_model_proj", "lm_head", "attention", "norms", "rope", "activations",
+                         "other"}
     # one matmul per layer and role; K/V on the 5 KV-owning layers; attention once per layer per row (N=3);
     # RoPE on q in every layer and on k in the owning ones
-    assert {op: prof[op].calls for op in ("attn_q", "attn_k", "attn_v", "per_layer_model_proj", "lm_head", "attention",
-                                          "rope")} == {"attn_q": 10, "attn_k": 5, "attn_v": 5, "per_layer_model_proj": 1,
-                                                       "lm_head": 1, "attention": 30, "rope": 15}
+    expected_calls = {"attn_q": 10, "attn_k": 5, "attn_v": 5, "per_layer_model_proj": 1, "lm_head": 1,
+                      "attention": 30, "rope": 15}
+    assert {op: prof[op].calls for op in expected_calls} == expected_calls
     assert prof["per_layer_model_proj"].weight_bytes == E2B_PLE_PROJ_BYTES
     assert prof["lm_head"].weight_bytes == E2B_LM_HEAD_BYTES
     assert sum(p.share_pct for p in prof.values()) == pytest.approx(100.0, abs=1e-6)
@@ -104,7 +107,8 @@ def test_config_errors_name_the_option(options, option):
 
 def test_run_errors_name_the_option(tmp_path):
     with pytest.raises(BenchConfigError, match="--route auto: route modes choose GPU kernels"):
-        run_bench(BenchConfig(models=("keqv-mixed",), route_modes=("auto",), steps=1, repeats=1), "numpy64", progress=False)
+        run_bench(BenchConfig(models=("keqv-mixed",), route_modes=("auto",), steps=1, repeats=1), "numpy64",
+                  progress=False)
     with pytest.raises(BenchConfigError, match="--model no-such-model: not a preset"):
         run_bench(BenchConfig(models=("no-such-model",), route_modes=(NO_ROUTE,), steps=1, repeats=1), "numpy64",
                   progress=False)

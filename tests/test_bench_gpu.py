@@ -27,7 +27,8 @@ def test_gpu_bench_rows(bench):
 
     from engine.model_file import load_model
 
-    assert [(r.route, r.n) for r in bench.rows] == [("batch-invariant", 1), ("batch-invariant", 5), ("auto", 1), ("auto", 5)]
+    assert [(r.route, r.n) for r in bench.rows] == [("batch-invariant", 1), ("batch-invariant", 5), ("auto", 1),
+                                                    ("auto", 5)]
     assert {(r.backend, r.timing, r.gpu_index) for r in bench.rows} == {("cupy", "cuda-graph", cp.cuda.Device().id)}
     # every matrix as stored in the file (tied output: token_embd is the lm_head; no PLE in this preset)
     mf = load_model(fixture_path(PRESET, VARIANT))

@@ -65,12 +65,12 @@ def test_greedy_continuation_agrees_with_llama_cpp(gemma3_path, gemma3_engine):
     assert not failures, "\n".join(failures)
 
 
-def test_golden_oracle_holds_on_real_model(gemma3_engine, record_oracle):
+def test_golden_oracle_holds_on_real_model(gemma3_path, gemma3_engine, record_oracle):
     prompts = list(PROMPTS.values())
     forced = [greedy(gemma3_engine, p, 3)[0] for p in prompts]
     memo: dict = {}
     for n in (1, 2, 3, 4):
         result = golden_single_vs_batched(gemma3_engine, prompts[:n], forced[:n], policy=FLOAT64_POLICY, cache=memo)
-        record_oracle(result, suite="gemma3-270m", fixture=gemma3_engine.model_file.path.stem, backend="numpy64")
+        record_oracle(result, suite="gemma3-270m", fixture=gemma3_path.stem, backend="numpy64")
         assert len(result.comparisons) == n * 4
         result.assert_passed()

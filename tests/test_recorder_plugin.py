@@ -2,6 +2,7 @@
 parquet with run metadata; under pytest-xdist every worker writes its own part into the controller's run."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ def inner(pytester, monkeypatch):
     # checkout) and imports this checkout's packages, also in a subprocess.
     pytester.makeconftest((REPO / "conftest.py").read_text())
     pytester.makepyfile(test_recorded=TEST_FILE)
-    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     monkeypatch.syspath_prepend(str(REPO))
     return pytester
 

@@ -87,8 +87,10 @@ def test_speed_is_not_compared_across_devices_or_backends(prev_meta):
 
 
 def test_speed_is_compared_per_route_mode_and_n():
-    prev = [bench_row(route="auto", n=8, tokens_per_s=1000.0), bench_row(route="batch-invariant", n=8, tokens_per_s=500.0)]
-    cur = [bench_row(route="auto", n=8, tokens_per_s=1000.0), bench_row(route="batch-invariant", n=8, tokens_per_s=400.0),
+    prev = [bench_row(route="auto", n=8, tokens_per_s=1000.0),
+            bench_row(route="batch-invariant", n=8, tokens_per_s=500.0)]
+    cur = [bench_row(route="auto", n=8, tokens_per_s=1000.0),
+           bench_row(route="batch-invariant", n=8, tokens_per_s=400.0),
            bench_row(route="auto", n=32, tokens_per_s=10.0)]  # N=32 is new: nothing to compare with
     found = _perf(cur, prev)
     assert [f.key for f in found] == ["model=m-q4_k_m route=batch-invariant n=8"]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import base64
 import re
 
+import pandas as pd
 import pytest
 
 from reports import tables
-from reports.render import FINDINGS_JSON, PLOTS_DIR, REPORT_HTML, REPORT_MD, build_report, markdown_table, to_html, \
-    to_markdown, write_report
+from reports.render import (FINDINGS_JSON, PLOTS_DIR, REPORT_HTML, REPORT_MD, build_report, markdown_table, to_html,
+                            to_markdown, write_report)
 from reports.store import load_run
 
 from .recorded_runs import CPU, bench_row, golden_records, op_row, route_row, store_run
@@ -61,12 +62,12 @@ def test_failures_table_lists_the_injected_rows(run):
 
 
 def test_mmq_ws_ratio_prefers_forced_modes():
-    auto_only = [bench_row(route="batch-invariant", n=8, tokens_per_s=200.0), bench_row(route="auto", n=8, tokens_per_s=300.0)]
-    import pandas as pd
-
+    auto_only = [bench_row(route="batch-invariant", n=8, tokens_per_s=200.0),
+                 bench_row(route="auto", n=8, tokens_per_s=300.0)]
     r = tables.mmq_ws_ratio(pd.DataFrame(auto_only))
     assert r[["mmq_mode", "ws_mode", "ratio"]].values.tolist() == [["auto", "batch-invariant", 1.5]]
-    forced = auto_only + [bench_row(route="ws", n=8, tokens_per_s=250.0), bench_row(route="decode_mmq", n=8, tokens_per_s=500.0)]
+    forced = auto_only + [bench_row(route="ws", n=8, tokens_per_s=250.0),
+                          bench_row(route="decode_mmq", n=8, tokens_per_s=500.0)]
     r = tables.mmq_ws_ratio(pd.DataFrame(forced))
     assert r[["mmq_mode", "ws_mode", "ratio"]].values.tolist() == [["decode_mmq", "ws", 2.0]]
     assert tables.mmq_ws_ratio(pd.DataFrame([bench_row(route="auto")])).empty
@@ -87,7 +88,7 @@ def test_route_tables(run):
 
 def test_headline_figures(run):
     h = tables.headline(run).set_index("figure")["value"]
-    assert h["failed cases: synthetic"] == 1
+    assert h["failed cases: synthetic none"] == 1
     assert h["t/s: m-q4_k_m auto N=8"] == 300.0 and h["t/s: m-q4_k_m batch-invariant N=8"] == 200.0
     assert h["% roofline: m-q4_k_m auto N=8"] == 100 * 300.0 / 4000.0
 
@@ -122,8 +123,6 @@ def test_cpu_run_without_routes_or_oracle_still_renders(tmp_path):
 
 
 def test_markdown_table_escapes_cell_pipes():
-    import pandas as pd
-
     assert markdown_table(pd.DataFrame({"a": ["x|y"], "b": ["line\nbreak"]})).splitlines() == [
         "| a | b |", "|---|---|", "| x\\|y | line break |"]
 
