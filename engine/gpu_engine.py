@@ -10,6 +10,7 @@ else is in the batch.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import weakref
@@ -106,6 +107,9 @@ class CupyEngine:
         # the routes of its capture): what actually ran, for the route tests and the bench's route table
         self.routes_served: dict[int, dict[str, str]] = {}
         self._served: dict[str, str] = {}
+        # Profiling hook (harness.op_profile): a callable name -> context manager, set only around an eager
+        # forward, never during capture; each matmul (by tensor name) and attention launch runs inside one.
+        self.op_spans = None
 
     # --- sequences ---------------------------------------------------------------------------------
     def _release(self, slot: int) -> None:
@@ -130,6 +134,9 @@ class CupyEngine:
                 if isinstance(m, _Matrix) and name not in ("per_layer_token_embd.weight",)
                 and not (name == "token_embd.weight" and not self.config.tied_output)]
 
+    def _span(self, name: str):
+        return contextlib.nullcontext() if self.op_spans is None else self.op_spans(name)
+
     def _matvecs(self, names: Sequence[str], x) -> list:
         """x @ W.T for each matrix W in `names` (all with the same input): x is quantized to Q8_1 once for all the
         decode-MMQ ones (q/k/v share one input, gate/up another)."""
@@ -143,11 +150,12 @@ class CupyEngine:
         for name in names:
             m = self.w[name]
             route = self._served[name] = self.route(name, rows)
-            if route == routing.DECODE_MMQ:
-                xq = quantize_q8_1(x) if xq is None else xq
-                out.append(mmq_matvec(m.raw, m.type_name, m.n_cols, xq))
-            else:
-                out.append(matvec(m.raw, m.type_name, m.n_cols, x, route=route))
+            with self._span(name):  # the shared Q8_1 quantization is counted in the first MMQ matmul's span
+                if route == routing.DECODE_MMQ:
+                    xq = quantize_q8_1(x) if xq is None else xq
+                    out.append(mmq_matvec(m.raw, m.type_name, m.n_cols, xq))
+                else:
+                    out.append(matvec(m.raw, m.type_name, m.n_cols, x, route=route))
         return out
 
     def _matvec(self, name: str, x):
@@ -206,8 +214,9 @@ class CupyEngine:
                 v = (rms_norm(v, None, eps) if cfg.v_norm else cp.ascontiguousarray(v)).reshape(R, hkv, d)
                 kv_write_layer(self.pools[i], seq, k, v, pos)
             window = cfg.sliding_window if cfg.layer_is_sliding[i] else 0
-            o = decode_attention_layer(q, self.pools[cfg.kv_source[i]], seq, pos, window=window, scale=cfg.query_scale,
-                                       max_position=max_pos)
+            with self._span("attention"):
+                o = decode_attention_layer(q, self.pools[cfg.kv_source[i]], seq, pos, window=window,
+                                           scale=cfg.query_scale, max_position=max_pos)
             attn = self._matvec(p + "attn_output.weight", o.reshape(R, hq * d))
             x = add_rms_norm(x, attn, w[p + "post_attention_norm.weight"], eps)
             u = rms_norm(x, w[p + "ffn_norm.weight"], eps)

@@ -1,105 +1,172 @@
-"""`gemma-oracle bench`, first version: decode tokens/s of the CuPy engine beside the device's read bandwidth.
+"""`gemma-oracle bench`: decode tokens/s per model x route mode x N, beside the roofline the device allows.
 
-Timing: CUDA events around `steps` decode steps (after `warmup` steps, which also capture the step's CUDA
-graph), median over `repeats`. Each step is the engine protocol's decode: upload of tokens/positions, one
-graph replay, and the logits read-back. `--eager` times the uncaptured forward instead.
+For each (model, route mode) one engine is built; for each N, N sequences are prefilled with prompts of the
+configured lengths, `warmup` steps run (on the GPU they also capture the step's CUDA graph), then `repeats`
+timed runs of `steps` decode steps each; the median step time is reported with the runs' spread. The
+device's streaming-read bandwidth is measured once per run (harness/bench_devices.py), and each N's
+weight and KV bytes give the memory-only ceiling (harness/roofline.py). An eager profiling pass per N splits
+a step's time over op classes (harness/op_profile.py), and the route table says which kernel served each
+matmul. On the CPU the same loop runs the numpy backend (host clock, no routes).
 """
 from __future__ import annotations
 
 import statistics
-import time
-from dataclasses import asdict, dataclass
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine import routing
+from engine.errors import GemmaOracleError
+from reports.records import NO_ROUTE, BenchRecord, OpProfileRecord, RouteRecord
+
+from .op_profile import ProfileContext, profile_records, tensor_role
+from .oracle_suite import routes_taken
+from .roofline import mean_kv_read_bytes, roofline_tokens_per_s
+
+
+class BenchConfigError(GemmaOracleError, ValueError):
+    """A bench setting that cannot work; the message names the option and what it needs."""
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    models: tuple[str, ...]  # preset names, real-suite names (harness.real_suites) or GGUF paths
+    variant: str = "q4_k_m"  # quant variant of preset models
+    n_list: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    route_modes: tuple[str, ...] = ("batch-invariant",)  # engine.routing.MODES; NO_ROUTE for the numpy backend
+    context: int = 512  # positions each sequence's KV cache holds (capped at the model's context length)
+    prompt_lens: tuple[int, ...] = (16,)  # prompt lengths, cycled over the N sequences
+    warmup: int = 4
+    steps: int = 32
+    repeats: int = 5
+    kv_dtype: str = "float16"  # GPU KV cache dtype
+    use_graphs: bool = True  # GPU: time CUDA-graph replays (False: the eager forward)
+    profile: bool = True
+    profile_passes: int = 3
+    seed: int = 0
+
+    def __post_init__(self):
+        def need(ok: bool, option: str, what: str):
+            if not ok:
+                raise BenchConfigError(f"bench option {option}: {what}")
+
+        need(len(self.models) > 0, "--model", "name at least one model")
+        need(len(self.n_list) > 0 and all(n >= 1 for n in self.n_list), "--n", f"batch sizes >= 1, got {self.n_list}")
+        need(len(self.route_modes) > 0 and all(m in routing.MODES or m == NO_ROUTE for m in self.route_modes),
+             "--route", f"modes from {routing.MODES}, got {self.route_modes}")
+        need(self.steps >= 1 and self.repeats >= 1 and self.warmup >= 0 and self.profile_passes >= 1,
+             "--steps/--repeats/--warmup", "steps >= 1, repeats >= 1, warmup >= 0")
+        need(len(self.prompt_lens) > 0 and all(p >= 1 for p in self.prompt_lens), "--prompt-len",
+             f"lengths >= 1, got {self.prompt_lens}")
+        need(self.context >= self.positions_needed, "--context",
+             f"{self.context} positions cannot hold the longest prompt ({max(self.prompt_lens)}) + warmup "
+             f"({self.warmup}) + repeats x steps ({self.repeats} x {self.steps}) = {self.positions_needed}")
+
+    @property
+    def positions_needed(self) -> int:
+        return max(self.prompt_lens) + self.warmup + self.repeats * self.steps
 
 
 @dataclass
-class BenchRow:
-    model: str
-    n: int
-    step_ms: float
-    tokens_per_s: float
-    per_seq_tokens_per_s: float
-    weight_bytes: int
+class BenchResult:
+    device: str
     read_gb_s: float
-    roofline_pct: float
-    mode: str = "eager"
-    routes: str = ""  # matmuls per route at this N, e.g. "ws:47 gemm_n:1"
+    rows: list[BenchRecord] = field(default_factory=list)
+    op_profile: list[OpProfileRecord] = field(default_factory=list)
+    routes: list[RouteRecord] = field(default_factory=list)
 
 
-def read_bandwidth_gb_s(nbytes: int = 2 << 30, repeats: int = 5) -> float:
-    """Streaming-read bandwidth: a float32 sum over `nbytes` of device memory (read once), median of repeats."""
-    import cupy as cp
+def resolve_model(model: str, variant: str) -> tuple[str, Path]:
+    """(label, path) of a preset or 12B-shaped stand-in name, a real-suite name or a GGUF path. A stand-in is
+    built in its own variant only, and its label says it is synthetic."""
+    from .presets import PRESETS
+    from .real_suites import REAL_SUITES
+    from .standin import STANDINS
 
-    x = cp.ones(nbytes // 4, dtype=cp.float32)
-    cp.sum(x).item()
-    times = []
-    for _ in range(repeats):
-        start, stop = cp.cuda.Event(), cp.cuda.Event()
-        start.record()
-        cp.sum(x)
-        stop.record()
-        stop.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, stop) / 1e3)
-    del x
-    return nbytes / statistics.median(times) / 1e9
+    if model in STANDINS:
+        from .fixtures import fixture_path
 
+        return f"{model}-{STANDINS[model].variant} (synthetic)", fixture_path(model)
+    if model in PRESETS:
+        from .fixtures import fixture_path
 
-def bench_decode(path, n_list=(1, 2, 4, 8, 16, 32), *, steps: int = 32, warmup: int = 4, repeats: int = 3,
-                 prompt_len: int = 16, kv_dtype: str = "float16", bandwidth: float | None = None,
-                 use_graphs: bool = True, route_mode: str | None = None) -> list[BenchRow]:
-    import cupy as cp
-    import numpy as np
-
-    from engine.gpu_engine import CupyEngine
-
-    engine = CupyEngine(path, kv_dtype=kv_dtype, max_sequences=max(n_list) + 1, use_graphs=use_graphs,
-                        route_mode=route_mode)
-    bw = bandwidth or read_bandwidth_gb_s()
-    weight_bytes = sum(int(m.raw.nbytes) for m in engine.w.values() if hasattr(m, "raw"))
-    if engine.config.ple_width:  # only one row of each embedding table is read per token
-        for name in ("per_layer_token_embd.weight",):
-            m = engine.w[name]
-            weight_bytes -= int(m.raw.nbytes)
-    if not engine.config.tied_output:
-        weight_bytes -= int(engine.w["token_embd.weight"].raw.nbytes)
-    rng = np.random.default_rng(0)
-    rows = []
-    for n in n_list:
-        seqs = [engine.new_sequence() for _ in range(n)]
-        for s in seqs:
-            engine.prefill(s, [2] + [int(t) for t in rng.integers(4, engine.vocab_size, size=prompt_len - 1)])
-        tokens = [int(t) for t in rng.integers(4, engine.vocab_size, size=n)]
-        for _ in range(warmup):
-            engine.decode(seqs, tokens)
-        times = []
-        for _ in range(repeats):
-            start, stop = cp.cuda.Event(), cp.cuda.Event()
-            start.record()
-            for _ in range(steps):
-                engine.decode(seqs, tokens)
-            stop.record()
-            stop.synchronize()
-            times.append(cp.cuda.get_elapsed_time(start, stop) / 1e3 / steps)
-        step = statistics.median(times)
-        achieved = weight_bytes / step / 1e9
-        counts: dict[str, int] = {}
-        for *_, route in engine.route_table(n):
-            counts[route] = counts.get(route, 0) + 1
-        rows.append(BenchRow(str(getattr(path, "name", path)), n, step * 1e3, n / step, 1 / step, weight_bytes,
-                             achieved, 100 * achieved / bw, "graph" if use_graphs else "eager",
-                             " ".join(f"{k}:{v}" for k, v in sorted(counts.items()))))
-        del seqs
-    return rows
+        return f"{model}-{variant}", fixture_path(model, variant)
+    suites = {s.name: s for s in REAL_SUITES}
+    if model in suites:
+        reason = suites[model].missing()
+        if reason:
+            raise BenchConfigError(f"bench option --model {model}: {reason}")
+        return model, suites[model].locate()
+    path = Path(model)
+    if not path.is_file():
+        raise BenchConfigError(f"bench option --model {model}: not a preset ({', '.join(sorted(PRESETS) + sorted(STANDINS))}), "
+                               f"a real model ({', '.join(sorted(suites))}) nor an existing GGUF file")
+    return path.stem, path
 
 
-def format_table(rows: list[BenchRow], bandwidth: float, device: str) -> str:
-    lines = [f"device: {device}; streaming read bandwidth {bandwidth:.0f} GB/s; mode {rows[0].mode if rows else '-'}",
-             "", "| model | N | step ms | t/s | t/s per seq | weight MB | GB/s (weights) | % of read BW | routes |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r.model} | {r.n} | {r.step_ms:.3f} | {r.tokens_per_s:.1f} | {r.per_seq_tokens_per_s:.1f} | "
-                     f"{r.weight_bytes / 1e6:.1f} | {r.read_gb_s:.1f} | {r.roofline_pct:.2f} | {r.routes} |")
-    return "\n".join(lines)
+def _measure(device, engine, cfg: BenchConfig, label: str, mode: str, n: int, bw: float, result: BenchResult) -> None:
+    rng = np.random.default_rng(cfg.seed)
+    vocab = engine.vocab_size
+    seqs = [engine.new_sequence() for _ in range(n)]
+    for i, s in enumerate(seqs):
+        length = cfg.prompt_lens[i % len(cfg.prompt_lens)]
+        engine.prefill(s, [2] + [int(t) for t in rng.integers(4, vocab, size=length - 1)])
+    tokens = [int(t) for t in rng.integers(4, vocab, size=n)]
+    for _ in range(cfg.warmup):
+        engine.decode(seqs, tokens)
+    start = [s.length for s in seqs]
+    times = [device.seconds_per_step(lambda: engine.decode(seqs, tokens), cfg.steps) for _ in range(cfg.repeats)]
+    step = statistics.median(times)
+    weight_bytes = device.weight_bytes(engine)
+    kv_bytes = mean_kv_read_bytes(engine.config, start, cfg.repeats * cfg.steps, device.kv_itemsize)
+    ceiling = roofline_tokens_per_s(n, bw, weight_bytes, kv_bytes)
+    result.rows.append(BenchRecord(
+        model=label, backend=device.backend, device=device.name, route=mode, n=n, timing=device.timing,
+        context=cfg.context, prompt_lens=",".join(map(str, cfg.prompt_lens)),
+        mean_position=float(np.mean(start)) + (cfg.repeats * cfg.steps - 1) / 2, warmup=cfg.warmup,
+        steps=cfg.steps, repeats=cfg.repeats, step_ms=step * 1e3, step_ms_min=min(times) * 1e3,
+        step_ms_max=max(times) * 1e3, spread_pct=100 * (max(times) - min(times)) / step,
+        tokens_per_s=n / step, per_seq_tokens_per_s=1 / step, weight_bytes=int(weight_bytes),
+        kv_bytes=int(round(kv_bytes)), read_gb_s=bw, roofline_tokens_per_s=ceiling,
+        roofline_pct=100 * (n / step) / ceiling, routes=routes_taken(engine, n), gpu_index=device.gpu_index))
+    for tensor, type_name, rows, cols, kernel in device.route_table(engine, n):
+        result.routes.append(RouteRecord(model=label, route=mode, n=n, tensor=tensor, role=tensor_role(tensor),
+                                         type_name=type_name, rows=rows, cols=cols, kernel=kernel))
+    if cfg.profile:
+        seconds = device.profile(engine, seqs, tokens, cfg.profile_passes)
+        ctx = ProfileContext(model=label, backend=device.backend, route=mode, n=n, timing=device.profile_timing)
+        result.op_profile += profile_records(seconds, cfg.profile_passes, ctx, device.role_weight_bytes(engine))
 
 
-def rows_as_dicts(rows: list[BenchRow]) -> list[dict]:
-    return [asdict(r) for r in rows]
+def run_bench(cfg: BenchConfig, backend: str, *, progress: bool = True) -> BenchResult:
+    """Every model x route mode x N of ``cfg`` on ``backend`` ("numpy64" or "cupy")."""
+    from tqdm import tqdm
+
+    from .bench_devices import make_device
+
+    device = make_device(backend, cfg)
+    if backend != "cupy" and set(cfg.route_modes) != {NO_ROUTE}:
+        raise BenchConfigError(f"bench option --route {' '.join(cfg.route_modes)}: route modes choose GPU kernels; "
+                               f"the {backend} backend has none (leave --route out)")
+    models = [resolve_model(m, cfg.variant) for m in cfg.models]
+    bw = device.read_bandwidth_gb_s()
+    result = BenchResult(device=device.name, read_gb_s=bw)
+    bar = tqdm(total=len(models) * len(cfg.route_modes) * len(cfg.n_list), desc="bench", unit="N", file=sys.stderr,
+               disable=not progress, leave=False)
+    with bar:
+        for label, path in models:
+            for mode in cfg.route_modes:
+                engine = device.make_engine(path, mode)
+                model_context = engine.config.context_length
+                if model_context and model_context < cfg.positions_needed:
+                    raise BenchConfigError(
+                        f"bench options --prompt-len/--warmup/--steps/--repeats: {label} holds {model_context} "
+                        f"positions, the run needs {cfg.positions_needed}")
+                for n in cfg.n_list:
+                    bar.set_postfix_str(f"{label} {mode} N={n}")
+                    _measure(device, engine, cfg, label, mode, n, bw, result)
+                    bar.update()
+                del engine
+    return result

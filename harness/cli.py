@@ -154,7 +154,7 @@ def _cmd_inspect(args) -> int:
 
 
 def _cmd_oracle(args) -> int:
-    """The main job (until the nightly report exists): the synthetic golden oracle suite, summarised."""
+    """The synthetic golden oracle suite alone, summarised (the nightly runs it with everything else)."""
     import time
 
     import numpy as np
@@ -191,37 +191,122 @@ def _cmd_oracle(args) -> int:
     return 1 if failed else 0
 
 
-def _cmd_bench(args) -> int:
-    from .bench import bench_decode, format_table, read_bandwidth_gb_s, rows_as_dicts
-    from .fixtures import fixture_names, fixture_path
-    from .pytest_plugin import gpu_available
-    from .standin import STANDINS
+def _resolved_backend(choice: str) -> str | None:
+    from .pytest_plugin import resolve_backend
 
-    if not gpu_available():
-        print("error: the bench times the CuPy engine and needs an NVIDIA GPU (pip install 'gemma-oracle[gpu]')",
-              file=sys.stderr)
+    backend, reason = resolve_backend(choice)
+    if backend is None:
+        print(f"error: {reason}", file=sys.stderr)
+    return backend
+
+
+def _show_progress(args) -> bool:
+    return not args.no_progress and sys.stderr.isatty()
+
+
+def _print_tables(run) -> None:
+    from reports import tables
+    from reports.render import markdown_table
+
+    overview = tables.correctness_overview(tables.correctness_summary(run["oracle"]))
+    if not overview.empty:
+        print("\ncorrectness (golden oracle, batched vs single-user):\n" + markdown_table(overview))
+    perf = tables.perf_summary(run["bench"])
+    if not perf.empty:
+        cols = ["model", "route", "n", "tokens_per_s", "per_seq_tokens_per_s", "step_ms", "spread_pct",
+                "weight_bytes", "kv_bytes", "roofline_pct", "routes"]
+        print(f"\nbench on {perf['device'].iloc[0]} ({perf['timing'].iloc[0]}, streaming read "
+              f"{run['bench']['read_gb_s'].iloc[0]:.1f} GB/s):\n" + markdown_table(perf[cols]))
+
+
+def _print_outcome(outcome) -> None:
+    from reports.render import REPORT_HTML, REPORT_MD
+
+    _print_tables(outcome.run)
+    shown = [f for f in outcome.findings if f.gated] or outcome.findings
+    if shown:
+        print("\nfindings:")
+        for f in shown[:20]:
+            print(f"  - {f.message}")
+        if len(shown) > 20:
+            print(f"  ... and {len(shown) - 20} more (findings.json)")
+    prev = f"compared with {outcome.previous.run_id}" if outcome.previous else "no earlier run to compare with"
+    verdict = "FAIL" if outcome.exit_code else "PASS"
+    print(f"\n{verdict}: {outcome.run.meta.kind} {outcome.run.run_id}, {prev}")
+    print(f"report: {outcome.run_dir / REPORT_MD}\n        {outcome.run_dir / REPORT_HTML}\n"
+          f"data:   {outcome.run_dir}/*.parquet, meta.json")
+
+
+def _cmd_nightly(args) -> int:
+    """The main job: every suite that can run here, the bench, the report, the comparison."""
+    from dataclasses import replace
+
+    from .nightly import PLANS, run_nightly
+
+    backend = _resolved_backend(args.backend)
+    if backend is None:
         return 2
-    import cupy as cp
+    plan = PLANS[backend]
+    if args.skip:
+        plan = replace(plan, parts=tuple(p for p in plan.parts if p not in args.skip))
+    print(f"nightly: backend {backend}, parts {', '.join(plan.parts)}; writing under {args.root}", flush=True)
+    outcome = run_nightly(plan, Path(args.root), progress=_show_progress(args))
+    _print_outcome(outcome)
+    return outcome.exit_code
 
-    device = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
-    bw = read_bandwidth_gb_s()
-    all_rows = []
-    for model in args.model:
-        path = (fixture_path(model, None if model in STANDINS else args.variant) if model in fixture_names()
-                else Path(model))
-        all_rows += bench_decode(path, tuple(args.n), steps=args.steps, warmup=args.warmup, repeats=args.repeats,
-                                 kv_dtype=args.kv_dtype, bandwidth=bw, use_graphs=not args.eager,
-                                 route_mode=args.route)
-    table = format_table(all_rows, bw, device)
-    print(table)
-    if args.out:
-        import json
 
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "bench.md").write_text(table + "\n")
-        (out / "bench.json").write_text(json.dumps({"device": device, "read_gb_s": bw, "rows": rows_as_dicts(all_rows)}, indent=1))
-    return 0
+def _cmd_report(args) -> int:
+    from engine.errors import GemmaOracleError
+
+    from .nightly import previous_run, report_run
+
+    run_dir = Path(args.run_dir)
+    try:
+        previous = Path(args.previous) if args.previous else previous_run(run_dir.parent, run_dir)
+        outcome = report_run(run_dir, previous)
+    except GemmaOracleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _print_outcome(outcome)
+    return outcome.exit_code
+
+
+def _cmd_bench(args) -> int:
+    import time
+    from dataclasses import replace
+
+    from engine.errors import GemmaOracleError
+    from reports.run_meta import collect_meta, utc_now
+    from reports.store import RunWriter, create_run_dir
+
+    from .bench import run_bench
+    from .nightly import PLANS, previous_run, report_run
+
+    backend = _resolved_backend(args.backend)
+    if backend is None:
+        return 2
+    overrides = {"models": args.model, "variant": args.variant, "n_list": args.n, "route_modes": args.route,
+                 "context": args.context, "prompt_lens": args.prompt_len, "warmup": args.warmup, "steps": args.steps,
+                 "repeats": args.repeats, "kv_dtype": args.kv_dtype, "use_graphs": False if args.eager else None,
+                 "profile": False if args.no_profile else None}
+    started, t0 = utc_now(), time.monotonic()
+    try:
+        cfg = replace(PLANS[backend].bench, **{k: tuple(v) if isinstance(v, list) else v
+                                                for k, v in overrides.items() if v is not None})
+        result = run_bench(cfg, backend, progress=_show_progress(args))
+    except GemmaOracleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    root = Path(args.out)
+    run_dir = create_run_dir(root, f"bench-{started:%Y-%m-%d-%H%M%S}")
+    writer = RunWriter(run_dir)
+    writer.write_table("bench", result.rows)
+    writer.write_table("op_profile", result.op_profile)
+    writer.write_table("routes", result.routes)
+    writer.write_meta(collect_meta(run_dir.name, "bench", backend, created=started, duration_s=time.monotonic() - t0))
+    outcome = report_run(run_dir, previous_run(root, run_dir))
+    _print_outcome(outcome)
+    return 0  # the bench reports; only the nightly gates
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,18 +349,39 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--n", nargs="+", type=int, help="batch sizes (default 1 2 3 4 5 6 8 9 16 17)")
     o.set_defaults(func=_cmd_oracle)
 
-    bn = sub.add_parser("bench", help="decode tokens/s of the GPU engine beside the device's read bandwidth")
-    bn.add_argument("--model", nargs="+", default=["g4-12b-mini"], help="synthetic preset names or GGUF paths")
-    bn.add_argument("--variant", default="q4_k_m", help="quant variant for presets (default q4_k_m)")
-    bn.add_argument("--n", nargs="+", type=int, default=[1, 2, 4, 8, 16, 32])
-    bn.add_argument("--steps", type=int, default=32)
-    bn.add_argument("--warmup", type=int, default=4)
-    bn.add_argument("--repeats", type=int, default=3)
-    bn.add_argument("--kv-dtype", choices=("float16", "float32"), default="float16")
-    bn.add_argument("--route", choices=("auto", "batch-invariant", "ws", "gemm_n", "decode_mmq"), default=None,
-                    help="matmul route mode (engine.routing; default $GEMMA_ORACLE_ROUTE or batch-invariant)")
-    bn.add_argument("--eager", action="store_true", help="time the uncaptured forward instead of CUDA-graph replays")
-    bn.add_argument("--out", help="directory for bench.md and bench.json")
+    nt = sub.add_parser("nightly", help="the main job: synthetic + real suites and the bench, a report under "
+                                         "reports/nightly/<id>/, compared with the previous nightly")
+    nt.add_argument("--backend", choices=("numpy", "cupy", "auto"), default="auto")
+    nt.add_argument("--root", default="reports/nightly", help="where nightly runs are kept (default reports/nightly)")
+    nt.add_argument("--skip", nargs="+", choices=("synthetic", "real", "bench"), help="leave parts out")
+    nt.add_argument("--no-progress", action="store_true", help="no progress bars (they go to stderr on a terminal)")
+    nt.set_defaults(func=_cmd_nightly)
+
+    rp = sub.add_parser("report", help="re-render a stored run's report (report.md, report.html, findings.json)")
+    rp.add_argument("run_dir", help="a run directory, e.g. reports/nightly/2026-11-25-031500")
+    rp.add_argument("--previous", help="compare with this run (default: the run before it in the same folder)")
+    rp.set_defaults(func=_cmd_report)
+
+    bn = sub.add_parser("bench", help="decode t/s per model x route mode x N beside the roofline, per-op profile and "
+                                      "route table; stored under reports/runs/bench-<time>/ with a report")
+    bn.add_argument("--backend", choices=("numpy", "cupy", "auto"), default="auto",
+                    help="cupy (GPU, CUDA events over graph replays) or numpy (host clock); auto: cupy when usable")
+    bn.add_argument("--model", nargs="+", help="preset names, real-suite names (gemma3-270m) or GGUF paths "
+                                               "(default: the nightly's bench models for the backend)")
+    bn.add_argument("--variant", help="quant variant for presets (default q4_k_m)")
+    bn.add_argument("--n", nargs="+", type=int, help="batch sizes")
+    bn.add_argument("--route", nargs="+", choices=("auto", "batch-invariant", "ws", "gemm_n", "decode_mmq"),
+                    help="matmul route modes to compare (GPU only; engine.routing)")
+    bn.add_argument("--context", type=int, help="KV positions per sequence")
+    bn.add_argument("--prompt-len", nargs="+", type=int, help="prompt lengths, cycled over the sequences")
+    bn.add_argument("--warmup", type=int)
+    bn.add_argument("--steps", type=int, help="decode steps per timed run")
+    bn.add_argument("--repeats", type=int, help="timed runs per N (the median is reported)")
+    bn.add_argument("--kv-dtype", choices=("float16", "float32"))
+    bn.add_argument("--eager", action="store_true", help="GPU: time the uncaptured forward instead of graph replays")
+    bn.add_argument("--no-profile", action="store_true", help="skip the per-op profiling pass")
+    bn.add_argument("--no-progress", action="store_true")
+    bn.add_argument("--out", default="reports/runs", help="root of the run directory (default reports/runs)")
     bn.set_defaults(func=_cmd_bench)
 
     i = sub.add_parser("inspect", help="load a GGUF through the validating loader and print its config")

@@ -6,12 +6,14 @@ so both run exactly the same comparisons.
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
 from oracles.compare import FLOAT64_POLICY, Policy, exact, tolerance
 from oracles.single_vs_batched import GoldenResult, golden_single_vs_batched
+from reports.records import NO_ROUTE
 
 from .fixtures import fixture_path
 from .presets import PRESETS
@@ -51,6 +53,10 @@ class SuiteCase:
     def id(self) -> str:
         return f"{self.preset}-{self.variant}-n{self.n}"
 
+    @property
+    def fixture(self) -> str:
+        return f"{self.preset}-{self.variant}"
+
 
 def cases(presets=None, variants=None, n_list=N_LIST) -> list[SuiteCase]:
     return [SuiteCase(p, v, n) for p in (presets or sorted(PRESETS)) for v in (variants or VARIANTS) for n in n_list]
@@ -71,19 +77,41 @@ def sequences(vocab_size: int, count: int = max(GPU_N_LIST), *, seed: int = SEQU
 
 @functools.lru_cache(maxsize=2)
 def engine_for(preset: str, variant: str, backend: str, route_mode: str | None = None):
-    """route_mode: CupyEngine's matmul route mode (engine.routing; None: its default, batch-invariant)."""
+    """route_mode: engine.routing mode of a GPU engine (None: its default); engines without routes take None."""
     from engine.factory import make_engine
 
-    options = {"route_mode": route_mode} if route_mode else {}
+    options = {} if route_mode is None else {"route_mode": route_mode}
     return make_engine(backend, fixture_path(preset, variant), memo_prefill=True, **options)
+
+
+def policy_for(engine, backend: str) -> Policy:
+    """The verdict rule for the engine's route mode: the fast mode (auto: decode-MMQ for some N only) is
+    argmax-stable; every mode that routes by shape alone (batch-invariant, forced ws / gemm_n / decode_mmq) and the
+    reference engines are held to POLICIES (exact on the GPU)."""
+    return MMQ_POLICY if getattr(engine, "route_mode", None) == "auto" else POLICIES[backend]
+
+
+def routes_taken(engine, n: int) -> str:
+    """Kernels serving the matmuls of an N-row step, e.g. "gemm_n:1 ws:47"; "" for an engine without routes."""
+    if not hasattr(engine, "route_table"):
+        return ""
+    counts = Counter(route for *_, route in engine.route_table(n))
+    return " ".join(f"{k}:{v}" for k, v in sorted(counts.items()))
 
 
 _REFERENCE_MEMO: dict = {}
 
 
-def run_case(case: SuiteCase, backend: str) -> GoldenResult:
-    engine = engine_for(case.preset, case.variant, backend)
+def run_case(case: SuiteCase, backend: str, route_mode: str | None = None) -> GoldenResult:
+    engine = engine_for(case.preset, case.variant, backend, route_mode)
     prompts, forced = sequences(engine.vocab_size)
     return golden_single_vs_batched(
-        engine, prompts[: case.n], forced[: case.n], policy=POLICIES[backend], cache=_REFERENCE_MEMO
+        engine, prompts[: case.n], forced[: case.n], policy=policy_for(engine, backend), cache=_REFERENCE_MEMO
     )
+
+
+def record_context(case: SuiteCase, backend: str, route_mode: str | None = None) -> dict:
+    """Where a case's result came from, as the result store's columns (reports.records.OracleRecord)."""
+    engine = engine_for(case.preset, case.variant, backend, route_mode)
+    return {"suite": "synthetic", "fixture": case.fixture, "backend": backend,
+            "route": getattr(engine, "route_mode", NO_ROUTE), "routes_taken": routes_taken(engine, case.n)}

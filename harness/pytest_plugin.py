@@ -10,6 +10,8 @@ import os
 # on a 2-core machine with another worker busy). Set before numpy is imported; an explicit env wins.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 
 # --model and the real_model fixture of the real-model suites (issue 7) live in their own plugin module.
@@ -57,11 +59,57 @@ def pytest_addoption(parser):
         default="auto",
         help="engine backend for oracle tests: numpy (float64 reference), cupy (GPU) or auto (cupy when usable)",
     )
+    # result store (reports/recorder.py): oracle comparisons that tests hand to `record_oracle`
+    group.addoption("--results-dir", default=None,
+                    help="where a run's oracle results go as parquet (default: <rootdir>/reports/runs)")
+    group.addoption("--no-results", action="store_true", help="do not write oracle results to the store")
 
 
 def pytest_configure(config):
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+    config.stash[_RECORDER] = _make_recorder(config)
+
+
+# --- result store: the logic is in reports/recorder.py; these hooks only wire it -----------------------
+_RECORDER = pytest.StashKey()
+
+
+def _make_recorder(config):
+    from reports.recorder import WORKERINPUT_KEY, SessionRecorder, new_pytest_run_id
+
+    workerinput = getattr(config, "workerinput", None)  # set on pytest-xdist workers only
+    # a worker joins the controller's run; one started without our controller hook gets a run of its own
+    run_id = (workerinput or {}).get(WORKERINPUT_KEY) or new_pytest_run_id()
+    root = None if config.getoption("--no-results") else Path(
+        config.getoption("--results-dir") or config.rootpath / "reports" / "runs")
+    backend = resolve_backend(config.getoption("--backend"))[0] or "cupy"
+    return SessionRecorder(root, run_id, worker=workerinput["workerid"] if workerinput else None, backend=backend)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """pytest-xdist controller: every worker writes its part into the controller's run."""
+    from reports.recorder import WORKERINPUT_KEY
+
+    node.workerinput[WORKERINPUT_KEY] = node.config.stash[_RECORDER].run_id
+
+
+def pytest_sessionfinish(session):
+    recorder = session.config.stash.get(_RECORDER, None)
+    if recorder is not None:
+        recorder.finish()
+
+
+@pytest.fixture
+def record_oracle(request):
+    """Hand a golden result to the result store: record_oracle(result, fixture=..., backend=..., route=...)."""
+    recorder = request.config.stash[_RECORDER]
+
+    def record(result, **context):
+        return recorder.record(result, test_id=request.node.nodeid, **context)
+
+    return record
 
 
 def pytest_collection_modifyitems(config, items):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.oracle_suite import cases, run_case
+from harness.oracle_suite import cases, record_context, run_case
 
 pytestmark = pytest.mark.synthetic
 
@@ -11,7 +11,8 @@ CASES = cases()
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_batched_equals_single_user(case, oracle_backend):
+def test_batched_equals_single_user(case, oracle_backend, record_oracle):
     result = run_case(case, oracle_backend)
+    record_oracle(result, **record_context(case, oracle_backend))
     assert result.n == case.n and len(result.comparisons) == case.n * 5  # prefill + 4 decode steps per sequence
     result.assert_passed()

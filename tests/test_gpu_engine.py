@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.oracle_suite import GPU_N_LIST, cases, engine_for, run_case, sequences
+from harness.oracle_suite import GPU_N_LIST, cases, engine_for, record_context, run_case, sequences
 from oracles.compare import exact
 from oracles.metrics import nmse, top1_top2_margin
 from oracles.single_vs_batched import golden_single_vs_batched
@@ -22,8 +22,9 @@ PRESET_VARIANTS = sorted({(c.preset, c.variant) for c in GOLDEN})
 
 
 @pytest.mark.parametrize("case", GOLDEN, ids=[c.id for c in GOLDEN])
-def test_gpu_batched_equals_single_user_bitwise(case):
+def test_gpu_batched_equals_single_user_bitwise(case, record_oracle):
     result = run_case(case, "cupy")
+    record_oracle(result, **record_context(case, "cupy"))
     assert result.policy == "exact"
     assert len(result.comparisons) == case.n * 5
     result.assert_passed()

@@ -10,6 +10,7 @@ import pytest
 
 from harness import llamacpp
 from harness.oracle_suite import POLICIES  # float64: BLAS-order noise only; cupy (WS/GEMM-N): exact
+from reports.records import NO_ROUTE
 from oracles.compare import first_divergence
 from oracles.prefill_cache import prefill_cache_vs_plain
 from oracles.single_vs_batched import golden_single_vs_batched, greedy_forced_tokens
@@ -101,7 +102,7 @@ def test_prefill_with_sequence_cache_equals_plain_prefill(engine):
     result.assert_passed()
 
 
-def test_golden_oracle_holds_on_real_model(engine):
+def test_golden_oracle_holds_on_real_model(engine, gemma3_path, record_oracle):
     backend = backend_of(engine)
     if backend == "cupy":  # "exact" holds because these are the batch-invariant routes
         assert {n: {t[4] for t in engine.route_table(n)} for n in N_LIST} == {1: {"ws"}, 2: {"ws"}, 6: {"ws"}, 17: {"gemm_n"}}
@@ -109,6 +110,8 @@ def test_golden_oracle_holds_on_real_model(engine):
     memo: dict = {}
     for n in N_LIST:
         result = golden_single_vs_batched(engine, prompts[:n], forced[:n], policy=POLICIES[backend], cache=memo)
+        record_oracle(result, suite="gemma3-270m", fixture=gemma3_path.stem, backend=backend,
+                      route=getattr(engine, "route_mode", NO_ROUTE))
         assert len(result.comparisons) == n * (DECODE_STEPS + 1)
         result.assert_passed()
 

@@ -1,0 +1,160 @@
+"""What the bench needs from a device, one class per engine backend: the engine, a step clock, the
+streaming-read bandwidth, the bytes a step reads, the route table and a per-op profiling pass.
+
+`CpuDevice` runs the float64 numpy engine on the host clock; `CudaDevice` runs the CuPy engine and times
+with CUDA events (around captured-graph replays unless the bench asks for eager steps).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+
+from reports.run_meta import device_info
+
+from .op_profile import STEP, CudaSpans, HostSpans, TimedOps, numpy_matmul_weights, tensor_role
+
+
+class CpuDevice:
+    backend = "numpy64"
+    timing = "host-clock"
+    profile_timing = "host-clock"
+    gpu_index = None
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.name = device_info(self.backend)[0]
+        self.kv_itemsize = np.dtype(np.float64).itemsize
+
+    def read_bandwidth_gb_s(self, nbytes: int = 256 << 20, repeats: int = 5) -> float:
+        """Streaming read of host memory: a float64 sum over ``nbytes`` (well beyond any cache), median."""
+        x = np.ones(nbytes // 8)
+        x.sum()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            x.sum()
+            times.append(time.perf_counter() - t0)
+        return nbytes / statistics.median(times) / 1e9
+
+    def make_engine(self, path, route_mode: str):
+        from engine.engine import GemmaEngine
+
+        return GemmaEngine(path, self.backend)
+
+    def seconds_per_step(self, step, steps: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        return (time.perf_counter() - t0) / steps
+
+    def weight_bytes(self, engine) -> int:
+        return sum(nbytes for _, nbytes in numpy_matmul_weights(engine.model.w).values())
+
+    def role_weight_bytes(self, engine) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for role, nbytes in numpy_matmul_weights(engine.model.w).values():
+            out[role] = out.get(role, 0) + nbytes
+        return out
+
+    def route_table(self, engine, n: int) -> list:
+        return []  # the numpy engine has one matmul path
+
+    def profile(self, engine, seqs, tokens, passes: int) -> dict[str, tuple[int, float]]:
+        """``passes`` decode steps with the model's ops timed (they advance the sequences like any step)."""
+        spans = HostSpans()
+        plain = engine.model.ops
+        engine.model.ops = TimedOps(plain, spans, numpy_matmul_weights(engine.model.w))
+        try:
+            for _ in range(passes):
+                with spans(STEP):
+                    engine.decode(seqs, tokens)
+        finally:
+            engine.model.ops = plain
+        return spans.seconds()
+
+
+class CudaDevice:
+    backend = "cupy"
+    profile_timing = "cuda-events-eager"
+
+    def __init__(self, cfg):
+        import cupy as cp
+
+        self.cp, self.cfg = cp, cfg
+        self.name = device_info(self.backend)[0]
+        self.gpu_index = int(cp.cuda.Device().id)
+        self.timing = "cuda-graph" if cfg.use_graphs else "cuda-eager"
+        self.kv_itemsize = np.dtype(cfg.kv_dtype).itemsize
+
+    def read_bandwidth_gb_s(self, nbytes: int = 2 << 30, repeats: int = 5) -> float:
+        """Streaming-read bandwidth: a float32 sum over ``nbytes`` of device memory (read once), median."""
+        cp = self.cp
+        x = cp.ones(nbytes // 4, dtype=cp.float32)
+        cp.sum(x).item()
+        times = []
+        for _ in range(repeats):
+            start, stop = cp.cuda.Event(), cp.cuda.Event()
+            start.record()
+            cp.sum(x)
+            stop.record()
+            stop.synchronize()
+            times.append(cp.cuda.get_elapsed_time(start, stop) / 1e3)
+        del x
+        return nbytes / statistics.median(times) / 1e9
+
+    def make_engine(self, path, route_mode: str):
+        from engine.gpu_engine import CupyEngine
+
+        return CupyEngine(path, kv_dtype=self.cfg.kv_dtype, max_sequences=max(self.cfg.n_list) + 1,
+                          max_context=self.cfg.context, use_graphs=self.cfg.use_graphs, route_mode=route_mode)
+
+    def seconds_per_step(self, step, steps: int) -> float:
+        # Each decode is one graph replay plus the logits read-back (the step's only host synchronisation).
+        cp = self.cp
+        start, stop = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        for _ in range(steps):
+            step()
+        stop.record()
+        stop.synchronize()
+        return cp.cuda.get_elapsed_time(start, stop) / 1e3 / steps
+
+    def weight_bytes(self, engine) -> int:
+        return sum(self.role_weight_bytes(engine).values())
+
+    def role_weight_bytes(self, engine) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for tensor, *_ in engine.route_table(1):  # the matrices a step multiplies by, as stored (GGUF blocks)
+            role = tensor_role(tensor)
+            out[role] = out.get(role, 0) + int(engine.w[tensor].raw.nbytes)
+        return out
+
+    def route_table(self, engine, n: int) -> list:
+        return engine.route_table(n)
+
+    def profile(self, engine, seqs, tokens, passes: int) -> dict[str, tuple[int, float]]:
+        """``passes`` eager forwards of the step (CUDA events around each matmul and attention launch, so
+        host launch gaps inside a span count too: shares, not graph-replay times). The forwards write K/V at
+        the sequences' next position without advancing them; the next decode overwrites it."""
+        spans = CudaSpans()
+        positions, slots = [s.length for s in seqs], [s.slot for s in seqs]
+        engine.op_spans = spans
+        try:
+            for _ in range(passes):
+                with spans(STEP):
+                    engine.forward(tokens, positions, slots, list(range(len(seqs))))
+        finally:
+            engine.op_spans = None
+        return spans.seconds()
+
+
+DEVICES = {"numpy64": CpuDevice, "cupy": CudaDevice}
+
+
+def make_device(backend: str, cfg):
+    try:
+        return DEVICES[backend](cfg)
+    except KeyError:
+        raise ValueError(f"the bench runs on {sorted(DEVICES)}, not {backend!r}") from None

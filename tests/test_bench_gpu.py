@@ -1,0 +1,95 @@
+"""The bench and the nightly on the GPU: CUDA-graph timing per route mode, bytes per step from the file,
+the route table, the per-op profile through the engine's op_spans hook (which must not change a bit), and a
+small nightly with both route modes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from harness.bench import BenchConfig, run_bench
+from harness.fixtures import fixture_path
+from harness.nightly import NightlyPlan, run_nightly
+
+pytestmark = pytest.mark.gpu
+
+PRESET, VARIANT = "g4-12b-mini", "q4_k_m"  # 6 layers; gate/up and the global q have 2048 rows: decode-MMQ at N >= 5
+
+
+@pytest.fixture(scope="module")
+def bench():
+    cfg = BenchConfig(models=(PRESET,), variant=VARIANT, n_list=(1, 5), route_modes=("batch-invariant", "auto"),
+                      context=128, prompt_lens=(16, 24), warmup=2, steps=4, repeats=3, profile_passes=2)
+    return run_bench(cfg, "cupy", progress=False)
+
+
+def test_gpu_bench_rows(bench):
+    import cupy as cp
+
+    from engine.model_file import load_model
+
+    assert [(r.route, r.n) for r in bench.rows] == [("batch-invariant", 1), ("batch-invariant", 5), ("auto", 1),
+                                                    ("auto", 5)]
+    assert {(r.backend, r.timing, r.gpu_index) for r in bench.rows} == {("cupy", "cuda-graph", cp.cuda.Device().id)}
+    # every matrix as stored in the file (tied output: token_embd is the lm_head; no PLE in this preset)
+    mf = load_model(fixture_path(PRESET, VARIANT))
+    expected = sum(t.nbytes for t in mf.tensors.values() if len(t.ne) == 2)
+    assert {r.weight_bytes for r in bench.rows} == {expected}
+    by = {(r.route, r.n): r for r in bench.rows}
+    assert by["auto", 5].kv_bytes == by["batch-invariant", 5].kv_bytes > by["auto", 1].kv_bytes > 0
+    assert "decode_mmq:" in by["auto", 5].routes and "decode_mmq" not in by["auto", 1].routes
+    assert "decode_mmq" not in by["batch-invariant", 5].routes
+    for r in bench.rows:
+        assert r.tokens_per_s > 0 and r.read_gb_s > 100 and 0 < r.roofline_pct
+        assert r.step_ms_min <= r.step_ms <= r.step_ms_max
+
+
+def test_gpu_route_table_rows(bench):
+    kernels = {(r.route, r.n, r.tensor): r.kernel for r in bench.routes}
+    assert kernels["auto", 5, "blk.0.ffn_gate.weight"] == "decode_mmq"
+    assert kernels["batch-invariant", 5, "blk.0.ffn_gate.weight"] == "ws"
+    assert kernels["auto", 1, "blk.0.ffn_gate.weight"] == "ws"
+
+
+def test_gpu_op_profile(bench):
+    prof = {p.op: p for p in bench.op_profile if p.route == "auto" and p.n == 5}
+    assert {"attn_q", "ffn_gate", "ffn_up", "ffn_down", "attn_output", "lm_head", "attention", "other"} <= set(prof)
+    assert prof["attn_q"].calls == 6 and prof["attention"].calls == 6 and prof["lm_head"].calls == 1
+    assert sum(p.share_pct for p in prof.values()) == pytest.approx(100.0, abs=1e-6)
+    assert {p.timing for p in bench.op_profile} == {"cuda-events-eager"}
+
+
+def test_op_spans_hook_changes_no_bit():
+    from engine.factory import make_engine
+    from harness.op_profile import CudaSpans
+    from harness.oracle_suite import sequences
+
+    engine = make_engine("cupy", fixture_path(PRESET, VARIANT), use_graphs=False, route_mode="auto")
+    prompts, _ = sequences(engine.vocab_size)
+    seqs = [engine.new_sequence() for _ in range(5)]
+    for s, p in zip(seqs, prompts):
+        engine.prefill(s, p)
+    args = ([7, 8, 9, 10, 11], [s.length for s in seqs], [s.slot for s in seqs], list(range(5)))
+    plain = engine.cp.asnumpy(engine.forward(*args))
+    spans = CudaSpans()
+    engine.op_spans = spans
+    timed = engine.cp.asnumpy(engine.forward(*args))
+    engine.op_spans = None
+    assert np.array_equal(plain, timed)
+    seconds = spans.seconds()
+    assert seconds["attention"][0] == 6 and seconds["ffn_gate"][0] == 6
+
+
+def test_gpu_nightly_small_plan(tmp_path):
+    plan = NightlyPlan("cupy", synthetic_n=(1, 5), route_modes=("batch-invariant", "auto"), presets=(PRESET,),
+                       variants=(VARIANT,), real_suites=(),
+                       bench=BenchConfig(models=(PRESET,), n_list=(1, 5), route_modes=("batch-invariant", "auto"),
+                                         context=64, warmup=1, steps=2, repeats=2, profile_passes=1))
+    out = run_nightly(plan, tmp_path, progress=False)
+    assert out.exit_code == 0, [f.message for f in out.findings]
+    run = out.run
+    assert run.meta.device_kind == "gpu" and run.meta.driver
+    policies = run["oracle"].groupby("route")["policy"].first().to_dict()
+    assert policies == {"auto": "decode-mmq", "batch-invariant": "exact"}
+    assert run["oracle"].loc[run["oracle"]["route"] == "auto", "routes_taken"].str.contains("decode_mmq").any()
+    md = (out.run_dir / "report.md").read_text()
+    assert "| g4-12b-mini-q4_k_m | 5 | auto | batch-invariant |" in md  # the MMQ / WS table
