@@ -190,11 +190,13 @@ def _fetch_pypi(entry: CatalogEntry, opts: Options) -> Path:
 
 def synthetic_missing(entry: CatalogEntry) -> str | None:
     """Why the stand-in cannot be built here (its preset is not defined), or None."""
-    from .presets import PRESETS
+    from .fixtures import fixture_names, fixture_variants
 
-    if entry.preset not in PRESETS:
-        return (f"{entry.name}: preset {entry.preset!r} is not in harness.presets (the 12B-shaped stand-in of the "
-                f"MMQ issue); presets here: {', '.join(sorted(PRESETS))}")
+    if entry.preset not in fixture_names():
+        return (f"{entry.name}: preset {entry.preset!r} is neither a mini preset nor a 12B-shaped stand-in "
+                f"(harness.presets, harness.standin); known: {', '.join(fixture_names())}")
+    if entry.variant not in fixture_variants(entry.preset):
+        return f"{entry.name}: preset {entry.preset!r} is not built in variant {entry.variant!r}"
     return None
 
 
