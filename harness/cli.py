@@ -112,6 +112,20 @@ def _cmd_oracle(args) -> int:
 
 
 def _cmd_bench(args) -> int:
+    from .gpu_pinning import GpuSelectionError, current_gpu_index, pin, select_gpus
+
+    if args.gpus is not None:  # before anything touches CUDA: pinning must come first
+        try:
+            gpus = select_gpus(args.gpus)
+        except GpuSelectionError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if len(gpus) > 1:
+            from .multi_gpu import bench_on_gpus
+
+            return bench_on_gpus(args.argv, args.model, gpus, args.out)
+        if gpus:
+            pin(gpus[0])
     from .bench import bench_decode, format_table, read_bandwidth_gb_s, rows_as_dicts
     from .fixtures import fixture_path
     from .presets import PRESETS
@@ -139,7 +153,7 @@ def _cmd_bench(args) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "bench.md").write_text(table + "\n")
-        (out / "bench.json").write_text(json.dumps({"device": device, "read_gb_s": bw, "rows": rows_as_dicts(all_rows)}, indent=1))
+        (out / "bench.json").write_text(json.dumps({"device": device, "gpu": current_gpu_index(), "read_gb_s": bw, "rows": rows_as_dicts(all_rows)}, indent=1))
     return 0
 
 
@@ -177,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="matmul route mode (engine.routing; default $GEMMA_ORACLE_ROUTE or batch-invariant)")
     bn.add_argument("--eager", action="store_true", help="time the uncaptured forward instead of CUDA-graph replays")
     bn.add_argument("--out", help="directory for bench.md and bench.json")
+    bn.add_argument("--gpus", help="GPU indices such as 0,2, or 'all': one bench process per GPU in parallel, the "
+                    "models dealt out over them, a section per GPU (harness.multi_gpu); one index pins the bench")
     bn.set_defaults(func=_cmd_bench)
 
     i = sub.add_parser("inspect", help="load a GGUF through the validating loader and print its config")
@@ -188,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # `bench --gpus` restarts itself once per GPU with these arguments
     return args.func(args)
 
 
