@@ -241,8 +241,19 @@ def _cmd_nightly(args) -> int:
     """The main job: every suite that can run here, the bench, the report, the comparison."""
     from dataclasses import replace
 
+    from .gpu_pinning import GpuSelectionError, pin, select_gpus
     from .nightly import PLANS, run_nightly
 
+    if args.gpus is not None:  # before anything touches CUDA. The nightly is one process: it runs on the first
+        try:                   # listed GPU; spreading its suites over GPUs is pytest's job (-n, --gpus)
+            gpus = select_gpus(args.gpus)
+        except GpuSelectionError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if gpus:
+            pin(gpus[0])
+            print(f"nightly: pinned to GPU {gpus[0].index}" + (f" (of {len(gpus)} listed; the nightly uses one)"
+                                                                if len(gpus) > 1 else ""), flush=True)
     backend = _resolved_backend(args.backend)
     if backend is None:
         return 2
@@ -274,6 +285,23 @@ def _cmd_report(args) -> int:
 def _cmd_bench(args) -> int:
     import time
     from dataclasses import replace
+
+    from .gpu_pinning import GpuSelectionError, pin, select_gpus
+
+    if args.gpus is not None:  # before anything touches CUDA: pinning must come first
+        try:
+            gpus = select_gpus(args.gpus)
+        except GpuSelectionError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if len(gpus) > 1:
+            from .multi_gpu import bench_on_gpus
+
+            from .nightly import PLANS
+
+            return bench_on_gpus(args.argv, args.model or list(PLANS["cupy"].bench.models), gpus, args.out)
+        if gpus:
+            pin(gpus[0])
 
     from engine.errors import GemmaOracleError
     from reports.run_meta import collect_meta, utc_now
@@ -355,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     nt.add_argument("--root", default="reports/nightly", help="where nightly runs are kept (default reports/nightly)")
     nt.add_argument("--skip", nargs="+", choices=("synthetic", "real", "bench"), help="leave parts out")
     nt.add_argument("--no-progress", action="store_true", help="no progress bars (they go to stderr on a terminal)")
+    nt.add_argument("--gpus", help="GPU indices such as 0,2, or 'all': the nightly runs on the first of them "
+                                   "(the host's index is recorded in every result row)")
     nt.set_defaults(func=_cmd_nightly)
 
     rp = sub.add_parser("report", help="re-render a stored run's report (report.md, report.html, findings.json)")
@@ -382,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--no-profile", action="store_true", help="skip the per-op profiling pass")
     bn.add_argument("--no-progress", action="store_true")
     bn.add_argument("--out", default="reports/runs", help="root of the run directory (default reports/runs)")
+    bn.add_argument("--gpus", help="GPU indices such as 0,2, or 'all': one bench process per GPU in parallel, the "
+                    "models dealt out over them, a section per GPU (harness.multi_gpu); one index pins the bench")
     bn.set_defaults(func=_cmd_bench)
 
     i = sub.add_parser("inspect", help="load a GGUF through the validating loader and print its config")
@@ -393,7 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # `bench --gpus` restarts itself once per GPU with these arguments
     return args.func(args)
 
 

@@ -15,8 +15,11 @@ def junit_rows(junit: Path) -> list[dict]:
             if el is not None:
                 outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
                 detail = (el.get("message") or "")[:300]
+        # the GPU a pinned worker ran the test on (the plugin's junit property), None when not pinned
+        gpu = next((p.get("value") for p in case.iter("property") if p.get("name") == "gpu"), None)
         rows.append({"test": f"{case.get('classname')}::{case.get('name')}", "outcome": outcome,
-                     "seconds": float(case.get("time") or 0.0), "detail": detail})
+                     "seconds": float(case.get("time") or 0.0), "detail": detail,
+                     "gpu": int(gpu) if gpu is not None else None})
     return rows
 
 
@@ -25,10 +28,14 @@ def main(junit: str, out_dir: str) -> int:
 
     out = Path(out_dir)
     df = pd.DataFrame(junit_rows(Path(junit)))
+    if len(df):
+        df["gpu"] = df["gpu"].astype("Int64")  # nullable: rows of an unpinned run have no GPU
     df.to_parquet(out / "results.parquet", index=False)
     counts = df["outcome"].value_counts().to_dict() if len(df) else {}
-    gpu = (out / "gpu.txt").read_text().strip() if (out / "gpu.txt").exists() else "unknown GPU"
-    lines = [f"# GPU suite on {gpu}", "", ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no tests", ""]
+    gpus = (out / "gpu.txt").read_text().splitlines() if (out / "gpu.txt").exists() else ["unknown GPU"]
+    wall = [(out / "wall.txt").read_text().strip(), ""] if (out / "wall.txt").exists() else []
+    lines = [f"# GPU suite on {'; '.join(g for g in gpus if g.strip())}", "", *wall,
+             ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no tests", ""]
     bad = df[df["outcome"].isin(["failed", "error"])] if len(df) else df
     for _, r in bad.head(30).iterrows():
         lines.append(f"- {r['outcome']}: {r['test']}: {r['detail']}")

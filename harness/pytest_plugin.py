@@ -1,4 +1,5 @@
-"""pytest plugin of gemma-oracle: markers, the --backend option, skips that say how to enable a test.
+"""pytest plugin of gemma-oracle: markers, the --backend option, skips that say how to enable a test,
+and one GPU per xdist worker (--gpus, harness.gpu_pinning; tests of one model on one worker, harness.xdist_groups).
 
 Loaded through the `pytest11` entry point, so any project using our markers can run --strict-markers.
 """
@@ -16,6 +17,7 @@ import pytest  # noqa: E402
 
 # --model and the real_model fixture of the real-model suites (issue 7) live in their own plugin module.
 pytest_plugins = ("harness.real_models_plugin",)
+from . import gpu_pinning  # noqa: E402
 
 MARKERS = {
     "synthetic": "runs on synthetic Gemma 4 GGUF fixtures built by harness.fixtures (CPU, always available)",
@@ -63,11 +65,21 @@ def pytest_addoption(parser):
     group.addoption("--results-dir", default=None,
                     help="where a run's oracle results go as parquet (default: <rootdir>/reports/runs)")
     group.addoption("--no-results", action="store_true", help="do not write oracle results to the store")
+    group.addoption(
+        "--gpus",
+        default=None,
+        metavar="LIST",
+        help="GPUs for xdist workers (-n COUNT --dist loadgroup): comma-separated indices such as 0,2, or 'all' "
+             "(default: every visible GPU); worker gwK runs on the K-th, wrapping around. Without -n the run "
+             "is pinned to the first listed GPU",
+    )
 
 
+@pytest.hookimpl(tryfirst=True)  # pinning must precede anything that could make a CUDA call
 def pytest_configure(config):
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+    _pin_gpus(config)  # first: the recorder below asks whether a GPU is usable, which starts CUDA
     config.stash[_RECORDER] = _make_recorder(config)
 
 
@@ -89,10 +101,14 @@ def _make_recorder(config):
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node):
-    """pytest-xdist controller: every worker writes its part into the controller's run."""
+    """pytest-xdist controller: every worker writes its part into the controller's run, on the GPU chosen for it."""
     from reports.recorder import WORKERINPUT_KEY
 
     node.workerinput[WORKERINPUT_KEY] = node.config.stash[_RECORDER].run_id
+    gpus = node.config.stash.get(_GPUS, [])
+    if gpus:
+        gpu = gpu_pinning.gpu_for_worker(node.gateway.id, gpus)
+        node.workerinput[_WORKER_GPU] = {"index": gpu.index, "device": gpu.device}
 
 
 def pytest_sessionfinish(session):
@@ -107,12 +123,57 @@ def record_oracle(request):
     recorder = request.config.stash[_RECORDER]
 
     def record(result, **context):
+        context.setdefault("gpu_index", gpu_pinning.current_gpu_index())  # the GPU this worker is pinned to
         return recorder.record(result, test_id=request.node.nodeid, **context)
 
     return record
 
 
+# ---- one GPU per xdist worker: the controller picks each worker's GPU, the worker pins itself to it
+_WORKER_GPU = "gemma_oracle_gpu"  # key of xdist's workerinput: the Gpu (as a dict) chosen for that worker
+_GPUS = pytest.StashKey[list]()
+
+
+def _pin_gpus(config) -> None:
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:  # an xdist worker: pin to what the controller chose, before any CUDA call
+        if _WORKER_GPU in workerinput:
+            gpu_pinning.pin(gpu_pinning.Gpu(**workerinput[_WORKER_GPU]))
+        return
+    spec = config.getoption("--gpus")
+    distributing = getattr(config.option, "dist", "no") != "no" and bool(getattr(config.option, "tx", None))
+    if spec is None and not distributing:
+        return  # a plain one-process run stays exactly as it was
+    try:
+        gpus = gpu_pinning.select_gpus(spec)
+    except gpu_pinning.GpuSelectionError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if distributing:
+        config.stash[_GPUS] = gpus  # the controller runs no test and stays unpinned
+    else:
+        gpu_pinning.pin(gpus[0])
+
+
+@pytest.fixture(scope="session")
+def gpu_index() -> int | None:
+    """The host's number of the GPU this test process is pinned to (None when not pinned), for result rows."""
+    return gpu_pinning.current_gpu_index()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") == "loadgroup":  # tests of one model on one worker (harness.xdist_groups)
+        from .xdist_groups import ModelGroupScheduling
+
+        return ModelGroupScheduling(config, log)
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
+    index = gpu_pinning.current_gpu_index()
+    if index is not None:  # junit <property name="gpu" ...> on every test: the GPU of each result row
+        for item in items:
+            item.user_properties.append(("gpu", index))
     if gpu_available():
         return
     skip = pytest.mark.skip(reason="needs an NVIDIA GPU with CuPy: run on a GPU machine after pip install 'gemma-oracle[gpu]'")
