@@ -27,8 +27,16 @@ def model_names() -> tuple[str, ...]:
     return tuple(sorted((f"{p}-{v}" for p in PRESETS for v in VARIANTS), key=len, reverse=True))
 
 
+# Modules whose tests all decode 12B-sized models (7 GB of weights per engine, several engines per module): one
+# worker runs the whole module, so a GPU holds one module's engines at a time, not one set per worker.
+WHOLE_MODULE_GROUPS = ("tests/test_standin_gpu.py", "tests/test_real12b.py")
+
+
 def model_group(nodeid: str, models: tuple[str, ...] | None = None) -> str | None:
     """The model a test decodes, from its id (`...::test[g4-12b-mini-q4_k_m-n5]` -> `g4-12b-mini-q4_k_m`)."""
+    module = nodeid.partition("::")[0]
+    if module in WHOLE_MODULE_GROUPS:
+        return module
     name = nodeid.rpartition("::")[2]
     _, bracket, params = name.partition("[")
     if not bracket:

@@ -239,6 +239,13 @@ def test_the_group_is_the_model_named_in_the_test_id(nodeid, expected):
     assert model_group(nodeid) == expected
 
 
+def test_12b_modules_run_on_one_worker():
+    from harness.xdist_groups import model_group
+
+    assert model_group("tests/test_standin_gpu.py::test_standin_fast_mode_golden[shape12b-2]") == "tests/test_standin_gpu.py"
+    assert model_group("tests/test_real12b.py::test_n6_through_decode_mmq[shape12b]") == "tests/test_real12b.py"
+
+
 def test_every_golden_gpu_case_is_grouped_by_its_engine():
     """The ids the GPU suite gives its golden cases lead to the engine they load (engine_for's cache key)."""
     golden = cases(n_list=GPU_N_LIST)
