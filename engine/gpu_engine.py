@@ -213,7 +213,9 @@ class CupyEngine:
                 v = v_raw.reshape(R * hkv, d)
                 v = (rms_norm(v, None, eps) if cfg.v_norm else cp.ascontiguousarray(v)).reshape(R, hkv, d)
                 kv_write_layer(self.pools[i], seq, k, v, pos)
-            window = cfg.sliding_window if cfg.layer_is_sliding[i] else 0
+            # a ring shorter than the window (max_context < window) holds every position the engine can reach, so
+            # the window is the ring: the same positions are visible
+            window = min(cfg.sliding_window, self.pools[cfg.kv_source[i]].capacity) if cfg.layer_is_sliding[i] else 0
             with self._span("attention"):
                 o = decode_attention_layer(q, self.pools[cfg.kv_source[i]], seq, pos, window=window,
                                            scale=cfg.query_scale, max_position=max_pos)

@@ -33,7 +33,6 @@ from harness.gpu_pinning import (
 )
 from harness.gpu_summary import junit_rows
 from harness.oracle_suite import GPU_N_LIST, cases
-from harness.xdist_groups import model_group
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD_TIMEOUT_S = 600  # a child pytest on 2 busy CPU cores
@@ -225,6 +224,14 @@ def test_worker_envs_for_the_nightly():
 
 
 # ------------------------------------------------------------------------------------------ grouping
+@pytest.fixture
+def model_group():
+    pytest.importorskip("xdist", reason="needs pytest-xdist: pip install 'gemma-oracle[dev]'")
+    from harness.xdist_groups import model_group
+
+    return model_group
+
+
 @pytest.mark.parametrize("nodeid,expected", [
     ("tests/test_gpu_engine.py::test_gpu_batched_equals_single_user_bitwise[g4-12b-mini-q4_k_m-n5]", "g4-12b-mini-q4_k_m"),
     ("tests/test_gpu_engine.py::test_gpu_engine_matches_float64_reference[keqv-mixed-q8_0]", "keqv-mixed-q8_0"),
@@ -235,7 +242,7 @@ def test_worker_envs_for_the_nightly():
     ("tests/t.py::test_z[g4-12b-mini-q4_k_mx]", None),    # nor a longer name that starts like one
     ("tests/test_gpu_engine.py::test_long_context_rings_wrap_with_mixed_lengths", None),
 ])
-def test_the_group_is_the_model_named_in_the_test_id(nodeid, expected):
+def test_the_group_is_the_model_named_in_the_test_id(model_group, nodeid, expected):
     assert model_group(nodeid) == expected
 
 
@@ -246,7 +253,7 @@ def test_12b_modules_run_on_one_worker():
     assert model_group("tests/test_real12b.py::test_n6_through_decode_mmq[shape12b]") == "tests/test_real12b.py"
 
 
-def test_every_golden_gpu_case_is_grouped_by_its_engine():
+def test_every_golden_gpu_case_is_grouped_by_its_engine(model_group):
     """The ids the GPU suite gives its golden cases lead to the engine they load (engine_for's cache key)."""
     golden = cases(n_list=GPU_N_LIST)
     assert len(golden) >= 100
@@ -535,3 +542,22 @@ def test_junit_rows_carry_the_gpu(tmp_path):
         ("tests.test_gpu_engine::test_x[g4-12b-mini-q4_k_m-n1]", 3, "passed"),
         ("tests.test_kernels_matvec_gpu::test_y[q4_k]", None, "passed"),
     ]
+
+
+def test_summary_names_every_gpu_and_the_wall_time(tmp_path):
+    pd = pytest.importorskip("pandas")
+    from harness import gpu_summary
+
+    (tmp_path / "junit.xml").write_text(
+        '<testsuites><testsuite name="pytest">'
+        '<testcase classname="tests.t" name="test_a" time="1"><properties><property name="gpu" value="1"/></properties></testcase>'
+        '<testcase classname="tests.t" name="test_b" time="1"/>'
+        '</testsuite></testsuites>')
+    (tmp_path / "gpu.txt").write_text("GPU 0, NVIDIA H200, 580.159.03, 143771 MiB\nGPU 1, NVIDIA H200, 580.159.03, 143771 MiB\n")
+    (tmp_path / "wall.txt").write_text("wall 61 s: pytest -n 2 --dist loadgroup --gpus all\n")
+    assert gpu_summary.main(str(tmp_path / "junit.xml"), str(tmp_path)) == 0
+    lines = (tmp_path / "summary.md").read_text().splitlines()
+    assert lines[:5] == ["# GPU suite on GPU 0, NVIDIA H200, 580.159.03, 143771 MiB; GPU 1, NVIDIA H200, 580.159.03, 143771 MiB",
+                         "", "wall 61 s: pytest -n 2 --dist loadgroup --gpus all", "", "passed 2"]
+    df = pd.read_parquet(tmp_path / "results.parquet")
+    assert str(df["gpu"].dtype) == "Int64" and df["gpu"].tolist()[0] == 1 and pd.isna(df["gpu"].tolist()[1])
