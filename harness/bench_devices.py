@@ -89,20 +89,7 @@ class CudaDevice:
         self.kv_itemsize = np.dtype(cfg.kv_dtype).itemsize
 
     def read_bandwidth_gb_s(self, nbytes: int = 2 << 30, repeats: int = 5) -> float:
-        """Streaming-read bandwidth: a float32 sum over ``nbytes`` of device memory (read once), median."""
-        cp = self.cp
-        x = cp.ones(nbytes // 4, dtype=cp.float32)
-        cp.sum(x).item()
-        times = []
-        for _ in range(repeats):
-            start, stop = cp.cuda.Event(), cp.cuda.Event()
-            start.record()
-            cp.sum(x)
-            stop.record()
-            stop.synchronize()
-            times.append(cp.cuda.get_elapsed_time(start, stop) / 1e3)
-        del x
-        return nbytes / statistics.median(times) / 1e9
+        return gpu_read_bandwidth_gb_s(nbytes, repeats)
 
     def make_engine(self, path, route_mode: str):
         from engine.gpu_engine import CupyEngine
@@ -151,6 +138,25 @@ class CudaDevice:
 
 
 DEVICES = {"numpy64": CpuDevice, "cupy": CudaDevice}
+
+
+def gpu_read_bandwidth_gb_s(nbytes: int = 2 << 30, repeats: int = 5) -> float:
+    """Streaming-read bandwidth of the current GPU: a float32 sum over ``nbytes`` of device memory (read once),
+    median of ``repeats``."""
+    import cupy as cp
+
+    x = cp.ones(nbytes // 4, dtype=cp.float32)
+    cp.sum(x).item()
+    times = []
+    for _ in range(repeats):
+        start, stop = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        cp.sum(x)
+        stop.record()
+        stop.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, stop) / 1e3)
+    del x
+    return nbytes / statistics.median(times) / 1e9
 
 
 def make_device(backend: str, cfg):

@@ -105,7 +105,7 @@ def main(argv=None) -> int:
 
     from engine.model_file import load_model
 
-    from .bench import read_bandwidth_gb_s
+    from .bench_devices import gpu_read_bandwidth_gb_s as read_bandwidth_gb_s
     from .fixtures import fixture_names, fixture_path
 
     device = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()

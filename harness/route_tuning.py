@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import cupy as cp
 
-    from .bench import read_bandwidth_gb_s
+    from .bench_devices import gpu_read_bandwidth_gb_s as read_bandwidth_gb_s
 
     device = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
     bw = read_bandwidth_gb_s()
