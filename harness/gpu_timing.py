@@ -7,12 +7,13 @@ from __future__ import annotations
 import statistics
 
 
-def graph_time_ms(body, *, reps: int = 20, repeats: int = 7, capture: bool = True) -> tuple[float, float]:
+def graph_time_ms(body, *, reps: int = 20, repeats: int = 7, capture: bool = True, stream=None) -> tuple[float, float]:
     """(median ms per call, max - min over repeats) of body(i) for i = 0..reps-1. capture=False times plain
-    calls instead (for a body that itself launches a graph)."""
+    calls instead (for a body that itself launches a graph: pass the stream it launches on, so that the events
+    are recorded on that stream)."""
     import cupy as cp
 
-    stream = cp.cuda.Stream()
+    stream = stream or cp.cuda.Stream()
     pool = cp.cuda.MemoryPool()
     with cp.cuda.using_allocator(pool.malloc), stream:
         body(0)  # compile and warm outside the capture

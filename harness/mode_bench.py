@@ -2,11 +2,12 @@
 
     python -m harness.mode_bench --model shape12b --out DIR      # DIR/mode-bench-<model>.md / .json
 
-For each N the same N sequences (prompt of `prompt_len` tokens, prefilled once) are decoded in each mode in turn:
-the mode is switched on the engine and its step graphs dropped, so each mode captures its own graph for N. Steps
-are graph replays timed with CUDA events (`steps` per repeat, median of `repeats`, after `warmup`), the logits
-read back each step as in the engine protocol. The prompt (128) and the modes' steps together give a mean context
-near perf-anchor.md's 192. Aggregate t/s = N / step time; the best forced route per N, the crossover N where
+For each N and mode, N fresh sequences (prompt of `prompt_len` tokens) are prefilled and decoded: the mode is
+switched on the engine and its step graphs dropped, so each mode captures its own graph for N, and every mode is
+timed at the same contexts (a first version reused the sequences across modes, so later modes ran at longer
+contexts: 2026-11-25, forced-MMQ and auto with identical routes differed by 3 %). Steps are graph replays timed
+with CUDA events (`steps` per repeat, median of `repeats`, after `warmup`), the logits read back each step as in
+the engine protocol; contexts run from `prompt_len` to `prompt_len` + warmup + steps x repeats. Aggregate t/s = N / step time; the best forced route per N, the crossover N where
 decode-MMQ overtakes WS, and auto / best and batch-invariant / auto ratios are derived from the table.
 """
 from __future__ import annotations
@@ -35,12 +36,13 @@ def bench_modes(model, n_list=N_LIST, modes=MODES, *, prompt_len: int = 128, ste
     rng = np.random.default_rng(0)
     rows = []
     for n in n_list:
-        seqs = [engine.new_sequence() for _ in range(n)]
-        engine.route_mode = "decode_mmq"  # prefill rows (128) are beyond WS; the int8 tile reads weights once per 32
-        for s in seqs:  # prefilled once for every mode at this N
-            engine.prefill(s, [2] + [int(t) for t in rng.integers(4, engine.vocab_size, size=prompt_len - 1)])
+        prompts = [[2] + [int(t) for t in rng.integers(4, engine.vocab_size, size=prompt_len - 1)] for _ in range(n)]
         tokens = [int(t) for t in rng.integers(4, engine.vocab_size, size=n)]
         for mode in modes:
+            seqs = [engine.new_sequence() for _ in range(n)]
+            engine.route_mode = "decode_mmq"  # prefill rows (128) are beyond WS; the int8 tile reads weights once
+            for s, prompt in zip(seqs, prompts):
+                engine.prefill(s, prompt)
             engine.route_mode = mode
             engine._graphs.clear()
             for _ in range(warmup):
@@ -62,7 +64,7 @@ def bench_modes(model, n_list=N_LIST, modes=MODES, *, prompt_len: int = 128, ste
                              tokens_per_s=1e3 * n / step_ms, mean_context=float(np.mean([s.length for s in seqs])),
                              weight_bytes=weight_bytes, routes=" ".join(f"{k}:{v}" for k, v in sorted(routes.items()))))
             log(f"  N={n:3d} {mode:16s} {step_ms:8.3f} ms {1e3 * n / step_ms:9.1f} t/s  {rows[-1]['routes']}")
-        del seqs
+            del seqs
     engine._graphs.clear()
     return rows
 

@@ -40,7 +40,7 @@ def measure(path, n_list=(1, 2, 4, 8, 16, 32), route_mode: str | None = None) ->
             engine.prefill(s, [2, 5, 9])
         engine.decode(seqs, [7] * n)  # captures the step graph for N
         g = engine._graphs[n]
-        step_ms = graph_time_ms(lambda i: g.graph.launch(engine.stream), capture=False)[0]
+        step_ms = graph_time_ms(lambda i: g.graph.launch(engine.stream), capture=False, stream=engine.stream)[0]
         inputs = {nm: cp.asarray(np.random.default_rng(1).standard_normal((n, engine.w[nm].n_cols)).astype(np.float32))
                   for nm in names}
         routes = {nm: engine.route(nm, n) for nm in names}
