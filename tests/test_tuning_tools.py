@@ -1,0 +1,47 @@
+"""The GPU tuning tools' host-side parts on recorded H100 runs: which matmul shapes a model has (harness/route_tuning)
+and how a mode bench is summarised (harness/mode_bench: best forced route, auto / best, crossover N)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.mode_bench import summarize
+from harness.route_tuning import model_shapes
+
+HISTORY = Path(__file__).resolve().parents[1] / "reports" / "history"
+
+
+def test_shape12b_matmul_shapes_cover_one_decode_step():
+    """329 matmuls a step (perf-anchor.md: 284 Q4_K + 45 Q6_K matrices, the tied lm-head among them), in 11 shapes."""
+    shapes = model_shapes("shape12b")
+    assert sum(s.count for s in shapes) == 329 and len(shapes) == 11
+    by_key = {(s.type_name, s.rows, s.cols): s.count for s in shapes}
+    assert by_key[("Q6_K", 262144, 3840)] == 1  # the tied lm-head
+    assert by_key[("Q4_K", 15360, 3840)] == 96  # ffn_gate + ffn_up
+    assert by_key[("Q4_K", 512, 3840)] == 8  # global attn_k (k_eq_v: no attn_v)
+    assert by_key[("Q6_K", 3840, 15360)] + by_key[("Q4_K", 3840, 15360)] == 48
+
+
+def test_mini_preset_shapes_skip_lookups_and_dead_kv():
+    shapes = model_shapes("g4-e4b-mini:q4_k_m")
+    names = {s.example for s in shapes}
+    assert "per_layer_token_embd.weight" not in names  # a row lookup, not a matmul
+    assert any(s.example == "per_layer_model_proj.weight" for s in shapes)
+    # 12 layers, 6 of them KV-shared: their dead attn_k / attn_v are never multiplied
+    assert sum(s.count for s in shapes if s.example.endswith(("attn_k.weight", "attn_v.weight"))) <= 12
+
+
+@pytest.mark.parametrize("model", ["shape12b", "shape12b-q4_0"])
+def test_mode_bench_summary_of_a_recorded_run(model):
+    recorded = json.loads((HISTORY / f"2026-11-25-h100-mode-bench-{model}.json").read_text())
+    rows = recorded["rows"]
+    text = summarize(rows, f"{model} replay", recorded["read_gb_s"])
+    t = {(r["n"], r["mode"]): r["tokens_per_s"] for r in rows}
+    for n in sorted({r["n"] for r in rows}):
+        best = max(t[n, "ws"], t[n, "decode_mmq"])
+        line = next(line for line in text.splitlines() if line.startswith(f"| {n} |"))
+        assert f"| {t[n, 'auto'] / best:.3f} |" in line
+    first = min(n for n in {r["n"] for r in rows} if t[n, "decode_mmq"] > t[n, "ws"])
+    assert f"decode-MMQ overtakes WS (forced, whole step) first at N = {first}" in text
