@@ -37,20 +37,25 @@ XQ_ALIGN = 4  # 32-bit loads of Q8_1 blocks
 
 @dataclass(frozen=True)
 class Tile:
-    """One compiled tile variant of mmq.cu: bm weight rows x bn tokens per thread block, bm / 16 warps."""
+    """One compiled tile variant of mmq.cu: bm weight rows x bn tokens per thread block, bm / 16 warps, kb 32-value
+    blocks per shared-memory stage."""
     bm: int
     bn: int
+    kb: int = 4
 
     @property
     def name(self) -> str:
-        return f"bm{self.bm}_bn{self.bn}"
+        return f"bm{self.bm}_bn{self.bn}" + (f"_kb{self.kb}" if self.kb != 4 else "")
 
     @property
     def threads(self) -> int:
         return 2 * self.bm  # 32 * (bm / 16)
 
 
-TILES = {t.name: t for t in (Tile(32, 16), Tile(32, 32), Tile(64, 16), Tile(64, 32))}  # MMQ_TILES in mmq.cu
+# MMQ_TILES in mmq.cu. The deeper-staged kb16 / kb8 tiles (fewer barriers on the walk over K, which bounds the
+# kb4 tiles: reports/history/2026-11-25-perf-notes.md) are compiled and tested but not yet in TILE_RULES: they
+# wait for their H100 timings (`python -m harness.route_tuning` times every tile).
+TILES = {t.name: t for t in (Tile(32, 16), Tile(32, 32), Tile(64, 16), Tile(64, 32), Tile(32, 16, 16), Tile(64, 16, 8))}
 MAX_N = 65535 * 16  # grid.y limit for the smallest bn
 
 # Which tile a launch uses, as data (first match wins): (types or None for any, min N, min weight bytes, min rows,

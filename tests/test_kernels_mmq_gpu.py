@@ -161,10 +161,12 @@ def _inputs(type_name: str, rows: int, cols: int, n: int):
 def test_launcher_matches_tile_list():
     """kernels/mmq.py's TILES and MMQ_TYPES are exactly the entries mmq.cu compiles."""
     src = source_path("mmq").read_text()
-    tiles = re.findall(r"MMQ_ENTRY\(name, Q, (\d+), (\d+), (\d+)\)", src)
-    assert sorted(f"bm{bm}_bn{bn}" for _, bm, bn in tiles) == sorted(TILES)
-    for warps, bm, bn in tiles:
-        assert int(bm) == 16 * int(warps) and TILES[f"bm{bm}_bn{bn}"].threads == 32 * int(warps)
+    tiles = re.findall(r"MMQ_ENTRY\(name, Q, (\d+), (\d+), (\d+), (\d+), (\w*)\)", src)
+    assert sorted(f"bm{bm}_bn{bn}{suffix}" for _, bm, bn, _, suffix in tiles) == sorted(TILES)
+    for warps, bm, bn, kb, suffix in tiles:
+        tile = TILES[f"bm{bm}_bn{bn}{suffix}"]
+        assert int(bm) == 16 * int(warps) and tile.threads == 32 * int(warps) and tile.kb == int(kb)
+        assert suffix == ("" if int(kb) == 4 else f"_kb{kb}")
     assert sorted(re.findall(r"^MMQ_TILES\((\w+),", src, flags=re.M)) == sorted(t.lower() for t in MMQ_TYPES)
 
 
@@ -283,10 +285,13 @@ def test_mmq_accuracy_bitwise_and_guards(case, record_property):
 @gpu
 @pytest.mark.parametrize("type_name", MMQ_TYPES)
 @pytest.mark.parametrize("n", (1, 5, 17, 33))
-def test_mmq_every_tile_gives_the_same_bits(type_name, n):
-    """The reduction order is per output, so all four tile variants agree bitwise (on a tall ragged matrix)."""
-    cols = 1024 if type_name in K_QUANTS else 1056
-    raw_host, x_host = _inputs(type_name, 2096, cols, n)
+@pytest.mark.parametrize("rows, cols_k, cols", [(2096, 1024, 1056), (77, 768, 800)])
+def test_mmq_every_tile_gives_the_same_bits(type_name, n, rows, cols_k, cols):
+    """The reduction order is per output, so every tile variant agrees bitwise, on a tall matrix with a row tail and
+    on one with a ragged last stage (25 blocks a row; 24 for the K-quants, ragged for 16-block stages). The kb4
+    tiles agree with the numpy emulation in test_mmq_accuracy_bitwise_and_guards, so all agree with it."""
+    cols = cols_k if type_name in K_QUANTS else cols
+    raw_host, x_host = _inputs(type_name, rows, cols, n)
     raw, x = cp.asarray(raw_host), cp.asarray(x_host)
     results = {tile: cp.asnumpy(mmq_matvec(raw, type_name, cols, x, tile=tile)) for tile in TILES}
     first = next(iter(results.values()))

@@ -51,16 +51,19 @@
 // d_w of Q6_K is d * sc (11 + 8 bits: exact), like Q4_K's d * sc. The tile geometry never enters the arithmetic,
 // so every tile variant gives the same bits.
 //
-// Entry points (<t> in q8_0 q4_0 q4_k q5_k q6_k; tile bm32_bn16, bm32_bn32, bm64_bn16, bm64_bn32), all with
+// Entry points (<t> in q8_0 q4_0 q4_k q5_k q6_k; tile bm32_bn16, bm32_bn32, bm64_bn16, bm64_bn32 with 4-block
+// stages, bm32_bn16_kb16 and bm64_bn16_kb8 with deeper ones), all with
 //     mmq_<t>_<tile>(const u8* w, i64 row_bytes, int rows, int units, const u8* xq, int n, float* y)
 //   w [rows, row_bytes] GGUF rows, 16-byte aligned (Q4_K / Q5_K are read with 16-byte loads; Q8_0 / Q4_0 / Q6_K
 //   in u16 pieces); units = K / 32;
 //   xq [n, units * 36] Q8_1 blocks (4-byte aligned, rows contiguous); y [n, rows] float32.
-//   grid (ceil(rows / BM), ceil(n / BN)), block 32 * WM; kernels/mmq.py mirrors the tile list.
+//   grid (ceil(rows / BM), ceil(n / BN)), block 32 * WM; kernels/mmq.py mirrors the tile list (TILES).
 #include "quant_blocks.cuh"  // common.cuh, qb_k_scale_min, qb_ld128
 
-#define MMQ_KB 4                 // 32-value blocks per shared-memory stage
-#define MMQ_LDS (8 * MMQ_KB + 4) // words per staged code row (32 * MMQ_KB int8 codes + 16 bytes of padding)
+// KB (template): 32-value blocks per shared-memory stage (4 in the first tiles; 8 and 16 in the deeper ones, which
+// walk K in a quarter / half the stages: fewer barriers and more loads in flight per thread). Staged code rows
+// are LDS = 8 * KB + 4 words (32 * KB int8 codes + 16 bytes of padding); LDS mod 32 = 4 for every KB, which keeps
+// the fragment loads below conflict-free.
 #define Q8_1_BYTES 36
 
 __device__ __forceinline__ u32 mmq_ld16(const u8* p) { return (u32)__ldg((const unsigned short*)p); }
@@ -202,10 +205,11 @@ __device__ __forceinline__ float mmq_axpy(float acc, int isum, float dw, float d
     return __fadd_rn(acc, __fmul_rn((float)isum, __fmul_rn(dw, dx)));
 }
 
-template <class Q, int WM, int BN>
+template <class Q, int WM, int BN, int KB>
 __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_bytes, int rows, int units,
                                            const u8* __restrict__ xq, int n, float* __restrict__ y) {
     constexpr int BM = 16 * WM, THREADS = 32 * WM, NT = BN / 8;  // NT: n8 tiles per warp
+    constexpr int MMQ_KB = KB, MMQ_LDS = 8 * KB + 4;
     __shared__ u32 s_wq[BM * MMQ_LDS];
     __shared__ float s_wd[Q::HALVES * MMQ_KB * BM];
     __shared__ u32 s_xq[BN * MMQ_LDS];
@@ -333,12 +337,13 @@ __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_byt
 }
 
 #define MMQ_PARAMS const u8 *w, i64 row_bytes, int rows, int units, const u8 *xq, int n, float *y
-#define MMQ_ENTRY(name, Q, WM, BM, BN)                                                                         \
-    extern "C" __global__ void __launch_bounds__(32 * WM) mmq_##name##_bm##BM##_bn##BN(MMQ_PARAMS) {         \
-        mmq_kernel<Q, WM, BN>(w, row_bytes, rows, units, xq, n, y);                                            \
+#define MMQ_ENTRY(name, Q, WM, BM, BN, KB, SUFFIX)                                                             \
+    extern "C" __global__ void __launch_bounds__(32 * WM) mmq_##name##_bm##BM##_bn##BN##SUFFIX(MMQ_PARAMS) { \
+        mmq_kernel<Q, WM, BN, KB>(w, row_bytes, rows, units, xq, n, y);                                        \
     }
-#define MMQ_TILES(name, Q) \
-    MMQ_ENTRY(name, Q, 2, 32, 16) MMQ_ENTRY(name, Q, 2, 32, 32) MMQ_ENTRY(name, Q, 4, 64, 16) MMQ_ENTRY(name, Q, 4, 64, 32)
+#define MMQ_TILES(name, Q)                                                                                     \
+    MMQ_ENTRY(name, Q, 2, 32, 16, 4, ) MMQ_ENTRY(name, Q, 2, 32, 32, 4, ) MMQ_ENTRY(name, Q, 4, 64, 16, 4, )   \
+    MMQ_ENTRY(name, Q, 4, 64, 32, 4, ) MMQ_ENTRY(name, Q, 2, 32, 16, 16, _kb16) MMQ_ENTRY(name, Q, 4, 64, 16, 8, _kb8)
 
 MMQ_TILES(q8_0, mq_q8_0)
 MMQ_TILES(q4_0, mq_q4_0)
