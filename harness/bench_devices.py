@@ -109,7 +109,7 @@ class CudaDevice:
         return cp.cuda.get_elapsed_time(start, stop) / 1e3 / steps
 
     def weight_bytes(self, engine) -> int:
-        return sum(self.role_weight_bytes(engine).values())
+        return gpu_step_weight_bytes(engine)
 
     def role_weight_bytes(self, engine) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -138,6 +138,11 @@ class CudaDevice:
 
 
 DEVICES = {"numpy64": CpuDevice, "cupy": CudaDevice}
+
+
+def gpu_step_weight_bytes(engine) -> int:
+    """Bytes of the matrices a CupyEngine step multiplies by, as stored (GGUF blocks): every byte is read once."""
+    return sum(int(engine.w[tensor].raw.nbytes) for tensor, *_ in engine.route_table(1))
 
 
 def gpu_read_bandwidth_gb_s(nbytes: int = 2 << 30, repeats: int = 5) -> float:

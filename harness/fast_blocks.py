@@ -267,22 +267,6 @@ def random_tensors_parallel(path: str | os.PathLike, tensors: list[tuple[int, st
 
 def random_tensor_parallel(path: str | os.PathLike, offset: int, type_name: str, rows: int, cols: int,
                            std: float, seed: int, name: str, processes: int | None = None) -> None:
-    """Write `random_tensor(...)` into the existing file `path` at byte `offset` using a process pool.
-
-    The file must already be at least offset + rows*row_bytes long. Chunks are dealt round-robin to the
-    workers; the bytes do not depend on `processes`.
-    """
-    from concurrent.futures import ProcessPoolExecutor
-
-    rb = row_bytes(type_name, cols)
-    if os.path.getsize(path) < offset + rows * rb:
-        raise ValueError(f"{path} is shorter than offset {offset} + {rows * rb} bytes")
-    nk = n_chunks(rows)
-    processes = max(1, min(processes or os.cpu_count() or 1, nk))
-    parts = [(os.fspath(path), offset, type_name, rows, cols, std, seed, name, list(range(i, nk, processes)))
-             for i in range(processes)]
-    if processes == 1:
-        _fill_file_part(parts[0])
-        return
-    with ProcessPoolExecutor(processes) as pool:
-        list(pool.map(_fill_file_part, parts))
+    """Write `random_tensor(...)` into the existing file `path` at byte `offset` using a process pool (one
+    tensor of `random_tensors_parallel`); the bytes do not depend on `processes`."""
+    random_tensors_parallel(path, [(offset, type_name, rows, cols, std, name)], seed, processes=processes)

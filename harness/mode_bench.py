@@ -29,10 +29,11 @@ def bench_modes(model, n_list=N_LIST, modes=MODES, *, prompt_len: int = 128, ste
 
     from engine.gpu_engine import CupyEngine
 
+    from .bench_devices import gpu_step_weight_bytes
+
     engine = CupyEngine(model, kv_dtype="float16", max_sequences=max(n_list) + 1, max_context=1024,
                         prefill_chunk=prompt_len, route_mode=modes[0])
-    weight_bytes = sum(int(m.raw.nbytes) for name, m in engine.w.items() if hasattr(m, "raw")
-                       and name != "per_layer_token_embd.weight" and (engine.config.tied_output or name != "token_embd.weight"))
+    weight_bytes = gpu_step_weight_bytes(engine)
     rng = np.random.default_rng(0)
     rows = []
     for n in n_list:

@@ -30,18 +30,24 @@ META_FILE = "meta.json"
 FILE_MODE = 0o644  # mkstemp creates 0600; stored runs are meant to be read by others (CI artifacts, a web server)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
+def atomic_write(path: Path, write) -> Path:
+    """write(tmp_path) fills a temporary file beside `path`, which is then renamed into place: a reader never
+    sees a half-written file, and a failed write leaves nothing behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        write(tmp)
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def create_run_dir(root: Path, stem: str) -> Path:
@@ -73,17 +79,8 @@ class RunWriter:
             raise ValueError(f"unknown table {table!r}: expected one of {sorted(TABLES)}")
         if not records:
             return None
-        path = self.dir / f"{table}.{part}.parquet"
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            pq.write_table(arrow_table(records, TABLES[table]), tmp)
-            os.chmod(tmp, FILE_MODE)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return atomic_write(self.dir / f"{table}.{part}.parquet",
+                            lambda tmp: pq.write_table(arrow_table(records, TABLES[table]), tmp))
 
     def write_meta(self, meta: RunMeta) -> Path:
         return atomic_write_bytes(self.dir / META_FILE, (meta.to_json() + "\n").encode())
