@@ -58,36 +58,28 @@ MMQ_TYPES: frozenset[str] = frozenset({"Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"})
 _MMQ_32 = MMQ_TYPES - {"Q6_K"}  # one scale per 32 values: one m16n8k32 per block
 
 # The fast mode ("auto"): tried in order, the first eligible route serves the matmul; GEMM_N accepts everything.
-# Each MMQ line is the measured crossover (time of the int8 tile over the best float route, H100, 12B shapes,
-# Q4_K_M and Q4_0 stand-ins): decode-MMQ's time is nearly flat in N, the float routes grow with N, and the tile
-# is slowest relative to them on matrices with few rows and long rows (few thread blocks, a long K walk).
+# Each MMQ line is the measured crossover (time of the split-K int8 tile over the best float route, H100, 12B
+# shapes, Q4_K_M and Q4_0 stand-ins, reports/history/2026-11-25-h100-route-tuning-splitk-*.md): decode-MMQ's time is
+# nearly flat in N and, since K is split by shape (kernels/mmq.py), no longer bound by a long serial K walk; the
+# float routes' time grows with N. Only the few-row matrices keep a float route at the smallest N.
 ROUTE_TABLE: tuple[Route, ...] = (
-    Route(DECODE_MMQ, MMQ_TYPES, min_n=1, min_aspect=4.0, col_multiple=256,
-          why="tall matrices (ffn gate/up 15360x3840, the tied lm-head 262144x3840): the tile wins from N = 1 "
-              "(0.96x and 0.68x the best float route's time)"),
-    Route(DECODE_MMQ, MMQ_TYPES, min_n=2, min_aspect=2.0, col_multiple=256,
-          why="global attn_q 8192x3840: from N = 2 (0.91x)"),
-    Route(DECODE_MMQ, _MMQ_32, min_n=4, min_rows=3840, col_multiple=256,
-          why="3840..8192-row Q4_K/Q4_0 (attn_q, attn_output, ffn_down): from N = 4 (0.92..0.99x)"),
-    Route(DECODE_MMQ, MMQ_TYPES, min_n=6, min_rows=3840, col_multiple=256,
-          why="Q6_K ffn_down (two 16-value halves a block): from N = 6 (0.86x; 1.02x at N = 5)"),
-    Route(DECODE_MMQ, _MMQ_32, min_n=8, min_rows=2048, col_multiple=256,
-          why="2048-row attn_k / attn_v: from N = 8 (0.95x)"),
-    Route(DECODE_MMQ, MMQ_TYPES, min_n=12, min_rows=2048, col_multiple=256,
-          why="2048-row Q6_K attn_v: from N = 12"),
-    Route(DECODE_MMQ, MMQ_TYPES, min_n=17, col_multiple=256,
-          why="beyond WS's 16 tokens the tile beats GEMM-N on every shape (512-row global attn_k: 0.99x at 17, "
-              "0.61x at 32)"),
+    Route(DECODE_MMQ, MMQ_TYPES, min_n=1, min_rows=3840, col_multiple=256,
+          why="3840+-row matrices (ffn gate/up/down, attn_q/output, the tied lm-head): the tile wins from N = 1 "
+              "(0.53..0.86x the best float route's time)"),
+    Route(DECODE_MMQ, MMQ_TYPES, min_n=2, min_rows=2048, col_multiple=256,
+          why="2048-row attn_k / attn_v: from N = 2 (0.57..0.99x; 0.97..1.14x at N = 1)"),
+    Route(DECODE_MMQ, MMQ_TYPES, min_n=4, col_multiple=256,
+          why="fewer rows (512-row global attn_k): from N = 4 (0.64x; 1.03x at N = 2)"),
     Route(WS, ALL_TYPES, max_n=16, max_rows=2048,
           why="up to 16 tokens on <= 2048-row matrices WS beats GEMM-N (0.8..0.98x from N = 3)"),
     Route(GEMM_N, ALL_TYPES, why="any N: one token per grid row, the N = 1 reduction each (faster than WS on "
                                  "3840+-row matrices: WS is 1.3..1.7x slower there from N = 3)"),
 )
 
-# batch-invariant mode: the route of a matrix may depend on its shape only, so one choice serves every N. With
-# today's tile that is a trade (measured on the Q4_K_M stand-in: MMQ on every >= 2048-row matrix costs N = 1
-# half its speed, 24.7 vs 53 t/s, and matches auto from N = 5; the float routes alone would read each matrix
-# once per token beyond N = 16). The seed's shape rule is kept: decode-MMQ on rows >= 2048, else WS / GEMM-N.
+# batch-invariant mode: the route of a matrix may depend on its shape only, so one choice serves every N. With the
+# split-K tile decode-MMQ is the faster route from N = 1 on every >= 3840-row matrix and within 0.97..1.14x on the
+# 2048-row ones (route tuning above), so the seed's shape rule costs little at N = 1: decode-MMQ on rows >= 2048,
+# else WS / GEMM-N.
 INVARIANT_TABLE: tuple[Route, ...] = (
     Route(DECODE_MMQ, MMQ_TYPES, min_rows=2048, col_multiple=256,
           why="batch-invariant: decode-MMQ on every >= 2048-row 256-aligned matrix, at every N"),

@@ -59,12 +59,15 @@ def model_shapes(name: str) -> list[Shape]:
     return [Shape(k[0], k[1], k[2], c, example[k]) for k, c in sorted(counts.items(), key=lambda kv: -kv[0][1] * kv[0][2])]
 
 
-def tune(shapes: list[Shape], n_list=N_LIST, repeats: int = 5, log=print) -> list[dict]:
+SLICE_LIST = (1, 2, 4, 8, 16, 32)
+
+
+def tune(shapes: list[Shape], n_list=N_LIST, repeats: int = 5, log=print, slice_list=SLICE_LIST) -> list[dict]:
     import cupy as cp
     import numpy as np
 
     from kernels.matvec import matvec
-    from kernels.mmq import MMQ_TYPES, TILES, choose_tile, mmq_matvec
+    from kernels.mmq import MMQ_TYPES, TILES, choose_tile, mmq_matvec, split_k_slices
     from kernels.quantize_q8_1 import quantize_q8_1
 
     from .fast_blocks import random_blocks
@@ -81,25 +84,32 @@ def tune(shapes: list[Shape], n_list=N_LIST, repeats: int = 5, log=print) -> lis
             x = cp.asarray(np.random.default_rng(n).standard_normal((n, shape.cols)).astype(np.float32))
             xq = quantize_q8_1(x)
             out = cp.empty((n, shape.rows), dtype=cp.float32)
-            candidates = [("gemm_n", None, lambda i: matvec(weights[i % copies], shape.type_name, shape.cols, x,
+            candidates = [("gemm_n", None, None, lambda i: matvec(weights[i % copies], shape.type_name, shape.cols, x,
                                                              route="gemm_n", out=out))]
             if n <= 16:
-                candidates.append(("ws", None, lambda i: matvec(weights[i % copies], shape.type_name, shape.cols, x,
+                candidates.append(("ws", None, None, lambda i: matvec(weights[i % copies], shape.type_name, shape.cols, x,
                                                                  route="ws", out=out)))
+            auto_slices = split_k_slices(shape.rows, shape.cols // 32)
+            chosen = choose_tile(shape.type_name, shape.rows, shape.cols, n).name
             if shape.type_name in MMQ_TYPES:
-                for tile in TILES:
-                    candidates.append(("decode_mmq", tile, lambda i, tile=tile: mmq_matvec(
+                for tile in TILES:  # every tile at the shape's own K split
+                    candidates.append(("decode_mmq", tile, auto_slices, lambda i, tile=tile: mmq_matvec(
                         weights[i % copies], shape.type_name, shape.cols, xq, out=out, tile=tile)))
-            for route, tile, fn in candidates:
+                for k in slice_list:  # the chosen tile at other K splits (tuning SPLIT_* in kernels/mmq.py)
+                    if k != auto_slices and k <= shape.cols // 32:
+                        candidates.append(("decode_mmq", chosen, k, lambda i, k=k: mmq_matvec(
+                            weights[i % copies], shape.type_name, shape.cols, xq, out=out, tile=chosen, slices=k)))
+            for route, tile, k, fn in candidates:
                 ms, spread = graph_time_ms(fn, reps=reps, repeats=repeats)
                 rows_out.append(dict(type=shape.type_name, rows=shape.rows, cols=shape.cols, count=shape.count,
-                                     example=shape.example, n=n, route=route, tile=tile or "",
-                                     chosen_tile=route == "decode_mmq" and tile == choose_tile(
-                                         shape.type_name, shape.rows, host.shape[1], n).name,
+                                     example=shape.example, n=n, route=route, tile=tile or "", slices=k or 0,
+                                     auto_slices=k == auto_slices,
+                                     chosen_tile=route == "decode_mmq" and tile == chosen and k == auto_slices,
                                      us=ms * 1e3, spread_us=spread * 1e3, gb_s=host.nbytes / (ms * 1e-3) / 1e9))
             q_ms, q_spread = graph_time_ms(lambda i: quantize_q8_1(x), reps=32, repeats=repeats)
             rows_out.append(dict(type="Q8_1", rows=0, cols=shape.cols, count=0, example="activation quantize", n=n,
-                                 route="q8_1", tile="", chosen_tile=False, us=q_ms * 1e3, spread_us=q_spread * 1e3,
+                                 route="q8_1", tile="", slices=0, auto_slices=False, chosen_tile=False,
+                                 us=q_ms * 1e3, spread_us=q_spread * 1e3,
                                  gb_s=0.0))
         log(f"  {shape.type_name:5s} {shape.rows:6d} x {shape.cols:5d} (x{shape.count}) timed")
         del weights
@@ -113,27 +123,40 @@ def summarize(rows: list[dict], device: str, read_gb_s: float) -> str:
     import pandas as pd
 
     df = pd.DataFrame(rows)
+    if "slices" not in df:  # runs recorded before split K: one slice, every MMQ row at the shape's own split
+        df["slices"], df["auto_slices"] = 1, True
     mats = df[df.route != "q8_1"]
     lines = [f"# Route tuning on {device} (streaming read {read_gb_s:.0f} GB/s)", "",
              "Per shape: microseconds per matmul (median), best float route (WS up to 16, else GEMM-N) vs the best",
-             "decode-MMQ tile; GB/s of weight bytes read in brackets.", ""]
+             "decode-MMQ tile at the shape's K split (split_k_slices); GB/s of weight bytes read in brackets; then the",
+             "chosen tile at its K split, at one slice (no split), and at the fastest K split timed.", ""]
     crossover = {}
     for (t, r, c), g in mats.groupby(["type", "rows", "cols"], sort=False):
         lines.append(f"## {t} {r} x {c} (x{int(g['count'].iloc[0])}, e.g. {g['example'].iloc[0]})")
-        lines.append("| N | WS / GEMM-N us | best MMQ tile | MMQ us | chosen tile us | MMQ / float |")
-        lines.append("|---|---|---|---|---|---|")
+        lines.append("| N | WS / GEMM-N us | best MMQ tile | MMQ us | chosen tile us (slices) | 1 slice us "
+                     "| fastest split us (slices) | MMQ / float |")
+        lines.append("|---|---|---|---|---|---|---|---|")
         for n, gn in g.groupby("n"):
             flt = gn[gn.route != "decode_mmq"].sort_values("us").iloc[0]
-            mmq = gn[gn.route == "decode_mmq"].sort_values("us")
+            mmq_all = gn[gn.route == "decode_mmq"].sort_values("us")
+            mmq = mmq_all[mmq_all.auto_slices.astype(bool)]
             if mmq.empty:
-                lines.append(f"| {n} | {flt.us:.1f} ({flt.gb_s:.0f}, {flt.route}) | – | – | – | – |")
+                lines.append(f"| {n} | {flt.us:.1f} ({flt.gb_s:.0f}, {flt.route}) | – | – | – | – | – | – |")
                 continue
             best, chosen = mmq.iloc[0], mmq[mmq.chosen_tile].iloc[0]
+            same_tile = mmq_all[mmq_all.tile == chosen.tile]
+            one = same_tile[same_tile.slices == 1]
+            fastest = same_tile.iloc[0]
             ratio = best.us / flt.us
             if ratio < 1 and (t, r, c) not in crossover:
                 crossover[(t, r, c)] = n
             lines.append(f"| {n} | {flt.us:.1f} ({flt.gb_s:.0f}, {flt.route}) | {best.tile} | {best.us:.1f} "
-                         f"({best.gb_s:.0f}) | {chosen.us:.1f} | {ratio:.2f} |")
+                         f"({best.gb_s:.0f}) | {chosen.us:.1f} ({int(chosen.slices)}) | "
+                         f"{one.us.iloc[0]:.1f} | {fastest.us:.1f} ({int(fastest.slices)}) | {ratio:.2f} |"
+                         if not one.empty else
+                         f"| {n} | {flt.us:.1f} ({flt.gb_s:.0f}, {flt.route}) | {best.tile} | {best.us:.1f} "
+                         f"({best.gb_s:.0f}) | {chosen.us:.1f} ({int(chosen.slices)}) | – | "
+                         f"{fastest.us:.1f} ({int(fastest.slices)}) | {ratio:.2f} |")
         lines.append(f"\ncrossover: decode-MMQ first beats the float route at N = {crossover.get((t, r, c), 'never')}\n")
     q = df[df.route == "q8_1"].groupby("n").us.median()
     lines.append("Q8_1 activation quantization, median us per call by N: "

@@ -10,7 +10,8 @@ The activations are taken in either form (the dtype decides):
     (lets a caller quantize one activation once for several weight matrices).
 y is float32 [N, rows].
 
-Numerics (the .cu header has the exact reduction order): per 32-value block the int8 code dot is exact (int32
+Numerics (the .cu header has the exact reduction order): K is split into slices chosen from the matrix shape
+(split_k_slices), whose partial sums are added in slice order; within a slice, per 32-value block the int8 code dot is exact (int32
 mma), it is scaled by d_w * d_x in float32 and summed over blocks in increasing order in float32 (Q4_K also
 subtracts m_w * d_x * the exact integer sum of the block's Q8_1 codes, per 32-value sub-block; Q6_K scales and adds
 its two 16-value halves one after the other). The result is
@@ -52,33 +53,57 @@ class Tile:
         return 2 * self.bm  # 32 * (bm / 16)
 
 
-# MMQ_TILES in mmq.cu. The deeper-staged kb16 / kb8 tiles (fewer barriers on the walk over K, which bounds the
-# kb4 tiles: reports/history/2026-11-25-perf-notes.md) are compiled and tested but not yet in TILE_RULES: they
-# wait for their H100 timings (`python -m harness.route_tuning` times every tile).
+# MMQ_TILES in mmq.cu: bm 32 / 64 x bn 16 / 32 with 4-block stages, and the deeper-staged kb16 / kb8 tiles.
 TILES = {t.name: t for t in (Tile(32, 16), Tile(32, 32), Tile(64, 16), Tile(64, 32), Tile(32, 16, 16), Tile(64, 16, 8))}
 MAX_N = 65535 * 16  # grid.y limit for the smallest bn
 
-# Which tile a launch uses, as data (first match wins): (types or None for any, min N, min weight bytes, min rows,
-# tile). Every tile gives the same bits (the reduction order is per output), so this is purely a speed choice,
-# measured on the H100 over every matmul shape of the 12B-shaped stand-ins with `python -m harness.route_tuning`
-# (reports/history/2026-11-25-h100-route-tuning-*.md; times relative to the best tile of each shape and N):
-#   * bn 32 only pays where the matrix does not fit in L2 (50 MiB): beyond 16 tokens the bn 16 grid reads the
-#     weights once per 16 tokens, the second pass from L2 for everything but the 826 MB lm-head (bm64_bn32 there:
-#     0.6x of bm64_bn16's time at N = 17..32); elsewhere bn 32 costs 1.1..1.3x;
-#   * Q6_K stages twice the scales per block: bm 64 is 1.3x faster than bm 32 on every Q6_K shape;
-#   * the 32-value-scale types: bm 32 is best up to 16 tokens (bm 64: 1.01..1.07x), bm 64 from 17 tokens on
-#     matrices of >= 3840 rows (bm 32: 1.00..1.05x).
+# Which tile a launch uses, as data (first match wins): (types or None for any, min N, min rows, min cols, tile).
+# Every tile gives the same bits (the reduction order is per output and per K slice, and the slices depend on the
+# shape only), so this is purely a speed choice, measured on the H100 over every matmul shape of the 12B-shaped
+# stand-ins with split K (`python -m harness.route_tuning`, reports/history/2026-11-25-h100-route-tuning-splitk-*.md;
+# time relative to the best tile of each shape, worst over N):
+#   * beyond 16 tokens bn 32 reads each weight once where bn 16 reads it twice: bm64_bn32 is best on every matrix of
+#     >= 3840 rows and >= 4096 columns or >= 8192 rows (bn 16: 1.07..1.6x); the 4096 x 3840 attn_q is within 2 %
+#     on bm64_bn16_kb8 (bn 32 1.08..1.17x) and the 512 / 2048-row ones on bm32_bn16_kb16 (bn 32: 1.2..1.5x);
+#   * up to 16 tokens: bm32_bn16_kb16 on the <= 4096 x 3840 matrices (others 1.06..1.45x); bm64_bn16 on the larger
+#     ones (1.00..1.04x, Q4_0 1.00..1.15x), except the Q6_K lm-head: bm64_bn16_kb8 (bm64_bn16 1.07x).
 TILE_RULES: tuple[tuple[frozenset[str] | None, int, int, int, str], ...] = (
-    (None, 17, 64 << 20, 0, "bm64_bn32"),
-    (frozenset({"Q6_K"}), 1, 0, 0, "bm64_bn16"),
-    (None, 17, 0, 3840, "bm64_bn16"),
-    (None, 1, 0, 0, "bm32_bn16"),
+    (None, 17, 3840, 4096, "bm64_bn32"),
+    (None, 17, 8192, 0, "bm64_bn32"),
+    (None, 17, 4096, 0, "bm64_bn16_kb8"),
+    (None, 17, 0, 0, "bm32_bn16_kb16"),
+    (frozenset({"Q6_K"}), 1, 8192, 0, "bm64_bn16_kb8"),
+    (None, 1, 8192, 0, "bm64_bn16"),
+    (None, 1, 3840, 4096, "bm64_bn16"),
+    (None, 1, 0, 0, "bm32_bn16_kb16"),
 )
 
+# Split K (mmq.cu header): the number of K slices is a function of the matrix SHAPE only, so every N, every tile and
+# every batch composition reduce each output in the same order (the batch-invariant contract). Slices double while
+# the grid of the smallest tile (32 rows) stays within SPLIT_TARGET_BLOCKS thread blocks and every slice keeps at
+# least SPLIT_MIN_UNITS 32-value blocks: the 12B's 15360 x 3840 gets 4 slices, 4096 x 3840 16, 2048 x 3840 16,
+# 512 x 3840 16, 3840 x 15360 16, the lm-head 1. Measured on the H100 (route-tuning-splitk): these are the fastest
+# split timed or within 5 % of it, against 1.5..8x the time unsplit; with SPLIT_MIN_UNITS = 16 (the first guess)
+# the <= 4096-row matrices got 4 slices and took 1.3..2.3x their best time.
+SPLIT_TARGET_BLOCKS = 2048
+SPLIT_MIN_UNITS = 4
+SPLIT_MAX = 64
+SUM_THREADS = 256  # mmq_sum_slices block
 
-def choose_tile(type_name: str, rows: int, row_bytes: int, n: int, rules=TILE_RULES) -> Tile:
-    for types, min_n, min_bytes, min_rows, name in rules:
-        if (types is None or type_name in types) and n >= min_n and rows * row_bytes >= min_bytes and rows >= min_rows:
+
+def split_k_slices(rows: int, units: int, target_blocks: int = SPLIT_TARGET_BLOCKS,
+                   min_units: int = SPLIT_MIN_UNITS) -> int:
+    """K slices for a rows x (32 * units) matrix: shape only (never N or the tile)."""
+    row_tiles, slices = -(-rows // 32), 1
+    while (slices * 2 <= SPLIT_MAX and row_tiles * slices * 2 <= target_blocks
+           and units // (slices * 2) >= min_units):
+        slices *= 2
+    return slices
+
+
+def choose_tile(type_name: str, rows: int, cols: int, n: int, rules=TILE_RULES) -> Tile:
+    for types, min_n, min_rows, min_cols, name in rules:
+        if (types is None or type_name in types) and n >= min_n and rows >= min_rows and cols >= min_cols:
             return TILES[name]
     raise ValueError(f"no tile rule matches {type_name} rows={rows}, N={n}")  # the last rule matches everything
 
@@ -94,13 +119,15 @@ class MmqLaunch:
     units: int  # 32-value blocks per row (K / 32)
     n: int  # tokens
     quantize: bool  # x is float32 and is quantized to Q8_1 first
+    slices: int  # K slices (grid.z); > 1 adds the mmq_sum_slices launch
 
 
-def mmq_geometry(rows: int, n: int, tile: Tile) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    return (-(-rows // tile.bm), -(-n // tile.bn), 1), (tile.threads, 1, 1)
+def mmq_geometry(rows: int, n: int, tile: Tile, slices: int = 1) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    return (-(-rows // tile.bm), -(-n // tile.bn), slices), (tile.threads, 1, 1)
 
 
-def plan_mmq(w_raw, type_name: str, n_cols: int, x, *, out=None, tile: str | None = None) -> MmqLaunch:
+def plan_mmq(w_raw, type_name: str, n_cols: int, x, *, out=None, tile: str | None = None,
+             slices: int | None = None) -> MmqLaunch:
     """Validate the arguments of `mmq_matvec` on the host (types, shapes, dtypes, contiguity, alignment)."""
     if type_name not in MMQ_TYPES:
         raise ValueError(f"type_name: decode-MMQ supports {list(MMQ_TYPES)}, got {type_name!r}")
@@ -128,29 +155,42 @@ def plan_mmq(w_raw, type_name: str, n_cols: int, x, *, out=None, tile: str | Non
         check_array("out", out, dtype=np.float32, ndim=2, shape=(n, rows), align=4)
     if tile is not None and tile not in TILES:
         raise ValueError(f"tile: expected one of {sorted(TILES)}, got {tile!r}")
-    chosen = TILES[tile] if tile is not None else choose_tile(type_name, rows, rb, n)
+    if slices is not None and not (isinstance(slices, int) and 1 <= slices <= min(SPLIT_MAX, units)):
+        raise ValueError(f"slices: expected an int in 1..{min(SPLIT_MAX, units)} (K has {units} blocks), got {slices!r}")
+    chosen = TILES[tile] if tile is not None else choose_tile(type_name, rows, int(n_cols), n)
     if n > 65535 * chosen.bn:
         raise ValueError(f"x: N={n} tokens need more than 65535 token tiles of {chosen.bn}")
-    grid, block = mmq_geometry(rows, n, chosen)
-    return MmqLaunch(f"mmq_{type_name.lower()}_{chosen.name}", chosen, grid, block, rows, rb, units, n, quantize)
+    k_slices = split_k_slices(rows, units) if slices is None else slices
+    grid, block = mmq_geometry(rows, n, chosen, k_slices)
+    return MmqLaunch(f"mmq_{type_name.lower()}_{chosen.name}", chosen, grid, block, rows, rb, units, n, quantize,
+                     k_slices)
 
 
-def mmq_matvec(w_raw, type_name: str, n_cols: int, x, *, out=None, tile: str | None = None):
+def mmq_matvec(w_raw, type_name: str, n_cols: int, x, *, out=None, tile: str | None = None,
+               slices: int | None = None):
     """y [N, rows] float32 = x @ dequant(W).T with x quantized to Q8_1 (float32 x) or given as Q8_1 (uint8 x).
 
     out: an optional float32 C-contiguous [N, rows] array to write into (e.g. a view between guard regions).
     tile: force one of TILES (tests run every variant); default: choose_tile (TILE_RULES).
+    slices: force the number of K slices (tuning and tests; it changes the bits); default: split_k_slices (shape).
     """
     import cupy
 
-    plan = plan_mmq(w_raw, type_name, n_cols, x, out=out, tile=tile)
+    plan = plan_mmq(w_raw, type_name, n_cols, x, out=out, tile=tile, slices=slices)
     require_device_arrays(w_raw=w_raw, x=x, out=out)
     if plan.quantize:
         from kernels.quantize_q8_1 import quantize_q8_1
 
         x = quantize_q8_1(x)
     y = cupy.empty((plan.n, plan.rows), dtype=cupy.float32) if out is None else out
-    load_module(MODULE).get_function(plan.entry)(
+    part = y if plan.slices == 1 else cupy.empty((plan.slices, plan.n, plan.rows), dtype=cupy.float32)
+    module = load_module(MODULE)
+    module.get_function(plan.entry)(
         plan.grid, plan.block,
-        (w_raw, np.int64(plan.row_bytes), np.int32(plan.rows), np.int32(plan.units), x, np.int32(plan.n), y))
+        (w_raw, np.int64(plan.row_bytes), np.int32(plan.rows), np.int32(plan.units), x, np.int32(plan.n), y,
+         np.int32(plan.slices), part))
+    if plan.slices > 1:
+        count = plan.n * plan.rows
+        module.get_function("mmq_sum_slices")((-(-count // SUM_THREADS),), (SUM_THREADS,),
+                                              (part, np.int32(plan.slices), np.int64(count), y))
     return y

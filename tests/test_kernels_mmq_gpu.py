@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from kernels._compile import source_path
-from kernels.mmq import MMQ_TYPES, TILES, choose_tile, mmq_matvec, plan_mmq
+from kernels.mmq import MMQ_TYPES, TILES, choose_tile, mmq_matvec, plan_mmq, split_k_slices
 from kernels.reference.dequant import _k_nibbles, _k_sub_scales, _low_high_nibbles
 from kernels.reference.q8_1 import BLOCK_BYTES as Q8_1_BYTES
 from kernels.reference.q8_1 import dequantize_q8_1, quantize_q8_1 as quantize_q8_1_host
@@ -68,8 +68,7 @@ MMQ_NS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64)
 # Every case runs on the tile choose_tile picks and on the other bm of the same bn ("both tile variants");
 # the tile sweep below runs all four tiles on a tall and a ragged shape.
 def _tiles_for(t: str, rows: int, cols: int, n: int) -> list[str]:
-    chosen = choose_tile(t, rows, cols // 256 * {"Q4_K": 144, "Q5_K": 176, "Q6_K": 210}.get(t, 0)
-                         or cols // 32 * {"Q8_0": 34, "Q4_0": 18}[t], n)
+    chosen = choose_tile(t, rows, cols, n)
     return sorted({chosen.name, f"bm{96 - chosen.bm}_bn{chosen.bn}"})
 
 
@@ -119,31 +118,42 @@ def weight_codes(w_raw: np.ndarray, type_name: str, n_cols: int):
     return q, d, None
 
 
-def emulate_mmq(w_raw: np.ndarray, type_name: str, n_cols: int, xq: np.ndarray) -> np.ndarray:
-    """float32 [N, rows]: the mmq.cu reduction order in numpy float32 (each ufunc call rounds once, no FMA)."""
+def emulate_mmq(w_raw: np.ndarray, type_name: str, n_cols: int, xq: np.ndarray, slices: int = 1) -> np.ndarray:
+    """float32 [N, rows]: the mmq.cu reduction order in numpy float32 (each ufunc call rounds once, no FMA): per K
+    slice z (blocks floor(z * units / slices) .. floor((z + 1) * units / slices) - 1) a sum from +0 in block order,
+    then the slice sums added in slice order."""
     wq, dw, mw = weight_codes(w_raw, type_name, n_cols)
     units = n_cols // 32
     xb = np.ascontiguousarray(xq).reshape(xq.shape[0], units, Q8_1_BYTES)
     dx = xb[:, :, 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
     xc = xb[:, :, 4:].copy().view(np.int8).astype(np.float64)
-    # exact integer dots (|sum| < 2^20, exact in float64): isum[b, n, r]
-    isum = np.matmul(xc.transpose(1, 0, 2), wq.transpose(1, 2, 0))
-    xs = xc.sum(axis=-1).astype(np.float32)  # [N, units], exact integers
-    acc = np.zeros((xq.shape[0], wq.shape[0]), dtype=np.float32)
     if dw.ndim == 3:  # Q6_K: two 16-value halves, each scaled and added in turn
         halves = [np.matmul(xc[:, :, 16 * h:16 * h + 16].transpose(1, 0, 2), wq[:, :, 16 * h:16 * h + 16].transpose(1, 2, 0))
                   for h in (0, 1)]
-        for b in range(units):
-            for h in (0, 1):
-                acc = acc + halves[h][b].astype(np.float32) * (dw[:, b, h][None, :] * dx[:, b][:, None])
-        return acc
-    for b in range(units):
-        scale = dx[:, b][:, None] * dw[:, b][None, :]  # float32 x float32 -> float32
-        p = isum[b].astype(np.float32) * scale
-        if mw is not None:
-            p = p - xs[:, b][:, None] * (mw[:, b][None, :] * dx[:, b][:, None])
-        acc = acc + p
-    return acc
+
+        def terms(b):
+            return [halves[h][b].astype(np.float32) * (dw[:, b, h][None, :] * dx[:, b][:, None]) for h in (0, 1)]
+    else:
+        # exact integer dots (|sum| < 2^20, exact in float64): isum[b, n, r]
+        isum = np.matmul(xc.transpose(1, 0, 2), wq.transpose(1, 2, 0))
+        xs = xc.sum(axis=-1).astype(np.float32)  # [N, units], exact integers
+
+        def terms(b):
+            scale = dx[:, b][:, None] * dw[:, b][None, :]  # float32 x float32 -> float32
+            p = isum[b].astype(np.float32) * scale
+            if mw is not None:
+                p = p - xs[:, b][:, None] * (mw[:, b][None, :] * dx[:, b][:, None])
+            return [p]
+
+    bounds = [z * units // slices for z in range(slices + 1)]
+    total = None
+    for lo, hi in zip(bounds, bounds[1:]):
+        acc = np.zeros((xq.shape[0], wq.shape[0]), dtype=np.float32)
+        for b in range(lo, hi):
+            for term in terms(b):
+                acc = acc + term
+        total = acc if total is None else total + acc
+    return total
 
 
 def q8_1_dequantized(xq: np.ndarray) -> np.ndarray:
@@ -171,17 +181,18 @@ def test_launcher_matches_tile_list():
 
 
 @pytest.mark.parametrize("type_name, rows, cols, n, expected", [
-    ("Q4_K", 15360, 3840, 1, "bm32_bn16"), ("Q4_K", 15360, 3840, 16, "bm32_bn16"),
-    ("Q4_K", 15360, 3840, 17, "bm64_bn16"), ("Q4_0", 3840, 15360, 32, "bm64_bn16"),
-    ("Q4_K", 2048, 3840, 32, "bm32_bn16"), ("Q4_K", 512, 3840, 17, "bm32_bn16"),
-    ("Q6_K", 2048, 3840, 1, "bm64_bn16"), ("Q6_K", 3840, 15360, 32, "bm64_bn16"),
-    ("Q6_K", 262144, 3840, 16, "bm64_bn16"), ("Q6_K", 262144, 3840, 17, "bm64_bn32"),  # the lm-head past L2
+    ("Q4_K", 15360, 3840, 1, "bm64_bn16"), ("Q4_K", 15360, 3840, 16, "bm64_bn16"),
+    ("Q4_K", 15360, 3840, 17, "bm64_bn32"), ("Q4_0", 3840, 15360, 32, "bm64_bn32"),
+    ("Q4_K", 3840, 4096, 4, "bm64_bn16"), ("Q4_K", 4096, 3840, 4, "bm32_bn16_kb16"),
+    ("Q4_K", 4096, 3840, 17, "bm64_bn16_kb8"), ("Q4_K", 2048, 3840, 32, "bm32_bn16_kb16"),
+    ("Q4_K", 512, 3840, 1, "bm32_bn16_kb16"), ("Q6_K", 2048, 3840, 1, "bm32_bn16_kb16"),
+    ("Q6_K", 3840, 15360, 8, "bm64_bn16"), ("Q6_K", 262144, 3840, 16, "bm64_bn16_kb8"),
+    ("Q6_K", 262144, 3840, 17, "bm64_bn32"),  # the lm-head
 ])
 def test_choose_tile_rules(type_name, rows, cols, n, expected):
-    """TILE_RULES as measured (kernels/mmq.py): bn 32 only past L2 and 16 tokens, bm 64 for Q6_K and beyond 16."""
-    from harness.fast_blocks import row_bytes
-
-    assert choose_tile(type_name, rows, row_bytes(type_name, cols), n).name == expected
+    """TILE_RULES as measured (kernels/mmq.py): bn 32 beyond 16 tokens on the large matrices, the deep-staged tiles
+    on the small ones and on the Q6_K lm-head."""
+    assert choose_tile(type_name, rows, cols, n).name == expected
 
 
 def test_emulation_bound():
@@ -208,6 +219,8 @@ def _arrays(rows=7, cols=288, n=3, t="Q8_0"):
     (lambda raw, x: dict(w_raw=raw, type_name="Q5_0", n_cols=288, x=x),
      r"decode-MMQ supports \['Q8_0', 'Q4_0', 'Q4_K', 'Q5_K', 'Q6_K'\]"),
     (lambda raw, x: dict(w_raw=raw, type_name="Q8_0", n_cols=288, x=x, tile="bm128_bn16"), "tile: expected one of"),
+    (lambda raw, x: dict(w_raw=raw, type_name="Q8_0", n_cols=288, x=x, slices=10), r"slices: expected an int in 1\.\.9"),
+    (lambda raw, x: dict(w_raw=raw, type_name="Q8_0", n_cols=288, x=x, slices=0), r"slices: expected"),
     (lambda raw, x: dict(w_raw=raw, type_name="F32", n_cols=288, x=x), "decode-MMQ supports"),
     (lambda raw, x: dict(w_raw=raw, type_name="Q8_0", n_cols=256, x=x), "w_raw"),
     (lambda raw, x: dict(w_raw=raw, type_name="Q8_0", n_cols=288, x=x.astype(np.float64)), "x: expected float32"),
@@ -229,11 +242,23 @@ def test_plan_rejects(bad, pattern):
 
 def test_plan_geometry():
     raw, x = _arrays(rows=130, cols=2592, n=17, t="Q4_0")
-    plan = plan_mmq(raw, "Q4_0", 2592, x)  # 130 rows (< 3840), N = 17: bm 32, bn 16 (two token tiles)
-    assert (plan.entry, plan.grid, plan.block, plan.units, plan.quantize) == ("mmq_q4_0_bm32_bn16", (5, 2, 1),
-                                                                              (64, 1, 1), 81, True)
-    plan = plan_mmq(raw, "Q4_0", 2592, quantize_q8_1_host(x), tile="bm64_bn16")
-    assert (plan.entry, plan.grid, plan.block, plan.quantize) == ("mmq_q4_0_bm64_bn16", (3, 2, 1), (128, 1, 1), False)
+    plan = plan_mmq(raw, "Q4_0", 2592, x)  # 130 rows, N = 17: bm32_bn16_kb16 (two token tiles), 16 K slices
+    assert (plan.entry, plan.grid, plan.block, plan.units, plan.quantize, plan.slices) == (
+        "mmq_q4_0_bm32_bn16_kb16", (5, 2, 16), (64, 1, 1), 81, True, 16)
+    plan = plan_mmq(raw, "Q4_0", 2592, quantize_q8_1_host(x), tile="bm64_bn16", slices=3)
+    assert (plan.entry, plan.grid, plan.block, plan.quantize) == ("mmq_q4_0_bm64_bn16", (3, 2, 3), (128, 1, 1), False)
+
+
+@pytest.mark.parametrize("rows, cols, expected", [
+    (15360, 3840, 4), (3840, 15360, 16), (262144, 3840, 1), (8192, 3840, 8), (4096, 3840, 16), (2048, 3840, 16),
+    (512, 3840, 16), (3840, 4096, 16), (2096, 1056, 8), (130, 2592, 16), (77, 800, 4), (7, 288, 2), (1, 256, 2),
+    (1, 224, 1),
+])
+def test_split_k_slices(rows, cols, expected):
+    """K slices from the shape alone: doubling while the 32-row grid stays within SPLIT_TARGET_BLOCKS and each slice
+    keeps SPLIT_MIN_UNITS blocks (hand-counted: 15360 rows = 480 row tiles, x 4 = 1920 <= 2048 but x 8 > 2048;
+    2048 rows = 64 tiles, 120 blocks / 16 = 7 >= 4 but / 32 = 3 < 4)."""
+    assert split_k_slices(rows, cols // 32) == expected
 
 
 # --- GPU tests -------------------------------------------------------------------------------------------------------
@@ -274,7 +299,7 @@ def test_mmq_accuracy_bitwise_and_guards(case, record_property):
     assert e_x <= MMQ_NMSE_MAX or rows * n < MMQ_NMSE_MIN_OUTPUTS, \
         f"{where}: NMSE vs original x {e_x:.3e} > {MMQ_NMSE_MAX:.0e}"
 
-    diff = first_bit_difference(y, emulate_mmq(raw_host, t, cols, xq_host))
+    diff = first_bit_difference(y, emulate_mmq(raw_host, t, cols, xq_host, split_k_slices(rows, cols // 32)))
     assert not diff, f"{where}: differs from the numpy emulation of the stated reduction order: {diff}"
 
     y_pre = cp.asnumpy(mmq_matvec(raw, t, cols, xq, tile=tile))
@@ -302,6 +327,29 @@ def test_mmq_every_tile_gives_the_same_bits(type_name, n, rows, cols_k, cols):
 
 @gpu
 @pytest.mark.parametrize("type_name", MMQ_TYPES)
+@pytest.mark.parametrize("slices", (1, 3, 7, 16))
+@pytest.mark.parametrize("n", (1, 17))
+def test_mmq_forced_slices_bitwise(type_name, slices, n):
+    """Any K split (uneven slices included: 81 or 80 blocks over 3 and 7) is the emulated slice-ordered sum, with
+    the output and its guards checked, on every tile."""
+    cols = 2560 if type_name in K_QUANTS else 2592
+    raw_host, x_host = _inputs(type_name, 130, cols, n)
+    raw, x = cp.asarray(raw_host), cp.asarray(x_host)
+    from kernels.quantize_q8_1 import quantize_q8_1
+
+    xq = quantize_q8_1(x)
+    expected = emulate_mmq(raw_host, type_name, cols, cp.asnumpy(xq), slices)
+    for tile in TILES:
+        out = GuardedOutput(cp, (n, 130), np.float32)
+        mmq_matvec(raw, type_name, cols, xq, out=out.view, tile=tile, slices=slices)
+        cp.cuda.get_current_stream().synchronize()
+        assert all(out.guards_intact()), f"{type_name} slices={slices} {tile}: guard region overwritten"
+        diff = first_bit_difference(cp.asnumpy(out.view), expected)
+        assert not diff, f"{type_name} slices={slices} N={n} {tile}: differs from the emulation: {diff}"
+
+
+@gpu
+@pytest.mark.parametrize("type_name", MMQ_TYPES)
 def test_mmq_deterministic(type_name):
     cols = 2560 if type_name in K_QUANTS else 2592
     raw_host, x_host = _inputs(type_name, 130, cols, 64)
@@ -315,9 +363,10 @@ def test_mmq_deterministic(type_name):
 @gpu
 @pytest.mark.parametrize("type_name", MMQ_TYPES)
 @pytest.mark.parametrize("n", (9, 17, 64))
-def test_mmq_batch_invariant(type_name, n):
-    cols = 768 if type_name in K_QUANTS else 800
-    raw_host, x_host = _inputs(type_name, 77, cols, n)
+@pytest.mark.parametrize("rows, cols_k, cols", [(77, 768, 800), (130, 2560, 2592)])  # 1 and 4 K slices
+def test_mmq_batch_invariant(type_name, n, rows, cols_k, cols):
+    cols = cols_k if type_name in K_QUANTS else cols
+    raw_host, x_host = _inputs(type_name, rows, cols, n)
     raw, x = cp.asarray(raw_host), cp.asarray(x_host)
     y = cp.asnumpy(mmq_matvec(raw, type_name, cols, x))
     for j in range(n):

@@ -20,9 +20,16 @@
 // warp runs, per 32-value block, one A fragment against BN / 8 B fragments. Rows past `rows`, tokens past `n` and
 // blocks past `units` are staged as code 0 / scale 0 and never stored; blocks past `units` are not even visited.
 //
-// Reduction order (per output (r, n); it depends on nothing but the bytes of W row r and Q8_1 row n):
+// Split K (grid.z = slices, chosen by kernels/mmq.py from the matrix SHAPE only, never from N or the tile): slice z
+// walks blocks [floor(z * units / slices), floor((z + 1) * units / slices)) as below and, when slices > 1, stores its
+// acc_z into part[z]; mmq_sum_slices then adds y = ((acc_0 + acc_1) + acc_2) + ... in slice order (__fadd_rn).
+// More thread blocks for matrices with few rows or long rows (3840 x 15360: 120 row tiles on 132 SMs), whose walk
+// over K is otherwise one latency-bound stage after another.
+//
+// Reduction order (per output (r, n) and slice; it depends on nothing but the bytes of W row r, Q8_1 row n and the
+// shape, through the slice bounds):
 //   acc = +0
-//   for b = 0, 1, ..., units - 1 (increasing):
+//   for b = slice start, ..., slice end - 1 (increasing):
 //       isum  = sum_{i<32} wq[r, 32b + i] * xq[n, 32b + i]        int32 from the mma, EXACT (|isum| <= 32*127*127)
 //       scale = __fmul_rn(d_w[r, b], d_x[n, b])                   float32, one rounding
 //       acc   = __fadd_rn(acc, __fmul_rn((float)isum, scale))     (float)isum is exact (< 2^24); two roundings
@@ -31,9 +38,9 @@
 //       (Q6_K: isum_lo, isum_hi over the block's two 16-value halves;
 //              acc = __fadd_rn(acc, __fmul_rn((float)isum_lo, __fmul_rn(d_lo[r, b], d_x[n, b])));
 //              acc = __fadd_rn(acc, __fmul_rn((float)isum_hi, __fmul_rn(d_hi[r, b], d_x[n, b]))) )
-//   y[n, r] = acc
+//   y[n, r] = acc (one slice), else part[z][n, r] = acc and y[n, r] = the slice-ordered sum above
 // d_w is the block's fp16 d, d_x the Q8_1 block's fp16 d (both widened exactly). No FMA contraction (every
-// operation is an _rn intrinsic), no atomics, no split of K: the result is deterministic, independent of N, of
+// operation is an _rn intrinsic), no atomics, K split only by shape: the result is deterministic, independent of N, of
 // the tile geometry and of the token's position in the batch, and tests/test_kernels_mmq_gpu.py reproduces it
 // BITWISE with numpy float32 arithmetic. It is NOT bitwise equal to the WS mat-vec (kernels/cuda/matvec.cu),
 // which sums float32 products of dequantized weights and unquantized activations in another order; decode-MMQ is
@@ -53,11 +60,14 @@
 //
 // Entry points (<t> in q8_0 q4_0 q4_k q5_k q6_k; tile bm32_bn16, bm32_bn32, bm64_bn16, bm64_bn32 with 4-block
 // stages, bm32_bn16_kb16 and bm64_bn16_kb8 with deeper ones), all with
-//     mmq_<t>_<tile>(const u8* w, i64 row_bytes, int rows, int units, const u8* xq, int n, float* y)
+//     mmq_<t>_<tile>(const u8* w, i64 row_bytes, int rows, int units, const u8* xq, int n, float* y,
+//                    int slices, float* part)
 //   w [rows, row_bytes] GGUF rows, 16-byte aligned (Q4_K / Q5_K are read with 16-byte loads; Q8_0 / Q4_0 / Q6_K
 //   in u16 pieces); units = K / 32;
 //   xq [n, units * 36] Q8_1 blocks (4-byte aligned, rows contiguous); y [n, rows] float32.
-//   grid (ceil(rows / BM), ceil(n / BN)), block 32 * WM; kernels/mmq.py mirrors the tile list (TILES).
+//   part [slices, n, rows] float32 scratch (unused when slices == 1);
+//   grid (ceil(rows / BM), ceil(n / BN), slices), block 32 * WM; kernels/mmq.py mirrors the tile list (TILES).
+//   mmq_sum_slices(const float* part, int slices, i64 count = n * rows, float* y)   grid ceil(count / 256), 256
 #include "quant_blocks.cuh"  // common.cuh, qb_k_scale_min, qb_ld128
 
 // KB (template): 32-value blocks per shared-memory stage (4 in the first tiles; 8 and 16 in the deeper ones, which
@@ -207,7 +217,8 @@ __device__ __forceinline__ float mmq_axpy(float acc, int isum, float dw, float d
 
 template <class Q, int WM, int BN, int KB>
 __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_bytes, int rows, int units,
-                                           const u8* __restrict__ xq, int n, float* __restrict__ y) {
+                                           const u8* __restrict__ xq, int n, float* __restrict__ y, int slices,
+                                           float* __restrict__ part) {
     constexpr int BM = 16 * WM, THREADS = 32 * WM, NT = BN / 8;  // NT: n8 tiles per warp
     constexpr int MMQ_KB = KB, MMQ_LDS = 8 * KB + 4;
     __shared__ u32 s_wq[BM * MMQ_LDS];
@@ -221,6 +232,9 @@ __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_byt
     const int g = lane >> 2, t = lane & 3;
     const int row0 = blockIdx.x * BM, tok0 = blockIdx.y * BN;
     const size_t xrow_bytes = (size_t)units * Q8_1_BYTES;
+    // K slice of this block (grid.z): blocks [u_lo, u_hi), the same bounds for every tile and every N
+    const int u_lo = (int)((long long)blockIdx.z * units / slices);
+    const int u_hi = (int)((long long)(blockIdx.z + 1) * units / slices);
 
     float acc[NT][4];
 #pragma unroll
@@ -228,7 +242,7 @@ __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_byt
 #pragma unroll
         for (int i = 0; i < 4; ++i) acc[h][i] = 0.0f;
 
-    for (int b0 = 0; b0 < units; b0 += MMQ_KB) {
+    for (int b0 = u_lo; b0 < u_hi; b0 += MMQ_KB) {
         // ---- stage MMQ_KB blocks of the BM weight rows (thread -> (row, block), neighbours read one row) ----
 #pragma unroll
         for (int i = 0; i < BM * MMQ_KB / THREADS; ++i) {
@@ -238,7 +252,7 @@ __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_byt
             float d[2] = {0.0f, 0.0f}, m = 0.0f;
 #pragma unroll
             for (int k = 0; k < 8; ++k) q[k] = 0u;
-            if (row0 + r < rows && b0 + kb < units) Q::stage(w + (size_t)(row0 + r) * row_bytes, b0 + kb, q, d, m);
+            if (row0 + r < rows && b0 + kb < u_hi) Q::stage(w + (size_t)(row0 + r) * row_bytes, b0 + kb, q, d, m);
             uint4* dst = (uint4*)(s_wq + r * MMQ_LDS + 8 * kb);  // 16-byte aligned: MMQ_LDS and 8 are x4 words
             dst[0] = make_uint4(q[0], q[1], q[2], q[3]);
             dst[1] = make_uint4(q[4], q[5], q[6], q[7]);
@@ -251,7 +265,7 @@ __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_byt
             const int j = task / MMQ_KB, kb = task % MMQ_KB;
             uint4 lo = make_uint4(0u, 0u, 0u, 0u), hi = lo;
             float d = 0.0f;
-            if (tok0 + j < n && b0 + kb < units) {
+            if (tok0 + j < n && b0 + kb < u_hi) {
                 const u32* p = (const u32*)(xq + (size_t)(tok0 + j) * xrow_bytes + (size_t)(b0 + kb) * Q8_1_BYTES);
                 d = f16_to_f32((u16)(__ldg(p) & 0xFFFFu));
                 lo = make_uint4(__ldg(p + 1), __ldg(p + 2), __ldg(p + 3), __ldg(p + 4));
@@ -272,7 +286,7 @@ __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_byt
         __syncthreads();
 
         // ---- per block: one A fragment x NT B fragments, then the float32 scale-and-add ----
-        const int kbs = min(MMQ_KB, units - b0);
+        const int kbs = min(MMQ_KB, u_hi - b0);
         const int ra = warp * 16 + g;  // this lane's rows in the tile: ra and ra + 8
 #pragma unroll
         for (int kb = 0; kb < MMQ_KB; ++kb) {
@@ -321,7 +335,8 @@ __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_byt
         __syncthreads();
     }
 
-    // ---- store: c layout -> y[token, row] ----
+    // ---- store: c layout -> y[token, row] (split K: this slice's partial sums, added by mmq_sum_slices) ----
+    float* __restrict__ dst = slices == 1 ? y : part + (size_t)blockIdx.z * n * rows;
     const int r_lo = row0 + warp * 16 + g, r_hi = r_lo + 8;
 #pragma unroll
     for (int h = 0; h < NT; ++h) {
@@ -329,17 +344,28 @@ __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_byt
         for (int e = 0; e < 2; ++e) {
             const int j = tok0 + 8 * h + 2 * t + e;
             if (j < n) {
-                if (r_lo < rows) y[(size_t)j * rows + r_lo] = acc[h][e];
-                if (r_hi < rows) y[(size_t)j * rows + r_hi] = acc[h][2 + e];
+                if (r_lo < rows) dst[(size_t)j * rows + r_lo] = acc[h][e];
+                if (r_hi < rows) dst[(size_t)j * rows + r_hi] = acc[h][2 + e];
             }
         }
     }
 }
 
-#define MMQ_PARAMS const u8 *w, i64 row_bytes, int rows, int units, const u8 *xq, int n, float *y
+// y[i] = part[0][i] + part[1][i] + ... + part[slices - 1][i], added in slice order (count = n * rows).
+extern "C" __global__ void mmq_sum_slices(const float* __restrict__ part, int slices, long long count,
+                                          float* __restrict__ y) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= count) return;
+    float acc = part[i];
+    for (int z = 1; z < slices; ++z) acc = __fadd_rn(acc, part[z * count + i]);
+    y[i] = acc;
+}
+
+#define MMQ_PARAMS const u8 *w, i64 row_bytes, int rows, int units, const u8 *xq, int n, float *y, int slices, \
+                   float *part
 #define MMQ_ENTRY(name, Q, WM, BM, BN, KB, SUFFIX)                                                             \
     extern "C" __global__ void __launch_bounds__(32 * WM) mmq_##name##_bm##BM##_bn##BN##SUFFIX(MMQ_PARAMS) { \
-        mmq_kernel<Q, WM, BN, KB>(w, row_bytes, rows, units, xq, n, y);                                        \
+        mmq_kernel<Q, WM, BN, KB>(w, row_bytes, rows, units, xq, n, y, slices, part);                          \
     }
 #define MMQ_TILES(name, Q)                                                                                     \
     MMQ_ENTRY(name, Q, 2, 32, 16, 4, ) MMQ_ENTRY(name, Q, 2, 32, 32, 4, ) MMQ_ENTRY(name, Q, 4, 64, 16, 4, )   \
