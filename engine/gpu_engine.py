@@ -102,6 +102,9 @@ class CupyEngine:
         self._free = list(range(max_sequences - 1, -1, -1))
         self.use_graphs = use_graphs
         self.stream = cp.cuda.Stream()  # blocking: ordered with the default stream that prefill uses
+        from kernels.mmq import prepare_counters
+
+        prepare_counters()  # decode-MMQ's split-K counters exist (zeroed) before any step graph is captured
         self._graphs: dict[int, _StepGraph] = {}
         # rows R -> {matrix name: route} as dispatched by the last forward pass of R rows (a graph replay reports
         # the routes of its capture): what actually ran, for the route tests and the bench's route table

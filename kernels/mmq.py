@@ -54,8 +54,9 @@ class Tile:
 
 
 # MMQ_TILES in mmq.cu: bm 32 / 64 x bn 16 / 32 with 4-block stages, and the deeper-staged kb16 / kb8 tiles.
-TILES = {t.name: t for t in (Tile(32, 16), Tile(32, 32), Tile(64, 16), Tile(64, 32), Tile(32, 16, 16), Tile(64, 16, 8))}
-MAX_N = 65535 * 16  # grid.y limit for the smallest bn
+TILES = {t.name: t for t in (Tile(32, 16), Tile(32, 32), Tile(64, 16), Tile(64, 32), Tile(32, 16, 16), Tile(64, 16, 8),
+                              Tile(64, 8), Tile(32, 8, 16))}
+MAX_N = 65535 * 8  # grid.y limit for the smallest bn
 
 # Which tile a launch uses, as data (first match wins): (types or None for any, min N, min rows, min cols, tile).
 # Every tile gives the same bits (the reduction order is per output and per K slice, and the slices depend on the
@@ -88,7 +89,26 @@ TILE_RULES: tuple[tuple[frozenset[str] | None, int, int, int, str], ...] = (
 SPLIT_TARGET_BLOCKS = 2048
 SPLIT_MIN_UNITS = 4
 SPLIT_MAX = 64
-SUM_THREADS = 256  # mmq_sum_slices block
+COUNTER_SLOTS = 1 << 20  # int32 tile counters of a split-K launch (mmq.cu): grid.x * grid.y at most
+_COUNTERS: dict[int, object] = {}  # device id -> zeroed int32 [COUNTER_SLOTS] (the kernels leave it zeroed)
+
+
+def prepare_counters():
+    """The current device's split-K tile counters, allocated and zeroed on first use. Call it before capturing a
+    CUDA graph that contains a split-K launch (CupyEngine does at construction): a buffer first made inside a
+    capture would be zeroed only when the graph replays."""
+    import cupy
+
+    dev = cupy.cuda.Device().id
+    if dev not in _COUNTERS:
+        stream = cupy.cuda.get_current_stream()
+        if stream.ptr and cupy.cuda.runtime.streamIsCapturing(stream.ptr):
+            raise RuntimeError("kernels.mmq: split-K counters first needed inside a CUDA graph capture; call "
+                               "kernels.mmq.prepare_counters() before capturing")
+        counters = cupy.zeros(COUNTER_SLOTS, dtype=cupy.int32)
+        stream.synchronize()
+        _COUNTERS[dev] = counters
+    return _COUNTERS[dev]
 
 
 def split_k_slices(rows: int, units: int, target_blocks: int = SPLIT_TARGET_BLOCKS,
@@ -119,7 +139,7 @@ class MmqLaunch:
     units: int  # 32-value blocks per row (K / 32)
     n: int  # tokens
     quantize: bool  # x is float32 and is quantized to Q8_1 first
-    slices: int  # K slices (grid.z); > 1 adds the mmq_sum_slices launch
+    slices: int  # K slices (grid.z); > 1: partial sums added in the kernel by each tile's last slice block
 
 
 def mmq_geometry(rows: int, n: int, tile: Tile, slices: int = 1) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
@@ -162,6 +182,9 @@ def plan_mmq(w_raw, type_name: str, n_cols: int, x, *, out=None, tile: str | Non
         raise ValueError(f"x: N={n} tokens need more than 65535 token tiles of {chosen.bn}")
     k_slices = split_k_slices(rows, units) if slices is None else slices
     grid, block = mmq_geometry(rows, n, chosen, k_slices)
+    if k_slices > 1 and grid[0] * grid[1] > COUNTER_SLOTS:
+        raise ValueError(f"x: N={n} tokens x {rows} rows make {grid[0] * grid[1]} tiles, more than the "
+                         f"{COUNTER_SLOTS} split-K counters")
     return MmqLaunch(f"mmq_{type_name.lower()}_{chosen.name}", chosen, grid, block, rows, rb, units, n, quantize,
                      k_slices)
 
@@ -183,14 +206,13 @@ def mmq_matvec(w_raw, type_name: str, n_cols: int, x, *, out=None, tile: str | N
 
         x = quantize_q8_1(x)
     y = cupy.empty((plan.n, plan.rows), dtype=cupy.float32) if out is None else out
-    part = y if plan.slices == 1 else cupy.empty((plan.slices, plan.n, plan.rows), dtype=cupy.float32)
-    module = load_module(MODULE)
-    module.get_function(plan.entry)(
+    if plan.slices == 1:
+        part = counters = y  # not read by the kernel
+    else:
+        part = cupy.empty((plan.slices, plan.n, plan.rows), dtype=cupy.float32)
+        counters = prepare_counters()
+    load_module(MODULE).get_function(plan.entry)(
         plan.grid, plan.block,
         (w_raw, np.int64(plan.row_bytes), np.int32(plan.rows), np.int32(plan.units), x, np.int32(plan.n), y,
-         np.int32(plan.slices), part))
-    if plan.slices > 1:
-        count = plan.n * plan.rows
-        module.get_function("mmq_sum_slices")((-(-count // SUM_THREADS),), (SUM_THREADS,),
-                                              (part, np.int32(plan.slices), np.int64(count), y))
+         np.int32(plan.slices), part, counters))
     return y

@@ -12,17 +12,19 @@
 // unquantized values): so the result is the product with the Q8_1-dequantized activations up to float32
 // rounding, for Q4_K as for the others.
 //
-// Tile variants (template <WM, BN>): BM = 16 * WM weight rows x BN tokens per thread block, WM warps; warp w
+// Tile variants (template <WM, BN, KB>): BM = 16 * WM weight rows x BN tokens per thread block, WM warps; warp w
 // owns rows 16w .. 16w + 15 of the tile and all BN tokens (BN / 8 m16n8k32 tiles). Entries are compiled for
-// WM in {2, 4} (BM 32 / 64) and BN in {16, 32}; kernels/mmq.py picks one per launch (TILE_RULES). K is walked in
-// stages of MMQ_KB = 4 blocks (128 values): the stage's weight codes (int8, unpacked from the GGUF block), the
+// WM in {2, 4} (BM 32 / 64), BN in {8, 16, 32} (bn 8: half the per-block float work of bn 16 when N <= 8) and
+// KB in {4, 8, 16}; kernels/mmq.py picks one per launch (TILE_RULES). K is walked in
+// stages of MMQ_KB blocks (4: 128 values): the stage's weight codes (int8, unpacked from the GGUF block), the
 // activation codes (Q8_1 qs) and both sets of scales (fp16 -> float32) are staged in shared memory, then each
 // warp runs, per 32-value block, one A fragment against BN / 8 B fragments. Rows past `rows`, tokens past `n` and
 // blocks past `units` are staged as code 0 / scale 0 and never stored; blocks past `units` are not even visited.
 //
 // Split K (grid.z = slices, chosen by kernels/mmq.py from the matrix SHAPE only, never from N or the tile): slice z
 // walks blocks [floor(z * units / slices), floor((z + 1) * units / slices)) as below and, when slices > 1, stores its
-// acc_z into part[z]; mmq_sum_slices then adds y = ((acc_0 + acc_1) + acc_2) + ... in slice order (__fadd_rn).
+// acc_z into part[z]; the last slice block of each tile to finish then adds y = ((acc_0 + acc_1) + acc_2) + ... in
+// slice order (__fadd_rn; mmq_last_slice_sums).
 // More thread blocks for matrices with few rows or long rows (3840 x 15360: 120 row tiles on 132 SMs), whose walk
 // over K is otherwise one latency-bound stage after another.
 //
@@ -58,16 +60,16 @@
 // d_w of Q6_K is d * sc (11 + 8 bits: exact), like Q4_K's d * sc. The tile geometry never enters the arithmetic,
 // so every tile variant gives the same bits.
 //
-// Entry points (<t> in q8_0 q4_0 q4_k q5_k q6_k; tile bm32_bn16, bm32_bn32, bm64_bn16, bm64_bn32 with 4-block
-// stages, bm32_bn16_kb16 and bm64_bn16_kb8 with deeper ones), all with
+// Entry points (<t> in q8_0 q4_0 q4_k q5_k q6_k; tile bm32_bn16, bm32_bn32, bm64_bn16, bm64_bn32, bm64_bn8 with
+// 4-block stages, bm32_bn16_kb16, bm64_bn16_kb8 and bm32_bn8_kb16 with deeper ones), all with
 //     mmq_<t>_<tile>(const u8* w, i64 row_bytes, int rows, int units, const u8* xq, int n, float* y,
-//                    int slices, float* part)
+//                    int slices, float* part, int* counters)
 //   w [rows, row_bytes] GGUF rows, 16-byte aligned (Q4_K / Q5_K are read with 16-byte loads; Q8_0 / Q4_0 / Q6_K
 //   in u16 pieces); units = K / 32;
 //   xq [n, units * 36] Q8_1 blocks (4-byte aligned, rows contiguous); y [n, rows] float32.
-//   part [slices, n, rows] float32 scratch (unused when slices == 1);
+//   part [slices, n, rows] float32 scratch and counters [grid.x * grid.y] int32, ZERO on entry and left zero
+//   (unused when slices == 1; launches sharing counters must be stream-ordered);
 //   grid (ceil(rows / BM), ceil(n / BN), slices), block 32 * WM; kernels/mmq.py mirrors the tile list (TILES).
-//   mmq_sum_slices(const float* part, int slices, i64 count = n * rows, float* y)   grid ceil(count / 256), 256
 #include "quant_blocks.cuh"  // common.cuh, qb_k_scale_min, qb_ld128
 
 // KB (template): 32-value blocks per shared-memory stage (4 in the first tiles; 8 and 16 in the deeper ones, which
@@ -77,7 +79,25 @@
 #define Q8_1_BYTES 36
 
 __device__ __forceinline__ u32 mmq_ld16(const u8* p) { return (u32)__ldg((const unsigned short*)p); }
-__device__ __forceinline__ u32 mmq_ld32_u16(const u8* p) { return mmq_ld16(p) | (mmq_ld16(p + 2) << 16); }
+
+// K little-endian words at a 2-byte aligned p (Q8_0, Q4_0 and Q6_K blocks are 34, 18 and 210 bytes: their fields
+// are only 2-byte aligned): at most K + 1 aligned 32-bit loads, each word funnel-shifted out of two neighbours
+// (shift 0 or 16), instead of 2K 16-bit loads. When p is 2 mod 4 the last aligned word also holds the 2 bytes
+// after p + 4K: never past the end of an allocation (it is the aligned word that holds the data's last 2 bytes);
+// when p is 4-byte aligned nothing past p + 4K is read.
+template <int K>
+__device__ __forceinline__ void mmq_ld_words(const u8* p, u32 (&out)[K]) {
+    const size_t a = (size_t)p;
+    const u32* w = (const u32*)(a & ~(size_t)3);
+    const u32 shift = (u32)(a & 3) * 8;
+    u32 prev = __ldg(w);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+        const u32 next = (k + 1 < K || shift) ? __ldg(w + k + 1) : 0u;
+        out[k] = __funnelshift_r(prev, next, shift);
+        prev = next;
+    }
+}
 
 // Four Q4_0 nibbles b (one per byte, 0..15) -> four int8 codes b - 8, byte-wise with no carries between bytes:
 // f = b ^ 8 is b + 8 when b < 8 (bit 3 set) and b - 8 when b >= 8 (bit 3 clear); in the first case the code
@@ -101,8 +121,7 @@ struct mq_q8_0 {
         const u8* p = row + (size_t)u * 34;
         d[0] = f16_to_f32((u16)mmq_ld16(p));
         m = 0.0f;
-#pragma unroll
-        for (int k = 0; k < 8; ++k) q[k] = mmq_ld32_u16(p + 2 + 4 * k);
+        mmq_ld_words<8>(p + 2, q);  // qs[0..31]
     }
 };
 
@@ -115,9 +134,11 @@ struct mq_q4_0 {
         const u8* p = row + (size_t)u * 18;
         d[0] = f16_to_f32((u16)mmq_ld16(p));
         m = 0.0f;
+        u32 qs[4];
+        mmq_ld_words<4>(p + 2, qs);
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
-            const u32 bytes = mmq_ld32_u16(p + 2 + 4 * k);  // qs[4k .. 4k + 3]
+            const u32 bytes = qs[k];  // qs[4k .. 4k + 3]
             q[k] = mmq_q4_bias(bytes & 0x0F0F0F0Fu);            // elements 4k .. 4k + 3
             q[k + 4] = mmq_q4_bias((bytes >> 4) & 0x0F0F0F0Fu); // elements 16 + 4k .. 16 + 4k + 3
         }
@@ -174,10 +195,12 @@ struct mq_q6_k {
         const u8* ql = b + 64 * h + 32 * (jj & 1);
         const u8* qh = b + 128 + 32 * h;
         const int sl = 4 * (jj >> 1), sh = 2 * jj;
+        u32 lo[8], hi[8];
+        mmq_ld_words<8>(ql, lo);
+        mmq_ld_words<8>(qh, hi);
 #pragma unroll
         for (int k = 0; k < 8; ++k) {
-            const u32 v = ((mmq_ld32_u16(ql + 4 * k) >> sl) & 0x0F0F0F0Fu) |
-                          (((mmq_ld32_u16(qh + 4 * k) >> sh) & 0x03030303u) << 4);  // 0..63 per byte
+            const u32 v = ((lo[k] >> sl) & 0x0F0F0F0Fu) | (((hi[k] >> sh) & 0x03030303u) << 4);  // 0..63 per byte
             q[k] = __vsub4(v, 0x20202020u);  // per-byte q - 32, wrapping: the int8 code
         }
         const u32 sc = mmq_ld16(b + 192 + 8 * h + 2 * jj);  // sc[8h + 2jj] (low byte), sc[8h + 2jj + 1]
@@ -215,10 +238,39 @@ __device__ __forceinline__ float mmq_axpy(float acc, int isum, float dw, float d
     return __fadd_rn(acc, __fmul_rn((float)isum, __fmul_rn(dw, dx)));
 }
 
+// Split K without a second launch: the slice blocks of one (row tile, token tile) count themselves in
+// counters[tile] (zero between launches); the block that arrives last adds the tile's partial sums in slice order
+// z = 0, 1, ... (the same chain whichever block it is) into y and sets the counter back to zero, ready for the next
+// launch in stream order. Each block makes its partial stores visible (__threadfence) before it counts, and the
+// last block reads the partials from L2 (__ldcg), never from a stale L1 line.
+template <int BM, int BN, int THREADS>
+__device__ __forceinline__ void mmq_last_slice_sums(const float* part, int slices, int rows, int n, int row0,
+                                                    int tok0, float* __restrict__ y, int* __restrict__ counters) {
+    __shared__ int s_last;
+    const int tid = threadIdx.x, tile = blockIdx.y * gridDim.x + blockIdx.x;
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) s_last = atomicAdd(counters + tile, 1) == slices - 1;
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    const size_t plane = (size_t)n * rows;
+    for (int e = tid; e < BM * BN; e += THREADS) {
+        const int r = row0 + e % BM, j = tok0 + e / BM;
+        if (r < rows && j < n) {
+            const size_t i = (size_t)j * rows + r;
+            float acc = __ldcg(part + i);
+            for (int z = 1; z < slices; ++z) acc = __fadd_rn(acc, __ldcg(part + z * plane + i));
+            y[i] = acc;
+        }
+    }
+    if (tid == 0) counters[tile] = 0;
+}
+
 template <class Q, int WM, int BN, int KB>
 __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_bytes, int rows, int units,
                                            const u8* __restrict__ xq, int n, float* __restrict__ y, int slices,
-                                           float* __restrict__ part) {
+                                           float* __restrict__ part, int* __restrict__ counters) {
     constexpr int BM = 16 * WM, THREADS = 32 * WM, NT = BN / 8;  // NT: n8 tiles per warp
     constexpr int MMQ_KB = KB, MMQ_LDS = 8 * KB + 4;
     __shared__ u32 s_wq[BM * MMQ_LDS];
@@ -335,7 +387,7 @@ __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_byt
         __syncthreads();
     }
 
-    // ---- store: c layout -> y[token, row] (split K: this slice's partial sums, added by mmq_sum_slices) ----
+    // ---- store: c layout -> y[token, row] (split K: this slice's partial sums, added below) ----
     float* __restrict__ dst = slices == 1 ? y : part + (size_t)blockIdx.z * n * rows;
     const int r_lo = row0 + warp * 16 + g, r_hi = r_lo + 8;
 #pragma unroll
@@ -349,27 +401,19 @@ __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_byt
             }
         }
     }
-}
-
-// y[i] = part[0][i] + part[1][i] + ... + part[slices - 1][i], added in slice order (count = n * rows).
-extern "C" __global__ void mmq_sum_slices(const float* __restrict__ part, int slices, long long count,
-                                          float* __restrict__ y) {
-    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= count) return;
-    float acc = part[i];
-    for (int z = 1; z < slices; ++z) acc = __fadd_rn(acc, part[z * count + i]);
-    y[i] = acc;
+    if (slices > 1) mmq_last_slice_sums<BM, BN, THREADS>(part, slices, rows, n, row0, tok0, y, counters);
 }
 
 #define MMQ_PARAMS const u8 *w, i64 row_bytes, int rows, int units, const u8 *xq, int n, float *y, int slices, \
-                   float *part
+                   float *part, int *counters
 #define MMQ_ENTRY(name, Q, WM, BM, BN, KB, SUFFIX)                                                             \
     extern "C" __global__ void __launch_bounds__(32 * WM) mmq_##name##_bm##BM##_bn##BN##SUFFIX(MMQ_PARAMS) { \
-        mmq_kernel<Q, WM, BN, KB>(w, row_bytes, rows, units, xq, n, y, slices, part);                          \
+        mmq_kernel<Q, WM, BN, KB>(w, row_bytes, rows, units, xq, n, y, slices, part, counters);                \
     }
 #define MMQ_TILES(name, Q)                                                                                     \
     MMQ_ENTRY(name, Q, 2, 32, 16, 4, ) MMQ_ENTRY(name, Q, 2, 32, 32, 4, ) MMQ_ENTRY(name, Q, 4, 64, 16, 4, )   \
-    MMQ_ENTRY(name, Q, 4, 64, 32, 4, ) MMQ_ENTRY(name, Q, 2, 32, 16, 16, _kb16) MMQ_ENTRY(name, Q, 4, 64, 16, 8, _kb8)
+    MMQ_ENTRY(name, Q, 4, 64, 32, 4, ) MMQ_ENTRY(name, Q, 2, 32, 16, 16, _kb16) MMQ_ENTRY(name, Q, 4, 64, 16, 8, _kb8) \
+    MMQ_ENTRY(name, Q, 4, 64, 8, 4, ) MMQ_ENTRY(name, Q, 2, 32, 8, 16, _kb16)
 
 MMQ_TILES(q8_0, mq_q8_0)
 MMQ_TILES(q4_0, mq_q4_0)

@@ -30,21 +30,69 @@ __device__ __forceinline__ float warp_sum_butterfly(float v) {
     return v;
 }
 
-// 1 / sqrt(mean(x^2) + eps) of one row, identical bits in every thread of the block.
-__device__ __forceinline__ float row_inv_rms(const float* __restrict__ xr, int D, float eps) {
+// Rows of up to NORM_REG_MAX = NORM_THREADS * NORM_PER_THREAD elements (every Gemma hidden size and head dim) are
+// read ONCE into registers, all loads issued before the first use: the row costs one memory latency, not one per
+// strided step (a decode step runs ~340 of these on single rows, where that latency is all there is). Longer rows
+// take the strided loop. Both visit the elements of a thread in the same increasing order: the same bits.
+#define NORM_PER_THREAD 16
+#define NORM_REG_MAX (NORM_THREADS * NORM_PER_THREAD)
+
+// sum of the per-warp butterfly sums in warp order 0..NORM_WARPS-1, identical bits in every thread of the block
+__device__ __forceinline__ float block_sum_in_warp_order(float s) {
     __shared__ float warp_sums[NORM_WARPS];
-    float s = 0.0f;
-    for (int i = threadIdx.x; i < D; i += NORM_THREADS) {
-        float v = xr[i];
-        s = __fmaf_rn(v, v, s);
-    }
     s = warp_sum_butterfly(s);
     if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = s;
     __syncthreads();
     float tot = 0.0f;
 #pragma unroll
     for (int w = 0; w < NORM_WARPS; ++w) tot += warp_sums[w];
-    return 1.0f / sqrtf(tot / (float)D + eps);
+    return tot;
+}
+
+__device__ __forceinline__ float inv_rms_of(float sum_sq, int D, float eps) {
+    return 1.0f / sqrtf(sum_sq / (float)D + eps);
+}
+
+// y[i] = (x[i] * inv [* w[i]]) for a row of <= NORM_REG_MAX held in registers; ADD: y[i] = (h[i] + that) * scale
+template <bool ADD>
+__device__ __forceinline__ void norm_row_regs(const float* xr, const float* hr, const float* __restrict__ w,
+                                              float* yr, int D, float eps, float scale, int has_w) {
+    float v[NORM_PER_THREAD];
+#pragma unroll
+    for (int k = 0; k < NORM_PER_THREAD; ++k) {
+        const int i = threadIdx.x + k * NORM_THREADS;
+        v[k] = i < D ? xr[i] : 0.0f;
+    }
+    float s = 0.0f;
+#pragma unroll
+    for (int k = 0; k < NORM_PER_THREAD; ++k)
+        if (threadIdx.x + k * NORM_THREADS < D) s = __fmaf_rn(v[k], v[k], s);
+    const float inv = inv_rms_of(block_sum_in_warp_order(s), D, eps);
+#pragma unroll
+    for (int k = 0; k < NORM_PER_THREAD; ++k) {
+        const int i = threadIdx.x + k * NORM_THREADS;
+        if (i < D) {
+            float o = v[k] * inv;
+            if (has_w) o = o * w[i];
+            yr[i] = ADD ? __fmul_rn(__fadd_rn(hr[i], o), scale) : o;
+        }
+    }
+}
+
+template <bool ADD>
+__device__ __forceinline__ void norm_row_loop(const float* xr, const float* hr, const float* __restrict__ w,
+                                              float* yr, int D, float eps, float scale, int has_w) {
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < D; i += NORM_THREADS) {
+        const float v = xr[i];
+        s = __fmaf_rn(v, v, s);
+    }
+    const float inv = inv_rms_of(block_sum_in_warp_order(s), D, eps);
+    for (int i = threadIdx.x; i < D; i += NORM_THREADS) {
+        float o = xr[i] * inv;
+        if (has_w) o = o * w[i];
+        yr[i] = ADD ? __fmul_rn(__fadd_rn(hr[i], o), scale) : o;
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(NORM_THREADS)
@@ -53,11 +101,8 @@ rms_norm_f32(const float* x, const float* __restrict__ w, float* y, int rows, in
     if (r >= rows) return;
     const float* xr = x + (i64)r * D;
     float* yr = y + (i64)r * D;
-    const float inv = row_inv_rms(xr, D, eps);
-    for (int i = threadIdx.x; i < D; i += NORM_THREADS) {
-        float v = xr[i] * inv;
-        yr[i] = has_w ? v * w[i] : v;
-    }
+    if (D <= NORM_REG_MAX) norm_row_regs<false>(xr, nullptr, w, yr, D, eps, 1.0f, has_w);
+    else norm_row_loop<false>(xr, nullptr, w, yr, D, eps, 1.0f, has_w);
 }
 
 extern "C" __global__ void __launch_bounds__(NORM_THREADS)
@@ -68,12 +113,8 @@ add_rms_norm_f32(const float* h, const float* x, const float* __restrict__ w, fl
     const float* xr = x + (i64)r * D;
     const float* hr = h + (i64)r * D;
     float* yr = y + (i64)r * D;
-    const float inv = row_inv_rms(xr, D, eps);
-    for (int i = threadIdx.x; i < D; i += NORM_THREADS) {
-        float v = xr[i] * inv;
-        if (has_w) v = v * w[i];
-        yr[i] = __fmul_rn(__fadd_rn(hr[i], v), scale);
-    }
+    if (D <= NORM_REG_MAX) norm_row_regs<true>(xr, hr, w, yr, D, eps, scale, has_w);
+    else norm_row_loop<true>(xr, hr, w, yr, D, eps, scale, has_w);
 }
 
 extern "C" __global__ void scale_f32(const float* x, float* y, i64 n, float scale) {
