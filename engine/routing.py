@@ -59,17 +59,15 @@ _MMQ_32 = MMQ_TYPES - {"Q6_K"}  # one scale per 32 values: one m16n8k32 per bloc
 
 # The fast mode ("auto"): tried in order, the first eligible route serves the matmul; GEMM_N accepts everything.
 # Each MMQ line is the measured crossover (time of the split-K int8 tile over the best float route, H100, 12B
-# shapes, Q4_K_M and Q4_0 stand-ins, reports/history/2026-11-25-h100-route-tuning-splitk-*.md): decode-MMQ's time is
+# shapes, Q4_K_M and Q4_0 stand-ins, reports/history/2026-11-25-h100-route-tuning-bn8-*.md): decode-MMQ's time is
 # nearly flat in N and, since K is split by shape (kernels/mmq.py), no longer bound by a long serial K walk; the
 # float routes' time grows with N. Only the few-row matrices keep a float route at the smallest N.
 ROUTE_TABLE: tuple[Route, ...] = (
-    Route(DECODE_MMQ, MMQ_TYPES, min_n=1, min_rows=3840, col_multiple=256,
-          why="3840+-row matrices (ffn gate/up/down, attn_q/output, the tied lm-head): the tile wins from N = 1 "
-              "(0.53..0.86x the best float route's time)"),
-    Route(DECODE_MMQ, MMQ_TYPES, min_n=2, min_rows=2048, col_multiple=256,
-          why="2048-row attn_k / attn_v: from N = 2 (0.57..0.99x; 0.97..1.14x at N = 1)"),
-    Route(DECODE_MMQ, MMQ_TYPES, min_n=4, col_multiple=256,
-          why="fewer rows (512-row global attn_k): from N = 4 (0.64x; 1.03x at N = 2)"),
+    Route(DECODE_MMQ, MMQ_TYPES, min_n=1, min_rows=2048, col_multiple=256,
+          why="2048+-row matrices (every 12B matmul but the global attn_k, the tied lm-head included): the tile "
+              "wins from N = 1 (0.40..0.92x the best float route's time)"),
+    Route(DECODE_MMQ, MMQ_TYPES, min_n=3, col_multiple=256,
+          why="fewer rows (512-row global attn_k): from N = 3 (0.92..0.98x; 1.09..1.12x at N = 2)"),
     Route(WS, ALL_TYPES, max_n=16, max_rows=2048,
           why="up to 16 tokens on <= 2048-row matrices WS beats GEMM-N (0.8..0.98x from N = 3)"),
     Route(GEMM_N, ALL_TYPES, why="any N: one token per grid row, the N = 1 reduction each (faster than WS on "
@@ -77,9 +75,9 @@ ROUTE_TABLE: tuple[Route, ...] = (
 )
 
 # batch-invariant mode: the route of a matrix may depend on its shape only, so one choice serves every N. With the
-# split-K tile decode-MMQ is the faster route from N = 1 on every >= 3840-row matrix and within 0.97..1.14x on the
-# 2048-row ones (route tuning above), so the seed's shape rule costs little at N = 1: decode-MMQ on rows >= 2048,
-# else WS / GEMM-N.
+# split-K tile decode-MMQ is the faster route from N = 1 on every >= 2048-row matrix (route tuning above), so the
+# seed's shape rule is also the fast choice there: decode-MMQ on rows >= 2048, else WS / GEMM-N (the 512-row global
+# attn_k: 1.1..1.4x slower on the tile up to N = 2, faster from 3).
 INVARIANT_TABLE: tuple[Route, ...] = (
     Route(DECODE_MMQ, MMQ_TYPES, min_rows=2048, col_multiple=256,
           why="batch-invariant: decode-MMQ on every >= 2048-row 256-aligned matrix, at every N"),

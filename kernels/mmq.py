@@ -61,23 +61,23 @@ MAX_N = 65535 * 8  # grid.y limit for the smallest bn
 # Which tile a launch uses, as data (first match wins): (types or None for any, min N, min rows, min cols, tile).
 # Every tile gives the same bits (the reduction order is per output and per K slice, and the slices depend on the
 # shape only), so this is purely a speed choice, measured on the H100 over every matmul shape of the 12B-shaped
-# stand-ins with split K (`python -m harness.route_tuning`, reports/history/2026-11-25-h100-route-tuning-splitk-*.md;
-# time relative to the best tile of each shape, worst over N):
-#   * beyond 16 tokens bn 32 reads each weight once where bn 16 reads it twice: bm64_bn32 is best on every matrix of
-#     >= 3840 rows and >= 4096 columns or >= 8192 rows (bn 16: 1.07..1.6x); the 4096 x 3840 attn_q is within 2 %
-#     on bm64_bn16_kb8 (bn 32 1.08..1.17x) and the 512 / 2048-row ones on bm32_bn16_kb16 (bn 32: 1.2..1.5x);
-#   * up to 16 tokens: bm32_bn16_kb16 on the <= 4096 x 3840 matrices (others 1.06..1.45x); bm64_bn16 on the larger
-#     ones (1.00..1.04x, Q4_0 1.00..1.15x), except the Q6_K lm-head: bm64_bn16_kb8 (bm64_bn16 1.07x).
+# stand-ins with split K (`python -m harness.route_tuning`, reports/history/2026-11-25-h100-route-tuning-bn8-*.md;
+# time relative to the best tile of each shape, worst over the N range):
+#   * up to 8 tokens bm64_bn8 is the best tile on every shape and type (bm64_bn16: 1.06..1.20x): a bn 16 tile
+#     does twice the per-block float work for tokens that are not there;
+#   * 9..16 tokens: bm64_bn16 on >= 3840-row matrices (bm64_bn8 1.10..1.7x), bm64_bn8 below (bm64_bn16 1.2..1.4x);
+#   * beyond 16 tokens bm64_bn32 reads each weight once where bn 16 reads it twice: best on >= 8192-row and
+#     15360-column matrices (bm64_bn16 1.06..1.43x); bm64_bn16 on the other >= 2048-row ones (within 1.02..1.08x
+#     of the best), bm64_bn8 on the 512-row ones (others >= 1.2x).
 TILE_RULES: tuple[tuple[frozenset[str] | None, int, int, int, str], ...] = (
-    (None, 17, 3840, 4096, "bm64_bn32"),
     (None, 17, 8192, 0, "bm64_bn32"),
-    (None, 17, 4096, 0, "bm64_bn16_kb8"),
-    (None, 17, 0, 0, "bm32_bn16_kb16"),
-    (frozenset({"Q6_K"}), 1, 8192, 0, "bm64_bn16_kb8"),
-    (None, 1, 8192, 0, "bm64_bn16"),
-    (None, 1, 3840, 4096, "bm64_bn16"),
-    (None, 1, 0, 0, "bm32_bn16_kb16"),
+    (None, 17, 0, 15360, "bm64_bn32"),
+    (None, 17, 2048, 0, "bm64_bn16"),
+    (None, 17, 0, 0, "bm64_bn8"),
+    (None, 9, 3840, 0, "bm64_bn16"),
+    (None, 1, 0, 0, "bm64_bn8"),
 )
+
 
 # Split K (mmq.cu header): the number of K slices is a function of the matrix SHAPE only, so every N, every tile and
 # every batch composition reduce each output in the same order (the batch-invariant contract). Slices double while

@@ -182,17 +182,15 @@ def test_launcher_matches_tile_list():
 
 
 @pytest.mark.parametrize("type_name, rows, cols, n, expected", [
-    ("Q4_K", 15360, 3840, 1, "bm64_bn16"), ("Q4_K", 15360, 3840, 16, "bm64_bn16"),
-    ("Q4_K", 15360, 3840, 17, "bm64_bn32"), ("Q4_0", 3840, 15360, 32, "bm64_bn32"),
-    ("Q4_K", 3840, 4096, 4, "bm64_bn16"), ("Q4_K", 4096, 3840, 4, "bm32_bn16_kb16"),
-    ("Q4_K", 4096, 3840, 17, "bm64_bn16_kb8"), ("Q4_K", 2048, 3840, 32, "bm32_bn16_kb16"),
-    ("Q4_K", 512, 3840, 1, "bm32_bn16_kb16"), ("Q6_K", 2048, 3840, 1, "bm32_bn16_kb16"),
-    ("Q6_K", 3840, 15360, 8, "bm64_bn16"), ("Q6_K", 262144, 3840, 16, "bm64_bn16_kb8"),
+    ("Q4_K", 15360, 3840, 1, "bm64_bn8"), ("Q4_K", 15360, 3840, 8, "bm64_bn8"), ("Q4_K", 15360, 3840, 9, "bm64_bn16"),
+    ("Q4_K", 15360, 3840, 17, "bm64_bn32"), ("Q4_0", 3840, 15360, 32, "bm64_bn32"), ("Q4_K", 3840, 4096, 17, "bm64_bn16"),
+    ("Q4_K", 2048, 3840, 16, "bm64_bn8"), ("Q4_K", 2048, 3840, 32, "bm64_bn16"), ("Q4_K", 512, 3840, 32, "bm64_bn8"),
+    ("Q6_K", 262144, 3840, 1, "bm64_bn8"), ("Q6_K", 262144, 3840, 16, "bm64_bn16"),
     ("Q6_K", 262144, 3840, 17, "bm64_bn32"),  # the lm-head
 ])
 def test_choose_tile_rules(type_name, rows, cols, n, expected):
-    """TILE_RULES as measured (kernels/mmq.py): bn 32 beyond 16 tokens on the large matrices, the deep-staged tiles
-    on the small ones and on the Q6_K lm-head."""
+    """TILE_RULES as measured (kernels/mmq.py): bn 8 up to 8 tokens, bn 16 to 16 on >= 3840 rows, bn 32 beyond on
+    the largest matrices."""
     assert choose_tile(type_name, rows, cols, n).name == expected
 
 
@@ -243,9 +241,9 @@ def test_plan_rejects(bad, pattern):
 
 def test_plan_geometry():
     raw, x = _arrays(rows=130, cols=2592, n=17, t="Q4_0")
-    plan = plan_mmq(raw, "Q4_0", 2592, x)  # 130 rows, N = 17: bm32_bn16_kb16 (two token tiles), 16 K slices
+    plan = plan_mmq(raw, "Q4_0", 2592, x)  # 130 rows, N = 17: bm64_bn8 (3 token tiles), 16 K slices
     assert (plan.entry, plan.grid, plan.block, plan.units, plan.quantize, plan.slices) == (
-        "mmq_q4_0_bm32_bn16_kb16", (5, 2, 16), (64, 1, 1), 81, True, 16)
+        "mmq_q4_0_bm64_bn8", (3, 3, 16), (128, 1, 1), 81, True, 16)
     plan = plan_mmq(raw, "Q4_0", 2592, quantize_q8_1_host(x), tile="bm64_bn16", slices=3)
     assert (plan.entry, plan.grid, plan.block, plan.quantize) == ("mmq_q4_0_bm64_bn16", (3, 2, 3), (128, 1, 1), False)
 

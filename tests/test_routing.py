@@ -17,9 +17,9 @@ CROSSOVERS = [
     ("Q4_K", 3840, 4096, None, 1, None),      # attn_output
     ("Q4_0", 3840, 15360, None, 1, None),     # ffn_down
     ("Q6_K", 3840, 15360, None, 1, None),     # more-bits ffn_down
-    ("Q4_K", 2048, 3840, 1, 2, WS),           # attn_k / attn_v
-    ("Q6_K", 2048, 3840, 1, 2, WS),           # more-bits attn_v
-    ("Q4_K", 512, 3840, 3, 4, WS),            # global attn_k
+    ("Q4_K", 2048, 3840, None, 1, None),      # attn_k / attn_v
+    ("Q6_K", 2048, 3840, None, 1, None),      # more-bits attn_v
+    ("Q4_K", 512, 3840, 2, 3, WS),            # global attn_k
 ]
 
 
@@ -37,9 +37,9 @@ def test_auto_table_switches_at_the_measured_crossovers(type_name, rows, cols, l
     ("Q5_0", 4096, 3840, 8, GEMM_N), ("Q5_0", 1024, 3840, 8, WS), ("Q5_0", 1024, 3840, 32, GEMM_N),  # no tile
     ("BF16", 768, 256, 4, WS),                                    # per_layer_model_proj stays on the float routes
     ("Q8_0", 15360, 3840 + 32, 8, GEMM_N),                        # cols not a multiple of 256
-    ("Q4_K", 2048, 256, 1, WS), ("Q4_K", 2048, 256, 2, DECODE_MMQ),  # g4-12b-mini gate/up
-    ("Q4_K", 256, 2048, 3, WS), ("Q4_K", 256, 2048, 4, DECODE_MMQ),
-    ("Q4_K", 256, 2048, 17, DECODE_MMQ), ("Q4_K", 3840, 4096, 1, DECODE_MMQ),
+    ("Q4_K", 2048, 256, 1, DECODE_MMQ),                           # g4-12b-mini gate/up
+    ("Q4_K", 256, 2048, 2, WS), ("Q4_K", 256, 2048, 3, DECODE_MMQ),
+    ("Q4_K", 256, 2048, 17, DECODE_MMQ), ("Q4_K", 1024, 3840, 1, WS),
 ])
 def test_auto_table_other_shapes(type_name, rows, cols, n, expected):
     assert route_for(type_name, rows, cols, n) == expected
@@ -70,8 +70,8 @@ def test_type_without_tile_never_takes_mmq():
 
 
 def test_explanation_names_the_rules_that_failed():
-    name, why = explain_route("Q4_K", 1024, 3840, 3)
-    assert name == WS and "rows=1024 < 3840" in why and "rows=1024 < 2048" in why and "N=3 < 4" in why
+    name, why = explain_route("Q4_K", 1024, 3840, 2)
+    assert name == WS and "rows=1024 < 2048" in why and "not decode_mmq" in why and "N=2 < 3" in why
 
 
 def test_every_matmul_gets_a_route_in_every_mode():

@@ -45,3 +45,29 @@ def test_mode_bench_summary_of_a_recorded_run(model):
         assert f"| {t[n, 'auto'] / best:.3f} |" in line
     first = min(n for n in {r["n"] for r in rows} if t[n, "decode_mmq"] > t[n, "ws"])
     assert f"decode-MMQ overtakes WS (forced, whole step) first at N = {first}" in text
+
+
+def test_step_kernels_table_from_ncu_csv():
+    """harness/step_kernels.py reads ncu's --csv (units as ncu writes them, thousands separators, other lines around
+    the table) and groups launches by kernel name with hand-counted totals and shares."""
+    from harness.step_kernels import kernel_times, summarize
+
+    header = ('"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size",'
+              '"Device","CC","Section Name","Metric Name","Metric Unit","Metric Value"')
+
+    def row(i, name, unit, value):
+        return (f'"{i}","1","python3","h","{name}","1","7","(128, 1, 1)","(1, 1, 1)","0","9.0",'
+                f'"Command line profiler metrics","gpu__time_duration.sum","{unit}","{value}"')
+
+    text = "\n".join(["==PROF== Connected", header, row(0, "mmq_q4_k_bm64_bn8", "usecond", "30.00"),
+                      row(1, "rms_norm_f32(const float *, int)", "nsecond", "2,500"),
+                      row(2, "mmq_q4_k_bm64_bn8", "usecond", "10.00"), "==PROF== Disconnected"])
+    launches = kernel_times(text)
+    assert launches == [("mmq_q4_k_bm64_bn8", 30.0), ("rms_norm_f32(const float *, int)", 2.5),
+                        ("mmq_q4_k_bm64_bn8", 10.0)]
+    table = summarize(launches, "t")
+    assert "3 kernel launches, 0.043 ms" in table
+    assert "| mmq_q4_k_bm64_bn8 | 2 | 40.0 | 94.1% | 20.00 |" in table
+    assert "| rms_norm_f32 | 1 | 2.5 | 5.9% | 2.50 |" in table
+    with pytest.raises(ValueError, match="no ncu CSV header"):
+        kernel_times("==PROF== nothing profiled")

@@ -57,11 +57,14 @@ __device__ __forceinline__ float inv_rms_of(float sum_sq, int D, float eps) {
 template <bool ADD>
 __device__ __forceinline__ void norm_row_regs(const float* xr, const float* hr, const float* __restrict__ w,
                                               float* yr, int D, float eps, float scale, int has_w) {
-    float v[NORM_PER_THREAD];
+    // x, w and (ADD) h are all loaded before the reduction's barrier, so the row costs one memory latency
+    float v[NORM_PER_THREAD], wv[NORM_PER_THREAD], hv[NORM_PER_THREAD];
 #pragma unroll
     for (int k = 0; k < NORM_PER_THREAD; ++k) {
         const int i = threadIdx.x + k * NORM_THREADS;
         v[k] = i < D ? xr[i] : 0.0f;
+        wv[k] = (has_w && i < D) ? w[i] : 1.0f;
+        hv[k] = (ADD && i < D) ? hr[i] : 0.0f;
     }
     float s = 0.0f;
 #pragma unroll
@@ -73,8 +76,8 @@ __device__ __forceinline__ void norm_row_regs(const float* xr, const float* hr, 
         const int i = threadIdx.x + k * NORM_THREADS;
         if (i < D) {
             float o = v[k] * inv;
-            if (has_w) o = o * w[i];
-            yr[i] = ADD ? __fmul_rn(__fadd_rn(hr[i], o), scale) : o;
+            if (has_w) o = o * wv[k];
+            yr[i] = ADD ? __fmul_rn(__fadd_rn(hv[k], o), scale) : o;
         }
     }
 }
