@@ -127,12 +127,6 @@ __device__ __forceinline__ void attn_partial_body(const float* __restrict__ q, c
     __shared__ __align__(16) float q_s[HPB][D];
     __shared__ float e_s[HPB][ATTN_CHUNK];  // scores, then exp(score - chunk max)
     __shared__ int slot_s[ATTN_CHUNK];               // slot of each present key, -1 if absent
-    // phase 1's key tile: 64 bytes of each key row (KT_DIMS elements) + 16 bytes of padding: rows 80 bytes (20 banks)
-    // apart, so the 8 rows one 16-byte shared load serves per phase start on distinct 4-bank groups
-    constexpr int KT_DIMS = 64 / sizeof(T), KT_PAD = 16 / sizeof(T), KT_VECS = KT_DIMS / VN;
-    constexpr int KT_LOADS = ATTN_CHUNK * KT_VECS / ATTN_THREADS;
-    static_assert(D % KT_DIMS == 0 && (ATTN_CHUNK * KT_VECS) % ATTN_THREADS == 0, "key tile");
-    __shared__ __align__(16) T k_s[ATTN_CHUNK][KT_DIMS + KT_PAD];
 
     const int r = blockIdx.y;
     if (r >= rows) return;
@@ -160,10 +154,7 @@ __device__ __forceinline__ void attn_partial_body(const float* __restrict__ q, c
         const int j0 = max(lo, base), j1 = min(p, base + ATTN_CHUNK - 1);  // inclusive visible range
         __syncthreads();  // q_s written; the previous chunk's readers of e_s/slot_s are done
 
-        // Phase 1: thread jj scores key base + jj against each head: one fma chain over dims 0..D-1. The chunk's
-        // keys are staged KT_DIMS dims at a time in shared memory with coalesced loads (KT_VECS threads per key
-        // row), so each thread's own row is read from shared memory (padded rows: conflict-free 16-byte reads)
-        // rather than as one scattered 16-byte global load per lane; the chain is the same.
+        // Phase 1: thread jj scores key base + jj against each head: one fma chain over dims 0..D-1.
         {
             const int jj = tid, j = base + jj;
             int slot = -1;
@@ -175,34 +166,21 @@ __device__ __forceinline__ void attn_partial_body(const float* __restrict__ q, c
             float dot[HPB];
 #pragma unroll
             for (int g = 0; g < HPB; ++g) dot[g] = 0.0f;
-            const T* k_head = k_pool + seq_cell0 * slot_stride + (i64)kvh * D;
-            for (int d0 = 0; d0 < D; d0 += KT_DIMS) {
-                __syncthreads();  // slot_s written (first tile); the previous tile's readers of k_s are done
+            if (slot >= 0) {
+                const T* kp = k_pool + (seq_cell0 + slot) * slot_stride + (i64)kvh * D;
+#pragma unroll 4
+                for (int i0 = 0; i0 < D; i0 += VN) {
+                    float kv[VN];
+                    KVVec<T>::load(kp + i0, kv);
 #pragma unroll
-                for (int t = 0; t < KT_LOADS; ++t) {
-                    const int task = tid + t * ATTN_THREADS, row = task / KT_VECS, vec = task % KT_VECS;
-                    const int sl = slot_s[row];
-                    if (sl >= 0)
-                        *reinterpret_cast<uint4*>(&k_s[row][vec * VN]) =
-                            *reinterpret_cast<const uint4*>(k_head + (i64)sl * slot_stride + d0 + vec * VN);
-                }
-                __syncthreads();
-                if (slot >= 0) {
+                    for (int g = 0; g < HPB; ++g) {
 #pragma unroll
-                    for (int i1 = 0; i1 < KT_DIMS; i1 += VN) {
-                        float kv[VN];
-                        KVVec<T>::load(&k_s[jj][i1], kv);
-                        const int i0 = d0 + i1;
-#pragma unroll
-                        for (int g = 0; g < HPB; ++g) {
-#pragma unroll
-                            for (int e = 0; e < VN; e += 4) {
-                                const float4 qv = *reinterpret_cast<const float4*>(&q_s[g][i0 + e]);
-                                dot[g] = __fmaf_rn(qv.x, kv[e], dot[g]);
-                                dot[g] = __fmaf_rn(qv.y, kv[e + 1], dot[g]);
-                                dot[g] = __fmaf_rn(qv.z, kv[e + 2], dot[g]);
-                                dot[g] = __fmaf_rn(qv.w, kv[e + 3], dot[g]);
-                            }
+                        for (int e = 0; e < VN; e += 4) {
+                            const float4 qv = *reinterpret_cast<const float4*>(&q_s[g][i0 + e]);
+                            dot[g] = __fmaf_rn(qv.x, kv[e], dot[g]);
+                            dot[g] = __fmaf_rn(qv.y, kv[e + 1], dot[g]);
+                            dot[g] = __fmaf_rn(qv.z, kv[e + 2], dot[g]);
+                            dot[g] = __fmaf_rn(qv.w, kv[e + 3], dot[g]);
                         }
                     }
                 }
