@@ -66,6 +66,10 @@ ROUTE_TABLE: tuple[Route, ...] = (
     Route(DECODE_MMQ, MMQ_TYPES, min_n=1, min_rows=2048, col_multiple=256,
           why="2048+-row matrices (every 12B matmul but the global attn_k, the tied lm-head included): the tile "
               "wins from N = 1 (0.40..0.92x the best float route's time)"),
+    Route(DECODE_MMQ, MMQ_TYPES, min_n=1, min_aspect=4.0, col_multiple=256,
+          why="tall matrices (rows >= 4 cols; no 12B matrix below 2048 rows is): from N = 1, as the 12B's tall "
+              "ffn gate/up and lm-head (many row tiles: the tile is never short of thread blocks); it keeps a small "
+              "model's single-user path on the kernel its batched steps take"),
     Route(DECODE_MMQ, MMQ_TYPES, min_n=3, col_multiple=256,
           why="fewer rows (512-row global attn_k): from N = 3 (0.92..0.98x; 1.09..1.12x at N = 2)"),
     Route(WS, ALL_TYPES, max_n=16, max_rows=2048,

@@ -38,6 +38,7 @@ def test_auto_table_switches_at_the_measured_crossovers(type_name, rows, cols, l
     ("BF16", 768, 256, 4, WS),                                    # per_layer_model_proj stays on the float routes
     ("Q8_0", 15360, 3840 + 32, 8, GEMM_N),                        # cols not a multiple of 256
     ("Q4_K", 2048, 256, 1, DECODE_MMQ),                           # g4-12b-mini gate/up
+    ("Q4_K", 1024, 256, 1, DECODE_MMQ), ("Q4_K", 512, 256, 2, WS),  # tall (aspect 4) and not (aspect 2)
     ("Q4_K", 256, 2048, 2, WS), ("Q4_K", 256, 2048, 3, DECODE_MMQ),
     ("Q4_K", 256, 2048, 17, DECODE_MMQ), ("Q4_K", 1024, 3840, 1, WS),
 ])
@@ -71,7 +72,7 @@ def test_type_without_tile_never_takes_mmq():
 
 def test_explanation_names_the_rules_that_failed():
     name, why = explain_route("Q4_K", 1024, 3840, 2)
-    assert name == WS and "rows=1024 < 2048" in why and "not decode_mmq" in why and "N=2 < 3" in why
+    assert name == WS and "rows=1024 < 2048" in why and "rows/cols=0.27 < 4.0" in why and "N=2 < 3" in why
 
 
 def test_every_matmul_gets_a_route_in_every_mode():
