@@ -36,8 +36,8 @@ def test_gpu_bench_rows(bench):
     assert {r.weight_bytes for r in bench.rows} == {expected}
     by = {(r.route, r.n): r for r in bench.rows}
     assert by["auto", 5].kv_bytes == by["batch-invariant", 5].kv_bytes > by["auto", 1].kv_bytes > 0
-    # engine/routing.py: auto puts more matmuls on decode-MMQ at N = 5 than at N = 1 (the 2048-row ones from N = 1,
-    # the rest from N = 3); batch-invariant routes by shape alone, so N = 1 and N = 5 use the same kernels
+    # engine/routing.py: auto puts more matmuls on decode-MMQ at N = 5 than at N = 1 (the 2048-row and tall ones from
+    # N = 1, the 512-row ones from N = 3); batch-invariant routes by shape alone, so N = 1 and N = 5 use the same kernels
     mmq = {key: int(dict(p.split(":") for p in row.routes.split()).get("decode_mmq", 0)) for key, row in by.items()}
     assert mmq["auto", 5] > mmq["auto", 1] > 0
     assert by["batch-invariant", 1].routes == by["batch-invariant", 5].routes and mmq["batch-invariant", 5] > 0
@@ -49,10 +49,11 @@ def test_gpu_bench_rows(bench):
 def test_gpu_route_table_rows(bench):
     kernels = {(r.route, r.n, r.tensor): r.kernel for r in bench.routes}
     # g4-12b-mini: ffn_gate 2048 x 256 (rows >= 2048: decode-MMQ at every N in auto and batch-invariant mode);
-    # ffn_down 256 x 2048 (auto: WS at N = 1, decode-MMQ from N = 3; batch-invariant: WS)
+    # attn_k 512 x 256 (auto: WS at N = 1, decode-MMQ from N = 3); ffn_down 256 x 2048 (< 512 rows: WS in both)
     assert kernels["auto", 1, "blk.0.ffn_gate.weight"] == kernels["auto", 5, "blk.0.ffn_gate.weight"] \
         == kernels["batch-invariant", 1, "blk.0.ffn_gate.weight"] == "decode_mmq"
-    assert kernels["auto", 1, "blk.0.ffn_down.weight"] == "ws" and kernels["auto", 5, "blk.0.ffn_down.weight"] == "decode_mmq"
+    assert kernels["auto", 1, "blk.0.attn_k.weight"] == "ws" and kernels["auto", 5, "blk.0.attn_k.weight"] == "decode_mmq"
+    assert kernels["auto", 5, "blk.0.ffn_down.weight"] == "ws"
     assert kernels["batch-invariant", 1, "blk.0.ffn_down.weight"] == kernels["batch-invariant", 5, "blk.0.ffn_down.weight"] == "ws"
 
 

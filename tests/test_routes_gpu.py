@@ -58,13 +58,13 @@ def test_routes_served_equal_the_table_at_every_switch_point(mode, variant):
 
 # Hand-written expectations at the switch points of engine/routing.py's tables on g4-12b-mini (ffn_gate 2048 x 256:
 # decode-MMQ at every N in both auto and batch-invariant; sliding attn_q 1024 x 256 (rows = 4 cols): decode-MMQ at
-# every N in auto; attn_k 512 x 256 and ffn_down 256 x 2048: WS up to N = 2 and decode-MMQ from N = 3 in auto;
-# WS / GEMM-N below 2048 rows in batch-invariant).
+# every N in auto; attn_k 512 x 256: WS up to N = 2 and decode-MMQ from N = 3 in auto; ffn_down 256 x 2048 (< 512
+# rows): WS / GEMM-N in auto; WS / GEMM-N below 2048 rows in batch-invariant).
 @pytest.mark.parametrize("mode, tensor, expected", [
     ("auto", "blk.0.ffn_gate.weight", {1: DECODE_MMQ, 2: DECODE_MMQ, 17: DECODE_MMQ, 33: DECODE_MMQ}),
     ("auto", "blk.0.attn_q.weight", {1: DECODE_MMQ, 2: DECODE_MMQ, 3: DECODE_MMQ, 16: DECODE_MMQ}),
     ("auto", "blk.0.attn_k.weight", {1: WS, 2: WS, 3: DECODE_MMQ, 5: DECODE_MMQ}),
-    ("auto", "blk.0.ffn_down.weight", {1: WS, 2: WS, 3: DECODE_MMQ, 17: DECODE_MMQ, 33: DECODE_MMQ}),
+    ("auto", "blk.0.ffn_down.weight", {1: WS, 3: WS, 16: WS, 17: GEMM_N, 33: GEMM_N}),
     ("batch-invariant", "blk.0.ffn_gate.weight", {1: DECODE_MMQ, 4: DECODE_MMQ, 17: DECODE_MMQ}),
     ("batch-invariant", "blk.0.attn_q.weight", {1: WS, 16: WS, 17: GEMM_N}),
     ("decode_mmq", "blk.0.attn_q.weight", {1: DECODE_MMQ, 4: DECODE_MMQ, 33: DECODE_MMQ}),

@@ -39,8 +39,8 @@ def test_auto_table_switches_at_the_measured_crossovers(type_name, rows, cols, l
     ("Q8_0", 15360, 3840 + 32, 8, GEMM_N),                        # cols not a multiple of 256
     ("Q4_K", 2048, 256, 1, DECODE_MMQ),                           # g4-12b-mini gate/up
     ("Q4_K", 1024, 256, 1, DECODE_MMQ), ("Q4_K", 512, 256, 2, WS),  # tall (aspect 4) and not (aspect 2)
-    ("Q4_K", 256, 2048, 2, WS), ("Q4_K", 256, 2048, 3, DECODE_MMQ),
-    ("Q4_K", 256, 2048, 17, DECODE_MMQ), ("Q4_K", 1024, 3840, 1, WS),
+    ("Q4_K", 512, 256, 3, DECODE_MMQ), ("Q4_K", 1024, 3840, 1, WS), ("Q4_K", 1024, 3840, 3, DECODE_MMQ),
+    ("Q4_K", 256, 2048, 3, WS), ("Q4_K", 256, 2048, 17, GEMM_N),   # < 512 rows: not measured, float routes
 ])
 def test_auto_table_other_shapes(type_name, rows, cols, n, expected):
     assert route_for(type_name, rows, cols, n) == expected
