@@ -2,13 +2,17 @@
 
     python -m harness.mode_bench --model shape12b --out DIR      # DIR/mode-bench-<model>.md / .json
 
-For each N and mode, N fresh sequences (prompt of `prompt_len` tokens) are prefilled and decoded: the mode is
-switched on the engine and its step graphs dropped, so each mode captures its own graph for N, and every mode is
-timed at the same contexts (a first version reused the sequences across modes, so later modes ran at longer
-contexts: 2026-11-25, forced-MMQ and auto with identical routes differed by 3 %). Steps are graph replays timed
-with CUDA events (`steps` per repeat, median of `repeats`, after `warmup`), the logits read back each step as in
-the engine protocol; contexts run from `prompt_len` to `prompt_len` + warmup + steps x repeats. Aggregate t/s = N / step time; the best forced route per N, the crossover N where
-decode-MMQ overtakes WS, and auto / best and batch-invariant / auto ratios are derived from the table.
+For each N, every mode gets its own N fresh sequences (prompts of `prompt_len` tokens, the same for every mode),
+so every mode is timed at the same contexts (a first version reused the sequences across modes, so later modes
+ran at longer contexts: 2026-11-25, forced-MMQ and auto with identical routes differed by 3 %). The timed runs
+go round-robin over the modes (repeat 1 of every mode, then repeat 2, ...), so a drift of the GPU's speed during
+an N's runs reaches every mode alike (timed one mode after another, auto and forced-MMQ with identical kernels
+still differed by 3.6 % at N = 32 on 2026-11-25). Before each run the mode is switched on the engine and its
+step graphs dropped and re-captured (untimed). Steps are graph replays timed with CUDA events (`steps` per
+repeat, median of `repeats`, after `warmup`), the logits read back each step as in the engine protocol; contexts
+run from `prompt_len` to `prompt_len` + warmup + (steps + 1) x repeats. Aggregate t/s = N / step time; the best
+forced route per N, the crossover N where decode-MMQ overtakes WS, and auto / best and batch-invariant / auto
+ratios are derived from the table.
 """
 from __future__ import annotations
 
@@ -31,7 +35,9 @@ def bench_modes(model, n_list=N_LIST, modes=MODES, *, prompt_len: int = 128, ste
 
     from .bench_devices import gpu_step_weight_bytes
 
-    engine = CupyEngine(model, kv_dtype="float16", max_sequences=max(n_list) + 1, max_context=1024,
+    # every mode's sequences live at once (round-robin timing); contexts stay below prompt_len + 64 here
+    engine = CupyEngine(model, kv_dtype="float16", max_sequences=len(modes) * max(n_list) + 1,
+                        max_context=prompt_len + 1 + warmup + (steps + 1) * repeats,
                         prefill_chunk=prompt_len, route_mode=modes[0])
     weight_bytes = gpu_step_weight_bytes(engine)
     rng = np.random.default_rng(0)
@@ -39,33 +45,46 @@ def bench_modes(model, n_list=N_LIST, modes=MODES, *, prompt_len: int = 128, ste
     for n in n_list:
         prompts = [[2] + [int(t) for t in rng.integers(4, engine.vocab_size, size=prompt_len - 1)] for _ in range(n)]
         tokens = [int(t) for t in rng.integers(4, engine.vocab_size, size=n)]
+        seqs = {}
         for mode in modes:
-            seqs = [engine.new_sequence() for _ in range(n)]
+            seqs[mode] = [engine.new_sequence() for _ in range(n)]
             engine.route_mode = "decode_mmq"  # prefill rows (128) are beyond WS; the int8 tile reads weights once
-            for s, prompt in zip(seqs, prompts):
+            for s, prompt in zip(seqs[mode], prompts):
                 engine.prefill(s, prompt)
+
+        def use(mode):  # switch the engine to `mode`; the first step after this captures its graph (untimed)
             engine.route_mode = mode
             engine._graphs.clear()
-            for _ in range(warmup):
-                engine.decode(seqs, tokens)
-            times = []
-            for _ in range(repeats):
+            engine.decode(seqs[mode], tokens)
+
+        for mode in modes:
+            use(mode)
+            for _ in range(warmup - 1):
+                engine.decode(seqs[mode], tokens)
+        times: dict[str, list[float]] = {m: [] for m in modes}
+        routes_of: dict[str, dict[str, int]] = {}
+        for _ in range(repeats):
+            for mode in modes:
+                use(mode)
                 start, stop = cp.cuda.Event(), cp.cuda.Event()
                 start.record()
                 for _ in range(steps):
-                    engine.decode(seqs, tokens)
+                    engine.decode(seqs[mode], tokens)
                 stop.record()
                 stop.synchronize()
-                times.append(cp.cuda.get_elapsed_time(start, stop) / steps)
-            step_ms = statistics.median(times)
-            routes: dict[str, int] = {}
-            for route in engine.routes_served[n].values():
-                routes[route] = routes.get(route, 0) + 1
-            rows.append(dict(n=n, mode=mode, step_ms=step_ms, spread_ms=max(times) - min(times),
-                             tokens_per_s=1e3 * n / step_ms, mean_context=float(np.mean([s.length for s in seqs])),
-                             weight_bytes=weight_bytes, routes=" ".join(f"{k}:{v}" for k, v in sorted(routes.items()))))
+                times[mode].append(cp.cuda.get_elapsed_time(start, stop) / steps)
+                routes: dict[str, int] = {}
+                for route in engine.routes_served[n].values():
+                    routes[route] = routes.get(route, 0) + 1
+                routes_of[mode] = routes
+        for mode in modes:
+            step_ms = statistics.median(times[mode])
+            rows.append(dict(n=n, mode=mode, step_ms=step_ms, spread_ms=max(times[mode]) - min(times[mode]),
+                             tokens_per_s=1e3 * n / step_ms,
+                             mean_context=float(np.mean([s.length for s in seqs[mode]])), weight_bytes=weight_bytes,
+                             routes=" ".join(f"{k}:{v}" for k, v in sorted(routes_of[mode].items()))))
             log(f"  N={n:3d} {mode:16s} {step_ms:8.3f} ms {1e3 * n / step_ms:9.1f} t/s  {rows[-1]['routes']}")
-            del seqs
+        del seqs, s  # the sequences' slots go back to the engine (GpuSequence finalizers)
     engine._graphs.clear()
     return rows
 

@@ -71,3 +71,69 @@ def test_step_kernels_table_from_ncu_csv():
     assert "| rms_norm_f32 | 1 | 2.5 | 5.9% | 2.50 |" in table
     with pytest.raises(ValueError, match="no ncu CSV header"):
         kernel_times("==PROF== nothing profiled")
+
+
+def test_mode_bench_times_modes_round_robin(monkeypatch):
+    """harness/mode_bench.py's loop without a GPU (a stand-in engine and CUDA events that read a fake clock): every
+    mode decodes its own sequences at the same contexts, the timed runs alternate over the modes, the engine's slots
+    hold every mode's sequences at once and come back after each N, and each step's time is the clock's."""
+    import sys
+    import types
+
+    from harness import mode_bench
+
+    clock = {"t": 0.0}
+    order = []
+
+    class Seq:
+        def __init__(self, eng):
+            self.length, self.eng = 0, eng
+            eng.live += 1
+            assert eng.live <= eng.max_sequences, "more live sequences than the engine has slots"
+
+        def __del__(self):
+            self.eng.live -= 1
+
+    class FakeEngine:
+        vocab_size = 100
+        route_mode = "auto"
+
+        def __init__(self, model, *, kv_dtype, max_sequences, max_context, prefill_chunk, route_mode):
+            self.max_sequences, self.max_context, self.live = max_sequences, max_context, 0
+            self._graphs, self.routes_served = {}, {}
+
+        def new_sequence(self):
+            return Seq(self)
+
+        def prefill(self, s, prompt):
+            s.length += len(prompt)
+
+        def decode(self, seqs, tokens):
+            assert len(seqs) == len(tokens)
+            for s in seqs:
+                s.length += 1
+                assert s.length <= self.max_context
+            clock["t"] += {"ws": 4.0, "decode_mmq": 1.0, "auto": 1.0, "batch-invariant": 2.0}[self.route_mode]
+            order.append(self.route_mode)
+            self.routes_served[len(seqs)] = {"m": "decode_mmq" if self.route_mode != "ws" else "ws"}
+
+    class Event:
+        def record(self):
+            self.t = clock["t"]
+
+        def synchronize(self):
+            pass
+
+    fake_cupy = types.SimpleNamespace(cuda=types.SimpleNamespace(Event=Event, get_elapsed_time=lambda a, b: b.t - a.t))
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
+    monkeypatch.setattr("engine.gpu_engine.CupyEngine", FakeEngine, raising=False)
+    monkeypatch.setattr("harness.bench_devices.gpu_step_weight_bytes", lambda engine: 1000)
+    rows = mode_bench.bench_modes("m", n_list=(1, 3), steps=4, warmup=2, repeats=3, prompt_len=8, log=lambda m: None)
+    by = {(r["n"], r["mode"]): r for r in rows}
+    assert by[3, "ws"]["step_ms"] == 4.0 and by[3, "auto"]["tokens_per_s"] == 3000.0
+    assert by[1, "batch-invariant"]["routes"] == "decode_mmq:1" and by[1, "ws"]["routes"] == "ws:1"
+    # same contexts for every mode: prompt 8 + warmup 2 + 3 repeats x (1 capture step + 4 timed) = 25, mean 25
+    assert {r["mean_context"] for r in rows} == {25.0}
+    # timed runs alternate: after the warmups (ws, ws, mmq, mmq, ...), each repeat visits ws, mmq, auto, batch-inv
+    timed = order[8:8 + 4 * 5]
+    assert [timed[i * 5] for i in range(4)] == ["ws", "decode_mmq", "auto", "batch-invariant"]
