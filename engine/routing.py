@@ -55,7 +55,6 @@ class Route:
 
 # DECODE_MMQ's types: those with a decode-MMQ tile that passed its GPU tests (kernels/mmq.py, H100 2026-11-25).
 MMQ_TYPES: frozenset[str] = frozenset({"Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"})
-_MMQ_32 = MMQ_TYPES - {"Q6_K"}  # one scale per 32 values: one m16n8k32 per block
 
 # The fast mode ("auto"): tried in order, the first eligible route serves the matmul; GEMM_N accepts everything.
 # Each MMQ line is the measured crossover (time of the split-K int8 tile over the best float route, H100, 12B

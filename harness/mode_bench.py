@@ -49,8 +49,8 @@ def bench_modes(model, n_list=N_LIST, modes=MODES, *, prompt_len: int = 128, ste
         for mode in modes:
             seqs[mode] = [engine.new_sequence() for _ in range(n)]
             engine.route_mode = "decode_mmq"  # prefill rows (128) are beyond WS; the int8 tile reads weights once
-            for s, prompt in zip(seqs[mode], prompts):
-                engine.prefill(s, prompt)
+            for seq, prompt in zip(seqs[mode], prompts):
+                engine.prefill(seq, prompt)
 
         def use(mode):  # switch the engine to `mode`; the first step after this captures its graph (untimed)
             engine.route_mode = mode
@@ -84,7 +84,7 @@ def bench_modes(model, n_list=N_LIST, modes=MODES, *, prompt_len: int = 128, ste
                              mean_context=float(np.mean([s.length for s in seqs[mode]])), weight_bytes=weight_bytes,
                              routes=" ".join(f"{k}:{v}" for k, v in sorted(routes_of[mode].items()))))
             log(f"  N={n:3d} {mode:16s} {step_ms:8.3f} ms {1e3 * n / step_ms:9.1f} t/s  {rows[-1]['routes']}")
-        del seqs, s  # the sequences' slots go back to the engine (GpuSequence finalizers)
+        del seqs  # the sequences' slots go back to the engine (GpuSequence finalizers)
     engine._graphs.clear()
     return rows
 

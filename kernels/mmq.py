@@ -53,7 +53,7 @@ class Tile:
         return 2 * self.bm  # 32 * (bm / 16)
 
 
-# MMQ_TILES in mmq.cu: bm 32 / 64 x bn 16 / 32 with 4-block stages, and the deeper-staged kb16 / kb8 tiles.
+# MMQ_TILES in mmq.cu: bm 32 / 64 x bn 8 / 16 / 32 with 4-block stages, and the deeper-staged kb16 / kb8 tiles.
 TILES = {t.name: t for t in (Tile(32, 16), Tile(32, 32), Tile(64, 16), Tile(64, 32), Tile(32, 16, 16), Tile(64, 16, 8),
                               Tile(64, 8), Tile(32, 8, 16))}
 MAX_N = 65535 * 8  # grid.y limit for the smallest bn
