@@ -62,7 +62,10 @@ def model_shapes(name: str) -> list[Shape]:
 SLICE_LIST = (1, 2, 4, 8, 16, 32)
 
 
-def tune(shapes: list[Shape], n_list=N_LIST, repeats: int = 5, log=print, slice_list=SLICE_LIST) -> list[dict]:
+def tune(shapes: list[Shape], n_list=N_LIST, repeats: int = 5, log=print, slice_list=SLICE_LIST,
+         tiles: tuple[str, ...] | None = None) -> list[dict]:
+    """Time every route on every shape and N. tiles: the decode-MMQ tiles to time (default every one in TILES);
+    the chosen tile (TILE_RULES) is always timed. slice_list: the other K splits timed on the chosen tile."""
     import cupy as cp
     import numpy as np
 
@@ -92,7 +95,7 @@ def tune(shapes: list[Shape], n_list=N_LIST, repeats: int = 5, log=print, slice_
             auto_slices = split_k_slices(shape.rows, shape.cols // 32)
             chosen = choose_tile(shape.type_name, shape.rows, shape.cols, n).name
             if shape.type_name in MMQ_TYPES:
-                for tile in TILES:  # every tile at the shape's own K split
+                for tile in (TILES if tiles is None else dict.fromkeys((*tiles, chosen))):  # at the shape's K split
                     candidates.append(("decode_mmq", tile, auto_slices, lambda i, tile=tile: mmq_matvec(
                         weights[i % copies], shape.type_name, shape.cols, xq, out=out, tile=tile)))
                 for k in slice_list:  # the chosen tile at other K splits (tuning SPLIT_* in kernels/mmq.py)
@@ -169,8 +172,16 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="shape12b", help="a stand-in or mini preset (preset:variant)")
     p.add_argument("--n", nargs="+", type=int, default=list(N_LIST))
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--tiles", nargs="+", help="decode-MMQ tiles to time (default: every tile; the chosen one always)")
+    p.add_argument("--slices", nargs="*", type=int, default=list(SLICE_LIST),
+                   help="other K splits to time on the chosen tile (none: only the shape's own split)")
     p.add_argument("--out", help="directory for route-tuning.md and route-tuning.parquet")
     args = p.parse_args(argv)
+    from kernels.mmq import TILES
+
+    unknown = sorted(set(args.tiles or ()) - set(TILES))
+    if unknown:
+        p.error(f"--tiles: unknown {unknown}; expected some of {sorted(TILES)}")
     import cupy as cp
 
     from .bench_devices import gpu_read_bandwidth_gb_s as read_bandwidth_gb_s
@@ -179,7 +190,8 @@ def main(argv=None) -> int:
     bw = read_bandwidth_gb_s()
     shapes = model_shapes(args.model)
     print(f"{args.model}: {len(shapes)} matmul shapes on {device}", file=sys.stderr)
-    rows = tune(shapes, tuple(args.n), args.repeats, log=lambda m: print(m, file=sys.stderr))
+    rows = tune(shapes, tuple(args.n), args.repeats, log=lambda m: print(m, file=sys.stderr),
+                slice_list=tuple(args.slices), tiles=tuple(args.tiles) if args.tiles else None)
     text = summarize(rows, device, bw)
     print(text)
     if args.out:

@@ -28,7 +28,8 @@
 //   phase 2  one warp per head: chunk max m (exact, order-free); e_j = expf(s_j - m) (0 for absent keys);
 //            chunk sum l = lane sums over jj = lane + 32 i (i ascending), then an xor butterfly (16, 8, 4, 2, 1).
 //   phase 3  each (head, dim) accumulator acc = fma(e_j, v_j[dim], acc) for present keys j ascending within the
-//            chunk (a thread owns dims 2u, 2u + 1; V loads of 8 keys are issued before their fmas).
+//            chunk (a thread owns dims 2u, 2u + 1; V loads of 32 keys (f16; 16 for f32) are issued before their
+//            fmas).
 // Merge: M = max_c m_c; f_c = expf(m_c - M); L = sum_c f_c l_c and A[dim] = sum_c f_c acc_c[dim], both in chunk
 // order c = 0, 1, ... (fma chains; f_c = expf(m_c - M) evaluated once per chunk); out = A / L.
 //
@@ -62,7 +63,7 @@
 #define QNAN (__int_as_float(0x7fffffff))
 
 // Pool element loads, converted to float32. KVVec<T>::N consecutive elements are one 16-byte load (scores);
-// load2 reads 2 consecutive elements (the V accumulation).
+// load_pair reads 2 consecutive elements (the V accumulation) raw, widen converts them.
 template <typename T> struct KVVec;
 template <> struct KVVec<u16> {
     static constexpr int N = 8;
@@ -75,8 +76,12 @@ template <> struct KVVec<u16> {
             o[2 * i + 1] = f16_to_f32((u16)(ws[i] >> 16));
         }
     }
-    static __device__ __forceinline__ void load2(const u16* p, float& a, float& b) {
-        const u32 w = *reinterpret_cast<const u32*>(p);
+    // Phase 3's V pairs: loaded raw (one register per key, so many keys' loads can be in flight), widened at use.
+    using Pair = u32;
+    static constexpr int PU = 32;  // keys whose V loads are in flight together (phase 3)
+    static __device__ __forceinline__ Pair load_pair(const u16* p) { return *reinterpret_cast<const u32*>(p); }
+    static __device__ __forceinline__ Pair zero_pair() { return 0u; }
+    static __device__ __forceinline__ void widen(Pair w, float& a, float& b) {
         a = f16_to_f32((u16)(w & 0xffffu));
         b = f16_to_f32((u16)(w >> 16));
     }
@@ -87,10 +92,11 @@ template <> struct KVVec<float> {
         const float4 w = *reinterpret_cast<const float4*>(p);
         o[0] = w.x; o[1] = w.y; o[2] = w.z; o[3] = w.w;
     }
-    static __device__ __forceinline__ void load2(const float* p, float& a, float& b) {
-        const float2 w = *reinterpret_cast<const float2*>(p);
-        a = w.x; b = w.y;
-    }
+    using Pair = float2;
+    static constexpr int PU = 16;
+    static __device__ __forceinline__ Pair load_pair(const float* p) { return *reinterpret_cast<const float2*>(p); }
+    static __device__ __forceinline__ Pair zero_pair() { return make_float2(0.0f, 0.0f); }
+    static __device__ __forceinline__ void widen(Pair w, float& a, float& b) { a = w.x; b = w.y; }
 };
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -122,7 +128,9 @@ __device__ __forceinline__ void attn_partial_body(const float* __restrict__ q, c
     constexpr int PAIRS = D / 2;                    // phase 3: a thread owns dims (2u, 2u + 1)
     constexpr int HSTEP = ATTN_THREADS / PAIRS;     // head stride between a thread's heads (phase 3)
     constexpr int NB = (HPB + HSTEP - 1) / HSTEP;   // heads per thread at most (phase 3)
-    constexpr int PU = 8;                           // keys whose V loads are in flight together (phase 3)
+    // keys whose V loads are in flight together (phase 3): 32 (f16) rather than 8 makes a 256-key chunk 8 rounds
+    // of memory latency instead of 32, which dominated the kernel at short contexts (27 us a layer at N = 1)
+    constexpr int PU = KVVec<T>::PU;
 
     __shared__ __align__(16) float q_s[HPB][D];
     __shared__ float e_s[HPB][ATTN_CHUNK];  // scores, then exp(score - chunk max)
@@ -168,7 +176,7 @@ __device__ __forceinline__ void attn_partial_body(const float* __restrict__ q, c
             for (int g = 0; g < HPB; ++g) dot[g] = 0.0f;
             if (slot >= 0) {
                 const T* kp = k_pool + (seq_cell0 + slot) * slot_stride + (i64)kvh * D;
-#pragma unroll 4
+#pragma unroll 8  // 8 key loads in flight per thread (4 left the chain waiting on memory twice as often)
                 for (int i0 = 0; i0 < D; i0 += VN) {
                     float kv[VN];
                     KVVec<T>::load(kp + i0, kv);
@@ -223,24 +231,25 @@ __device__ __forceinline__ void attn_partial_body(const float* __restrict__ q, c
         const T* vbase = v_pool + seq_cell0 * slot_stride + (i64)kvh * D + 2 * u;
         const int jb = j0 - base, je = j1 - base;
         for (int jj = jb; jj <= je; jj += PU) {
-            float va[PU], vb[PU];
-            int sl[PU];
+            typename KVVec<T>::Pair vr[PU];
 #pragma unroll
             for (int k = 0; k < PU; ++k) {
-                sl[k] = (jj + k <= je) ? slot_s[jj + k] : -1;
-                va[k] = vb[k] = 0.0f;
-                if (sl[k] >= 0) KVVec<T>::load2(vbase + (i64)sl[k] * slot_stride, va[k], vb[k]);
+                const int sl = (jj + k <= je) ? slot_s[jj + k] : -1;
+                vr[k] = sl >= 0 ? KVVec<T>::load_pair(vbase + (i64)sl * slot_stride) : KVVec<T>::zero_pair();
             }
 #pragma unroll
             for (int k = 0; k < PU; ++k) {
-                if (sl[k] < 0) continue;  // absent key: no term at all (a 0 * garbage product could be NaN)
+                // absent key: no term at all (a 0 * garbage product could be NaN)
+                if (jj + k > je || slot_s[jj + k] < 0) continue;
+                float va, vb;
+                KVVec<T>::widen(vr[k], va, vb);
 #pragma unroll
                 for (int b = 0; b < NB; ++b) {
                     const int g = gsub + HSTEP * b;
                     if (g < HPB) {
                         const float e = e_s[g][jj + k];
-                        acc0[b] = __fmaf_rn(e, va[k], acc0[b]);
-                        acc1[b] = __fmaf_rn(e, vb[k], acc1[b]);
+                        acc0[b] = __fmaf_rn(e, va, acc0[b]);
+                        acc1[b] = __fmaf_rn(e, vb, acc1[b]);
                     }
                 }
             }
