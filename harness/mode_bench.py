@@ -34,6 +34,7 @@ def bench_modes(model, n_list=N_LIST, modes=MODES, *, prompt_len: int = 128, ste
     from engine.gpu_engine import CupyEngine
 
     from .bench_devices import gpu_step_weight_bytes
+    from .roofline import kv_read_bytes
 
     # every mode's sequences live at once (round-robin timing); contexts stay below prompt_len + 64 here
     engine = CupyEngine(model, kv_dtype="float16", max_sequences=len(modes) * max(n_list) + 1,
@@ -77,11 +78,16 @@ def bench_modes(model, n_list=N_LIST, modes=MODES, *, prompt_len: int = 128, ste
                 for route in engine.routes_served[n].values():
                     routes[route] = routes.get(route, 0) + 1
                 routes_of[mode] = routes
+        # positions of the timed steps: after the prompt and `warmup` untimed steps, repeat r captures at
+        # prompt_len + warmup + r (steps + 1) and times the next `steps` positions
+        mean_position = prompt_len + warmup + (steps + 1) * repeats / 2
+        kv_bytes = n * kv_read_bytes(engine.config, int(round(mean_position)), 2)  # F16 KV, the whole batch
         for mode in modes:
             step_ms = statistics.median(times[mode])
             rows.append(dict(n=n, mode=mode, step_ms=step_ms, spread_ms=max(times[mode]) - min(times[mode]),
                              tokens_per_s=1e3 * n / step_ms,
                              mean_context=float(np.mean([s.length for s in seqs[mode]])), weight_bytes=weight_bytes,
+                             mean_position=mean_position, kv_bytes=kv_bytes,
                              routes=" ".join(f"{k}:{v}" for k, v in sorted(routes_of[mode].items()))))
             log(f"  N={n:3d} {mode:16s} {step_ms:8.3f} ms {1e3 * n / step_ms:9.1f} t/s  {rows[-1]['routes']}")
         del seqs  # the sequences' slots go back to the engine (GpuSequence finalizers)
@@ -92,21 +98,33 @@ def bench_modes(model, n_list=N_LIST, modes=MODES, *, prompt_len: int = 128, ste
 def summarize(rows: list[dict], title: str, read_gb_s: float) -> str:
     import pandas as pd
 
+    from .roofline import roofline_tokens_per_s
+
     df = pd.DataFrame(rows)
     t = df.pivot(index="n", columns="mode", values="tokens_per_s")
     wb = int(df.weight_bytes.iloc[0])
+    has_kv = "kv_bytes" in df  # runs recorded before the KV term: the weights-only ceiling
+    kv = df.groupby("n").kv_bytes.first() if has_kv else None
+    pos = df.groupby("n").mean_position.first() if has_kv else None
     lines = [f"# {title}", "", f"streaming read {read_gb_s:.0f} GB/s; weights {wb / 1e9:.3f} GB per step; "
-             f"memory-only N = 1 ceiling {read_gb_s * 1e9 / wb:.0f} t/s (weights only)", "",
-             "| N | " + " | ".join(f"{m} t/s" for m in t.columns) + " | best forced | auto / best | batch-inv / auto |",
-             "|---|" + "---|" * (len(t.columns) + 3)]
+             f"memory-only N = 1 ceiling {read_gb_s * 1e9 / wb:.0f} t/s (weights only)"
+             + (f"; ceiling per N = N x read / (weights + the batch's F16 KV at the mean position, "
+                f"{pos.min():.0f}..{pos.max():.0f})" if has_kv else ""), "",
+             "| N | " + " | ".join(f"{m} t/s" for m in t.columns) + " | best forced | auto / best | batch-inv / auto |"
+             + (" ceiling t/s | auto / ceiling |" if has_kv else ""),
+             "|---|" + "---|" * (len(t.columns) + 3 + 2 * has_kv)]
     crossover = None
     for n, r in t.iterrows():
         forced = {m: r[m] for m in ("ws", "decode_mmq") if m in r}
         best_mode = max(forced, key=forced.get)
         if crossover is None and r.get("decode_mmq", 0) > r.get("ws", float("inf")):
             crossover = n
-        lines.append(f"| {n} | " + " | ".join(f"{r[m]:.1f}" for m in t.columns)
-                     + f" | {best_mode} | {r['auto'] / max(forced.values()):.3f} | {r['batch-invariant'] / r['auto']:.3f} |")
+        row = (f"| {n} | " + " | ".join(f"{r[m]:.1f}" for m in t.columns)
+               + f" | {best_mode} | {r['auto'] / max(forced.values()):.3f} | {r['batch-invariant'] / r['auto']:.3f} |")
+        if has_kv:
+            ceiling = roofline_tokens_per_s(n, read_gb_s, wb, kv[n])
+            row += f" {ceiling:.0f} | {r['auto'] / ceiling:.1%} |"
+        lines.append(row)
     lines += ["", f"decode-MMQ overtakes WS (forced, whole step) first at N = {crossover}", ""]
     routes = df.pivot(index="n", columns="mode", values="routes")
     lines += ["routes served per N and mode (matmuls per route):", "", "| N | " + " | ".join(routes.columns) + " |",
@@ -121,6 +139,8 @@ def main(argv=None) -> int:
     p.add_argument("--n", nargs="+", type=int, default=list(N_LIST))
     p.add_argument("--modes", nargs="+", default=list(MODES))
     p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--prompt-len", type=int, default=128,
+                   help="prompt tokens per sequence (184: contexts around 192, the llama.cpp anchor's mean)")
     p.add_argument("--out")
     args = p.parse_args(argv)
     import cupy as cp
@@ -136,6 +156,7 @@ def main(argv=None) -> int:
         path = fixture_path(name) if name in fixture_names() else Path(name)
         print(f"{name}: {device}", file=sys.stderr)
         rows = bench_modes(load_model(path), tuple(args.n), tuple(args.modes), steps=args.steps,
+                           prompt_len=args.prompt_len,
                            log=lambda m: print(m, file=sys.stderr, flush=True))
         text = summarize(rows, f"{name} (synthetic 12B stand-in) on {device}" if name.startswith("shape12b")
                          else f"{name} on {device}", bw)

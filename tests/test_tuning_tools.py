@@ -97,6 +97,7 @@ def test_mode_bench_times_modes_round_robin(monkeypatch):
     class FakeEngine:
         vocab_size = 100
         route_mode = "auto"
+        config = None  # read only by kv_read_bytes, replaced below
 
         def __init__(self, model, *, kv_dtype, max_sequences, max_context, prefill_chunk, route_mode):
             self.max_sequences, self.max_context, self.live = max_sequences, max_context, 0
@@ -128,12 +129,19 @@ def test_mode_bench_times_modes_round_robin(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
     monkeypatch.setattr("engine.gpu_engine.CupyEngine", FakeEngine, raising=False)
     monkeypatch.setattr("harness.bench_devices.gpu_step_weight_bytes", lambda engine: 1000)
+    kv_positions = []
+    monkeypatch.setattr("harness.roofline.kv_read_bytes", lambda cfg, position, itemsize: kv_positions.append(
+        (position, itemsize)) or 10 * position)
     rows = mode_bench.bench_modes("m", n_list=(1, 3), steps=4, warmup=2, repeats=3, prompt_len=8, log=lambda m: None)
     by = {(r["n"], r["mode"]): r for r in rows}
     assert by[3, "ws"]["step_ms"] == 4.0 and by[3, "auto"]["tokens_per_s"] == 3000.0
     assert by[1, "batch-invariant"]["routes"] == "decode_mmq:1" and by[1, "ws"]["routes"] == "ws:1"
     # same contexts for every mode: prompt 8 + warmup 2 + 3 repeats x (1 capture step + 4 timed) = 25, mean 25
     assert {r["mean_context"] for r in rows} == {25.0}
+    # timed positions 11..14, 16..19, 21..24 (captures at 10, 15, 20): mean 17.5; KV read per step = N rows' F16 KV
+    assert {r["mean_position"] for r in rows} == {17.5}
+    assert set(kv_positions) == {(18, 2)}
+    assert by[3, "auto"]["kv_bytes"] == 3 * 180 and by[1, "ws"]["kv_bytes"] == 180
     # timed runs alternate: after the warmups (ws, ws, mmq, mmq, ...), each repeat visits ws, mmq, auto, batch-inv
     timed = order[8:8 + 4 * 5]
     assert [timed[i * 5] for i in range(4)] == ["ws", "decode_mmq", "auto", "batch-invariant"]

@@ -259,17 +259,8 @@ __device__ __forceinline__ void mmq_last_slice_sums(const float* part, int slice
         const int r = row0 + e % BM, j = tok0 + e / BM;
         if (r < rows && j < n) {
             const size_t i = (size_t)j * rows + r;
-            // 4 slices' loads in flight at a time, then added in slice order (a loop of dependent load + add
-            // waited one L2 latency per slice: 16 of them on the 16-slice shapes)
-            float acc = 0.0f;
-            for (int z0 = 0; z0 < slices; z0 += 4) {
-                float v[4];
-#pragma unroll
-                for (int k = 0; k < 4; ++k) v[k] = z0 + k < slices ? __ldcg(part + (z0 + k) * plane + i) : 0.0f;
-#pragma unroll
-                for (int k = 0; k < 4; ++k)
-                    if (z0 + k < slices) acc = z0 + k == 0 ? v[0] : __fadd_rn(acc, v[k]);
-            }
+            float acc = __ldcg(part + i);
+            for (int z = 1; z < slices; ++z) acc = __fadd_rn(acc, __ldcg(part + z * plane + i));
             y[i] = acc;
         }
     }
