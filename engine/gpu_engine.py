@@ -65,11 +65,10 @@ class CupyEngine:
         self.name = f"cupy-{kv_dtype}{'' if use_graphs else '-eager'}:{self.model_file.path.name}"
         self.vocab_size = cfg.vocab_size
         # engine.routing: which kernel serves each matmul; the default keeps batch invariance (WS/GEMM-N).
-        self.route_mode = route_mode or routing.mode_from_env()
+        self._base_name = self.name
         self.disabled_routes = routing.disabled_from_env()
-        if self.route_mode != "batch-invariant" or self.disabled_routes:  # different numbers: a different name
-            self.name += f"[{self.route_mode}{'-' + '-'.join(sorted(self.disabled_routes)) if self.disabled_routes else ''}]"
-        routing.explain_route("F32", 1, 256, 1, mode=self.route_mode)  # a bad mode fails here, not mid-step
+        self._graphs: dict[int, _StepGraph] = {}
+        self.set_route_mode(route_mode or routing.mode_from_env())
         self.prefill_chunk = prefill_chunk
         self.max_context = min(max_context, cfg.context_length or max_context)
         mf = self.model_file
@@ -105,7 +104,6 @@ class CupyEngine:
         from kernels.mmq import prepare_counters
 
         prepare_counters()  # decode-MMQ's split-K counters exist (zeroed) before any step graph is captured
-        self._graphs: dict[int, _StepGraph] = {}
         # rows R -> {matrix name: route} as dispatched by the last forward pass of R rows (a graph replay reports
         # the routes of its capture): what actually ran, for the route tests and the bench's route table
         self.routes_served: dict[int, dict[str, str]] = {}
@@ -127,6 +125,17 @@ class CupyEngine:
         return GpuSequence(self, slot)
 
     # --- the forward pass ----------------------------------------------------------------------------
+    def set_route_mode(self, mode: str) -> None:
+        """Serve the matmuls in another engine.routing mode from the next step on (the bench compares modes on one
+        copy of the weights). Captured step graphs hold the old mode's kernels, so they are dropped; sequences and
+        their caches are kept."""
+        routing.explain_route("F32", 1, 256, 1, mode=mode)  # a bad mode fails here, not mid-step
+        self.route_mode = mode
+        self.name = self._base_name
+        if mode != "batch-invariant" or self.disabled_routes:  # different numbers: a different name
+            self.name += f"[{mode}{'-' + '-'.join(sorted(self.disabled_routes)) if self.disabled_routes else ''}]"
+        self._graphs.clear()
+
     def route(self, name: str, n: int) -> str:
         m = self.w[name]
         return routing.route_for(m.type_name, m.rows, m.n_cols, n, mode=self.route_mode, disabled=self.disabled_routes)

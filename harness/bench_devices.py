@@ -43,6 +43,9 @@ class CpuDevice:
 
         return GemmaEngine(path, self.backend)
 
+    def set_route_mode(self, engine, route_mode: str) -> None:
+        """The numpy backend has no route modes (bench.NO_ROUTE only)."""
+
     def seconds_per_step(self, step, steps: int) -> float:
         t0 = time.perf_counter()
         for _ in range(steps):
@@ -96,6 +99,9 @@ class CudaDevice:
 
         return CupyEngine(path, kv_dtype=self.cfg.kv_dtype, max_sequences=max(self.cfg.n_list) + 1,
                           max_context=self.cfg.context, use_graphs=self.cfg.use_graphs, route_mode=route_mode)
+
+    def set_route_mode(self, engine, route_mode: str) -> None:
+        engine.set_route_mode(route_mode)
 
     def seconds_per_step(self, step, steps: int) -> float:
         # Each decode is one graph replay plus the logits read-back (the step's only host synchronisation).

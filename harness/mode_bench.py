@@ -49,13 +49,12 @@ def bench_modes(model, n_list=N_LIST, modes=MODES, *, prompt_len: int = 128, ste
         seqs = {}
         for mode in modes:
             seqs[mode] = [engine.new_sequence() for _ in range(n)]
-            engine.route_mode = "decode_mmq"  # prefill rows (128) are beyond WS; the int8 tile reads weights once
+            engine.set_route_mode("decode_mmq")  # prefill rows (128+) are beyond WS; the int8 tile reads weights once
             for seq, prompt in zip(seqs[mode], prompts):
                 engine.prefill(seq, prompt)
 
         def use(mode):  # switch the engine to `mode`; the first step after this captures its graph (untimed)
-            engine.route_mode = mode
-            engine._graphs.clear()
+            engine.set_route_mode(mode)  # drops the captured step graphs
             engine.decode(seqs[mode], tokens)
 
         for mode in modes:
@@ -91,7 +90,7 @@ def bench_modes(model, n_list=N_LIST, modes=MODES, *, prompt_len: int = 128, ste
                              routes=" ".join(f"{k}:{v}" for k, v in sorted(routes_of[mode].items()))))
             log(f"  N={n:3d} {mode:16s} {step_ms:8.3f} ms {1e3 * n / step_ms:9.1f} t/s  {rows[-1]['routes']}")
         del seqs  # the sequences' slots go back to the engine (GpuSequence finalizers)
-    engine._graphs.clear()
+    engine.set_route_mode(modes[0])  # frees the captured graphs
     return rows
 
 

@@ -85,6 +85,37 @@ def test_graph_replay_equals_eager_forward(n):
     assert n in graph._graphs
 
 
+def test_set_route_mode_drops_graphs_and_matches_a_fresh_engine():
+    """An engine switched to another route mode (the bench compares modes on one copy of the weights) captures new
+    step graphs and gives the bits of an engine built in that mode; a bad mode is refused and changes nothing."""
+    from engine.factory import make_engine
+    from harness.fixtures import fixture_path
+
+    path = fixture_path("g4-12b-mini", "q4_k_m")  # 2048-row matrices: decode-MMQ in auto mode, WS when forced
+    switched, fresh = make_engine("cupy", path, route_mode="decode_mmq"), make_engine("cupy", path, route_mode="ws")
+    prompts, forced = sequences(switched.vocab_size)
+    n = 3
+    first = [switched.new_sequence() for _ in range(n)]
+    for i in range(n):
+        switched.prefill(first[i], prompts[i])
+    switched.decode(first, [forced[i][0] for i in range(n)])
+    assert "decode_mmq" in set(switched.routes_served[n].values()) and n in switched._graphs
+    with pytest.raises(ValueError):
+        switched.set_route_mode("fastest")
+    assert switched.route_mode == "decode_mmq" and n in switched._graphs
+    switched.set_route_mode("ws")
+    assert switched.route_mode == "ws" and not switched._graphs
+    seqs = {e: [e.new_sequence() for _ in range(n)] for e in (switched, fresh)}
+    for e in (switched, fresh):
+        for i in range(n):
+            e.prefill(seqs[e][i], prompts[i])
+    for step in range(3):
+        tokens = [forced[i][step] for i in range(n)]
+        assert np.array_equal(switched.decode(seqs[switched], tokens), fresh.decode(seqs[fresh], tokens)), step
+    assert "decode_mmq" not in set(switched.routes_served[n].values())
+    assert switched.routes_served[n] == fresh.routes_served[n] and switched.name == fresh.name
+
+
 def test_long_context_rings_wrap_with_mixed_lengths():
     """Prompts far longer than every sliding ring (window 16 + chunk 7) and past one split-KV chunk (256
     positions) on the global layer, mixed lengths in one batch: still bitwise equal to single-user."""

@@ -106,6 +106,10 @@ def test_mode_bench_times_modes_round_robin(monkeypatch):
         def new_sequence(self):
             return Seq(self)
 
+        def set_route_mode(self, mode):
+            self.route_mode = mode
+            self._graphs.clear()
+
         def prefill(self, s, prompt):
             s.length += len(prompt)
 
