@@ -110,9 +110,14 @@ def _measure(device, engine, cfg: BenchConfig, label: str, mode: str, n: int, bw
     rng = np.random.default_rng(cfg.seed)
     vocab = engine.vocab_size
     seqs = [engine.new_sequence() for _ in range(n)]
+    # prompts go through the device's prefill mode (GPU: auto, the int8 tile for these >= 17-row chunks): forced WS
+    # would send every prefill chunk of every sequence through GEMM-N, minutes on a 12B-shaped model; the timed
+    # decode steps below run in `mode`
+    device.set_route_mode(engine, device.prefill_mode or mode)
     for i, s in enumerate(seqs):
         length = cfg.prompt_lens[i % len(cfg.prompt_lens)]
         engine.prefill(s, [2] + [int(t) for t in rng.integers(4, vocab, size=length - 1)])
+    device.set_route_mode(engine, mode)
     tokens = [int(t) for t in rng.integers(4, vocab, size=n)]
     for _ in range(cfg.warmup):
         engine.decode(seqs, tokens)

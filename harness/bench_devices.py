@@ -43,6 +43,8 @@ class CpuDevice:
 
         return GemmaEngine(path, self.backend)
 
+    prefill_mode = None  # no route modes on the numpy backend
+
     def set_route_mode(self, engine, route_mode: str) -> None:
         """The numpy backend has no route modes (bench.NO_ROUTE only)."""
 
@@ -99,6 +101,8 @@ class CudaDevice:
 
         return CupyEngine(path, kv_dtype=self.cfg.kv_dtype, max_sequences=max(self.cfg.n_list) + 1,
                           max_context=self.cfg.context, use_graphs=self.cfg.use_graphs, route_mode=route_mode)
+
+    prefill_mode = "auto"  # the bench's prompts, whatever mode is timed (engine.routing: decode-MMQ for big chunks)
 
     def set_route_mode(self, engine, route_mode: str) -> None:
         engine.set_route_mode(route_mode)
