@@ -80,6 +80,9 @@ class CpuDevice:
         return spans.seconds()
 
 
+MAX_PREFILL_CHUNK = 512  # prompt rows per prefill forward on the GPU (activations [rows, ffn] stay small)
+
+
 class CudaDevice:
     backend = "cupy"
     profile_timing = "cuda-events-eager"
@@ -99,8 +102,12 @@ class CudaDevice:
     def make_engine(self, path, route_mode: str):
         from engine.gpu_engine import CupyEngine
 
+        # each prompt in one prefill forward (the engine's default chunk of 8 rows made a 178-token prompt 23 eager
+        # forwards, ~1 s a sequence on a 12B-shaped model: the bench of both stand-ins ran past 8 minutes in prefill)
+        chunk = min(max(self.cfg.prompt_lens), MAX_PREFILL_CHUNK)
         return CupyEngine(path, kv_dtype=self.cfg.kv_dtype, max_sequences=max(self.cfg.n_list) + 1,
-                          max_context=self.cfg.context, use_graphs=self.cfg.use_graphs, route_mode=route_mode)
+                          max_context=self.cfg.context, use_graphs=self.cfg.use_graphs, route_mode=route_mode,
+                          prefill_chunk=chunk)
 
     prefill_mode = "auto"  # the bench's prompts, whatever mode is timed (engine.routing: decode-MMQ for big chunks)
 
