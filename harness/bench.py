@@ -145,8 +145,9 @@ def _measure(device, engine, cfg: BenchConfig, label: str, mode: str, n: int, bw
         result.op_profile += profile_records(seconds, cfg.profile_passes, ctx, device.role_weight_bytes(engine))
 
 
-def run_bench(cfg: BenchConfig, backend: str, *, progress: bool = True) -> BenchResult:
-    """Every model x route mode x N of ``cfg`` on ``backend`` ("numpy64" or "cupy")."""
+def run_bench(cfg: BenchConfig, backend: str, *, progress: bool = True, log=None) -> BenchResult:
+    """Every model x route mode x N of ``cfg`` on ``backend`` ("numpy64" or "cupy"). ``log``: called with one line
+    per measured (model, mode, N) as it completes, so a run cut off by a time limit still shows what it measured."""
     from tqdm import tqdm
 
     from .bench_devices import make_device
@@ -175,6 +176,10 @@ def run_bench(cfg: BenchConfig, backend: str, *, progress: bool = True) -> Bench
                 for n in cfg.n_list:
                     bar.set_postfix_str(f"{label} {mode} N={n}")
                     _measure(device, engine, cfg, label, mode, n, bw, result)
+                    if log is not None:
+                        r = result.rows[-1]
+                        log(f"bench {label} {mode} N={n}: {r.step_ms:.3f} ms/step, {r.tokens_per_s:.1f} t/s, "
+                            f"{r.roofline_pct:.1f} % of the {r.roofline_tokens_per_s:.0f} t/s ceiling [{r.routes}]")
                     bar.update()
             del engine
     return result

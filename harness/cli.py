@@ -321,7 +321,8 @@ def _cmd_bench(args) -> int:
     try:
         cfg = replace(PLANS[backend].bench, **{k: tuple(v) if isinstance(v, list) else v
                                                 for k, v in overrides.items() if v is not None})
-        result = run_bench(cfg, backend, progress=_show_progress(args))
+        result = run_bench(cfg, backend, progress=_show_progress(args),
+                           log=lambda line: print(line, file=sys.stderr, flush=True))
     except GemmaOracleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

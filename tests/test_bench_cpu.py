@@ -49,7 +49,17 @@ def test_roofline_formula():
 def bench():
     cfg = BenchConfig(models=("g4-e2b-mini",), n_list=(1, 3), route_modes=(NO_ROUTE,), context=64, prompt_lens=(5, 9),
                       warmup=1, steps=2, repeats=2, profile_passes=1)
-    return run_bench(cfg, "numpy64", progress=False)
+    lines = []
+    result = run_bench(cfg, "numpy64", progress=False, log=lines.append)
+    result.log_lines = lines
+    return result
+
+
+def test_bench_logs_each_row_as_it_completes(bench):
+    assert len(bench.log_lines) == len(bench.rows) == 2
+    for line, r in zip(bench.log_lines, bench.rows):
+        assert line.startswith(f"bench g4-e2b-mini-q4_k_m {NO_ROUTE} N={r.n}: ")
+        assert f"{r.tokens_per_s:.1f} t/s" in line and f"{r.roofline_pct:.1f} %" in line
 
 
 def test_bench_rows(bench):
