@@ -149,3 +149,18 @@ def test_mode_bench_times_modes_round_robin(monkeypatch):
     # timed runs alternate: after the warmups (ws, ws, mmq, mmq, ...), each repeat visits ws, mmq, auto, batch-inv
     timed = order[8:8 + 4 * 5]
     assert [timed[i * 5] for i in range(4)] == ["ws", "decode_mmq", "auto", "batch-invariant"]
+
+
+def test_ple_table_verdicts():
+    """harness/ple_measure.py: "faster uncaptured" compares both sides uncaptured; "engine keeps" compares the
+    router inside the step graph with cuBLAS, which CuPy cannot capture (numbers of the 2026-11-25 H100 run, N = 1,
+    and a made-up row where cuBLAS wins both)."""
+    from harness.ple_measure import format_table
+
+    rows = [dict(n=1, step_ms=0.466, ple_router_ms=0.047, ple_router_eager_ms=1.012, ple_cublas_ms=0.613,
+                 ple_share=0.047 / 0.466, routes="ws"),
+            dict(n=2, step_ms=1.0, ple_router_ms=0.9, ple_router_eager_ms=1.5, ple_cublas_ms=0.5, ple_share=0.9,
+                 routes="gemm_n")]
+    lines = format_table(rows, "t").splitlines()
+    assert lines[4] == "| 1 | 0.466 | 0.047 (ws) | 10.1 % | 1.012 | 0.613 | cuBLAS | router |"
+    assert lines[5] == "| 2 | 1.000 | 0.900 (gemm_n) | 90.0 % | 1.500 | 0.500 | cuBLAS | cuBLAS |"
