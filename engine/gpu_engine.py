@@ -124,11 +124,12 @@ class CupyEngine:
             pool.pos[slot] = -1
         return GpuSequence(self, slot)
 
-    # --- the forward pass ----------------------------------------------------------------------------
     def set_route_mode(self, mode: str) -> None:
         """Serve the matmuls in another engine.routing mode from the next step on (the bench compares modes on one
         copy of the weights). Captured step graphs hold the old mode's kernels, so they are dropped; sequences and
-        their caches are kept."""
+        their caches are kept. Setting the mode already in use changes nothing (its graphs stay)."""
+        if mode == getattr(self, "route_mode", None):
+            return
         routing.explain_route("F32", 1, 256, 1, mode=mode)  # a bad mode fails here, not mid-step
         self.route_mode = mode
         self.name = self._base_name
@@ -136,6 +137,7 @@ class CupyEngine:
             self.name += f"[{mode}{'-' + '-'.join(sorted(self.disabled_routes)) if self.disabled_routes else ''}]"
         self._graphs.clear()
 
+    # --- the forward pass ----------------------------------------------------------------------------
     def route(self, name: str, n: int) -> str:
         m = self.w[name]
         return routing.route_for(m.type_name, m.rows, m.n_cols, n, mode=self.route_mode, disabled=self.disabled_routes)

@@ -54,7 +54,7 @@ def bench_modes(model, n_list=N_LIST, modes=MODES, *, prompt_len: int = 128, ste
                 engine.prefill(seq, prompt)
 
         def use(mode):  # switch the engine to `mode`; the first step after this captures its graph (untimed)
-            engine.set_route_mode(mode)  # drops the captured step graphs
+            engine.set_route_mode(mode)  # another mode than the last: its step graphs are dropped
             engine.decode(seqs[mode], tokens)
 
         for mode in modes:
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     p.add_argument("--modes", nargs="+", default=list(MODES))
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--prompt-len", type=int, default=128,
-                   help="prompt tokens per sequence (184: contexts around 192, the llama.cpp anchor's mean)")
+                   help="prompt tokens per sequence (178: timed at mean context ~192, the llama.cpp anchor's)")
     p.add_argument("--out")
     args = p.parse_args(argv)
     import cupy as cp
