@@ -38,25 +38,53 @@ XQ_ALIGN = 4  # 32-bit loads of Q8_1 blocks
 
 @dataclass(frozen=True)
 class Tile:
-    """One compiled tile variant of mmq.cu: bm weight rows x bn tokens per thread block, bm / 16 warps, kb 32-value
-    blocks per shared-memory stage."""
+    """One compiled tile variant of mmq.cu: bm weight rows x bn tokens per thread block.
+
+    kind "mma": the int8 tensor-core tile, bm / 16 warps, kb 32-value blocks per shared-memory stage.
+    kind "dp4a": the small-N kernel (mmq.cu, "Small-N decode-MMQ on dp4a"), 4 warps of 16 rows (8 at bn 4); its chunk of
+    blocks (8 or 32) is picked per launch from the shape (dp4a_chunk), so kb is 0 here."""
     bm: int
     bn: int
     kb: int = 4
+    kind: str = "mma"
+    ur: int = 2  # dp4a: rows of a lane whose weight loads are issued together
 
     @property
     def name(self) -> str:
+        if self.kind == "dp4a":
+            return f"dp4a_bn{self.bn}" + (f"_u{self.ur}" if self.ur != 2 else "")
         return f"bm{self.bm}_bn{self.bn}" + (f"_kb{self.kb}" if self.kb != 4 else "")
 
     @property
     def threads(self) -> int:
-        return 2 * self.bm  # 32 * (bm / 16)
+        return DP4A_THREADS if self.kind == "dp4a" else 2 * self.bm  # mma: 32 * (bm / 16)
 
 
-# MMQ_TILES in mmq.cu: bm 32 / 64 x bn 8 / 16 / 32 with 4-block stages, and the deeper-staged kb16 / kb8 tiles.
+DP4A_THREADS = 128  # MMQ_DP4A_WARPS * 32 in mmq.cu
+DP4A_CHUNKS = (8, 32)  # the CW of mmq.cu's dp4a entries
+
+
+def dp4a_rows_per_warp(bn: int) -> int:
+    """MMQ_DP4A_ROWS in mmq.cu: 16 rows a warp, 8 for bn 4 (at most 32 accumulators, one per lane)."""
+    return 8 if bn >= 4 else 16
+
+
+def dp4a_tile(bn: int, ur: int = 2) -> Tile:
+    return Tile(DP4A_THREADS // 32 * dp4a_rows_per_warp(bn), bn, 0, "dp4a", ur)
+
+
+def dp4a_chunk(units: int, slices: int) -> int:
+    """Blocks per chunk of a dp4a launch: 8 when a K slice has at most 16 blocks (a 32-block chunk would leave more
+    than half the lanes idle), else 32 (a row's activations are loaded once per 32 rows, not per 8)."""
+    return DP4A_CHUNKS[0] if -(-units // slices) <= 16 else DP4A_CHUNKS[1]
+
+
+# MMQ_TILES in mmq.cu: bm 32 / 64 x bn 8 / 16 / 32 with 4-block stages, and the deeper-staged kb16 / kb8 tiles;
+# MMQ_DP4A_TILES: the dp4a kernel for 1, 2 and 4 tokens a block.
 TILES = {t.name: t for t in (Tile(32, 16), Tile(32, 32), Tile(64, 16), Tile(64, 32), Tile(32, 16, 16), Tile(64, 16, 8),
-                              Tile(64, 8), Tile(32, 8, 16))}
-MAX_N = 65535 * 8  # grid.y limit for the smallest bn
+                              Tile(64, 8), Tile(32, 8, 16), dp4a_tile(1), dp4a_tile(2), dp4a_tile(4),
+                              dp4a_tile(1, 4), dp4a_tile(2, 4))}
+MAX_N = 65535 * 8  # grid.y limit for the bn 8 tile (a smaller-bn tile forced on more tokens is refused in plan_mmq)
 
 # Which tile a launch uses, as data (first match wins): (types or None for any, min N, min rows, min cols, tile).
 # Every tile gives the same bits (the reduction order is per output and per K slice, and the slices depend on the
@@ -75,7 +103,10 @@ TILE_RULES: tuple[tuple[frozenset[str] | None, int, int, int, str], ...] = (
     (None, 17, 2048, 0, "bm64_bn16"),
     (None, 17, 0, 0, "bm64_bn8"),
     (None, 9, 3840, 0, "bm64_bn16"),
-    (None, 1, 0, 0, "bm64_bn8"),
+    (None, 5, 0, 0, "bm64_bn8"),
+    (None, 3, 0, 0, "dp4a_bn4"),
+    (None, 2, 0, 0, "dp4a_bn2"),
+    (None, 1, 0, 0, "dp4a_bn1"),
 )
 
 
@@ -185,8 +216,10 @@ def plan_mmq(w_raw, type_name: str, n_cols: int, x, *, out=None, tile: str | Non
     if k_slices > 1 and grid[0] * grid[1] > COUNTER_SLOTS:
         raise ValueError(f"x: N={n} tokens x {rows} rows make {grid[0] * grid[1]} tiles, more than the "
                          f"{COUNTER_SLOTS} split-K counters")
-    return MmqLaunch(f"mmq_{type_name.lower()}_{chosen.name}", chosen, grid, block, rows, rb, units, n, quantize,
-                     k_slices)
+    entry = f"mmq_{type_name.lower()}_{chosen.name}"
+    if chosen.kind == "dp4a":
+        entry += f"_cw{dp4a_chunk(units, k_slices)}"
+    return MmqLaunch(entry, chosen, grid, block, rows, rb, units, n, quantize, k_slices)
 
 
 def mmq_matvec(w_raw, type_name: str, n_cols: int, x, *, out=None, tile: str | None = None,

@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 
 from kernels._compile import source_path
-from kernels.mmq import MMQ_TYPES, TILES, choose_tile, mmq_matvec, plan_mmq, split_k_slices
+from kernels.mmq import (DP4A_CHUNKS, DP4A_THREADS, MMQ_TYPES, TILES, choose_tile, dp4a_chunk, mmq_matvec,
+                         plan_mmq, split_k_slices)
 from kernels.reference.dequant import _k_nibbles, _k_sub_scales, _low_high_nibbles
 from kernels.reference.q8_1 import BLOCK_BYTES as Q8_1_BYTES
 from kernels.reference.q8_1 import dequantize_q8_1, quantize_q8_1 as quantize_q8_1_host
@@ -67,10 +68,18 @@ K_QUANTS = ("Q4_K", "Q5_K", "Q6_K")
 MMQ_NS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64)
 # Every case runs on the tile choose_tile picks and on the other bm of the same bn ("both tile variants");
 # the tile sweep below runs all four tiles on a tall and a ragged shape.
+# A dp4a tile is paired with the smallest mma tile, and every N to 8 also runs on the dp4a tile of its token count
+# (or bn 4 with two token tiles), so the dp4a kernel meets every type, shape and tail wherever it could be routed.
 def _tiles_for(t: str, rows: int, cols: int, n: int) -> list[str]:
     chosen = choose_tile(t, rows, cols, n)
-    other = next(tile for tile in TILES.values() if tile.bm != chosen.bm and tile.bn == chosen.bn)
-    return sorted({chosen.name, other.name})
+    if chosen.kind == "dp4a":
+        return sorted({chosen.name, "bm64_bn8"})
+    other = next(tile for tile in TILES.values()
+                 if tile.kind == "mma" and tile.bm != chosen.bm and tile.bn == chosen.bn)
+    names = {chosen.name, other.name}
+    if n <= 8:
+        names.add(f"dp4a_bn{min(4, 1 << (n - 1).bit_length())}")
+    return sorted(names)
 
 
 CASES = [(t, rows, cols, n, tile) for t in MMQ_TYPES for rows, cols in (MMQ_SHAPES_K if t in K_QUANTS else MMQ_SHAPES)
@@ -173,19 +182,32 @@ def test_launcher_matches_tile_list():
     """kernels/mmq.py's TILES and MMQ_TYPES are exactly the entries mmq.cu compiles."""
     src = source_path("mmq").read_text()
     tiles = re.findall(r"MMQ_ENTRY\(name, Q, (\d+), (\d+), (\d+), (\d+), (\w*)\)", src)
-    assert sorted(f"bm{bm}_bn{bn}{suffix}" for _, bm, bn, _, suffix in tiles) == sorted(TILES)
+    dp4a = re.findall(r"MMQ_DP4A_ENTRY\(name, Q, (\d+), (\d+), (\w*), (\d+)\)", src)
+    assert sorted([f"bm{bm}_bn{bn}{suffix}" for _, bm, bn, _, suffix in tiles]
+                  + sorted({f"dp4a_bn{bn}{suffix}" for bn, _, suffix, _ in dp4a})) == sorted(TILES)
     for warps, bm, bn, kb, suffix in tiles:
         tile = TILES[f"bm{bm}_bn{bn}{suffix}"]
         assert int(bm) == 16 * int(warps) and tile.threads == 32 * int(warps) and tile.kb == int(kb)
         assert suffix == ("" if int(kb) == 4 else f"_kb{kb}")
-    assert sorted(re.findall(r"^MMQ_TILES\((\w+),", src, flags=re.M)) == sorted(t.lower() for t in MMQ_TYPES)
+    # every dp4a tile is compiled for every chunk width the launcher can pick, with 4 warps of 32 / bn rows
+    variants = dict.fromkeys((bn, ur, suffix) for bn, ur, suffix, _ in dp4a)
+    assert sorted(dp4a) == sorted((*v, str(cw)) for v in variants for cw in DP4A_CHUNKS)
+    warps = int(re.search(r"#define MMQ_DP4A_WARPS (\d+)", src).group(1))
+    bn4_rows, rows = (int(v) for v in re.search(r"#define MMQ_DP4A_ROWS\(BN\) \(\(BN\) >= 4 \? (\d+) : (\d+)\)", src).groups())
+    assert warps * 32 == DP4A_THREADS
+    for bn, ur, suffix in variants:
+        tile = TILES[f"dp4a_bn{bn}{suffix}"]
+        assert tile.bm == warps * (bn4_rows if int(bn) >= 4 else rows) and tile.threads == DP4A_THREADS
+        assert tile.bm // warps * int(bn) <= 32 and tile.ur == int(ur)  # one accumulator per lane
+    for pattern in (r"^MMQ_TILES\((\w+),", r"^MMQ_DP4A_TILES\((\w+),"):
+        assert sorted(re.findall(pattern, src, flags=re.M)) == sorted(t.lower() for t in MMQ_TYPES)
 
 
 @pytest.mark.parametrize("type_name, rows, cols, n, expected", [
-    ("Q4_K", 15360, 3840, 1, "bm64_bn8"), ("Q4_K", 15360, 3840, 8, "bm64_bn8"), ("Q4_K", 15360, 3840, 9, "bm64_bn16"),
+    ("Q4_K", 15360, 3840, 1, "dp4a_bn1"), ("Q4_K", 15360, 3840, 8, "bm64_bn8"), ("Q4_K", 15360, 3840, 9, "bm64_bn16"),
     ("Q4_K", 15360, 3840, 17, "bm64_bn32"), ("Q4_0", 3840, 15360, 32, "bm64_bn32"), ("Q4_K", 3840, 4096, 17, "bm64_bn16"),
     ("Q4_K", 2048, 3840, 16, "bm64_bn8"), ("Q4_K", 2048, 3840, 32, "bm64_bn16"), ("Q4_K", 512, 3840, 32, "bm64_bn8"),
-    ("Q6_K", 262144, 3840, 1, "bm64_bn8"), ("Q6_K", 262144, 3840, 16, "bm64_bn16"),
+    ("Q6_K", 262144, 3840, 1, "dp4a_bn1"), ("Q6_K", 262144, 3840, 16, "bm64_bn16"),
     ("Q6_K", 262144, 3840, 17, "bm64_bn32"),  # the lm-head
 ])
 def test_choose_tile_rules(type_name, rows, cols, n, expected):
@@ -246,6 +268,20 @@ def test_plan_geometry():
         "mmq_q4_0_bm64_bn8", (3, 3, 16), (128, 1, 1), 81, True, 16)
     plan = plan_mmq(raw, "Q4_0", 2592, quantize_q8_1_host(x), tile="bm64_bn16", slices=3)
     assert (plan.entry, plan.grid, plan.block, plan.quantize) == ("mmq_q4_0_bm64_bn16", (3, 2, 3), (128, 1, 1), False)
+    # dp4a: 4 warps of 16 rows (bn 4: 8 rows, 32 a block), the chunk width from the slice length (81 / 16 -> 6
+    # blocks: 8; 81 / 2 -> 41: 32)
+    plan = plan_mmq(raw, "Q4_0", 2592, x, tile="dp4a_bn4")
+    assert (plan.entry, plan.grid, plan.block, plan.slices) == ("mmq_q4_0_dp4a_bn4_cw8", (5, 5, 16), (128, 1, 1), 16)
+    plan = plan_mmq(raw, "Q4_0", 2592, x, tile="dp4a_bn1", slices=2)
+    assert (plan.entry, plan.grid, plan.block) == ("mmq_q4_0_dp4a_bn1_cw32", (3, 17, 2), (128, 1, 1))
+
+
+@pytest.mark.parametrize("units, slices, chunk", [
+    (120, 4, 32), (120, 16, 8), (480, 16, 32), (120, 1, 32), (16, 1, 8), (17, 1, 32), (33, 2, 32), (32, 2, 8),
+])
+def test_dp4a_chunk(units, slices, chunk):
+    """8-block chunks when a slice has at most 16 blocks (the 12B's 16-slice 3840-column matrices: 7..8), else 32."""
+    assert dp4a_chunk(units, slices) == chunk
 
 
 @pytest.mark.parametrize("rows, cols, expected", [

@@ -404,6 +404,143 @@ __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_byt
     if (slices > 1) mmq_last_slice_sums<BM, BN, THREADS>(part, slices, rows, n, row0, tok0, y, counters);
 }
 
+// ---- Small-N decode-MMQ on dp4a: the same outputs as the mma tiles, bit for bit -------------------------------
+// At N <= 4 the mma tiles spend ~7 warp-instructions per 32-value block and row (ncu, Q4_K 15360x3840, N = 1): the
+// shared-memory staging, the fragment loads and a float scale-and-add for 8 token columns of which N are real. This
+// kernel does the same per-output arithmetic with the integer dots on dp4a and no staging:
+//   * term phase: a lane takes one 32-value block u of one row (lane = (rsub, uc): CW consecutive blocks of
+//     32 / CW rows at a time, so a warp's weight loads are contiguous runs of each row) and computes, for each of
+//     the BN tokens, the block's float term exactly as the mma tiles do (isum by dp4a is the same exact int32;
+//     then the same _rn products and subtraction), into shared memory;
+//   * sum phase: lane L < RW * BN owns output (row L / BN, token L % BN) of the warp's RW rows and adds its terms in
+//     block order (Q6_K: lo half then hi half) with __fadd_rn, chunk after chunk: the chain
+//     acc = ((0 + t_lo) + t_lo+1) + ... over the slice, as in the header.
+// The activations of a chunk (8 code words, d_x and, for HAS_MIN types, the exact code sum xs) are loaded into
+// registers once per chunk and reused for every row of the warp. K slices, partial sums and the last-slice sums are
+// those of the mma tiles (same bounds from the shape, same mmq_last_slice_sums), so a dp4a launch and an mma
+// launch give the same bits at every N: the router may mix them per N without breaking batch invariance.
+// UR: rows of a lane whose weight loads are issued together (2, or 4 in the _u4 entries: more bytes in flight per
+// warp, more registers; a wider unroll let ptxas hoist every row's loads: 128..168 registers and Q6_K spills).
+// BN: tokens per thread block (1, 2, 4); CW: blocks per chunk (8 or 32: kernels/mmq.py picks the one that wastes
+// fewer lanes on the shape's slice length). 4 warps of RW = MMQ_DP4A_ROWS(BN) rows each: BM = 4 * RW rows per thread
+// block.
+#define MMQ_DP4A_WARPS 4
+// Rows per warp: 16 (8 for BN 4). Fewer rows than the 32 / BN accumulators a warp could hold, so that a launch has
+// more warps to spread its loads over (measured, Q4_K 15360 x 3840 at N = 1: 32 rows a warp 24.3 us, 16 rows 19.4).
+#define MMQ_DP4A_ROWS(BN) ((BN) >= 4 ? 8 : 16)
+// Resident blocks per SM ptxas must allow: 8 (64 registers a thread, 32 warps an SM to keep loads in flight); 5 for
+// BN 4 and for UR 4, whose K-quant entries spill at 64 registers (Q5_K BN 4 still at 80).
+#define MMQ_DP4A_MIN_BLOCKS(BN, UR) ((BN) >= 4 || (UR) >= 4 ? 5 : 8)
+
+__device__ __forceinline__ int mmq_dp4a(u32 a, u32 b, int c) {
+    int r;
+    asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+
+template <class Q, int BN, int CW, int UR>
+__device__ __forceinline__ void mmq_dp4a_kernel(const u8* __restrict__ w, i64 row_bytes, int rows, int units,
+                                                const u8* __restrict__ xq, int n, float* __restrict__ y, int slices,
+                                                float* __restrict__ part, int* __restrict__ counters) {
+    constexpr int H = Q::HALVES;
+    constexpr int RW = MMQ_DP4A_ROWS(BN);        // rows per warp: RW * BN accumulators, one per lane
+    constexpr int RPI = 32 / CW;                 // rows per term iteration
+    constexpr int ITERS = RW / RPI;              // term iterations per chunk (= RW * CW / 32 >= 2)
+    constexpr int S = CW * H + 1;                // floats per accumulator's term row (odd: conflict-free sums)
+    constexpr int BM = MMQ_DP4A_WARPS * RW, THREADS = 32 * MMQ_DP4A_WARPS;
+    static_assert(ITERS % UR == 0, "term iterations must be a multiple of the load group");
+    __shared__ float s_term[MMQ_DP4A_WARPS][RW * BN * S];
+
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int uc = lane % CW, rsub = lane / CW;
+    const int row0 = blockIdx.x * BM, wrow0 = row0 + warp * RW, tok0 = blockIdx.y * BN;
+    const size_t xrow_bytes = (size_t)units * Q8_1_BYTES;
+    const int u_lo = (int)((long long)blockIdx.z * units / slices);
+    const int u_hi = (int)((long long)(blockIdx.z + 1) * units / slices);
+    float* terms = s_term[warp];
+
+    float acc = 0.0f;
+    for (int c0 = u_lo; c0 < u_hi; c0 += CW) {
+        const int u = c0 + uc;
+        const bool live = u < u_hi;
+        // ---- this lane's activation block u of the BN tokens (zero past n and past the slice) ----
+        u32 xw[BN][8];
+        float dx[BN];
+        float xs[BN];
+#pragma unroll
+        for (int j = 0; j < BN; ++j) {
+            dx[j] = 0.0f;
+            xs[j] = 0.0f;
+#pragma unroll
+            for (int k = 0; k < 8; ++k) xw[j][k] = 0u;
+            if (live && tok0 + j < n) {
+                const u32* p = (const u32*)(xq + (size_t)(tok0 + j) * xrow_bytes + (size_t)u * Q8_1_BYTES);
+                dx[j] = f16_to_f32((u16)(__ldg(p) & 0xFFFFu));
+#pragma unroll
+                for (int k = 0; k < 8; ++k) xw[j][k] = __ldg(p + 1 + k);
+                if (Q::HAS_MIN) {
+                    int s = 0;  // exact: |s| <= 32 * 127
+#pragma unroll
+                    for (int k = 0; k < 8; ++k) s = mmq_byte_sum(xw[j][k], s);
+                    xs[j] = (float)s;
+                }
+            }
+        }
+        // ---- term phase: rows rsub, rsub + RPI, ... of the warp, block u; UR rows' loads in flight at a time ----
+#pragma unroll 1
+        for (int it0 = 0; it0 < ITERS; it0 += UR) {
+            u32 q[UR][8];
+            float d[UR][2], m[UR];
+#pragma unroll
+            for (int i = 0; i < UR; ++i) {
+                const int r = wrow0 + (it0 + i) * RPI + rsub;
+                d[i][0] = d[i][1] = m[i] = 0.0f;
+#pragma unroll
+                for (int k = 0; k < 8; ++k) q[i][k] = 0u;
+                if (live && r < rows) Q::stage(w + (size_t)r * row_bytes, u, q[i], d[i], m[i]);
+            }
+#pragma unroll
+            for (int i = 0; i < UR; ++i) {
+                float* dst = terms + ((it0 + i) * RPI + rsub) * BN * S + uc * H;
+#pragma unroll
+                for (int j = 0; j < BN; ++j) {
+                    if (BN > 1 && tok0 + j >= n) break;  // block-uniform
+                    if (H == 2) {
+                        int lo = 0, hi = 0;
+#pragma unroll
+                        for (int k = 0; k < 4; ++k) {
+                            lo = mmq_dp4a(q[i][k], xw[j][k], lo);
+                            hi = mmq_dp4a(q[i][k + 4], xw[j][k + 4], hi);
+                        }
+                        dst[j * S] = __fmul_rn((float)lo, __fmul_rn(d[i][0], dx[j]));
+                        dst[j * S + 1] = __fmul_rn((float)hi, __fmul_rn(d[i][1], dx[j]));
+                    } else {
+                        int isum = 0;
+#pragma unroll
+                        for (int k = 0; k < 8; ++k) isum = mmq_dp4a(q[i][k], xw[j][k], isum);
+                        const float p = __fmul_rn((float)isum, __fmul_rn(d[i][0], dx[j]));
+                        dst[j * S] = Q::HAS_MIN ? __fsub_rn(p, __fmul_rn(xs[j], __fmul_rn(m[i], dx[j]))) : p;
+                    }
+                }
+            }
+        }
+        __syncwarp();
+        // ---- sum phase: this lane's (row, token) adds its terms in block order ----
+        if (lane < RW * BN) {
+            const int cnt = min(CW, u_hi - c0) * H;
+            const float* mine = terms + lane * S;
+            for (int k = 0; k < cnt; ++k) acc = __fadd_rn(acc, mine[k]);
+        }
+        __syncwarp();
+    }
+
+    // ---- store (split K: this slice's partial sums, added below as for the mma tiles) ----
+    float* __restrict__ dst = slices == 1 ? y : part + (size_t)blockIdx.z * n * rows;
+    const int r = wrow0 + lane / BN, j = tok0 + lane % BN;
+    if (lane < RW * BN && r < rows && j < n) dst[(size_t)j * rows + r] = acc;
+    if (slices > 1) mmq_last_slice_sums<BM, BN, THREADS>(part, slices, rows, n, row0, tok0, y, counters);
+}
+
 #define MMQ_PARAMS const u8 *w, i64 row_bytes, int rows, int units, const u8 *xq, int n, float *y, int slices, \
                    float *part, int *counters
 #define MMQ_ENTRY(name, Q, WM, BM, BN, KB, SUFFIX)                                                             \
@@ -415,8 +552,26 @@ __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_byt
     MMQ_ENTRY(name, Q, 4, 64, 32, 4, ) MMQ_ENTRY(name, Q, 2, 32, 16, 16, _kb16) MMQ_ENTRY(name, Q, 4, 64, 16, 8, _kb8) \
     MMQ_ENTRY(name, Q, 4, 64, 8, 4, ) MMQ_ENTRY(name, Q, 2, 32, 8, 16, _kb16)
 
+// dp4a entries mmq_<t>_dp4a_bn<BN>[_u4]_cw<CW>: kernels/mmq.py's dp4a tiles and DP4A_CHUNKS mirror BN, UR and CW.
+#define MMQ_DP4A_ENTRY(name, Q, BN, UR, SUFFIX, CW)                                                            \
+    extern "C" __global__ void __launch_bounds__(32 * MMQ_DP4A_WARPS, MMQ_DP4A_MIN_BLOCKS(BN, UR))           \
+        mmq_##name##_dp4a_bn##BN##SUFFIX##_cw##CW(MMQ_PARAMS) {                                              \
+        mmq_dp4a_kernel<Q, BN, CW, UR>(w, row_bytes, rows, units, xq, n, y, slices, part, counters);           \
+    }
+#define MMQ_DP4A_TILES(name, Q)                                                                                \
+    MMQ_DP4A_ENTRY(name, Q, 1, 2, , 8) MMQ_DP4A_ENTRY(name, Q, 1, 2, , 32)                                     \
+    MMQ_DP4A_ENTRY(name, Q, 2, 2, , 8) MMQ_DP4A_ENTRY(name, Q, 2, 2, , 32)                                     \
+    MMQ_DP4A_ENTRY(name, Q, 4, 2, , 8) MMQ_DP4A_ENTRY(name, Q, 4, 2, , 32)                                     \
+    MMQ_DP4A_ENTRY(name, Q, 1, 4, _u4, 8) MMQ_DP4A_ENTRY(name, Q, 1, 4, _u4, 32)                               \
+    MMQ_DP4A_ENTRY(name, Q, 2, 4, _u4, 8) MMQ_DP4A_ENTRY(name, Q, 2, 4, _u4, 32)
+
 MMQ_TILES(q8_0, mq_q8_0)
 MMQ_TILES(q4_0, mq_q4_0)
 MMQ_TILES(q4_k, mq_qk<false>)
 MMQ_TILES(q5_k, mq_qk<true>)
 MMQ_TILES(q6_k, mq_q6_k)
+MMQ_DP4A_TILES(q8_0, mq_q8_0)
+MMQ_DP4A_TILES(q4_0, mq_q4_0)
+MMQ_DP4A_TILES(q4_k, mq_qk<false>)
+MMQ_DP4A_TILES(q5_k, mq_qk<true>)
+MMQ_DP4A_TILES(q6_k, mq_q6_k)
