@@ -47,12 +47,11 @@ class Tile:
     bn: int
     kb: int = 4
     kind: str = "mma"
-    ur: int = 2  # dp4a: rows of a lane whose weight loads are issued together
 
     @property
     def name(self) -> str:
         if self.kind == "dp4a":
-            return f"dp4a_bn{self.bn}" + (f"_u{self.ur}" if self.ur != 2 else "")
+            return f"dp4a_bn{self.bn}"
         return f"bm{self.bm}_bn{self.bn}" + (f"_kb{self.kb}" if self.kb != 4 else "")
 
     @property
@@ -69,8 +68,8 @@ def dp4a_rows_per_warp(bn: int) -> int:
     return 8 if bn >= 4 else 16
 
 
-def dp4a_tile(bn: int, ur: int = 2) -> Tile:
-    return Tile(DP4A_THREADS // 32 * dp4a_rows_per_warp(bn), bn, 0, "dp4a", ur)
+def dp4a_tile(bn: int) -> Tile:
+    return Tile(DP4A_THREADS // 32 * dp4a_rows_per_warp(bn), bn, 0, "dp4a")
 
 
 def dp4a_chunk(units: int, slices: int) -> int:
@@ -82,18 +81,22 @@ def dp4a_chunk(units: int, slices: int) -> int:
 # MMQ_TILES in mmq.cu: bm 32 / 64 x bn 8 / 16 / 32 with 4-block stages, and the deeper-staged kb16 / kb8 tiles;
 # MMQ_DP4A_TILES: the dp4a kernel for 1, 2 and 4 tokens a block.
 TILES = {t.name: t for t in (Tile(32, 16), Tile(32, 32), Tile(64, 16), Tile(64, 32), Tile(32, 16, 16), Tile(64, 16, 8),
-                              Tile(64, 8), Tile(32, 8, 16), dp4a_tile(1), dp4a_tile(2), dp4a_tile(4),
-                              dp4a_tile(1, 4), dp4a_tile(2, 4))}
+                              Tile(64, 8), Tile(32, 8, 16), dp4a_tile(1), dp4a_tile(2), dp4a_tile(4))}
 MAX_N = 65535 * 8  # grid.y limit for the bn 8 tile (a smaller-bn tile forced on more tokens is refused in plan_mmq)
 
 # Which tile a launch uses, as data (first match wins): (types or None for any, min N, min rows, min cols, tile).
 # Every tile gives the same bits (the reduction order is per output and per K slice, and the slices depend on the
 # shape only), so this is purely a speed choice, measured on the H100 over every matmul shape of the 12B-shaped
-# stand-ins with split K (`python -m harness.route_tuning`, reports/history/2026-11-25-h100-route-tuning-bn8-*.md;
-# time relative to the best tile of each shape, worst over the N range):
-#   * up to 8 tokens bm64_bn8 is the best tile on every shape and type (bm64_bn16: 1.06..1.20x): a bn 16 tile
-#     does twice the per-block float work for tokens that are not there;
-#   * 9..16 tokens: bm64_bn16 on >= 3840-row matrices (bm64_bn8 1.10..1.7x), bm64_bn8 below (bm64_bn16 1.2..1.4x);
+# stand-ins with split K (`python -m harness.route_tuning`; mma tiles: reports/history/2026-11-25-h100-route-tuning-bn8-*.md,
+# dp4a tiles: reports/history/2026-11-25-h100-route-tuning-dp4a-*.md; time relative to the best tile of each shape):
+#   * 1 token: dp4a_bn1 on every shape (Q4_K 15360x3840 19.0 us against 29.5 for bm64_bn8; the Q6_K lm-head 380 us
+#     against 555); 2 tokens: dp4a_bn2 (within 1.06x of the best on every shape, 1.3..1.7x faster than bm64_bn8);
+#   * 3..4 tokens: dp4a_bn4 on Q6_K and on 15360-column matrices (Q6_K 3840x15360 36.8 us against 53.5 for
+#     bm64_bn8), bm64_bn8 on the other >= 3840-row ones (dp4a within 0.97..1.3x), dp4a_bn2 (two token tiles) below
+#     (2048 rows: 9.0 us against 10.6);
+#   * 5..16 tokens: bm64_bn8 (bm64_bn16 at 9..16 on >= 3840 rows: a bn 16 tile does twice the per-block float work
+#     for tokens that are not there, 1.06..1.20x at <= 8) except below 2048 rows, where dp4a_bn4 wins (512 rows:
+#     6.3 us against 8.6);
 #   * beyond 16 tokens bm64_bn32 reads each weight once where bn 16 reads it twice: best on >= 8192-row and
 #     15360-column matrices (bm64_bn16 1.06..1.43x); bm64_bn16 on the other >= 2048-row ones (within 1.02..1.08x
 #     of the best), bm64_bn8 on the 512-row ones (others >= 1.2x).
@@ -103,8 +106,12 @@ TILE_RULES: tuple[tuple[frozenset[str] | None, int, int, int, str], ...] = (
     (None, 17, 2048, 0, "bm64_bn16"),
     (None, 17, 0, 0, "bm64_bn8"),
     (None, 9, 3840, 0, "bm64_bn16"),
-    (None, 5, 0, 0, "bm64_bn8"),
-    (None, 3, 0, 0, "dp4a_bn4"),
+    (None, 5, 2048, 0, "bm64_bn8"),
+    (None, 5, 0, 0, "dp4a_bn4"),
+    (frozenset({"Q6_K"}), 3, 0, 0, "dp4a_bn4"),
+    (None, 3, 0, 15360, "dp4a_bn4"),
+    (None, 3, 3840, 0, "bm64_bn8"),
+    (None, 3, 0, 0, "dp4a_bn2"),
     (None, 2, 0, 0, "dp4a_bn2"),
     (None, 1, 0, 0, "dp4a_bn1"),
 )

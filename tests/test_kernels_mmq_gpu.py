@@ -182,36 +182,40 @@ def test_launcher_matches_tile_list():
     """kernels/mmq.py's TILES and MMQ_TYPES are exactly the entries mmq.cu compiles."""
     src = source_path("mmq").read_text()
     tiles = re.findall(r"MMQ_ENTRY\(name, Q, (\d+), (\d+), (\d+), (\d+), (\w*)\)", src)
-    dp4a = re.findall(r"MMQ_DP4A_ENTRY\(name, Q, (\d+), (\d+), (\w*), (\d+)\)", src)
+    dp4a = re.findall(r"MMQ_DP4A_ENTRY\(name, Q, (\d+), (\d+)\)", src)
     assert sorted([f"bm{bm}_bn{bn}{suffix}" for _, bm, bn, _, suffix in tiles]
-                  + sorted({f"dp4a_bn{bn}{suffix}" for bn, _, suffix, _ in dp4a})) == sorted(TILES)
+                  + sorted({f"dp4a_bn{bn}" for bn, _ in dp4a})) == sorted(TILES)
     for warps, bm, bn, kb, suffix in tiles:
         tile = TILES[f"bm{bm}_bn{bn}{suffix}"]
         assert int(bm) == 16 * int(warps) and tile.threads == 32 * int(warps) and tile.kb == int(kb)
         assert suffix == ("" if int(kb) == 4 else f"_kb{kb}")
     # every dp4a tile is compiled for every chunk width the launcher can pick, with 4 warps of 32 / bn rows
-    variants = dict.fromkeys((bn, ur, suffix) for bn, ur, suffix, _ in dp4a)
-    assert sorted(dp4a) == sorted((*v, str(cw)) for v in variants for cw in DP4A_CHUNKS)
+    bns = dict.fromkeys(bn for bn, _ in dp4a)
+    assert sorted(dp4a) == sorted((bn, str(cw)) for bn in bns for cw in DP4A_CHUNKS)
     warps = int(re.search(r"#define MMQ_DP4A_WARPS (\d+)", src).group(1))
     bn4_rows, rows = (int(v) for v in re.search(r"#define MMQ_DP4A_ROWS\(BN\) \(\(BN\) >= 4 \? (\d+) : (\d+)\)", src).groups())
     assert warps * 32 == DP4A_THREADS
-    for bn, ur, suffix in variants:
-        tile = TILES[f"dp4a_bn{bn}{suffix}"]
+    for bn in bns:
+        tile = TILES[f"dp4a_bn{bn}"]
         assert tile.bm == warps * (bn4_rows if int(bn) >= 4 else rows) and tile.threads == DP4A_THREADS
-        assert tile.bm // warps * int(bn) <= 32 and tile.ur == int(ur)  # one accumulator per lane
+        assert tile.bm // warps * int(bn) <= 32  # one accumulator per lane
     for pattern in (r"^MMQ_TILES\((\w+),", r"^MMQ_DP4A_TILES\((\w+),"):
         assert sorted(re.findall(pattern, src, flags=re.M)) == sorted(t.lower() for t in MMQ_TYPES)
 
 
 @pytest.mark.parametrize("type_name, rows, cols, n, expected", [
-    ("Q4_K", 15360, 3840, 1, "dp4a_bn1"), ("Q4_K", 15360, 3840, 8, "bm64_bn8"), ("Q4_K", 15360, 3840, 9, "bm64_bn16"),
+    ("Q4_K", 15360, 3840, 1, "dp4a_bn1"), ("Q4_K", 15360, 3840, 2, "dp4a_bn2"), ("Q4_K", 15360, 3840, 3, "bm64_bn8"),
+    ("Q4_K", 3840, 15360, 4, "dp4a_bn4"), ("Q6_K", 3840, 15360, 3, "dp4a_bn4"), ("Q4_K", 2048, 3840, 4, "dp4a_bn2"),
+    ("Q4_K", 4096, 3840, 4, "bm64_bn8"), ("Q4_K", 15360, 3840, 8, "bm64_bn8"), ("Q4_K", 512, 3840, 5, "dp4a_bn4"),
+    ("Q4_K", 512, 3840, 16, "dp4a_bn4"), ("Q4_K", 2048, 3840, 5, "bm64_bn8"), ("Q4_K", 15360, 3840, 9, "bm64_bn16"),
     ("Q4_K", 15360, 3840, 17, "bm64_bn32"), ("Q4_0", 3840, 15360, 32, "bm64_bn32"), ("Q4_K", 3840, 4096, 17, "bm64_bn16"),
     ("Q4_K", 2048, 3840, 16, "bm64_bn8"), ("Q4_K", 2048, 3840, 32, "bm64_bn16"), ("Q4_K", 512, 3840, 32, "bm64_bn8"),
-    ("Q6_K", 262144, 3840, 1, "dp4a_bn1"), ("Q6_K", 262144, 3840, 16, "bm64_bn16"),
-    ("Q6_K", 262144, 3840, 17, "bm64_bn32"),  # the lm-head
+    ("Q6_K", 262144, 3840, 1, "dp4a_bn1"), ("Q6_K", 262144, 3840, 4, "dp4a_bn4"), ("Q6_K", 262144, 3840, 5, "bm64_bn8"),
+    ("Q6_K", 262144, 3840, 16, "bm64_bn16"), ("Q6_K", 262144, 3840, 17, "bm64_bn32"),  # the lm-head
 ])
 def test_choose_tile_rules(type_name, rows, cols, n, expected):
-    """TILE_RULES as measured (kernels/mmq.py): bn 8 up to 8 tokens, bn 16 to 16 on >= 3840 rows, bn 32 beyond on
+    """TILE_RULES as measured (kernels/mmq.py): dp4a up to 2 tokens everywhere and to 4 on Q6_K, long-row and
+    < 3840-row matrices (and < 2048-row ones to 16), bn 8 to 8 tokens, bn 16 to 16 on >= 3840 rows, bn 32 beyond on
     the largest matrices."""
     assert choose_tile(type_name, rows, cols, n).name == expected
 

@@ -419,8 +419,9 @@ __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_byt
 // registers once per chunk and reused for every row of the warp. K slices, partial sums and the last-slice sums are
 // those of the mma tiles (same bounds from the shape, same mmq_last_slice_sums), so a dp4a launch and an mma
 // launch give the same bits at every N: the router may mix them per N without breaking batch invariance.
-// UR: rows of a lane whose weight loads are issued together (2, or 4 in the _u4 entries: more bytes in flight per
-// warp, more registers; a wider unroll let ptxas hoist every row's loads: 128..168 registers and Q6_K spills).
+// UR: rows of a lane whose weight loads are issued together: 2. Measured on the H100 (route tuning, 12B shapes, N = 1..8):
+// UR 4 (80..95 registers) was 0.95..1.4x slower, and a full unroll let ptxas hoist every row's loads (128..168
+// registers, Q6_K spills).
 // BN: tokens per thread block (1, 2, 4); CW: blocks per chunk (8 or 32: kernels/mmq.py picks the one that wastes
 // fewer lanes on the shape's slice length). 4 warps of RW = MMQ_DP4A_ROWS(BN) rows each: BM = 4 * RW rows per thread
 // block.
@@ -429,8 +430,8 @@ __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_byt
 // more warps to spread its loads over (measured, Q4_K 15360 x 3840 at N = 1: 32 rows a warp 24.3 us, 16 rows 19.4).
 #define MMQ_DP4A_ROWS(BN) ((BN) >= 4 ? 8 : 16)
 // Resident blocks per SM ptxas must allow: 8 (64 registers a thread, 32 warps an SM to keep loads in flight); 5 for
-// BN 4 and for UR 4, whose K-quant entries spill at 64 registers (Q5_K BN 4 still at 80).
-#define MMQ_DP4A_MIN_BLOCKS(BN, UR) ((BN) >= 4 || (UR) >= 4 ? 5 : 8)
+// BN 4, whose K-quant entries spill at 64 registers (Q5_K still at 80).
+#define MMQ_DP4A_MIN_BLOCKS(BN) ((BN) >= 4 ? 5 : 8)
 
 __device__ __forceinline__ int mmq_dp4a(u32 a, u32 b, int c) {
     int r;
@@ -438,7 +439,7 @@ __device__ __forceinline__ int mmq_dp4a(u32 a, u32 b, int c) {
     return r;
 }
 
-template <class Q, int BN, int CW, int UR>
+template <class Q, int BN, int CW>
 __device__ __forceinline__ void mmq_dp4a_kernel(const u8* __restrict__ w, i64 row_bytes, int rows, int units,
                                                 const u8* __restrict__ xq, int n, float* __restrict__ y, int slices,
                                                 float* __restrict__ part, int* __restrict__ counters) {
@@ -446,6 +447,7 @@ __device__ __forceinline__ void mmq_dp4a_kernel(const u8* __restrict__ w, i64 ro
     constexpr int RW = MMQ_DP4A_ROWS(BN);        // rows per warp: RW * BN accumulators, one per lane
     constexpr int RPI = 32 / CW;                 // rows per term iteration
     constexpr int ITERS = RW / RPI;              // term iterations per chunk (= RW * CW / 32 >= 2)
+    constexpr int UR = 2;                        // rows of a lane whose weight loads are issued together
     constexpr int S = CW * H + 1;                // floats per accumulator's term row (odd: conflict-free sums)
     constexpr int BM = MMQ_DP4A_WARPS * RW, THREADS = 32 * MMQ_DP4A_WARPS;
     static_assert(ITERS % UR == 0, "term iterations must be a multiple of the load group");
@@ -552,18 +554,15 @@ __device__ __forceinline__ void mmq_dp4a_kernel(const u8* __restrict__ w, i64 ro
     MMQ_ENTRY(name, Q, 4, 64, 32, 4, ) MMQ_ENTRY(name, Q, 2, 32, 16, 16, _kb16) MMQ_ENTRY(name, Q, 4, 64, 16, 8, _kb8) \
     MMQ_ENTRY(name, Q, 4, 64, 8, 4, ) MMQ_ENTRY(name, Q, 2, 32, 8, 16, _kb16)
 
-// dp4a entries mmq_<t>_dp4a_bn<BN>[_u4]_cw<CW>: kernels/mmq.py's dp4a tiles and DP4A_CHUNKS mirror BN, UR and CW.
-#define MMQ_DP4A_ENTRY(name, Q, BN, UR, SUFFIX, CW)                                                            \
-    extern "C" __global__ void __launch_bounds__(32 * MMQ_DP4A_WARPS, MMQ_DP4A_MIN_BLOCKS(BN, UR))           \
-        mmq_##name##_dp4a_bn##BN##SUFFIX##_cw##CW(MMQ_PARAMS) {                                              \
-        mmq_dp4a_kernel<Q, BN, CW, UR>(w, row_bytes, rows, units, xq, n, y, slices, part, counters);           \
+// dp4a entries mmq_<t>_dp4a_bn<BN>_cw<CW>: kernels/mmq.py's dp4a tiles and DP4A_CHUNKS mirror BN and CW.
+#define MMQ_DP4A_ENTRY(name, Q, BN, CW)                                                                        \
+    extern "C" __global__ void __launch_bounds__(32 * MMQ_DP4A_WARPS, MMQ_DP4A_MIN_BLOCKS(BN))               \
+        mmq_##name##_dp4a_bn##BN##_cw##CW(MMQ_PARAMS) {                                                      \
+        mmq_dp4a_kernel<Q, BN, CW>(w, row_bytes, rows, units, xq, n, y, slices, part, counters);               \
     }
 #define MMQ_DP4A_TILES(name, Q)                                                                                \
-    MMQ_DP4A_ENTRY(name, Q, 1, 2, , 8) MMQ_DP4A_ENTRY(name, Q, 1, 2, , 32)                                     \
-    MMQ_DP4A_ENTRY(name, Q, 2, 2, , 8) MMQ_DP4A_ENTRY(name, Q, 2, 2, , 32)                                     \
-    MMQ_DP4A_ENTRY(name, Q, 4, 2, , 8) MMQ_DP4A_ENTRY(name, Q, 4, 2, , 32)                                     \
-    MMQ_DP4A_ENTRY(name, Q, 1, 4, _u4, 8) MMQ_DP4A_ENTRY(name, Q, 1, 4, _u4, 32)                               \
-    MMQ_DP4A_ENTRY(name, Q, 2, 4, _u4, 8) MMQ_DP4A_ENTRY(name, Q, 2, 4, _u4, 32)
+    MMQ_DP4A_ENTRY(name, Q, 1, 8) MMQ_DP4A_ENTRY(name, Q, 1, 32) MMQ_DP4A_ENTRY(name, Q, 2, 8)                 \
+    MMQ_DP4A_ENTRY(name, Q, 2, 32) MMQ_DP4A_ENTRY(name, Q, 4, 8) MMQ_DP4A_ENTRY(name, Q, 4, 32)
 
 MMQ_TILES(q8_0, mq_q8_0)
 MMQ_TILES(q4_0, mq_q4_0)
