@@ -20,10 +20,14 @@ import cupy as cp
 from ._compile import load_module
 from .kv_cache import LayerKVPool, check_pool, device_rows
 
-CHUNK = 256          # ATTN_CHUNK: positions per split-KV chunk, aligned to absolute positions
+CHUNK = 64           # ATTN_CHUNK: positions per split-KV chunk, aligned to absolute positions
 THREADS = 256        # ATTN_THREADS
 HEADS_PER_BLOCK_CHOICES = (1, 2, 4, 8)  # the _h<H> instantiations of attn_partial (ATTN_MAX_HPB = 8)
 MERGE_THREADS = 128  # MERGE_THREADS
+# Partial blocks per SM below which heads_per_block serves fewer heads per block. A CUDA-graph step sizes the grid
+# for the engine's whole context, so at short contexts most blocks are idle: 4 (not 2) keeps H small for the few
+# rows of a decode step, where a block's time is load latency, and still reaches H = 8 at N = 32.
+MIN_BLOCKS_PER_SM = 4
 HEAD_DIMS = (64, 128, 256, 512)
 
 
@@ -43,12 +47,12 @@ def workspace_floats(rows: int, n_q_heads: int, head_dim: int, n_chunks: int) ->
 def heads_per_block(group: int, blocks_per_head: int, sm_count: int) -> int:
     """Query heads one partial block serves: a divisor of the GQA group size in HEADS_PER_BLOCK_CHOICES.
 
-    The largest such divisor that still gives >= 2 blocks per SM (blocks = blocks_per_head * group / H), else the
-    smallest: small batches spread over more blocks, large ones share K/V loads among more heads. The choice never
+    The largest such divisor that still gives >= MIN_BLOCKS_PER_SM blocks per SM (blocks = blocks_per_head * group
+    / H), else the smallest: small batches spread over more blocks, large ones share K/V loads among more heads. The choice never
     changes a result (attention.cu: each (head, key) and (head, dim) chain is the same whoever computes it)."""
     divisors = [h for h in HEADS_PER_BLOCK_CHOICES if group % h == 0]
     for h in reversed(divisors):
-        if blocks_per_head * (group // h) >= 2 * sm_count:
+        if blocks_per_head * (group // h) >= MIN_BLOCKS_PER_SM * sm_count:
             return h
     return divisors[0]
 
@@ -59,9 +63,11 @@ def _sm_count(device_id: int) -> int:
 
 
 def launch_geometry(rows: int, n_q_heads: int, n_kv_heads: int, n_chunks: int, sm_count: int):
-    """(partial grid, partial block, heads per block, merge grid, merge block)."""
+    """(partial grid, partial block, heads per block, merge grid, merge block). The partial grid is
+    (head groups, rows, chunks): chunks last, so that the idle blocks of a grid sized for a longer context than
+    the rows have are scheduled after the working ones."""
     hpb = heads_per_block(n_q_heads // n_kv_heads, n_chunks * rows * n_kv_heads, sm_count)
-    return (n_chunks, rows, n_q_heads // hpb), (THREADS,), hpb, (rows, n_q_heads), (MERGE_THREADS,)
+    return (n_q_heads // hpb, rows, n_chunks), (THREADS,), hpb, (rows, n_q_heads), (MERGE_THREADS,)
 
 
 def decode_attention(q: cp.ndarray, k_cache: cp.ndarray, v_cache: cp.ndarray, pos_table: cp.ndarray, rows_slot,
@@ -84,6 +90,8 @@ def decode_attention(q: cp.ndarray, k_cache: cp.ndarray, v_cache: cp.ndarray, po
     suffix, n_seq, cap, hkv, d = check_pool(k_cache, v_cache, pos_table)
     if not isinstance(q, cp.ndarray) or q.dtype != cp.float32 or q.ndim != 3 or not q.flags.c_contiguous:
         raise TypeError("q: expected a C-contiguous float32 cupy.ndarray [R, Hq, d]")
+    if q.data.ptr % 16:
+        raise ValueError("q: the kernel reads it as 16-byte vectors; expected a 16-byte aligned array")
     rows, hq, dq = (int(s) for s in q.shape)
     if dq != d:
         raise ValueError(f"q: head dim {dq} differs from the cache's {d}")
@@ -129,7 +137,7 @@ def decode_attention(q: cp.ndarray, k_cache: cp.ndarray, v_cache: cp.ndarray, po
         if hpb not in HEADS_PER_BLOCK_CHOICES or (hq // hkv) % hpb:
             raise ValueError(f"heads_per_block_override {hpb}: must divide {hq // hkv} and be in "
                              f"{HEADS_PER_BLOCK_CHOICES}")
-        grid = (grid[0], grid[1], hq // hpb)
+        grid = (hq // hpb, grid[1], grid[2])
     module = load_module("attention")
     module.get_function(f"attn_partial_{suffix}_d{d}_h{hpb}")(
         grid, block, (q, k_cache, v_cache, pos_table, seq_d, pos_d, ws_acc, ws_ml, cp.int32(rows), cp.int32(hq),

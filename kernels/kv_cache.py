@@ -48,7 +48,8 @@ class LayerKVPool:
         return int(self.k.shape[3])
 
     def reset(self, seq_slot: int) -> None:
-        """Empty one sequence slot (its pos entries become -1; K/V contents are left, never read)."""
+        """Empty one sequence slot (its pos entries become -1; K/V contents are left: attention may load them but
+        never uses a slot whose pos entry is not the key's position)."""
         self.pos[seq_slot] = -1
 
 

@@ -4,8 +4,9 @@
   model made of engine.kv_cache.LayerKV per sequence (same slot rule; F16 pools hold np.float16-rounded values).
 * decode_attention: each row against NumpyBackend("float64").attend over the row's visible keys taken in position
   order (pool values read back, so F16 pools give the f16-rounded reference), per-row NMSE <= NMSE_FP32; GQA
-  16/8, 16/1, 4/2 (and others), head dims 64..512, wrapped rings, global contexts of several 256-position chunks,
-  mixed lengths and prefill-chunk rows (several positions of one sequence) in one launch.
+  16/8, 16/1, 8/1, 4/2 (and others), head dims 64..512, wrapped rings, windows that start mid-chunk, short
+  contexts of a few 64-position chunks and global contexts of many, mixed lengths and prefill-chunk rows (several
+  positions of one sequence) in one launch.
 * The determinism contract: a row's output bits are the same launched alone (R = 1) and inside batches of
   R = 2, 9, 17, 32 with other sequences (and with a larger workspace / grid).
 Outputs are poisoned with NaN and surrounded by 1024-float guards (llama.cpp's sentinels).
@@ -30,7 +31,7 @@ try:  # collection must work without CuPy; the gpu marker makes the plugin skip 
     from kernels.kv_cache import alloc_layer_kv, kv_write, kv_write_layer
 except ImportError:
     cp = None
-    CHUNK = 256  # kernels.attention.CHUNK, only used to build case tables at collection
+    CHUNK = 64  # kernels.attention.CHUNK, only used to build case tables at collection
 
 pytestmark = pytest.mark.gpu
 
@@ -79,6 +80,10 @@ ATTN_CASES = {
     "g3-270m-hq4-hkv1-d256-w512-chunk4-scaled": AttnCase(4, 1, 256, window=512, chunk=4, scale=1 / 16),
     "hq4-hkv2-d64-w8-chunk3": AttnCase(4, 2, 64, window=8, chunk=3),
     "hq16-hkv8-d64-w300-chunk5": AttnCase(16, 8, 64, window=300, chunk=5),
+    # the decode regime the split-KV chunking is shaped for: a few chunks per row, group 8 (several heads a block)
+    "hq8-hkv1-d512-global-ctx320": AttnCase(8, 1, 512, context=320),
+    # a window that is no multiple of the chunk: every row's first visible key sits mid-chunk
+    "hq16-hkv8-d256-w100-chunk2": AttnCase(16, 8, 256, window=100, chunk=2),
 }
 
 
@@ -186,6 +191,8 @@ DETERMINISM_CASES = {
     "hq16-hkv8-d256-w1024-ring-f16": (AttnCase(16, 8, 256, window=1024, chunk=2), "float16"),
     "hq32-hkv2-d128-global-f32": (AttnCase(32, 2, 128, context=1100), "float32"),
     "hq4-hkv2-d64-w8-chunk3-ring-f32": (AttnCase(4, 2, 64, window=8, chunk=3), "float32"),
+    "hq8-hkv1-d512-global-ctx320-f32": (AttnCase(8, 1, 512, context=320), "float32"),
+    "hq16-hkv8-d256-w100-ring-f16": (AttnCase(16, 8, 256, window=100, chunk=2), "float16"),
 }
 
 

@@ -15,45 +15,63 @@
 // <H> = 1 | 2 | 4 | 8 the query heads one partial block serves, a divisor of Hq / Hkv):
 //   attn_partial_<t>_d<D>_h<H>(q, k_pool, v_pool, pos_table, row_seq, positions, ws_acc, ws_ml,
 //                              rows, Hq, Hkv, n_seq_slots, capacity, window, ring, scale, n_ws_chunks)
-//       grid (any x >= 1, R, Hq / H), block ATTN_THREADS. Block (x, r, z) computes, for query heads
-//       z * H .. z * H + H - 1 (KV head z * H / (Hq / Hkv)), the partials of chunks c_local = x, x + gridDim.x, ...
-//       below n_chunks(r).
+//       grid (Hq / H, R, any z >= 1), block ATTN_THREADS. Block (x, r, z) computes, for query heads
+//       x * H .. x * H + H - 1 (KV head x * H / (Hq / Hkv)), the partials of chunks c_local = z, z + gridDim.z, ...
+//       below n_chunks(r). (Chunks are the slowest grid axis: a grid sized for a longer context than the rows
+//       have puts its idle blocks last.)
 //   attn_merge_d<D>(ws_acc, ws_ml, row_seq, positions, out, rows, Hq, n_seq_slots, window, n_ws_chunks)
 //       grid (R, Hq), block MERGE_THREADS.
 //
 // Chunking: chunk c holds the absolute positions [c * ATTN_CHUNK, (c + 1) * ATTN_CHUNK). Row r uses the chunks
-// c_first = lo / ATTN_CHUNK .. c_last = p / ATTN_CHUNK, so n_chunks(r) depends only on p and window. Per chunk:
-//   phase 1  thread jj (one per key of the chunk) computes, for each head, one __fmaf_rn chain over dims
-//            0..D-1 in order (K read as 16-byte vectors, q from shared memory), then * scale.
+// c_first = lo / ATTN_CHUNK .. c_last = p / ATTN_CHUNK, so n_chunks(r) depends only on p and window. A row's K
+// and V rows are cut into segments of ATTN_SEG consecutive dims (segment t = dims 8t .. 8t + 7). Per chunk, with
+// jj = j - c * ATTN_CHUNK the key's index in it:
+//   phase 1  score(h, j): ATTN_LPK = 8 lane partials P_l (l = 0..7), P_l = one __fmaf_rn chain from 0 over the
+//            dims of segments l, l + 8, l + 16, ... (segment ascending, dims ascending within it); then an xor
+//            tree over l: P_l + P_{l^4}, then + the l^2 partner, then + the l^1 partner, i.e. for every l
+//            ((P0 + P4) + (P2 + P6)) + ((P1 + P5) + (P3 + P7)) (float + commutes, so each lane gets these bits);
+//            then * scale. Absent keys get -inf.
 //   phase 2  one warp per head: chunk max m (exact, order-free); e_j = expf(s_j - m) (0 for absent keys);
 //            chunk sum l = lane sums over jj = lane + 32 i (i ascending), then an xor butterfly (16, 8, 4, 2, 1).
-//   phase 3  each (head, dim) accumulator acc = fma(e_j, v_j[dim], acc) for present keys j ascending within the
-//            chunk (a thread owns dims 2u, 2u + 1; V loads of 32 keys (f16; 16 for f32) are issued before their
-//            fmas).
+//   phase 3  the chunk's keys form NSL(D) = ATTN_THREADS * ATTN_SEG / D slices of KS = ATTN_CHUNK / NSL
+//            consecutive keys (D = 64: 32 slices of 2; 128: 16 of 4; 256: 8 of 8; 512: 4 of 16). Slice sum
+//            A_s[h][dim] = one __fmaf_rn chain from 0, acc = fma(e_j, v_j[dim], acc), over the slice's present keys
+//            ascending; the chunk's acc[h][dim] = ((A_0 + A_1) + A_2) + ... + A_{NSL-1} (slice order).
 // Merge: M = max_c m_c; f_c = expf(m_c - M); L = sum_c f_c l_c and A[dim] = sum_c f_c acc_c[dim], both in chunk
 // order c = 0, 1, ... (fma chains; f_c = expf(m_c - M) evaluated once per chunk); out = A / L.
 //
 // Batch independence: every number above is a function of the row's own q, sequence cache, position and window
-// and of D, in an order fixed by absolute positions. The block -> work mapping (grid x, H, which thread
-// holds which accumulator) changes only WHO performs each fixed chain of operations, never the chain, and
-// nothing is combined across rows or through atomics. So a row's output is bitwise independent of R, of the
-// other rows and of the launch shape.
+// and of D, in an order fixed by absolute positions. The block -> work mapping (grid z, H, which thread or lane
+// holds which partial, how many loads are in flight) changes only WHO performs each fixed chain of operations,
+// never the chain, and nothing is combined across rows or through atomics. So a row's output is bitwise
+// independent of R, of the other rows and of the launch shape.
+//
+// Why this shape: a decode step at short context has few rows, so a chunk is short (many blocks per row) and a
+// block issues its chunk's K and V loads at once, before the position table is read (the slot of a key is known
+// from its position; an absent key's K and V are read but never used); the dependent chains are short (phase 1:
+// D / 8 fmas then 3 shuffles; phase 3: KS fmas then NSL - 1 adds).
 //
 // A row whose sequence slot or position is invalid, that has more chunks than n_ws_chunks, or that sees no key
 // at all gets NaN in every output element (loud, never silently wrong).
 //
 // Compile-time constants (#define):
-//   ATTN_CHUNK     positions per split-KV chunk (256), aligned to absolute positions
-//   ATTN_THREADS   threads per partial block (256 = 8 warps)
-//   ATTN_MAX_HPB   query heads per partial block at most (8 = one warp per head in phase 2)
+//   ATTN_CHUNK       positions per split-KV chunk (64), aligned to absolute positions
+//   ATTN_THREADS     threads per partial block (256 = 8 warps)
+//   ATTN_MAX_HPB     query heads per partial block at most (8 = one warp per head in phase 2)
+//   ATTN_SEG         dims per segment (8: one 16-byte load of f16, two of f32)
+//   ATTN_LPK         lanes that score one key in phase 1 (8)
+//   ATTN_LOAD_BYTES  register budget of the loads a thread keeps in flight (256: 64 registers); never a result
 //   ATTN_MIN_BLOCKS  __launch_bounds__ minimum resident partial blocks per SM (2)
-//   MERGE_THREADS  threads per merge block (128)
+//   MERGE_THREADS    threads per merge block (128)
 #include "common.cuh"
 
-#define ATTN_CHUNK 256
-#define ATTN_THREADS 256  // = ATTN_CHUNK: one key per thread in phase 1
+#define ATTN_CHUNK 64
+#define ATTN_THREADS 256
 #define ATTN_WARPS (ATTN_THREADS / 32)
 #define ATTN_MAX_HPB 8
+#define ATTN_SEG 8
+#define ATTN_LPK 8
+#define ATTN_LOAD_BYTES 256
 #define MERGE_THREADS 128
 // Resident partial blocks per SM that ptxas must allow (register budget 65536 / (256 * 2) = 128). Without a
 // minimum, ptxas capped d64 at 32 registers and spilled.
@@ -62,46 +80,38 @@
 #define NEG_INF (-__int_as_float(0x7f800000))
 #define QNAN (__int_as_float(0x7fffffff))
 
-// Pool element loads, converted to float32. KVVec<T>::N consecutive elements are one 16-byte load (scores);
-// load_pair reads 2 consecutive elements (the V accumulation) raw, widen converts them.
-template <typename T> struct KVVec;
-template <> struct KVVec<u16> {
-    static constexpr int N = 8;
-    static __device__ __forceinline__ void load(const u16* p, float* o) {
-        const uint4 w = *reinterpret_cast<const uint4*>(p);
-        const u32 ws[4] = {w.x, w.y, w.z, w.w};
+// One ATTN_SEG-element segment of a K or V row (16 bytes of f16, 32 of f32), loaded raw so that many can be in
+// flight per thread, widened to float32 at use.
+template <typename T> struct Seg;
+template <> struct Seg<u16> {
+    struct Raw { uint4 w; };
+    static __device__ __forceinline__ Raw load(const u16* p) { return {*reinterpret_cast<const uint4*>(p)}; }
+    static __device__ __forceinline__ Raw zero() { return {make_uint4(0u, 0u, 0u, 0u)}; }
+    static __device__ __forceinline__ void widen(const Raw& r, float* o) {
+        const u32 ws[4] = {r.w.x, r.w.y, r.w.z, r.w.w};
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             o[2 * i] = f16_to_f32((u16)(ws[i] & 0xffffu));
             o[2 * i + 1] = f16_to_f32((u16)(ws[i] >> 16));
         }
     }
-    // Phase 3's V pairs: loaded raw (one register per key, so many keys' loads can be in flight), widened at use.
-    using Pair = u32;
-    static constexpr int PU = 32;  // keys whose V loads are in flight together (phase 3)
-    static __device__ __forceinline__ Pair load_pair(const u16* p) { return *reinterpret_cast<const u32*>(p); }
-    static __device__ __forceinline__ Pair zero_pair() { return 0u; }
-    static __device__ __forceinline__ void widen(Pair w, float& a, float& b) {
-        a = f16_to_f32((u16)(w & 0xffffu));
-        b = f16_to_f32((u16)(w >> 16));
-    }
 };
-template <> struct KVVec<float> {
-    static constexpr int N = 4;
-    static __device__ __forceinline__ void load(const float* p, float* o) {
-        const float4 w = *reinterpret_cast<const float4*>(p);
-        o[0] = w.x; o[1] = w.y; o[2] = w.z; o[3] = w.w;
+template <> struct Seg<float> {
+    struct Raw { float4 a, b; };
+    static __device__ __forceinline__ Raw load(const float* p) {
+        const float4* p4 = reinterpret_cast<const float4*>(p);
+        return {p4[0], p4[1]};
     }
-    using Pair = float2;
-    static constexpr int PU = 16;
-    static __device__ __forceinline__ Pair load_pair(const float* p) { return *reinterpret_cast<const float2*>(p); }
-    static __device__ __forceinline__ Pair zero_pair() { return make_float2(0.0f, 0.0f); }
-    static __device__ __forceinline__ void widen(Pair w, float& a, float& b) { a = w.x; b = w.y; }
+    static __device__ __forceinline__ Raw zero() { return {make_float4(0, 0, 0, 0), make_float4(0, 0, 0, 0)}; }
+    static __device__ __forceinline__ void widen(const Raw& r, float* o) {
+        o[0] = r.a.x; o[1] = r.a.y; o[2] = r.a.z; o[3] = r.a.w;
+        o[4] = r.b.x; o[5] = r.b.y; o[6] = r.b.z; o[7] = r.b.w;
+    }
 };
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
-    for (int m = 16; m >= 1; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
+    for (int m = 16; m >= 1; m >>= 1) v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, m));
     return v;
 }
 
@@ -121,21 +131,34 @@ __device__ __forceinline__ void attn_partial_body(const float* __restrict__ q, c
                                                   float* __restrict__ ws_acc, float* __restrict__ ws_ml, int rows,
                                                   int Hq, int Hkv, int n_seq_slots, int capacity, int window,
                                                   int ring, float scale, int n_ws_chunks) {
-    static_assert(D % 64 == 0 && D >= 64 && D <= 2 * ATTN_THREADS, "head dim");
+    using S = Seg<T>;
+    constexpr int SEGS = D / ATTN_SEG;                          // segments per K/V row
+    constexpr int SPL = SEGS / ATTN_LPK;                        // phase 1: segments per lane of a key
+    constexpr int KGROUPS = ATTN_THREADS / ATTN_LPK;            // phase 1: keys scored at once by the block
+    constexpr int KPT = ATTN_CHUNK / KGROUPS;                   // phase 1: keys per thread
+    constexpr int NSL = ATTN_THREADS / SEGS;                    // phase 3: key slices
+    constexpr int KS = ATTN_CHUNK / NSL;                        // phase 3: keys per slice
+    constexpr int SEGB = ATTN_SEG * (int)sizeof(T);             // bytes of one segment
+    // Loads a thread keeps in flight, in registers: K in rounds of KB segments per key and V in batches of VB keys,
+    // each of at most LB bytes (half at H > 1: q reads and accumulators of more heads take registers too; half
+    // again for f32 pools). The first K round is issued before the first barrier, with the first V batch when
+    // both fit in ATTN_LOAD_BYTES. Larger budgets made ptxas spill (d512).
+    constexpr int T2 = (int)sizeof(T) / 2;
+    constexpr int LB = ATTN_LOAD_BYTES / (HPB < 2 ? HPB : 2) / T2;
+    constexpr int KB = SPL * KPT * SEGB <= LB ? SPL : (LB / (KPT * SEGB) > 0 ? LB / (KPT * SEGB) : 1);
+    constexpr int VB = KS * SEGB <= LB ? KS : (LB / SEGB > 0 ? LB / SEGB : 1);
+    constexpr bool V_EARLY = (KB * KPT + VB) * SEGB <= ATTN_LOAD_BYTES / T2;
+    static_assert(ATTN_SEG == 8, "Seg<T> holds 8 elements");
+    static_assert(D % (ATTN_SEG * ATTN_LPK) == 0 && D >= 64 && ATTN_THREADS % SEGS == 0, "head dim");
+    static_assert(ATTN_CHUNK % KGROUPS == 0 && ATTN_CHUNK % NSL == 0, "chunk");
+    static_assert(ATTN_CHUNK % 32 == 0 && (ATTN_LPK & (ATTN_LPK - 1)) == 0 && ATTN_LPK <= 32, "lanes");
+    static_assert(SPL % KB == 0 && KS % VB == 0, "load rounds");
     static_assert(HPB >= 1 && HPB <= ATTN_WARPS, "phase 2 gives each head one warp");
-    static_assert(ATTN_THREADS == ATTN_CHUNK, "phase 1 gives each thread one key of the chunk");
-    constexpr int VN = KVVec<T>::N;                 // elements per 16-byte key load (phase 1)
-    constexpr int PAIRS = D / 2;                    // phase 3: a thread owns dims (2u, 2u + 1)
-    constexpr int HSTEP = ATTN_THREADS / PAIRS;     // head stride between a thread's heads (phase 3)
-    constexpr int NB = (HPB + HSTEP - 1) / HSTEP;   // heads per thread at most (phase 3)
-    // keys whose V loads are in flight together (phase 3): 32 (f16) rather than 8 makes a 256-key chunk 8 rounds
-    // of memory latency instead of 32. Measured with the phase-1 unroll below (ncu, shape12b step, N = 1): 27.4 ->
-    // 25.2 us a d256 layer, so load latency is a part of this kernel's time, not the bulk
-    constexpr int PU = KVVec<T>::PU;
 
     __shared__ __align__(16) float q_s[HPB][D];
-    __shared__ float e_s[HPB][ATTN_CHUNK];  // scores, then exp(score - chunk max)
-    __shared__ int slot_s[ATTN_CHUNK];               // slot of each present key, -1 if absent
+    __shared__ float e_s[HPB][ATTN_CHUNK];         // scores, then exp(score - chunk max)
+    __shared__ int present_s[ATTN_CHUNK];          // the slot holds the key's position
+    __shared__ __align__(16) float red_s[2][NSL * D];  // phase 3's slice sums of one head (double-buffered)
 
     const int r = blockIdx.y;
     if (r >= rows) return;
@@ -145,57 +168,125 @@ __device__ __forceinline__ void attn_partial_body(const float* __restrict__ q, c
     const int lo = first_visible(p, window);
     const int c_first = lo / ATTN_CHUNK;
     const int n_chunks = p / ATTN_CHUNK - c_first + 1;
-    if (n_chunks > n_ws_chunks) return;
+    if (n_chunks > n_ws_chunks || (int)blockIdx.z >= n_chunks) return;
 
     const int G = Hq / Hkv;
     const int groups = G / HPB;
-    const int kvh = blockIdx.z / groups;
-    const int h0 = kvh * G + (blockIdx.z - kvh * groups) * HPB;
+    const int kvh = blockIdx.x / groups;
+    const int h0 = kvh * G + (blockIdx.x - kvh * groups) * HPB;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-
-    for (int i = tid; i < HPB * D; i += ATTN_THREADS) q_s[i / D][i % D] = q[((i64)r * Hq + h0) * D + i];
-    // (q_s is read after the first __syncthreads of the chunk loop)
+    const int kgrp = tid / ATTN_LPK, klane = tid % ATTN_LPK;  // phase 1: key group, lane in it
+    const int vsl = tid / SEGS, vseg = tid % SEGS;            // phase 3: key slice, segment
 
     const i64 seq_cell0 = (i64)seq * capacity;
     const i64 slot_stride = (i64)Hkv * D;
-    for (int c_local = blockIdx.x; c_local < n_chunks; c_local += gridDim.x) {
+    const T* kbase = k_pool + seq_cell0 * slot_stride + (i64)kvh * D + klane * ATTN_SEG;
+    const T* vbase = v_pool + seq_cell0 * slot_stride + (i64)kvh * D + vseg * ATTN_SEG;
+    for (int c_local = blockIdx.z; c_local < n_chunks; c_local += gridDim.z) {
         const int base = (c_first + c_local) * ATTN_CHUNK;
         const int j0 = max(lo, base), j1 = min(p, base + ATTN_CHUNK - 1);  // inclusive visible range
-        __syncthreads();  // q_s written; the previous chunk's readers of e_s/slot_s are done
+        // The slot that may hold key base + jj (-1 outside [j0, j1] or the pool). Visible keys span <= window <=
+        // capacity positions, so the ring slot is one wrap of j0's.
+        const int s_j0 = ring ? j0 % capacity : j0;
+        auto slot_of = [&](int jj) {
+            const int j = base + jj;
+            if (j < j0 || j > j1) return -1;
+            int sl = s_j0 + (j - j0);
+            if (ring && sl >= capacity) sl -= capacity;
+            return sl < capacity ? sl : -1;
+        };
 
-        // Phase 1: thread jj scores key base + jj against each head: one fma chain over dims 0..D-1.
-        {
-            const int jj = tid, j = base + jj;
-            int slot = -1;
-            if (j >= j0 && j <= j1) {
-                const int sl = ring ? j % capacity : j;
-                if (sl < capacity && pos_table[seq_cell0 + sl] == j) slot = sl;
-            }
-            slot_s[jj] = slot;
-            float dot[HPB];
+        // Every load of the chunk that registers allow is issued here, before the position table says which keys
+        // are present (and before the barrier, which would wait for q_s): K and V of an absent key are read but
+        // never used (its score is -inf, its V term absent).
+        int ksl[KPT];
 #pragma unroll
-            for (int g = 0; g < HPB; ++g) dot[g] = 0.0f;
-            if (slot >= 0) {
-                const T* kp = k_pool + (seq_cell0 + slot) * slot_stride + (i64)kvh * D;
-#pragma unroll 8  // 8 key loads in flight per thread (was 4)
-                for (int i0 = 0; i0 < D; i0 += VN) {
-                    float kv[VN];
-                    KVVec<T>::load(kp + i0, kv);
+        for (int i = 0; i < KPT; ++i) ksl[i] = slot_of(kgrp + KGROUPS * i);
+        typename S::Raw kr[KPT][KB];
+        auto load_k = [&](int s0) {
+#pragma unroll
+            for (int i = 0; i < KPT; ++i)
+#pragma unroll
+                for (int b = 0; b < KB; ++b)
+                    kr[i][b] = ksl[i] >= 0 ? S::load(kbase + ksl[i] * slot_stride + (s0 + b) * ATTN_LPK * ATTN_SEG)
+                                           : S::zero();
+        };
+        typename S::Raw vr[VB];
+        auto load_v = [&](int k0) {
+#pragma unroll
+            for (int k = 0; k < VB; ++k) {
+                const int sl = slot_of(vsl * KS + k0 + k);
+                vr[k] = sl >= 0 ? S::load(vbase + sl * slot_stride) : S::zero();
+            }
+        };
+        load_k(0);
+        if (V_EARLY) load_v(0);
+        bool present = false;  // thread tid < ATTN_CHUNK: key base + tid
+        if (tid < ATTN_CHUNK) {
+            const int sl = slot_of(tid);
+            present = sl >= 0 && pos_table[seq_cell0 + sl] == base + tid;
+        }
+        if (c_local == (int)blockIdx.z) {  // q_s, once; after the loads above (a warp waits at its first store)
+            const float4* q4 = reinterpret_cast<const float4*>(q + ((i64)r * Hq + h0) * D);
+            float4* qs4 = reinterpret_cast<float4*>(&q_s[0][0]);
+#pragma unroll
+            for (int i0 = 0; i0 < HPB * D / 4; i0 += ATTN_THREADS)
+                if (HPB * D / 4 % ATTN_THREADS == 0 || i0 + tid < HPB * D / 4) qs4[i0 + tid] = q4[i0 + tid];
+        }
+        __syncthreads();  // q_s written; the previous chunk's readers of e_s / present_s / red_s are done
+        if (tid < ATTN_CHUNK) present_s[tid] = present;
+        __syncthreads();
+
+        // Phase 1: key jj = kgrp + KGROUPS * i is scored by the ATTN_LPK lanes of group kgrp; lane l holds the fma
+        // chain over its segments l, l + ATTN_LPK, ... in order, then the lanes' partials meet in an xor tree.
+        {
+            float dot[KPT][HPB];
+#pragma unroll
+            for (int i = 0; i < KPT; ++i)
+#pragma unroll
+                for (int g = 0; g < HPB; ++g) dot[i][g] = 0.0f;
+            auto score = [&](int s0) {
+#pragma unroll
+                for (int b = 0; b < KB; ++b) {
+                    const int d0 = ((s0 + b) * ATTN_LPK + klane) * ATTN_SEG;
+                    float kf[KPT][ATTN_SEG];
+#pragma unroll
+                    for (int i = 0; i < KPT; ++i) S::widen(kr[i][b], kf[i]);
 #pragma unroll
                     for (int g = 0; g < HPB; ++g) {
+                        const float4 qa = *reinterpret_cast<const float4*>(&q_s[g][d0]);
+                        const float4 qb = *reinterpret_cast<const float4*>(&q_s[g][d0 + 4]);
+                        const float qv[ATTN_SEG] = {qa.x, qa.y, qa.z, qa.w, qb.x, qb.y, qb.z, qb.w};
 #pragma unroll
-                        for (int e = 0; e < VN; e += 4) {
-                            const float4 qv = *reinterpret_cast<const float4*>(&q_s[g][i0 + e]);
-                            dot[g] = __fmaf_rn(qv.x, kv[e], dot[g]);
-                            dot[g] = __fmaf_rn(qv.y, kv[e + 1], dot[g]);
-                            dot[g] = __fmaf_rn(qv.z, kv[e + 2], dot[g]);
-                            dot[g] = __fmaf_rn(qv.w, kv[e + 3], dot[g]);
-                        }
+                        for (int i = 0; i < KPT; ++i)
+#pragma unroll
+                            for (int e = 0; e < ATTN_SEG; ++e) dot[i][g] = __fmaf_rn(qv[e], kf[i][e], dot[i][g]);
                     }
                 }
+            };
+            score(0);
+            // later rounds are not unrolled: hoisted, their loads and q reads would outgrow the register budget
+#pragma unroll 1
+            for (int s0 = KB; s0 < SPL; s0 += KB) {
+                load_k(s0);
+                score(s0);
             }
 #pragma unroll
-            for (int g = 0; g < HPB; ++g) e_s[g][jj] = slot >= 0 ? __fmul_rn(dot[g], scale) : NEG_INF;
+            for (int m = ATTN_LPK / 2; m >= 1; m >>= 1)
+#pragma unroll
+                for (int i = 0; i < KPT; ++i)
+#pragma unroll
+                    for (int g = 0; g < HPB; ++g)
+                        dot[i][g] = __fadd_rn(dot[i][g], __shfl_xor_sync(0xffffffffu, dot[i][g], m));
+            if (klane == 0) {
+#pragma unroll
+                for (int i = 0; i < KPT; ++i) {
+                    const int jj = kgrp + KGROUPS * i;
+                    const bool present = present_s[jj];
+#pragma unroll
+                    for (int g = 0; g < HPB; ++g) e_s[g][jj] = present ? __fmul_rn(dot[i][g], scale) : NEG_INF;
+                }
+            }
         }
         __syncthreads();
 
@@ -223,45 +314,48 @@ __device__ __forceinline__ void attn_partial_body(const float* __restrict__ q, c
         }
         __syncthreads();
 
-        // Phase 3: acc[head][dim] = sum_j e_j * v_j[dim], one fma chain per (head, dim), j ascending. A thread owns
-        // dims (2u, 2u + 1) of heads gsub, gsub + HSTEP, ...; V loads of PU keys are issued before their fmas.
-        const int u = tid % PAIRS, gsub = tid / PAIRS;
-        float acc0[NB], acc1[NB];
+        // Phase 3: slice vsl's sum over its keys vsl * KS + k (k ascending), one fma chain per (head, dim) of the
+        // thread's segment; then the slice sums of each head are added in slice order.
+        float acc[HPB][ATTN_SEG];
 #pragma unroll
-        for (int b = 0; b < NB; ++b) acc0[b] = acc1[b] = 0.0f;
-        const T* vbase = v_pool + seq_cell0 * slot_stride + (i64)kvh * D + 2 * u;
-        const int jb = j0 - base, je = j1 - base;
-        for (int jj = jb; jj <= je; jj += PU) {
-            typename KVVec<T>::Pair vr[PU];
+        for (int g = 0; g < HPB; ++g)
 #pragma unroll
-            for (int k = 0; k < PU; ++k) {
-                const int sl = (jj + k <= je) ? slot_s[jj + k] : -1;
-                vr[k] = sl >= 0 ? KVVec<T>::load_pair(vbase + (i64)sl * slot_stride) : KVVec<T>::zero_pair();
-            }
+            for (int e = 0; e < ATTN_SEG; ++e) acc[g][e] = 0.0f;
+        auto accumulate = [&](int k0) {
 #pragma unroll
-            for (int k = 0; k < PU; ++k) {
-                // absent key: no term at all (a 0 * garbage product could be NaN)
-                if (jj + k > je || slot_s[jj + k] < 0) continue;
-                float va, vb;
-                KVVec<T>::widen(vr[k], va, vb);
+            for (int k = 0; k < VB; ++k) {
+                const int jj = vsl * KS + k0 + k;
+                if (!present_s[jj]) continue;  // no term at all (a 0 * garbage product could be NaN)
+                float vf[ATTN_SEG];
+                S::widen(vr[k], vf);
 #pragma unroll
-                for (int b = 0; b < NB; ++b) {
-                    const int g = gsub + HSTEP * b;
-                    if (g < HPB) {
-                        const float e = e_s[g][jj + k];
-                        acc0[b] = __fmaf_rn(e, va, acc0[b]);
-                        acc1[b] = __fmaf_rn(e, vb, acc1[b]);
-                    }
+                for (int g = 0; g < HPB; ++g) {
+                    const float e = e_s[g][jj];
+#pragma unroll
+                    for (int t = 0; t < ATTN_SEG; ++t) acc[g][t] = __fmaf_rn(e, vf[t], acc[g][t]);
                 }
             }
+        };
+        if (V_EARLY) accumulate(0);
+#pragma unroll 1
+        for (int k0 = V_EARLY ? VB : 0; k0 < KS; k0 += VB) {
+            load_v(k0);
+            accumulate(k0);
         }
 #pragma unroll
-        for (int b = 0; b < NB; ++b) {
-            const int g = gsub + HSTEP * b;
-            if (g < HPB) {
-                float* dst = ws_acc + (((i64)r * Hq + h0 + g) * n_ws_chunks + c_local) * D + 2 * u;
-                dst[0] = acc0[b];
-                dst[1] = acc1[b];
+        for (int g = 0; g < HPB; ++g) {
+            float* rb = red_s[g & 1];  // last read for head g - 2, before head g - 1's barrier
+            float4* dst4 = reinterpret_cast<float4*>(rb + vsl * D + vseg * ATTN_SEG);
+            dst4[0] = make_float4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]);
+            dst4[1] = make_float4(acc[g][4], acc[g][5], acc[g][6], acc[g][7]);
+            __syncthreads();
+            float* out = ws_acc + (((i64)r * Hq + h0 + g) * n_ws_chunks + c_local) * D;
+#pragma unroll
+            for (int d = tid; d < D; d += ATTN_THREADS) {
+                float a = rb[d];
+#pragma unroll
+                for (int s = 1; s < NSL; ++s) a = __fadd_rn(a, rb[s * D + d]);
+                out[d] = a;
             }
         }
     }
@@ -315,7 +409,7 @@ __device__ __forceinline__ void attn_merge_body(const float* __restrict__ ws_acc
         }
         __syncthreads();
         const int n = min(MERGE_THREADS, n_chunks - c0);
-#pragma unroll 4
+#pragma unroll 8  // loads of 8 chunks in flight
         for (int k = 0; k < n; ++k) {
             const float f = f_s[k];
             L = __fmaf_rn(f, l_s[k], L);
