@@ -45,6 +45,79 @@ class _Matrix:
     rows: int
 
 
+def attention_matrices(cfg, i: int) -> list[str]:
+    """The matrices that read layer i's attn_norm output: q, then k and v where the layer owns its KV (a k_eq_v
+    layer has no v: V is the raw K projection)."""
+    p = f"blk.{i}."
+    owns = cfg.owns_kv(i)
+    return ([p + "attn_q.weight"] + ([p + "attn_k.weight"] if owns else [])
+            + ([p + "attn_v.weight"] if owns and not cfg.layer_k_eq_v[i] else []))
+
+
+def output_matrix(cfg) -> str:
+    return "token_embd.weight" if cfg.tied_output else "output.weight"
+
+
+def next_input_norm(cfg, i: int) -> tuple[str, list[str]]:
+    """The norm that reads layer i's output residual and the matrices that read that norm's output: layer i + 1's
+    attn_norm and q/k/v, or after the last layer output_norm and the lm head."""
+    if i + 1 < cfg.n_layers:
+        return f"blk.{i + 1}.attn_norm.weight", attention_matrices(cfg, i + 1)
+    return "output_norm.weight", [output_matrix(cfg)]
+
+
+class SeparateNorms:
+    """A step's norms as separate launches: rms_norm, add_rms_norm then rms_norm, rms_norm then rope_neox; Q8_1
+    blocks are left to _matvecs. The sequence the fused kernels equal bit for bit (CupyEngine(fused_norms=False))."""
+
+    @staticmethod
+    def norm(x, w, eps: float, quantize: bool):
+        from kernels.norms import rms_norm
+
+        return rms_norm(x, w, eps), None
+
+    @staticmethod
+    def add_norm(h, x, w_add, w_next, eps: float, scale: float, quantize: bool):
+        from kernels.norms import add_rms_norm, rms_norm
+
+        h = add_rms_norm(h, x, w_add, eps, scale=scale)
+        return h, rms_norm(h, w_next, eps), None
+
+    @staticmethod
+    def norm_rope(x, w, eps: float, positions, inv_freq):
+        from kernels.norms import rms_norm
+        from kernels.rope import rope_neox
+
+        return rope_neox(rms_norm(x, w, eps), positions, inv_freq)  # rms_norm: per head row of x [R, H, d]
+
+
+class FusedNorms:
+    """The same steps as one launch each (kernels/fused_norms.py), the norm's output quantized to Q8_1 in the norm's
+    launch when `quantize` (one of the matrices that read it routes to decode-MMQ)."""
+
+    @staticmethod
+    def norm(x, w, eps: float, quantize: bool):
+        from kernels.fused_norms import rms_norm_q8_1
+        from kernels.norms import rms_norm
+
+        return rms_norm_q8_1(x, w, eps) if quantize else (rms_norm(x, w, eps), None)
+
+    @staticmethod
+    def add_norm(h, x, w_add, w_next, eps: float, scale: float, quantize: bool):
+        from kernels.fused_norms import add_rms_norm_rms_norm
+
+        return add_rms_norm_rms_norm(h, x, w_add, w_next, eps, scale, quantize=quantize)
+
+    @staticmethod
+    def norm_rope(x, w, eps: float, positions, inv_freq):
+        from kernels.fused_norms import rms_norm_rope_neox
+
+        return rms_norm_rope_neox(x, w, eps, positions, inv_freq)
+
+
+NORM_STEPS = {True: FusedNorms, False: SeparateNorms}  # CupyEngine(fused_norms=...)
+
+
 class GpuSequence:
     def __init__(self, engine: "CupyEngine", slot: int):
         self.slot, self.length = slot, 0
@@ -54,7 +127,7 @@ class GpuSequence:
 class CupyEngine:
     def __init__(self, model: ModelFile | os.PathLike | str, *, kv_dtype: str = "float32", max_sequences: int = 80,
                  max_context: int = 2048, route_mode: str | None = None, embed_scale_mode: str = "fp32",
-                 prefill_chunk: int = PREFILL_CHUNK, use_graphs: bool = True):
+                 prefill_chunk: int = PREFILL_CHUNK, use_graphs: bool = True, fused_norms: bool = True):
         import cupy as cp
 
         from kernels.kv_cache import alloc_layer_kv
@@ -100,6 +173,8 @@ class CupyEngine:
         self.max_sequences = max_sequences
         self._free = list(range(max_sequences - 1, -1, -1))
         self.use_graphs = use_graphs
+        # fused_norms=False: every norm, RoPE and Q8_1 quantization as its own launch; the same bits (a test compares)
+        self.norms = NORM_STEPS[fused_norms]
         self.stream = cp.cuda.Stream()  # blocking: ordered with the default stream that prefill uses
         from kernels.mmq import prepare_counters
 
@@ -151,20 +226,21 @@ class CupyEngine:
     def _span(self, name: str):
         return contextlib.nullcontext() if self.op_spans is None else self.op_spans(name)
 
-    def _matvecs(self, names: Sequence[str], x) -> list:
-        """x @ W.T for each matrix W in `names` (all with the same input): x is quantized to Q8_1 once for all the
-        decode-MMQ ones (q/k/v share one input, gate/up another)."""
+    def _matvecs(self, names: Sequence[str], x, xq=None) -> list:
+        """x @ W.T for each matrix W in `names` (all with the same input). The decode-MMQ ones read x as Q8_1 blocks:
+        `xq` when the caller made them (a fused norm), else x is quantized here once for all of them (q/k/v share
+        one input, gate/up another)."""
         from kernels.matvec import matvec
         from kernels.mmq import mmq_matvec
         from kernels.quantize_q8_1 import quantize_q8_1
 
         x = self.cp.ascontiguousarray(x)
         rows = int(x.shape[0])
-        xq, out = None, []
+        out = []
         for name in names:
             m = self.w[name]
             route = self._served[name] = self.route(name, rows)
-            with self._span(name):  # the shared Q8_1 quantization is counted in the first MMQ matmul's span
+            with self._span(name):  # a quantization made here is counted in the first MMQ matmul's span
                 if route == routing.DECODE_MMQ:
                     xq = quantize_q8_1(x) if xq is None else xq
                     out.append(mmq_matvec(m.raw, m.type_name, m.n_cols, xq))
@@ -172,8 +248,30 @@ class CupyEngine:
                     out.append(matvec(m.raw, m.type_name, m.n_cols, x, route=route))
         return out
 
-    def _matvec(self, name: str, x):
-        return self._matvecs([name], x)[0]
+    def _matvec(self, name: str, x, xq=None):
+        return self._matvecs([name], x, xq)[0]
+
+    def _quantizes(self, names: Sequence[str], rows: int) -> bool:
+        """Whether an input of these matrices is made as Q8_1 too: one of them routes to decode-MMQ at `rows` rows
+        (WS and GEMM-N read the float32 input)."""
+        return any(self.route(name, rows) == routing.DECODE_MMQ for name in names)
+
+    # The norm steps (self.norms: fused or separate launches, the same bits); each returns its float32 output and,
+    # when a matrix in `names` (the ones that read it) routes to decode-MMQ and the norms are fused, its Q8_1 blocks.
+    def _norm(self, x, weight, names: Sequence[str]):
+        with self._span("norms"):
+            return self.norms.norm(x, weight, self.config.rms_eps, self._quantizes(names, int(x.shape[0])))
+
+    def _add_norm(self, h, x, w_add, w_next, scale: float, names: Sequence[str]):
+        """(h + rms_norm(x) * w_add) * scale, the residual, and its rms_norm(.) * w_next (with Q8_1 blocks)."""
+        with self._span("norms"):
+            return self.norms.add_norm(h, x, w_add, w_next, self.config.rms_eps, scale,
+                                       self._quantizes(names, int(h.shape[0])))
+
+    def _norm_rope(self, x, weight, positions, inv_freq):
+        """NEOX RoPE of the per-head rms_norm(x [R, H, d]) * weight (q and k)."""
+        with self._span("rope"):
+            return self.norms.norm_rope(x, weight, self.config.rms_eps, positions, inv_freq)
 
     def forward(self, tokens: Sequence[int], positions: Sequence[int], slots: Sequence[int], logits_rows, trace=None,
                 static=None):
@@ -185,7 +283,6 @@ class CupyEngine:
         from kernels.ffn_act import gelu_tanh_mul, softcap
         from kernels.kv_cache import kv_write_layer
         from kernels.norms import add_rms_norm, rms_norm
-        from kernels.rope import rope_neox
 
         cp, cfg, w = self.cp, self.config, self.w
         if static is None:
@@ -207,25 +304,25 @@ class CupyEngine:
             pe = w["per_layer_token_embd.weight"]
             e = dequantize_rows(pe.raw, pe.type_name, pe.n_cols, tok) * np.float32(math.sqrt(P))
             c = self._matvec("per_layer_model_proj.weight", x) * np.float32(cfg.hidden**-0.5)
-            c = rms_norm(c.reshape(R * L, P), w["per_layer_proj_norm.weight"], cfg.rms_eps).reshape(R, L, P)
+            with self._span("norms"):
+                c = rms_norm(c.reshape(R * L, P), w["per_layer_proj_norm.weight"], cfg.rms_eps).reshape(R, L, P)
             pli = (c + e.reshape(R, L, P)) * np.float32(2**-0.5)
         eps = cfg.rms_eps
+        # x is the residual stream; a (with aq: its Q8_1 blocks or None) the normed input of the next matmuls
+        a, aq = self._norm(x, w["blk.0.attn_norm.weight"], attention_matrices(cfg, 0))
         for i in range(cfg.n_layers):
             p = f"blk.{i}."
             d, hq, hkv = cfg.head_dim(i), cfg.n_heads, cfg.n_kv_heads[i]
-            a = rms_norm(x, w[p + "attn_norm.weight"], eps)
             own_v = cfg.owns_kv(i) and not cfg.layer_k_eq_v[i]
-            qkv = self._matvecs([p + "attn_q.weight"] + ([p + "attn_k.weight"] if cfg.owns_kv(i) else [])
-                                + ([p + "attn_v.weight"] if own_v else []), a)
-            q = rope_neox(rms_norm(qkv[0].reshape(R * hq, d), w[p + "attn_q_norm.weight"], eps).reshape(R, hq, d),
-                          pos, self.inv_freq[i])
+            qkv = self._matvecs(attention_matrices(cfg, i), a, aq)
+            q = self._norm_rope(qkv[0].reshape(R, hq, d), w[p + "attn_q_norm.weight"], pos, self.inv_freq[i])
             if cfg.owns_kv(i):
                 k_raw = qkv[1]
                 v_raw = qkv[2] if own_v else k_raw
-                k = rope_neox(rms_norm(k_raw.reshape(R * hkv, d), w[p + "attn_k_norm.weight"], eps).reshape(R, hkv, d),
-                              pos, self.inv_freq[i])
+                k = self._norm_rope(k_raw.reshape(R, hkv, d), w[p + "attn_k_norm.weight"], pos, self.inv_freq[i])
                 v = v_raw.reshape(R * hkv, d)
-                v = (rms_norm(v, None, eps) if cfg.v_norm else cp.ascontiguousarray(v)).reshape(R, hkv, d)
+                with self._span("norms"):
+                    v = (rms_norm(v, None, eps) if cfg.v_norm else cp.ascontiguousarray(v)).reshape(R, hkv, d)
                 kv_write_layer(self.pools[i], seq, k, v, pos)
             # a ring shorter than the window (max_context < window) holds every position the engine can reach, so
             # the window is the ring: the same positions are visible
@@ -234,24 +331,29 @@ class CupyEngine:
                 o = decode_attention_layer(q, self.pools[cfg.kv_source[i]], seq, pos, window=window,
                                            scale=cfg.query_scale, max_position=max_pos)
             attn = self._matvec(p + "attn_output.weight", o.reshape(R, hq * d))
-            x = add_rms_norm(x, attn, w[p + "post_attention_norm.weight"], eps)
-            u = rms_norm(x, w[p + "ffn_norm.weight"], eps)
-            act = gelu_tanh_mul(*self._matvecs([p + "ffn_gate.weight", p + "ffn_up.weight"], u))
+            ffn = [p + "ffn_gate.weight", p + "ffn_up.weight"]
+            x, u, uq = self._add_norm(x, attn, w[p + "post_attention_norm.weight"], w[p + "ffn_norm.weight"], 1.0, ffn)
+            act = gelu_tanh_mul(*self._matvecs(ffn, u, uq))
             f = self._matvec(p + "ffn_down.weight", act)
             if pli is None:
-                x = add_rms_norm(x, f, w[p + "post_ffw_norm.weight"], eps, scale=self.out_scale[i])
+                last_in, last_norm = f, w[p + "post_ffw_norm.weight"]
             else:
-                x = add_rms_norm(x, f, w[p + "post_ffw_norm.weight"], eps)
+                with self._span("norms"):
+                    x = add_rms_norm(x, f, w[p + "post_ffw_norm.weight"], eps)
                 g = gelu_tanh_mul(self._matvec(p + "inp_gate.weight", x), cp.ascontiguousarray(pli[:, i]))
-                x = add_rms_norm(x, self._matvec(p + "proj.weight", g), w[p + "post_norm.weight"], eps,
-                                 scale=self.out_scale[i])
+                last_in, last_norm = self._matvec(p + "proj.weight", g), w[p + "post_norm.weight"]
+            # the layer's last residual add (times layer_output_scale), fused with the norm that reads its output
+            next_norm, next_names = next_input_norm(cfg, i)
+            x, a, aq = self._add_norm(x, last_in, last_norm, w[next_norm], self.out_scale[i], next_names)
             if trace is not None:
                 trace.append(cp.asnumpy(x))
+        # a = rms_norm(x) * output_norm; rows are normed (and quantized) independently, so picking rows afterwards
+        # gives the bits of norming the picked rows (the Q8_1 blocks were made if the lm head routes to decode-MMQ at
+        # R rows; where it does so only at the picked count, _matvecs quantizes them)
         if static is None and list(logits_rows) != list(range(R)):
-            x = cp.ascontiguousarray(x[cp.asarray(np.asarray(logits_rows, dtype=np.int64))])
-        y = rms_norm(x, w["output_norm.weight"], eps)
-        out_name = "token_embd.weight" if cfg.tied_output else "output.weight"
-        z = self._matvec(out_name, y)
+            keep = cp.asarray(np.asarray(logits_rows, dtype=np.int64))
+            a, aq = cp.ascontiguousarray(a[keep]), None if aq is None else cp.ascontiguousarray(aq[keep])
+        z = self._matvec(output_matrix(cfg), a, aq)
         return softcap(z, cfg.final_softcap) if cfg.final_softcap else z
 
     # --- the engine protocol -------------------------------------------------------------------------
@@ -281,7 +383,7 @@ class CupyEngine:
 
     # --- CUDA graphs: one per batch size N ---------------------------------------------------------
     def _graph_step(self, tokens, positions, slots) -> np.ndarray:
-        cp, n = self.cp, len(tokens)
+        n = len(tokens)
         g = self._graphs.get(n) or self._capture(n)
         self.routes_served[n] = dict(g.routes)
         with self.stream:
@@ -289,7 +391,19 @@ class CupyEngine:
             g.positions.set(np.asarray(positions, dtype=np.int32), stream=self.stream)
             g.slots.set(np.asarray(slots, dtype=np.int32), stream=self.stream)
             g.graph.launch(self.stream)
-            return g.logits.get(stream=self.stream)  # the step's only host synchronisation
+            return self._host_logits(g.logits)
+
+    def _host_logits(self, logits) -> np.ndarray:
+        """The step's logits in a new host array backed by page-locked memory (CuPy's pinned pool: the buffer
+        returns to the pool when the array is dropped). A pageable copy goes through the driver's staging buffer:
+        N = 32 rows of a 262144-token vocabulary are 33.5 MB a step, which took ~10 ms of a 34 ms step on the H100
+        (graph replay minus the kernels' time); from page-locked memory it is one DMA. The step's only host
+        synchronisation."""
+        mem = self.cp.cuda.alloc_pinned_memory(logits.nbytes)
+        host = np.frombuffer(mem, dtype=logits.dtype, count=logits.size).reshape(logits.shape)
+        logits.get(stream=self.stream, out=host)
+        self.stream.synchronize()
+        return host
 
     def _capture(self, n: int) -> "_StepGraph":
         """Record one decode step of n rows. The step's temporaries come from a memory pool owned by this

@@ -139,7 +139,7 @@ class CudaDevice:
         return engine.route_table(n)
 
     def profile(self, engine, seqs, tokens, passes: int) -> dict[str, tuple[int, float]]:
-        """``passes`` eager forwards of the step (CUDA events around each matmul and attention launch, so
+        """``passes`` eager forwards of the step (CUDA events around each matmul, attention, norm and RoPE launch, so
         host launch gaps inside a span count too: shares, not graph-replay times). The forwards write K/V at
         the sequences' next position without advancing them; the next decode overwrites it."""
         spans = CudaSpans()

@@ -3,8 +3,9 @@ per_layer_model_proj, inp_gate, proj, lm_head, ...), attention, norms and the re
 
 Spans are context managers keyed by a name: a GGUF tensor name for a matmul (grouped by its role) or an
 op class. The numpy backend is timed by swapping a `TimedOps` proxy in as the model's ops for one pass;
-the CuPy engine calls its `op_spans` hook around each matmul and attention launch (CUDA events, an eager
-pass). `STEP` spans the whole step; "other" is the step minus every timed op.
+the CuPy engine calls its `op_spans` hook around each matmul, attention, norm ("norms", with the Q8_1 quantization
+a fused norm makes) and q/k norm + RoPE ("rope") launch (CUDA events, an eager pass). `STEP` spans the whole
+step; "other" is the step minus every timed op.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import cupy as cp
 
 from ._compile import load_module
 
-THREADS = 256  # NORM_THREADS in norms.cu (fixes the reduction order)
+THREADS = 256  # NORM_THREADS in norm_row.cuh (fixes the reduction order)
 ELEMENTWISE_THREADS = 256
 
 

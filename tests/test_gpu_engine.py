@@ -67,7 +67,8 @@ def test_gpu_engine_matches_float64_reference(preset, variant):
 
 @pytest.mark.parametrize("n", (1, 3, 17))
 def test_graph_replay_equals_eager_forward(n):
-    """The captured step (one CUDA graph per N) gives the same bits as the uncaptured forward."""
+    """The captured step (one CUDA graph per N) gives the same bits as the uncaptured forward, each step's logits in
+    an array of its own."""
     from engine.factory import make_engine
     from harness.fixtures import fixture_path
 
@@ -79,10 +80,67 @@ def test_graph_replay_equals_eager_forward(n):
     for_eager = [eager.new_sequence() for _ in range(n)]
     for i in range(n):
         assert np.array_equal(graph.prefill(for_graph[i], prompts[i]), eager.prefill(for_eager[i], prompts[i]))
+    kept = []  # each step's logits as returned, and a copy taken at once
     for step in range(4):
         tokens = [forced[i][step] for i in range(n)]
-        assert np.array_equal(graph.decode(for_graph, tokens), eager.decode(for_eager, tokens)), f"step {step}"
+        logits = graph.decode(for_graph, tokens)
+        assert np.array_equal(logits, eager.decode(for_eager, tokens)), f"step {step}"
+        kept.append((logits, logits.copy()))
     assert n in graph._graphs
+    # the graph's logits come back in page-locked host buffers: every step gets its own, later steps never
+    # overwrite what an earlier one returned
+    for step, (returned, copy) in enumerate(kept):
+        assert np.array_equal(returned, copy), f"step {step}'s logits changed after later steps"
+        assert not any(np.shares_memory(returned, other) for other, _ in kept[step + 1:])
+
+
+# (preset, variant, route mode, does any matmul read Q8_1 at N = 1 and 5?), routes from engine/routing.py:
+# g4-12b-mini in auto mode puts q and gate/up on decode-MMQ from N = 1, k/v and the lm head too at N = 5 (the
+# attention, FFN and output norms make Q8_1 blocks); forced decode_mmq every matrix (the lm head's Q8_1 row-picked in
+# prefill);
+# g4-e2b-mini in auto its tall double-wide gate/up; ws and keqv-mixed's small shapes none (the fused kernels without
+# Q8_1). The e2b/e4b presets run the PLE branch and KV-shared layers, keqv-mixed a layer whose V is the raw K.
+FUSION_CASES = {
+    "g4-12b-mini-q4_k_m-auto": ("g4-12b-mini", "q4_k_m", "auto", True),
+    "g4-12b-mini-q4_k_m-decode_mmq": ("g4-12b-mini", "q4_k_m", "decode_mmq", True),
+    "g4-e2b-mini-q4_k_m-auto": ("g4-e2b-mini", "q4_k_m", "auto", True),
+    "g4-e4b-mini-q8_0-ws": ("g4-e4b-mini", "q8_0", "ws", False),
+    "keqv-mixed-q4_0-batch-invariant": ("keqv-mixed", "q4_0", "batch-invariant", False),
+}
+
+
+@pytest.mark.parametrize("case", [pytest.param(v, id=k) for k, v in FUSION_CASES.items()])
+def test_fused_norms_change_no_bit(case):
+    """The fused norm kernels (norm + Q8_1, residual add + next norm + Q8_1, q/k norm + RoPE) give the bits of the
+    separate launches (CupyEngine(fused_norms=False)): every layer's residual stream and the logits of an eager
+    8-row pass, prefill logits (the output norm's row pick) and graph-replayed decode steps at N = 1 and 5."""
+    from engine.factory import make_engine
+    from engine.routing import DECODE_MMQ
+    from harness.fixtures import fixture_path
+    from tests.kernel_support import first_bit_difference
+
+    preset, variant, mode, mmq = case
+    path = fixture_path(preset, variant)
+    fused, separate = (make_engine("cupy", path, route_mode=mode, fused_norms=f) for f in (True, False))
+    assert fused.norms is not separate.norms
+    prompts, forced = sequences(fused.vocab_size)
+    (f_trace, f_logits), (s_trace, s_logits) = _trace(fused, prompts[3][:8]), _trace(separate, prompts[3][:8])
+    assert len(f_trace) == len(s_trace) == fused.config.n_layers
+    for i, (a, b) in enumerate(zip(f_trace, s_trace)):
+        assert not first_bit_difference(a, b), f"layer {i} residual: {first_bit_difference(a, b)}"
+    assert not first_bit_difference(f_logits, s_logits), f"eager logits: {first_bit_difference(f_logits, s_logits)}"
+    for n in (1, 5):
+        seqs = {e: [e.new_sequence() for _ in range(n)] for e in (fused, separate)}
+        for i in range(n):
+            diff = first_bit_difference(fused.prefill(seqs[fused][i], prompts[i]),
+                                        separate.prefill(seqs[separate][i], prompts[i]))
+            assert not diff, f"prefill of sequence {i}: {diff}"
+        for step in range(3):
+            tokens = [forced[i][step] for i in range(n)]
+            diff = first_bit_difference(fused.decode(seqs[fused], tokens), separate.decode(seqs[separate], tokens))
+            assert not diff, f"N={n} decode step {step}: {diff}"
+        assert fused.routes_served[n] == separate.routes_served[n]
+        assert (DECODE_MMQ in fused.routes_served[n].values()) is mmq, fused.routes_served[n]
 
 
 def test_set_route_mode_drops_graphs_and_matches_a_fresh_engine():

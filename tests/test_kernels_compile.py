@@ -33,6 +33,7 @@ KNOWN_STACK_FRAMES = {
     # sincosf's accurate argument reduction (Payne-Hanek, taken for |angle| > 105615: positions times
     # inv_freq reach that at long context) keeps its digits in a small local array inside libdevice.
     "rope_neox_f32": "sincosf slow-path argument reduction",
+    "rms_norm_rope_neox_f32": "sincosf slow-path argument reduction (fused_norms.cu: the same rope_pair.cuh)",
 }
 
 

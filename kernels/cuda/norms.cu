@@ -10,48 +10,22 @@
 //   scale_f32(x, y, n, scale)
 //       y[i] = x[i] * scale (layer_output_scale on its own, e.g. after the PLE add)
 //
-// Compile-time constants (#define):
+// Compile-time constants (#define, in norm_row.cuh):
 //   NORM_THREADS  threads per row block (256). Fixed: it sets the reduction order, so a row's result
 //                 depends only on D, never on how many rows a launch has.
 //
-// Reduction order (fixed): thread t sums x[i]^2 for i = t, t + NORM_THREADS, ... in increasing i; the 32
-// lanes of a warp combine with an xor butterfly (16, 8, 4, 2, 1; commutative, so every lane holds the same
-// bits); then every thread adds the per-warp sums in warp order 0..7 itself (no broadcast needed).
+// Reduction order (fixed; the arithmetic is in norm_row.cuh, shared with the fused kernels of fused_norms.cu):
+// thread t sums x[i]^2 for i = t, t + NORM_THREADS, ... in increasing i; the 32 lanes of a warp combine with an
+// xor butterfly (16, 8, 4, 2, 1; commutative, so every lane holds the same bits); then every thread adds the
+// per-warp sums in warp order 0..7 itself (no broadcast needed).
 // 1/sqrt is computed as 1.0f / sqrtf(ms + eps) (IEEE sqrt and divide; no rsqrtf approximation).
 // Each element is read and written by the same thread, so y may alias x (or h): in-place is allowed.
-#include "common.cuh"
+#include "norm_row.cuh"
 
-#define NORM_THREADS 256
-#define NORM_WARPS (NORM_THREADS / 32)
-
-__device__ __forceinline__ float warp_sum_butterfly(float v) {
-#pragma unroll
-    for (int m = 16; m >= 1; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
-    return v;
-}
-
-// Rows of up to NORM_REG_MAX = NORM_THREADS * NORM_PER_THREAD elements (every Gemma hidden size and head dim) are
-// read ONCE into registers, all loads issued before the first use: the row costs one memory latency, not one per
-// strided step (a decode step runs ~340 of these on single rows, where that latency is all there is). Longer rows
-// take the strided loop. Both visit the elements of a thread in the same increasing order: the same bits.
-#define NORM_PER_THREAD 16
-#define NORM_REG_MAX (NORM_THREADS * NORM_PER_THREAD)
-
-// sum of the per-warp butterfly sums in warp order 0..NORM_WARPS-1, identical bits in every thread of the block
-__device__ __forceinline__ float block_sum_in_warp_order(float s) {
-    __shared__ float warp_sums[NORM_WARPS];
-    s = warp_sum_butterfly(s);
-    if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = s;
-    __syncthreads();
-    float tot = 0.0f;
-#pragma unroll
-    for (int w = 0; w < NORM_WARPS; ++w) tot += warp_sums[w];
-    return tot;
-}
-
-__device__ __forceinline__ float inv_rms_of(float sum_sq, int D, float eps) {
-    return 1.0f / sqrtf(sum_sq / (float)D + eps);
-}
+// Rows of up to NORM_REG_MAX elements (every Gemma hidden size and head dim) are read ONCE into registers, all loads
+// issued before the first use: the row costs one memory latency, not one per strided step (a decode step runs ~340
+// of these on single rows, where that latency is all there is). Longer rows take the strided loop. Both visit the
+// elements of a thread in the same increasing order: the same bits.
 
 // y[i] = (x[i] * inv [* w[i]]) for a row of <= NORM_REG_MAX held in registers; ADD: y[i] = (h[i] + that) * scale
 template <bool ADD>
@@ -61,23 +35,18 @@ __device__ __forceinline__ void norm_row_regs(const float* xr, const float* hr, 
     float v[NORM_PER_THREAD], wv[NORM_PER_THREAD], hv[NORM_PER_THREAD];
 #pragma unroll
     for (int k = 0; k < NORM_PER_THREAD; ++k) {
-        const int i = threadIdx.x + k * NORM_THREADS;
+        const int i = reg_index(k);
         v[k] = i < D ? xr[i] : 0.0f;
         wv[k] = (has_w && i < D) ? w[i] : 1.0f;
         hv[k] = (ADD && i < D) ? hr[i] : 0.0f;
     }
-    float s = 0.0f;
-#pragma unroll
-    for (int k = 0; k < NORM_PER_THREAD; ++k)
-        if (threadIdx.x + k * NORM_THREADS < D) s = __fmaf_rn(v[k], v[k], s);
-    const float inv = inv_rms_of(block_sum_in_warp_order(s), D, eps);
+    const float inv = inv_rms_regs(v, D, eps);
 #pragma unroll
     for (int k = 0; k < NORM_PER_THREAD; ++k) {
-        const int i = threadIdx.x + k * NORM_THREADS;
+        const int i = reg_index(k);
         if (i < D) {
-            float o = v[k] * inv;
-            if (has_w) o = o * wv[k];
-            yr[i] = ADD ? __fmul_rn(__fadd_rn(hv[k], o), scale) : o;
+            const float o = rms_scale(v[k], inv, wv[k], has_w);
+            yr[i] = ADD ? residual_add(hv[k], o, scale) : o;
         }
     }
 }
@@ -85,16 +54,10 @@ __device__ __forceinline__ void norm_row_regs(const float* xr, const float* hr, 
 template <bool ADD>
 __device__ __forceinline__ void norm_row_loop(const float* xr, const float* hr, const float* __restrict__ w,
                                               float* yr, int D, float eps, float scale, int has_w) {
-    float s = 0.0f;
+    const float inv = inv_rms_loop(xr, D, eps);
     for (int i = threadIdx.x; i < D; i += NORM_THREADS) {
-        const float v = xr[i];
-        s = __fmaf_rn(v, v, s);
-    }
-    const float inv = inv_rms_of(block_sum_in_warp_order(s), D, eps);
-    for (int i = threadIdx.x; i < D; i += NORM_THREADS) {
-        float o = xr[i] * inv;
-        if (has_w) o = o * w[i];
-        yr[i] = ADD ? __fmul_rn(__fadd_rn(hr[i], o), scale) : o;
+        const float o = rms_scale(xr[i], inv, has_w ? w[i] : 1.0f, has_w);
+        yr[i] = ADD ? residual_add(hr[i], o, scale) : o;
     }
 }
 

@@ -7,14 +7,15 @@
 //       y_i        = x_i * cos(angle_i) - x_{i+half} * sin(angle_i)
 //       y_{i+half} = x_{i+half} * cos(angle_i) + x_i * sin(angle_i)
 //       The host passes inv_freq already divided by rope_freqs (Gemma 4 proportional RoPE on full layers).
-//       sincosf is the accurate libdevice routine (no fast-math, no __sinf).
+//       sincosf is the accurate libdevice routine (no fast-math, no __sinf). The pair arithmetic (angle, sincosf,
+//       the two rounded products and fmas) is in rope_pair.cuh, shared with fused_norms.cu's rms_norm_rope_neox_f32.
 //   Dynamic shared memory: 2 * half floats (the row's cos/sin table, computed once and shared by all heads).
 //
 // Compile-time constants (#define):
 //   ROPE_THREADS  threads per row block (256).
 //
 // Each output element is written by the thread that read its inputs, so y may alias x (in-place allowed).
-#include "common.cuh"
+#include "rope_pair.cuh"
 
 #define ROPE_THREADS 256
 
@@ -26,8 +27,8 @@ rope_neox_f32(const float* x, const int* __restrict__ positions, const float* __
     if (r >= rows) return;
     const float pos = (float)positions[r];
     for (int i = threadIdx.x; i < half; i += ROPE_THREADS) {
-        float s, c;
-        sincosf(pos * inv_freq[i], &s, &c);
+        float c, s;
+        rope_cos_sin(pos, inv_freq[i], &c, &s);
         cs[i] = c;
         cs[half + i] = s;
     }
@@ -38,9 +39,10 @@ rope_neox_f32(const float* x, const int* __restrict__ positions, const float* __
     for (int t = threadIdx.x; t < heads * half; t += ROPE_THREADS) {
         const int h = t / half, i = t - h * half;
         const float c = cs[i], s = cs[half + i];
-        const float x1 = xr[h * d + i], x2 = xr[h * d + half + i];
-        yr[h * d + i] = x1 * c - x2 * s;
-        yr[h * d + half + i] = x2 * c + x1 * s;
+        float y1, y2;
+        rope_rotate(xr[h * d + i], xr[h * d + half + i], c, s, &y1, &y2);
+        yr[h * d + i] = y1;
+        yr[h * d + half + i] = y2;
     }
     // Pass-through dims [2*half, d) of every head.
     const int rest = d - 2 * half;
