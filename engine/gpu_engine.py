@@ -396,9 +396,9 @@ class CupyEngine:
     def _host_logits(self, logits) -> np.ndarray:
         """The step's logits in a new host array backed by page-locked memory (CuPy's pinned pool: the buffer
         returns to the pool when the array is dropped). A pageable copy goes through the driver's staging buffer:
-        N = 32 rows of a 262144-token vocabulary are 33.5 MB a step, which took ~10 ms of a 34 ms step on the H100
-        (graph replay minus the kernels' time); from page-locked memory it is one DMA. The step's only host
-        synchronisation."""
+        N = 32 rows of a 262144-token vocabulary are 33.5 MB a step. On the H100 the shape12b N = 32 step took
+        33.8 ms against 23.4 ms of kernel time (ncu) with the pageable copy, and 21.1 ms against 21.1 ms with this
+        one. The step's only host synchronisation."""
         mem = self.cp.cuda.alloc_pinned_memory(logits.nbytes)
         host = np.frombuffer(mem, dtype=logits.dtype, count=logits.size).reshape(logits.shape)
         logits.get(stream=self.stream, out=host)
