@@ -41,7 +41,7 @@ class Tile:
     """One compiled tile variant of mmq.cu: bm weight rows x bn tokens per thread block.
 
     kind "mma": the int8 tensor-core tile, bm / 16 warps, kb 32-value blocks per shared-memory stage.
-    kind "dp4a": the small-N kernel (mmq.cu, "Small-N decode-MMQ on dp4a"), 4 warps of 8 rows; its chunk of
+    kind "dp4a": the small-N kernel (mmq.cu, "Small-N decode-MMQ on dp4a"), 4 warps of 16 rows (8 at bn 4); its chunk of
     blocks (8 or 32) is picked per launch from the shape (dp4a_chunk), so kb is 0 here."""
     bm: int
     bn: int
@@ -63,11 +63,13 @@ DP4A_THREADS = 128  # MMQ_DP4A_WARPS * 32 in mmq.cu
 DP4A_CHUNKS = (8, 32)  # the CW of mmq.cu's dp4a entries
 
 
-DP4A_ROWS_PER_WARP = 8  # MMQ_DP4A_ROWS in mmq.cu (at most 32 / bn: one accumulator per lane)
+def dp4a_rows_per_warp(bn: int) -> int:
+    """MMQ_DP4A_ROWS in mmq.cu: 16 rows a warp, 8 for bn 4 (at most 32 accumulators, one per lane)."""
+    return 8 if bn >= 4 else 16
 
 
 def dp4a_tile(bn: int) -> Tile:
-    return Tile(DP4A_THREADS // 32 * DP4A_ROWS_PER_WARP, bn, 0, "dp4a")
+    return Tile(DP4A_THREADS // 32 * dp4a_rows_per_warp(bn), bn, 0, "dp4a")
 
 
 def dp4a_chunk(units: int, slices: int) -> int:

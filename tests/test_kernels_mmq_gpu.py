@@ -193,11 +193,11 @@ def test_launcher_matches_tile_list():
     bns = dict.fromkeys(bn for bn, _ in dp4a)
     assert sorted(dp4a) == sorted((bn, str(cw)) for bn in bns for cw in DP4A_CHUNKS)
     warps = int(re.search(r"#define MMQ_DP4A_WARPS (\d+)", src).group(1))
-    rows = int(re.search(r"#define MMQ_DP4A_ROWS (\d+)", src).group(1))
+    bn4_rows, rows = (int(v) for v in re.search(r"#define MMQ_DP4A_ROWS\(BN\) \(\(BN\) >= 4 \? (\d+) : (\d+)\)", src).groups())
     assert warps * 32 == DP4A_THREADS
     for bn in bns:
         tile = TILES[f"dp4a_bn{bn}"]
-        assert tile.bm == warps * rows and tile.threads == DP4A_THREADS
+        assert tile.bm == warps * (bn4_rows if int(bn) >= 4 else rows) and tile.threads == DP4A_THREADS
         assert tile.bm // warps * int(bn) <= 32  # one accumulator per lane
     for pattern in (r"^MMQ_TILES\((\w+),", r"^MMQ_DP4A_TILES\((\w+),"):
         assert sorted(re.findall(pattern, src, flags=re.M)) == sorted(t.lower() for t in MMQ_TYPES)
@@ -272,12 +272,12 @@ def test_plan_geometry():
         "mmq_q4_0_bm64_bn8", (3, 3, 16), (128, 1, 1), 81, True, 16)
     plan = plan_mmq(raw, "Q4_0", 2592, quantize_q8_1_host(x), tile="bm64_bn16", slices=3)
     assert (plan.entry, plan.grid, plan.block, plan.quantize) == ("mmq_q4_0_bm64_bn16", (3, 2, 3), (128, 1, 1), False)
-    # dp4a: 4 warps of 8 rows (32 a block), the chunk width from the slice length (81 / 16 -> 6 blocks: 8;
-    # 81 / 2 -> 41: 32)
+    # dp4a: 4 warps of 16 rows (bn 4: 8 rows, 32 a block), the chunk width from the slice length (81 / 16 -> 6
+    # blocks: 8; 81 / 2 -> 41: 32)
     plan = plan_mmq(raw, "Q4_0", 2592, x, tile="dp4a_bn4")
     assert (plan.entry, plan.grid, plan.block, plan.slices) == ("mmq_q4_0_dp4a_bn4_cw8", (5, 5, 16), (128, 1, 1), 16)
     plan = plan_mmq(raw, "Q4_0", 2592, x, tile="dp4a_bn1", slices=2)
-    assert (plan.entry, plan.grid, plan.block) == ("mmq_q4_0_dp4a_bn1_cw32", (5, 17, 2), (128, 1, 1))
+    assert (plan.entry, plan.grid, plan.block) == ("mmq_q4_0_dp4a_bn1_cw32", (3, 17, 2), (128, 1, 1))
 
 
 @pytest.mark.parametrize("units, slices, chunk", [

@@ -423,16 +423,15 @@ __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_byt
 // UR 4 (80..95 registers) was 0.95..1.4x slower, and a full unroll let ptxas hoist every row's loads (128..168
 // registers, Q6_K spills).
 // BN: tokens per thread block (1, 2, 4); CW: blocks per chunk (8 or 32: kernels/mmq.py picks the one that wastes
-// fewer lanes on the shape's slice length). 4 warps of RW = MMQ_DP4A_ROWS rows each: BM = 4 * RW rows per thread
+// fewer lanes on the shape's slice length). 4 warps of RW = MMQ_DP4A_ROWS(BN) rows each: BM = 4 * RW rows per thread
 // block.
 #define MMQ_DP4A_WARPS 4
-// Rows per warp: 8. Fewer rows than the 32 / BN accumulators a warp could hold, so that a launch has more warps to
-// keep loads in flight (measured, Q4_K 15360 x 3840 at N = 1: 32 rows a warp 24.3 us, 16 rows 19.4 with ncu
-// reporting 0.8 waves and 50 % of DRAM throughput).
-#define MMQ_DP4A_ROWS 8
-// Resident blocks per SM ptxas must allow: 8 (64 registers a thread, 32 warps an SM to keep loads in flight); 6 for
-// BN 2 and 5 for BN 4, whose Q5_K entries spill at 64 (BN 2) and 80 (BN 4) registers.
-#define MMQ_DP4A_MIN_BLOCKS(BN) ((BN) >= 4 ? 5 : (BN) >= 2 ? 6 : 8)
+// Rows per warp: 16 (8 for BN 4). Fewer rows than the 32 / BN accumulators a warp could hold, so that a launch has
+// more warps to spread its loads over (measured, Q4_K 15360 x 3840 at N = 1: 32 rows a warp 24.3 us, 16 rows 19.4).
+#define MMQ_DP4A_ROWS(BN) ((BN) >= 4 ? 8 : 16)
+// Resident blocks per SM ptxas must allow: 8 (64 registers a thread, 32 warps an SM to keep loads in flight); 5 for
+// BN 4, whose K-quant entries spill at 64 registers (Q5_K still at 80).
+#define MMQ_DP4A_MIN_BLOCKS(BN) ((BN) >= 4 ? 5 : 8)
 
 __device__ __forceinline__ int mmq_dp4a(u32 a, u32 b, int c) {
     int r;
@@ -445,7 +444,7 @@ __device__ __forceinline__ void mmq_dp4a_kernel(const u8* __restrict__ w, i64 ro
                                                 const u8* __restrict__ xq, int n, float* __restrict__ y, int slices,
                                                 float* __restrict__ part, int* __restrict__ counters) {
     constexpr int H = Q::HALVES;
-    constexpr int RW = MMQ_DP4A_ROWS;            // rows per warp: RW * BN accumulators, one per lane
+    constexpr int RW = MMQ_DP4A_ROWS(BN);        // rows per warp: RW * BN accumulators, one per lane
     constexpr int RPI = 32 / CW;                 // rows per term iteration
     constexpr int ITERS = RW / RPI;              // term iterations per chunk (= RW * CW / 32 >= 2)
     constexpr int UR = 2;                        // rows of a lane whose weight loads are issued together
