@@ -229,24 +229,46 @@ class CupyEngine:
     def _matvecs(self, names: Sequence[str], x, xq=None) -> list:
         """x @ W.T for each matrix W in `names` (all with the same input). The decode-MMQ ones read x as Q8_1 blocks:
         `xq` when the caller made them (a fused norm), else x is quantized here once for all of them (q/k/v share
-        one input, gate/up another)."""
+        one input, gate/up another), and those that can share a launch do (_mmq_groups)."""
         from kernels.matvec import matvec
-        from kernels.mmq import mmq_matvec
+        from kernels.mmq import mmq_matvec_group
         from kernels.quantize_q8_1 import quantize_q8_1
 
         x = self.cp.ascontiguousarray(x)
         rows = int(x.shape[0])
-        out = []
+        routes = {name: self.route(name, rows) for name in names}
+        self._served.update(routes)
+        out = {}
+        for group in self._mmq_groups([n for n in names if routes[n] == routing.DECODE_MMQ], rows):
+            with self._span(group[0]):  # a quantization made here is counted in the first MMQ matmul's span
+                xq = quantize_q8_1(x) if xq is None else xq
+                members = [(self.w[n].raw, self.w[n].type_name, self.w[n].n_cols) for n in group]
+                out.update(zip(group, mmq_matvec_group(members, xq)))
+        for name in names:
+            if routes[name] != routing.DECODE_MMQ:
+                m = self.w[name]
+                with self._span(name):
+                    out[name] = matvec(m.raw, m.type_name, m.n_cols, x, route=routes[name])
+        return [out[name] for name in names]
+
+    def _mmq_groups(self, names: Sequence[str], rows: int) -> list[list[str]]:
+        """The decode-MMQ matrices of one input, grouped into shared launches (kernels.mmq.mmq_matvec_group): those
+        with the same type, columns, tile and K split at this N, up to GROUP_MAX a launch, in `names` order. The
+        bits are those of one launch each, which is what a profiled pass runs (op_spans times each matrix)."""
+        from kernels.mmq import GROUP_MAX, choose_tile, split_k_slices
+
+        if self.op_spans is not None:
+            return [[name] for name in names]
+        groups: dict[tuple, list[list[str]]] = {}
         for name in names:
             m = self.w[name]
-            route = self._served[name] = self.route(name, rows)
-            with self._span(name):  # a quantization made here is counted in the first MMQ matmul's span
-                if route == routing.DECODE_MMQ:
-                    xq = quantize_q8_1(x) if xq is None else xq
-                    out.append(mmq_matvec(m.raw, m.type_name, m.n_cols, xq))
-                else:
-                    out.append(matvec(m.raw, m.type_name, m.n_cols, x, route=route))
-        return out
+            key = (m.type_name, m.n_cols, choose_tile(m.type_name, m.rows, m.n_cols, rows).name,
+                   split_k_slices(m.rows, m.n_cols // 32))
+            runs = groups.setdefault(key, [[]])
+            if len(runs[-1]) == GROUP_MAX:
+                runs.append([])
+            runs[-1].append(name)
+        return [group for runs in groups.values() for group in runs]
 
     def _matvec(self, name: str, x, xq=None):
         return self._matvecs([name], x, xq)[0]

@@ -229,6 +229,72 @@ def plan_mmq(w_raw, type_name: str, n_cols: int, x, *, out=None, tile: str | Non
     return MmqLaunch(entry, chosen, grid, block, rows, rb, units, n, quantize, k_slices)
 
 
+GROUP_MAX = 3  # MMQ_GROUP_MAX in mmq.cu: weight matrices one launch can serve
+
+
+def plan_mmq_group(members, x, *, outs=None, tile: str | None = None, slices: int | None = None) -> list[MmqLaunch]:
+    """Validate a grouped launch on the host: each member (w_raw, type_name, n_cols) as plan_mmq does, and the
+    members share what one launch must (type, columns, tile, K split). Returns one plan per member."""
+    members = list(members)
+    if not 1 <= len(members) <= GROUP_MAX:
+        raise ValueError(f"members: a grouped decode-MMQ launch takes 1..{GROUP_MAX} matrices, got {len(members)}")
+    outs = [None] * len(members) if outs is None else list(outs)
+    if len(outs) != len(members):
+        raise ValueError(f"outs: expected {len(members)} outputs (one per member), got {len(outs)}")
+    plans = [plan_mmq(w, t, c, x, out=o, tile=tile, slices=slices) for (w, t, c), o in zip(members, outs)]
+    first = plans[0]
+    for i, plan in enumerate(plans[1:], 1):
+        if (members[i][1], int(members[i][2]), plan.tile, plan.slices) != (members[0][1], int(members[0][2]),
+                                                                           first.tile, first.slices):
+            raise ValueError(f"members[{i}]: {members[i][1]} {plan.rows}x{members[i][2]} on {plan.tile.name} with "
+                             f"{plan.slices} K slices cannot share a launch with member 0 ({members[0][1]} "
+                             f"{first.rows}x{members[0][2]} on {first.tile.name} with {first.slices}): a grouped "
+                             "launch needs one type, column count, tile and K split")
+    if first.slices > 1 and sum(p.grid[0] for p in plans) * first.grid[1] > COUNTER_SLOTS:
+        raise ValueError(f"members: {sum(p.grid[0] for p in plans) * first.grid[1]} tiles, more than the "
+                         f"{COUNTER_SLOTS} split-K counters")
+    return plans
+
+
+def mmq_matvec_group(members, x, *, outs=None, tile: str | None = None, slices: int | None = None) -> list:
+    """[x @ dequant(W_m).T for each member (w_raw, type_name, n_cols)] in one launch (mmq.cu: a block runs the member
+    whose row tiles hold its blockIdx.x). The members share the activations, the type, K, the tile and the K split
+    (the 12B's q/k/v and gate/up do at small N: choose_tile and split_k_slices give them the same); each output has
+    the bits of its own mmq_matvec launch. x as in mmq_matvec (quantized once for all members when float32)."""
+    import cupy
+
+    plans = plan_mmq_group(members, x, outs=outs, tile=tile, slices=slices)
+    outs = [None] * len(plans) if outs is None else list(outs)
+    require_device_arrays(x=x, **{f"members[{i}].w_raw": m[0] for i, m in enumerate(members)},
+                          **{f"outs[{i}]": o for i, o in enumerate(outs)})
+    first = plans[0]
+    if first.quantize:
+        from kernels.quantize_q8_1 import quantize_q8_1
+
+        x = quantize_q8_1(x)
+    ys = [cupy.empty((p.n, p.rows), dtype=cupy.float32) if o is None else o for p, o in zip(plans, outs)]
+    if first.slices == 1:
+        parts, counters = ys, ys[0]  # not read by the kernel
+    else:
+        parts = [cupy.empty((p.slices, p.n, p.rows), dtype=cupy.float32) for p in plans]
+        counters = prepare_counters()
+    tiles = [p.grid[0] for p in plans]
+    grid = (sum(tiles), first.grid[1], first.slices)
+
+    def padded(values, fill):  # members past the group's are never selected (no block's x reaches them)
+        return list(values) + [fill] * (GROUP_MAX - len(values))
+
+    weights = padded([m[0] for m in members], members[0][0])
+    row_bytes = [np.int64(v) for v in padded([p.row_bytes for p in plans], first.row_bytes)]
+    rows = [np.int32(v) for v in padded([p.rows for p in plans], 0)]
+    bounds = (np.int32(tiles[0]), np.int32(tiles[0] + (tiles[1] if len(tiles) > 1 else 0)))
+    load_module(MODULE).get_function(first.entry)(
+        grid, first.block,
+        (*weights, *row_bytes, *rows, *bounds, *padded(ys, ys[0]), *padded(parts, parts[0]), np.int32(first.units),
+         x, np.int32(first.n), np.int32(first.slices), counters))
+    return ys
+
+
 def mmq_matvec(w_raw, type_name: str, n_cols: int, x, *, out=None, tile: str | None = None,
                slices: int | None = None):
     """y [N, rows] float32 = x @ dequant(W).T with x quantized to Q8_1 (float32 x) or given as Q8_1 (uint8 x).
@@ -236,23 +302,6 @@ def mmq_matvec(w_raw, type_name: str, n_cols: int, x, *, out=None, tile: str | N
     out: an optional float32 C-contiguous [N, rows] array to write into (e.g. a view between guard regions).
     tile: force one of TILES (tests run every variant); default: choose_tile (TILE_RULES).
     slices: force the number of K slices (tuning and tests; it changes the bits); default: split_k_slices (shape).
+    A group of one (mmq_matvec_group).
     """
-    import cupy
-
-    plan = plan_mmq(w_raw, type_name, n_cols, x, out=out, tile=tile, slices=slices)
-    require_device_arrays(w_raw=w_raw, x=x, out=out)
-    if plan.quantize:
-        from kernels.quantize_q8_1 import quantize_q8_1
-
-        x = quantize_q8_1(x)
-    y = cupy.empty((plan.n, plan.rows), dtype=cupy.float32) if out is None else out
-    if plan.slices == 1:
-        part = counters = y  # not read by the kernel
-    else:
-        part = cupy.empty((plan.slices, plan.n, plan.rows), dtype=cupy.float32)
-        counters = prepare_counters()
-    load_module(MODULE).get_function(plan.entry)(
-        plan.grid, plan.block,
-        (w_raw, np.int64(plan.row_bytes), np.int32(plan.rows), np.int32(plan.units), x, np.int32(plan.n), y,
-         np.int32(plan.slices), part, counters))
-    return y
+    return mmq_matvec_group([(w_raw, type_name, n_cols)], x, outs=[out], tile=tile, slices=slices)[0]

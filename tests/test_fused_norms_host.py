@@ -174,3 +174,33 @@ def test_fused_and_separate_norm_steps_have_one_interface():
     for step in ("norm", "add_norm", "norm_rope"):
         assert (getattr(fused, step).__code__.co_varnames[:getattr(fused, step).__code__.co_argcount]
                 == getattr(separate, step).__code__.co_varnames[:getattr(separate, step).__code__.co_argcount])
+
+
+class _Weights:
+    """A stand-in for CupyEngine with matrices of given shapes (CupyEngine._mmq_groups reads self.w and op_spans)."""
+
+    def __init__(self, shapes: dict[str, tuple[str, int, int]], profiling: bool = False):
+        from types import SimpleNamespace
+
+        self.w = {name: SimpleNamespace(type_name=t, rows=rows, n_cols=cols) for name, (t, rows, cols) in shapes.items()}
+        self.op_spans = (lambda name: None) if profiling else None
+
+
+# the 12B's q/k/v (Q4_K 4096 / 2048 / 2048 rows x 3840) and gate/up (15360 x 3840), a Q6_K attn_v as in Q4_K_M mixes
+_QKV = {"q": ("Q4_K", 4096, 3840), "k": ("Q4_K", 2048, 3840), "v": ("Q4_K", 2048, 3840)}
+
+
+@pytest.mark.parametrize("shapes, n, want", [
+    (_QKV, 1, [["q", "k", "v"]]),                                   # dp4a_bn1, 16 K slices each: one launch
+    (_QKV, 3, [["q"], ["k", "v"]]),                                 # bm64_bn8 on 4096 rows, dp4a_bn2 on 2048
+    ({**_QKV, "v": ("Q6_K", 2048, 3840)}, 1, [["q", "k"], ["v"]]),  # another type: its own launch
+    ({"gate": ("Q4_K", 15360, 3840), "up": ("Q4_K", 15360, 3840)}, 8, [["gate", "up"]]),
+    ({f"m{i}": ("Q4_0", 2048, 3840) for i in range(4)}, 1, [["m0", "m1", "m2"], ["m3"]]),  # GROUP_MAX a launch
+])
+def test_mmq_groups_share_a_launch_only_when_they_can(shapes, n, want):
+    assert CupyEngine._mmq_groups(_Weights(shapes), list(shapes), n) == want
+
+
+def test_profiled_pass_launches_each_matrix_alone():
+    """op_spans times each matmul, so a profiled pass does not group (the bits are the same either way)."""
+    assert CupyEngine._mmq_groups(_Weights(_QKV, profiling=True), list(_QKV), 1) == [["q"], ["k"], ["v"]]

@@ -27,7 +27,7 @@ import pytest
 
 from kernels._compile import source_path
 from kernels.mmq import (DP4A_CHUNKS, DP4A_THREADS, MMQ_TYPES, TILES, choose_tile, dp4a_chunk, mmq_matvec,
-                         plan_mmq, split_k_slices)
+                         plan_mmq, plan_mmq_group, split_k_slices)
 from kernels.reference.dequant import _k_nibbles, _k_sub_scales, _low_high_nibbles
 from kernels.reference.q8_1 import BLOCK_BYTES as Q8_1_BYTES
 from kernels.reference.q8_1 import dequantize_q8_1, quantize_q8_1 as quantize_q8_1_host
@@ -426,3 +426,50 @@ def test_mmq_batch_invariant(type_name, n, rows, cols_k, cols):
         single = cp.asnumpy(mmq_matvec(raw, type_name, cols, x[j:j + 1]))[0]
         diff = first_bit_difference(y[j], single)
         assert not diff, f"{type_name} N={n}: token {j} differs from its N = 1 launch: {diff}"
+
+
+# --- grouped launches (several matrices that read the same activations, one launch) -------------------------------
+
+def test_plan_group_refuses_members_that_cannot_share_a_launch():
+    raw, x = _arrays(rows=7, cols=288, n=3, t="Q8_0")
+    raw4, _ = _arrays(rows=7, cols=288, n=3, t="Q4_0")
+    plans = plan_mmq_group([(raw, "Q8_0", 288), (raw, "Q8_0", 288)], x)
+    assert [p.rows for p in plans] == [7, 7] and plans[0].entry == plans[1].entry
+    with pytest.raises(ValueError, match=r"members\[1\]: Q4_0 .* cannot share a launch"):
+        plan_mmq_group([(raw, "Q8_0", 288), (raw4, "Q4_0", 288)], x)
+    with pytest.raises(ValueError, match=r"members: a grouped decode-MMQ launch takes 1\.\.3"):
+        plan_mmq_group([(raw, "Q8_0", 288)] * 4, x)
+    with pytest.raises(ValueError, match=r"outs: expected 2 outputs"):
+        plan_mmq_group([(raw, "Q8_0", 288)] * 2, x, outs=[None])
+    big, xk = _arrays(rows=3840, cols=1024, n=3, t="Q4_K")
+    small, _ = _arrays(rows=77, cols=1024, n=3, t="Q4_K")  # at N = 3: bm64_bn8 on 3840 rows, dp4a_bn2 on 77
+    with pytest.raises(ValueError, match=r"on dp4a_bn2 with 8 K slices cannot share a launch with member 0 \(Q4_K "
+                                         r"3840x1024 on bm64_bn8 with 8\)"):
+        plan_mmq_group([(big, "Q4_K", 1024), (small, "Q4_K", 1024)], xk)
+
+
+@gpu
+@pytest.mark.parametrize("type_name", MMQ_TYPES)
+@pytest.mark.parametrize("n", (1, 2, 3, 5, 17))
+@pytest.mark.parametrize("rows_list", [(130, 77, 130), (2096, 2048), (130,)], ids=["three-tails", "two", "one"])
+def test_grouped_launch_equals_separate_launches(type_name, n, rows_list):
+    """A grouped launch (members of different row counts, tails included, sharing one K split) gives each member the
+    bits of its own launch, on every tile, writes every output element and nothing around it."""
+    from kernels.mmq import mmq_matvec_group
+    from kernels.quantize_q8_1 import quantize_q8_1
+
+    cols = 1024 if type_name in K_QUANTS else 1056
+    hosts = [_inputs(type_name, rows, cols, n)[0] for rows in rows_list]
+    x = cp.asarray(_inputs(type_name, rows_list[0], cols, n)[1])
+    xq = quantize_q8_1(x)
+    raws = [cp.asarray(h) for h in hosts]
+    assert len({split_k_slices(r, cols // 32) for r in rows_list}) == 1
+    for tile in TILES:
+        separate = [cp.asnumpy(mmq_matvec(raw, type_name, cols, xq, tile=tile)) for raw in raws]
+        outs = [GuardedOutput(cp, (n, rows), np.float32) for rows in rows_list]
+        mmq_matvec_group([(raw, type_name, cols) for raw in raws], xq, outs=[o.view for o in outs], tile=tile)
+        cp.cuda.get_current_stream().synchronize()
+        for i, (out, y) in enumerate(zip(outs, separate)):
+            assert all(out.guards_intact()), f"{type_name} N={n} {tile}: member {i}'s guards overwritten"
+            diff = first_bit_difference(cp.asnumpy(out.view), y)
+            assert not diff, f"{type_name} N={n} {tile}: member {i} differs from its own launch: {diff}"

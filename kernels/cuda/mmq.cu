@@ -270,7 +270,7 @@ __device__ __forceinline__ void mmq_last_slice_sums(const float* part, int slice
 template <class Q, int WM, int BN, int KB>
 __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_bytes, int rows, int units,
                                            const u8* __restrict__ xq, int n, float* __restrict__ y, int slices,
-                                           float* __restrict__ part, int* __restrict__ counters) {
+                                           float* __restrict__ part, int* __restrict__ counters, int bx) {
     constexpr int BM = 16 * WM, THREADS = 32 * WM, NT = BN / 8;  // NT: n8 tiles per warp
     constexpr int MMQ_KB = KB, MMQ_LDS = 8 * KB + 4;
     __shared__ u32 s_wq[BM * MMQ_LDS];
@@ -282,7 +282,7 @@ __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_byt
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
-    const int row0 = blockIdx.x * BM, tok0 = blockIdx.y * BN;
+    const int row0 = bx * BM, tok0 = blockIdx.y * BN;
     const size_t xrow_bytes = (size_t)units * Q8_1_BYTES;
     // K slice of this block (grid.z): blocks [u_lo, u_hi), the same bounds for every tile and every N
     const int u_lo = (int)((long long)blockIdx.z * units / slices);
@@ -442,7 +442,7 @@ __device__ __forceinline__ int mmq_dp4a(u32 a, u32 b, int c) {
 template <class Q, int BN, int CW>
 __device__ __forceinline__ void mmq_dp4a_kernel(const u8* __restrict__ w, i64 row_bytes, int rows, int units,
                                                 const u8* __restrict__ xq, int n, float* __restrict__ y, int slices,
-                                                float* __restrict__ part, int* __restrict__ counters) {
+                                                float* __restrict__ part, int* __restrict__ counters, int bx) {
     constexpr int H = Q::HALVES;
     constexpr int RW = MMQ_DP4A_ROWS(BN);        // rows per warp: RW * BN accumulators, one per lane
     constexpr int RPI = 32 / CW;                 // rows per term iteration
@@ -455,7 +455,7 @@ __device__ __forceinline__ void mmq_dp4a_kernel(const u8* __restrict__ w, i64 ro
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int uc = lane % CW, rsub = lane / CW;
-    const int row0 = blockIdx.x * BM, wrow0 = row0 + warp * RW, tok0 = blockIdx.y * BN;
+    const int row0 = bx * BM, wrow0 = row0 + warp * RW, tok0 = blockIdx.y * BN;
     const size_t xrow_bytes = (size_t)units * Q8_1_BYTES;
     const int u_lo = (int)((long long)blockIdx.z * units / slices);
     const int u_hi = (int)((long long)(blockIdx.z + 1) * units / slices);
@@ -543,22 +543,41 @@ __device__ __forceinline__ void mmq_dp4a_kernel(const u8* __restrict__ w, i64 ro
     if (slices > 1) mmq_last_slice_sums<BM, BN, THREADS>(part, slices, rows, n, row0, tok0, y, counters);
 }
 
-#define MMQ_PARAMS const u8 *w, i64 row_bytes, int rows, int units, const u8 *xq, int n, float *y, int slices, \
-                   float *part, int *counters
+// Every entry serves a GROUP of 1..MMQ_GROUP_MAX weight matrices that read the same activations (q/k/v, gate/up):
+// one launch instead of one per matrix, since at small N a launch's fixed cost (its first memory round trips and
+// the last-slice sums) is a large part of a small matrix's time. The members share the type, K, the token tiles and
+// the K split; grid.x is the concatenation of their row tiles (member 0: [0, tiles0), 1: [tiles0, tiles01), 2:
+// [tiles01, ...)), and a block runs the member its blockIdx.x falls in, on its own row tile bx. Each output's
+// arithmetic is the single-matrix launch's: a grouped launch gives the same bits. The split-K counters are indexed
+// by the block's place in the whole grid, so they stay distinct.
+#define MMQ_GROUP_MAX 3
+#define MMQ_PARAMS const u8 *w0, const u8 *w1, const u8 *w2, i64 rb0, i64 rb1, i64 rb2, int rows0, int rows1,       \
+                   int rows2, int tiles0, int tiles01, float *y0, float *y1, float *y2, float *part0, float *part1,  \
+                   float *part2, int units, const u8 *xq, int n, int slices, int *counters
+// the member of this block: its weights, row bytes, rows, output, partial sums and row tile
+#define MMQ_MEMBER                                                                                             \
+    const int m_ = blockIdx.x < tiles0 ? 0 : blockIdx.x < tiles01 ? 1 : 2;                                     \
+    const u8* w = m_ == 0 ? w0 : m_ == 1 ? w1 : w2;                                                            \
+    const i64 row_bytes = m_ == 0 ? rb0 : m_ == 1 ? rb1 : rb2;                                                 \
+    const int rows = m_ == 0 ? rows0 : m_ == 1 ? rows1 : rows2;                                                \
+    float* y = m_ == 0 ? y0 : m_ == 1 ? y1 : y2;                                                               \
+    float* part = m_ == 0 ? part0 : m_ == 1 ? part1 : part2;                                                   \
+    const int bx = (int)blockIdx.x - (m_ == 0 ? 0 : m_ == 1 ? tiles0 : tiles01);
 #define MMQ_ENTRY(name, Q, WM, BM, BN, KB, SUFFIX)                                                             \
     extern "C" __global__ void __launch_bounds__(32 * WM) mmq_##name##_bm##BM##_bn##BN##SUFFIX(MMQ_PARAMS) { \
-        mmq_kernel<Q, WM, BN, KB>(w, row_bytes, rows, units, xq, n, y, slices, part, counters);                \
+        MMQ_MEMBER                                                                                             \
+        mmq_kernel<Q, WM, BN, KB>(w, row_bytes, rows, units, xq, n, y, slices, part, counters, bx);            \
     }
 #define MMQ_TILES(name, Q)                                                                                     \
     MMQ_ENTRY(name, Q, 2, 32, 16, 4, ) MMQ_ENTRY(name, Q, 2, 32, 32, 4, ) MMQ_ENTRY(name, Q, 4, 64, 16, 4, )   \
     MMQ_ENTRY(name, Q, 4, 64, 32, 4, ) MMQ_ENTRY(name, Q, 2, 32, 16, 16, _kb16) MMQ_ENTRY(name, Q, 4, 64, 16, 8, _kb8) \
     MMQ_ENTRY(name, Q, 4, 64, 8, 4, ) MMQ_ENTRY(name, Q, 2, 32, 8, 16, _kb16)
-
 // dp4a entries mmq_<t>_dp4a_bn<BN>_cw<CW>: kernels/mmq.py's dp4a tiles and DP4A_CHUNKS mirror BN and CW.
 #define MMQ_DP4A_ENTRY(name, Q, BN, CW)                                                                        \
     extern "C" __global__ void __launch_bounds__(32 * MMQ_DP4A_WARPS, MMQ_DP4A_MIN_BLOCKS(BN))               \
         mmq_##name##_dp4a_bn##BN##_cw##CW(MMQ_PARAMS) {                                                      \
-        mmq_dp4a_kernel<Q, BN, CW>(w, row_bytes, rows, units, xq, n, y, slices, part, counters);               \
+        MMQ_MEMBER                                                                                             \
+        mmq_dp4a_kernel<Q, BN, CW>(w, row_bytes, rows, units, xq, n, y, slices, part, counters, bx);           \
     }
 #define MMQ_DP4A_TILES(name, Q)                                                                                \
     MMQ_DP4A_ENTRY(name, Q, 1, 8) MMQ_DP4A_ENTRY(name, Q, 1, 32) MMQ_DP4A_ENTRY(name, Q, 2, 8)                 \
