@@ -12,8 +12,8 @@ kernels/rope.py), which the .cu header explains:
 Arrays are CuPy, C-contiguous; float32 rows [rows, D] (Q8_1: D % 32 == 0, blocks uint8 [rows, D / 32 * 36]).
 Outputs are new arrays unless given; `out_h=h` (the residual in place) and rms_norm_rope_neox's `out=x` are the
 only overlaps allowed. The `plan_*` functions validate on the host from shapes, dtypes, flags and addresses, so
-they run (and are tested) on numpy arrays without a GPU; a bad argument raises TypeError (not an array, wrong
-dtype) or ValueError (rank, shape, layout, alignment, overlap), naming the argument.
+they run (and are tested) on numpy arrays without a GPU; a bad argument raises ValueError naming the argument
+(kernels.dequant.check_array, as every launcher: not an array, dtype, rank, shape, layout, alignment; and overlap).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kernels._compile import load_module
-from kernels.dequant import address, require_device_arrays
+from kernels.dequant import address, check_array, require_device_arrays
 from kernels.reference.q8_1 import BLOCK_BYTES, QK8_1
 
 MODULE = "fused_norms"
@@ -45,19 +45,7 @@ class FusedNormLaunch:
 # --- host-side checks ----------------------------------------------------------------------------------------------
 
 def _check(name: str, a, dtype, ndim: int, shape: tuple[int, ...] | None = None, align: int = 4) -> None:
-    for attr in ("shape", "dtype", "flags"):
-        if not hasattr(a, attr):
-            raise TypeError(f"{name}: expected an array, got {type(a).__name__}")
-    if np.dtype(a.dtype) != np.dtype(dtype):
-        raise TypeError(f"{name}: expected {np.dtype(dtype).name}, got {np.dtype(a.dtype).name}")
-    if a.ndim != ndim:
-        raise ValueError(f"{name}: expected {ndim}-D, got shape {tuple(a.shape)}")
-    if shape is not None and tuple(a.shape) != tuple(shape):
-        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(a.shape)}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name}: must be C-contiguous (strides {tuple(a.strides)} for shape {tuple(a.shape)})")
-    if a.size and address(a) % align:
-        raise ValueError(f"{name}: must start {align}-byte aligned, address {address(a):#x} is not")
+    check_array(name, a, dtype=dtype, ndim=ndim, shape=shape, align=align)
 
 
 def _span(a) -> tuple[int, int]:

@@ -168,3 +168,12 @@ def assert_rows_close(ref: np.ndarray, got: np.ndarray, what: str, tol: float = 
     err = np.atleast_1d(nmse(ref2, got2))
     worst = int(np.argmax(err))
     assert err[worst] <= tol, f"{what}: row {worst} NMSE {err[worst]:.3e} > {tol:.0e}"
+
+
+def inv_freq_f32(base: float, n_rot: int, freq_factors=None) -> np.ndarray:
+    """RoPE inverse frequencies base^(-2i / n_rot) for i < n_rot / 2, divided by the model's rope_freqs factors when
+    given (Gemma 4 proportional RoPE), rounded once to float32 as the engine passes them."""
+    inv = base ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)
+    if freq_factors is not None:
+        inv = inv / freq_factors
+    return inv.astype(np.float32)

@@ -13,7 +13,7 @@ import pytest
 from engine.backends.numpy_backend import NumpyBackend
 from oracles.metrics import nmse, screen_nonfinite
 
-from .kernel_support import NMSE_FP32, Guarded, assert_rows_close
+from .kernel_support import NMSE_FP32, Guarded, assert_rows_close, inv_freq_f32
 
 try:  # collection must work without CuPy; the gpu marker makes the plugin skip these tests there
     import cupy as cp
@@ -127,13 +127,6 @@ def test_rms_norm_row_is_batch_independent(d):
 
 
 # --- RoPE -----------------------------------------------------------------------------------------------------
-
-def inv_freq_f32(base: float, n_rot: int, freq_factors=None) -> np.ndarray:
-    inv = base ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)
-    if freq_factors is not None:
-        inv = inv / freq_factors
-    return inv.astype(np.float32)
-
 
 ROPE_CASES = {
     # (heads, d, inv_freq): Gemma 4 sliding (θ 1e4 over all 256 dims)
