@@ -90,6 +90,33 @@ class SeparateNorms:
 
         return rope_neox(rms_norm(x, w, eps), positions, inv_freq)  # rms_norm: per head row of x [R, H, d]
 
+    @staticmethod
+    def qkv_rope_kv(q_raw, k_raw, v_raw, q_w, k_w, eps: float, positions, inv_freq, pool, rows_slot, v_norm: bool):
+        """A KV-owning layer's q = norm_rope(q_raw); k = norm_rope(k_raw) and v = rms_norm(v_raw) (or v_raw) into
+        `pool` at the rows' positions. q_raw [R, Hq, d], k_raw and v_raw [R, Hkv, d] (v_raw is k_raw on k_eq_v)."""
+        from kernels.kv_cache import kv_write_layer
+        from kernels.norms import rms_norm
+
+        q = SeparateNorms.norm_rope(q_raw, q_w, eps, positions, inv_freq)
+        k = SeparateNorms.norm_rope(k_raw, k_w, eps, positions, inv_freq)
+        kv_write_layer(pool, rows_slot, k, rms_norm(v_raw, None, eps) if v_norm else v_raw, positions)
+        return q
+
+    # The producers of decode-MMQ inputs that are no norm: gelu * up (ffn_down's, the PLE proj's) and attention
+    # (attn_output's); plain launches here, Q8_1 blocks left to _matvecs
+    @staticmethod
+    def gelu_mul(gate, up, quantize: bool):
+        from kernels.ffn_act import gelu_tanh_mul
+
+        return gelu_tanh_mul(gate, up), None
+
+    @staticmethod
+    def attention(q, pool, rows_slot, positions, window: int, scale: float, max_position: int, quantize: bool):
+        from kernels.attention import decode_attention_layer
+
+        return decode_attention_layer(q, pool, rows_slot, positions, window=window, scale=scale,
+                                      max_position=max_position), None
+
 
 class FusedNorms:
     """The same steps as one launch each (kernels/fused_norms.py), the norm's output quantized to Q8_1 in the norm's
@@ -113,6 +140,27 @@ class FusedNorms:
         from kernels.fused_norms import rms_norm_rope_neox
 
         return rms_norm_rope_neox(x, w, eps, positions, inv_freq)
+
+    @staticmethod
+    def qkv_rope_kv(q_raw, k_raw, v_raw, q_w, k_w, eps: float, positions, inv_freq, pool, rows_slot, v_norm: bool):
+        from kernels.qkv_rope_kv import qkv_rope_kv
+
+        return qkv_rope_kv(q_raw, k_raw, v_raw, q_w, k_w, eps, positions, inv_freq, pool, rows_slot, v_norm=v_norm)
+
+    # gelu * up and attention with their output's Q8_1 blocks made in the same launch when `quantize`
+    @staticmethod
+    def gelu_mul(gate, up, quantize: bool):
+        from kernels.ffn_act import gelu_tanh_mul
+
+        return gelu_tanh_mul(gate, up, quantize=True) if quantize else (gelu_tanh_mul(gate, up), None)
+
+    @staticmethod
+    def attention(q, pool, rows_slot, positions, window: int, scale: float, max_position: int, quantize: bool):
+        from kernels.attention import decode_attention_layer
+
+        o = decode_attention_layer(q, pool, rows_slot, positions, window=window, scale=scale,
+                                   max_position=max_position, quantize=quantize)
+        return o if quantize else (o, None)
 
 
 NORM_STEPS = {True: FusedNorms, False: SeparateNorms}  # CupyEngine(fused_norms=...)
@@ -300,10 +348,8 @@ class CupyEngine:
         """One pass of R rows. `static` = (tokens, positions, slots) device int32 arrays for CUDA-graph capture:
         then nothing is uploaded from the host, the attention grid is sized for the whole context, and the
         logits of every row are returned."""
-        from kernels.attention import decode_attention_layer
         from kernels.dequant import dequantize_rows
-        from kernels.ffn_act import gelu_tanh_mul, softcap
-        from kernels.kv_cache import kv_write_layer
+        from kernels.ffn_act import softcap
         from kernels.norms import add_rms_norm, rms_norm
 
         cp, cfg, w = self.cp, self.config, self.w
@@ -337,33 +383,35 @@ class CupyEngine:
             d, hq, hkv = cfg.head_dim(i), cfg.n_heads, cfg.n_kv_heads[i]
             own_v = cfg.owns_kv(i) and not cfg.layer_k_eq_v[i]
             qkv = self._matvecs(attention_matrices(cfg, i), a, aq)
-            q = self._norm_rope(qkv[0].reshape(R, hq, d), w[p + "attn_q_norm.weight"], pos, self.inv_freq[i])
-            if cfg.owns_kv(i):
-                k_raw = qkv[1]
-                v_raw = qkv[2] if own_v else k_raw
-                k = self._norm_rope(k_raw.reshape(R, hkv, d), w[p + "attn_k_norm.weight"], pos, self.inv_freq[i])
-                v = v_raw.reshape(R * hkv, d)
-                with self._span("norms"):
-                    v = (rms_norm(v, None, eps) if cfg.v_norm else cp.ascontiguousarray(v)).reshape(R, hkv, d)
-                kv_write_layer(self.pools[i], seq, k, v, pos)
+            q_raw = qkv[0].reshape(R, hq, d)
+            if cfg.owns_kv(i):  # q and k normed + roped, v normed, k and v into the pool: one launch when fused
+                k_raw = qkv[1].reshape(R, hkv, d)
+                v_raw = qkv[2].reshape(R, hkv, d) if own_v else k_raw
+                with self._span("rope"):
+                    q = self.norms.qkv_rope_kv(q_raw, k_raw, v_raw, w[p + "attn_q_norm.weight"],
+                                               w[p + "attn_k_norm.weight"], eps, pos, self.inv_freq[i], self.pools[i],
+                                               seq, cfg.v_norm)
+            else:
+                q = self._norm_rope(q_raw, w[p + "attn_q_norm.weight"], pos, self.inv_freq[i])
             # a ring shorter than the window (max_context < window) holds every position the engine can reach, so
             # the window is the ring: the same positions are visible
             window = min(cfg.sliding_window, self.pools[cfg.kv_source[i]].capacity) if cfg.layer_is_sliding[i] else 0
             with self._span("attention"):
-                o = decode_attention_layer(q, self.pools[cfg.kv_source[i]], seq, pos, window=window,
-                                           scale=cfg.query_scale, max_position=max_pos)
-            attn = self._matvec(p + "attn_output.weight", o.reshape(R, hq * d))
+                o, oq = self.norms.attention(q, self.pools[cfg.kv_source[i]], seq, pos, window, cfg.query_scale,
+                                             max_pos, self._quantizes([p + "attn_output.weight"], R))
+            attn = self._matvec(p + "attn_output.weight", o.reshape(R, hq * d), oq)
             ffn = [p + "ffn_gate.weight", p + "ffn_up.weight"]
             x, u, uq = self._add_norm(x, attn, w[p + "post_attention_norm.weight"], w[p + "ffn_norm.weight"], 1.0, ffn)
-            act = gelu_tanh_mul(*self._matvecs(ffn, u, uq))
-            f = self._matvec(p + "ffn_down.weight", act)
+            act, actq = self.norms.gelu_mul(*self._matvecs(ffn, u, uq), self._quantizes([p + "ffn_down.weight"], R))
+            f = self._matvec(p + "ffn_down.weight", act, actq)
             if pli is None:
                 last_in, last_norm = f, w[p + "post_ffw_norm.weight"]
             else:
                 with self._span("norms"):
                     x = add_rms_norm(x, f, w[p + "post_ffw_norm.weight"], eps)
-                g = gelu_tanh_mul(self._matvec(p + "inp_gate.weight", x), cp.ascontiguousarray(pli[:, i]))
-                last_in, last_norm = self._matvec(p + "proj.weight", g), w[p + "post_norm.weight"]
+                g, gq = self.norms.gelu_mul(self._matvec(p + "inp_gate.weight", x), cp.ascontiguousarray(pli[:, i]),
+                                            self._quantizes([p + "proj.weight"], R))
+                last_in, last_norm = self._matvec(p + "proj.weight", g, gq), w[p + "post_norm.weight"]
             # the layer's last residual add (times layer_output_scale), fused with the norm that reads its output
             next_norm, next_names = next_input_norm(cfg, i)
             x, a, aq = self._add_norm(x, last_in, last_norm, w[next_norm], self.out_scale[i], next_names)

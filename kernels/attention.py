@@ -6,6 +6,8 @@ Arrays (CuPy, C-contiguous):
                source layer's pools
     rows_slot  [R] int32 row -> sequence slot; positions [R] int32 the row's absolute position p
     out        [R, Hq, d] float32
+    out_q      [R, Hq * d / 32 * 36] uint8 (quantize=True): the Q8_1 blocks of out viewed as [R, Hq * d], attn_output's
+               decode-MMQ input, bit for bit quantize_q8_1's, written by the merge launch (kernels/q8_1_out.py)
 Row r attends to the keys of its own sequence at positions j with max(0, p - window + 1) <= j <= p (window 0 =
 global), in position order; head h reads KV head h // (Hq / Hkv); scores are (q . k) * scale (1.0 for Gemma 4,
 1/sqrt(d) for Gemma 3). A row's result depends only on its own sequence's cache and position (attention.cu
@@ -23,7 +25,7 @@ from .kv_cache import LayerKVPool, check_pool, device_rows
 CHUNK = 64           # ATTN_CHUNK: positions per split-KV chunk, aligned to absolute positions
 THREADS = 256        # ATTN_THREADS
 HEADS_PER_BLOCK_CHOICES = (1, 2, 4, 8)  # the _h<H> instantiations of attn_partial (ATTN_MAX_HPB = 8)
-MERGE_THREADS = 128  # MERGE_THREADS
+MERGE_THREADS = 128  # MERGE_THREADS (the Q8_1 merge: MERGE_Q8_1_THREADS(D) = max(D, 128), one thread per dim)
 # Partial blocks per SM below which heads_per_block serves fewer heads per block. A CUDA-graph step sizes the grid
 # for the engine's whole context, so at short contexts most blocks are idle: 4 (not 2) keeps H small for the few
 # rows of a decode step, where a block's time is load latency, and still reaches H = 8 at N = 32.
@@ -73,8 +75,10 @@ def launch_geometry(rows: int, n_q_heads: int, n_kv_heads: int, n_chunks: int, s
 def decode_attention(q: cp.ndarray, k_cache: cp.ndarray, v_cache: cp.ndarray, pos_table: cp.ndarray, rows_slot,
                      positions, *, window: int, ring: bool, scale: float, max_position: int | None = None,
                      out: cp.ndarray | None = None, workspace: cp.ndarray | None = None,
-                     heads_per_block_override: int | None = None) -> cp.ndarray:
-    """Attention of R query rows over their own sequences' caches; returns out [R, Hq, d] float32.
+                     heads_per_block_override: int | None = None, quantize: bool = False,
+                     out_q: cp.ndarray | None = None):
+    """Attention of R query rows over their own sequences' caches; returns out [R, Hq, d] float32, or with
+    quantize=True (out, out_q): out_q the Q8_1 blocks of out.reshape(R, Hq * d) (uint8 [R, Hq * d / 32 * 36]).
 
     window: the sliding window (keys with p - j < window), 0 for a global layer. ring: the pool is a sliding ring
     (slot = position % capacity; then window <= capacity is required) rather than a global array (slot = position).
@@ -116,8 +120,17 @@ def decode_attention(q: cp.ndarray, k_cache: cp.ndarray, v_cache: cp.ndarray, po
     elif (not isinstance(out, cp.ndarray) or out.dtype != cp.float32 or tuple(out.shape) != (rows, hq, d)
           or not out.flags.c_contiguous):
         raise ValueError(f"out: expected a C-contiguous float32 cupy.ndarray of shape {(rows, hq, d)}")
+    if quantize:
+        from .dequant import require_device_arrays
+        from .q8_1_out import q8_1_out_plan
+
+        plan = q8_1_out_plan("q", rows, hq * d, out_q, out=out, q=q, workspace=workspace)
+        require_device_arrays(out_q=out_q)
+        out_q = cp.empty(plan.q_shape, dtype=cp.uint8) if out_q is None else out_q
+    elif out_q is not None:
+        raise ValueError("out_q: given with quantize=False")
     if rows == 0:
-        return out
+        return (out, out_q) if quantize else out
     if max_position is None:
         max_position = int(pos_h.max()) if pos_h is not None else int(pos_d.max())
     n_chunks = chunks_needed(max(int(max_position), 0), window)
@@ -143,16 +156,20 @@ def decode_attention(q: cp.ndarray, k_cache: cp.ndarray, v_cache: cp.ndarray, po
         grid, block, (q, k_cache, v_cache, pos_table, seq_d, pos_d, ws_acc, ws_ml, cp.int32(rows), cp.int32(hq),
                       cp.int32(hkv), cp.int32(n_seq), cp.int32(cap), cp.int32(window),
                       cp.int32(int(ring)), cp.float32(scale), cp.int32(n_chunks)))
-    module.get_function(f"attn_merge_d{d}")(
-        mgrid, mblock, (ws_acc, ws_ml, seq_d, pos_d, out, cp.int32(rows), cp.int32(hq), cp.int32(n_seq),
+    outs = (out, out_q) if quantize else (out,)
+    merge, mblock = (f"attn_merge_q8_1_d{d}", (max(d, MERGE_THREADS),)) if quantize else (f"attn_merge_d{d}", mblock)
+    module.get_function(merge)(
+        mgrid, mblock, (ws_acc, ws_ml, seq_d, pos_d, *outs, cp.int32(rows), cp.int32(hq), cp.int32(n_seq),
                         cp.int32(window), cp.int32(n_chunks)))
-    return out
+    return outs if quantize else out
 
 
 def decode_attention_layer(q: cp.ndarray, pool: LayerKVPool, rows_slot, positions, *, window: int, scale: float,
                            max_position: int | None = None, out: cp.ndarray | None = None,
-                           workspace: cp.ndarray | None = None) -> cp.ndarray:
+                           workspace: cp.ndarray | None = None, quantize: bool = False,
+                           out_q: cp.ndarray | None = None):
     """decode_attention over a LayerKVPool (its ring flag decides the slot rule)."""
     return decode_attention(q, pool.k, pool.v, pool.pos, rows_slot, positions, window=window, ring=pool.ring,
-                            scale=scale, max_position=max_position, out=out, workspace=workspace)
+                            scale=scale, max_position=max_position, out=out, workspace=workspace,
+                            quantize=quantize, out_q=out_q)
 

@@ -1,13 +1,15 @@
 """Launchers of kernels/cuda/ffn_act.cu: gelu_tanh(gate) * up, the logit softcap, and a row argmax.
 
 CuPy float32 C-contiguous inputs. `out=` may be an input itself (in place, element-wise ops only) or a separate
-C-contiguous array of the right shape and dtype.
+C-contiguous array of the right shape and dtype. `gelu_tanh_mul(..., quantize=True)` also writes the result's Q8_1
+blocks in the same launch (the input of a decode-MMQ ffn_down / PLE proj; kernels/q8_1_out.py plans it).
 """
 from __future__ import annotations
 
 import cupy as cp
 
 from ._compile import load_module
+from .dequant import require_device_arrays
 
 ELEMENTWISE_THREADS = 256
 ARGMAX_THREADS = 1024  # ARGMAX_THREADS in ffn_act.cu
@@ -48,8 +50,16 @@ def argmax_geometry(rows: int) -> tuple[tuple[int], tuple[int]]:
     return (rows,), (ARGMAX_THREADS,)
 
 
-def gelu_tanh_mul(gate: cp.ndarray, up: cp.ndarray, out: cp.ndarray | None = None) -> cp.ndarray:
-    """gelu_tanh(gate) * up, element-wise; gate and up of one shape (e.g. [R, F]), float32."""
+def gelu_tanh_mul(gate: cp.ndarray, up: cp.ndarray, out: cp.ndarray | None = None, *, quantize: bool = False,
+                  out_q: cp.ndarray | None = None):
+    """gelu_tanh(gate) * up, element-wise; gate and up of one shape (e.g. [R, F]), float32.
+
+    quantize=True returns (y, yq): the same y, and yq = quantize_q8_1(y) bit for bit (uint8 [R, F / 32 * 36], or
+    `out_q`), made by the same launch; then gate and up must be [R, F] with F % 32 == 0 (ValueError otherwise)."""
+    if quantize:
+        return _gelu_tanh_mul_q8_1(gate, up, out, out_q)
+    if out_q is not None:
+        raise ValueError("out_q: given with quantize=False")
     _check("gate", gate)
     _check("up", up, shape=gate.shape)
     y = _out(out, gate.shape, cp.float32, gate, up)
@@ -57,6 +67,19 @@ def gelu_tanh_mul(gate: cp.ndarray, up: cp.ndarray, out: cp.ndarray | None = Non
         grid, block = elementwise_geometry(gate.size)
         _kernel("gelu_tanh_mul_f32")(grid, block, (gate, up, y, cp.int64(gate.size)))
     return y
+
+
+def _gelu_tanh_mul_q8_1(gate, up, out, out_q):
+    from .q8_1_out import plan_gelu_tanh_mul_q8_1
+
+    plan = plan_gelu_tanh_mul_q8_1(gate, up, out=out, out_q=out_q)
+    require_device_arrays(gate=gate, up=up, out=out, out_q=out_q)
+    y = cp.empty(gate.shape, dtype=cp.float32) if out is None else out
+    yq = cp.empty(plan.q_shape, dtype=cp.uint8) if out_q is None else out_q
+    if gate.size:
+        grid, block = elementwise_geometry(gate.size)  # 256-thread blocks: each warp holds whole Q8_1 blocks
+        _kernel("gelu_tanh_mul_q8_1_f32")(grid, block, (gate, up, y, yq, cp.int64(gate.size)))
+    return y, yq
 
 
 def softcap(x: cp.ndarray, cap: float, out: cp.ndarray | None = None) -> cp.ndarray:

@@ -34,6 +34,8 @@ KNOWN_STACK_FRAMES = {
     # inv_freq reach that at long context) keeps its digits in a small local array inside libdevice.
     "rope_neox_f32": "sincosf slow-path argument reduction",
     "rms_norm_rope_neox_f32": "sincosf slow-path argument reduction (fused_norms.cu: the same rope_pair.cuh)",
+    "qkv_rope_kv_f16": "sincosf slow-path argument reduction (qkv_rope_kv.cu: the same rope_pair.cuh)",
+    "qkv_rope_kv_f32": "sincosf slow-path argument reduction (qkv_rope_kv.cu: the same rope_pair.cuh)",
 }
 
 

@@ -21,6 +21,18 @@
 //       have puts its idle blocks last.)
 //   attn_merge_d<D>(ws_acc, ws_ml, row_seq, positions, out, rows, Hq, n_seq_slots, window, n_ws_chunks)
 //       grid (R, Hq), block MERGE_THREADS.
+//   attn_merge_q8_1_d<D>(ws_acc, ws_ml, row_seq, positions, out, out_q, rows, Hq, n_seq_slots, window, n_ws_chunks)
+//       grid (R, Hq), block MERGE_Q8_1_THREADS(D) = max(D, 128): the same out, and out_q = its Q8_1 blocks as
+//       quantize_q8_1 writes them for out viewed as [R, Hq * D] (uint8 [R, Hq * D / 32 * 36], 4-byte aligned):
+//       attn_output's decode-MMQ input, made without a launch of its own. Same bits: out is the same merge body (its
+//       thread count changes only who runs each chain: the max is exact in any order, f_c is one expf per chunk,
+//       and L and each A[dim] are one chain each, in chunk order), and each value goes, right after it is stored,
+//       to the shared q8_1_block_from_warp with quantize_q8_1's lane layout: with NT threads, thread t holds dims
+//       t + NT * a, so warp w holds dims NT * a + 32 w + lane: one whole 32-value block of the head row, lane l =
+//       value l, and with D % 32 == 0 the guard dim < D is warp-uniform (full-mask shuffles are legal). One thread
+//       per dim gives each warp one block (chains in parallel, not one after another) and the chunk loop as many
+//       loads in flight. The head row's blocks are blocks (r * Hq + h) * D / 32 + dim / 32 of the flat [R, Hq * D]
+//       view. NaN rows quantize their NaNs.
 //
 // Chunking: chunk c holds the absolute positions [c * ATTN_CHUNK, (c + 1) * ATTN_CHUNK). Row r uses the chunks
 // c_first = lo / ATTN_CHUNK .. c_last = p / ATTN_CHUNK, so n_chunks(r) depends only on p and window. A row's K
@@ -62,8 +74,9 @@
 //   ATTN_LPK         lanes that score one key in phase 1 (8)
 //   ATTN_LOAD_BYTES  register budget of the loads a thread keeps in flight (256: 64 registers); never a result
 //   ATTN_MIN_BLOCKS  __launch_bounds__ minimum resident partial blocks per SM (2)
-//   MERGE_THREADS    threads per merge block (128)
+//   MERGE_THREADS    threads per merge block (128); MERGE_Q8_1_THREADS(D) = max(D, 128) for the Q8_1 entry
 #include "common.cuh"
+#include "q8_1_block.cuh"
 
 #define ATTN_CHUNK 64
 #define ATTN_THREADS 256
@@ -73,6 +86,8 @@
 #define ATTN_LPK 8
 #define ATTN_LOAD_BYTES 256
 #define MERGE_THREADS 128
+// The Q8_1 merge: one thread per dim (at least MERGE_THREADS), so that each warp quantizes one block
+#define MERGE_Q8_1_THREADS(D) ((D) > MERGE_THREADS ? (D) : MERGE_THREADS)
 // Resident partial blocks per SM that ptxas must allow (register budget 65536 / (256 * 2) = 128). Without a
 // minimum, ptxas capped d64 at 32 registers and spilled.
 #define ATTN_MIN_BLOCKS 2
@@ -361,13 +376,24 @@ __device__ __forceinline__ void attn_partial_body(const float* __restrict__ q, c
     }
 }
 
+// The Q8_1 block of head row (blockIdx.x, blockIdx.y) that holds dim i, made where it is stored, from blockIdx: a
+// pointer made up front stayed live through the chunk loop, whose loads then overlapped less (H100, 128 threads,
+// d512 at 64 chunks: 15.7 us instead of 10.8; the plain merge 8.7, with one thread per dim the Q8_1 merge 6.8).
 template <int D>
+__device__ __forceinline__ u8* merge_q8_1_block(u8* out_q, int Hq, int i) {
+    return out_q + (((i64)blockIdx.x * Hq + blockIdx.y) * (D / 32) + (i >> 5)) * Q8_1_BYTES;
+}
+
+// NT threads (MERGE_THREADS, or MERGE_Q8_1_THREADS(D) for the Q8_1 entry); QUANT: also out's Q8_1 blocks at out_q
+// (see attn_merge_q8_1_d<D> in the header)
+template <int D, bool QUANT, int NT>
 __device__ __forceinline__ void attn_merge_body(const float* __restrict__ ws_acc, const float* __restrict__ ws_ml,
                                                 const int* __restrict__ row_seq, const int* __restrict__ positions,
-                                                float* __restrict__ out, int rows, int Hq, int n_seq_slots,
-                                                int window, int n_ws_chunks) {
-    constexpr int DPT = (D + MERGE_THREADS - 1) / MERGE_THREADS;
-    __shared__ float f_s[MERGE_THREADS], l_s[MERGE_THREADS], red[MERGE_THREADS / 32];
+                                                float* __restrict__ out, u8* __restrict__ out_q, int rows, int Hq,
+                                                int n_seq_slots, int window, int n_ws_chunks) {
+    constexpr int DPT = (D + NT - 1) / NT;
+    static_assert(D % 32 == 0 && NT % 32 == 0, "a warp's dims are one whole Q8_1 block");
+    __shared__ float f_s[NT], l_s[NT], red[NT / 32];
     const int r = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
     if (r >= rows) return;
     float* o = out + ((i64)r * Hq + h) * D;
@@ -381,34 +407,37 @@ __device__ __forceinline__ void attn_merge_body(const float* __restrict__ ws_acc
         ok = n_chunks <= n_ws_chunks;
     }
     if (!ok) {
-        for (int i = tid; i < D; i += MERGE_THREADS) o[i] = QNAN;
+        for (int i = tid; i < D; i += NT) {
+            o[i] = QNAN;
+            if (QUANT) q8_1_block_from_warp(QNAN, merge_q8_1_block<D>(out_q, Hq, i));
+        }
         return;
     }
     const float* ml = ws_ml + ((i64)r * Hq + h) * n_ws_chunks * 2;
     const float* acc = ws_acc + ((i64)r * Hq + h) * n_ws_chunks * D;
     // M = max over chunks (exact whatever the order)
     float m = NEG_INF;
-    for (int c = tid; c < n_chunks; c += MERGE_THREADS) m = fmaxf(m, ml[2 * c]);
+    for (int c = tid; c < n_chunks; c += NT) m = fmaxf(m, ml[2 * c]);
     m = warp_max(m);
     if ((tid & 31) == 0) red[tid >> 5] = m;
     __syncthreads();
     float M = red[0];
 #pragma unroll
-    for (int w = 1; w < MERGE_THREADS / 32; ++w) M = fmaxf(M, red[w]);
+    for (int w = 1; w < NT / 32; ++w) M = fmaxf(M, red[w]);
     // L = sum_c f_c l_c and A = sum_c f_c acc_c, fma chains in chunk order; f_c = expf(m_c - M) computed once per
-    // chunk (by thread c % MERGE_THREADS) into shared memory, MERGE_THREADS chunks at a time.
+    // chunk (by thread c % NT) into shared memory, NT chunks at a time.
     float L = 0.0f;
     float A[DPT];
 #pragma unroll
     for (int a = 0; a < DPT; ++a) A[a] = 0.0f;
-    for (int c0 = 0; c0 < n_chunks; c0 += MERGE_THREADS) {
+    for (int c0 = 0; c0 < n_chunks; c0 += NT) {
         __syncthreads();  // the previous tile's readers are done
         if (c0 + tid < n_chunks) {
             f_s[tid] = expf(ml[2 * (c0 + tid)] - M);  // M = -inf (no key at all) gives NaN: loud
             l_s[tid] = ml[2 * (c0 + tid) + 1];
         }
         __syncthreads();
-        const int n = min(MERGE_THREADS, n_chunks - c0);
+        const int n = min(NT, n_chunks - c0);
 #pragma unroll 8  // loads of 8 chunks in flight
         for (int k = 0; k < n; ++k) {
             const float f = f_s[k];
@@ -416,15 +445,19 @@ __device__ __forceinline__ void attn_merge_body(const float* __restrict__ ws_acc
             const float* ac = acc + (i64)(c0 + k) * D;
 #pragma unroll
             for (int a = 0; a < DPT; ++a) {
-                const int i = tid + MERGE_THREADS * a;
+                const int i = tid + NT * a;
                 if (i < D) A[a] = __fmaf_rn(f, ac[i], A[a]);
             }
         }
     }
 #pragma unroll
     for (int a = 0; a < DPT; ++a) {
-        const int i = tid + MERGE_THREADS * a;
-        if (i < D) o[i] = __fdiv_rn(A[a], L);
+        const int i = tid + NT * a;
+        if (i < D) {  // warp-uniform
+            const float v = __fdiv_rn(A[a], L);
+            o[i] = v;
+            if (QUANT) q8_1_block_from_warp(v, merge_q8_1_block<D>(out_q, Hq, i));
+        }
     }
 }
 
@@ -447,7 +480,14 @@ __device__ __forceinline__ void attn_merge_body(const float* __restrict__ ws_acc
     extern "C" __global__ void __launch_bounds__(MERGE_THREADS) attn_merge_d##D(                                   \
         const float* ws_acc, const float* ws_ml, const int* row_seq, const int* positions, float* out, int rows,  \
         int Hq, int n_seq_slots, int window, int n_ws_chunks) {                                                    \
-        attn_merge_body<D>(ws_acc, ws_ml, row_seq, positions, out, rows, Hq, n_seq_slots, window, n_ws_chunks);  \
+        attn_merge_body<D, false, MERGE_THREADS>(ws_acc, ws_ml, row_seq, positions, out, nullptr, rows, Hq,        \
+                                                 n_seq_slots, window, n_ws_chunks);                                \
+    }                                                                                                              \
+    extern "C" __global__ void __launch_bounds__(MERGE_Q8_1_THREADS(D)) attn_merge_q8_1_d##D(                      \
+        const float* ws_acc, const float* ws_ml, const int* row_seq, const int* positions, float* out, u8* out_q,  \
+        int rows, int Hq, int n_seq_slots, int window, int n_ws_chunks) {                                          \
+        attn_merge_body<D, true, MERGE_Q8_1_THREADS(D)>(ws_acc, ws_ml, row_seq, positions, out, out_q, rows, Hq,   \
+                                                        n_seq_slots, window, n_ws_chunks);                         \
     }
 
 ATTN_PARTIAL_ENTRIES(f16, u16, 64)

@@ -4,6 +4,15 @@
 //   gelu_tanh_mul_f32(gate, up, y, n)
 //       y[i] = gelu_tanh(gate[i]) * up[i],
 //       gelu_tanh(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))   (accurate tanhf, no fast-math)
+//   gelu_tanh_mul_q8_1_f32(gate, up, y, yq, n)
+//       the same y, and yq = its Q8_1 blocks (uint8 [n / 32 * 36], 4-byte aligned): the input of a decode-MMQ
+//       matmul (ffn_down, the PLE proj) made here instead of by a quantize_q8_1 launch. n % 32 == 0 (a row
+//       length K % 32 == 0 makes a flat block of 32 values lie inside one row, so flat block b is row b / (K / 32),
+//       block b % (K / 32): the [N, K / 32 * 36] layout of quantize_q8_1). Same bits as gelu_tanh_mul_f32 then
+//       quantize_q8_1: y is the same inline function (gelu_tanh_mul_1), and yq the shared q8_1_block_from_warp
+//       with the lane layout quantize_q8_1 uses. With a block size and grid-stride that are multiples of 32, the
+//       lanes of a warp hold 32 consecutive elements starting at a multiple of 32 in every round: one Q8_1 block,
+//       lane l = value l, and the guard i < n is warp-uniform (full-mask shuffles are legal).
 //   softcap_f32(x, y, n, cap)
 //       y[i] = cap * tanh(x[i] / cap)
 //   argmax_rows_f32(x, out, rows, V)
@@ -15,19 +24,34 @@
 // Compile-time constants (#define):
 //   ARGMAX_THREADS  threads per row block of argmax_rows_f32 (1024).
 //
-// gelu_tanh_mul_f32 and softcap_f32 are grid-stride loops: y may alias an input (in-place allowed).
+// gelu_tanh_mul_f32, gelu_tanh_mul_q8_1_f32 and softcap_f32 are grid-stride loops: y may alias an input (in-place
+// allowed: each element is read, then written, by one thread). yq overlaps nothing.
 #include "common.cuh"
+#include "q8_1_block.cuh"
 
 #define ARGMAX_THREADS 1024
 #define ARGMAX_WARPS (ARGMAX_THREADS / 32)
 
-extern "C" __global__ void gelu_tanh_mul_f32(const float* gate, const float* up, float* y, i64 n) {
+// One element of either entry point: one definition, so both compile the same float arithmetic
+__device__ __forceinline__ float gelu_tanh_mul_1(float x, float u) {
     const float k0 = 0.7978845608028654f;  // sqrt(2 / pi)
     const float k1 = 0.044715f;
+    const float g = 0.5f * x * (1.0f + tanhf(k0 * (x + k1 * x * x * x)));
+    return g * u;
+}
+
+extern "C" __global__ void gelu_tanh_mul_f32(const float* gate, const float* up, float* y, i64 n) {
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+        y[i] = gelu_tanh_mul_1(gate[i], up[i]);
+}
+
+// blockDim.x % 32 == 0 and n % 32 == 0 (the launcher's geometry and checks)
+extern "C" __global__ void gelu_tanh_mul_q8_1_f32(const float* gate, const float* up, float* y, u8* __restrict__ yq,
+                                                  i64 n) {
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
-        const float x = gate[i];
-        const float g = 0.5f * x * (1.0f + tanhf(k0 * (x + k1 * x * x * x)));
-        y[i] = g * up[i];
+        const float v = gelu_tanh_mul_1(gate[i], up[i]);
+        y[i] = v;
+        q8_1_block_from_warp(v, yq + (i >> 5) * Q8_1_BYTES);
     }
 }
 

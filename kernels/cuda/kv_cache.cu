@@ -18,12 +18,12 @@
 //
 // Compile-time constants (#define):
 //   KVW_THREADS  threads per row block (256).
-#include "common.cuh"
+//
+// The store and the cell rule are in kv_cell.cuh, shared with qkv_rope_kv.cu (which writes K/V in the launch that
+// norms and ropes them, with these bits).
+#include "kv_cell.cuh"
 
 #define KVW_THREADS 256
-
-__device__ __forceinline__ void kv_store(float* p, float v) { *p = v; }
-__device__ __forceinline__ void kv_store(u16* p, float v) { *p = f32_to_f16(v); }
 
 template <typename T>
 __device__ __forceinline__ void kv_write_row(T* k_pool, T* v_pool, int* pos_table, const int* row_seq,
@@ -33,9 +33,8 @@ __device__ __forceinline__ void kv_write_row(T* k_pool, T* v_pool, int* pos_tabl
     if (r >= rows) return;
     const int seq = row_seq[r];
     const int pos = positions[r];
-    if (seq < 0 || seq >= n_seq_slots || pos < 0 || (!ring && pos >= capacity)) return;
-    const int slot = ring ? pos % capacity : pos;
-    const i64 cell = (i64)seq * capacity + slot;
+    i64 cell;
+    if (!kv_cell(seq, pos, n_seq_slots, capacity, ring, &cell)) return;
     T* kd = k_pool + cell * hd;
     T* vd = v_pool + cell * hd;
     const float* ks = k + (i64)r * hd;
