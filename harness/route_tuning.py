@@ -70,7 +70,7 @@ def tune(shapes: list[Shape], n_list=N_LIST, repeats: int = 5, log=print, slice_
     import numpy as np
 
     from kernels.matvec import matvec
-    from kernels.mmq import MMQ_TYPES, TILES, choose_tile, mmq_matvec, split_k_slices
+    from kernels.mmq import MMQ_TYPES, TILES, choose_tile, dp4a_pairs, mmq_matvec, split_k_slices
     from kernels.quantize_q8_1 import quantize_q8_1
 
     from .fast_blocks import random_blocks
@@ -98,6 +98,10 @@ def tune(shapes: list[Shape], n_list=N_LIST, repeats: int = 5, log=print, slice_
                 for tile in (TILES if tiles is None else dict.fromkeys((*tiles, chosen))):  # at the shape's K split
                     candidates.append(("decode_mmq", tile, auto_slices, lambda i, tile=tile: mmq_matvec(
                         weights[i % copies], shape.type_name, shape.cols, xq, out=out, tile=tile)))
+                    if dp4a_pairs(shape.type_name, TILES[tile], shape.cols // 32, auto_slices):
+                        # the same tile without the paired entry (which it takes by default): "<tile>_p1"
+                        candidates.append(("decode_mmq", f"{tile}_p1", auto_slices, lambda i, tile=tile: mmq_matvec(
+                            weights[i % copies], shape.type_name, shape.cols, xq, out=out, tile=tile, pair=False)))
                 for k in slice_list:  # the chosen tile at other K splits (tuning SPLIT_* in kernels/mmq.py)
                     if k != auto_slices and k <= shape.cols // 32:
                         candidates.append(("decode_mmq", chosen, k, lambda i, k=k: mmq_matvec(

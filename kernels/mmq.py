@@ -61,6 +61,8 @@ class Tile:
 
 DP4A_THREADS = 128  # MMQ_DP4A_WARPS * 32 in mmq.cu
 DP4A_CHUNKS = (8, 32)  # the CW of mmq.cu's dp4a entries
+DP4A_PAIR_TYPES = ("Q4_0", "Q4_K")  # types with a paired dp4a_bn1 entry (mmq.cu: MMQ_DP4A_PAIR_TILES)
+DP4A_PAIR_CHUNK = 32  # the chunk width of the paired entries
 
 
 def dp4a_rows_per_warp(bn: int) -> int:
@@ -76,6 +78,18 @@ def dp4a_chunk(units: int, slices: int) -> int:
     """Blocks per chunk of a dp4a launch: 8 when a K slice has at most 16 blocks (a 32-block chunk would leave more
     than half the lanes idle), else 32 (a row's activations are loaded once per 32 rows, not per 8)."""
     return DP4A_CHUNKS[0] if -(-units // slices) <= 16 else DP4A_CHUNKS[1]
+
+
+def dp4a_pairs(type_name: str, tile: Tile, units: int, slices: int) -> bool:
+    """Whether a launch takes the paired dp4a entry (mmq.cu, P = 2: a lane reads two consecutive blocks of a row at
+    once, half the memory round trips): the 1-token dp4a tile, a type with a Pair (Q4_0, Q4_K), 32-block chunks and
+    every K-slice bound even, so each lane's first block is even (a Q4_K sub-block pair shares its super-block's
+    bytes). Measured on the H100 (route tuning, N = 1, 12B shapes): 15360 x 3840 19.1 -> 18.0 us (Q4_K) and
+    19.4 -> 18.9 (Q4_0), 3840 x 15360 19.1 -> 18.3 (Q4_K); with 8-block chunks (3840 x 4096, 16 slices of 8) it was
+    2.5 % (Q4_K) and 7 % (Q4_0) slower, so those keep one block a lane."""
+    return (tile.kind == "dp4a" and tile.bn == 1 and type_name in DP4A_PAIR_TYPES
+            and dp4a_chunk(units, slices) == DP4A_PAIR_CHUNK
+            and all(z * units // slices % 2 == 0 for z in range(slices + 1)))
 
 
 # MMQ_TILES in mmq.cu: bm 32 / 64 x bn 8 / 16 / 32 with 4-block stages, and the deeper-staged kb16 / kb8 tiles;
@@ -178,6 +192,7 @@ class MmqLaunch:
     n: int  # tokens
     quantize: bool  # x is float32 and is quantized to Q8_1 first
     slices: int  # K slices (grid.z); > 1: partial sums added in the kernel by each tile's last slice block
+    pair: bool = False  # the paired dp4a entry (dp4a_pairs)
 
 
 def mmq_geometry(rows: int, n: int, tile: Tile, slices: int = 1) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
@@ -185,8 +200,10 @@ def mmq_geometry(rows: int, n: int, tile: Tile, slices: int = 1) -> tuple[tuple[
 
 
 def plan_mmq(w_raw, type_name: str, n_cols: int, x, *, out=None, tile: str | None = None,
-             slices: int | None = None) -> MmqLaunch:
-    """Validate the arguments of `mmq_matvec` on the host (types, shapes, dtypes, contiguity, alignment)."""
+             slices: int | None = None, pair: bool | None = None) -> MmqLaunch:
+    """Validate the arguments of `mmq_matvec` on the host (types, shapes, dtypes, contiguity, alignment).
+    pair: None takes the paired dp4a entry wherever dp4a_pairs allows it; True requires it; False never takes it
+    (tests compare the two: the same bits)."""
     if type_name not in MMQ_TYPES:
         raise ValueError(f"type_name: decode-MMQ supports {list(MMQ_TYPES)}, got {type_name!r}")
     rows, rb = check_weight_rows(w_raw, type_name, n_cols)
@@ -223,16 +240,22 @@ def plan_mmq(w_raw, type_name: str, n_cols: int, x, *, out=None, tile: str | Non
     if k_slices > 1 and grid[0] * grid[1] > COUNTER_SLOTS:
         raise ValueError(f"x: N={n} tokens x {rows} rows make {grid[0] * grid[1]} tiles, more than the "
                          f"{COUNTER_SLOTS} split-K counters")
+    pairs = dp4a_pairs(type_name, chosen, units, k_slices)
+    if pair and not pairs:
+        raise ValueError(f"pair: no paired dp4a launch for {type_name} on {chosen.name} with {k_slices} K slices of "
+                         f"{units} blocks (needs dp4a_bn1, one of {list(DP4A_PAIR_TYPES)} and even slice bounds)")
+    pairs = pairs and pair is not False
     entry = f"mmq_{type_name.lower()}_{chosen.name}"
     if chosen.kind == "dp4a":
-        entry += f"_cw{dp4a_chunk(units, k_slices)}"
-    return MmqLaunch(entry, chosen, grid, block, rows, rb, units, n, quantize, k_slices)
+        entry += f"_cw{dp4a_chunk(units, k_slices)}" + ("_p2" if pairs else "")
+    return MmqLaunch(entry, chosen, grid, block, rows, rb, units, n, quantize, k_slices, pairs)
 
 
 GROUP_MAX = 3  # MMQ_GROUP_MAX in mmq.cu: weight matrices one launch can serve
 
 
-def plan_mmq_group(members, x, *, outs=None, tile: str | None = None, slices: int | None = None) -> list[MmqLaunch]:
+def plan_mmq_group(members, x, *, outs=None, tile: str | None = None, slices: int | None = None,
+                   pair: bool | None = None) -> list[MmqLaunch]:
     """Validate a grouped launch on the host: each member (w_raw, type_name, n_cols) as plan_mmq does, and the
     members share what one launch must (type, columns, tile, K split). Returns one plan per member."""
     members = list(members)
@@ -241,7 +264,7 @@ def plan_mmq_group(members, x, *, outs=None, tile: str | None = None, slices: in
     outs = [None] * len(members) if outs is None else list(outs)
     if len(outs) != len(members):
         raise ValueError(f"outs: expected {len(members)} outputs (one per member), got {len(outs)}")
-    plans = [plan_mmq(w, t, c, x, out=o, tile=tile, slices=slices) for (w, t, c), o in zip(members, outs)]
+    plans = [plan_mmq(w, t, c, x, out=o, tile=tile, slices=slices, pair=pair) for (w, t, c), o in zip(members, outs)]
     first = plans[0]
     for i, plan in enumerate(plans[1:], 1):
         if (members[i][1], int(members[i][2]), plan.tile, plan.slices) != (members[0][1], int(members[0][2]),
@@ -256,14 +279,15 @@ def plan_mmq_group(members, x, *, outs=None, tile: str | None = None, slices: in
     return plans
 
 
-def mmq_matvec_group(members, x, *, outs=None, tile: str | None = None, slices: int | None = None) -> list:
+def mmq_matvec_group(members, x, *, outs=None, tile: str | None = None, slices: int | None = None,
+                     pair: bool | None = None) -> list:
     """[x @ dequant(W_m).T for each member (w_raw, type_name, n_cols)] in one launch (mmq.cu: a block runs the member
     whose row tiles hold its blockIdx.x). The members share the activations, the type, K, the tile and the K split
     (the 12B's q/k/v and gate/up do at small N: choose_tile and split_k_slices give them the same); each output has
     the bits of its own mmq_matvec launch. x as in mmq_matvec (quantized once for all members when float32)."""
     import cupy
 
-    plans = plan_mmq_group(members, x, outs=outs, tile=tile, slices=slices)
+    plans = plan_mmq_group(members, x, outs=outs, tile=tile, slices=slices, pair=pair)
     outs = [None] * len(plans) if outs is None else list(outs)
     require_device_arrays(x=x, **{f"members[{i}].w_raw": m[0] for i, m in enumerate(members)},
                           **{f"outs[{i}]": o for i, o in enumerate(outs)})
@@ -296,12 +320,13 @@ def mmq_matvec_group(members, x, *, outs=None, tile: str | None = None, slices: 
 
 
 def mmq_matvec(w_raw, type_name: str, n_cols: int, x, *, out=None, tile: str | None = None,
-               slices: int | None = None):
+               slices: int | None = None, pair: bool | None = None):
     """y [N, rows] float32 = x @ dequant(W).T with x quantized to Q8_1 (float32 x) or given as Q8_1 (uint8 x).
 
     out: an optional float32 C-contiguous [N, rows] array to write into (e.g. a view between guard regions).
     tile: force one of TILES (tests run every variant); default: choose_tile (TILE_RULES).
     slices: force the number of K slices (tuning and tests; it changes the bits); default: split_k_slices (shape).
+    pair: the paired dp4a entry (plan_mmq; the same bits either way).
     A group of one (mmq_matvec_group).
     """
-    return mmq_matvec_group([(w_raw, type_name, n_cols)], x, outs=[out], tile=tile, slices=slices)[0]
+    return mmq_matvec_group([(w_raw, type_name, n_cols)], x, outs=[out], tile=tile, slices=slices, pair=pair)[0]

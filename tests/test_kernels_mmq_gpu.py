@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 
 from kernels._compile import source_path
-from kernels.mmq import (DP4A_CHUNKS, DP4A_THREADS, MMQ_TYPES, TILES, choose_tile, dp4a_chunk, mmq_matvec,
-                         plan_mmq, plan_mmq_group, split_k_slices)
+from kernels.mmq import (DP4A_CHUNKS, DP4A_PAIR_CHUNK, DP4A_PAIR_TYPES, DP4A_THREADS, MMQ_TYPES, TILES, choose_tile, dp4a_chunk,
+                         dp4a_pairs, mmq_matvec, plan_mmq, plan_mmq_group, split_k_slices)
 from kernels.reference.dequant import _k_nibbles, _k_sub_scales, _low_high_nibbles
 from kernels.reference.q8_1 import BLOCK_BYTES as Q8_1_BYTES
 from kernels.reference.q8_1 import dequantize_q8_1, quantize_q8_1 as quantize_q8_1_host
@@ -182,9 +182,16 @@ def test_launcher_matches_tile_list():
     """kernels/mmq.py's TILES and MMQ_TYPES are exactly the entries mmq.cu compiles."""
     src = source_path("mmq").read_text()
     tiles = re.findall(r"MMQ_ENTRY\(name, Q, (\d+), (\d+), (\d+), (\d+), (\w*)\)", src)
-    dp4a = re.findall(r"MMQ_DP4A_ENTRY\(name, Q, (\d+), (\d+)\)", src)
+    entries = re.findall(r"MMQ_DP4A_ENTRY\(name, Q, (\d+), (\d+), (\d), (\w*)\)", src)
+    dp4a = [(bn, cw) for bn, cw, p, _ in entries if p == "1"]
+    paired = [(bn, cw) for bn, cw, p, _ in entries if p == "2"]
+    assert all(suffix == ("_p2" if p == "2" else "") for _, _, p, suffix in entries)
     assert sorted([f"bm{bm}_bn{bn}{suffix}" for _, bm, bn, _, suffix in tiles]
                   + sorted({f"dp4a_bn{bn}" for bn, _ in dp4a})) == sorted(TILES)
+    # the paired entries: bn 1 at DP4A_PAIR_CHUNK, for exactly DP4A_PAIR_TYPES
+    assert paired == [("1", str(DP4A_PAIR_CHUNK))]
+    assert (sorted(re.findall(r"^MMQ_DP4A_PAIR_TILES\((\w+),", src, flags=re.M))
+            == sorted(t.lower() for t in DP4A_PAIR_TYPES))
     for warps, bm, bn, kb, suffix in tiles:
         tile = TILES[f"bm{bm}_bn{bn}{suffix}"]
         assert int(bm) == 16 * int(warps) and tile.threads == 32 * int(warps) and tile.kb == int(kb)
@@ -278,6 +285,31 @@ def test_plan_geometry():
     assert (plan.entry, plan.grid, plan.block, plan.slices) == ("mmq_q4_0_dp4a_bn4_cw8", (5, 5, 16), (128, 1, 1), 16)
     plan = plan_mmq(raw, "Q4_0", 2592, x, tile="dp4a_bn1", slices=2)
     assert (plan.entry, plan.grid, plan.block) == ("mmq_q4_0_dp4a_bn1_cw32", (3, 17, 2), (128, 1, 1))
+    # paired dp4a: only bn 1, a pairable type and even slice bounds (81 blocks over 2 slices: 40 | 41 -> unpaired)
+    assert not plan.pair
+    raw, x = _arrays(rows=130, cols=2560, n=1, t="Q4_K")  # 80 blocks, 16 slices of 5: bounds 5, 15, ... odd
+    assert plan_mmq(raw, "Q4_K", 2560, x).entry == "mmq_q4_k_dp4a_bn1_cw8"
+    plan = plan_mmq(raw, "Q4_K", 2560, x, slices=4)  # slices of 20: even bounds, 32-block chunks
+    assert (plan.entry, plan.pair) == ("mmq_q4_k_dp4a_bn1_cw32_p2", True)
+    assert plan_mmq(raw, "Q4_K", 2560, x, slices=4, pair=False).entry == "mmq_q4_k_dp4a_bn1_cw32"
+    with pytest.raises(ValueError, match=r"pair: no paired dp4a launch for Q4_K on dp4a_bn1 with 16 K slices"):
+        plan_mmq(raw, "Q4_K", 2560, x, pair=True)
+    with pytest.raises(ValueError, match=r"pair: no paired dp4a launch for Q4_K on dp4a_bn2"):
+        plan_mmq(raw, "Q4_K", 2560, x, tile="dp4a_bn2", slices=4, pair=True)
+
+
+@pytest.mark.parametrize("type_name, tile, units, slices, expected", [
+    ("Q4_K", "dp4a_bn1", 120, 4, True), ("Q4_K", "dp4a_bn1", 480, 16, True), ("Q4_0", "dp4a_bn1", 120, 4, True),
+    ("Q4_K", "dp4a_bn1", 40, 1, True), ("Q4_K", "dp4a_bn1", 128, 16, False), ("Q4_K", "dp4a_bn1", 120, 16, False),
+    ("Q4_K", "dp4a_bn1", 99, 3, False), ("Q5_K", "dp4a_bn1", 120, 4, False), ("Q6_K", "dp4a_bn1", 120, 4, False),
+    ("Q8_0", "dp4a_bn1", 120, 4, False), ("Q4_K", "dp4a_bn2", 120, 4, False), ("Q4_K", "bm64_bn8", 120, 4, False),
+    ("Q4_0", "dp4a_bn1", 81, 1, False),
+])
+def test_dp4a_pairs(type_name, tile, units, slices, expected):
+    """Paired dp4a on 32-block chunks with every slice bound even: the 12B's 15360 x 3840 gate/up (120 blocks / 4)
+    and ffn_down (480 / 16); not attn_output's 128 / 16 (8-block chunks, measured slower paired), q/k/v's 120 / 16
+    (8-block chunks, odd bounds 7, 15, ...) or 99 / 3 (32-block chunks, but bounds 33, 99 odd)."""
+    assert dp4a_pairs(type_name, TILES[tile], units, slices) is expected
 
 
 @pytest.mark.parametrize("units, slices, chunk", [
@@ -385,6 +417,33 @@ def test_mmq_forced_slices_bitwise(type_name, slices, n):
         assert all(out.guards_intact()), f"{type_name} slices={slices} {tile}: guard region overwritten"
         diff = first_bit_difference(cp.asnumpy(out.view), expected)
         assert not diff, f"{type_name} slices={slices} N={n} {tile}: differs from the emulation: {diff}"
+
+
+@gpu
+@pytest.mark.parametrize("type_name", DP4A_PAIR_TYPES)
+@pytest.mark.parametrize("rows, cols, slices", [
+    (1, 1024, 1), (7, 2048, 2), (77, 2560, 4), (130, 2560, 2), (2096, 1024, 1), (3, 7680, 8), (65, 15360, 16)],
+    ids=lambda v: str(v))
+def test_dp4a_paired_equals_unpaired(type_name, rows, cols, slices):
+    """The paired dp4a entry (a lane reads two blocks) gives the bits of the unpaired one and of the emulated
+    reduction order, on row tails (1, 3, 7, 65, 77, 130, 2096 rows: 64-row tiles), slices of 20..40 blocks (one
+    32-block chunk, or a full one and a ragged one), with guards intact and every output written."""
+    from kernels.quantize_q8_1 import quantize_q8_1
+
+    raw_host, x_host = _inputs(type_name, rows, cols, 1)
+    raw, x = cp.asarray(raw_host), cp.asarray(x_host)
+    xq = quantize_q8_1(x)
+    expected = emulate_mmq(raw_host, type_name, cols, cp.asnumpy(xq), slices)
+    for pair in (True, False):
+        assert plan_mmq(raw, type_name, cols, xq, tile="dp4a_bn1", slices=slices, pair=pair).pair is pair
+        out = GuardedOutput(cp, (1, rows), np.float32)
+        mmq_matvec(raw, type_name, cols, xq, out=out.view, tile="dp4a_bn1", slices=slices, pair=pair)
+        cp.cuda.get_current_stream().synchronize()
+        y = cp.asnumpy(out.view)
+        assert all(out.guards_intact()), f"{type_name} {rows}x{cols} pair={pair}: guard region overwritten"
+        assert not np.isnan(y).any(), f"{type_name} {rows}x{cols} pair={pair}: output left unwritten"
+        diff = first_bit_difference(y, expected)
+        assert not diff, f"{type_name} {rows}x{cols} slices={slices} pair={pair}: differs from the emulation: {diff}"
 
 
 @gpu

@@ -30,20 +30,43 @@
 
 __device__ __forceinline__ u8* q8_1_row(u8* yq, int r, int D) { return yq + (i64)r * (D / 32) * Q8_1_BYTES; }
 
+// The Q8_1 blocks of a row held in registers (o[k] = element reg_index(k)): warp w's register k is block
+// (NORM_THREADS * k + 32 * w) / 32, so consecutive k are blocks NORM_WARPS apart. Quantized QB blocks at a time
+// (their shuffle chains interleaved); the guards are warp-uniform since D % 32 == 0. A warp of a 3840-wide row has
+// 15 blocks: 3 groups of 4, then 2 and 1, instead of 15 chains one after another (8.5 us a call at N = 1 before).
+#define NORM_QB 4
+__device__ __forceinline__ void norm_quantize_regs(const float (&o)[NORM_PER_THREAD], u8* qr, int D) {
+    static_assert(NORM_PER_THREAD % NORM_QB == 0, "register groups");
+    constexpr i64 STRIDE = (i64)NORM_WARPS * Q8_1_BYTES;  // bytes between the blocks of k and k + 1
+    u8* q0 = qr + (threadIdx.x >> 5) * Q8_1_BYTES;        // this warp's block of k = 0
+#pragma unroll
+    for (int k = 0; k < NORM_PER_THREAD; k += NORM_QB) {
+        if (reg_index(k + NORM_QB - 1) < D) {
+            const float g[NORM_QB] = {o[k], o[k + 1], o[k + 2], o[k + 3]};
+            q8_1_blocks_from_warp<NORM_QB>(g, q0 + k * STRIDE, STRIDE);
+        } else if (reg_index(k + 1) < D) {  // 2 or 3 of the group's blocks are in the row
+            const float g[2] = {o[k], o[k + 1]};
+            q8_1_blocks_from_warp<2>(g, q0 + k * STRIDE, STRIDE);
+            if (reg_index(k + 2) < D) q8_1_block_from_warp(o[k + 2], q0 + (k + 2) * STRIDE);
+        } else if (reg_index(k) < D) {
+            q8_1_block_from_warp(o[k], q0 + k * STRIDE);
+        }
+    }
+}
+
 // y = rms_norm(v) [* w] for a row held in registers; QUANT: also its Q8_1 blocks at qr
 template <bool QUANT>
 __device__ __forceinline__ void norm_out_regs(const float (&v)[NORM_PER_THREAD], const float (&wv)[NORM_PER_THREAD],
                                               float* yr, u8* qr, int D, float eps, int has_w) {
     const float inv = inv_rms_regs(v, D, eps);
+    float o[NORM_PER_THREAD];
 #pragma unroll
     for (int k = 0; k < NORM_PER_THREAD; ++k) {
         const int i = reg_index(k);
-        if (i < D) {  // warp-uniform when D % 32 == 0 (the Q8_1 case)
-            const float o = rms_scale(v[k], inv, wv[k], has_w);
-            yr[i] = o;
-            if (QUANT) q8_1_block_from_warp(o, qr + (i >> 5) * Q8_1_BYTES);
-        }
+        o[k] = rms_scale(v[k], inv, wv[k], has_w);  // past D: never stored
+        if (i < D) yr[i] = o[k];
     }
+    if (QUANT) norm_quantize_regs(o, qr, D);
 }
 
 // The same for a row of any length, read from memory (xr may be yr)

@@ -113,9 +113,13 @@ __device__ __forceinline__ u32 mmq_q4_bias(u32 nibbles) {
 //     stage(row, u, q, d, m): 32-value block u of a row -> eight words of int8 codes (element 4k + i in byte i of
 //     q[k]), the float32 scale(s) d[0..HALVES-1] (value = d * code) and, for HAS_MIN types, the float32 offset m
 //     (value = d * code - m).
+struct mq_no_pair {};  // types without a paired dp4a entry
+
 struct mq_q8_0 {
     static constexpr bool HAS_MIN = false;
     static constexpr int HALVES = 1;
+    static constexpr bool PAIR = false;  // no Pair (see mmq_dp4a_kernel)
+    using Pair = mq_no_pair;
     static __device__ __forceinline__ void stage(const u8* __restrict__ row, int u, u32 (&q)[8], float (&d)[2],
                                                  float& m) {
         const u8* p = row + (size_t)u * 34;
@@ -129,6 +133,7 @@ struct mq_q8_0 {
 struct mq_q4_0 {
     static constexpr bool HAS_MIN = false;
     static constexpr int HALVES = 1;
+    static constexpr bool PAIR = true;
     static __device__ __forceinline__ void stage(const u8* __restrict__ row, int u, u32 (&q)[8], float (&d)[2],
                                                  float& m) {
         const u8* p = row + (size_t)u * 18;
@@ -143,6 +148,23 @@ struct mq_q4_0 {
             q[k + 4] = mmq_q4_bias((bytes >> 4) & 0x0F0F0F0Fu); // elements 16 + 4k .. 16 + 4k + 3
         }
     }
+    // Blocks u and u + 1 (u even) for the paired dp4a kernel: their 36 contiguous bytes as 9 words (stage reads the
+    // same bytes per block as a 16-bit d and 5 words), kept raw until each code word is used (registers: the paired
+    // kernel must stay at 64 for 8 resident blocks an SM). code(b, k) is stage's q[k] of block u + b.
+    struct Pair {
+        u32 w[9];  // d0 | qs0 (bytes 2..17) | d1 (18..19) | qs1 (20..35)
+        float d[2], m[2];
+        __device__ __forceinline__ void load(const u8* __restrict__ row, int u) {
+            mmq_ld_words<9>(row + (size_t)u * 18, w);
+            d[0] = f16_to_f32((u16)(w[0] & 0xFFFFu));
+            d[1] = f16_to_f32((u16)(w[4] >> 16));
+            m[0] = m[1] = 0.0f;
+        }
+        __device__ __forceinline__ u32 code(int b, int k) const {
+            const u32 bytes = b == 0 ? __funnelshift_r(w[k & 3], w[(k & 3) + 1], 16) : w[5 + (k & 3)];
+            return mmq_q4_bias((bytes >> (k < 4 ? 0 : 4)) & 0x0F0F0F0Fu);
+        }
+    };
 };
 
 // Q4_K (144 B) and Q5_K (176 B), 16-byte aligned rows: block u is sub-block s = u % 8 of super-block u / 8;
@@ -152,6 +174,7 @@ template <bool FIVE_BIT>
 struct mq_qk {
     static constexpr bool HAS_MIN = true;
     static constexpr int HALVES = 1;
+    static constexpr bool PAIR = !FIVE_BIT;  // Q5_K's qh words in a Pair spill even at 80 registers
     static constexpr int BYTES = FIVE_BIT ? 176 : 144;
     static __device__ __forceinline__ void stage(const u8* __restrict__ row, int u, u32 (&q)[8], float (&d)[2],
                                                  float& m) {
@@ -179,6 +202,33 @@ struct mq_qk {
             }
         }
     }
+    // Q4_K sub-blocks u and u + 1 (u even) for the paired dp4a kernel: they share the super-block's head and their
+    // 32 qs bytes (low and high nibbles), which stage reads once per sub-block. The bytes stay raw until each code
+    // word is used (registers, as for Q4_0). code(b, k) is stage's q[k] of sub-block u + b.
+    struct Pair {
+        uint4 v0, v1;  // qs[32 (s / 2) .. + 31]
+        float d[2], m[2];
+        __device__ __forceinline__ void load(const u8* __restrict__ row, int u) {
+            static_assert(!FIVE_BIT, "no Q5_K pair");
+            const u8* b = row + (size_t)(u >> 3) * BYTES;
+            const int s = u & 7;  // even
+            const uint4 head = qb_ld128(b);
+            int sc0, mn0, sc1, mn1;
+            qb_k_scale_min(head.y, head.z, head.w, s, sc0, mn0);
+            qb_k_scale_min(head.y, head.z, head.w, s + 1, sc1, mn1);
+            const float dd = f16_to_f32((u16)(head.x & 0xFFFFu)), dm = f16_to_f32((u16)(head.x >> 16));
+            d[0] = __fmul_rn(dd, (float)sc0);
+            m[0] = __fmul_rn(dm, (float)mn0);
+            d[1] = __fmul_rn(dd, (float)sc1);
+            m[1] = __fmul_rn(dm, (float)mn1);
+            const u8* qs = b + 16 + 32 * (s >> 1);
+            v0 = qb_ld128(qs);
+            v1 = qb_ld128(qs + 16);
+        }
+        __device__ __forceinline__ u32 code(int b, int k) const {
+            return (qb_word(k < 4 ? v0 : v1, k & 3) >> (4 * b)) & 0x0F0F0F0Fu;
+        }
+    };
 };
 
 // Q6_K (210 B, rows 2-byte aligned): ql[128] qh[64] scales[16] (int8) d (fp16). Block u is j = u % 8 of
@@ -188,6 +238,8 @@ struct mq_qk {
 struct mq_q6_k {
     static constexpr bool HAS_MIN = false;
     static constexpr int HALVES = 2;
+    static constexpr bool PAIR = false;
+    using Pair = mq_no_pair;
     static __device__ __forceinline__ void stage(const u8* __restrict__ row, int u, u32 (&q)[8], float (&d)[2],
                                                  float& m) {
         const u8* b = row + (size_t)(u >> 3) * 210;
@@ -243,6 +295,7 @@ __device__ __forceinline__ float mmq_axpy(float acc, int isum, float dw, float d
 // z = 0, 1, ... (the same chain whichever block it is) into y and sets the counter back to zero, ready for the next
 // launch in stream order. Each block makes its partial stores visible (__threadfence) before it counts, and the
 // last block reads the partials from L2 (__ldcg), never from a stale L1 line.
+#define MMQ_SUM_LOADS 4
 template <int BM, int BN, int THREADS>
 __device__ __forceinline__ void mmq_last_slice_sums(const float* part, int slices, int rows, int n, int row0,
                                                     int tok0, float* __restrict__ y, int* __restrict__ counters) {
@@ -260,7 +313,17 @@ __device__ __forceinline__ void mmq_last_slice_sums(const float* part, int slice
         if (r < rows && j < n) {
             const size_t i = (size_t)j * rows + r;
             float acc = __ldcg(part + i);
-            for (int z = 1; z < slices; ++z) acc = __fadd_rn(acc, __ldcg(part + z * plane + i));
+            // the same chain, with the loads of MMQ_SUM_LOADS slices issued before their additions (an L2 round
+            // trip per MMQ_SUM_LOADS slices instead of one per slice: the 16-slice launches are short)
+            int z = 1;
+            for (; z + MMQ_SUM_LOADS <= slices; z += MMQ_SUM_LOADS) {
+                float v[MMQ_SUM_LOADS];
+#pragma unroll
+                for (int k = 0; k < MMQ_SUM_LOADS; ++k) v[k] = __ldcg(part + (z + k) * plane + i);
+#pragma unroll
+                for (int k = 0; k < MMQ_SUM_LOADS; ++k) acc = __fadd_rn(acc, v[k]);
+            }
+            for (; z < slices; ++z) acc = __fadd_rn(acc, __ldcg(part + z * plane + i));
             y[i] = acc;
         }
     }
@@ -423,8 +486,14 @@ __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_byt
 // UR 4 (80..95 registers) was 0.95..1.4x slower, and a full unroll let ptxas hoist every row's loads (128..168
 // registers, Q6_K spills).
 // BN: tokens per thread block (1, 2, 4); CW: blocks per chunk (8 or 32: kernels/mmq.py picks the one that wastes
-// fewer lanes on the shape's slice length). 4 warps of RW = MMQ_DP4A_ROWS(BN) rows each: BM = 4 * RW rows per thread
-// block.
+// fewer lanes on the shape's slice length).
+// P: blocks per lane, 1 or 2 (the _p2 entries, BN = 1, types with a Pair: Q4_0, Q4_K). With P = 2 a lane
+// takes blocks u, u + 1 of a row and reads their bytes once (Q4_K: the two sub-blocks share the head and the 32 qs
+// bytes; Q4_0: 36 contiguous bytes), so a row needs CW / 2 lanes and each load group covers twice the rows:
+// half the dependent memory round trips per warp. kernels/mmq.py uses it only where every K-slice bound is even
+// (u stays even) and the chunk is 32 blocks. Each term is computed as with P = 1 and lands in the same place: the same bits. The pair's bytes
+// stay raw in registers until each code word is used, which keeps the paired entries at 64 registers.
+// 4 warps of RW = MMQ_DP4A_ROWS(BN) rows each: BM = 4 * RW rows per thread block.
 #define MMQ_DP4A_WARPS 4
 // Rows per warp: 16 (8 for BN 4). Fewer rows than the 32 / BN accumulators a warp could hold, so that a launch has
 // more warps to spread its loads over (measured, Q4_K 15360 x 3840 at N = 1: 32 rows a warp 24.3 us, 16 rows 19.4).
@@ -439,22 +508,24 @@ __device__ __forceinline__ int mmq_dp4a(u32 a, u32 b, int c) {
     return r;
 }
 
-template <class Q, int BN, int CW>
+template <class Q, int BN, int CW, int P>
 __device__ __forceinline__ void mmq_dp4a_kernel(const u8* __restrict__ w, i64 row_bytes, int rows, int units,
                                                 const u8* __restrict__ xq, int n, float* __restrict__ y, int slices,
                                                 float* __restrict__ part, int* __restrict__ counters, int bx) {
     constexpr int H = Q::HALVES;
     constexpr int RW = MMQ_DP4A_ROWS(BN);        // rows per warp: RW * BN accumulators, one per lane
-    constexpr int RPI = 32 / CW;                 // rows per term iteration
-    constexpr int ITERS = RW / RPI;              // term iterations per chunk (= RW * CW / 32 >= 2)
+    constexpr int LPR = CW / P;                  // lanes per row in the term phase
+    constexpr int RPI = 32 / LPR;                // rows per term iteration
+    constexpr int ITERS = RW / RPI;              // term iterations per chunk (= RW * LPR / 32 >= 2)
     constexpr int UR = 2;                        // rows of a lane whose weight loads are issued together
     constexpr int S = CW * H + 1;                // floats per accumulator's term row (odd: conflict-free sums)
     constexpr int BM = MMQ_DP4A_WARPS * RW, THREADS = 32 * MMQ_DP4A_WARPS;
     static_assert(ITERS % UR == 0, "term iterations must be a multiple of the load group");
+    static_assert(P == 1 || (P == 2 && Q::PAIR), "P = 2 needs the type's Pair");
     __shared__ float s_term[MMQ_DP4A_WARPS][RW * BN * S];
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int uc = lane % CW, rsub = lane / CW;
+    const int uc = lane % LPR, rsub = lane / LPR;
     const int row0 = bx * BM, wrow0 = row0 + warp * RW, tok0 = blockIdx.y * BN;
     const size_t xrow_bytes = (size_t)units * Q8_1_BYTES;
     const int u_lo = (int)((long long)blockIdx.z * units / slices);
@@ -463,65 +534,90 @@ __device__ __forceinline__ void mmq_dp4a_kernel(const u8* __restrict__ w, i64 ro
 
     float acc = 0.0f;
     for (int c0 = u_lo; c0 < u_hi; c0 += CW) {
-        const int u = c0 + uc;
+        // this lane's blocks u .. u + P - 1; P = 2 only when every slice bound is even (kernels/mmq.py), so u is
+        // even and u + 1 < u_hi whenever u < u_hi
+        const int u = c0 + P * uc;
         const bool live = u < u_hi;
-        // ---- this lane's activation block u of the BN tokens (zero past n and past the slice) ----
-        u32 xw[BN][8];
-        float dx[BN];
-        float xs[BN];
+        // ---- this lane's activation blocks of the BN tokens (zero past n and past the slice) ----
+        u32 xw[BN][P][8];
+        float dx[BN][P];
+        float xs[BN][P];
 #pragma unroll
         for (int j = 0; j < BN; ++j) {
-            dx[j] = 0.0f;
-            xs[j] = 0.0f;
 #pragma unroll
-            for (int k = 0; k < 8; ++k) xw[j][k] = 0u;
-            if (live && tok0 + j < n) {
-                const u32* p = (const u32*)(xq + (size_t)(tok0 + j) * xrow_bytes + (size_t)u * Q8_1_BYTES);
-                dx[j] = f16_to_f32((u16)(__ldg(p) & 0xFFFFu));
+            for (int b = 0; b < P; ++b) {
+                dx[j][b] = 0.0f;
+                xs[j][b] = 0.0f;
 #pragma unroll
-                for (int k = 0; k < 8; ++k) xw[j][k] = __ldg(p + 1 + k);
-                if (Q::HAS_MIN) {
-                    int s = 0;  // exact: |s| <= 32 * 127
+                for (int k = 0; k < 8; ++k) xw[j][b][k] = 0u;
+                if (live && tok0 + j < n) {
+                    const u32* p = (const u32*)(xq + (size_t)(tok0 + j) * xrow_bytes + (size_t)(u + b) * Q8_1_BYTES);
+                    dx[j][b] = f16_to_f32((u16)(__ldg(p) & 0xFFFFu));
 #pragma unroll
-                    for (int k = 0; k < 8; ++k) s = mmq_byte_sum(xw[j][k], s);
-                    xs[j] = (float)s;
+                    for (int k = 0; k < 8; ++k) xw[j][b][k] = __ldg(p + 1 + k);
+                    if (Q::HAS_MIN) {
+                        int s = 0;  // exact: |s| <= 32 * 127
+#pragma unroll
+                        for (int k = 0; k < 8; ++k) s = mmq_byte_sum(xw[j][b][k], s);
+                        xs[j][b] = (float)s;
+                    }
                 }
             }
         }
-        // ---- term phase: rows rsub, rsub + RPI, ... of the warp, block u; UR rows' loads in flight at a time ----
+        // ---- term phase: rows rsub, rsub + RPI, ... of the warp, blocks u..; UR rows' loads in flight at a time ----
 #pragma unroll 1
         for (int it0 = 0; it0 < ITERS; it0 += UR) {
-            u32 q[UR][8];
+            u32 q[UR][8];                // P = 1: the row's codes (stage)
             float d[UR][2], m[UR];
+            typename Q::Pair pr[UR];     // P = 2: the row's two blocks, raw (Q::Pair)
 #pragma unroll
             for (int i = 0; i < UR; ++i) {
                 const int r = wrow0 + (it0 + i) * RPI + rsub;
-                d[i][0] = d[i][1] = m[i] = 0.0f;
+                const bool in = live && r < rows;
+                if constexpr (P == 2) {
+                    if (in) pr[i].load(w + (size_t)r * row_bytes, u);  // else never summed nor stored
+                } else {
+                    d[i][0] = d[i][1] = m[i] = 0.0f;
 #pragma unroll
-                for (int k = 0; k < 8; ++k) q[i][k] = 0u;
-                if (live && r < rows) Q::stage(w + (size_t)r * row_bytes, u, q[i], d[i], m[i]);
+                    for (int k = 0; k < 8; ++k) q[i][k] = 0u;
+                    if (in) Q::stage(w + (size_t)r * row_bytes, u, q[i], d[i], m[i]);
+                }
             }
 #pragma unroll
             for (int i = 0; i < UR; ++i) {
-                float* dst = terms + ((it0 + i) * RPI + rsub) * BN * S + uc * H;
 #pragma unroll
-                for (int j = 0; j < BN; ++j) {
-                    if (BN > 1 && tok0 + j >= n) break;  // block-uniform
-                    if (H == 2) {
-                        int lo = 0, hi = 0;
-#pragma unroll
-                        for (int k = 0; k < 4; ++k) {
-                            lo = mmq_dp4a(q[i][k], xw[j][k], lo);
-                            hi = mmq_dp4a(q[i][k + 4], xw[j][k + 4], hi);
-                        }
-                        dst[j * S] = __fmul_rn((float)lo, __fmul_rn(d[i][0], dx[j]));
-                        dst[j * S + 1] = __fmul_rn((float)hi, __fmul_rn(d[i][1], dx[j]));
+                for (int b = 0; b < P; ++b) {
+                    float* dst = terms + ((it0 + i) * RPI + rsub) * BN * S + (P * uc + b) * H;
+                    float dw0, dw1, mw;
+                    if constexpr (P == 2) {
+                        dw0 = pr[i].d[b], dw1 = 0.0f, mw = pr[i].m[b];
                     } else {
-                        int isum = 0;
+                        dw0 = d[i][0], dw1 = d[i][1], mw = m[i];
+                    }
 #pragma unroll
-                        for (int k = 0; k < 8; ++k) isum = mmq_dp4a(q[i][k], xw[j][k], isum);
-                        const float p = __fmul_rn((float)isum, __fmul_rn(d[i][0], dx[j]));
-                        dst[j * S] = Q::HAS_MIN ? __fsub_rn(p, __fmul_rn(xs[j], __fmul_rn(m[i], dx[j]))) : p;
+                    for (int j = 0; j < BN; ++j) {
+                        if (BN > 1 && tok0 + j >= n) break;  // block-uniform
+                        if (H == 2) {
+                            int lo = 0, hi = 0;
+#pragma unroll
+                            for (int k = 0; k < 4; ++k) {
+                                lo = mmq_dp4a(q[i][k], xw[j][b][k], lo);
+                                hi = mmq_dp4a(q[i][k + 4], xw[j][b][k + 4], hi);
+                            }
+                            dst[j * S] = __fmul_rn((float)lo, __fmul_rn(dw0, dx[j][b]));
+                            dst[j * S + 1] = __fmul_rn((float)hi, __fmul_rn(dw1, dx[j][b]));
+                        } else {
+                            int isum = 0;
+#pragma unroll
+                            for (int k = 0; k < 8; ++k) {
+                                u32 code;
+                                if constexpr (P == 2) code = pr[i].code(b, k);
+                                else code = q[i][k];
+                                isum = mmq_dp4a(code, xw[j][b][k], isum);
+                            }
+                            const float p = __fmul_rn((float)isum, __fmul_rn(dw0, dx[j][b]));
+                            dst[j * S] = Q::HAS_MIN ? __fsub_rn(p, __fmul_rn(xs[j][b], __fmul_rn(mw, dx[j][b]))) : p;
+                        }
                     }
                 }
             }
@@ -573,15 +669,17 @@ __device__ __forceinline__ void mmq_dp4a_kernel(const u8* __restrict__ w, i64 ro
     MMQ_ENTRY(name, Q, 4, 64, 32, 4, ) MMQ_ENTRY(name, Q, 2, 32, 16, 16, _kb16) MMQ_ENTRY(name, Q, 4, 64, 16, 8, _kb8) \
     MMQ_ENTRY(name, Q, 4, 64, 8, 4, ) MMQ_ENTRY(name, Q, 2, 32, 8, 16, _kb16)
 // dp4a entries mmq_<t>_dp4a_bn<BN>_cw<CW>: kernels/mmq.py's dp4a tiles and DP4A_CHUNKS mirror BN and CW.
-#define MMQ_DP4A_ENTRY(name, Q, BN, CW)                                                                        \
+#define MMQ_DP4A_ENTRY(name, Q, BN, CW, P, SUFFIX)                                                             \
     extern "C" __global__ void __launch_bounds__(32 * MMQ_DP4A_WARPS, MMQ_DP4A_MIN_BLOCKS(BN))               \
-        mmq_##name##_dp4a_bn##BN##_cw##CW(MMQ_PARAMS) {                                                      \
+        mmq_##name##_dp4a_bn##BN##_cw##CW##SUFFIX(MMQ_PARAMS) {                                              \
         MMQ_MEMBER                                                                                             \
-        mmq_dp4a_kernel<Q, BN, CW>(w, row_bytes, rows, units, xq, n, y, slices, part, counters, bx);           \
+        mmq_dp4a_kernel<Q, BN, CW, P>(w, row_bytes, rows, units, xq, n, y, slices, part, counters, bx);        \
     }
 #define MMQ_DP4A_TILES(name, Q)                                                                                \
-    MMQ_DP4A_ENTRY(name, Q, 1, 8) MMQ_DP4A_ENTRY(name, Q, 1, 32) MMQ_DP4A_ENTRY(name, Q, 2, 8)                 \
-    MMQ_DP4A_ENTRY(name, Q, 2, 32) MMQ_DP4A_ENTRY(name, Q, 4, 8) MMQ_DP4A_ENTRY(name, Q, 4, 32)
+    MMQ_DP4A_ENTRY(name, Q, 1, 8, 1, ) MMQ_DP4A_ENTRY(name, Q, 1, 32, 1, ) MMQ_DP4A_ENTRY(name, Q, 2, 8, 1, )   \
+    MMQ_DP4A_ENTRY(name, Q, 2, 32, 1, ) MMQ_DP4A_ENTRY(name, Q, 4, 8, 1, ) MMQ_DP4A_ENTRY(name, Q, 4, 32, 1, )
+// paired entries mmq_<t>_dp4a_bn1_cw32_p2 (types with a Pair; at CW = 8 pairing was slower: kernels/mmq.py): a lane takes two consecutive blocks of a row
+#define MMQ_DP4A_PAIR_TILES(name, Q) MMQ_DP4A_ENTRY(name, Q, 1, 32, 2, _p2)
 
 MMQ_TILES(q8_0, mq_q8_0)
 MMQ_TILES(q4_0, mq_q4_0)
@@ -593,3 +691,5 @@ MMQ_DP4A_TILES(q4_0, mq_q4_0)
 MMQ_DP4A_TILES(q4_k, mq_qk<false>)
 MMQ_DP4A_TILES(q5_k, mq_qk<true>)
 MMQ_DP4A_TILES(q6_k, mq_q6_k)
+MMQ_DP4A_PAIR_TILES(q4_0, mq_q4_0)
+MMQ_DP4A_PAIR_TILES(q4_k, mq_qk<false>)
