@@ -295,7 +295,6 @@ __device__ __forceinline__ float mmq_axpy(float acc, int isum, float dw, float d
 // z = 0, 1, ... (the same chain whichever block it is) into y and sets the counter back to zero, ready for the next
 // launch in stream order. Each block makes its partial stores visible (__threadfence) before it counts, and the
 // last block reads the partials from L2 (__ldcg), never from a stale L1 line.
-#define MMQ_SUM_LOADS 4
 template <int BM, int BN, int THREADS>
 __device__ __forceinline__ void mmq_last_slice_sums(const float* part, int slices, int rows, int n, int row0,
                                                     int tok0, float* __restrict__ y, int* __restrict__ counters) {
@@ -313,17 +312,7 @@ __device__ __forceinline__ void mmq_last_slice_sums(const float* part, int slice
         if (r < rows && j < n) {
             const size_t i = (size_t)j * rows + r;
             float acc = __ldcg(part + i);
-            // the same chain, with the loads of MMQ_SUM_LOADS slices issued before their additions (an L2 round
-            // trip per MMQ_SUM_LOADS slices instead of one per slice: the 16-slice launches are short)
-            int z = 1;
-            for (; z + MMQ_SUM_LOADS <= slices; z += MMQ_SUM_LOADS) {
-                float v[MMQ_SUM_LOADS];
-#pragma unroll
-                for (int k = 0; k < MMQ_SUM_LOADS; ++k) v[k] = __ldcg(part + (z + k) * plane + i);
-#pragma unroll
-                for (int k = 0; k < MMQ_SUM_LOADS; ++k) acc = __fadd_rn(acc, v[k]);
-            }
-            for (; z < slices; ++z) acc = __fadd_rn(acc, __ldcg(part + z * plane + i));
+            for (int z = 1; z < slices; ++z) acc = __fadd_rn(acc, __ldcg(part + z * plane + i));
             y[i] = acc;
         }
     }
