@@ -157,8 +157,6 @@ def _cmd_oracle(args) -> int:
     """The synthetic golden oracle suite alone, summarised (the nightly runs it with everything else)."""
     import time
 
-    import numpy as np
-
     from .oracle_suite import N_LIST, cases, run_case
     from .pytest_plugin import resolve_backend
 

@@ -47,7 +47,7 @@ import os
 
 import numpy as np
 
-from kernels.reference.dequant import BLOCK_SIZES, QK_K
+from kernels.reference.dequant import BLOCK_SIZES
 
 # (values, bytes) per block of each type this module writes; the layouts themselves live in kernels/reference.
 BLOCKS: dict[str, tuple[int, int]] = {t: BLOCK_SIZES[t] for t in ("Q4_0", "Q5_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K")}

@@ -89,7 +89,7 @@ def bench_modes(model, n_list=N_LIST, modes=MODES, *, prompt_len: int = 128, ste
                              mean_position=mean_position, kv_bytes=kv_bytes,
                              routes=" ".join(f"{k}:{v}" for k, v in sorted(routes_of[mode].items()))))
             log(f"  N={n:3d} {mode:16s} {step_ms:8.3f} ms {1e3 * n / step_ms:9.1f} t/s  {rows[-1]['routes']}")
-        del seqs  # the sequences' slots go back to the engine (GpuSequence finalizers)
+        seqs.clear()  # the sequences' slots go back to the engine (GpuSequence finalizers)
     engine.set_route_mode(modes[0])  # frees the captured graphs
     return rows
 

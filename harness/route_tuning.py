@@ -119,7 +119,7 @@ def tune(shapes: list[Shape], n_list=N_LIST, repeats: int = 5, log=print, slice_
                                  us=q_ms * 1e3, spread_us=q_spread * 1e3,
                                  gb_s=0.0))
         log(f"  {shape.type_name:5s} {shape.rows:6d} x {shape.cols:5d} (x{shape.count}) timed")
-        del weights
+        weights.clear()  # free the copies before the next shape (the lambdas above are done with them)
         cp.get_default_memory_pool().free_all_blocks()
     return rows_out
 

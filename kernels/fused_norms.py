@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from kernels._compile import load_module
-from kernels.dequant import address, check_array, require_device_arrays
+from kernels._checks import check_no_overlap
+from kernels.dequant import check_array, require_device_arrays
 from kernels.reference.q8_1 import BLOCK_BYTES, QK8_1
 
 MODULE = "fused_norms"
@@ -46,31 +47,6 @@ class FusedNormLaunch:
 
 def _check(name: str, a, dtype, ndim: int, shape: tuple[int, ...] | None = None, align: int = 4) -> None:
     check_array(name, a, dtype=dtype, ndim=ndim, shape=shape, align=align)
-
-
-def _span(a) -> tuple[int, int]:
-    start = address(a)
-    return start, start + int(a.nbytes)
-
-
-def _check_no_overlap(outputs: dict, inputs: dict, in_place: tuple[tuple[str, str], ...] = ()) -> None:
-    """No output shares a byte with an input or another output, except the (output, input) pairs of `in_place`,
-    which may be the very same array (same address and shape) but not a partial overlap."""
-    named = [(n, a) for n, a in {**inputs, **outputs}.items() if a is not None and a.size]
-    for out_name, out in outputs.items():
-        if out is None or not out.size:
-            continue
-        lo, hi = _span(out)
-        for name, a in named:
-            if name == out_name:
-                continue
-            a_lo, a_hi = _span(a)
-            if a_lo >= hi or lo >= a_hi:
-                continue
-            if (out_name, name) in in_place and (lo, hi) == (a_lo, a_hi) and out.shape == a.shape:
-                continue
-            exact = f" (only exactly {name} itself is allowed)" if (out_name, name) in in_place else ""
-            raise ValueError(f"{out_name}: overlaps {name}{exact}")
 
 
 def _rows(name: str, x) -> tuple[int, int]:
@@ -107,7 +83,7 @@ def plan_rms_norm_q8_1(x, weight, *, out=None, out_q=None) -> FusedNormLaunch:
         _check("out", out, np.float32, 2, (rows, d))
     if out_q is not None:
         _check("out_q", out_q, np.uint8, 2, q_shape)
-    _check_no_overlap({"out": out, "out_q": out_q}, {"x": x, "weight": weight}, in_place=(("out", "x"),))
+    check_no_overlap({"out": out, "out_q": out_q}, {"x": x, "weight": weight}, in_place=(("out", "x"),))
     grid, block = _geometry(rows)
     return FusedNormLaunch(ENTRIES[0], grid, block, rows, d, q_shape)
 
@@ -126,7 +102,7 @@ def plan_add_rms_norm_rms_norm(h, x, w_add, w_next, *, quantize: bool, out_h=Non
         if not quantize:
             raise ValueError("out_q: given with quantize=False")
         _check("out_q", out_q, np.uint8, 2, q_shape)
-    _check_no_overlap({"out_h": out_h, "out": out, "out_q": out_q},
+    check_no_overlap({"out_h": out_h, "out": out, "out_q": out_q},
                       {"h": h, "x": x, "w_add": w_add, "w_next": w_next}, in_place=(("out_h", "h"),))
     grid, block = _geometry(rows)
     return FusedNormLaunch(ENTRIES[1], grid, block, rows, d, q_shape)
@@ -145,7 +121,7 @@ def plan_rms_norm_rope_neox(x, weight, positions, inv_freq, *, out=None) -> Fuse
         raise ValueError(f"inv_freq: n_rot = 2 * {half} must be in [2, head dim {d}]")
     if out is not None:
         _check("out", out, np.float32, 3, (rows, heads, d))
-    _check_no_overlap({"out": out}, {"x": x, "weight": weight, "positions": positions, "inv_freq": inv_freq},
+    check_no_overlap({"out": out}, {"x": x, "weight": weight, "positions": positions, "inv_freq": inv_freq},
                       in_place=(("out", "x"),))
     if rows * heads >= 2**31:
         raise ValueError(f"x: rows * heads = {rows * heads} head rows exceed one launch's grid")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kernels.dequant import check_array
-from kernels.fused_norms import _check_no_overlap
+from kernels._checks import check_no_overlap
 from kernels.reference.q8_1 import BLOCK_BYTES, QK8_1
 
 
@@ -34,7 +34,7 @@ def q8_1_out_plan(arg: str, rows: int, k: int, out_q, **others) -> Q8_1OutPlan:
     q_shape = (rows, k // QK8_1 * BLOCK_BYTES)
     if out_q is not None:
         check_array("out_q", out_q, dtype=np.uint8, ndim=2, shape=q_shape, align=4)
-        _check_no_overlap({"out_q": out_q}, others)
+        check_no_overlap({"out_q": out_q}, others)
     return Q8_1OutPlan(rows, k, q_shape)
 
 
@@ -46,5 +46,5 @@ def plan_gelu_tanh_mul_q8_1(gate, up, *, out=None, out_q=None) -> Q8_1OutPlan:
     check_array("up", up, dtype=np.float32, ndim=2, shape=(rows, k))
     if out is not None:
         check_array("out", out, dtype=np.float32, ndim=2, shape=(rows, k))
-        _check_no_overlap({"out": out}, {"gate": gate, "up": up}, in_place=(("out", "gate"), ("out", "up")))
+        check_no_overlap({"out": out}, {"gate": gate, "up": up}, in_place=(("out", "gate"), ("out", "up")))
     return q8_1_out_plan("gate", rows, k, out_q, gate=gate, up=up, out=out)

@@ -21,7 +21,8 @@ import numpy as np
 
 from kernels._compile import load_module
 from kernels.dequant import check_array, require_device_arrays
-from kernels.fused_norms import REG_MAX, THREADS, _check_no_overlap
+from kernels._checks import check_no_overlap
+from kernels.fused_norms import REG_MAX, THREADS
 
 MODULE = "qkv_rope_kv"
 ENTRIES = {"float16": "qkv_rope_kv_f16", "float32": "qkv_rope_kv_f32"}  # pool dtype -> extern "C" name
@@ -78,7 +79,7 @@ def plan_qkv_rope_kv(q_raw, k_raw, v_raw, q_weight, k_weight, positions, rows_sl
     check_array("pos_table", pos_table, dtype=np.int32, ndim=2, shape=(n_seq, cap), align=4)
     if out is not None:
         check_array("out", out, dtype=np.float32, ndim=3, shape=(rows, hq, d), align=4)
-    _check_no_overlap({"out": out, "k_pool": k_pool, "v_pool": v_pool, "pos_table": pos_table},
+    check_no_overlap({"out": out, "k_pool": k_pool, "v_pool": v_pool, "pos_table": pos_table},
                       {"q_raw": q_raw, "k_raw": k_raw, "v_raw": v_raw, "q_weight": q_weight, "k_weight": k_weight,
                        "positions": positions, "rows_slot": rows_slot, "inv_freq": inv_freq},
                       in_place=(("out", "q_raw"),))

@@ -14,7 +14,7 @@ import pytest
 from gguf import GGMLQuantizationType, quants
 
 import kernels.reference.quantize as quantize_module
-from kernels.reference.dequant import DEQUANTIZERS, QK_K
+from kernels.reference.dequant import DEQUANTIZERS
 from kernels.reference.quantize import QUANTIZERS, quantize
 
 F32 = np.float32
