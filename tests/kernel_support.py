@@ -139,6 +139,28 @@ def first_bit_difference(a: np.ndarray, b: np.ndarray) -> str:
             f"{b[idx]!r} ({int(bb[idx]):#010x})")
 
 
+def _host(a) -> np.ndarray:
+    return a.get() if hasattr(a, "get") else np.asarray(a)  # a CuPy array (copied to the host) or a numpy one
+
+
+def assert_bits_equal(got, want, what: str) -> None:
+    """got and want (device or host arrays) are bit-for-bit equal; else names the first difference."""
+    diff = first_bit_difference(_host(got), _host(want))
+    assert not diff, f"{what}: {diff}"
+
+
+def assert_q8_1_equal(got, want, what: str) -> None:
+    """Two uint8 arrays of Q8_1 blocks [rows, blocks * 36] are byte-for-byte equal; else counts the differing blocks
+    and names the first differing byte."""
+    from kernels.reference.q8_1 import BLOCK_BYTES
+
+    got, want = _host(got), _host(want)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} vs {want.shape}"
+    bad = np.argwhere(got.reshape(got.shape[0], -1, BLOCK_BYTES) != want.reshape(want.shape[0], -1, BLOCK_BYTES))
+    assert bad.size == 0, (f"{what}: {len({(r, b) for r, b, _ in bad})} Q8_1 block(s) differ, first row {bad[0][0]} "
+                           f"block {bad[0][1]} byte {bad[0][2]}")
+
+
 # --- guarded outputs and row-wise NMSE for the fp32 element-wise and attention kernels -----------------------
 # fp32 kernels vs the float64 reference: plain float32 rounding gives per-row NMSE around 1e-14..1e-10; 1e-6 is
 # the fp32 bound of gemma4-architecture.md §8 (per-layer NMSE <~ 1e-6), so only a wiring or formula bug fails it.

@@ -18,7 +18,7 @@ import pytest
 
 from kernels.reference.q8_1 import BLOCK_BYTES, QK8_1
 from kernels.reference.q8_1 import quantize_q8_1 as quantize_q8_1_reference
-from tests.kernel_support import Guarded, first_bit_difference, inv_freq_f32
+from tests.kernel_support import Guarded, assert_bits_equal, assert_q8_1_equal, inv_freq_f32
 
 try:  # collection must work without CuPy; the gpu marker makes the plugin skip these tests there
     import cupy as cp
@@ -62,19 +62,6 @@ def rows_f32(rng, rows: int, d: int) -> np.ndarray:
 
 def weight(rng, d: int) -> np.ndarray:
     return rng.uniform(0.5, 1.5, d).astype(np.float32)
-
-
-def assert_bits_equal(got, want, what: str) -> None:
-    diff = first_bit_difference(cp.asnumpy(got), cp.asnumpy(want))
-    assert not diff, f"{what}: fused vs unfused: {diff}"
-
-
-def assert_q8_1_equal(got, want, what: str) -> None:
-    got, want = cp.asnumpy(got), cp.asnumpy(want)
-    assert got.shape == want.shape, f"{what}: shape {got.shape} vs {want.shape}"
-    bad = np.argwhere(got.reshape(got.shape[0], -1, BLOCK_BYTES) != want.reshape(want.shape[0], -1, BLOCK_BYTES))
-    assert bad.size == 0, (f"{what}: {len({(r, b) for r, b, _ in bad})} Q8_1 block(s) differ, first row {bad[0][0]} "
-                           f"block {bad[0][1]} byte {bad[0][2]}")
 
 
 def guarded_pair(rows: int, d: int):
