@@ -113,18 +113,24 @@ def summarize(rows: list[dict], title: str, read_gb_s: float) -> str:
              + (" ceiling t/s | auto / ceiling |" if has_kv else ""),
              "|---|" + "---|" * (len(t.columns) + 3 + 2 * has_kv)]
     crossover = None
+    # a run of some modes only (--modes) leaves the ratios that need the others as "–"
+    auto = t["auto"] if "auto" in t.columns else None
     for n, r in t.iterrows():
-        forced = {m: r[m] for m in ("ws", "decode_mmq") if m in r}
-        best_mode = max(forced, key=forced.get)
+        forced = {m: r[m] for m in ("ws", "decode_mmq") if m in t.columns}
+        best_mode = max(forced, key=forced.get) if forced else "–"
         if crossover is None and r.get("decode_mmq", 0) > r.get("ws", float("inf")):
             crossover = n
+        auto_best = f"{auto[n] / max(forced.values()):.3f}" if forced and auto is not None else "–"
+        inv_auto = f"{r['batch-invariant'] / auto[n]:.3f}" if "batch-invariant" in t.columns and auto is not None \
+            else "–"
         row = (f"| {n} | " + " | ".join(f"{r[m]:.1f}" for m in t.columns)
-               + f" | {best_mode} | {r['auto'] / max(forced.values()):.3f} | {r['batch-invariant'] / r['auto']:.3f} |")
+               + f" | {best_mode} | {auto_best} | {inv_auto} |")
         if has_kv:
             ceiling = roofline_tokens_per_s(n, read_gb_s, wb, kv[n])
-            row += f" {ceiling:.0f} | {r['auto'] / ceiling:.1%} |"
+            row += f" {ceiling:.0f} | " + (f"{auto[n] / ceiling:.1%} |" if auto is not None else "– |")
         lines.append(row)
-    lines += ["", f"decode-MMQ overtakes WS (forced, whole step) first at N = {crossover}", ""]
+    lines += ["", f"decode-MMQ overtakes WS (forced, whole step) first at N = {crossover}" if {"ws", "decode_mmq"}
+              <= set(t.columns) else "decode-MMQ vs WS: not timed (needs both forced modes)", ""]
     routes = df.pivot(index="n", columns="mode", values="routes")
     lines += ["routes served per N and mode (matmuls per route):", "", "| N | " + " | ".join(routes.columns) + " |",
               "|---|" + "---|" * len(routes.columns)]
@@ -142,6 +148,9 @@ def main(argv=None) -> int:
                    help="prompt tokens per sequence (178: timed at mean context ~192, the llama.cpp anchor's)")
     p.add_argument("--out")
     args = p.parse_args(argv)
+    unknown = sorted(set(args.modes) - set(MODES))
+    if unknown:
+        p.error(f"--modes: unknown {unknown}; expected some of {list(MODES)}")
     import cupy as cp
 
     from engine.model_file import load_model

@@ -47,6 +47,21 @@ def test_mode_bench_summary_of_a_recorded_run(model):
     assert f"decode-MMQ overtakes WS (forced, whole step) first at N = {first}" in text
 
 
+def test_mode_bench_summary_of_some_modes():
+    """A run of some modes only (--modes auto batch-invariant) is summarised with "–" where a ratio needs a mode
+    that was not timed (it raised ValueError from max() of no forced mode)."""
+    recorded = json.loads((HISTORY / "2026-11-25-h100-mode-bench-shape12b.json").read_text())
+    rows = [r for r in recorded["rows"] if r["mode"] in ("auto", "batch-invariant")]
+    text = summarize(rows, "some modes", recorded["read_gb_s"])
+    t = {(r["n"], r["mode"]): r["tokens_per_s"] for r in rows}
+    line = next(line for line in text.splitlines() if line.startswith("| 1 |"))
+    assert f"| – | – | {t[1, 'batch-invariant'] / t[1, 'auto']:.3f} |" in line
+    assert "decode-MMQ vs WS: not timed (needs both forced modes)" in text
+    ws_rows = [r for r in recorded["rows"] if r["mode"] == "ws"]
+    ws_1 = next(r["tokens_per_s"] for r in ws_rows if r["n"] == 1)
+    assert f"| 1 | {ws_1:.1f} | ws | – | – |" in summarize(ws_rows, "ws only", recorded["read_gb_s"])
+
+
 def test_step_kernels_table_from_ncu_csv():
     """harness/step_kernels.py reads ncu's --csv (units as ncu writes them, thousands separators, other lines around
     the table) and groups launches by kernel name with hand-counted totals and shares."""
