@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels._compile import load_module
 from kernels._checks import check_no_overlap
+from kernels._compile import load_module
 from kernels.dequant import check_array, require_device_arrays
 from kernels.reference.q8_1 import BLOCK_BYTES, QK8_1
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels.dequant import check_array
 from kernels._checks import check_no_overlap
+from kernels.dequant import check_array
 from kernels.reference.q8_1 import BLOCK_BYTES, QK8_1
 
 

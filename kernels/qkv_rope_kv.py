@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kernels._checks import check_no_overlap
 from kernels._compile import load_module
 from kernels.dequant import check_array, require_device_arrays
-from kernels._checks import check_no_overlap
 from kernels.fused_norms import REG_MAX, THREADS
 
 MODULE = "qkv_rope_kv"
