@@ -46,6 +46,20 @@ def workspace_floats(rows: int, n_q_heads: int, head_dim: int, n_chunks: int) ->
     return rows * n_q_heads * n_chunks * (head_dim + 2)
 
 
+# A launch's split-KV workspace at most, in bytes: more rows (a long prefill chunk at a long context) run as several
+# launches of row groups, one after another over one workspace. Rows are independent (attention.cu: a row's result
+# depends on its own q, sequence and position only), so grouping changes no bit. Without it, 512 rows at context 2048
+# on a d512 layer need 540 MB, and 2048 rows at context 32768 34 GB.
+WORKSPACE_MAX_BYTES = 256 << 20
+
+
+def rows_per_launch(rows: int, n_q_heads: int, head_dim: int, n_chunks: int,
+                    max_bytes: int = WORKSPACE_MAX_BYTES) -> int:
+    """Rows of one launch: all of them when their workspace fits in max_bytes, else as many as fit (at least 1)."""
+    per_row = 4 * workspace_floats(1, n_q_heads, head_dim, n_chunks)
+    return max(1, min(rows, max_bytes // per_row))
+
+
 def heads_per_block(group: int, blocks_per_head: int, sm_count: int) -> int:
     """Query heads one partial block serves: a divisor of the GQA group size in HEADS_PER_BLOCK_CHOICES.
 
@@ -76,7 +90,7 @@ def decode_attention(q: cp.ndarray, k_cache: cp.ndarray, v_cache: cp.ndarray, po
                      positions, *, window: int, ring: bool, scale: float, max_position: int | None = None,
                      out: cp.ndarray | None = None, workspace: cp.ndarray | None = None,
                      heads_per_block_override: int | None = None, quantize: bool = False,
-                     out_q: cp.ndarray | None = None):
+                     out_q: cp.ndarray | None = None, max_workspace_bytes: int = WORKSPACE_MAX_BYTES):
     """Attention of R query rows over their own sequences' caches; returns out [R, Hq, d] float32, or with
     quantize=True (out, out_q): out_q the Q8_1 blocks of out.reshape(R, Hq * d) (uint8 [R, Hq * d / 32 * 36]).
 
@@ -135,41 +149,58 @@ def decode_attention(q: cp.ndarray, k_cache: cp.ndarray, v_cache: cp.ndarray, po
         max_position = int(pos_h.max()) if pos_h is not None else int(pos_d.max())
     n_chunks = chunks_needed(max(int(max_position), 0), window)
 
-    need = workspace_floats(rows, hq, d, n_chunks)
-    if workspace is None:
-        workspace = cp.empty(need, dtype=cp.float32)
-    elif (not isinstance(workspace, cp.ndarray) or workspace.dtype != cp.float32 or workspace.ndim != 1
-          or not workspace.flags.c_contiguous or workspace.size < need):
-        raise ValueError(f"workspace: expected a contiguous float32 cupy.ndarray of >= {need} elements")
-    ws_acc = workspace[: rows * hq * n_chunks * d]
-    ws_ml = workspace[rows * hq * n_chunks * d: need]
-
-    grid, block, hpb, mgrid, mblock = launch_geometry(rows, hq, hkv, n_chunks, _sm_count(cp.cuda.Device().id))
+    if workspace is None:  # rows in groups whose workspace fits max_workspace_bytes (rows_per_launch)
+        group = rows_per_launch(rows, hq, d, n_chunks, max_workspace_bytes)
+        workspace = cp.empty(workspace_floats(group, hq, d, n_chunks), dtype=cp.float32)
+    else:  # the caller's workspace serves all rows in one launch
+        group, need = rows, workspace_floats(rows, hq, d, n_chunks)
+        if (not isinstance(workspace, cp.ndarray) or workspace.dtype != cp.float32 or workspace.ndim != 1
+                or not workspace.flags.c_contiguous or workspace.size < need):
+            raise ValueError(f"workspace: expected a contiguous float32 cupy.ndarray of >= {need} elements")
     if heads_per_block_override is not None:
         hpb = int(heads_per_block_override)
         if hpb not in HEADS_PER_BLOCK_CHOICES or (hq // hkv) % hpb:
             raise ValueError(f"heads_per_block_override {hpb}: must divide {hq // hkv} and be in "
                              f"{HEADS_PER_BLOCK_CHOICES}")
-        grid = (hq // hpb, grid[1], grid[2])
     module = load_module("attention")
+    for r0 in range(0, rows, group):
+        r1 = min(rows, r0 + group)
+        _launch(module, suffix, q[r0:r1], k_cache, v_cache, pos_table, seq_d[r0:r1], pos_d[r0:r1], out[r0:r1],
+                None if out_q is None else out_q[r0:r1], workspace, hq, hkv, d, n_seq, cap, window, ring, scale,
+                n_chunks, heads_per_block_override)
+    return (out, out_q) if quantize else out
+
+
+def _launch(module, suffix: str, q, k_cache, v_cache, pos_table, seq_d, pos_d, out, out_q, workspace, hq: int,
+            hkv: int, d: int, n_seq: int, cap: int, window: int, ring: bool, scale: float, n_chunks: int,
+            hpb_override: int | None) -> None:
+    """The partial and merge launches of one group of rows (all arrays already sliced to the group)."""
+    rows = int(q.shape[0])
+    need = workspace_floats(rows, hq, d, n_chunks)
+    ws_acc = workspace[: rows * hq * n_chunks * d]
+    ws_ml = workspace[rows * hq * n_chunks * d: need]
+    grid, block, hpb, mgrid, mblock = launch_geometry(rows, hq, hkv, n_chunks, _sm_count(cp.cuda.Device().id))
+    if hpb_override is not None:
+        hpb = int(hpb_override)
+        grid = (hq // hpb, grid[1], grid[2])
     module.get_function(f"attn_partial_{suffix}_d{d}_h{hpb}")(
         grid, block, (q, k_cache, v_cache, pos_table, seq_d, pos_d, ws_acc, ws_ml, cp.int32(rows), cp.int32(hq),
                       cp.int32(hkv), cp.int32(n_seq), cp.int32(cap), cp.int32(window),
                       cp.int32(int(ring)), cp.float32(scale), cp.int32(n_chunks)))
-    outs = (out, out_q) if quantize else (out,)
-    merge, mblock = (f"attn_merge_q8_1_d{d}", (max(d, MERGE_THREADS),)) if quantize else (f"attn_merge_d{d}", mblock)
+    outs = (out,) if out_q is None else (out, out_q)
+    merge, mblock = (f"attn_merge_q8_1_d{d}", (max(d, MERGE_THREADS),)) if out_q is not None else (f"attn_merge_d{d}",
+                                                                                                   mblock)
     module.get_function(merge)(
         mgrid, mblock, (ws_acc, ws_ml, seq_d, pos_d, *outs, cp.int32(rows), cp.int32(hq), cp.int32(n_seq),
                         cp.int32(window), cp.int32(n_chunks)))
-    return outs if quantize else out
 
 
 def decode_attention_layer(q: cp.ndarray, pool: LayerKVPool, rows_slot, positions, *, window: int, scale: float,
                            max_position: int | None = None, out: cp.ndarray | None = None,
                            workspace: cp.ndarray | None = None, quantize: bool = False,
-                           out_q: cp.ndarray | None = None):
+                           out_q: cp.ndarray | None = None, max_workspace_bytes: int = WORKSPACE_MAX_BYTES):
     """decode_attention over a LayerKVPool (its ring flag decides the slot rule)."""
     return decode_attention(q, pool.k, pool.v, pool.pos, rows_slot, positions, window=window, ring=pool.ring,
                             scale=scale, max_position=max_position, out=out, workspace=workspace,
-                            quantize=quantize, out_q=out_q)
+                            quantize=quantize, out_q=out_q, max_workspace_bytes=max_workspace_bytes)
 

@@ -21,7 +21,7 @@ import pytest
 from engine.backends.numpy_backend import NumpyBackend
 from engine.kv_cache import LayerKV
 
-from .kernel_support import Guarded, assert_rows_close
+from .kernel_support import Guarded, assert_rows_close, first_bit_difference
 
 try:  # collection must work without CuPy; the gpu marker makes the plugin skip these tests there
     import cupy as cp
@@ -237,6 +237,45 @@ def test_row_bits_independent_of_batch(case_dtype):
         group = case.hq // case.hkv
         for hpb in [h for h in (1, 2, 4, 8) if group % h == 0]:
             assert np.array_equal(run([t], hpb=hpb)[0], alone), f"row {t}: heads per block {hpb} changed the bits"
+
+
+@pytest.mark.parametrize("case_dtype", ids({k: DETERMINISM_CASES[k] for k in (
+    "hq16-hkv1-d512-global-f16", "hq16-hkv8-d256-w1024-ring-f16", "hq4-hkv2-d64-w8-chunk3-ring-f32")}))
+@pytest.mark.parametrize("quantize", [False, True], ids=["f32-out", "q8_1-out"])
+def test_rows_in_workspace_groups_give_the_same_bits(case_dtype, quantize):
+    """Rows whose workspace exceeds max_workspace_bytes run as launches of row groups over one workspace
+    (kernels/attention.py rows_per_launch): every output (and its Q8_1 blocks) bitwise equal to one launch, for
+    groups of 1, 5 and 16 of 37 rows."""
+    from kernels.attention import chunks_needed, workspace_floats
+
+    case, dtype = case_dtype
+    rng = np.random.default_rng(case.d + 3 * case.window)
+    rows_slot, positions, last = plan_rows(case, 37, rng)
+    pool = build_pool(case, last, dtype, seed=5)
+    q = cp.asarray((rng.standard_normal((37, case.hq, case.d)) * case.query_std).astype(np.float32))
+    n_chunks = chunks_needed(int(positions.max()), case.window)
+
+    def run(max_bytes):
+        return decode_attention_layer(q, pool, rows_slot, positions, window=case.window, scale=case.scale,
+                                      quantize=quantize, max_workspace_bytes=max_bytes)
+
+    whole = run(1 << 40)
+    for group in (1, 5, 16):
+        got = run(4 * workspace_floats(group, case.hq, case.d, n_chunks))
+        for a, b in zip((got,) if not quantize else got, (whole,) if not quantize else whole):
+            assert not first_bit_difference(cp.asnumpy(a), cp.asnumpy(b)), f"groups of {group} rows"
+
+
+def test_rows_per_launch():
+    """All rows in one launch while their workspace fits the limit, else as many as fit, never fewer than one (pure
+    arithmetic, but kernels.attention imports CuPy, so it runs with the GPU tests)."""
+    from kernels.attention import WORKSPACE_MAX_BYTES, rows_per_launch, workspace_floats
+
+    per_row = 4 * workspace_floats(1, 16, 512, 32)  # a d512 row at context 2048: 16 heads x 32 chunks x 514 floats
+    assert rows_per_launch(8, 16, 512, 32) == 8
+    assert rows_per_launch(512, 16, 512, 32) == WORKSPACE_MAX_BYTES // per_row == 255  # 1,052,672 B a row
+    assert rows_per_launch(512, 16, 512, 32, max_bytes=per_row * 5 + 1) == 5
+    assert rows_per_launch(3, 16, 512, 32, max_bytes=1) == 1
 
 
 # --- KV writes against engine.kv_cache.LayerKV, and attention over them -------------------------------------------
