@@ -23,6 +23,16 @@ def _figure(n_panels: int, width: float = 6.0, height: float = 3.6):
     return fig, list(axes[0])
 
 
+def _per_n_axes(ax, ylabel: str) -> None:
+    """A figure of something against N: both axes logarithmic (N in powers of 2), a grid and the legend."""
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("N (sequences per step)")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+
+
 def _png(fig) -> bytes:
     import matplotlib.pyplot as plt
 
@@ -46,13 +56,8 @@ def tokens_per_s_vs_n(perf: pd.DataFrame) -> bytes | None:
             line, = ax.plot(g["n"], g["tokens_per_s"], marker="o", label=f"{route}")
             ax.plot(g["n"], g["roofline_tokens_per_s"], linestyle="--", color=line.get_color(), alpha=0.5,
                     label=f"{route} roofline")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("N (sequences per step)")
-        ax.set_ylabel("tokens/s")
+        _per_n_axes(ax, "tokens/s")
         ax.set_title(model, fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
     return _png(fig)
 
 
@@ -65,12 +70,7 @@ def worst_error_vs_n(summary: pd.DataFrame) -> bytes | None:
     for (suite, backend, route), g in worst.groupby(["suite", "backend", "route"]):
         g = g.sort_values("n")
         ax.plot(g["n"], g["worst_nmse"].clip(lower=NMSE_FLOOR), marker="o", label=f"{suite} {backend} {route}")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("N (sequences per step)")
-    ax.set_ylabel(f"worst NMSE (0 drawn at {NMSE_FLOOR:g})")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    _per_n_axes(ax, f"worst NMSE (0 drawn at {NMSE_FLOOR:g})")
     return _png(fig)
 
 
