@@ -13,8 +13,9 @@ y is float32 [N, rows].
 Numerics (the .cu header has the exact reduction order): K is split into slices chosen from the matrix shape
 (split_k_slices), whose partial sums are added in slice order. Within a slice, per 32-value block the int8 code dot
 is exact (int32 mma), it is scaled by d_w * d_x in float32 and summed over blocks in increasing order in float32
-(Q4_K also subtracts m_w * d_x * the exact integer sum of the block's Q8_1 codes, per 32-value sub-block; Q6_K
-scales and adds its two 16-value halves one after the other). The result is deterministic and independent of N,
+(Q4_K also subtracts m_w times d_x * the exact integer sum of the block's Q8_1 codes in one fused multiply-add, per
+32-value sub-block; Q6_K fuses its two 16-value halves' products into one term). The result is deterministic and
+independent of N,
 of the tile and of the batch composition, but it is NOT bitwise equal to the WS mat-vec
 (kernels/matvec.py): quantizing x to Q8_1 is an approximation (NMSE ~1e-5 for uniform activations, within
 llama.cpp's MUL_MAT bound 5e-4), so decode-MMQ is argmax-stable, not bitwise, against WS.

@@ -199,3 +199,22 @@ def inv_freq_f32(base: float, n_rot: int, freq_factors=None) -> np.ndarray:
     if freq_factors is not None:
         inv = inv / freq_factors
     return inv.astype(np.float32)
+
+
+def fma_f32(a, b, c) -> np.ndarray:
+    """float32 a * b + c rounded ONCE to nearest even (CUDA __fmaf_rn), elementwise with broadcasting.
+
+    a * b is exact in float64 (24 + 24 significand bits) and TwoSum gives the exact error e of the float64 sum
+    r = a * b + c. Rounding r to float32 is then the correct rounding of r + e, except when r lies exactly halfway
+    between two float32 values and e != 0 (a float32 midpoint is a float64 value, so nothing else can lie between
+    r and r + e): then the result is the neighbour on e's side."""
+    a64, b64, c64 = (np.asarray(v, dtype=np.float32).astype(np.float64) for v in (a, b, c))
+    p = a64 * b64
+    r = p + c64
+    bb = r - p
+    e = (p - (r - bb)) + (c64 - bb)
+    out = r.astype(np.float32)
+    back = out.astype(np.float64)
+    other = np.nextafter(out, np.where(r > back, np.float32(np.inf), np.float32(-np.inf)))
+    tie = (r != back) & ((back + other.astype(np.float64)) * 0.5 == r) & (e != 0)
+    return np.where(tie, np.where(e > 0, np.maximum(out, other), np.minimum(out, other)), out).astype(np.float32)

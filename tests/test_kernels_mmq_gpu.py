@@ -6,8 +6,8 @@ GPU (marked `gpu`), per case (type x shape x N x tile variant, ids like q4_0-r77
   * the NaN-poisoned output is fully written and the 1024-float guards before and after it are intact;
   * BITWISE equal to `emulate_mmq`, a numpy float32 re-statement of the reduction order in the mmq.cu header
     (exact integer block dots, then scale = d_w * d_x, p = isum * scale, acc += p, each rounded to float32;
-    Q4_K / Q5_K subtract xs * (m_w * d_x) from p first, xs the exact sum of the block's Q8_1 codes; Q6_K adds
-    its two 16-value halves one after the other),
+    Q4_K / Q5_K take p = fma(-m_w, xs * d_x, p) first, xs the exact sum of the block's Q8_1 codes; Q6_K's term is
+    fma(lo, d_lo * d_x, hi * (d_hi * d_x)) over its two 16-value halves; fma rounds once: fma_f32),
     run on the Q8_1 blocks the GPU quantizer produced;
   * NMSE against the float64 product of the dequantized weights and the Q8_1-DEQUANTIZED activations is at most
     MMQ_Q8_1_NMSE_MAX (only float32 rounding remains), and against the float64 product with the ORIGINAL float32
@@ -32,7 +32,8 @@ from kernels.reference.dequant import _k_nibbles, _k_sub_scales, _low_high_nibbl
 from kernels.reference.q8_1 import BLOCK_BYTES as Q8_1_BYTES
 from kernels.reference.q8_1 import dequantize_q8_1, quantize_q8_1 as quantize_q8_1_host
 from oracles.metrics import nmse, screen_nonfinite
-from tests.kernel_support import GuardedOutput, activations, first_bit_difference, matvec_reference, quantized_weights
+from tests.kernel_support import (GuardedOutput, activations, first_bit_difference, fma_f32, matvec_reference,
+                                  quantized_weights)
 
 try:  # collection must work without cupy; the gpu marker makes the plugin skip these items with its reason
     import cupy as cp
@@ -45,7 +46,9 @@ gpu = pytest.mark.gpu
 # Against the float64 reference on the Q8_1-dequantized activations the only error is float32 rounding: one
 # rounding each for d_w * d_x, isum * scale (and Q4_K's offset product and subtraction) and every block addition,
 # over <= 81 blocks. Measured over every case below, with emulate_mmq (bitwise equal to the kernel, which the GPU
-# test asserts) and on the H100 (junit properties): max 3.4e-14 (Q8_0), 3.2e-14 (Q4_0), 1.0e-13 (Q4_K);
+# test asserts) and on the H100 (junit properties): max 3.4e-14 (Q8_0), 3.2e-14 (Q4_0), 1.0e-13 (Q4_K); with the
+# fused offset and Q6_K half terms (sixth session; test_emulation_bound prints them) 3.0e-14 (Q8_0), 3.0e-14 (Q4_0),
+# 6.0e-14 (Q4_K), 2.7e-13 (Q5_K, was 1.1e-12), 4.4e-14 (Q6_K, was 6.2e-14);
 # 1e-9 leaves room for other shapes, while any indexing or fragment-layout error gives NMSE ~ 1.
 MMQ_Q8_1_NMSE_MAX = 1e-9
 # Against the ORIGINAL float32 activations the Q8_1 quantization of x dominates: measured 4e-6 .. 4.1e-4 (the
@@ -129,39 +132,37 @@ def weight_codes(w_raw: np.ndarray, type_name: str, n_cols: int):
 
 
 def emulate_mmq(w_raw: np.ndarray, type_name: str, n_cols: int, xq: np.ndarray, slices: int = 1) -> np.ndarray:
-    """float32 [N, rows]: the mmq.cu reduction order in numpy float32 (each ufunc call rounds once, no FMA): per K
-    slice z (blocks floor(z * units / slices) .. floor((z + 1) * units / slices) - 1) a sum from +0 in block order,
-    then the slice sums added in slice order."""
+    """float32 [N, rows]: the mmq.cu reduction order in numpy float32 (each ufunc call rounds once; the kernel's
+    fused multiply-adds through fma_f32): per K slice z (blocks floor(z * units / slices) .. floor((z + 1) * units /
+    slices) - 1) a sum of the blocks' terms from +0 in block order, then the slice sums added in slice order."""
     wq, dw, mw = weight_codes(w_raw, type_name, n_cols)
     units = n_cols // 32
     xb = np.ascontiguousarray(xq).reshape(xq.shape[0], units, Q8_1_BYTES)
     dx = xb[:, :, 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
     xc = xb[:, :, 4:].copy().view(np.int8).astype(np.float64)
-    if dw.ndim == 3:  # Q6_K: two 16-value halves, each scaled and added in turn
+    if dw.ndim == 3:  # Q6_K: fma(lo, d_lo * d_x, hi * (d_hi * d_x)) over the two 16-value halves
         halves = [np.matmul(xc[:, :, 16 * h:16 * h + 16].transpose(1, 0, 2), wq[:, :, 16 * h:16 * h + 16].transpose(1, 2, 0))
                   for h in (0, 1)]
 
-        def terms(b):
-            return [halves[h][b].astype(np.float32) * (dw[:, b, h][None, :] * dx[:, b][:, None]) for h in (0, 1)]
+        def term(b):
+            hi = halves[1][b].astype(np.float32) * (dw[:, b, 1][None, :] * dx[:, b][:, None])
+            return fma_f32(halves[0][b].astype(np.float32), dw[:, b, 0][None, :] * dx[:, b][:, None], hi)
     else:
         # exact integer dots (|sum| < 2^20, exact in float64): isum[b, n, r]
         isum = np.matmul(xc.transpose(1, 0, 2), wq.transpose(1, 2, 0))
-        xs = xc.sum(axis=-1).astype(np.float32)  # [N, units], exact integers
+        sx = xc.sum(axis=-1).astype(np.float32) * dx  # [N, units]: the exact code sums times d_x, exact products
 
-        def terms(b):
+        def term(b):
             scale = dx[:, b][:, None] * dw[:, b][None, :]  # float32 x float32 -> float32
             p = isum[b].astype(np.float32) * scale
-            if mw is not None:
-                p = p - xs[:, b][:, None] * (mw[:, b][None, :] * dx[:, b][:, None])
-            return [p]
+            return p if mw is None else fma_f32(-mw[:, b][None, :], sx[:, b][:, None], p)
 
     bounds = [z * units // slices for z in range(slices + 1)]
     total = None
     for lo, hi in zip(bounds, bounds[1:]):
         acc = np.zeros((xq.shape[0], wq.shape[0]), dtype=np.float32)
         for b in range(lo, hi):
-            for term in terms(b):
-                acc = acc + term
+            acc = acc + term(b)
         total = acc if total is None else total + acc
     return total
 
@@ -225,6 +226,33 @@ def test_choose_tile_rules(type_name, rows, cols, n, expected):
     < 3840-row matrices (and < 2048-row ones to 16), bn 8 to 8 tokens, bn 16 to 16 on >= 3840 rows, bn 32 beyond on
     the largest matrices."""
     assert choose_tile(type_name, rows, cols, n).name == expected
+
+
+def test_fma_f32_rounds_once():
+    """The emulation's fused multiply-add (tests/kernel_support.fma_f32) is a*b + c rounded once, as __fmaf_rn: against
+    exact rational arithmetic on 3000 random triples near cancellation, and on ties of the float64 sum that a float64
+    fma then a float32 cast would round the wrong way (1 + 2^-23 + 2^-24 - 2^-70 rounds down, not to even)."""
+    from fractions import Fraction
+
+    def rounded(exact: Fraction) -> int:  # float32 bits of the correctly rounded value (ties to even)
+        c = np.float32(float(exact))
+        near = [np.nextafter(c, np.float32(-np.inf)), c, np.nextafter(c, np.float32(np.inf))]
+        best = min(near, key=lambda v: (abs(Fraction(float(v)) - exact), int(np.float32(v).view(np.uint32)) & 1))
+        return int(np.float32(best).view(np.uint32))
+
+    rng = np.random.default_rng(9)
+    a = (rng.standard_normal(3000) * np.exp2(rng.integers(-20, 20, 3000))).astype(np.float32)
+    b = (rng.standard_normal(3000) * np.exp2(rng.integers(-20, 20, 3000))).astype(np.float32)
+    c = (-(a.astype(np.float64) * b) * (1 + rng.standard_normal(3000) * np.exp2(rng.integers(-30, 0, 3000)))).astype(np.float32)
+    ties = np.array([[1 + 2.0**-23, 2.0**-24 * (1 - 2.0**-23), 1 + 2.0**-23],      # just below a tie: down
+                     [1 + 2.0**-23, 2.0**-24 * (1 + 2.0**-23), 1.0],               # just above a tie: up
+                     [-(1 + 2.0**-23), 2.0**-24 * (1 - 2.0**-23), -(1 + 2.0**-23)]], dtype=np.float32)
+    a, b, c = (np.concatenate([v, ties[:, i]]) for i, v in enumerate((a, b, c)))
+    got = fma_f32(a, b, c).view(np.uint32)
+    for i in range(len(a)):
+        want = rounded(Fraction(float(a[i])) * Fraction(float(b[i])) + Fraction(float(c[i])))
+        assert int(got[i]) == want, (i, a[i], b[i], c[i])
+    assert np.float32(np.float64(ties[0, 0]) * np.float64(ties[0, 1]) + np.float64(ties[0, 2])) != fma_f32(*ties[0])
 
 
 def test_emulation_bound():

@@ -34,17 +34,23 @@
 //   for b = slice start, ..., slice end - 1 (increasing):
 //       isum  = sum_{i<32} wq[r, 32b + i] * xq[n, 32b + i]        int32 from the mma, EXACT (|isum| <= 32*127*127)
 //       scale = __fmul_rn(d_w[r, b], d_x[n, b])                   float32, one rounding
-//       acc   = __fadd_rn(acc, __fmul_rn((float)isum, scale))     (float)isum is exact (< 2^24); two roundings
-//       (Q4_K, Q5_K:  acc = __fadd_rn(acc, __fsub_rn(__fmul_rn((float)isum, scale),
-//                                                 __fmul_rn((float)xs, __fmul_rn(m_w[r, b], d_x[n, b])))) )
+//       term  = __fmul_rn((float)isum, scale)                     (float)isum is exact (< 2^24)
+//       (Q4_K, Q5_K:  term = __fmaf_rn(-m_w[r, b], sx[n, b], term), sx = xs * d_x[n, b] EXACT (a 12-bit integer
+//                     times an fp16): the offset product is not rounded on its own)
 //       (Q6_K: isum_lo, isum_hi over the block's two 16-value halves;
-//              acc = __fadd_rn(acc, __fmul_rn((float)isum_lo, __fmul_rn(d_lo[r, b], d_x[n, b])));
-//              acc = __fadd_rn(acc, __fmul_rn((float)isum_hi, __fmul_rn(d_hi[r, b], d_x[n, b]))) )
+//              term = __fmaf_rn((float)isum_lo, __fmul_rn(d_lo[r, b], d_x[n, b]),
+//                               __fmul_rn((float)isum_hi, __fmul_rn(d_hi[r, b], d_x[n, b]))) )
+//       acc   = __fadd_rn(acc, term)
 //   y[n, r] = acc (one slice), else part[z][n, r] = acc and y[n, r] = the slice-ordered sum above
-// d_w is the block's fp16 d, d_x the Q8_1 block's fp16 d (both widened exactly). No FMA contraction (every
-// operation is an _rn intrinsic), no atomics, K split only by shape: the result is deterministic, independent of N, of
+// d_w is the block's fp16 d, d_x the Q8_1 block's fp16 d (both widened exactly). Each fused multiply-add is spelled
+// __fmaf_rn (one rounding) and every other operation is an _rn intrinsic (no contraction), no atomics, K split only by
+// shape: the result is deterministic, independent of N, of
 // the tile geometry and of the token's position in the batch, and tests/test_kernels_mmq_gpu.py reproduces it
-// BITWISE with numpy float32 arithmetic. It is NOT bitwise equal to the WS mat-vec (kernels/cuda/matvec.cu),
+// BITWISE with numpy float32 arithmetic (and an exactly rounded fma).
+// The fused forms (since 2026-11-25, sixth session; before: separately rounded offset products and a subtraction,
+// and the Q6_K halves added to acc one after the other) take 4 instead of 7 float instructions per output and
+// 32-value block for Q4_K / Q5_K and 7 instead of 8 for Q6_K in the mma tiles, and give the dp4a kernel one term per
+// block for every type. It is NOT bitwise equal to the WS mat-vec (kernels/cuda/matvec.cu),
 // which sums float32 products of dequantized weights and unquantized activations in another order; decode-MMQ is
 // argmax-stable, not bitwise, with respect to WS (its error is the Q8_1 quantization of x, NMSE ~1e-5).
 //
@@ -81,10 +87,11 @@
 __device__ __forceinline__ u32 mmq_ld16(const u8* p) { return (u32)__ldg((const unsigned short*)p); }
 
 // K little-endian words at a 2-byte aligned p (Q8_0, Q4_0 and Q6_K blocks are 34, 18 and 210 bytes: their fields
-// are only 2-byte aligned): at most K + 1 aligned 32-bit loads, each word funnel-shifted out of two neighbours
-// (shift 0 or 16), instead of 2K 16-bit loads. When p is 2 mod 4 the last aligned word also holds the 2 bytes
-// after p + 4K: never past the end of an allocation (it is the aligned word that holds the data's last 2 bytes);
-// when p is 4-byte aligned nothing past p + 4K is read.
+// are only 2-byte aligned): K aligned 32-bit loads (and one 16-bit load when p is 2 mod 4), each word funnel-shifted
+// out of two neighbours (shift 0 or 16), instead of 2K 16-bit loads. Nothing past p + 4K is read, and before p only
+// the 2 bytes of the row's preceding field when p is 2 mod 4. The data's last 2 bytes are read as 16 bits: a row can
+// end 2 bytes into an aligned word at the end of its allocation (compute-sanitizer flagged the 32-bit read of that
+// word on an exactly sized allocation: scripts/gpu-run memcheck).
 template <int K>
 __device__ __forceinline__ void mmq_ld_words(const u8* p, u32 (&out)[K]) {
     const size_t a = (size_t)p;
@@ -93,7 +100,7 @@ __device__ __forceinline__ void mmq_ld_words(const u8* p, u32 (&out)[K]) {
     u32 prev = __ldg(w);
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-        const u32 next = (k + 1 < K || shift) ? __ldg(w + k + 1) : 0u;
+        const u32 next = k + 1 < K ? __ldg(w + k + 1) : shift ? mmq_ld16((const u8*)(w + k + 1)) : 0u;
         out[k] = __funnelshift_r(prev, next, shift);
         prev = next;
     }
@@ -285,9 +292,20 @@ __device__ __forceinline__ void mmq_mma16(u32 a0, u32 a1, u32 b0, int (&c)[4]) {
         : "r"(a0), "r"(a1), "r"(b0), "r"(0));
 }
 
-// acc += (float)isum * (dw * dx), two roundings in that order (plus one for the scale product).
-__device__ __forceinline__ float mmq_axpy(float acc, int isum, float dw, float dx) {
-    return __fadd_rn(acc, __fmul_rn((float)isum, __fmul_rn(dw, dx)));
+// A block's float term (the header's reduction order; the caller adds it to its sum with __fadd_rn). (float)isum is
+// exact (|isum| < 2^24).
+//   mmq_term:        isum * (d_w * d_x), two roundings
+__device__ __forceinline__ float mmq_term(int isum, float dw, float dx) {
+    return __fmul_rn((float)isum, __fmul_rn(dw, dx));
+}
+//   mmq_term_min:    fma(-m_w, sx, isum * (d_w * d_x)): the offset product m_w * sx is not rounded on its own
+//                    (sx = xs * d_x is exact), three roundings in all
+__device__ __forceinline__ float mmq_term_min(int isum, float dw, float dx, float mw, float sx) {
+    return __fmaf_rn(-mw, sx, mmq_term(isum, dw, dx));
+}
+//   mmq_term_halves: fma(lo, d_lo * d_x, hi * (d_hi * d_x)) over a Q6_K block's two 16-value halves
+__device__ __forceinline__ float mmq_term_halves(int lo, int hi, float dlo, float dhi, float dx) {
+    return __fmaf_rn((float)lo, __fmul_rn(dlo, dx), mmq_term(hi, dhi, dx));
 }
 
 // Split K without a second launch: the slice blocks of one (row tile, token tile) count themselves in
@@ -330,7 +348,7 @@ __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_byt
     __shared__ u32 s_xq[BN * MMQ_LDS];
     __shared__ float s_xd[MMQ_KB * BN];
     __shared__ float s_wm[Q::HAS_MIN ? MMQ_KB * BM : 1];  // offsets m (HAS_MIN types only)
-    __shared__ int s_xs[Q::HAS_MIN ? MMQ_KB * BN : 1];    // sum of the 32 Q8_1 codes (HAS_MIN types only)
+    __shared__ float s_sx[Q::HAS_MIN ? MMQ_KB * BN : 1];  // sx = xs * d_x, exact (HAS_MIN types only)
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
@@ -384,7 +402,7 @@ __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_byt
                 xs = mmq_byte_sum(lo.x, xs); xs = mmq_byte_sum(lo.y, xs); xs = mmq_byte_sum(lo.z, xs);
                 xs = mmq_byte_sum(lo.w, xs); xs = mmq_byte_sum(hi.x, xs); xs = mmq_byte_sum(hi.y, xs);
                 xs = mmq_byte_sum(hi.z, xs); xs = mmq_byte_sum(hi.w, xs);
-                s_xs[kb * BN + j] = xs;
+                s_sx[kb * BN + j] = __fmul_rn((float)xs, d);  // exact: 12-bit integer x 11-bit fp16
             }
         }
         __syncthreads();
@@ -398,41 +416,38 @@ __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_byt
             const u32 a[4] = {s_wq[ra * MMQ_LDS + 8 * kb + t], s_wq[(ra + 8) * MMQ_LDS + 8 * kb + t],
                               s_wq[ra * MMQ_LDS + 8 * kb + 4 + t], s_wq[(ra + 8) * MMQ_LDS + 8 * kb + 4 + t]};
             const float dw0 = s_wd[kb * BM + ra], dw1 = s_wd[kb * BM + ra + 8];
+            const float dh0 = Q::HALVES == 2 ? s_wd[(MMQ_KB + kb) * BM + ra] : 0.0f;
+            const float dh1 = Q::HALVES == 2 ? s_wd[(MMQ_KB + kb) * BM + ra + 8] : 0.0f;
+            const float wm0 = Q::HAS_MIN ? s_wm[kb * BM + ra] : 0.0f, wm1 = Q::HAS_MIN ? s_wm[kb * BM + ra + 8] : 0.0f;
 #pragma unroll
             for (int h = 0; h < NT; ++h) {
                 const int jb = 8 * h + g;  // B fragment token of this lane
                 const u32 b0w = s_xq[jb * MMQ_LDS + 8 * kb + t], b1w = s_xq[jb * MMQ_LDS + 8 * kb + 4 + t];
-                const float dx0 = s_xd[kb * BN + 8 * h + 2 * t], dx1 = s_xd[kb * BN + 8 * h + 2 * t + 1];
+                // tokens 2t, 2t + 1 of this n8 tile: adjacent floats, 8-byte aligned (BN and 8h + 2t are even)
+                const float2 dx = *(const float2*)&s_xd[kb * BN + 8 * h + 2 * t];
                 if (Q::HALVES == 2) {
-                    const float dh0 = s_wd[(MMQ_KB + kb) * BM + ra], dh1 = s_wd[(MMQ_KB + kb) * BM + ra + 8];
                     int c[4], e[4];
                     mmq_mma16(a[0], a[1], b0w, c);  // k 0..15
                     mmq_mma16(a[2], a[3], b1w, e);  // k 16..31
-                    acc[h][0] = mmq_axpy(mmq_axpy(acc[h][0], c[0], dw0, dx0), e[0], dh0, dx0);
-                    acc[h][1] = mmq_axpy(mmq_axpy(acc[h][1], c[1], dw0, dx1), e[1], dh0, dx1);
-                    acc[h][2] = mmq_axpy(mmq_axpy(acc[h][2], c[2], dw1, dx0), e[2], dh1, dx0);
-                    acc[h][3] = mmq_axpy(mmq_axpy(acc[h][3], c[3], dw1, dx1), e[3], dh1, dx1);
+                    acc[h][0] = __fadd_rn(acc[h][0], mmq_term_halves(c[0], e[0], dw0, dh0, dx.x));
+                    acc[h][1] = __fadd_rn(acc[h][1], mmq_term_halves(c[1], e[1], dw0, dh0, dx.y));
+                    acc[h][2] = __fadd_rn(acc[h][2], mmq_term_halves(c[2], e[2], dw1, dh1, dx.x));
+                    acc[h][3] = __fadd_rn(acc[h][3], mmq_term_halves(c[3], e[3], dw1, dh1, dx.y));
                 } else if (!Q::HAS_MIN) {
                     int c[4];
                     mmq_mma32(a, b0w, b1w, c);
-                    acc[h][0] = mmq_axpy(acc[h][0], c[0], dw0, dx0);
-                    acc[h][1] = mmq_axpy(acc[h][1], c[1], dw0, dx1);
-                    acc[h][2] = mmq_axpy(acc[h][2], c[2], dw1, dx0);
-                    acc[h][3] = mmq_axpy(acc[h][3], c[3], dw1, dx1);
+                    acc[h][0] = __fadd_rn(acc[h][0], mmq_term(c[0], dw0, dx.x));
+                    acc[h][1] = __fadd_rn(acc[h][1], mmq_term(c[1], dw0, dx.y));
+                    acc[h][2] = __fadd_rn(acc[h][2], mmq_term(c[2], dw1, dx.x));
+                    acc[h][3] = __fadd_rn(acc[h][3], mmq_term(c[3], dw1, dx.y));
                 } else {
                     int c[4];
                     mmq_mma32(a, b0w, b1w, c);
-                    const float wm0 = s_wm[kb * BM + ra], wm1 = s_wm[kb * BM + ra + 8];
-                    const float xs0 = (float)s_xs[kb * BN + 8 * h + 2 * t];
-                    const float xs1 = (float)s_xs[kb * BN + 8 * h + 2 * t + 1];
-                    acc[h][0] = __fadd_rn(acc[h][0], __fsub_rn(__fmul_rn((float)c[0], __fmul_rn(dw0, dx0)),
-                                                               __fmul_rn(xs0, __fmul_rn(wm0, dx0))));
-                    acc[h][1] = __fadd_rn(acc[h][1], __fsub_rn(__fmul_rn((float)c[1], __fmul_rn(dw0, dx1)),
-                                                               __fmul_rn(xs1, __fmul_rn(wm0, dx1))));
-                    acc[h][2] = __fadd_rn(acc[h][2], __fsub_rn(__fmul_rn((float)c[2], __fmul_rn(dw1, dx0)),
-                                                               __fmul_rn(xs0, __fmul_rn(wm1, dx0))));
-                    acc[h][3] = __fadd_rn(acc[h][3], __fsub_rn(__fmul_rn((float)c[3], __fmul_rn(dw1, dx1)),
-                                                               __fmul_rn(xs1, __fmul_rn(wm1, dx1))));
+                    const float2 sx = *(const float2*)&s_sx[kb * BN + 8 * h + 2 * t];
+                    acc[h][0] = __fadd_rn(acc[h][0], mmq_term_min(c[0], dw0, dx.x, wm0, sx.x));
+                    acc[h][1] = __fadd_rn(acc[h][1], mmq_term_min(c[1], dw0, dx.y, wm0, sx.y));
+                    acc[h][2] = __fadd_rn(acc[h][2], mmq_term_min(c[2], dw1, dx.x, wm1, sx.x));
+                    acc[h][3] = __fadd_rn(acc[h][3], mmq_term_min(c[3], dw1, dx.y, wm1, sx.y));
                 }
             }
         }
@@ -463,11 +478,11 @@ __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_byt
 //   * term phase: a lane takes one 32-value block u of one row (lane = (rsub, uc): CW consecutive blocks of
 //     32 / CW rows at a time, so a warp's weight loads are contiguous runs of each row) and computes, for each of
 //     the BN tokens, the block's float term exactly as the mma tiles do (isum by dp4a is the same exact int32;
-//     then the same _rn products and subtraction), into shared memory;
+//     then the same _rn products and fused multiply-add), into shared memory;
 //   * sum phase: lane L < RW * BN owns output (row L / BN, token L % BN) of the warp's RW rows and adds its terms in
-//     block order (Q6_K: lo half then hi half) with __fadd_rn, chunk after chunk: the chain
+//     block order with __fadd_rn, chunk after chunk: the chain
 //     acc = ((0 + t_lo) + t_lo+1) + ... over the slice, as in the header.
-// The activations of a chunk (8 code words, d_x and, for HAS_MIN types, the exact code sum xs) are loaded into
+// The activations of a chunk (8 code words, d_x and, for HAS_MIN types, sx = d_x * the exact code sum) are loaded into
 // registers once per chunk and reused for every row of the warp. K slices, partial sums and the last-slice sums are
 // those of the mma tiles (same bounds from the shape, same mmq_last_slice_sums), so a dp4a launch and an mma
 // launch give the same bits at every N: the router may mix them per N without breaking batch invariance.
@@ -507,7 +522,7 @@ __device__ __forceinline__ void mmq_dp4a_kernel(const u8* __restrict__ w, i64 ro
     constexpr int RPI = 32 / LPR;                // rows per term iteration
     constexpr int ITERS = RW / RPI;              // term iterations per chunk (= RW * LPR / 32 >= 2)
     constexpr int UR = 2;                        // rows of a lane whose weight loads are issued together
-    constexpr int S = CW * H + 1;                // floats per accumulator's term row (odd: conflict-free sums)
+    constexpr int S = CW + 1;                    // floats per accumulator's term row (odd: conflict-free sums)
     constexpr int BM = MMQ_DP4A_WARPS * RW, THREADS = 32 * MMQ_DP4A_WARPS;
     static_assert(ITERS % UR == 0, "term iterations must be a multiple of the load group");
     static_assert(P == 1 || (P == 2 && Q::PAIR), "P = 2 needs the type's Pair");
@@ -530,13 +545,13 @@ __device__ __forceinline__ void mmq_dp4a_kernel(const u8* __restrict__ w, i64 ro
         // ---- this lane's activation blocks of the BN tokens (zero past n and past the slice) ----
         u32 xw[BN][P][8];
         float dx[BN][P];
-        float xs[BN][P];
+        float sx[BN][P];  // HAS_MIN: xs * d_x, xs the exact sum of the block's codes (the product is exact)
 #pragma unroll
         for (int j = 0; j < BN; ++j) {
 #pragma unroll
             for (int b = 0; b < P; ++b) {
                 dx[j][b] = 0.0f;
-                xs[j][b] = 0.0f;
+                sx[j][b] = 0.0f;
 #pragma unroll
                 for (int k = 0; k < 8; ++k) xw[j][b][k] = 0u;
                 if (live && tok0 + j < n) {
@@ -548,7 +563,7 @@ __device__ __forceinline__ void mmq_dp4a_kernel(const u8* __restrict__ w, i64 ro
                         int s = 0;  // exact: |s| <= 32 * 127
 #pragma unroll
                         for (int k = 0; k < 8; ++k) s = mmq_byte_sum(xw[j][b][k], s);
-                        xs[j][b] = (float)s;
+                        sx[j][b] = __fmul_rn((float)s, dx[j][b]);
                     }
                 }
             }
@@ -576,7 +591,7 @@ __device__ __forceinline__ void mmq_dp4a_kernel(const u8* __restrict__ w, i64 ro
             for (int i = 0; i < UR; ++i) {
 #pragma unroll
                 for (int b = 0; b < P; ++b) {
-                    float* dst = terms + ((it0 + i) * RPI + rsub) * BN * S + (P * uc + b) * H;
+                    float* dst = terms + ((it0 + i) * RPI + rsub) * BN * S + P * uc + b;
                     float dw0, dw1, mw;
                     if constexpr (P == 2) {
                         dw0 = pr[i].d[b], dw1 = 0.0f, mw = pr[i].m[b];
@@ -593,8 +608,7 @@ __device__ __forceinline__ void mmq_dp4a_kernel(const u8* __restrict__ w, i64 ro
                                 lo = mmq_dp4a(q[i][k], xw[j][b][k], lo);
                                 hi = mmq_dp4a(q[i][k + 4], xw[j][b][k + 4], hi);
                             }
-                            dst[j * S] = __fmul_rn((float)lo, __fmul_rn(dw0, dx[j][b]));
-                            dst[j * S + 1] = __fmul_rn((float)hi, __fmul_rn(dw1, dx[j][b]));
+                            dst[j * S] = mmq_term_halves(lo, hi, dw0, dw1, dx[j][b]);
                         } else {
                             int isum = 0;
 #pragma unroll
@@ -604,8 +618,8 @@ __device__ __forceinline__ void mmq_dp4a_kernel(const u8* __restrict__ w, i64 ro
                                 else code = q[i][k];
                                 isum = mmq_dp4a(code, xw[j][b][k], isum);
                             }
-                            const float p = __fmul_rn((float)isum, __fmul_rn(dw0, dx[j][b]));
-                            dst[j * S] = Q::HAS_MIN ? __fsub_rn(p, __fmul_rn(xs[j][b], __fmul_rn(mw, dx[j][b]))) : p;
+                            dst[j * S] = Q::HAS_MIN ? mmq_term_min(isum, dw0, dx[j][b], mw, sx[j][b])
+                                                    : mmq_term(isum, dw0, dx[j][b]);
                         }
                     }
                 }
@@ -614,7 +628,7 @@ __device__ __forceinline__ void mmq_dp4a_kernel(const u8* __restrict__ w, i64 ro
         __syncwarp();
         // ---- sum phase: this lane's (row, token) adds its terms in block order ----
         if (lane < RW * BN) {
-            const int cnt = min(CW, u_hi - c0) * H;
+            const int cnt = min(CW, u_hi - c0);
             const float* mine = terms + lane * S;
             for (int k = 0; k < cnt; ++k) acc = __fadd_rn(acc, mine[k]);
         }
