@@ -115,11 +115,23 @@ MAX_N = 65535 * 8  # grid.y limit for the bn 8 tile (a smaller-bn tile forced on
 #   * beyond 16 tokens bm64_bn32 reads each weight once where bn 16 reads it twice: best on >= 8192-row and
 #     15360-column matrices (bm64_bn16 1.06..1.43x); bm64_bn16 on the other >= 2048-row ones (within 1.02..1.08x
 #     of the best), bm64_bn8 on the 512-row ones (others >= 1.2x).
+# Re-timed after the fused offset / half terms and with the bm64 tiles of 16 / 32 tokens held to 64 registers (mmq.cu,
+# mmq_min_blocks; sixth session, reports/history/2026-11-25-h100-route-tuning-fma{,-lb8}-*.md, mma tiles at
+# N = 5..32):
+#   * beyond 16 tokens bm64_bn32 on >= 8192-row and 15360-column matrices, every type (Q4_K 15360 x 3840 at N = 32
+#     60.3 us against 66.1 for bm64_bn16; the Q6_K lm-head 856 against 1227), and up to 24 tokens on the other
+#     >= 2048-row ones (4096 x 3840 at 17: 26.5 against 29.9); from 25 tokens two bn 16 tiles win there (at 32:
+#     31.2 against 35.5), for Q4_0 in the kb8 variant;
+#   * Q4_0 at 9..16 tokens on >= 3840 rows: bm64_bn16_kb8 (15360 x 3840 41.9..44.9 us against 47.2..50.6 for
+#     bm64_bn16 before the register bound; the K-quants lose with it).
 TILE_RULES: tuple[tuple[frozenset[str] | None, int, int, int, str], ...] = (
     (None, 17, 8192, 0, "bm64_bn32"),
     (None, 17, 0, 15360, "bm64_bn32"),
-    (None, 17, 2048, 0, "bm64_bn16"),
+    (frozenset({"Q4_0"}), 25, 2048, 0, "bm64_bn16_kb8"),
+    (None, 25, 2048, 0, "bm64_bn16"),
+    (None, 17, 2048, 0, "bm64_bn32"),
     (None, 17, 0, 0, "bm64_bn8"),
+    (frozenset({"Q4_0"}), 9, 3840, 0, "bm64_bn16_kb8"),
     (None, 9, 3840, 0, "bm64_bn16"),
     (None, 5, 2048, 0, "bm64_bn8"),
     (None, 5, 0, 0, "dp4a_bn4"),

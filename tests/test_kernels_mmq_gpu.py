@@ -216,15 +216,20 @@ def test_launcher_matches_tile_list():
     ("Q4_K", 3840, 15360, 4, "dp4a_bn4"), ("Q6_K", 3840, 15360, 3, "dp4a_bn4"), ("Q4_K", 2048, 3840, 4, "dp4a_bn2"),
     ("Q4_K", 4096, 3840, 4, "bm64_bn8"), ("Q4_K", 15360, 3840, 8, "bm64_bn8"), ("Q4_K", 512, 3840, 5, "dp4a_bn4"),
     ("Q4_K", 512, 3840, 16, "dp4a_bn4"), ("Q4_K", 2048, 3840, 5, "bm64_bn8"), ("Q4_K", 15360, 3840, 9, "bm64_bn16"),
-    ("Q4_K", 15360, 3840, 17, "bm64_bn32"), ("Q4_0", 3840, 15360, 32, "bm64_bn32"), ("Q4_K", 3840, 4096, 17, "bm64_bn16"),
+    ("Q4_K", 15360, 3840, 17, "bm64_bn32"), ("Q4_0", 3840, 15360, 32, "bm64_bn32"), ("Q4_K", 3840, 4096, 17, "bm64_bn32"),
     ("Q4_K", 2048, 3840, 16, "bm64_bn8"), ("Q4_K", 2048, 3840, 32, "bm64_bn16"), ("Q4_K", 512, 3840, 32, "bm64_bn8"),
     ("Q6_K", 262144, 3840, 1, "dp4a_bn1"), ("Q6_K", 262144, 3840, 4, "dp4a_bn4"), ("Q6_K", 262144, 3840, 5, "bm64_bn8"),
     ("Q6_K", 262144, 3840, 16, "bm64_bn16"), ("Q6_K", 262144, 3840, 17, "bm64_bn32"),  # the lm-head
+    ("Q6_K", 3840, 15360, 32, "bm64_bn32"), ("Q6_K", 2048, 3840, 32, "bm64_bn16"), ("Q6_K", 2048, 3840, 24, "bm64_bn32"),
+    ("Q4_K", 15360, 3840, 32, "bm64_bn32"), ("Q4_K", 4096, 3840, 24, "bm64_bn32"), ("Q4_K", 4096, 3840, 25, "bm64_bn16"),
+    ("Q4_K", 512, 3840, 32, "bm64_bn8"), ("Q4_0", 15360, 3840, 9, "bm64_bn16_kb8"), ("Q4_0", 3840, 4096, 16, "bm64_bn16_kb8"),
+    ("Q4_0", 2048, 3840, 16, "bm64_bn8"), ("Q4_0", 15360, 3840, 8, "bm64_bn8"), ("Q4_0", 4096, 3840, 32, "bm64_bn16_kb8"),
+    ("Q4_0", 8192, 3840, 32, "bm64_bn32"),
 ])
 def test_choose_tile_rules(type_name, rows, cols, n, expected):
     """TILE_RULES as measured (kernels/mmq.py): dp4a up to 2 tokens everywhere and to 4 on Q6_K, long-row and
-    < 3840-row matrices (and < 2048-row ones to 16), bn 8 to 8 tokens, bn 16 to 16 on >= 3840 rows, bn 32 beyond on
-    the largest matrices."""
+    < 3840-row matrices (and < 2048-row ones to 16), bn 8 to 8 tokens, bn 16 to 16 on >= 3840 rows (Q4_0: its kb8
+    variant), bn 32 beyond on the largest matrices and up to 24 tokens on the other >= 2048-row ones, then bn 16."""
     assert choose_tile(type_name, rows, cols, n).name == expected
 
 

@@ -662,8 +662,19 @@ __device__ __forceinline__ void mmq_dp4a_kernel(const u8* __restrict__ w, i64 ro
     float* y = m_ == 0 ? y0 : m_ == 1 ? y1 : y2;                                                               \
     float* part = m_ == 0 ? part0 : m_ == 1 ? part1 : part2;                                                   \
     const int bx = (int)blockIdx.x - (m_ == 0 ? 0 : m_ == 1 ? tiles0 : tiles01);
+// Resident blocks an SM that ptxas must allow an mma tile: 8 for the 4-warp (bm64) tiles of 16 and 32 tokens, so at
+// most 64 registers. Without the bound the run-time compiler (NVRTC, on the H100) gave Q4_0 bm64_bn32 79 registers
+// and bm64_bn16 70 (ncu; the local nvcc build reports 56 and 48), i.e. 6 and 7 blocks an SM, and these tiles wait on
+// shared-memory loads with too few warps to cover them. Measured (route tuning, N = 17..32, sixth session):
+// bm64_bn32 10..20 % faster on every type (the Q6_K lm-head at N = 32 1017 -> 856 us), bm64_bn16 5..10 % on Q4_0.
+// Not for Q6_K's bn 16 tiles: at 64 registers they spill (12 and 100 bytes) and were 3..10 % slower.
+template <class Q, int WM, int BN>
+struct mmq_min_blocks {
+    static constexpr int value = WM == 4 && (BN == 32 || (BN == 16 && Q::HALVES == 1)) ? 8 : 0;  // 0: no bound (as a plain __launch_bounds__(32 * WM))
+};
 #define MMQ_ENTRY(name, Q, WM, BM, BN, KB, SUFFIX)                                                             \
-    extern "C" __global__ void __launch_bounds__(32 * WM) mmq_##name##_bm##BM##_bn##BN##SUFFIX(MMQ_PARAMS) { \
+    extern "C" __global__ void __launch_bounds__(32 * WM, (mmq_min_blocks<Q, WM, BN>::value))                \
+        mmq_##name##_bm##BM##_bn##BN##SUFFIX(MMQ_PARAMS) {                                                   \
         MMQ_MEMBER                                                                                             \
         mmq_kernel<Q, WM, BN, KB>(w, row_bytes, rows, units, xq, n, y, slices, part, counters, bx);            \
     }
