@@ -346,9 +346,9 @@ __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_byt
     __shared__ u32 s_wq[BM * MMQ_LDS];
     __shared__ float s_wd[Q::HALVES * MMQ_KB * BM];
     __shared__ u32 s_xq[BN * MMQ_LDS];
-    __shared__ float s_xd[MMQ_KB * BN];
+    __shared__ __align__(8) float s_xd[MMQ_KB * BN];  // read as float2 pairs (tokens 2t, 2t + 1)
     __shared__ float s_wm[Q::HAS_MIN ? MMQ_KB * BM : 1];  // offsets m (HAS_MIN types only)
-    __shared__ float s_sx[Q::HAS_MIN ? MMQ_KB * BN : 1];  // sx = xs * d_x, exact (HAS_MIN types only)
+    __shared__ __align__(8) float s_sx[Q::HAS_MIN ? MMQ_KB * BN : 1];  // sx = xs * d_x, exact (HAS_MIN types only)
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
