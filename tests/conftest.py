@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.fixtures import fixture_path
-from harness.presets import PRESETS
-from harness.quant_mix import VARIANTS
+from gemma_oracle.harness.fixtures.cache import fixture_path
+from gemma_oracle.harness.fixtures.presets import PRESETS
+from gemma_oracle.harness.fixtures.quant_mix import VARIANTS
 
 PRESET_NAMES = sorted(PRESETS)
 PRESET_VARIANTS = [(p, v) for p in PRESET_NAMES for v in VARIANTS]
@@ -19,9 +19,9 @@ def synthetic_gguf():
 
 @pytest.fixture(scope="session")
 def gemma3_path():
-    """The real Gemma 3 270M through the catalog (harness.real_models): assembled once under a lock and
+    """The real Gemma 3 270M through the catalog (gemma_oracle.harness.real.models): assembled once under a lock and
     renamed into place; skips naming `pip install 'gemma-oracle[real]'` without the package."""
-    from harness.real_models import absent_reason, resolve
+    from gemma_oracle.harness.real.models import absent_reason, resolve
 
     reason = absent_reason("gemma3-270m")
     if reason:

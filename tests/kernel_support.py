@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from oracles.metrics import nmse, screen_nonfinite
+from gemma_oracle.oracles.metrics import nmse, screen_nonfinite
 
-from kernels.reference.dequant import BLOCK_SIZES, QK_K, dequantize
-from kernels.reference.quantize import quantize
+from gemma_oracle.kernels.reference.dequant import BLOCK_SIZES, QK_K, dequantize
+from gemma_oracle.kernels.reference.quantize import quantize
 
 # --- tolerances -------------------------------------------------------------------------------------------------
 # fp32 activations x dequantized fp32 weights, fp32 FMA accumulation, against the float64 product of the same
@@ -70,7 +70,7 @@ def _rng(*key) -> np.random.Generator:
 
 @functools.lru_cache(maxsize=64)
 def quantized_weights(type_name: str, rows: int, n_cols: int) -> np.ndarray:
-    """Uniform [-1, 1) weights quantized with kernels.reference.quantize: uint8 [rows, row_bytes] (read-only)."""
+    """Uniform [-1, 1) weights quantized with gemma_oracle.kernels.reference.quantize: uint8 [rows, row_bytes] (read-only)."""
     values = _rng("w", type_name, rows, n_cols).uniform(-1.0, 1.0, size=(rows, n_cols)).astype(np.float32)
     raw = np.ascontiguousarray(quantize(values, type_name))
     raw.setflags(write=False)
@@ -152,7 +152,7 @@ def assert_bits_equal(got, want, what: str) -> None:
 def assert_q8_1_equal(got, want, what: str) -> None:
     """Two uint8 arrays of Q8_1 blocks [rows, blocks * 36] are byte-for-byte equal; else counts the differing blocks
     and names the first differing byte."""
-    from kernels.reference.q8_1 import BLOCK_BYTES
+    from gemma_oracle.kernels.reference.q8_1 import BLOCK_BYTES
 
     got, want = _host(got), _host(want)
     assert got.shape == want.shape, f"{what}: shape {got.shape} vs {want.shape}"

@@ -1,6 +1,6 @@
 """Recorded runs for the store, report and regression tests, built in the tests themselves.
 
-Oracle rows are real golden comparisons (oracles.single_vs_batched) of a toy engine whose logits depend
+Oracle rows are real golden comparisons (gemma_oracle.oracles.single_vs_batched) of a toy engine whose logits depend
 only on its own sequence's history, so batched == single-user exactly; `broken_n` makes it add 1.0 to every
 logit of batch row 0 on every decode call of that batch size: one injected wiring bug, 4 failing
 comparisons per broken case (decode steps 1..4; the prefill row is untouched). Bench rows carry chosen
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from oracles.compare import FLOAT64_POLICY
-from oracles.single_vs_batched import golden_single_vs_batched
-from reports.records import BenchRecord, OpProfileRecord, OracleRecord, RouteRecord, oracle_records
-from reports.run_meta import RunMeta
-from reports.store import RunWriter
+from gemma_oracle.oracles.compare import FLOAT64_POLICY
+from gemma_oracle.oracles.single_vs_batched import golden_single_vs_batched
+from gemma_oracle.reports.records import BenchRecord, OpProfileRecord, OracleRecord, RouteRecord, oracle_records
+from gemma_oracle.reports.run_meta import RunMeta
+from gemma_oracle.reports.store import RunWriter
 
 VOCAB = 12
 T_STEPS = 4  # decode steps per sequence: T + 1 = 5 comparisons per sequence

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from engine.errors import (
+from gemma_oracle.engine.errors import (
     GemmaOracleError,
     GGUFFormatError,
     MetadataError,
@@ -25,8 +25,8 @@ from engine.errors import (
     UnsupportedModelError,
     UnsupportedQuantTypeError,
 )
-from engine.model_file import load_model
-from harness.fixtures import fixture_path
+from gemma_oracle.engine.model_file import load_model
+from gemma_oracle.harness.fixtures.cache import fixture_path
 
 pytestmark = pytest.mark.synthetic
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from harness.bench import BenchConfig, BenchConfigError, run_bench
-from harness.cli import main
-from harness.presets import PRESETS
-from harness.roofline import kv_read_bytes, roofline_tokens_per_s
-from harness.tokenizer_table import small_vocab
-from reports.records import NO_ROUTE
-from reports.store import list_runs, load_run
+from gemma_oracle.harness.perf.bench import BenchConfig, BenchConfigError, run_bench
+from gemma_oracle.harness.cli import main
+from gemma_oracle.harness.fixtures.presets import PRESETS
+from gemma_oracle.harness.perf.roofline import kv_read_bytes, roofline_tokens_per_s
+from gemma_oracle.harness.fixtures.tokenizer_table import small_vocab
+from gemma_oracle.reports.records import NO_ROUTE
+from gemma_oracle.reports.store import list_runs, load_run
 
 pytestmark = pytest.mark.synthetic
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.bench import BenchConfig, run_bench
-from harness.fixtures import fixture_path
-from harness.nightly import NightlyPlan, run_nightly
+from gemma_oracle.harness.perf.bench import BenchConfig, run_bench
+from gemma_oracle.harness.fixtures.cache import fixture_path
+from gemma_oracle.harness.nightly import NightlyPlan, run_nightly
 
 pytestmark = pytest.mark.gpu
 
@@ -25,7 +25,7 @@ def bench():
 def test_gpu_bench_rows(bench):
     import cupy as cp
 
-    from engine.model_file import load_model
+    from gemma_oracle.engine.model_file import load_model
 
     assert [(r.route, r.n) for r in bench.rows] == [("batch-invariant", 1), ("batch-invariant", 5), ("auto", 1),
                                                     ("auto", 5)]
@@ -66,9 +66,9 @@ def test_gpu_op_profile(bench):
 
 
 def test_op_spans_hook_changes_no_bit():
-    from engine.factory import make_engine
-    from harness.op_profile import CudaSpans
-    from harness.oracle_suite import sequences
+    from gemma_oracle.engine.factory import make_engine
+    from gemma_oracle.harness.perf.op_profile import CudaSpans
+    from gemma_oracle.harness.suites.synthetic import sequences
 
     engine = make_engine("cupy", fixture_path(PRESET, VARIANT), use_graphs=False, route_mode="auto")
     prompts, _ = sequences(engine.vocab_size)

@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from harness import catalog
-from harness.catalog import Layout, load_catalog
-from harness.cli import main
-from harness.fixture_errors import CatalogError, UnknownFixtureError
+from gemma_oracle.harness.real import catalog
+from gemma_oracle.harness.real.catalog import Layout, load_catalog
+from gemma_oracle.harness.cli import main
+from gemma_oracle.harness.real.errors import CatalogError, UnknownFixtureError
 
 # offline-references.md §2: the assembled Gemma 3 270M file
 GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
@@ -92,8 +92,8 @@ def test_extra_catalogs_add_entries_and_check_stand_ins(own_cache, tmp_path, mon
 
 def test_layout_problems_name_every_difference():
     """Checked on a synthetic 12B miniature whose structure is known from its preset."""
-    from engine.model_file import load_model
-    from harness.fixtures import fixture_path
+    from gemma_oracle.engine.model_file import load_model
+    from gemma_oracle.harness.fixtures.cache import fixture_path
 
     mf = load_model(fixture_path("g4-12b-mini", "f32"))
     assert Layout(True, (8, 1), (64, 128), False, False).problems(mf) == []

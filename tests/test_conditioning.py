@@ -6,19 +6,19 @@ decide this live in harness/presets.py (qk_norm_center, x0_rms, logit_std) and a
 that fails is reported, never excused by a looser bound.
 
 Each case runs the float64 engine over the first SEQUENCES_USED prompts of the oracle suite
-(harness.oracle_suite.sequences): the prefill logits of every prompt plus every teacher-forced decode step.
+(gemma_oracle.harness.suites.synthetic.sequences): the prefill logits of every prompt plus every teacher-forced decode step.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from engine.engine import GemmaEngine
-from harness.fixtures import fixture_path
-from harness.oracle_suite import DECODE_STEPS, sequences
-from harness.presets import PRESETS
-from harness.quant_mix import VARIANTS
-from oracles.metrics import screen_nonfinite, top1_top2_margin
+from gemma_oracle.engine.engine import GemmaEngine
+from gemma_oracle.harness.fixtures.cache import fixture_path
+from gemma_oracle.harness.suites.synthetic import DECODE_STEPS, sequences
+from gemma_oracle.harness.fixtures.presets import PRESETS
+from gemma_oracle.harness.fixtures.quant_mix import VARIANTS
+from gemma_oracle.oracles.metrics import screen_nonfinite, top1_top2_margin
 
 pytestmark = pytest.mark.synthetic
 

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from engine.model_file import load_model
+from gemma_oracle.engine.model_file import load_model
 
 
 def test_embed_scale_fp32_is_llama_cpp_and_bf16_is_rounded(synthetic_gguf):

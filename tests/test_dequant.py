@@ -1,4 +1,4 @@
-"""kernels.reference.dequant against gguf-py 0.19's dequantizer: bitwise equal on random valid blocks.
+"""gemma_oracle.kernels.reference.dequant against gguf-py 0.19's dequantizer: bitwise equal on random valid blocks.
 
 Random bytes make random codes, scale packings and high bits. Only the fp16 scale fields are forced to finite
 values, because random fp16 bits include NaN/inf, whose payloads would make the comparison meaningless.
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter, quants
 
-from kernels.reference.dequant import BLOCK_SIZES, DEQUANTIZERS, dequantize, row_bytes
+from gemma_oracle.kernels.reference.dequant import BLOCK_SIZES, DEQUANTIZERS, dequantize, row_bytes
 
 SEED = 20261107
 

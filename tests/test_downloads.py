@@ -1,7 +1,7 @@
 """`gemma-oracle fixtures download` against a local Hub stand-in (tests/hub_server.py), no mocks.
 
 huggingface_hub reads HF_ENDPOINT, HF_HOME and HF_HUB_OFFLINE when it is imported, so every download runs
-in a fresh `python -m harness.cli` process with its own environment.
+in a fresh `python -m gemma_oracle.harness.cli` process with its own environment.
 """
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import harness
-from harness import real_fixtures
-from harness.catalog import get
+import gemma_oracle
+from gemma_oracle.harness.real import files as real_files
+from gemma_oracle.harness.real.catalog import get
 
 from .hub_server import Faults, LocalHub, Repo
 
-REPO_ROOT = Path(harness.__file__).resolve().parents[1]
+REPO_ROOT = Path(gemma_oracle.__file__).resolve().parents[1]
 REPO_ID = "gemma-oracle-test/tiny-GGUF"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 # A few transfer blocks (1 MiB reads) long, so a cut lands mid-file with whole blocks on either side.
@@ -74,12 +74,12 @@ def env(tmp_path, hub):
 
 
 def cli(env: dict, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], env=env, cwd=REPO_ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "gemma_oracle.harness.cli", *args], env=env, cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=timeout)
 
 
 def popen(env: dict, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], env=env, cwd=REPO_ROOT,
+    return subprocess.Popen([sys.executable, "-m", "gemma_oracle.harness.cli", *args], env=env, cwd=REPO_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -114,7 +114,7 @@ def test_download_then_offline_uses_the_cached_copy(env, hub, monkeypatch, capsy
     # `fixtures list` sees it, verified (in-process: it uses no network and an explicit cache dir)
     for k in ("GEMMA_ORACLE_CACHE", "GEMMA_ORACLE_CATALOG"):
         monkeypatch.setenv(k, env[k])
-    from harness.cli import main
+    from gemma_oracle.harness.cli import main
 
     assert main(["fixtures", "list", "--cache-dir", str(Path(env["HF_HOME"]) / "hub")]) == 0
     row = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("tiny ")]
@@ -223,7 +223,7 @@ def test_local_dir_copy_is_found_again(env, hub, tmp_path, monkeypatch):
     # later lookups (tests, `fixtures path`) find it through the verification record, without the network
     for k in ("GEMMA_ORACLE_CACHE", "GEMMA_ORACLE_CATALOG"):
         monkeypatch.setenv(k, env[k])
-    assert real_fixtures.local_path(get("tiny")) == (models / "tiny.gguf", True)
+    assert real_files.local_path(get("tiny")) == (models / "tiny.gguf", True)
 
 
 def test_a_copy_the_user_has_skips_the_download(env, hub, tmp_path):

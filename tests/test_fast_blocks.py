@@ -1,4 +1,4 @@
-"""harness.fast_blocks: random but valid quantized blocks with a chosen value distribution.
+"""gemma_oracle.harness.fixtures.fast_blocks: random but valid quantized blocks with a chosen value distribution.
 
 Expectations are derived by hand from the block layouts (docs: quant-formats-and-kernels.md §1), decoded with
 the independent reference dequantizer and with gguf-py, never taken from the code under test.
@@ -12,8 +12,8 @@ import gguf
 import numpy as np
 import pytest
 
-from harness import fast_blocks as fb
-from kernels.reference.dequant import dequantize
+from gemma_oracle.harness.fixtures import fast_blocks as fb
+from gemma_oracle.kernels.reference.dequant import dequantize
 
 pytestmark = pytest.mark.synthetic
 

@@ -5,7 +5,7 @@ import multiprocessing as mp
 
 import pytest
 
-from harness import fixtures
+from gemma_oracle.harness.fixtures import cache as fixtures
 
 pytestmark = pytest.mark.synthetic
 

@@ -5,10 +5,10 @@ import hashlib
 
 import pytest
 
-from engine.model_file import load_model
-from harness.fixtures import planned_types, write_fixture
-from harness.presets import PRESETS
-from harness.tokenizer_table import small_vocab
+from gemma_oracle.engine.model_file import load_model
+from gemma_oracle.harness.fixtures.synthetic import planned_types, write_fixture
+from gemma_oracle.harness.fixtures.presets import PRESETS
+from gemma_oracle.harness.fixtures.tokenizer_table import small_vocab
 
 from .conftest import PRESET_NAMES, PRESET_VARIANTS
 

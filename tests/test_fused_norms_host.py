@@ -11,13 +11,13 @@ import re
 import numpy as np
 import pytest
 
-from engine import routing
-from engine.gpu_engine import NORM_STEPS, CupyEngine, attention_matrices, next_input_norm, output_matrix
-from engine.inventory import expected_tensors
-from harness.presets import PRESETS
-from kernels import fused_norms as fn
-from kernels._compile import CUDA_DIR, source_path
-from kernels.reference.q8_1 import BLOCK_BYTES
+from gemma_oracle.engine import routing
+from gemma_oracle.engine.gpu_engine import NORM_STEPS, CupyEngine, attention_matrices, next_input_norm, output_matrix
+from gemma_oracle.engine.inventory import expected_tensors
+from gemma_oracle.harness.fixtures.presets import PRESETS
+from gemma_oracle.kernels import fused_norms as fn
+from gemma_oracle.kernels._compile import CUDA_DIR, source_path
+from gemma_oracle.kernels.reference.q8_1 import BLOCK_BYTES
 
 
 def _define(file_name: str, name: str) -> int:

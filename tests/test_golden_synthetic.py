@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.oracle_suite import cases, record_context, run_case
+from gemma_oracle.harness.suites.synthetic import cases, record_context, run_case
 
 pytestmark = pytest.mark.synthetic
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.oracle_suite import GPU_N_LIST, cases, engine_for, record_context, run_case, sequences
-from oracles.compare import exact
-from oracles.metrics import nmse, top1_top2_margin
-from oracles.single_vs_batched import golden_single_vs_batched
+from gemma_oracle.harness.suites.synthetic import GPU_N_LIST, cases, engine_for, record_context, run_case, sequences
+from gemma_oracle.oracles.compare import exact
+from gemma_oracle.oracles.metrics import nmse, top1_top2_margin
+from gemma_oracle.oracles.single_vs_batched import golden_single_vs_batched
 
 pytestmark = pytest.mark.gpu
 
@@ -32,7 +32,7 @@ def test_gpu_batched_equals_single_user_bitwise(case, record_oracle):
 
 def _trace(engine, prompt):
     """Per-layer residual streams of a prompt run as one prefill chunk: list of [rows, hidden]."""
-    from engine.model import Row
+    from gemma_oracle.engine.model import Row
 
     trace = []
     if hasattr(engine, "model"):  # reference GemmaEngine
@@ -69,8 +69,8 @@ def test_gpu_engine_matches_float64_reference(preset, variant):
 def test_graph_replay_equals_eager_forward(n):
     """The captured step (one CUDA graph per N) gives the same bits as the uncaptured forward, each step's logits in
     an array of its own."""
-    from engine.factory import make_engine
-    from harness.fixtures import fixture_path
+    from gemma_oracle.engine.factory import make_engine
+    from gemma_oracle.harness.fixtures.cache import fixture_path
 
     path = fixture_path("g4-e2b-mini", "q4_k_m")
     graph, eager = make_engine("cupy", path), make_engine("cupy", path, use_graphs=False)
@@ -114,9 +114,9 @@ def test_fused_norms_change_no_bit(case):
     """The fused norm kernels (norm + Q8_1, residual add + next norm + Q8_1, q/k norm + RoPE) give the bits of the
     separate launches (CupyEngine(fused_norms=False)): every layer's residual stream and the logits of an eager
     8-row pass, prefill logits (the output norm's row pick) and graph-replayed decode steps at N = 1 and 5."""
-    from engine.factory import make_engine
-    from engine.routing import DECODE_MMQ
-    from harness.fixtures import fixture_path
+    from gemma_oracle.engine.factory import make_engine
+    from gemma_oracle.engine.routing import DECODE_MMQ
+    from gemma_oracle.harness.fixtures.cache import fixture_path
     from tests.kernel_support import first_bit_difference
 
     preset, variant, mode, mmq = case
@@ -146,8 +146,8 @@ def test_fused_norms_change_no_bit(case):
 def test_set_route_mode_drops_graphs_and_matches_a_fresh_engine():
     """An engine switched to another route mode (the bench compares modes on one copy of the weights) captures new
     step graphs and gives the bits of an engine built in that mode; a bad mode is refused and changes nothing."""
-    from engine.factory import make_engine
-    from harness.fixtures import fixture_path
+    from gemma_oracle.engine.factory import make_engine
+    from gemma_oracle.harness.fixtures.cache import fixture_path
 
     path = fixture_path("g4-12b-mini", "q4_k_m")  # 2048-row matrices: decode-MMQ in auto mode, WS when forced
     switched, fresh = make_engine("cupy", path, route_mode="decode_mmq"), make_engine("cupy", path, route_mode="ws")
@@ -199,7 +199,7 @@ def _gemma3_sequences(vocab_size: int, count: int):
 
 @pytest.mark.real
 def test_gpu_gemma3_270m_golden_every_n(gemma3_path):
-    from engine.factory import make_engine
+    from gemma_oracle.engine.factory import make_engine
 
     gpu = make_engine("cupy", gemma3_path)
     prompts, forced = _gemma3_sequences(gpu.vocab_size, max(GPU_N_LIST))
@@ -209,7 +209,7 @@ def test_gpu_gemma3_270m_golden_every_n(gemma3_path):
 
 @pytest.mark.real
 def test_gpu_gemma3_270m_matches_float64_reference(gemma3_path):
-    from engine.factory import make_engine
+    from gemma_oracle.engine.factory import make_engine
 
     gpu, ref = make_engine("cupy", gemma3_path, route_mode="ws"), make_engine("numpy64", gemma3_path)
     prompt = [2, 818, 5279, 529, 7001, 563, 506, 5279]

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import GemmaOracleError
-from harness import cli, gpu_pinning, multi_gpu
-from harness.gpu_pinning import (
+from gemma_oracle.engine.errors import GemmaOracleError
+from gemma_oracle.harness import cli, gpu_pinning
+from gemma_oracle.harness.perf import multi_gpu
+from gemma_oracle.harness.gpu_pinning import (
     INDEX_ENV,
     VISIBLE_ENV,
     Gpu,
@@ -31,8 +32,8 @@ from harness.gpu_pinning import (
     worker_envs,
     worker_number,
 )
-from harness.gpu_summary import junit_rows
-from harness.oracle_suite import GPU_N_LIST, cases
+from gemma_oracle.reports.junit_summary import junit_rows
+from gemma_oracle.harness.suites.synthetic import GPU_N_LIST, cases
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD_TIMEOUT_S = 600  # a child pytest on 2 busy CPU cores
@@ -227,7 +228,7 @@ def test_worker_envs_for_the_nightly():
 @pytest.fixture
 def model_group():
     pytest.importorskip("xdist", reason="needs pytest-xdist: pip install 'gemma-oracle[dev]'")
-    from harness.xdist_groups import model_group
+    from gemma_oracle.harness.pytest_plugin.xdist_groups import model_group
 
     return model_group
 
@@ -247,7 +248,7 @@ def test_the_group_is_the_model_named_in_the_test_id(model_group, nodeid, expect
 
 
 def test_12b_modules_run_on_one_worker():
-    from harness.xdist_groups import model_group
+    from gemma_oracle.harness.pytest_plugin.xdist_groups import model_group
 
     assert model_group("tests/test_standin_gpu.py::test_standin_fast_mode_golden[shape12b-2]") == "tests/test_standin_gpu.py"
     assert model_group("tests/test_real12b.py::test_n6_through_decode_mmq[shape12b]") == "tests/test_real12b.py"
@@ -268,11 +269,9 @@ import importlib.abc
 import json
 import os
 import sys
-from importlib.metadata import entry_points
 from pathlib import Path
 
-if not any(ep.value == "harness.pytest_plugin" for ep in entry_points(group="pytest11")):
-    pytest_plugins = ["harness.pytest_plugin"]
+pytest_plugins = ["gemma_oracle.harness.pytest_plugin"]
 
 LOG = Path(os.environ["PIN_LOG"])
 
@@ -301,7 +300,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.oracle_suite import cases
+from gemma_oracle.harness.suites.synthetic import cases
 
 LOG = Path(os.environ["PIN_LOG"])
 CASES = cases(["keqv-mixed", "g4-e2b-mini"], ["f32", "q8_0"], (1, 2, 3))
@@ -380,7 +379,7 @@ def test_two_xdist_workers_each_get_their_own_gpu_before_cupy_is_imported(tmp_pa
 
 
 def test_without_xdist_the_run_is_pinned_to_the_first_listed_gpu(tmp_path):
-    done, log = _child_pytest(tmp_path, ["-p", "no:xdist", "--gpus", "1", "-k", "kernel"], visible="4,5")
+    done, log = _child_pytest(tmp_path, ["-p", "no:xdist", "--go-gpus", "1", "-k", "kernel"], visible="4,5")
     assert done.returncode == 0, done.stdout + done.stderr
     records = _records(log)
     assert len(records) == 6
@@ -395,8 +394,8 @@ def test_a_plain_run_is_left_alone(tmp_path):
 
 
 @pytest.mark.parametrize("args,says", [
-    (["--gpus", "0,x"], "--gpus '0,x': 'x' is not a GPU index; expected comma-separated GPU indices"),
-    (["-n", "2", "--gpus", "2"], "--gpus '2': GPU 2 is not visible; this process sees 2 GPU(s), indices 0..1"),
+    (["--go-gpus", "0,x"], "--go-gpus '0,x': 'x' is not a GPU index; expected comma-separated GPU indices"),
+    (["-n", "2", "--go-gpus", "2"], "--go-gpus '2': GPU 2 is not visible; this process sees 2 GPU(s), indices 0..1"),
 ], ids=["syntax", "beyond-visible"])
 def test_pytest_refuses_a_bad_gpus_option(tmp_path, args, says):
     if "-n" in args:
@@ -440,7 +439,7 @@ def test_bench_jobs_restart_the_bench_once_per_gpu(tmp_path):
     jobs = multi_gpu.bench_jobs(argv, ["m1", "m2", "m3"], [Gpu(0, "0"), Gpu(3, "3")], tmp_path)
     assert [j.models for j in jobs] == [("m1", "m3"), ("m2",)]
     assert [j.out for j in jobs] == [tmp_path / "gpu0", tmp_path / "gpu3"]
-    assert jobs[1].command("PY") == ["PY", "-m", "harness.cli", "bench", "--model", "m1", "m2", "m3", "--n", "1", "8",
+    assert jobs[1].command("PY") == ["PY", "-m", "gemma_oracle.harness.cli", "bench", "--model", "m1", "m2", "m3", "--n", "1", "8",
                                      "--out", "/elsewhere", "--eager", "--model", "m2", "--out", str(tmp_path / "gpu3")]
     env = jobs[1].env({"PATH": "/bin", VISIBLE_ENV: "0,1,2,3"})
     assert env == {"PATH": "/bin", VISIBLE_ENV: "3", INDEX_ENV: "3"}
@@ -451,7 +450,7 @@ def test_bench_jobs_restart_the_bench_once_per_gpu(tmp_path):
 
 
 FAKE_BENCH = '''#!{python}
-"""Stands in for `python -m harness.cli bench ...`: writes what a bench writes, from its GPU environment."""
+"""Stands in for `python -m gemma_oracle.harness.cli bench ...`: writes what a bench writes, from its GPU environment."""
 import json, os, sys
 from pathlib import Path
 
@@ -546,7 +545,7 @@ def test_junit_rows_carry_the_gpu(tmp_path):
 
 def test_summary_names_every_gpu_and_the_wall_time(tmp_path):
     pd = pytest.importorskip("pandas")
-    from harness import gpu_summary
+    from gemma_oracle.reports import junit_summary as gpu_summary
 
     (tmp_path / "junit.xml").write_text(
         '<testsuites><testsuite name="pytest">'

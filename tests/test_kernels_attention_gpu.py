@@ -1,7 +1,7 @@
 """GPU KV-cache writes and split-KV decode attention against float64 references and the engine's cache semantics.
 
 * kv_write: pool contents and position tables, after many launches that wrap sliding rings several times, equal a
-  model made of engine.kv_cache.LayerKV per sequence (same slot rule; F16 pools hold np.float16-rounded values).
+  model made of gemma_oracle.engine.kv_cache.LayerKV per sequence (same slot rule; F16 pools hold np.float16-rounded values).
 * decode_attention: each row against NumpyBackend("float64").attend over the row's visible keys taken in position
   order (pool values read back, so F16 pools give the f16-rounded reference), per-row NMSE <= NMSE_FP32; GQA
   16/8, 16/1, 8/1, 4/2 (and others), head dims 64..512, wrapped rings, windows that start mid-chunk, short
@@ -18,19 +18,19 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from engine.backends.numpy_backend import NumpyBackend
-from engine.kv_cache import LayerKV
+from gemma_oracle.engine.backends.numpy_backend import NumpyBackend
+from gemma_oracle.engine.kv_cache import LayerKV
 
 from .kernel_support import Guarded, assert_rows_close, first_bit_difference
 
 try:  # collection must work without CuPy; the gpu marker makes the plugin skip these tests there
     import cupy as cp
 
-    from kernels.attention import CHUNK, decode_attention, decode_attention_layer
-    from kernels.kv_cache import alloc_layer_kv, kv_write, kv_write_layer
+    from gemma_oracle.kernels.attention import CHUNK, decode_attention, decode_attention_layer
+    from gemma_oracle.kernels.kv_cache import alloc_layer_kv, kv_write, kv_write_layer
 except ImportError:
     cp = None
-    CHUNK = 64  # kernels.attention.CHUNK, only used to build case tables at collection
+    CHUNK = 64  # gemma_oracle.kernels.attention.CHUNK, only used to build case tables at collection
 
 pytestmark = pytest.mark.gpu
 
@@ -246,7 +246,7 @@ def test_rows_in_workspace_groups_give_the_same_bits(case_dtype, quantize):
     """Rows whose workspace exceeds max_workspace_bytes run as launches of row groups over one workspace
     (kernels/attention.py rows_per_launch): every output (and its Q8_1 blocks) bitwise equal to one launch, for
     groups of 1, 5 and 16 of 37 rows."""
-    from kernels.attention import chunks_needed, workspace_floats
+    from gemma_oracle.kernels.attention import chunks_needed, workspace_floats
 
     case, dtype = case_dtype
     rng = np.random.default_rng(case.d + 3 * case.window)
@@ -268,8 +268,8 @@ def test_rows_in_workspace_groups_give_the_same_bits(case_dtype, quantize):
 
 def test_rows_per_launch():
     """All rows in one launch while their workspace fits the limit, else as many as fit, never fewer than one (pure
-    arithmetic, but kernels.attention imports CuPy, so it runs with the GPU tests)."""
-    from kernels.attention import WORKSPACE_MAX_BYTES, rows_per_launch, workspace_floats
+    arithmetic, but gemma_oracle.kernels.attention imports CuPy, so it runs with the GPU tests)."""
+    from gemma_oracle.kernels.attention import WORKSPACE_MAX_BYTES, rows_per_launch, workspace_floats
 
     per_row = 4 * workspace_floats(1, 16, 512, 32)  # a d512 row at context 2048: 16 heads x 32 chunks x 514 floats
     assert rows_per_launch(8, 16, 512, 32) == 8
@@ -278,7 +278,7 @@ def test_rows_per_launch():
     assert rows_per_launch(3, 16, 512, 32, max_bytes=1) == 1
 
 
-# --- KV writes against engine.kv_cache.LayerKV, and attention over them -------------------------------------------
+# --- KV writes against gemma_oracle.engine.kv_cache.LayerKV, and attention over them -------------------------------------------
 
 KVW_CASES = {
     "ring-w8-chunk3-hkv2-d64": AttnCase(4, 2, 64, window=8, chunk=3),
@@ -335,7 +335,7 @@ def write_steps(case: AttnCase, dtype: str, *, n_seq: int = 5, seed: int = 0, ed
 @pytest.mark.parametrize("dtype", POOL_DTYPES)
 @pytest.mark.parametrize("case", ids(KVW_CASES))
 def test_kv_write_matches_engine_cache(case, dtype):
-    """Slot contents and position tables equal engine.kv_cache.LayerKV after every launch (rings wrap ~5x)."""
+    """Slot contents and position tables equal gemma_oracle.engine.kv_cache.LayerKV after every launch (rings wrap ~5x)."""
     launches = 0
     for pool, models, _, _ in write_steps(case, dtype, edge_values=True):
         launches += 1

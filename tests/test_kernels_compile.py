@@ -1,6 +1,6 @@
 """Every kernels/cuda/*.cu compiles with the local nvcc for the project's arch, without register spills.
 
-CPU only (no GPU, no cupy): each source is compiled with `kernels._compile.nvcc_command` (the same options as the
+CPU only (no GPU, no cupy): each source is compiled with `gemma_oracle.kernels._compile.nvcc_command` (the same options as the
 run-time NVRTC build, plus `-Xptxas -v`), and the `ptxas info` lines are parsed per function. A function FAILS
 when it spills (spill stores or loads > 0) or has a stack frame (local memory: a register array indexed at run
 time, or a non-inlined call). The per-kernel register table is printed (pytest -s, or -rA, shows it).
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from kernels._compile import ARCH, CUDA_DIR, nvcc_command
+from gemma_oracle.kernels._compile import ARCH, CUDA_DIR, nvcc_command
 
 SOURCES = sorted(p.stem for p in CUDA_DIR.glob("*.cu"))
 NVCC_MISSING = ("nvcc is not on PATH: export PATH=/usr/local/cuda/bin:$PATH "

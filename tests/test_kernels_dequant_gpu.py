@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernels.dequant import dequantize, dequantize_rows
-from kernels.quantize_q8_1 import quantize_q8_1
-from kernels.reference import dequant as ref_dequant
-from kernels.reference.q8_1 import quantize_q8_1 as quantize_q8_1_reference
+from gemma_oracle.kernels.dequant import dequantize, dequantize_rows
+from gemma_oracle.kernels.quantize_q8_1 import quantize_q8_1
+from gemma_oracle.kernels.reference import dequant as ref_dequant
+from gemma_oracle.kernels.reference.q8_1 import quantize_q8_1 as quantize_q8_1_reference
 from tests.kernel_support import (
     DEQUANT_SHAPES,
     Q8_1_SHAPES,

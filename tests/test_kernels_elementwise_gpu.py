@@ -3,23 +3,23 @@
 Every launch writes into the middle of a guarded buffer: 1024 elements of a known bit pattern before and after the
 output (llama.cpp's sentinels) must come back untouched, and the output is poisoned with NaN before the launch, so a
 value the kernel forgot to write fails the NaN screen. References are engine/backends/numpy_backend.py's ops in
-float64 (or np.argmax); distances come from oracles.metrics.
+float64 (or np.argmax); distances come from gemma_oracle.oracles.metrics.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from engine.backends.numpy_backend import NumpyBackend
+from gemma_oracle.engine.backends.numpy_backend import NumpyBackend
 
 from .kernel_support import Guarded, assert_rows_close, inv_freq_f32
 
 try:  # collection must work without CuPy; the gpu marker makes the plugin skip these tests there
     import cupy as cp
 
-    from kernels.ffn_act import argmax_rows, gelu_tanh_mul, softcap
-    from kernels.norms import add_rms_norm, residual_scale, rms_norm
-    from kernels.rope import rope_neox
+    from gemma_oracle.kernels.ffn_act import argmax_rows, gelu_tanh_mul, softcap
+    from gemma_oracle.kernels.norms import add_rms_norm, residual_scale, rms_norm
+    from gemma_oracle.kernels.rope import rope_neox
 except ImportError:
     cp = None
 

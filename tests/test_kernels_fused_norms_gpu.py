@@ -16,17 +16,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernels.reference.q8_1 import BLOCK_BYTES, QK8_1
-from kernels.reference.q8_1 import quantize_q8_1 as quantize_q8_1_reference
+from gemma_oracle.kernels.reference.q8_1 import BLOCK_BYTES, QK8_1
+from gemma_oracle.kernels.reference.q8_1 import quantize_q8_1 as quantize_q8_1_reference
 from tests.kernel_support import Guarded, assert_bits_equal, assert_q8_1_equal, inv_freq_f32
 
 try:  # collection must work without CuPy; the gpu marker makes the plugin skip these tests there
     import cupy as cp
 
-    from kernels.fused_norms import add_rms_norm_rms_norm, rms_norm_q8_1, rms_norm_rope_neox
-    from kernels.norms import add_rms_norm, rms_norm
-    from kernels.quantize_q8_1 import quantize_q8_1
-    from kernels.rope import rope_neox
+    from gemma_oracle.kernels.fused_norms import add_rms_norm_rms_norm, rms_norm_q8_1, rms_norm_rope_neox
+    from gemma_oracle.kernels.norms import add_rms_norm, rms_norm
+    from gemma_oracle.kernels.quantize_q8_1 import quantize_q8_1
+    from gemma_oracle.kernels.rope import rope_neox
 except ImportError:
     cp = None
 

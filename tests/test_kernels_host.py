@@ -10,12 +10,12 @@ import re
 import numpy as np
 import pytest
 
-from kernels import dequant as dq
-from kernels import matvec as mv
-from kernels import quantize_q8_1 as q81
-from kernels._compile import CUDA_DIR, source_path
-from kernels.reference.dequant import BLOCK_SIZES, dequantize, row_bytes
-from kernels.reference.q8_1 import BLOCK_BYTES, dequantize_q8_1, quantize_q8_1
+from gemma_oracle.kernels import dequant as dq
+from gemma_oracle.kernels import matvec as mv
+from gemma_oracle.kernels import quantize_q8_1 as q81
+from gemma_oracle.kernels._compile import CUDA_DIR, source_path
+from gemma_oracle.kernels.reference.dequant import BLOCK_SIZES, dequantize, row_bytes
+from gemma_oracle.kernels.reference.q8_1 import BLOCK_BYTES, dequantize_q8_1, quantize_q8_1
 from tests.kernel_support import (
     MATVEC_NS,
     TYPE_NAMES,

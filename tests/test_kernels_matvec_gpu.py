@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernels.matvec import WS_MAX_N, matvec, plan_matvec
-from oracles.metrics import nmse, screen_nonfinite
+from gemma_oracle.kernels.matvec import WS_MAX_N, matvec, plan_matvec
+from gemma_oracle.oracles.metrics import nmse, screen_nonfinite
 from tests.kernel_support import (
     MATVEC_FP32_NMSE_MAX,
     GuardedOutput,

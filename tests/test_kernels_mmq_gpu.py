@@ -25,13 +25,13 @@ import re
 import numpy as np
 import pytest
 
-from kernels._compile import source_path
-from kernels.mmq import (DP4A_CHUNKS, DP4A_PAIR_CHUNK, DP4A_PAIR_TYPES, DP4A_THREADS, MMQ_TYPES, TILES, choose_tile, dp4a_chunk,
+from gemma_oracle.kernels._compile import source_path
+from gemma_oracle.kernels.mmq import (DP4A_CHUNKS, DP4A_PAIR_CHUNK, DP4A_PAIR_TYPES, DP4A_THREADS, MMQ_TYPES, TILES, choose_tile, dp4a_chunk,
                          dp4a_pairs, mmq_matvec, plan_mmq, plan_mmq_group, split_k_slices)
-from kernels.reference.dequant import _k_nibbles, _k_sub_scales, _low_high_nibbles
-from kernels.reference.q8_1 import BLOCK_BYTES as Q8_1_BYTES
-from kernels.reference.q8_1 import dequantize_q8_1, quantize_q8_1 as quantize_q8_1_host
-from oracles.metrics import nmse, screen_nonfinite
+from gemma_oracle.kernels.reference.dequant import _k_nibbles, _k_sub_scales, _low_high_nibbles
+from gemma_oracle.kernels.reference.q8_1 import BLOCK_BYTES as Q8_1_BYTES
+from gemma_oracle.kernels.reference.q8_1 import dequantize_q8_1, quantize_q8_1 as quantize_q8_1_host
+from gemma_oracle.oracles.metrics import nmse, screen_nonfinite
 from tests.kernel_support import (GuardedOutput, activations, first_bit_difference, fma_f32, matvec_reference,
                                   quantized_weights)
 
@@ -373,7 +373,7 @@ def test_mmq_accuracy_bitwise_and_guards(case, record_property):
     t, rows, cols, n, tile = case
     raw_host, x_host = _inputs(t, rows, cols, n)
     raw, x = cp.asarray(raw_host), cp.asarray(x_host)
-    from kernels.quantize_q8_1 import quantize_q8_1
+    from gemma_oracle.kernels.quantize_q8_1 import quantize_q8_1
 
     xq = quantize_q8_1(x)
     xq_host = cp.asnumpy(xq)
@@ -439,7 +439,7 @@ def test_mmq_forced_slices_bitwise(type_name, slices, n):
     cols = 2560 if type_name in K_QUANTS else 2592
     raw_host, x_host = _inputs(type_name, 130, cols, n)
     raw, x = cp.asarray(raw_host), cp.asarray(x_host)
-    from kernels.quantize_q8_1 import quantize_q8_1
+    from gemma_oracle.kernels.quantize_q8_1 import quantize_q8_1
 
     xq = quantize_q8_1(x)
     expected = emulate_mmq(raw_host, type_name, cols, cp.asnumpy(xq), slices)
@@ -461,7 +461,7 @@ def test_dp4a_paired_equals_unpaired(type_name, rows, cols, slices):
     """The paired dp4a entry (a lane reads two blocks) gives the bits of the unpaired one and of the emulated
     reduction order, on row tails (1, 3, 7, 65, 77, 130, 2096 rows: 64-row tiles), slices of 20..40 blocks (one
     32-block chunk, or a full one and a ragged one), with guards intact and every output written."""
-    from kernels.quantize_q8_1 import quantize_q8_1
+    from gemma_oracle.kernels.quantize_q8_1 import quantize_q8_1
 
     raw_host, x_host = _inputs(type_name, rows, cols, 1)
     raw, x = cp.asarray(raw_host), cp.asarray(x_host)
@@ -483,7 +483,7 @@ def test_dp4a_paired_equals_unpaired(type_name, rows, cols, slices):
 def test_split_k_counters_are_left_zero():
     """The split-K tile counters (mmq.cu: the last slice block of a tile sums it and resets its counter) are all zero
     after launches of every tile, N and K split, so the next launch starts clean."""
-    from kernels.mmq import prepare_counters
+    from gemma_oracle.kernels.mmq import prepare_counters
 
     raw_host, x_host = _inputs("Q4_K", 2096, 1024, 33)
     raw, x = cp.asarray(raw_host), cp.asarray(x_host)
@@ -547,8 +547,8 @@ def test_plan_group_refuses_members_that_cannot_share_a_launch():
 def test_grouped_launch_equals_separate_launches(type_name, n, rows_list):
     """A grouped launch (members of different row counts, tails included, sharing one K split) gives each member the
     bits of its own launch, on every tile, writes every output element and nothing around it."""
-    from kernels.mmq import mmq_matvec_group
-    from kernels.quantize_q8_1 import quantize_q8_1
+    from gemma_oracle.kernels.mmq import mmq_matvec_group
+    from gemma_oracle.kernels.quantize_q8_1 import quantize_q8_1
 
     cols = 1024 if type_name in K_QUANTS else 1056
     hosts = [_inputs(type_name, rows, cols, n)[0] for rows in rows_list]

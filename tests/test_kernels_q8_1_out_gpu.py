@@ -16,16 +16,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernels.reference.q8_1 import BLOCK_BYTES, QK8_1
-from kernels.reference.q8_1 import quantize_q8_1 as quantize_q8_1_reference
+from gemma_oracle.kernels.reference.q8_1 import BLOCK_BYTES, QK8_1
+from gemma_oracle.kernels.reference.q8_1 import quantize_q8_1 as quantize_q8_1_reference
 from tests.kernel_support import Guarded, assert_bits_equal, assert_q8_1_equal, first_bit_difference
 
 try:  # collection must work without CuPy; the gpu marker makes the plugin skip these tests there
     import cupy as cp
 
-    from kernels.attention import decode_attention
-    from kernels.ffn_act import gelu_tanh_mul
-    from kernels.quantize_q8_1 import quantize_q8_1
+    from gemma_oracle.kernels.attention import decode_attention
+    from gemma_oracle.kernels.ffn_act import gelu_tanh_mul
+    from gemma_oracle.kernels.quantize_q8_1 import quantize_q8_1
 except ImportError:
     cp = None
 
@@ -274,10 +274,10 @@ def test_engine_makes_no_separate_quantize_launch(monkeypatch, n):
     """g4-12b-mini in forced decode_mmq mode: every matmul reads Q8_1 blocks, each made by its input's producer (norms,
     attention, gelu) when the producers are fused, so an eager pass of n rows launches quantize_q8_1 never; with
     CupyEngine(fused_norms=False) it does, and the logits are the same bits. attn_output and ffn_down get xq."""
-    import kernels.quantize_q8_1 as q81
-    from engine.factory import make_engine
-    from harness.fixtures import fixture_path
-    from harness.oracle_suite import sequences
+    import gemma_oracle.kernels.quantize_q8_1 as q81
+    from gemma_oracle.engine.factory import make_engine
+    from gemma_oracle.harness.fixtures.cache import fixture_path
+    from gemma_oracle.harness.suites.synthetic import sequences
 
     calls = []
     plain = q81.quantize_q8_1

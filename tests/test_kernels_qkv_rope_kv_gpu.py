@@ -21,10 +21,10 @@ from tests.kernel_support import Guarded, first_bit_difference, inv_freq_f32
 try:  # collection must work without CuPy; the gpu marker makes the plugin skip these tests there
     import cupy as cp
 
-    from kernels.kv_cache import LayerKVPool, kv_write_layer
-    from kernels.norms import rms_norm
-    from kernels.qkv_rope_kv import qkv_rope_kv
-    from kernels.rope import rope_neox
+    from gemma_oracle.kernels.kv_cache import LayerKVPool, kv_write_layer
+    from gemma_oracle.kernels.norms import rms_norm
+    from gemma_oracle.kernels.qkv_rope_kv import qkv_rope_kv
+    from gemma_oracle.kernels.rope import rope_neox
 except ImportError:
     cp = None
 
@@ -220,8 +220,8 @@ def test_zero_rows():
 
 @pytest.mark.parametrize("k_eq_v", [False, True], ids=["own-v", "k_eq_v"])
 def test_engine_step_classes_agree(k_eq_v):
-    """engine.gpu_engine's SeparateNorms and FusedNorms.qkv_rope_kv (CupyEngine(fused_norms=False / True))."""
-    from engine.gpu_engine import FusedNorms, SeparateNorms
+    """gemma_oracle.engine.gpu_engine's SeparateNorms and FusedNorms.qkv_rope_kv (CupyEngine(fused_norms=False / True))."""
+    from gemma_oracle.engine.gpu_engine import FusedNorms, SeparateNorms
 
     hq, hkv, d, make_inv = CASES["h16-8-d256"]
     inv = cp.asarray(make_inv())

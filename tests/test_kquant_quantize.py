@@ -1,4 +1,4 @@
-"""kernels.reference.quantize: K-quant encoders checked through gguf-py's dequantizer (not ours).
+"""gemma_oracle.kernels.reference.quantize: K-quant encoders checked through gguf-py's dequantizer (not ours).
 
 What a valid, sensible encoding must do, per sub-block, read back from the stored scale fields:
   Q4_K/Q5_K: step = d*sc[s], representable range [-dmin*m[s], -dmin*m[s] + nmax*step]
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, quants
 
-import kernels.reference.quantize as quantize_module
-from kernels.reference.dequant import DEQUANTIZERS
-from kernels.reference.quantize import QUANTIZERS, quantize
+import gemma_oracle.kernels.reference.quantize as quantize_module
+from gemma_oracle.kernels.reference.dequant import DEQUANTIZERS
+from gemma_oracle.kernels.reference.quantize import QUANTIZERS, quantize
 
 F32 = np.float32
 SEED = 20261107

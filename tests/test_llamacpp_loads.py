@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness import llamacpp
+from gemma_oracle.engine.adapters import llamacpp
 
 from .conftest import PRESET_NAMES
 

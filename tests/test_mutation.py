@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from harness.fixtures import fixture_path
+from gemma_oracle.harness.fixtures.cache import fixture_path
 
 pytestmark = pytest.mark.synthetic
 
@@ -58,8 +58,8 @@ resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 dump_after = float(sys.argv[2])  # where a load hangs, its stack goes to stderr before the parent kills us
 selftest = len(sys.argv) > 3 and sys.argv[3] == "--selftest"
 import numpy as np
-from engine.errors import GemmaOracleError
-from engine.model_file import load_model
+from gemma_oracle.engine.errors import GemmaOracleError
+from gemma_oracle.engine.model_file import load_model
 # answers go to a private copy of fd 1; anything else printing to stdout (Python or C) lands on stderr
 out = os.fdopen(os.dup(1), "w")
 os.dup2(2, 1)

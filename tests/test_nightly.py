@@ -6,13 +6,13 @@ import dataclasses
 
 import pytest
 
-import harness.nightly as nightly
-from harness.bench import BenchConfig
-from harness.nightly import NightlyPlan, run_nightly
-from harness.real_suites import RealSuite
-from reports.records import NO_ROUTE
-from reports.render import FINDINGS_JSON, PLOTS_DIR, REPORT_HTML, REPORT_MD
-from reports.store import META_FILE, list_runs
+import gemma_oracle.harness.nightly as nightly
+from gemma_oracle.harness.perf.bench import BenchConfig
+from gemma_oracle.harness.nightly import NightlyPlan, run_nightly
+from gemma_oracle.harness.suites.real import RealSuite
+from gemma_oracle.reports.records import NO_ROUTE
+from gemma_oracle.reports.render import FINDINGS_JSON, PLOTS_DIR, REPORT_HTML, REPORT_MD
+from gemma_oracle.reports.store import META_FILE, list_runs
 
 pytestmark = pytest.mark.synthetic
 

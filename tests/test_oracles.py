@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from oracles.compare import (
+from gemma_oracle.oracles.compare import (
     FLOAT64_POLICY,
     Policy,
     check_logits_close,
@@ -15,8 +15,8 @@ from oracles.compare import (
     first_divergence,
     tolerance,
 )
-from oracles.engine_protocol import DecodeEngine
-from oracles.metrics import (
+from gemma_oracle.oracles.engine_protocol import DecodeEngine
+from gemma_oracle.oracles.metrics import (
     argmax_agreement,
     kl_divergence,
     max_abs,
@@ -26,7 +26,7 @@ from oracles.metrics import (
     topk,
     topk_overlap,
 )
-from oracles.single_vs_batched import golden_single_vs_batched, greedy_forced_tokens
+from gemma_oracle.oracles.single_vs_batched import golden_single_vs_batched, greedy_forced_tokens
 
 INF, NAN = float("inf"), float("nan")
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.engine import GemmaEngine
-from harness import llamacpp
-from harness.tokenizer_table import small_vocab
-from oracles.parity import compare_with_llamacpp
+from gemma_oracle.engine.engine import GemmaEngine
+from gemma_oracle.engine.adapters import llamacpp
+from gemma_oracle.harness.fixtures.tokenizer_table import small_vocab
+from gemma_oracle.oracles.parity import compare_with_llamacpp
 
 from .conftest import PRESET_NAMES
 

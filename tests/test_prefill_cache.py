@@ -1,10 +1,10 @@
-"""oracles.prefill_cache: prefill into a per-sequence cache beside live neighbours vs plain prefill."""
+"""gemma_oracle.oracles.prefill_cache: prefill into a per-sequence cache beside live neighbours vs plain prefill."""
 from __future__ import annotations
 
 import pytest
 
-from oracles.compare import FLOAT64_POLICY
-from oracles.prefill_cache import prefill_cache_vs_plain
+from gemma_oracle.oracles.compare import FLOAT64_POLICY
+from gemma_oracle.oracles.prefill_cache import prefill_cache_vs_plain
 
 pytestmark = pytest.mark.synthetic
 
@@ -14,7 +14,7 @@ OCCUPANTS = [[2, 8, 9, 10], [2, 300, 301]]
 
 @pytest.fixture(scope="module")
 def engine(synthetic_gguf):
-    from engine.engine import GemmaEngine
+    from gemma_oracle.engine.engine import GemmaEngine
 
     return GemmaEngine(synthetic_gguf("g4-12b-mini", "f32"), "numpy64")
 

@@ -10,14 +10,14 @@ import re
 import numpy as np
 import pytest
 
-from engine.gpu_engine import NORM_STEPS
-from engine.inventory import expected_tensors
-from harness.presets import PRESETS
-from kernels import q8_1_out as qo
-from kernels._compile import source_path
-from kernels.reference.q8_1 import BLOCK_BYTES
+from gemma_oracle.engine.gpu_engine import NORM_STEPS
+from gemma_oracle.engine.inventory import expected_tensors
+from gemma_oracle.harness.fixtures.presets import PRESETS
+from gemma_oracle.kernels import q8_1_out as qo
+from gemma_oracle.kernels._compile import source_path
+from gemma_oracle.kernels.reference.q8_1 import BLOCK_BYTES
 
-HEAD_DIMS = (64, 128, 256, 512)  # kernels.attention.HEAD_DIMS (that module needs cupy)
+HEAD_DIMS = (64, 128, 256, 512)  # gemma_oracle.kernels.attention.HEAD_DIMS (that module needs cupy)
 
 
 def f32(*shape) -> np.ndarray:

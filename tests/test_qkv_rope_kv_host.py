@@ -10,9 +10,9 @@ import re
 import numpy as np
 import pytest
 
-from engine.gpu_engine import NORM_STEPS
-from kernels import qkv_rope_kv as qk
-from kernels._compile import CUDA_DIR, source_path
+from gemma_oracle.engine.gpu_engine import NORM_STEPS
+from gemma_oracle.kernels import qkv_rope_kv as qk
+from gemma_oracle.kernels._compile import CUDA_DIR, source_path
 
 
 def f32(*shape) -> np.ndarray:

@@ -24,9 +24,9 @@ import math
 import numpy as np
 import pytest
 
-from oracles.compare import exact, tolerance
-from oracles.prefill_cache import prefill_cache_vs_plain
-from oracles.single_vs_batched import golden_single_vs_batched, greedy_forced_tokens
+from gemma_oracle.oracles.compare import exact, tolerance
+from gemma_oracle.oracles.prefill_cache import prefill_cache_vs_plain
+from gemma_oracle.oracles.single_vs_batched import golden_single_vs_batched, greedy_forced_tokens
 
 pytestmark = pytest.mark.real12b
 
@@ -46,7 +46,7 @@ SEED_12B_MMQ = tolerance(max_abs_max=math.nextafter(5.0, 0.0), near_tie_eps=1.5,
 
 
 def _engine(model, route_mode: str):
-    from engine.gpu_engine import CupyEngine
+    from gemma_oracle.engine.gpu_engine import CupyEngine
 
     return CupyEngine(model.path, route_mode=route_mode, kv_dtype=KV_DTYPE, max_sequences=MAX_SEQUENCES,
                       max_context=MAX_CONTEXT)
@@ -98,7 +98,7 @@ def worst_case(result) -> dict:
 
 
 def test_layout_preconditions(real_model):
-    from engine.model_file import load_model
+    from gemma_oracle.engine.model_file import load_model
 
     if real_model.layout is None:
         pytest.skip(f"--model {real_model.spec} is not a catalog entry, so there is no layout to check: give it a "

@@ -8,12 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness import llamacpp
-from harness.oracle_suite import POLICIES  # float64: BLAS-order noise only; cupy (WS/GEMM-N): exact
-from reports.records import NO_ROUTE
-from oracles.compare import first_divergence
-from oracles.prefill_cache import prefill_cache_vs_plain
-from oracles.single_vs_batched import golden_single_vs_batched, greedy_forced_tokens
+from gemma_oracle.engine.adapters import llamacpp
+from gemma_oracle.harness.suites.synthetic import POLICIES  # float64: BLAS-order noise only; cupy (WS/GEMM-N): exact
+from gemma_oracle.reports.records import NO_ROUTE
+from gemma_oracle.oracles.compare import first_divergence
+from gemma_oracle.oracles.prefill_cache import prefill_cache_vs_plain
+from gemma_oracle.oracles.single_vs_batched import golden_single_vs_batched, greedy_forced_tokens
 
 pytestmark = pytest.mark.real
 
@@ -32,7 +32,7 @@ BACKENDS = ["numpy64", pytest.param("cupy", marks=pytest.mark.gpu)]
 
 @pytest.fixture(scope="module")
 def gemma3_engine(gemma3_path):
-    from engine.engine import GemmaEngine
+    from gemma_oracle.engine.engine import GemmaEngine
 
     return GemmaEngine(gemma3_path, "numpy64", memo_prefill=True)
 
@@ -43,7 +43,7 @@ def engine(request, gemma3_path):
     batch-invariant routes."""
     if request.param == "numpy64":
         return request.getfixturevalue("gemma3_engine")
-    from engine.gpu_engine import CupyEngine
+    from gemma_oracle.engine.gpu_engine import CupyEngine
 
     return CupyEngine(gemma3_path, route_mode="batch-invariant")
 

@@ -1,4 +1,4 @@
-"""`--model` and the real-model suites' skips and labels: without the 12B file `pytest -m real12b` skips
+"""`--go-model` and the real-model suites' skips and labels: without the 12B file `pytest -m real12b` skips
 every item naming the download command (never a pass), and a stand-in's results say SYNTHETIC."""
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-import harness
-from harness import real_models
-from harness.fixture_errors import UnknownFixtureError
+import gemma_oracle
+from gemma_oracle.harness.real import models as real_models
+from gemma_oracle.harness.real.errors import UnknownFixtureError
 
-REPO_ROOT = Path(harness.__file__).resolve().parents[1]
+REPO_ROOT = Path(gemma_oracle.__file__).resolve().parents[1]
 
-# A stand-in the CPU can build in a second: the 12B's structure scaled down (harness.presets), with the
+# A stand-in the CPU can build in a second: the 12B's structure scaled down (gemma_oracle.harness.fixtures.presets), with the
 # layout it really has (8/1 KV heads, head dims 64/128, k_eq_v global layer).
 MINI_CATALOG = """
 [mini12b]
@@ -73,7 +73,7 @@ def test_absent_models_name_what_provides_them(isolated, tmp_path, monkeypatch):
 
 
 def test_a_stand_in_resolves_to_its_built_fixture(isolated):
-    from harness.fixtures import fixture_path
+    from gemma_oracle.harness.fixtures.cache import fixture_path
 
     resolved = real_models.resolve("mini12b")
     assert resolved.synthetic and resolved.verified
@@ -84,8 +84,8 @@ def test_a_stand_in_resolves_to_its_built_fixture(isolated):
 def test_real12b_suite_skips_without_the_file_and_labels_stand_ins(isolated):
     """The acceptance run: `pytest -m real12b` with and without the stand-in, on a machine without the 12B."""
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/test_real12b.py", "-m", "real12b", "--model", "real12b",
-         "--model", "mini12b", "-k", "layout_preconditions or not mini12b", "-v", "-rs", "-p", "no:xdist",
+        [sys.executable, "-m", "pytest", "tests/test_real12b.py", "-m", "real12b", "--go-model", "real12b",
+         "--go-model", "mini12b", "-k", "layout_preconditions or not mini12b", "-v", "-rs", "-p", "no:xdist",
          "-p", "no:cacheprovider"],
         cwd=REPO_ROOT, env=isolated, capture_output=True, text=True, timeout=300)
     out = proc.stdout
@@ -95,6 +95,6 @@ def test_real12b_suite_skips_without_the_file_and_labels_stand_ins(isolated):
     skip_lines = [ln for ln in out.splitlines() if ln.startswith("SKIPPED")]
     assert skip_lines and all("`gemma-oracle fixtures download real12b`" in ln for ln in skip_lines)
     assert "tests/test_real12b.py::test_layout_preconditions[mini12b-SYNTHETIC] PASSED" in out
-    assert "gemma-oracle --model mini12b: SYNTHETIC stand-in for real12b" in out  # report header
+    assert "gemma-oracle --go-model mini12b: SYNTHETIC stand-in for real12b" in out  # report header
     assert "SYNTHETIC model results" in out  # terminal summary
     assert re.search(r"1 passed, 6 skipped", out)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from reports.store import list_runs, load_run
+from gemma_oracle.reports.store import list_runs, load_run
 
 pytest_plugins = ["pytester"]
 
@@ -15,8 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 TEST_FILE = """
 import pytest
-from oracles.compare import FLOAT64_POLICY
-from oracles.single_vs_batched import golden_single_vs_batched
+from gemma_oracle.oracles.compare import FLOAT64_POLICY
+from gemma_oracle.oracles.single_vs_batched import golden_single_vs_batched
 from tests.recorded_runs import FORCED, PROMPTS, ToyEngine
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
@@ -32,8 +32,8 @@ def test_not_recorded():
 
 @pytest.fixture
 def inner(pytester, monkeypatch):
-    # The inner session loads the plugin the way the root conftest does (entry point, or pytest_plugins from a
-    # checkout) and imports this checkout's packages, also in a subprocess.
+    # The inner session loads the plugin the way the root conftest does (pytest_plugins) and imports this
+    # checkout's packages, also in a subprocess.
     pytester.makeconftest((REPO / "conftest.py").read_text())
     pytester.makepyfile(test_recorded=TEST_FILE)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
@@ -54,14 +54,14 @@ def _check(results_dir: Path, outcome) -> None:
 
 def test_plugin_records_a_session(inner):
     results = inner.path / "results"
-    _check(results, inner.runpytest("-p", "no:xdist", f"--results-dir={results}"))
+    _check(results, inner.runpytest("-p", "no:xdist", f"--go-results-dir={results}"))
     (run_dir,) = list_runs(results)
     assert [p.name for p in sorted(run_dir.glob("*.parquet"))] == ["oracle.main.parquet"]
 
 
 def test_plugin_under_xdist_merges_worker_parts(inner):
     results = inner.path / "results"
-    _check(results, inner.runpytest_subprocess("-n", "2", f"--results-dir={results}"))
+    _check(results, inner.runpytest_subprocess("-n", "2", f"--go-results-dir={results}"))
     (run_dir,) = list_runs(results)
     parts = {p.name for p in run_dir.glob("*.parquet")}
     # workers' parts only (which worker ran which test is xdist's choice); _check saw all 50 rows in one run
@@ -69,7 +69,7 @@ def test_plugin_under_xdist_merges_worker_parts(inner):
 
 
 def test_no_results_writes_nothing(inner):
-    inner.runpytest("-p", "no:xdist", "--no-results").assert_outcomes(passed=5)
+    inner.runpytest("-p", "no:xdist", "--go-no-results").assert_outcomes(passed=5)
     assert not (inner.path / "reports").exists()
 
 

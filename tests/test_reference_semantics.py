@@ -6,7 +6,7 @@ spec and the file's dequantized weights (scalar `math` loops for RoPE, GELU, sof
 from the code under test. Where a test needs the input of a deep layer it records that input from the engine
 and recomputes the layer itself; the layer's own arithmetic is what is pinned.
 
-Numbers are compared through oracles.metrics (max_abs, nmse, argmax_agreement); exact identity uses
+Numbers are compared through gemma_oracle.oracles.metrics (max_abs, nmse, argmax_agreement); exact identity uses
 np.array_equal.
 """
 from __future__ import annotations
@@ -18,14 +18,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from engine.backends.numpy_backend import NumpyBackend
-from engine.config import GemmaConfig, config_from_gguf
-from engine.engine import GemmaEngine
-from engine.gguf_file import GGUFFile
-from engine.model import rope_inv_freq
-from engine.model_file import load_model
-from harness.fixtures import fixture_path
-from oracles.metrics import argmax_agreement, max_abs, nmse, screen_nonfinite
+from gemma_oracle.engine.backends.numpy_backend import NumpyBackend
+from gemma_oracle.engine.config import GemmaConfig, config_from_gguf
+from gemma_oracle.engine.engine import GemmaEngine
+from gemma_oracle.engine.gguf_file import GGUFFile
+from gemma_oracle.engine.model import rope_inv_freq
+from gemma_oracle.engine.model_file import load_model
+from gemma_oracle.harness.fixtures.cache import fixture_path
+from gemma_oracle.oracles.metrics import argmax_agreement, max_abs, nmse, screen_nonfinite
 
 pytestmark = pytest.mark.synthetic
 

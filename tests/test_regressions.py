@@ -8,12 +8,12 @@ import json
 import pandas as pd
 import pytest
 
-from harness.cli import main
-from harness.nightly import previous_run, report_run
-from reports.regress import compare_runs, correctness_findings, exit_code, perf_findings
-from reports.render import FINDINGS_JSON, REPORT_MD
-from reports.store import load_run
-from reports.tables import correctness_summary
+from gemma_oracle.harness.cli import main
+from gemma_oracle.harness.nightly import previous_run, report_run
+from gemma_oracle.reports.regress import compare_runs, correctness_findings, exit_code, perf_findings
+from gemma_oracle.reports.render import FINDINGS_JSON, REPORT_MD
+from gemma_oracle.reports.store import load_run
+from gemma_oracle.reports.tables import correctness_summary
 
 from .recorded_runs import CPU, GPU, bench_row, golden_records, meta, store_run
 

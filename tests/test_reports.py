@@ -8,10 +8,10 @@ import re
 import pandas as pd
 import pytest
 
-from reports import tables
-from reports.render import (FINDINGS_JSON, PLOTS_DIR, REPORT_HTML, REPORT_MD, build_report, markdown_table, to_html,
+from gemma_oracle.reports import tables
+from gemma_oracle.reports.render import (FINDINGS_JSON, PLOTS_DIR, REPORT_HTML, REPORT_MD, build_report, markdown_table, to_html,
                             to_markdown, write_report)
-from reports.store import load_run
+from gemma_oracle.reports.store import load_run
 
 from .recorded_runs import CPU, bench_row, golden_records, op_row, route_row, store_run
 

@@ -8,10 +8,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from reports.errors import StoreError
-from reports.records import TABLES, columns
-from reports.recorder import SessionRecorder
-from reports.store import META_FILE, RunWriter, create_run_dir, list_runs, load_run
+from gemma_oracle.reports.errors import StoreError
+from gemma_oracle.reports.records import TABLES, columns
+from gemma_oracle.reports.recorder import SessionRecorder
+from gemma_oracle.reports.store import META_FILE, RunWriter, create_run_dir, list_runs, load_run
 
 from .recorded_runs import ToyEngine, bench_row, golden_records, meta, op_row, route_row, store_run
 
@@ -55,8 +55,8 @@ def test_xdist_worker_parts_are_merged_once_the_controller_finishes(tmp_path):
     gw1 = SessionRecorder(tmp_path, "pytest-x", worker="gw1")
     controller = SessionRecorder(tmp_path, "pytest-x")
     engine = ToyEngine()
-    from oracles.compare import FLOAT64_POLICY
-    from oracles.single_vs_batched import golden_single_vs_batched
+    from gemma_oracle.oracles.compare import FLOAT64_POLICY
+    from gemma_oracle.oracles.single_vs_batched import golden_single_vs_batched
 
     result = golden_single_vs_batched(engine, [[2, 5], [2, 6]], [[3], [4]], policy=FLOAT64_POLICY)
     gw0.record(result, test_id="t::a", fixture="toy-a", backend="numpy64")

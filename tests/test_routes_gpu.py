@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import pytest
 
-from engine import routing
-from engine.routing import DECODE_MMQ, GEMM_N, WS
-from harness.oracle_suite import MMQ_POLICY, sequences
-from harness.presets import PRESETS
-from oracles.compare import exact
-from oracles.single_vs_batched import golden_single_vs_batched
+from gemma_oracle.engine import routing
+from gemma_oracle.engine.routing import DECODE_MMQ, GEMM_N, WS
+from gemma_oracle.harness.suites.synthetic import MMQ_POLICY, sequences
+from gemma_oracle.harness.fixtures.presets import PRESETS
+from gemma_oracle.oracles.compare import exact
+from gemma_oracle.oracles.single_vs_batched import golden_single_vs_batched
 
 pytestmark = pytest.mark.gpu
 
@@ -24,8 +24,8 @@ _SINGLE_MEMO: dict = {}  # single-user results per (engine name, sequence): shar
 
 
 def engine(preset: str, variant: str, mode: str):
-    from engine.factory import make_engine
-    from harness.fixtures import fixture_path
+    from gemma_oracle.engine.factory import make_engine
+    from gemma_oracle.harness.fixtures.cache import fixture_path
 
     key = (preset, variant, mode)
     if key not in _ENGINES:
@@ -78,8 +78,8 @@ def test_switch_points_by_hand(mode, tensor, expected):
 
 
 def test_disabling_decode_mmq_takes_it_out(monkeypatch):
-    from engine.factory import make_engine
-    from harness.fixtures import fixture_path
+    from gemma_oracle.engine.factory import make_engine
+    from gemma_oracle.harness.fixtures.cache import fixture_path
 
     monkeypatch.setenv(routing.ENV_DISABLE, DECODE_MMQ)
     eng = make_engine("cupy", fixture_path("g4-12b-mini", "q4_k_m"), route_mode="auto")

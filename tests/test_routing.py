@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine import routing
-from engine.routing import DECODE_MMQ, GEMM_N, WS, Route, explain_route, route_for
+from gemma_oracle.engine import routing
+from gemma_oracle.engine.routing import DECODE_MMQ, GEMM_N, WS, Route, explain_route, route_for
 
 # The measured crossovers of ROUTE_TABLE on the 12B shapes (H100, reports/history/2026-11-25-h100-route-tuning-*):
 # (type, rows, cols, last N on a float route, first N on decode-MMQ, float route below it)

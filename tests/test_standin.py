@@ -11,12 +11,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from engine.model_file import load_model
-from harness.fast_blocks import row_bytes
-from harness.fixtures import written_tensors
-from harness.presets import Preset
-from harness.standin import STANDINS, StandIn, planned_types, write_standin
-from oracles.metrics import screen_nonfinite, top1_top2_margin
+from gemma_oracle.engine.model_file import load_model
+from gemma_oracle.harness.fixtures.fast_blocks import row_bytes
+from gemma_oracle.harness.fixtures.synthetic import written_tensors
+from gemma_oracle.harness.fixtures.presets import Preset
+from gemma_oracle.harness.fixtures.standin import STANDINS, StandIn, planned_types, write_standin
+from gemma_oracle.oracles.metrics import screen_nonfinite, top1_top2_margin
 
 pytestmark = pytest.mark.synthetic
 
@@ -111,8 +111,8 @@ def test_small_standin_bytes_do_not_depend_on_process_count(small_standin, tmp_p
 def test_small_standin_is_well_conditioned(small_standin):
     """The conditioning checks of tests/test_conditioning.py, on the float64 engine: finite logits, none pinned at
     the softcap, median top1-top2 margin >= 0.5."""
-    from engine.engine import GemmaEngine
-    from harness.oracle_suite import sequences
+    from gemma_oracle.engine.engine import GemmaEngine
+    from gemma_oracle.harness.suites.synthetic import sequences
 
     _, path = small_standin
     engine = GemmaEngine(path, "numpy64", prefill_chunk=32)

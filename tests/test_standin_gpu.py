@@ -1,7 +1,7 @@
 """The 12B-shaped stand-ins on the GPU: conditioning, and the golden single-user vs batched oracle on real 12B
 shapes (N = 2, 6, 16) in the fast mode through decode-MMQ, and bitwise in batch-invariant mode.
 
-The files (7.4 / 7.0 GB) are built on first use by harness.fixtures.fixture_path (a few minutes with 16 cores;
+The files (7.4 / 7.0 GB) are built on first use by gemma_oracle.harness.fixtures.cache.fixture_path (a few minutes with 16 cores;
 `gemma-oracle fixtures build shape12b shape12b-q4_0` does it ahead). Results on them are synthetic.
 """
 from __future__ import annotations
@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.oracle_suite import SEED_MMQ_POLICY, sequences
-from oracles.compare import exact
-from oracles.metrics import screen_nonfinite, top1_top2_margin
-from oracles.single_vs_batched import golden_single_vs_batched
+from gemma_oracle.harness.suites.synthetic import SEED_MMQ_POLICY, sequences
+from gemma_oracle.oracles.compare import exact
+from gemma_oracle.oracles.metrics import screen_nonfinite, top1_top2_margin
+from gemma_oracle.oracles.single_vs_batched import golden_single_vs_batched
 from tests.test_conditioning import MEDIAN_MARGIN_MIN, PINNED_LEVEL, PINNED_SHARE_MAX
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
@@ -26,9 +26,9 @@ _SINGLE_MEMO: dict = {}
 
 def standin_engine(name: str, mode: str):
     """One engine per stand-in at a time (7 GB of weights each): switching drops the other."""
-    from engine.factory import make_engine
-    from engine.model_file import load_model
-    from harness.fixtures import fixture_path
+    from gemma_oracle.engine.factory import make_engine
+    from gemma_oracle.engine.model_file import load_model
+    from gemma_oracle.harness.fixtures.cache import fixture_path
 
     if (name, mode) not in _ENGINES:
         model = next((e.model_file for (n, _), e in _ENGINES.items() if n == name), None)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.mode_bench import summarize
-from harness.route_tuning import model_shapes
+from gemma_oracle.harness.perf.mode_bench import summarize
+from gemma_oracle.harness.perf.route_tuning import model_shapes
 
 HISTORY = Path(__file__).resolve().parents[1] / "reports" / "history"
 
@@ -65,7 +65,7 @@ def test_mode_bench_summary_of_some_modes():
 def test_step_kernels_table_from_ncu_csv():
     """harness/step_kernels.py reads ncu's --csv (units as ncu writes them, thousands separators, other lines around
     the table) and groups launches by kernel name with hand-counted totals and shares."""
-    from harness.step_kernels import kernel_times, summarize
+    from gemma_oracle.harness.perf.step_kernels import kernel_times, summarize
 
     header = ('"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size",'
               '"Device","CC","Section Name","Metric Name","Metric Unit","Metric Value"')
@@ -95,7 +95,7 @@ def test_mode_bench_times_modes_round_robin(monkeypatch):
     import sys
     import types
 
-    from harness import mode_bench
+    from gemma_oracle.harness.perf import mode_bench
 
     clock = {"t": 0.0}
     order = []
@@ -146,10 +146,10 @@ def test_mode_bench_times_modes_round_robin(monkeypatch):
 
     fake_cupy = types.SimpleNamespace(cuda=types.SimpleNamespace(Event=Event, get_elapsed_time=lambda a, b: b.t - a.t))
     monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
-    monkeypatch.setattr("engine.gpu_engine.CupyEngine", FakeEngine, raising=False)
-    monkeypatch.setattr("harness.bench_devices.gpu_step_weight_bytes", lambda engine: 1000)
+    monkeypatch.setattr("gemma_oracle.engine.gpu_engine.CupyEngine", FakeEngine, raising=False)
+    monkeypatch.setattr("gemma_oracle.harness.perf.devices.gpu_step_weight_bytes", lambda engine: 1000)
     kv_positions = []
-    monkeypatch.setattr("harness.roofline.kv_read_bytes", lambda cfg, position, itemsize: kv_positions.append(
+    monkeypatch.setattr("gemma_oracle.harness.perf.roofline.kv_read_bytes", lambda cfg, position, itemsize: kv_positions.append(
         (position, itemsize)) or 10 * position)
     rows = mode_bench.bench_modes("m", n_list=(1, 3), steps=4, warmup=2, repeats=3, prompt_len=8, log=lambda m: None)
     by = {(r["n"], r["mode"]): r for r in rows}
@@ -170,7 +170,7 @@ def test_ple_table_verdicts():
     """harness/ple_measure.py: "faster uncaptured" compares both sides uncaptured; "engine keeps" compares the
     router inside the step graph with cuBLAS, which CuPy cannot capture (numbers of the 2026-11-25 H100 run, N = 1,
     and a made-up row where cuBLAS wins both)."""
-    from harness.ple_measure import format_table
+    from gemma_oracle.harness.perf.ple_measure import format_table
 
     rows = [dict(n=1, step_ms=0.466, ple_router_ms=0.047, ple_router_eager_ms=1.012, ple_cublas_ms=0.613,
                  ple_share=0.047 / 0.466, routes="ws"),

@@ -1,0 +1,4 @@
+"""Outside engines run beside ours: llama.cpp on the CPU through the `parity` extra's xllamacpp (`llamacpp`,
+which runs it in a child process, `llamacpp_worker`, so that an abort in llama.cpp becomes a typed error).
+New outside engines (served, other languages) go here, one module per thing they talk to.
+"""

@@ -1,0 +1,153 @@
+"""BatchDecodeMatMul routing as data: which kernel serves each matmul of a decode step at batch size N.
+
+Routes (kernels/): WS (weight-stationary mat-vec, N <= 16, bitwise equal to N = 1), GEMM_N (token on the
+grid, any N, bitwise equal to N = 1 and to WS) and DECODE_MMQ (int8 tensor-core tile on Q8_1 activations,
+kernels/mmq.py: its output depends on the shape only, never on N, but it is not bitwise equal to the float
+routes). The seed's rules (seed-project.md 1.6: MMQ at N >= 5, rows >= 2048, cols % 256 == 0; WS up to 16)
+were re-tuned from H100 timings of every matmul shape of the 12B-shaped stand-ins (`python -m
+gemma_oracle.harness.perf.route_tuning`, reports/history/2026-11-25-h100-route-tuning-*.md): the numbers live in the tables below.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+WS, GEMM_N, DECODE_MMQ = "ws", "gemm_n", "decode_mmq"
+ROUTES = (WS, GEMM_N, DECODE_MMQ)
+ALL_TYPES = frozenset({"F32", "F16", "BF16", "Q4_0", "Q5_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K"})
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    types: frozenset[str]  # capability: the GGML types this route has a kernel for
+    min_n: int = 1  # speed rules: smallest N, smallest row count, rows/cols aspect, column multiple, largest
+    max_n: int | None = None  # capability: the kernel's largest N (WS: 16)
+    min_rows: int = 0  #   row count at which the route pays
+    max_rows: int | None = None
+    min_aspect: float = 0.0
+    col_multiple: int = 1
+    why: str = ""
+
+    def eligible(self, type_name: str, rows: int, cols: int, n: int, *, rules: str = "all") -> str | None:
+        """None when this route can serve the matmul, else the reason it cannot.
+
+        rules: "all" (the table as written), "shape" (no N floor: batch-invariant mode) or "capability" (only what
+        the kernel cannot do: a type without a kernel, N beyond max_n; forced modes)."""
+        if type_name not in self.types:
+            return f"no {self.name} kernel for {type_name}"
+        if self.max_n is not None and n > self.max_n:
+            return f"N={n} > {self.max_n}"
+        if rules == "capability":
+            return None
+        if rules == "all" and n < self.min_n:
+            return f"N={n} < {self.min_n}"
+        if rows < self.min_rows:
+            return f"rows={rows} < {self.min_rows}"
+        if self.max_rows is not None and rows > self.max_rows:
+            return f"rows={rows} > {self.max_rows}"
+        if rows < self.min_aspect * cols:
+            return f"rows/cols={rows / cols:.2f} < {self.min_aspect}"
+        if cols % self.col_multiple:
+            return f"cols={cols} not a multiple of {self.col_multiple}"
+        return None
+
+
+# DECODE_MMQ's types: those with a decode-MMQ tile that passed its GPU tests (kernels/mmq.py, H100 2026-11-25).
+MMQ_TYPES: frozenset[str] = frozenset({"Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"})
+
+# The fast mode ("auto"): tried in order, the first eligible route serves the matmul; GEMM_N accepts everything.
+# Each MMQ line is the measured crossover (time of the split-K int8 tile over the best float route, H100, 12B
+# shapes, Q4_K_M and Q4_0 stand-ins, reports/history/2026-11-25-h100-route-tuning-bn8-*.md): decode-MMQ's time is
+# nearly flat in N and, since K is split by shape (kernels/mmq.py), no longer bound by a long serial K walk; the
+# float routes' time grows with N. Only the few-row matrices keep a float route at the smallest N.
+ROUTE_TABLE: tuple[Route, ...] = (
+    Route(DECODE_MMQ, MMQ_TYPES, min_n=1, min_rows=2048, col_multiple=256,
+          why="2048+-row matrices (every 12B matmul but the global attn_k, the tied lm-head included): the tile "
+              "wins from N = 1 (0.40..0.92x the best float route's time)"),
+    Route(DECODE_MMQ, MMQ_TYPES, min_n=1, min_aspect=4.0, col_multiple=256,
+          why="tall matrices (rows >= 4 cols; no 12B matrix below 2048 rows is): from N = 1, as the 12B's tall "
+              "ffn gate/up and lm-head (many row tiles: the tile is never short of thread blocks); it keeps a small "
+              "model's single-user path on the kernel its batched steps take"),
+    Route(DECODE_MMQ, MMQ_TYPES, min_n=3, min_rows=512, col_multiple=256,
+          why="512..2047 rows (the 512-row global attn_k): from N = 3 (0.92..0.98x; 1.09..1.12x at N = 2); smaller "
+              "matrices (none in the 12B) were not measured and keep the float routes, bitwise with single-user"),
+    Route(WS, ALL_TYPES, max_n=16, max_rows=2048,
+          why="up to 16 tokens on <= 2048-row matrices WS beats GEMM-N (0.8..0.98x from N = 3)"),
+    Route(GEMM_N, ALL_TYPES, why="any N: one token per grid row, the N = 1 reduction each (faster than WS on "
+                                 "3840+-row matrices: WS is 1.3..1.7x slower there from N = 3)"),
+)
+
+# batch-invariant mode: the route of a matrix may depend on its shape only, so one choice serves every N. With the
+# split-K tile decode-MMQ is the faster route from N = 1 on every >= 2048-row matrix (route tuning above), so the
+# seed's shape rule is also the fast choice there: decode-MMQ on rows >= 2048, else WS / GEMM-N (the 512-row global
+# attn_k: 1.1..1.4x slower on the tile up to N = 2, faster from 3).
+INVARIANT_TABLE: tuple[Route, ...] = (
+    Route(DECODE_MMQ, MMQ_TYPES, min_rows=2048, col_multiple=256,
+          why="batch-invariant: decode-MMQ on every >= 2048-row 256-aligned matrix, at every N"),
+    Route(WS, ALL_TYPES, max_n=16, why="batch-invariant: the float route, WS up to 16 tokens"),
+    Route(GEMM_N, ALL_TYPES, why="batch-invariant: the float route beyond 16 tokens (bitwise equal to WS)"),
+)
+
+# Modes a user A/B-tests routes with (CLI --route / env GEMMA_ORACLE_ROUTE):
+#   auto             ROUTE_TABLE (the fast mode)
+#   batch-invariant  INVARIANT_TABLE, decode-MMQ judged on the shape alone: each matrix takes it at every N
+#                    (N = 1 included) or never; the float routes it falls back to (WS, GEMM-N beyond 16) share one
+#                    reduction order, so every sequence's logits are bitwise independent of the batch.
+#   ws | gemm_n | decode_mmq   force one route wherever its kernel can serve the matmul (type, N capacity), the
+#                    speed rules ignored; GEMM_N where it cannot. All three are batch-invariant too (each kernel's
+#                    order is fixed by the shape); ws and gemm_n are the float path (no Q8_1 activations)
+MODES = ("auto", "batch-invariant", WS, GEMM_N, DECODE_MMQ)
+ENV_MODE = "GEMMA_ORACLE_ROUTE"
+ENV_DISABLE = "GEMMA_ORACLE_DISABLE_ROUTES"  # comma-separated route names taken out of the table
+
+
+def mode_from_env(default: str = "batch-invariant") -> str:
+    mode = os.environ.get(ENV_MODE, default)
+    if mode not in MODES:
+        raise ValueError(f"{ENV_MODE}={mode!r}: expected one of {MODES}")
+    return mode
+
+
+def disabled_from_env() -> frozenset[str]:
+    names = frozenset(n.strip() for n in os.environ.get(ENV_DISABLE, "").split(",") if n.strip())
+    unknown = names - set(ROUTES)
+    if unknown:
+        raise ValueError(f"{ENV_DISABLE}: unknown route(s) {sorted(unknown)}; expected some of {ROUTES}")
+    return names
+
+
+def _candidates(mode: str, disabled: frozenset[str], table: tuple[Route, ...] | None) -> list[Route]:
+    if mode not in MODES:
+        raise ValueError(f"route mode {mode!r}: expected one of {MODES}")
+    if table is None:
+        table = INVARIANT_TABLE if mode == "batch-invariant" else ROUTE_TABLE
+    routes = [r for r in table if r.name not in disabled]
+    if mode not in ("auto", "batch-invariant"):
+        forced = [r for r in routes if r.name == mode][:1]
+        routes = forced + [Route(GEMM_N, ALL_TYPES, why="forced route cannot serve this matmul")]
+        if GEMM_N in disabled and mode != GEMM_N:
+            routes = forced
+    return routes
+
+
+def explain_route(type_name: str, rows: int, cols: int, n: int, *, mode: str = "auto",
+                  disabled: frozenset[str] = frozenset(), table: tuple[Route, ...] | None = None) -> tuple[str, str]:
+    """(route name, reason) for one matmul; the reason lists why earlier routes were passed over.
+
+    table: the table to use (default: INVARIANT_TABLE in batch-invariant mode, ROUTE_TABLE otherwise)."""
+    skipped = []
+    # batch-invariant: decode-MMQ is judged on the shape alone, so a matrix takes it at every N or never
+    rules = {"auto": "all", "batch-invariant": "shape"}.get(mode, "capability")
+    for route in _candidates(mode, disabled, table):
+        route_rules = rules if route.name == DECODE_MMQ or rules == "capability" else "all"
+        why_not = route.eligible(type_name, rows, cols, n, rules=route_rules)
+        if why_not is None:
+            prefix = f"{'; '.join(skipped)}; " if skipped else ""
+            return route.name, f"{prefix}{route.name}: {route.why}"
+        skipped.append(f"not {route.name} ({why_not})")
+    raise ValueError(f"no route serves {type_name} {rows}x{cols} at N={n} in mode {mode!r} with {sorted(disabled)} disabled")
+
+
+def route_for(type_name: str, rows: int, cols: int, n: int, **kwargs) -> str:
+    return explain_route(type_name, rows, cols, n, **kwargs)[0]

@@ -1,0 +1,51 @@
+"""Every decode-MMQ tile (kernels/mmq.py TILES) on weights that end exactly at the end of their allocation.
+
+Run it under `compute-sanitizer --tool memcheck` (scripts/gpu-run memcheck): the memory pool is switched off, so each
+weight matrix is its own cudaMalloc of exactly rows x row_bytes bytes, and a load past the last row's last byte is
+reported as an out-of-bounds global read (the pool's larger blocks would hide it). Rows of 1, 7 and 77 with 81 or 80
+blocks (Q4_0 1458-byte rows, Q8_0 2754, Q6_K 2100: allocations ending 2 mod 4 or 4 mod 16) at K splits of 1, 3 and 16
+(slices starting inside a super-block), N = 1 and 3 (the dp4a and mma entries). Every tile's output is also compared
+bitwise with the first tile's. Exit status 1 on a difference.
+
+    python -m gemma_oracle.harness.perf.mmq_memcheck
+"""
+from __future__ import annotations
+
+import sys
+
+
+def main() -> int:
+    import cupy as cp
+    import numpy as np
+
+    from gemma_oracle.kernels.mmq import MMQ_TYPES, TILES, mmq_matvec
+    from gemma_oracle.kernels.quantize_q8_1 import quantize_q8_1
+
+    from gemma_oracle.harness.fixtures.fast_blocks import random_blocks
+
+    cp.cuda.set_allocator(None)  # exact cudaMalloc sizes: memcheck sees the true end of each matrix
+    failures, launches = 0, 0
+    for type_name in MMQ_TYPES:
+        cols = 2560 if type_name.endswith("_K") else 2592
+        for rows in (1, 7, 77):
+            w = cp.asarray(random_blocks(type_name, rows, cols, 1 / np.sqrt(cols), np.random.default_rng(rows)))
+            for n in (1, 3):
+                xq = quantize_q8_1(cp.asarray(np.random.default_rng(n).standard_normal((n, cols)), dtype=cp.float32))
+                for slices in (1, 3, 16):
+                    first = None
+                    for tile in TILES:
+                        y = cp.asnumpy(mmq_matvec(w, type_name, cols, xq, tile=tile, slices=slices)).view(np.uint32)
+                        launches += 1
+                        first = y if first is None else first
+                        if not np.array_equal(first, y):
+                            failures += 1
+                            print(f"DIFF {type_name} {rows}x{cols} N={n} slices={slices}: {tile} vs {next(iter(TILES))}",
+                                  flush=True)
+            del w
+    cp.cuda.runtime.deviceSynchronize()
+    print(f"decode-MMQ: {launches} launches on exactly sized weights, {failures} differ from the first tile's bits")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Route tuning on the GPU: every route (WS, GEMM-N, decode-MMQ in each tile) timed on each matrix shape of a
+model at each N, from which the router's table (engine/routing.py) and the tile rules (kernels/mmq.py) are set.
+
+    python -m gemma_oracle.harness.perf.route_tuning --model shape12b --out DIR       # DIR/route-tuning.md, route-tuning.parquet
+
+The shapes and types are the model's (a stand-in's planned types need no file: weights are random valid blocks
+from harness/fast_blocks.py). Each timing is CUDA events around `reps` launches, median of `repeats`, rotating
+over enough copies of the weight that the working set exceeds L2 (50 MiB on the H100), so a small matrix is
+timed from HBM as it is in a decode step, not from cache. MMQ is timed on pre-quantized Q8_1 activations (the
+engine quantizes each input once for all the matrices that share it); the quantization is timed separately.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+N_LIST = (1, 2, 3, 4, 5, 6, 8, 12, 16, 17, 32)
+ROTATE_BYTES = 256 << 20  # working set per timing: 5x the H100's L2
+
+
+@dataclass(frozen=True)
+class Shape:
+    type_name: str
+    rows: int
+    cols: int
+    count: int  # matrices of this shape in one decode step
+    example: str  # one tensor name of this shape
+
+
+def model_shapes(name: str) -> list[Shape]:
+    """The distinct (type, rows, cols) matmuls of one decode step of a stand-in or mini preset."""
+    from gemma_oracle.harness.fixtures.synthetic import written_tensors
+    from gemma_oracle.harness.fixtures.standin import STANDINS, planned_types
+
+    if name in STANDINS:
+        standin = STANDINS[name]
+        cfg, types = standin.config(), planned_types(standin)
+    else:
+        from gemma_oracle.harness.fixtures.synthetic import planned_types as preset_types
+        from gemma_oracle.harness.fixtures.presets import PRESETS
+        from gemma_oracle.harness.fixtures.tokenizer_table import small_vocab
+
+        variant = name.split(":")[1] if ":" in name else "q4_k_m"
+        preset = PRESETS[name.split(":")[0]]
+        cfg, types = preset.config(len(small_vocab().tokens)), preset_types(preset, variant)
+    counts: Counter = Counter()
+    example = {}
+    for t in written_tensors(cfg):
+        if t.kind != "matrix" or t.name == "per_layer_token_embd.weight":
+            continue
+        if t.layer is not None and not cfg.owns_kv(t.layer) and t.name.split(".")[-2] in ("attn_k", "attn_v"):
+            continue  # dead K/V weights of KV-shared layers are never multiplied
+        key = (types[t.name], t.ne[1], t.ne[0])
+        counts[key] += 1
+        example.setdefault(key, t.name)
+    return [Shape(k[0], k[1], k[2], c, example[k]) for k, c in sorted(counts.items(), key=lambda kv: -kv[0][1] * kv[0][2])]
+
+
+SLICE_LIST = (1, 2, 4, 8, 16, 32)
+
+
+def tune(shapes: list[Shape], n_list=N_LIST, repeats: int = 5, log=print, slice_list=SLICE_LIST,
+         tiles: tuple[str, ...] | None = None) -> list[dict]:
+    """Time every route on every shape and N. tiles: the decode-MMQ tiles to time (default every one in TILES);
+    the chosen tile (TILE_RULES) is always timed. slice_list: the other K splits timed on the chosen tile."""
+    import cupy as cp
+    import numpy as np
+
+    from gemma_oracle.kernels.matvec import matvec
+    from gemma_oracle.kernels.mmq import MMQ_TYPES, TILES, choose_tile, dp4a_pairs, mmq_matvec, split_k_slices
+    from gemma_oracle.kernels.quantize_q8_1 import quantize_q8_1
+
+    from gemma_oracle.harness.fixtures.fast_blocks import random_blocks
+    from gemma_oracle.harness.perf.gpu_timing import graph_time_ms
+
+    rows_out = []
+    for shape in shapes:
+        host = random_blocks(shape.type_name, shape.rows, shape.cols, 1 / np.sqrt(shape.cols),
+                             np.random.default_rng(shape.rows * 7 + shape.cols))
+        copies = max(1, min(16, -(-ROTATE_BYTES // host.nbytes)))
+        weights = [cp.asarray(host) for _ in range(copies)]
+        reps = max(copies, min(64, int(2e9 // host.nbytes)))
+        for n in n_list:
+            x = cp.asarray(np.random.default_rng(n).standard_normal((n, shape.cols)).astype(np.float32))
+            xq = quantize_q8_1(x)
+            out = cp.empty((n, shape.rows), dtype=cp.float32)
+            candidates = [("gemm_n", None, None, lambda i: matvec(weights[i % copies], shape.type_name, shape.cols, x,
+                                                             route="gemm_n", out=out))]
+            if n <= 16:
+                candidates.append(("ws", None, None, lambda i: matvec(weights[i % copies], shape.type_name, shape.cols, x,
+                                                                 route="ws", out=out)))
+            auto_slices = split_k_slices(shape.rows, shape.cols // 32)
+            chosen = choose_tile(shape.type_name, shape.rows, shape.cols, n).name
+            if shape.type_name in MMQ_TYPES:
+                for tile in (TILES if tiles is None else dict.fromkeys((*tiles, chosen))):  # at the shape's K split
+                    candidates.append(("decode_mmq", tile, auto_slices, lambda i, tile=tile: mmq_matvec(
+                        weights[i % copies], shape.type_name, shape.cols, xq, out=out, tile=tile)))
+                    if dp4a_pairs(shape.type_name, TILES[tile], shape.cols // 32, auto_slices):
+                        # the same tile without the paired entry (which it takes by default): "<tile>_p1"
+                        candidates.append(("decode_mmq", f"{tile}_p1", auto_slices, lambda i, tile=tile: mmq_matvec(
+                            weights[i % copies], shape.type_name, shape.cols, xq, out=out, tile=tile, pair=False)))
+                for k in slice_list:  # the chosen tile at other K splits (tuning SPLIT_* in kernels/mmq.py)
+                    if k != auto_slices and k <= shape.cols // 32:
+                        candidates.append(("decode_mmq", chosen, k, lambda i, k=k: mmq_matvec(
+                            weights[i % copies], shape.type_name, shape.cols, xq, out=out, tile=chosen, slices=k)))
+            for route, tile, k, fn in candidates:
+                ms, spread = graph_time_ms(fn, reps=reps, repeats=repeats)
+                rows_out.append(dict(type=shape.type_name, rows=shape.rows, cols=shape.cols, count=shape.count,
+                                     example=shape.example, n=n, route=route, tile=tile or "", slices=k or 0,
+                                     auto_slices=k == auto_slices,
+                                     chosen_tile=route == "decode_mmq" and tile == chosen and k == auto_slices,
+                                     us=ms * 1e3, spread_us=spread * 1e3, gb_s=host.nbytes / (ms * 1e-3) / 1e9))
+            q_ms, q_spread = graph_time_ms(lambda i: quantize_q8_1(x), reps=32, repeats=repeats)
+            rows_out.append(dict(type="Q8_1", rows=0, cols=shape.cols, count=0, example="activation quantize", n=n,
+                                 route="q8_1", tile="", slices=0, auto_slices=False, chosen_tile=False,
+                                 us=q_ms * 1e3, spread_us=q_spread * 1e3,
+                                 gb_s=0.0))
+        log(f"  {shape.type_name:5s} {shape.rows:6d} x {shape.cols:5d} (x{shape.count}) timed")
+        weights.clear()  # free the copies before the next shape (the lambdas above are done with them)
+        cp.get_default_memory_pool().free_all_blocks()
+    return rows_out
+
+
+def summarize(rows: list[dict], device: str, read_gb_s: float) -> str:
+    """Markdown: per shape and N the best WS/GEMM-N time, the best MMQ tile and time, and whether MMQ wins; the
+    crossover N per shape; the per-step matmul time per route mode (count-weighted)."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    if "slices" not in df:  # runs recorded before split K: one slice, every MMQ row at the shape's own split
+        df["slices"], df["auto_slices"] = 1, True
+    mats = df[df.route != "q8_1"]
+    lines = [f"# Route tuning on {device} (streaming read {read_gb_s:.0f} GB/s)", "",
+             "Per shape: microseconds per matmul (median), best float route (WS up to 16, else GEMM-N) vs the best",
+             "decode-MMQ tile at the shape's K split (split_k_slices); GB/s of weight bytes read in brackets; then the",
+             "chosen tile at its K split, at one slice (no split), and at the fastest K split timed.", ""]
+    crossover = {}
+    for (t, r, c), g in mats.groupby(["type", "rows", "cols"], sort=False):
+        lines.append(f"## {t} {r} x {c} (x{int(g['count'].iloc[0])}, e.g. {g['example'].iloc[0]})")
+        lines.append("| N | WS / GEMM-N us | best MMQ tile | MMQ us | chosen tile us (slices) | 1 slice us "
+                     "| fastest split us (slices) | MMQ / float |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for n, gn in g.groupby("n"):
+            flt = gn[gn.route != "decode_mmq"].sort_values("us").iloc[0]
+            mmq_all = gn[gn.route == "decode_mmq"].sort_values("us")
+            mmq = mmq_all[mmq_all.auto_slices.astype(bool)]
+            if mmq.empty:
+                lines.append(f"| {n} | {flt.us:.1f} ({flt.gb_s:.0f}, {flt.route}) | – | – | – | – | – | – |")
+                continue
+            best, chosen = mmq.iloc[0], mmq[mmq.chosen_tile].iloc[0]
+            same_tile = mmq_all[mmq_all.tile == chosen.tile]
+            one = same_tile[same_tile.slices == 1]
+            fastest = same_tile.iloc[0]
+            ratio = best.us / flt.us
+            if ratio < 1 and (t, r, c) not in crossover:
+                crossover[(t, r, c)] = n
+            lines.append(f"| {n} | {flt.us:.1f} ({flt.gb_s:.0f}, {flt.route}) | {best.tile} | {best.us:.1f} "
+                         f"({best.gb_s:.0f}) | {chosen.us:.1f} ({int(chosen.slices)}) | "
+                         f"{one.us.iloc[0]:.1f} | {fastest.us:.1f} ({int(fastest.slices)}) | {ratio:.2f} |"
+                         if not one.empty else
+                         f"| {n} | {flt.us:.1f} ({flt.gb_s:.0f}, {flt.route}) | {best.tile} | {best.us:.1f} "
+                         f"({best.gb_s:.0f}) | {chosen.us:.1f} ({int(chosen.slices)}) | – | "
+                         f"{fastest.us:.1f} ({int(fastest.slices)}) | {ratio:.2f} |")
+        lines.append(f"\ncrossover: decode-MMQ first beats the float route at N = {crossover.get((t, r, c), 'never')}\n")
+    q = df[df.route == "q8_1"].groupby("n").us.median()
+    lines.append("Q8_1 activation quantization, median us per call by N: "
+                 + ", ".join(f"{n}: {v:.1f}" for n, v in q.items()))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m gemma_oracle.harness.perf.route_tuning", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="shape12b", help="a stand-in or mini preset (preset:variant)")
+    p.add_argument("--n", nargs="+", type=int, default=list(N_LIST))
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--tiles", nargs="+", help="decode-MMQ tiles to time (default: every tile; the chosen one always)")
+    p.add_argument("--slices", nargs="*", type=int, default=list(SLICE_LIST),
+                   help="other K splits to time on the chosen tile (none: only the shape's own split)")
+    p.add_argument("--out", help="directory for route-tuning.md and route-tuning.parquet")
+    args = p.parse_args(argv)
+    from gemma_oracle.kernels.mmq import TILES
+
+    unknown = sorted(set(args.tiles or ()) - set(TILES))
+    if unknown:
+        p.error(f"--tiles: unknown {unknown}; expected some of {sorted(TILES)}")
+    import cupy as cp
+
+    from gemma_oracle.harness.perf.devices import gpu_read_bandwidth_gb_s as read_bandwidth_gb_s
+
+    device = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    bw = read_bandwidth_gb_s()
+    shapes = model_shapes(args.model)
+    print(f"{args.model}: {len(shapes)} matmul shapes on {device}", file=sys.stderr)
+    rows = tune(shapes, tuple(args.n), args.repeats, log=lambda m: print(m, file=sys.stderr),
+                slice_list=tuple(args.slices), tiles=tuple(args.tiles) if args.tiles else None)
+    text = summarize(rows, device, bw)
+    print(text)
+    if args.out:
+        import pandas as pd
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "route-tuning.md").write_text(text)
+        pd.DataFrame(rows).to_parquet(out / "route-tuning.parquet")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

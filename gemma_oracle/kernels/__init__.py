@@ -1,0 +1,8 @@
+"""CUDA kernels launched through CuPy and their numpy references.
+
+Each family is a source in `cuda/` (`name.cu`, shared arithmetic in `*.cuh`) beside a thin launcher `name.py`
+that checks shapes, dtypes and contiguity on the host and computes the launch geometry; compile options live
+in `_compile.py` alone, host-side argument checks in `_checks.py`. `reference/` holds the pure numpy
+(de)quantizers the GPU kernels and the float64 engine are checked against. Imports nothing of gemma_oracle
+outside this package.
+"""

@@ -1,0 +1,219 @@
+"""The golden comparison: every batched row against its own single-user run (FlashInfer's test shape).
+
+Protocol (teacher-forced: both sides are fed the same tokens, so one side's argmax never steers the other):
+
+* Reference, per sequence i, ALONE: ``new_sequence``, ``prefill(prompts[i])``, then for t in 0..T-1 one
+  ``decode([seq], [forced[i][t]])``. Reference engine defaults to the candidate engine itself.
+* Candidate, all N together: ``new_sequence`` and ``prefill`` for each sequence, then T batched
+  ``decode(all_seqs, [forced[i][t] for i])`` calls.
+
+Step numbering (keys and messages): **step 0** = the logits of the last prompt position (from ``prefill``);
+**step s in 1..T** = the logits returned by the s-th decode call, after feeding ``forced[i][s-1]``. The key's
+``token`` is the token fed at that position (``prompts[i][-1]`` for step 0, ``forced[i][s-1]`` after), and
+``pos`` = len(prompts[i]) - 1 + s is its 0-based position in the sequence.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, MutableMapping, Optional, Sequence
+
+import numpy as np
+
+from gemma_oracle.oracles.compare import Comparison, Policy, check_logits_close
+from gemma_oracle.oracles.engine_protocol import DecodeEngine
+
+__all__ = [
+    "GoldenResult",
+    "RefCache",
+    "golden_single_vs_batched",
+    "greedy_forced_tokens",
+    "single_user_logits",
+]
+
+# (reference engine name, prompt, forced script) -> read-only [T+1, vocab] logits of the single-user run
+RefKey = tuple[str, tuple[int, ...], tuple[int, ...]]
+RefCache = MutableMapping[RefKey, np.ndarray]
+
+
+def _require_engine(engine: Any, role: str) -> None:
+    if not isinstance(engine, DecodeEngine):
+        raise TypeError(f"{role} {engine!r} does not meet gemma_oracle.oracles.engine_protocol.DecodeEngine "
+                        "(needs name, vocab_size, new_sequence, prefill, decode)")
+
+
+def _host_logits(x: Any, shape: tuple[int, ...], engine: DecodeEngine, call: str) -> np.ndarray:
+    # Copy: an engine may hand back a view of a buffer that its next call overwrites.
+    arr = np.array(x, copy=True)
+    if arr.shape != shape:
+        raise ValueError(f"engine {engine.name!r}: {call} returned logits of shape {arr.shape}, expected {shape}")
+    return arr
+
+
+def single_user_logits(engine: DecodeEngine, prompt: Sequence[int], forced: Sequence[int]) -> np.ndarray:
+    """One sequence decoded alone: returns [T+1, vocab], row 0 = prefill, row s = after feeding forced[s-1]."""
+    v = engine.vocab_size
+    seq = engine.new_sequence()
+    rows = [_host_logits(engine.prefill(seq, list(prompt)), (v,), engine, "prefill")]
+    for tok in forced:
+        rows.append(_host_logits(engine.decode([seq], [int(tok)]), (1, v), engine, "decode (N=1)")[0])
+    return np.stack(rows)
+
+
+def greedy_forced_tokens(engine: DecodeEngine, prompt: Sequence[int], T: int) -> list[int]:
+    """A forced-token script of length T made by greedy decoding the prompt alone (ties: lower token id).
+
+    Token 0 is the argmax of the prefill logits; each later token is the argmax after feeding the previous one,
+    so T tokens take T-1 decode calls.
+    """
+    _require_engine(engine, "engine")
+    if T <= 0:
+        return []
+    v = engine.vocab_size
+    seq = engine.new_sequence()
+    logits = _host_logits(engine.prefill(seq, list(prompt)), (v,), engine, "prefill")
+    tokens = [int(np.argmax(logits))]
+    while len(tokens) < T:
+        logits = _host_logits(engine.decode([seq], [tokens[-1]]), (1, v), engine, "decode (N=1)")[0]
+        tokens.append(int(np.argmax(logits)))
+    return tokens
+
+
+@dataclass(frozen=True)
+class GoldenResult:
+    """All per-(sequence, step) comparisons of one golden run. ``keys[j]`` = (seq, step, token) of
+    ``comparisons[j]``; ``positions[j]`` its sequence position. ``reference_cache_hits`` = how many of the N
+    single-user references came from the memo instead of being run."""
+
+    engine: str
+    reference: str
+    policy: str
+    n: int
+    t: int
+    keys: tuple[tuple[int, int, int], ...]
+    positions: tuple[int, ...]
+    comparisons: tuple[Comparison, ...]
+    reference_cache_hits: int = 0
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.comparisons)
+
+    @property
+    def failures(self) -> list[Comparison]:
+        return [c for c in self.comparisons if not c.passed]
+
+    @property
+    def failing_keys(self) -> list[tuple[int, int, int]]:
+        return [k for k, c in zip(self.keys, self.comparisons) if not c.passed]
+
+    def summary(self) -> str:
+        head = (f"golden single-vs-batched: {self.engine} (batched) vs {self.reference} (single-user), "
+                f"policy {self.policy}, N={self.n}, T={self.t}: ")
+        total = len(self.comparisons)
+        fails = self.failing_keys
+        if not fails:
+            return head + f"all {total} comparisons passed"
+        seqs = sorted({k[0] for k in fails})
+        return head + (f"{len(fails)}/{total} comparisons FAILED in seq(s) {seqs}; "
+                       f"first: {self.failures[0].message}")
+
+    def assert_passed(self, max_shown: int = 5) -> None:
+        """Raise AssertionError listing the first ``max_shown`` failures (sequence, step, token, numbers)."""
+        fails = self.failures
+        if not fails:
+            return
+        lines = [self.summary()] + [f"  - {c.message}" for c in fails[:max_shown]]
+        if len(fails) > max_shown:
+            lines.append(f"  ... and {len(fails) - max_shown} more")
+        raise AssertionError("\n".join(lines))
+
+    def to_rows(self) -> list[dict]:
+        """One plain dict per (sequence, step) for a result store: keys, every metric, the verdict."""
+        rows = []
+        for (seq, step, token), pos, c in zip(self.keys, self.positions, self.comparisons):
+            rows.append({
+                "engine": self.engine, "reference": self.reference, "policy": self.policy,
+                "n": self.n, "t": self.t, "seq": seq, "step": step, "token": token, "pos": pos,
+                "max_abs": c.max_abs, "nmse": c.nmse, "kl": c.kl,
+                "ref_argmax": c.ref_argmax, "cand_argmax": c.cand_argmax, "argmax_agree": c.argmax_agree,
+                "near_tie": c.near_tie, "margin": c.margin, "ref_top_margin": c.ref_top_margin,
+                "topk": c.topk, "topk_overlap": c.topk_overlap, "nonfinite": c.nonfinite,
+                "passed": c.passed, "verdict": "pass" if c.passed else "fail", "message": c.message,
+            })
+        return rows
+
+
+def _reference(engine: DecodeEngine, prompt: Sequence[int], forced: Sequence[int],
+               cache: Optional[RefCache]) -> tuple[np.ndarray, bool]:
+    key: RefKey = (engine.name, tuple(int(t) for t in prompt), tuple(int(t) for t in forced))
+    if cache is not None and key in cache:
+        return cache[key], True
+    logits = single_user_logits(engine, prompt, forced)
+    logits.setflags(write=False)   # shared through the memo: nobody may edit it
+    if cache is not None:
+        cache[key] = logits
+    return logits, False
+
+
+def golden_single_vs_batched(
+    engine: DecodeEngine,
+    prompts: Sequence[Sequence[int]],
+    forced: Sequence[Sequence[int]],
+    *,
+    policy: Policy,
+    reference_engine: Optional[DecodeEngine] = None,
+    cache: Optional[RefCache] = None,
+) -> GoldenResult:
+    """Compare N sequences decoded together by ``engine`` with each decoded alone by ``reference_engine``.
+
+    ``forced[i]`` is the teacher-forced token script of sequence i; all scripts have one length T (>= 0), and
+    every prompt has at least one token. ``cache``, when given, memoises single-user references by
+    (reference engine name, prompt, forced), so a sweep over N re-uses them. Steps: see the module docstring.
+    Raises TypeError/ValueError only for misuse or a broken engine contract (wrong logits shape); numeric
+    mismatches are reported in the result, never raised (use ``assert_passed``).
+    """
+    ref_engine = engine if reference_engine is None else reference_engine
+    _require_engine(engine, "engine")
+    _require_engine(ref_engine, "reference_engine")
+    n = len(prompts)
+    if n == 0 or len(forced) != n:
+        raise ValueError(f"need N >= 1 prompts and one forced script per prompt, got {n} and {len(forced)}")
+    lengths = {len(f) for f in forced}
+    if len(lengths) != 1:
+        raise ValueError(f"all forced scripts must have the same length T, got lengths {sorted(lengths)}")
+    (t_steps,) = lengths
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    v = engine.vocab_size
+    if ref_engine.vocab_size != v:
+        raise ValueError(f"vocab sizes differ: {engine.name} {v} vs {ref_engine.name} {ref_engine.vocab_size}")
+
+    hits = 0
+    refs = []
+    for p, f in zip(prompts, forced):
+        logits, hit = _reference(ref_engine, p, f, cache)
+        refs.append(logits)
+        hits += hit
+
+    seqs = [engine.new_sequence() for _ in range(n)]
+    cand = [[_host_logits(engine.prefill(s, list(p)), (v,), engine, "prefill")] for s, p in zip(seqs, prompts)]
+    for t in range(t_steps):
+        out = _host_logits(engine.decode(seqs, [int(f[t]) for f in forced]), (n, v), engine, f"decode (N={n})")
+        for i in range(n):
+            cand[i].append(out[i])
+
+    keys, positions, comparisons = [], [], []
+    for i in range(n):
+        fed = [int(prompts[i][-1])] + [int(tok) for tok in forced[i]]
+        for step in range(t_steps + 1):
+            pos = len(prompts[i]) - 1 + step
+            keys.append((i, step, fed[step]))
+            positions.append(pos)
+            comparisons.append(check_logits_close(
+                ref=refs[i][step], cand=cand[i][step], name_ref=f"{ref_engine.name}[single]",
+                name_cand=f"{engine.name}[batched N={n}]", policy=policy,
+                where=f"seq {i}, step {step}, token {fed[step]} (pos {pos})"))
+
+    return GoldenResult(engine=engine.name, reference=ref_engine.name, policy=policy.name, n=n, t=t_steps,
+                        keys=tuple(keys), positions=tuple(positions), comparisons=tuple(comparisons),
+                        reference_cache_hits=hits)
