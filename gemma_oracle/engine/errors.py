@@ -26,6 +26,19 @@ class GGUFFormatError(GGUFError):
     """Not a readable GGUF container: wrong magic, unsupported version, truncated or malformed header/data."""
 
 
+class TensorDataOverlapError(GGUFFormatError):
+    """Two tensors' data ranges overlap: a wrong data offset, which would make one tensor read another's bytes.
+
+    `subject` is the tensor whose range starts later (at the same start, the later one in the file), `other` the
+    tensor it overlaps; `ranges` maps both to their absolute byte ranges [start, end) in the file."""
+
+    def __init__(self, path: os.PathLike | str, message: str, *, subject: str, other: str,
+                 ranges: dict[str, tuple[int, int]]):
+        super().__init__(path, message, subject=subject)
+        self.other = other
+        self.ranges = ranges
+
+
 class MetadataError(GGUFError):
     """A metadata key is missing, has the wrong type, or contradicts other keys or the tensors."""
 

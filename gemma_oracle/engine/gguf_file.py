@@ -18,7 +18,7 @@ import numpy as np
 
 from gemma_oracle.kernels.reference.dequant import BLOCK_SIZES
 
-from .errors import GGUFFormatError, GGUFError, UnsupportedQuantTypeError
+from .errors import GGUFFormatError, GGUFError, TensorDataOverlapError, UnsupportedQuantTypeError
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -120,7 +120,8 @@ def _skip_value(cur: _Cursor, vtype: int, key: str, depth: int = 0) -> Any:
 
 
 def scan_header(path: str, buf) -> None:
-    """Validate the whole header and the data extents of every tensor without trusting any count."""
+    """Validate the whole header and the data extents of every tensor (inside the data section, pairwise disjoint)
+    without trusting any count."""
     cur = _Cursor(buf, path)
     at = cur.take(4, "magic")
     magic = bytes(buf[at : at + 4])
@@ -183,14 +184,42 @@ def scan_header(path: str, buf) -> None:
             raise GGUFFormatError(path, f"data offset {offset} is not aligned to {alignment}", subject=name)
         tensors.append((name, offset, n_el // block * size))
 
-    data_start = -(-cur.pos // alignment) * alignment
-    for name, offset, nbytes in tensors:
-        if data_start + offset + nbytes > cur.end:
+    check_data_ranges(path, -(-cur.pos // alignment) * alignment, cur.end, tensors)
+
+
+def check_data_ranges(path: str, data_start: int, file_end: int, tensors: list[tuple[str, int, int]]) -> None:
+    """Every tensor's data [data_start + offset, + nbytes) lies inside the data section [data_start, file_end),
+    and no two tensors' data overlap (zero-size tensors overlap nothing). `tensors` holds (name, offset relative
+    to the data section, nbytes) in file order. One sort, O(n log n)."""
+    ranges = []
+    for index, (name, offset, nbytes) in enumerate(tensors):
+        start, end = data_start + offset, data_start + offset + nbytes
+        if end > file_end:
             raise GGUFFormatError(
                 path,
-                f"truncated data: tensor needs bytes {data_start + offset}..{data_start + offset + nbytes}, file has {cur.end}",
+                f"data out of section: tensor needs bytes {start}..{end} (data offset {offset}, {nbytes} bytes), "
+                f"the data section is bytes {data_start}..{file_end}: expected the tensor's data inside it "
+                f"(the file is truncated or the data offset is wrong)",
                 subject=name,
             )
+        if nbytes:
+            ranges.append((start, index, end, name))
+    ranges.sort()
+    reach, holder = data_start, None  # the furthest end so far and the tensor it belongs to
+    for start, _, end, name in ranges:
+        if holder is not None and start < reach:
+            other, (o_start, o_end) = holder
+            raise TensorDataOverlapError(
+                path,
+                f"data bytes {start}..{end} overlap the data of tensor {other} (bytes {o_start}..{o_end}) by "
+                f"{min(end, o_end) - start} bytes: expected every tensor's data disjoint from every other's "
+                f"(a wrong data offset in {name} or {other})",
+                subject=name,
+                other=other,
+                ranges={name: (start, end), other: (o_start, o_end)},
+            )
+        if end > reach:
+            reach, holder = end, (name, (start, end))
 
 
 def _reader_class():
