@@ -451,3 +451,20 @@ def test_gemma3_rewrite_loads(good: Layout, tmp_path: Path):
     rewritten(arch="gemma3", copy_tensors=GEMMA3_V)(good, copy)
     m = load_model(copy)
     assert m.config.arch == "gemma3"
+
+
+def test_data_ranges_adjacent_and_zero_size_are_not_overlaps():
+    """The range check on its own: touching ranges and zero-size tensors pass; one shared byte is an overlap that
+    names both tensors, whichever order the file lists them in."""
+    from gemma_oracle.engine.gguf_file import check_data_ranges
+
+    check_data_ranges("f.gguf", 64, 264, [("a", 0, 100), ("b", 100, 100), ("empty", 32, 0), ("empty2", 200, 0)])
+    for listed in ([("a", 0, 100), ("b", 96, 32)], [("b", 96, 32), ("a", 0, 100)]):
+        with pytest.raises(TensorDataOverlapError) as info:
+            check_data_ranges("f.gguf", 64, 264, listed)
+        err = info.value
+        assert (err.subject, err.other) == ("b", "a") and err.ranges == {"a": (64, 164), "b": (160, 192)}
+        assert "f.gguf [b]: data bytes 160..192 overlap the data of tensor a (bytes 64..164) by 4 bytes" in str(err)
+    with pytest.raises(GGUFFormatError, match=r"f.gguf \[b\]: data out of section: tensor needs bytes 224..288 .*"
+                                              r"the data section is bytes 64..264"):
+        check_data_ranges("f.gguf", 64, 264, [("a", 0, 100), ("b", 160, 64)])

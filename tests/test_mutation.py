@@ -11,6 +11,12 @@ so a hang (no answer within FILE_TIMEOUT_S) or a hard crash (segfault, abort, th
 counted instead of taking pytest down; the child is then replaced and the run goes on. A file that loads is
 also fully dequantized (every tensor the model reads), so corrupt-but-well-formed data is read end to end.
 Each child runs under an address-space limit, so a runaway allocation shows as an untyped MemoryError.
+A file that loads is also checked for tensors whose data views share bytes: "silent loads of overlapping data"
+must stay at 0.
+
+Data-offset damage (issue "no traceback, no silent pass, nothing corrupt trusted": one tensor's offset copied from
+another's, bit flips that keep it aligned, offsets past the data section) is enumerated on top, in-process:
+test_offset_damage_never_loads (two fixtures, about 2,100 mutants in 2 s) and, with `-m real`, on the Gemma 3 270M.
 """
 from __future__ import annotations
 
@@ -86,7 +92,11 @@ for line in sys.stdin:
         for name in m.tensors:
             v = m.dequantize(name)
             nonfinite += int(np.count_nonzero(~np.isfinite(v)))
-        res.update(outcome="ok", typed=True, tensors=len(m.tensors), nonfinite=nonfinite)
+        # an independent look at what was loaded: the views gguf-py hands out must not share bytes
+        ts = list(m.gguf.tensors.values())
+        overlap = next(([a.name, b.name] for k, a in enumerate(ts) for b in ts[k + 1:]
+                        if np.may_share_memory(a.data, b.data)), None)
+        res.update(outcome="ok", typed=True, tensors=len(m.tensors), nonfinite=nonfinite, overlap=overlap)
     except GemmaOracleError as exc:
         msg = str(exc)
         res.update(outcome=type(exc).__name__, typed=True, stage=stage, names_file=path in msg, msg=msg[-400:])
@@ -443,19 +453,22 @@ def test_mutated_files_load_or_raise_typed_error(bases, tmp_path: Path):
     by_base = Counter((meta[r["id"]][0], r["outcome"]) for r in results)
     by_kind = Counter(("combo" if "+" in meta[r["id"]][1] else meta[r["id"]][1], r["outcome"]) for r in results)
     bad = [r for r in results if not r.get("typed")]
+    overlapping = [r for r in results if r["outcome"] == "ok" and r.get("overlap")]
     unnamed = [r for r in results if r.get("typed") and r["outcome"] != "ok" and not r.get("names_file")]
     slowest = max(results, key=lambda r: r.get("seconds", 0))
 
     lines = [f"mutation run: {len(results)} files in {wall:.1f} s on {_n_workers()} workers; slowest load "
              f"{slowest.get('seconds')} s ({meta[slowest['id']][1]})",
-             "outcomes: " + ", ".join(f"{k}={v}" for k, v in by_outcome.most_common())]
+             "outcomes: " + ", ".join(f"{k}={v}" for k, v in by_outcome.most_common()),
+             f"silent loads of overlapping tensor data: {len(overlapping)}"]
     for base in sorted({b for b, _ in by_base}):
         lines.append(f"  {base}: " + ", ".join(f"{o}={n}" for (b, o), n in sorted(by_base.items()) if b == base))
     for kind in sorted({k for k, _ in by_kind}):
         lines.append(f"  {kind}: " + ", ".join(f"{o}={n}" for (k, o), n in sorted(by_kind.items()) if k == kind))
-    for r in bad + unnamed:
+    for r in bad + unnamed + overlapping:
         base, kind, desc = meta[r["id"]]
-        lines.append(f"  FAIL #{r['id']} {base} {kind} [{desc}] -> {r['outcome']}: {r.get('msg', '')[:300]}\n"
+        what = str(r.get("msg") or r.get("overlap", ""))[:300]
+        lines.append(f"  FAIL #{r['id']} {base} {kind} [{desc}] -> {r['outcome']}: {what}\n"
                      f"     {r.get('tb', '')[-1500:]}  (kept at {r['path']})")
     summary = "\n".join(lines)
     print(summary)
@@ -465,5 +478,203 @@ def test_mutated_files_load_or_raise_typed_error(bases, tmp_path: Path):
     assert by_outcome["crash"] == 0, summary
     assert not bad, summary
     assert not unnamed, summary
+    assert not overlapping, summary
     # the mix is worth something only if it reaches both sides: some mutants load, most fail typed
     assert by_outcome["ok"] > 0 and len(results) - by_outcome["ok"] > len(results) // 2, summary
+
+
+# --------------------------------------------------------------------------------------------------- offset damage
+# Data-offset damage, enumerated rather than drawn. Each mutant rewrites one tensor's data-offset u64 and keeps it
+# aligned, so only the data-range check can see it: "offset-copy" (tensor i takes tensor j's offset),
+# "offset-bitflip" (every bit from the alignment's up to one past the data section's size: most land inside another
+# tensor), "offset-outside" (a range crossing the file's end, starting at it, and offsets 2^40 and 2^64 - alignment).
+# Before the check, such files loaded with one tensor reading another's bytes (3 of the issue's 356 random mutants,
+# one with NaN logits; 24 of 24 offset copies). The loads run in this process, one file per base patched in place:
+# offset damage cannot hang the scan (it reads no data), and a rejected file costs one header scan.
+# (preset, variant, every): damage tensors 0, every, 2 * every, ... (g4-e2b-mini: 176 tensors, a 9.6 MB file)
+OFFSET_BASES = [("keqv-mixed", "q8_0", 1), ("g4-e2b-mini", "q8_0", 5)]
+COPY_STEPS = (1, -1, 7)  # tensor i takes the offset of tensors i + step (mod n), and of tensor 0 (token_embd)
+OUTSIDE = ("crossing the end", "at the end", "2^40", "2^64 - alignment")
+REAL_EVERY = 80  # on the 270M (236 tensors, 0.3 s a rejected scan of its 262k-token vocabulary), damage tensors
+REAL_BITS = 2  # 0, 80 and 160, and flip only the REAL_BITS highest bits below one past the section size
+
+
+@dataclass(frozen=True)
+class TensorSlot:
+    name: str
+    slot: int  # byte offset of the tensor's data-offset u64 in the file
+    offset: int  # its data offset, relative to the data section (as the file stores it)
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class DataLayout:
+    size: int  # file size: the data section is [data_start, size)
+    data_start: int
+    alignment: int
+    tensors: tuple[TensorSlot, ...]  # file order
+
+    @property
+    def section(self) -> int:
+        return self.size - self.data_start
+
+
+def _data_layout(reader, size: int) -> DataLayout:
+    """Every tensor's data-offset slot and data range, from the views a GGUFReader (or its subclass) hands out."""
+    base = reader.data.__array_interface__["data"][0]
+    slots = tuple(
+        TensorSlot(t.name, t.field.parts[-1].__array_interface__["data"][0] - base,
+                   int(t.data_offset) - int(reader.data_offset), int(t.n_bytes))
+        for t in reader.tensors
+    )
+    return DataLayout(size, int(reader.data_offset), int(reader.alignment), slots)
+
+
+@dataclass(frozen=True)
+class OffsetMutant:
+    kind: str
+    index: int  # the tensor whose offset is rewritten
+    offset: int  # its new data offset
+    desc: str
+
+
+def offset_mutants(lay: DataLayout, *, every: int = 1, top_bits: int | None = None) -> list[OffsetMutant]:
+    """Every offset mutant of tensors 0, every, 2 * every, ... in a fixed order; `top_bits` keeps only the highest
+    bit flips below one past the section size."""
+    ts, n, align = lay.tensors, len(lay.tensors), lay.alignment
+    up = lambda x: -(-x // align) * align  # noqa: E731
+    bits = list(range(align.bit_length() - 1, lay.section.bit_length() + 1))
+    bits = bits[-top_bits:] if top_bits else bits
+    out = []
+    for i in range(0, n, every):
+        t = ts[i]
+        for j in sorted(({(i + s) % n for s in COPY_STEPS} | {0}) - {i}):
+            out.append(OffsetMutant("offset-copy", i, ts[j].offset, f"{t.name} takes the offset of {ts[j].name}"))
+        for bit in bits:
+            out.append(OffsetMutant("offset-bitflip", i, t.offset ^ (1 << bit), f"{t.name} offset bit {bit} flipped"))
+        for new, how in zip((up(lay.section - t.nbytes + 1), up(lay.section), 1 << 40, (1 << 64) - align), OUTSIDE):
+            out.append(OffsetMutant("offset-outside", i, new, f"{t.name} offset {new} ({how})"))
+    return out
+
+
+def expected_fault(lay: DataLayout, m: OffsetMutant) -> tuple[str, set[frozenset[str]]]:
+    """What the damage is, found pairwise and independently of the loader: ("outside" | "overlap" | "clean", the
+    overlapping pairs). Only tensor m.index moved, and the base has no overlap, so every pair includes it."""
+    t = lay.tensors[m.index]
+    if m.offset + t.nbytes > lay.section:
+        return "outside", set()
+    pairs = {frozenset((t.name, o.name)) for k, o in enumerate(lay.tensors) if k != m.index and o.nbytes and t.nbytes
+             and m.offset < o.offset + o.nbytes and o.offset < m.offset + t.nbytes}
+    return ("overlap" if pairs else "clean"), pairs
+
+
+def run_offset_mutants(lay: DataLayout, path: Path, mutants: list[OffsetMutant]) -> tuple[Counter, list[str], int]:
+    """Patch each mutant into `path` (a copy of the base), load it, restore the 8 bytes. Returns the tally
+    (kind, expected, outcome) -> count, a line per wrong outcome, and the silent loads of overlapping data."""
+    from gemma_oracle.engine.errors import GemmaOracleError, GGUFFormatError, TensorDataOverlapError
+    from gemma_oracle.engine.model_file import load_model
+
+    tally, wrong, silent = Counter(), [], 0
+    with open(path, "r+b") as fh:
+        for m in mutants:
+            t = lay.tensors[m.index]
+            expected, pairs = expected_fault(lay, m)
+            os.pwrite(fh.fileno(), m.offset.to_bytes(8, "little"), t.slot)
+            try:
+                load_model(path)
+                outcome, err = "ok", None
+            except TensorDataOverlapError as exc:
+                outcome, err = "overlap", exc
+            except GGUFFormatError as exc:
+                outcome, err = ("outside" if "data out of section" in str(exc) else type(exc).__name__), exc
+            except GemmaOracleError as exc:
+                outcome, err = type(exc).__name__, exc
+            except Exception as exc:  # untyped: recorded as a wrong outcome, never raised out of the loop
+                outcome, err = f"untyped {type(exc).__name__}", exc
+            finally:
+                os.pwrite(fh.fileno(), t.offset.to_bytes(8, "little"), t.slot)
+            tally[(m.kind, expected, outcome)] += 1
+            silent += expected == "overlap" and outcome == "ok"
+            text = str(err) if err is not None else ""
+            if outcome != {"overlap": "overlap", "outside": "outside", "clean": "ok"}[expected]:
+                problem = f"expected {expected}"
+            elif expected == "overlap":
+                got = frozenset((err.subject, err.other))
+                s0, e0 = err.ranges[err.subject]
+                s1, e1 = err.ranges[err.other]
+                named = all(x in text for x in (str(path), err.subject, err.other, f"{s0}..{e0}", f"{s1}..{e1}"))
+                problem = None if got in pairs and named and t.name in got and max(s0, s1) < min(e0, e1) else \
+                    f"error does not name an overlapping pair with their ranges (pairs {sorted(map(sorted, pairs))})"
+            elif expected == "outside":
+                section = f"the data section is bytes {lay.data_start}..{lay.size}"
+                named = err.subject == t.name and all(x in text for x in (str(path), section, f"data offset {m.offset}"))
+                problem = None if named else f"error does not name {t.name}, its offset and the section"
+            else:
+                problem = None
+            if problem:
+                wrong.append(f"{m.kind} [{m.desc}]: {problem}; got {outcome}: {text[-300:]}")
+    return tally, wrong, silent
+
+
+def _summary(name: str, n: int, tally: Counter, wrong: list[str], silent: int, seconds: float) -> str:
+    lines = [f"offset damage on {name}: {n} mutants in {seconds:.1f} s; silent loads of overlapping data: {silent}"]
+    for k, e in sorted({(k, e) for k, e, _ in tally}):
+        lines.append(f"  {k} / expected {e}: " + ", ".join(f"{o}={c}" for (k2, e2, o), c in sorted(tally.items())
+                                                            if (k2, e2) == (k, e)))
+    return "\n".join(lines + [f"  WRONG {w}" for w in wrong[:20]])
+
+
+@pytest.mark.parametrize("preset,variant,every", OFFSET_BASES, ids=[f"{p}-{v}" for p, v, _ in OFFSET_BASES])
+def test_offset_damage_never_loads(preset: str, variant: str, every: int, synthetic_gguf, tmp_path: Path):
+    """Overlapping and out-of-section data offsets raise a typed error naming the tensor(s) and ranges; 0 load."""
+    from gguf import GGUFReader
+
+    from gemma_oracle.engine.model_file import load_model
+
+    base = synthetic_gguf(preset, variant)  # the shared cache: only read here
+    load_model(base)  # the undamaged base loads
+    lay = _data_layout(GGUFReader(str(base)), base.stat().st_size)
+    mutants = offset_mutants(lay, every=every)
+    assert all(expected_fault(lay, OffsetMutant("none", i, t.offset, "")) == ("clean", set())
+               for i, t in enumerate(lay.tensors)), "the base itself has overlapping or out-of-section data"
+    work = tmp_path / "offset-mutant.gguf"
+    work.write_bytes(base.read_bytes())
+
+    t0 = time.monotonic()
+    tally, wrong, silent = run_offset_mutants(lay, work, mutants)
+    summary = _summary(f"{preset}/{variant}", len(mutants), tally, wrong, silent, time.monotonic() - t0)
+    print(summary)
+
+    assert silent == 0, summary
+    assert not wrong, summary
+    overlaps = Counter(k for (k, e, _), c in tally.items() for _ in range(c) if e == "overlap")
+    damaged = len(range(0, len(lay.tensors), every))
+    assert overlaps["offset-copy"] >= damaged and overlaps["offset-bitflip"] >= damaged, summary
+    assert sum(c for (k, e, _), c in tally.items() if e == "outside") >= len(OUTSIDE) * damaged, summary
+    assert work.read_bytes() == base.read_bytes()  # every patch was undone
+
+
+@pytest.mark.real
+def test_offset_damage_never_loads_real_gemma3(gemma3_path, tmp_path: Path):
+    """The same damage on a sample of the real Gemma 3 270M's tensors; the undamaged file still loads."""
+    import shutil
+
+    from gemma_oracle.engine.gguf_file import _reader_class
+    from gemma_oracle.engine.model_file import load_model
+
+    path = Path(gemma3_path)
+    load_model(path)  # the undamaged file loads
+    lay = _data_layout(_reader_class()(str(path), "r"), path.stat().st_size)
+    mutants = offset_mutants(lay, every=REAL_EVERY, top_bits=REAL_BITS)
+    work = tmp_path / "gemma3-offset-mutant.gguf"
+    shutil.copyfile(path, work)
+
+    t0 = time.monotonic()
+    tally, wrong, silent = run_offset_mutants(lay, work, mutants)
+    summary = _summary("gemma3-270m", len(mutants), tally, wrong, silent, time.monotonic() - t0)
+    print(summary)
+
+    assert silent == 0, summary
+    assert not wrong, summary
+    assert sum(c for (_, e, _), c in tally.items() if e == "overlap") >= len(mutants) // 2, summary
+    load_model(work)  # every patch was undone: the copy loads like the original

@@ -2,7 +2,8 @@
 
 GGUFReader trusts the counts and lengths in a file: a flipped bit in an array length can make it loop
 for hours or raise anything from IndexError to MemoryError. So the header is walked once here first,
-every count checked against the bytes that remain, and only a file that passes is handed to GGUFReader.
+every count checked against the bytes that remain, every tensor's data range checked to lie inside the data
+section and to overlap no other tensor's, and only a file that passes is handed to GGUFReader.
 Every failure is a typed error from gemma_oracle.engine.errors that names the file and the key or tensor.
 """
 from __future__ import annotations
