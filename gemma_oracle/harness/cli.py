@@ -13,7 +13,7 @@ from gemma_oracle.engine.errors import GemmaOracleError
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 PROG = "gemma-oracle"
-# Exit codes, the same in every subcommand (also in --help and README "Exit codes")
+# Exit codes, the same in every subcommand (also in --help and README "The command line: flags, errors, exit codes")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_CODES = f"""exit codes (every subcommand):
   {EXIT_OK}    done; every check passed
