@@ -414,6 +414,7 @@ def _cmd_bench(args) -> int:
 
     from gemma_oracle.harness.gpu_pinning import GpuSelectionError, pin, select_gpus
 
+    writable_dir(args.out, "--out")  # before any work, on one GPU or several
     if args.gpus is not None:  # before anything touches CUDA: pinning must come first
         try:
             gpus = select_gpus(args.gpus)
