@@ -7,7 +7,7 @@ minutes, fixture builds included; the GPU plan adds route modes and the larger b
 """
 from __future__ import annotations
 
-import sys
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,10 +65,11 @@ class NightlyOutcome:
         return exit_code(self.findings)
 
 
-def _bar(total: int, desc: str, progress: bool):
-    from tqdm import tqdm
+def _bar(total: int, desc: str, progress: bool | str):
+    """A tqdm bar on a terminal, a line every few seconds elsewhere, nothing when progress is False."""
+    from gemma_oracle.harness.progress import Progress
 
-    return tqdm(total=total, desc=desc, unit="case", file=sys.stderr, disable=not progress, leave=False)
+    return Progress(total, desc, progress)
 
 
 def run_synthetic(plan: NightlyPlan, progress: bool) -> list[OracleRecord]:
@@ -133,9 +134,19 @@ def report_run(run_dir: Path, previous_dir: Path | None) -> NightlyOutcome:
     return NightlyOutcome(run_dir, run, previous, findings)
 
 
-def run_nightly(plan: NightlyPlan, root: Path = DEFAULT_ROOT, *, progress: bool = True) -> NightlyOutcome:
-    started, t0 = utc_now(), time.monotonic()
+def run_nightly(plan: NightlyPlan, root: Path = DEFAULT_ROOT, *, progress: bool | str = True) -> NightlyOutcome:
+    started = utc_now()
     run_dir = create_run_dir(root, f"{started:%Y-%m-%d-%H%M%S}")
+    try:
+        _fill_run(plan, run_dir, started, progress)
+    except BaseException:  # Ctrl-C or a failure: nothing half-made stays where a later run or report could find it
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return report_run(run_dir, previous_run(root, run_dir))
+
+
+def _fill_run(plan: NightlyPlan, run_dir: Path, started, progress: bool | str) -> None:
+    t0 = time.monotonic()
     writer = RunWriter(run_dir)
     notes: dict[str, str] = {}
     left_out = [part for part in PARTS if part not in plan.parts]
@@ -161,4 +172,3 @@ def run_nightly(plan: NightlyPlan, root: Path = DEFAULT_ROOT, *, progress: bool 
     # meta.json last: from here on the run is finished and a later nightly may compare with it
     writer.write_meta(collect_meta(run_dir.name, "nightly", plan.backend, created=started,
                                    duration_s=time.monotonic() - t0, notes=notes))
-    return report_run(run_dir, previous_run(root, run_dir))

@@ -62,15 +62,20 @@ def _display(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def markdown_table(df: pd.DataFrame) -> str:
+def markdown_table(df: pd.DataFrame, *, pad: bool = False) -> str:
+    """A markdown table; ``pad``: every column as wide as its widest cell (for a terminal)."""
     d = _display(df).astype(str)
 
     def cell(s) -> str:
         return str(s).replace("|", "\\|").replace("\n", " ")
 
-    lines = ["| " + " | ".join(cell(c) for c in d.columns) + " |", "|" + "---|" * len(d.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in d.itertuples(index=False)]
-    return "\n".join(lines)
+    rows = [[cell(c) for c in d.columns]] + [[cell(v) for v in row] for row in d.itertuples(index=False)]
+    if not pad:
+        lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(d.columns)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]])
+    widths = [max(3, *(len(r[i]) for r in rows)) for i in range(len(rows[0]))]
+    line = lambda r: "| " + " | ".join(v.ljust(w) for v, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([line(rows[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows[1:]])
 
 
 # ------------------------------------------------------------------------------------------------ content

@@ -11,7 +11,6 @@ matmul. On the CPU the same loop runs the numpy backend (host clock, no routes).
 from __future__ import annotations
 
 import statistics
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +23,11 @@ from gemma_oracle.reports.records import NO_ROUTE, BenchRecord, OpProfileRecord,
 from gemma_oracle.harness.perf.op_profile import ProfileContext, profile_records, tensor_role
 from gemma_oracle.harness.suites.synthetic import routes_taken
 from gemma_oracle.harness.perf.roofline import mean_kv_read_bytes, roofline_tokens_per_s
+
+
+# The largest batch the bench accepts: 8x the nightly's largest N; KV caches of N x context positions grow with it,
+# and an N in the tens of thousands ran out of host memory instead of saying no.
+MAX_N = 256
 
 
 class BenchConfigError(GemmaOracleError, ValueError):
@@ -53,7 +57,8 @@ class BenchConfig:
                 raise BenchConfigError(f"bench option {option}: {what}")
 
         need(len(self.models) > 0, "--model", "name at least one model")
-        need(len(self.n_list) > 0 and all(n >= 1 for n in self.n_list), "--n", f"batch sizes >= 1, got {self.n_list}")
+        need(len(self.n_list) > 0 and all(1 <= n <= MAX_N for n in self.n_list), "--n",
+             f"batch sizes 1..{MAX_N}, got {self.n_list}")
         need(len(self.route_modes) > 0 and all(m in routing.MODES or m == NO_ROUTE for m in self.route_modes),
              "--route", f"modes from {routing.MODES}, got {self.route_modes}")
         need(self.steps >= 1 and self.repeats >= 1 and self.warmup >= 0 and self.profile_passes >= 1,
@@ -145,12 +150,11 @@ def _measure(device, engine, cfg: BenchConfig, label: str, mode: str, n: int, bw
         result.op_profile += profile_records(seconds, cfg.profile_passes, ctx, device.role_weight_bytes(engine))
 
 
-def run_bench(cfg: BenchConfig, backend: str, *, progress: bool = True, log=None) -> BenchResult:
+def run_bench(cfg: BenchConfig, backend: str, *, progress: bool | str = True, log=None) -> BenchResult:
     """Every model x route mode x N of ``cfg`` on ``backend`` ("numpy64" or "cupy"). ``log``: called with one line
     per measured (model, mode, N) as it completes, so a run cut off by a time limit still shows what it measured."""
-    from tqdm import tqdm
-
     from gemma_oracle.harness.perf.devices import make_device
+    from gemma_oracle.harness.progress import Progress
 
     device = make_device(backend, cfg)
     if backend != "cupy" and set(cfg.route_modes) != {NO_ROUTE}:
@@ -159,8 +163,7 @@ def run_bench(cfg: BenchConfig, backend: str, *, progress: bool = True, log=None
     models = [resolve_model(m, cfg.variant) for m in cfg.models]
     bw = device.read_bandwidth_gb_s()
     result = BenchResult(device=device.name, read_gb_s=bw)
-    bar = tqdm(total=len(models) * len(cfg.route_modes) * len(cfg.n_list), desc="bench", unit="N", file=sys.stderr,
-               disable=not progress, leave=False)
+    bar = Progress(len(models) * len(cfg.route_modes) * len(cfg.n_list), "bench", progress, unit="N")
     with bar:
         for label, path in models:
             # one engine per model, its route mode switched between runs: the weights are read and uploaded once

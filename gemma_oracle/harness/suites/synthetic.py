@@ -41,6 +41,8 @@ MMQ_POLICY = tolerance(nmse_max=5e-3, max_abs_max=1.0, near_tie_eps=0.5, topk=5,
 SEED_MMQ_POLICY = tolerance(max_abs_max=5.0, near_tie_eps=1.5, topk=5, topk_min_overlap=3, name="seed-12b-mmq")
 # The GPU suite adds N = 32 (GEMM-N, beyond every WS capacity).
 GPU_N_LIST = (1, 2, 3, 4, 5, 8, 9, 16, 17, 32)
+# The most sequences one case can batch: `sequences` makes this many prompts, so a case's N is 1..MAX_N.
+MAX_N = max(GPU_N_LIST)
 
 
 @dataclass(frozen=True)
@@ -59,10 +61,13 @@ class SuiteCase:
 
 
 def cases(presets=None, variants=None, n_list=N_LIST) -> list[SuiteCase]:
+    bad = [n for n in n_list if not 1 <= n <= MAX_N]
+    if bad:  # prompts[:n] would silently run fewer sequences than asked (or none)
+        raise ValueError(f"batch sizes {bad}: a case batches 1..{MAX_N} sequences")
     return [SuiteCase(p, v, n) for p in (presets or sorted(PRESETS)) for v in (variants or VARIANTS) for n in n_list]
 
 
-def sequences(vocab_size: int, count: int = max(GPU_N_LIST), *, seed: int = SEQUENCE_SEED):
+def sequences(vocab_size: int, count: int = MAX_N, *, seed: int = SEQUENCE_SEED):
     """`count` prompts of different lengths (2..26 tokens: longer than every sliding ring of the mini presets,
     window + prefill chunk - 1 <= 23, so the rings wrap)
     and a forced continuation of DECODE_STEPS tokens each. Tokens avoid the special ids 0..3."""
