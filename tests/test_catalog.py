@@ -123,8 +123,10 @@ def test_fixtures_list_and_path(own_cache, tmp_path, capsys):
     assert main(["fixtures", "path", "real12b", "--cache-dir", str(tmp_path / "empty-hf")]) == 1
     err = capsys.readouterr().err
     assert "not on this machine" in err and "`gemma-oracle fixtures download real12b`" in err
-    assert main(["fixtures", "path", "no-such"]) == 1
-    assert "unknown fixture 'no-such'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # an unknown name is bad input, refused at parse time (exit 2)
+        main(["fixtures", "path", "no-such"])
+    assert refused.value.code == 2
+    assert "unknown model 'no-such'; known: e4b-q8, gemma3-270m" in capsys.readouterr().err
 
 
 def test_download_gemma3_without_its_package_names_the_extra(own_cache, monkeypatch, capsys):
