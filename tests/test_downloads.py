@@ -491,3 +491,16 @@ def test_fixtures_verify_of_an_absent_fixture_fails(env, hub):
     one_error(proc, "tiny")
     assert "tiny: not present (gemma-oracle fixtures download tiny)" in proc.stdout
     assert hub.requests == []  # verify never uses the network
+
+
+def test_backoff_doubles_honours_retry_after_and_rejects_a_bad_setting(monkeypatch):
+    from gemma_oracle.harness.real.errors import FixtureError
+    from gemma_oracle.harness.real.hub_download import BACKOFF_ENV, MAX_DELAY_S, backoff_s
+
+    monkeypatch.setenv(BACKOFF_ENV, "1")
+    assert [backoff_s(n) for n in range(1, ATTEMPTS)] == [1, 2, 4, 8]
+    assert backoff_s(1, "30") == 30 and backoff_s(1, "3600") == MAX_DELAY_S and backoff_s(3, "1") == 4
+    assert backoff_s(1, "Wed, 21 Oct 2026 07:28:00 GMT") == 1  # an HTTP date is not waited for
+    monkeypatch.setenv(BACKOFF_ENV, "soon")
+    with pytest.raises(FixtureError, match=f"{BACKOFF_ENV}='soon'"):
+        backoff_s(1)

@@ -200,7 +200,7 @@ def _headers(url: str, token) -> dict[str, str]:
     return headers
 
 
-def _size_mismatch(url: str, part: Path, size: int, served: int, label: str) -> SizeMismatchError:
+def _size_mismatch(url: str, part: Path, size: int, served: int | None, label: str) -> SizeMismatchError:
     """Delete the partial (a prefix of a file we will not get) and say what to do."""
     try:
         part.unlink(missing_ok=True)
@@ -208,7 +208,9 @@ def _size_mismatch(url: str, part: Path, size: int, served: int, label: str) -> 
     except OSError as exc:
         deleted = f"The partial download {part} could not be deleted ({exc.strerror}; delete it) and nothing"
     return SizeMismatchError(
-        f"{label}: GET {url} serves a file of {served} bytes, but the Hub's metadata says {size}: the file changed "
+        f"{label}: GET {url} " + (f"serves a file of {served} bytes" if served is not None else
+                                  "refuses the byte range of its file twice (HTTP 416)")
+        + f", but the Hub's metadata says {size} bytes: the file changed "
         f"on the Hub while downloading, or something between (a proxy, the HF_ENDPOINT mirror) alters it. "
         f"{deleted} was installed; run `gemma-oracle fixtures download {label}` again, and if it persists check "
         f"HF_ENDPOINT and proxies")
@@ -305,7 +307,7 @@ def transfer(url: str, part: Path, size: int, *, token=None, label: str = "", pr
                     if m is not None and int(m.group(1)) != size:
                         raise _size_mismatch(url, part, size, int(m.group(1)), label) from exc
                     if restarted:
-                        raise _size_mismatch(url, part, size, have, label) from exc
+                        raise _size_mismatch(url, part, size, None, label) from exc
                     with writing(part.parent, doing=doing, fix=fix):
                         part.unlink(missing_ok=True)  # start again from zero, once
                     restarted = True
