@@ -504,3 +504,22 @@ def test_backoff_doubles_honours_retry_after_and_rejects_a_bad_setting(monkeypat
     monkeypatch.setenv(BACKOFF_ENV, "soon")
     with pytest.raises(FixtureError, match=f"{BACKOFF_ENV}='soon'"):
         backoff_s(1)
+
+
+@pytest.mark.parametrize("code,kind", [("ENOSPC", "DiskFullError"), ("EDQUOT", "DiskFullError"),
+                                       ("EROFS", "NotWritableError"), ("EACCES", "NotWritableError"),
+                                       ("EPERM", "NotWritableError"), ("EIO", "StorageError")])
+def test_each_disk_errno_has_its_typed_error(code, kind, tmp_path):
+    """The errno table of storage.writing (the mounts above reach ENOSPC and EROFS for real; a non-root user
+    meets EACCES where root does not)."""
+    import errno
+
+    from gemma_oracle.harness.real import errors
+    from gemma_oracle.harness.real.storage import writing
+
+    with pytest.raises(errors.StorageError) as caught:
+        with writing(tmp_path, doing="tiny: writing x", fix="pass --cache-dir DIR"):
+            raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+    assert type(caught.value) is getattr(errors, kind)
+    assert caught.value.directory == str(tmp_path) and str(tmp_path) in str(caught.value)
+    assert str(caught.value).startswith("tiny: writing x") and "pass --cache-dir DIR" in str(caught.value)
