@@ -9,7 +9,10 @@ file is a 404 with the Hub's `X-Error-Code` (RepoNotFound, RevisionNotFound, Ent
 Faults, per server (each applies to the first GET only): `drop_after` (send that many bytes, then close
 the connection), `stall_after` (send that many bytes, then wait until `release()`), `hold_until_heads`
 (keep the body back until that many HEADs arrived or 30 s passed), `corrupt` (flip a byte of every body,
-headers unchanged). `requests` records (method, path, Range header) of every request.
+headers unchanged). `head_statuses` / `get_statuses` answer the first HEADs / GETs of a file with these
+statuses (503: overloaded, ...) and no body, one status per request, before any other fault; `advertised_size`
+is the size the metadata (X-Linked-Size, a HEAD's Content-Length) claims while a GET sends the real bytes.
+`requests` records (method, path, Range header) of every request.
 """
 from __future__ import annotations
 
@@ -33,6 +36,9 @@ class Faults:
     stall_after: int | None = None
     hold_until_heads: int | None = None
     corrupt: bool = False
+    head_statuses: tuple[int, ...] = ()
+    get_statuses: tuple[int, ...] = ()
+    advertised_size: int | None = None
 
 
 def lfs_pointer_sha1(content: bytes) -> str:
@@ -53,6 +59,7 @@ class LocalHub:
         self._lock = threading.Lock()
         self._released = threading.Event()
         self._gets = 0
+        self._answered = {"HEAD": 0, "GET": 0}
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -119,6 +126,12 @@ class LocalHub:
         if filename not in repo.files:
             return self._error(h, 404, "EntryNotFound", f"{filename} does not exist on {revision}")
         content = repo.files[filename]
+        with self._lock:
+            n = self._answered[h.command]
+            self._answered[h.command] += 1
+        statuses = self.faults.get_statuses if body else self.faults.head_statuses
+        if n < len(statuses):
+            return self._error(h, statuses[n], "ServiceUnavailable", "injected fault")
         start = 0
         rng = h.headers.get("Range")
         if body and rng and rng.startswith("bytes=") and rng.endswith("-"):
@@ -132,10 +145,11 @@ class LocalHub:
         h.send_header("X-Repo-Commit", repo.commit)
         h.send_header("ETag", f'"{lfs_pointer_sha1(content)}"')
         h.send_header("X-Linked-Etag", f'"{hashlib.sha256(content).hexdigest()}"')
-        h.send_header("X-Linked-Size", str(len(content)))
+        announced = self.faults.advertised_size if self.faults.advertised_size is not None else len(content)
+        h.send_header("X-Linked-Size", str(announced))
         h.send_header("Accept-Ranges", "bytes")
         h.send_header("Content-Type", "application/octet-stream")
-        h.send_header("Content-Length", str(len(content) - start))
+        h.send_header("Content-Length", str((len(content) if body else announced) - start))
         if start:
             h.send_header("Content-Range", f"bytes {start}-{len(content) - 1}/{len(content)}")
         h.end_headers()

@@ -250,6 +250,35 @@ def _cmd_fixtures_download(args) -> int:
     return 1 if failed else 0
 
 
+def _cmd_fixtures_verify(args) -> int:
+    from gemma_oracle.engine.errors import GemmaOracleError
+
+    from gemma_oracle.harness.real.catalog import catalog, get
+    from gemma_oracle.harness.real.files import check
+
+    wrong = []
+    try:
+        entries = [get(name) for name in args.names] if args.names else list(catalog().values())
+        for entry in entries:
+            for c in check(entry, _real_options(args)):
+                line = {"ok": f"ok  {c.path}  sha256 {c.got} ({c.against})",
+                        "mismatch": f"MISMATCH  {c.path}  has sha256 {c.got}, expected {c.expected} ({c.against}); "
+                                    f"no longer trusted: {c.note}",
+                        "unverifiable": f"UNVERIFIABLE  {c.path}: {c.note}",
+                        "absent": f"not present ({c.note})",
+                        "not checked": f"not checked ({c.note})"}[c.state]
+                print(f"{c.name}: {line}", flush=True)
+                if c.wrong or (args.names and c.state == "absent"):
+                    wrong.append(c.name)
+    except GemmaOracleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if wrong:
+        print(f"error: fixtures verify: {', '.join(dict.fromkeys(wrong))} not verified (see above)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_inspect(args) -> int:
     from collections import Counter
 
@@ -536,6 +565,14 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--local-dir", type=_path_arg, help="write a plain file into this directory instead of the cache")
     dl.add_argument("--no-progress", action="store_true", help="no progress bars")
     dl.set_defaults(func=_cmd_fixtures_download)
+    vf = fx.add_parser("verify", help="hash the local copies of real-model fixtures again, whatever their verification "
+                                      "records say (no network); a copy that differs is no longer trusted")
+    vf.add_argument("names", nargs="*", help="catalog names (default: every catalog entry)")
+    vf.add_argument("--revision", help="Hub revision (default: the catalog's)")
+    vf.add_argument("--cache-dir", help="huggingface_hub cache (default: HF_HOME/hub)")
+    vf.add_argument("--local-dir", help="a directory given to `fixtures download --local-dir`")
+    vf.add_argument("--no-progress", action="store_true", help="no progress bars")
+    vf.set_defaults(func=_cmd_fixtures_verify)
 
     o = sub.add_parser("oracle", help="run the synthetic golden oracle suite (batched vs single-user) and print a summary")
     o.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)

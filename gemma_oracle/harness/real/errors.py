@@ -40,8 +40,37 @@ class DownloadError(FixtureError):
 
 
 class ChecksumMismatchError(FixtureError):
-    """Bytes whose sha256 differs from the expected one; the bad copy has been removed where we own it."""
+    """Bytes whose sha256 differs from the expected one; the bad copy has been removed where we own it, and is
+    never recorded as verified. `path`, `got` and `expected` are set where one local copy was hashed."""
+
+    def __init__(self, message: str, *, path=None, got: str | None = None, expected: str | None = None,
+                 record_kept: str | None = None):
+        self.path = None if path is None else str(path)
+        self.got, self.expected = got, expected
+        self.record_kept = record_kept  # why a wrong copy's verification record could not be dropped, if it could not
+        super().__init__(message)
 
 
 class MissingPackageError(FixtureError):
     """A fixture shipped in a PyPI package that is not installed."""
+
+
+class SizeMismatchError(DownloadError):
+    """The server sends a file of another size than the Hub's metadata announced; the partial was deleted."""
+
+
+class StorageError(FixtureError):
+    """A local directory that cannot take the file: full, read-only or not writable. Never retried; `directory`
+    is the one at fault. What was already received stays where it was for the next run."""
+
+    def __init__(self, message: str, *, directory):
+        self.directory = str(directory)
+        super().__init__(message)
+
+
+class DiskFullError(StorageError):
+    """No space left (ENOSPC) or quota exceeded (EDQUOT) while writing under `directory`."""
+
+
+class NotWritableError(StorageError):
+    """`directory` is read-only (EROFS) or not writable by this user (EACCES, EPERM)."""

