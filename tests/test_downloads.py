@@ -136,12 +136,16 @@ def tmpfs(path: Path, size: str, *, fill: bool = False) -> list[str]:
     return [f"mount -t tmpfs -o size={size} tmpfs {q}"] + ([f"{{ dd if=/dev/zero of={q}/filler bs=4k 2>/dev/null; true; }}"] if fill else [])
 
 
-def one_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    """A failed run that said so in one `error:` line (warnings aside) and no traceback; return that line."""
-    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+ERROR_PREFIX = "gemma-oracle: error: "  # the CLI's one error line (README, "The command line")
+
+
+def one_error(proc: subprocess.CompletedProcess, *needles: str, code: int = 1) -> str:
+    """A failed run that said so in one error line (warnings aside), no traceback and exit code `code` (1: the work
+    failed; 2: bad input refused before any work); return that line."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    others = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith(("error:", "warning:"))]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith(ERROR_PREFIX)]
+    others = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith((ERROR_PREFIX, "warning:"))]
     assert len(errors) == 1 and not others, proc.stderr
     for needle in needles:
         assert needle in errors[0], (needle, errors[0])
@@ -413,7 +417,9 @@ def test_read_only_directory_is_one_error_before_any_transfer(env, hub, tmp_path
                  "gemma-oracle-cache": Path(env["GEMMA_ORACLE_CACHE"])}[where]
     extra = ["--local-dir", str(tmp_path / "models")] if where == "local-dir" else []
     proc = cli_mounted(env, read_only(directory), "fixtures", "download", "tiny", "--no-progress", *extra)
-    line = one_error(proc, "Read-only file system", str(directory))
+    # --local-dir is the user's own argument, checked before any work (bad input: 2); the caches are found
+    # read-only by the download itself (the work failed: 1)
+    line = one_error(proc, "Read-only file system", str(directory), code=2 if where == "local-dir" else 1)
     assert {"hub-cache": "--cache-dir", "local-dir": "--local-dir", "gemma-oracle-cache": "GEMMA_ORACLE_CACHE"}[where] in line
     assert hub.count("GET") == 0
     # writable again: the next run downloads once and installs

@@ -251,8 +251,6 @@ def _cmd_fixtures_download(args) -> int:
 
 
 def _cmd_fixtures_verify(args) -> int:
-    from gemma_oracle.engine.errors import GemmaOracleError
-
     from gemma_oracle.harness.real.catalog import catalog, get
     from gemma_oracle.harness.real.files import check
 
@@ -271,12 +269,12 @@ def _cmd_fixtures_verify(args) -> int:
                 if c.wrong or (args.names and c.state == "absent"):
                     wrong.append(c.name)
     except GemmaOracleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        _error(exc)
+        return EXIT_FAILED
     if wrong:
-        print(f"error: fixtures verify: {', '.join(dict.fromkeys(wrong))} not verified (see above)", file=sys.stderr)
-        return 1
-    return 0
+        _error(f"fixtures verify: {', '.join(dict.fromkeys(wrong))} not verified (see above)")
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _cmd_inspect(args) -> int:
