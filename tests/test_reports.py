@@ -224,6 +224,7 @@ def test_noisy_figures_are_flagged_and_host_clock_profiles_left_out(tmp_path):
     assert perf["flags"].tolist() == ["", f"noisy: repeats spread 25 % > {tables.NOISY_SPREAD_PCT:g} %"]
     md = to_markdown(rep)
     assert "noisy: repeats spread 25 %" in md
+    assert '<td class="flag">noisy: repeats spread 25 %' in to_html(rep)
     profile = next(s for s in rep.sections if s.title == "Per-op profile")
     assert profile.table is None and profile.text.startswith("Left out: this run timed its ops on the host clock")
     assert tables.op_profile_matrix(pd.DataFrame([dataclasses.asdict(p) for p in prof])).empty

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -256,7 +257,8 @@ def to_markdown(rep: Report) -> str:
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:110em;color:#222}
 table{border-collapse:collapse;font-size:12px;margin:0.5em 0 1.5em}th,td{border:1px solid #ccc;padding:2px 6px;
 text-align:right}th{background:#eee}td:first-child,th:first-child{text-align:left}img{max-width:100%}
-.fail{color:#b00;font-weight:bold}.pass{color:#070;font-weight:bold}ul{font-size:13px}"""
+.fail{color:#b00;font-weight:bold}.pass{color:#070;font-weight:bold}ul{font-size:13px}
+td.flag{color:#a50;background:#fff4e0}"""
 
 
 def _html_text(text: str) -> str:
@@ -274,6 +276,16 @@ def _inline(text: str) -> str:
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
+_FLAGGED_CELL = re.compile(r"<td>([^<]*(?:noisy|measurement error)[^<]*)</td>")
+_FAILED_CELL = re.compile(r"<td>(FAIL [^<]*)</td>")
+
+
+def _mark_cells(table_html: str) -> str:
+    """Flagged figures (noise, a measurement error) and failing cases stand out in the page."""
+    table_html = _FLAGGED_CELL.sub(r'<td class="flag">\1</td>', table_html)
+    return _FAILED_CELL.sub(r'<td class="fail">\1</td>', table_html)
+
+
 def to_html(rep: Report) -> str:
     out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(rep.title)}</title>"
            f"<style>{_CSS}</style></head><body><h1>{html.escape(rep.title)}</h1>"]
@@ -282,7 +294,7 @@ def to_html(rep: Report) -> str:
         if s.text:
             out.append(_html_text(s.text))
         if s.table is not None and not s.table.empty:
-            out.append(_display(s.table).to_html(index=False, escape=True, border=0))
+            out.append(_mark_cells(_display(s.table).to_html(index=False, escape=True, border=0)))
         if s.plot is not None and s.plot[1] is not None:
             data = base64.b64encode(s.plot[1]).decode()
             out.append(f"<img alt='{html.escape(s.title)}' src='data:image/png;base64,{data}'>")
