@@ -8,6 +8,8 @@ import io
 
 import pandas as pd
 
+from .records import NO_ROUTE
+
 # Exact policies give NMSE 0, which a log axis cannot show. Exact zeros are drawn on their own shaded band, this
 # many decades below the smallest positive value or bound on the plot, with the tick label "exact (0)": never as a
 # tiny number such as 1e-40.
@@ -70,14 +72,15 @@ def tokens_per_s_vs_n(perf: pd.DataFrame, *, noisy_pct: float, roofline_max_pct:
         sub = perf[perf["model"] == model]
         for route, g in sub.groupby("route"):
             g = g.sort_values("n")
-            line, = ax.plot(g["n"], g["tokens_per_s"], marker="o", label=f"{route}")
+            mode = "" if route == NO_ROUTE else f"{route} "  # an engine without a router has one line
+            line, = ax.plot(g["n"], g["tokens_per_s"], marker="o", label=f"{mode}t/s")
             ceiling = g[g["roofline_pct"] <= roofline_max_pct]
             ax.plot(ceiling["n"], ceiling["roofline_tokens_per_s"], linestyle="--", color=line.get_color(), alpha=0.5,
-                    label=f"{route} roofline")
+                    label=f"{mode}roofline")
             broken = g[g["roofline_pct"] > roofline_max_pct]
             if not broken.empty:
                 ax.plot(broken["n"], broken["roofline_tokens_per_s"], linestyle="none", marker="x", color="#b00",
-                        label=f"{route} roofline below t/s: measurement error")
+                        label=f"{mode}roofline below t/s: measurement error")
             noisy = g[g["spread_pct"] > noisy_pct]
             if not noisy.empty:
                 ax.plot(noisy["n"], noisy["tokens_per_s"], linestyle="none", marker="o", markersize=12,
@@ -116,7 +119,8 @@ def worst_error_vs_n(summary: pd.DataFrame, bounds: dict[str, float | None]) -> 
         else:
             ax.plot([], [], color=color, linestyle="--", label=f"policy {policy}: pass only at exact 0 (the band)")
     # room above the highest value or bound, so a bound at the top of the data stays visible as a line
-    ax.set_ylim(bottom=zero_y / 10 if has_zero else None, top=max(positive) * 30 if positive else None)
+    # (nothing but zeros: the band alone, centred)
+    ax.set_ylim(bottom=zero_y / 10 if has_zero else None, top=max(positive) * 30 if positive else zero_y * 10)
     _per_n_axes(ax, "worst NMSE", worst["n"])
     if has_zero:
         lo, hi = zero_y / 10 ** 0.5, zero_y * 10 ** 0.5
@@ -140,13 +144,16 @@ def trends(trend: pd.DataFrame) -> bytes | None:
     xs = {rid: i for i, rid in enumerate(order["run_id"])}
     for ax, (prefix, ylabel) in zip(axes, panels):
         sub = trend[trend["figure"].str.startswith(prefix + ":")]
+        ringed = False  # one legend entry for the noisy rings of a panel
         for (figure, device), g in sub.groupby(["figure", "device"]):  # speeds of different devices never share a line
             label = f"{figure[len(prefix) + 2:]} ({device})"
             ax.plot([xs[r] for r in g["run_id"]], g["value"], marker="o", label=label)
             noisy = g[g["noisy"].astype(bool)]
             if not noisy.empty:
                 ax.plot([xs[r] for r in noisy["run_id"]], noisy["value"], linestyle="none", marker="o", markersize=12,
-                        markerfacecolor="none", markeredgecolor=NOISY_EDGE, markeredgewidth=1.5, label="noisy")
+                        markerfacecolor="none", markeredgecolor=NOISY_EDGE, markeredgewidth=1.5,
+                        label="_noisy" if ringed else "noisy (repeat spread over the threshold)")
+                ringed = True
         ax.set_xticks(range(len(xs)))
         ax.set_xticklabels([c[:16] for c in order["created"]], rotation=30, ha="right", fontsize=7)
         ax.set_ylabel(ylabel)
