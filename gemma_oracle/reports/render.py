@@ -256,7 +256,7 @@ def to_markdown(rep: Report) -> str:
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:110em;color:#222}
 table{border-collapse:collapse;font-size:12px;margin:0.5em 0 1.5em}th,td{border:1px solid #ccc;padding:2px 6px;
-text-align:right}th{background:#eee}td:first-child,th:first-child{text-align:left}img{max-width:100%}
+text-align:left}th{background:#eee}td.num{text-align:right}img{max-width:100%}
 .fail{color:#b00;font-weight:bold}.pass{color:#070;font-weight:bold}ul{font-size:13px}
 td.flag{color:#a50;background:#fff4e0}"""
 
@@ -278,10 +278,12 @@ def _inline(text: str) -> str:
 
 _FLAGGED_CELL = re.compile(r"<td>([^<]*(?:noisy|measurement error)[^<]*)</td>")
 _FAILED_CELL = re.compile(r"<td>(FAIL [^<]*)</td>")
+_NUMBER_CELL = re.compile(r"<td>(-?[0-9][0-9.,]*(?:e[-+][0-9]+)?|0 \(exact\))</td>")  # right-aligned; text left
 
 
 def _mark_cells(table_html: str) -> str:
-    """Flagged figures (noise, a measurement error) and failing cases stand out in the page."""
+    """Numbers right-aligned, text left; flagged figures (noise, a measurement error) and failing cases stand out."""
+    table_html = _NUMBER_CELL.sub(r'<td class="num">\1</td>', table_html)
     table_html = _FLAGGED_CELL.sub(r'<td class="flag">\1</td>', table_html)
     return _FAILED_CELL.sub(r'<td class="fail">\1</td>', table_html)
 
