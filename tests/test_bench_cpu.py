@@ -42,6 +42,24 @@ def test_kv_read_bytes_by_hand():
     assert kv_read_bytes(_e2b_config(), 0, 8) == 8 * 64 * 16 + 2 * 128 * 16
 
 
+def test_host_probe_reads_a_buffer_beyond_the_caches():
+    from gemma_oracle.harness.perf.devices import HOST_PROBE_BYTES, host_read_bandwidth_gb_s
+
+    assert HOST_PROBE_BYTES >= 1 << 30  # several times any last-level cache the CI hosts have (32 MiB)
+    assert host_read_bandwidth_gb_s(8 << 20, repeats=2, threads=2) > 0
+
+
+def test_bench_log_line_flags_noise_and_a_roofline_breach():
+    from gemma_oracle.harness.perf.bench import _row_line
+
+    from .recorded_runs import bench_row
+
+    clean, noisy = bench_row(spread_pct=1.0), bench_row(spread_pct=30.0, tokens_per_s=6600.0)
+    assert "noisy" not in _row_line(clean) and "measurement error" not in _row_line(clean)
+    line = _row_line(noisy)
+    assert "(noisy: repeats spread 30 % > 10 %; measurement error: 165 % of a ceiling" in line
+
+
 def test_roofline_formula():
     # N = 4 at 10 GB/s over 1 MB of weights + 4 x 0.25 MB of KV: 4 x 1e10 / 2e6
     assert roofline_tokens_per_s(4, 10.0, 1_000_000, 1_000_000) == 20_000.0

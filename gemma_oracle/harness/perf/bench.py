@@ -10,6 +10,7 @@ matmul. On the CPU the same loop runs the numpy backend (host clock, no routes).
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 from gemma_oracle.engine import routing
 from gemma_oracle.engine.errors import GemmaOracleError
 from gemma_oracle.reports.records import NO_ROUTE, BenchRecord, OpProfileRecord, RouteRecord
+from gemma_oracle.reports.tables import perf_flags
 
 from gemma_oracle.harness.perf.op_profile import ProfileContext, profile_records, tensor_role
 from gemma_oracle.harness.suites.synthetic import routes_taken
@@ -150,6 +152,14 @@ def _measure(device, engine, cfg: BenchConfig, label: str, mode: str, n: int, bw
         result.op_profile += profile_records(seconds, cfg.profile_passes, ctx, device.role_weight_bytes(engine))
 
 
+def _row_line(r: BenchRecord) -> str:
+    """One measured row for the terminal, with the flags the report gives it (noisy, measurement error)."""
+    flags = perf_flags(dataclasses.asdict(r))
+    return (f"bench {r.model} {r.route} N={r.n}: {r.step_ms:.3f} ms/step, {r.tokens_per_s:.1f} t/s, "
+            f"{r.roofline_pct:.1f} % of the {r.roofline_tokens_per_s:.0f} t/s ceiling [{r.routes}]"
+            + (f" ({flags})" if flags else ""))
+
+
 def run_bench(cfg: BenchConfig, backend: str, *, progress: bool | str = True, log=None) -> BenchResult:
     """Every model x route mode x N of ``cfg`` on ``backend`` ("numpy64" or "cupy"). ``log``: called with one line
     per measured (model, mode, N) as it completes, so a run cut off by a time limit still shows what it measured."""
@@ -180,9 +190,7 @@ def run_bench(cfg: BenchConfig, backend: str, *, progress: bool | str = True, lo
                     bar.set_postfix_str(f"{label} {mode} N={n}")
                     _measure(device, engine, cfg, label, mode, n, bw, result)
                     if log is not None:
-                        r = result.rows[-1]
-                        log(f"bench {label} {mode} N={n}: {r.step_ms:.3f} ms/step, {r.tokens_per_s:.1f} t/s, "
-                            f"{r.roofline_pct:.1f} % of the {r.roofline_tokens_per_s:.0f} t/s ceiling [{r.routes}]")
+                        log(_row_line(result.rows[-1]))
                     bar.update()
             del engine
     return result

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gemma_oracle.oracles.compare import FLOAT64_POLICY, Policy, exact, tolerance
+from gemma_oracle.oracles.compare import FLOAT64_POLICY, MMQ_POLICY, SEED_MMQ_POLICY, Policy, exact
 from gemma_oracle.oracles.single_vs_batched import GoldenResult, golden_single_vs_batched
 from gemma_oracle.reports.records import NO_ROUTE
 
@@ -31,14 +31,8 @@ SEQUENCE_SEED = 1234
 # The CuPy engine's WS/GEMM-N matvecs are bitwise equal to their N = 1 path and its attention reduces each
 # row over its own sequence only, so batched must equal single-user exactly.
 POLICIES: dict[str, Policy] = {"numpy64": FLOAT64_POLICY, "cupy": exact()}
-# The fast (auto) mode serves batched steps at N >= 5 through decode-MMQ (Q8_1 activations) while single-user
-# decode runs WS, so its rows are argmax-stable, not bitwise. Verdict of issue 6, tighter than the seed's 12B
-# oracle (1.5 / >= 3 / < 5.0): argmax equal unless the reference's top-two margin is below 0.5, top-5 sharing at
-# least 4 tokens, max |delta logit| <= 1.0; plus issue 5's final-logit NMSE <= 5e-3 for Q8_1 paths.
-MMQ_POLICY = tolerance(nmse_max=5e-3, max_abs_max=1.0, near_tie_eps=0.5, topk=5, topk_min_overlap=4, name="decode-mmq")
-# The seed's own tolerances for its 12B decode-MMQ oracle (seed-project.md): the floor for the 12B-shaped stand-in
-# and the real 12B; the measured worst case is recorded beside every use.
-SEED_MMQ_POLICY = tolerance(max_abs_max=5.0, near_tie_eps=1.5, topk=5, topk_min_overlap=3, name="seed-12b-mmq")
+# The fast (auto) mode: MMQ_POLICY; the 12B floor: SEED_MMQ_POLICY (both in gemma_oracle.oracles.compare, with
+# their provenance, so the report can state them by name).
 # The GPU suite adds N = 32 (GEMM-N, beyond every WS capacity).
 GPU_N_LIST = (1, 2, 3, 4, 5, 8, 9, 16, 17, 32)
 # The most sequences one case can batch: `sequences` makes this many prompts, so a case's N is 1..MAX_N.
