@@ -367,7 +367,7 @@ def _print_tables(run) -> None:
     perf = tables.perf_summary(run["bench"])
     if not perf.empty:
         cols = ["model", "route", "n", "tokens_per_s", "per_seq_tokens_per_s", "step_ms", "spread_pct",
-                "weight_bytes", "kv_bytes", "roofline_pct", "routes"]
+                "weight_bytes", "kv_bytes", "roofline_pct", "routes", "flags"]
         print(f"\nbench on {perf['device'].iloc[0]} ({perf['timing'].iloc[0]}, streaming read "
               f"{run['bench']['read_gb_s'].iloc[0]:.1f} GB/s):\n" + markdown_table(perf[cols], pad=True))
 
