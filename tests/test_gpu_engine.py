@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gemma_oracle.harness.suites.synthetic import GPU_N_LIST, cases, engine_for, record_context, run_case, sequences
+from gemma_oracle.harness.suites.synthetic import (GPU_BOUNDARY_N, GPU_N_LIST, cases, engine_for, record_context, run_case,
+                                                   sequences)
 from gemma_oracle.oracles.compare import exact
 from gemma_oracle.oracles.metrics import nmse, top1_top2_margin
 from gemma_oracle.oracles.single_vs_batched import golden_single_vs_batched
@@ -17,7 +18,7 @@ HIDDEN_NMSE_MAX = 1e-6
 LOGIT_NMSE_MAX = 1e-6
 ARGMAX_MARGIN_MIN = 0.3  # argmax must agree wherever the reference's top-two margin exceeds this
 
-GOLDEN = cases(n_list=GPU_N_LIST)
+GOLDEN = cases(n_list=GPU_N_LIST, boundary_n=GPU_BOUNDARY_N)  # every input plan, N up to 32
 PRESET_VARIANTS = sorted({(c.preset, c.variant) for c in GOLDEN})
 
 
@@ -26,7 +27,7 @@ def test_gpu_batched_equals_single_user_bitwise(case, record_oracle):
     result = run_case(case, "cupy")
     record_oracle(result, **record_context(case, "cupy"))
     assert result.policy == "exact"
-    assert len(result.comparisons) == case.n * 5
+    assert len(result.comparisons) == case.n * (case.steps + 1)
     result.assert_passed()
 
 

@@ -33,7 +33,7 @@ from gemma_oracle.harness.gpu_pinning import (
     worker_number,
 )
 from gemma_oracle.reports.junit_summary import junit_rows
-from gemma_oracle.harness.suites.synthetic import GPU_N_LIST, cases
+from gemma_oracle.harness.suites.synthetic import GPU_BOUNDARY_N, GPU_N_LIST, cases
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD_TIMEOUT_S = 600  # a child pytest on 2 busy CPU cores
@@ -256,7 +256,7 @@ def test_12b_modules_run_on_one_worker():
 
 def test_every_golden_gpu_case_is_grouped_by_its_engine(model_group):
     """The ids the GPU suite gives its golden cases lead to the engine they load (engine_for's cache key)."""
-    golden = cases(n_list=GPU_N_LIST)
+    golden = cases(n_list=GPU_N_LIST, boundary_n=GPU_BOUNDARY_N)
     assert len(golden) >= 100
     for case in golden:
         nodeid = f"tests/test_gpu_engine.py::test_gpu_batched_equals_single_user_bitwise[{case.id}]"
@@ -303,7 +303,7 @@ import pytest
 from gemma_oracle.harness.suites.synthetic import cases
 
 LOG = Path(os.environ["PIN_LOG"])
-CASES = cases(["keqv-mixed", "g4-e2b-mini"], ["f32", "q8_0"], (1, 2, 3))
+CASES = cases(["keqv-mixed", "g4-e2b-mini"], ["f32", "q8_0"], (1, 2, 3), boundary_n=())
 PAIRS = [("keqv-mixed", "f32"), ("g4-e2b-mini", "q8_0")]
 
 

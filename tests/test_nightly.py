@@ -20,7 +20,7 @@ ABSENT = RealSuite("absent-model", "real12b", missing=lambda: "not here: gemma-o
                    locate=lambda: None, prompts=())
 PLAN = NightlyPlan(
     "numpy64", synthetic_n=(1, 2), route_modes=(None,), presets=("keqv-mixed",), variants=("f32",),
-    real_suites=(ABSENT,),
+    real_suites=(ABSENT,), synthetic_boundary_n=(),  # the short plan only (no boundary input plans)
     bench=BenchConfig(models=("keqv-mixed",), variant="f32", n_list=(1, 2), route_modes=(NO_ROUTE,), context=32,
                       warmup=0, steps=1, repeats=2, profile_passes=1))
 

@@ -9,13 +9,27 @@ from __future__ import annotations
 
 import numpy as np
 
+# A global layer's cache starts with this many slots (or the context, if shorter) and doubles when a write reaches
+# its end (LayerKV._grow): growth_positions lists where. The suites' input plans (gemma_oracle.harness.suites.inputs)
+# read both, so their prompts cross every growth step.
+GLOBAL_INITIAL_CAPACITY = 64
+
+
+def growth_positions(max_len: int) -> tuple[int, ...]:
+    """The positions whose write makes a global LayerKV of context `max_len` grow (a write at position p >= capacity)."""
+    out, cap = [], min(GLOBAL_INITIAL_CAPACITY, max_len)
+    while cap < max_len:
+        out.append(cap)
+        cap = min(cap * 2, max_len)
+    return tuple(out)
+
 
 class LayerKV:
     def __init__(self, backend, n_kv_heads: int, head_dim: int, *, ring_capacity: int | None, max_len: int):
         self.backend, self.shape = backend, (n_kv_heads, head_dim)
         self.ring = ring_capacity is not None
         self.max_len = max_len
-        cap = ring_capacity if self.ring else min(64, max_len)
+        cap = ring_capacity if self.ring else min(GLOBAL_INITIAL_CAPACITY, max_len)
         self.k = backend.zeros((cap, *self.shape))
         self.v = backend.zeros((cap, *self.shape))
         self.pos = np.full(cap, -1, dtype=np.int64)  # position held by each slot (-1: empty)

@@ -19,7 +19,8 @@ from gemma_oracle.reports.run_meta import collect_meta, utc_now
 from gemma_oracle.reports.store import RunWriter, StoredRun, create_run_dir, list_runs, load_run, read_meta
 
 from gemma_oracle.harness.perf.bench import BenchConfig, run_bench
-from gemma_oracle.harness.suites.synthetic import GPU_N_LIST, N_LIST, cases, record_context, routes_taken, run_case
+from gemma_oracle.harness.suites.synthetic import (BOUNDARY_N, GPU_BOUNDARY_N, GPU_N_LIST, N_LIST, cases, record_context,
+                                                   routes_taken, run_case)
 from gemma_oracle.harness.suites.real import REAL_SUITES, RealSuite, run_real_suite
 
 DEFAULT_ROOT = Path("reports") / "nightly"
@@ -36,6 +37,7 @@ class NightlyPlan:
     variants: tuple[str, ...] | None = None  # None: every quant variant
     real_suites: tuple[RealSuite, ...] = REAL_SUITES
     parts: tuple[str, ...] = PARTS
+    synthetic_boundary_n: tuple[int, ...] = BOUNDARY_N  # the input plans' batch sizes (suites/synthetic.py)
 
 
 PLANS: dict[str, NightlyPlan] = {
@@ -49,7 +51,8 @@ PLANS: dict[str, NightlyPlan] = {
     "cupy": NightlyPlan(
         "cupy", GPU_N_LIST, ("batch-invariant", "auto"),
         BenchConfig(models=("shape12b", "g4-e4b-mini"), n_list=(1, 2, 4, 8, 16, 32),
-                    route_modes=("batch-invariant", "auto"), context=512, warmup=4, steps=16, repeats=5)),
+                    route_modes=("batch-invariant", "auto"), context=512, warmup=4, steps=16, repeats=5),
+        synthetic_boundary_n=GPU_BOUNDARY_N),
 }
 
 
@@ -73,7 +76,7 @@ def _bar(total: int, desc: str, progress: bool | str):
 
 
 def run_synthetic(plan: NightlyPlan, progress: bool) -> list[OracleRecord]:
-    todo = cases(plan.presets, plan.variants, plan.synthetic_n)
+    todo = cases(plan.presets, plan.variants, plan.synthetic_n, plan.synthetic_boundary_n)
     records: list[OracleRecord] = []
     with _bar(len(todo) * len(plan.route_modes), "synthetic", progress) as bar:
         for mode in plan.route_modes:

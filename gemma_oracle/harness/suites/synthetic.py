@@ -9,8 +9,6 @@ import functools
 from collections import Counter
 from dataclasses import dataclass
 
-import numpy as np
-
 from gemma_oracle.oracles.compare import FLOAT64_POLICY, MMQ_POLICY, SEED_MMQ_POLICY, Policy, exact
 from gemma_oracle.oracles.single_vs_batched import GoldenResult, golden_single_vs_batched
 from gemma_oracle.reports.records import NO_ROUTE
@@ -18,12 +16,14 @@ from gemma_oracle.reports.records import NO_ROUTE
 from gemma_oracle.harness.fixtures.cache import fixture_path
 from gemma_oracle.harness.fixtures.presets import PRESETS
 from gemma_oracle.harness.fixtures.quant_mix import VARIANTS
+from gemma_oracle.harness.fixtures.tokenizer_table import small_vocab
+from gemma_oracle.harness.suites.inputs import (DECODE_STEPS, PLAN_ROWS, SEQUENCE_SEED, InputPlan, batch_sizes,
+                                                legacy_lengths, make_sequences, plans)
 
-# Batch sizes: both sides of every switch point a GPU router will have (WS capacities 2/4/8/16, the
-# decode-MMQ floor N >= 5, GEMM-N beyond 16), plus tails that are not powers of two.
-N_LIST = (1, 2, 3, 4, 5, 6, 8, 9, 16, 17)
-DECODE_STEPS = 4  # teacher-forced decode steps after the prefill (the issue asks for >= 3)
-SEQUENCE_SEED = 1234
+# Batch sizes (gemma_oracle.harness.suites.inputs.batch_sizes): both sides of every switch point a GPU router has (WS
+# capacities 2/4/8/16, the decode-MMQ floors, the MMQ tile rules, GEMM-N beyond 16), 2 and 3, plus a tail that is not
+# a power of two (6). The CPU stops at 17 (the first N past every WS capacity): beyond it only GPU tiles change.
+N_LIST = batch_sizes(17, extra=(6,))
 
 # Policy per engine backend. numpy64 is float64 throughout: batched and single-user differ only by BLAS
 # blocking (~1e-16 relative), i.e. NMSE ~1e-30; 1e-24 leaves six orders of margin and still catches any
@@ -33,10 +33,35 @@ SEQUENCE_SEED = 1234
 POLICIES: dict[str, Policy] = {"numpy64": FLOAT64_POLICY, "cupy": exact()}
 # The fast (auto) mode: MMQ_POLICY; the 12B floor: SEED_MMQ_POLICY (both in gemma_oracle.oracles.compare, with
 # their provenance, so the report can state them by name).
-# The GPU suite adds N = 32 (GEMM-N, beyond every WS capacity).
-GPU_N_LIST = (1, 2, 3, 4, 5, 8, 9, 16, 17, 32)
-# The most sequences one case can batch: `sequences` makes this many prompts, so a case's N is 1..MAX_N.
-MAX_N = max(GPU_N_LIST)
+# The GPU suite goes to N = 32 (GEMM-N beyond every WS capacity, the bn32 / two-bn16 MMQ tiles from 17 and 25).
+GPU_N_LIST = batch_sizes(32, extra=(32,))
+# The most sequences one case can batch: every plan describes this many prompts, so a case's N is 1..MAX_N.
+MAX_N = PLAN_ROWS
+assert max(GPU_N_LIST) <= MAX_N
+
+# Which input plan (gemma_oracle.harness.suites.inputs.plans) runs where: chosen by coverage, not every plan on every
+# preset x variant x N. Every plan runs on every preset whose context reaches its boundaries (keqv-mixed and
+# keqv-all-global have no sliding plans: their window is their context; keqv-window24 has them all).
+#   short          every variant x every N of the list: the route switch points on every quant type (the suite's
+#                  original cases, ids unchanged: `preset-variant-nN`)
+#   *-mixed        f32 (the float routes) and q4_k_m (K-quant mix: decode-MMQ in auto mode on the GPU)
+#   *-equal        q4_0 (equal lengths are the easy case; one more quant type sees the boundaries)
+#   far-mixed      q8_0 (long prompts: the dearest plan, once per preset)
+# at the boundary batch sizes: N = 2, 3 (where the mixed-length bugs first fire) and 5 (the first N of decode-MMQ's
+# N >= 5 tiles and of WS capacity 8) on the CPU; every N >= 2 of GPU_N_LIST on the GPU (the route switch points).
+PLAN_VARIANTS: dict[str, tuple[str, ...] | None] = {
+    "short": None, "sliding-mixed": ("f32", "q4_k_m"), "growth-mixed": ("f32", "q4_k_m"),
+    "sliding-equal": ("q4_0",), "growth-equal": ("q4_0",), "far-mixed": ("q8_0",),
+}
+EVERY_N_PLANS = ("short",)
+BOUNDARY_N = (2, 3, 5)
+GPU_BOUNDARY_N = tuple(n for n in GPU_N_LIST if n >= 2)
+
+
+@functools.lru_cache(maxsize=None)
+def preset_plans(preset: str) -> tuple[InputPlan, ...]:
+    """The input plans of a preset, from the config its fixture is built with."""
+    return plans(PRESETS[preset].config(len(small_vocab().tokens)))
 
 
 @dataclass(frozen=True)
@@ -44,34 +69,50 @@ class SuiteCase:
     preset: str
     variant: str
     n: int
+    plan: str = "short"
 
     @property
     def id(self) -> str:
-        return f"{self.preset}-{self.variant}-n{self.n}"
+        middle = "" if self.plan == "short" else f"-{self.plan}"
+        return f"{self.preset}-{self.variant}{middle}-n{self.n}"
 
     @property
     def fixture(self) -> str:
         return f"{self.preset}-{self.variant}"
 
+    @property
+    def input_plan(self) -> InputPlan:
+        return next(p for p in preset_plans(self.preset) if p.name == self.plan)
 
-def cases(presets=None, variants=None, n_list=N_LIST) -> list[SuiteCase]:
-    bad = [n for n in n_list if not 1 <= n <= MAX_N]
+    @property
+    def steps(self) -> int:
+        return self.input_plan.steps
+
+
+def cases(presets=None, variants=None, n_list=N_LIST, boundary_n=BOUNDARY_N) -> list[SuiteCase]:
+    """The suite's cases, grouped by fixture (an engine is loaded once per group). `n_list`: the short plan's batch
+    sizes; `boundary_n`: the other plans' (those also in n_list), see PLAN_VARIANTS."""
+    bad = [n for n in (*n_list, *boundary_n) if not 1 <= n <= MAX_N]
     if bad:  # prompts[:n] would silently run fewer sequences than asked (or none)
         raise ValueError(f"batch sizes {bad}: a case batches 1..{MAX_N} sequences")
-    return [SuiteCase(p, v, n) for p in (presets or sorted(PRESETS)) for v in (variants or VARIANTS) for n in n_list]
+    out = []
+    for p in presets or sorted(PRESETS):
+        for v in variants or VARIANTS:
+            for plan in preset_plans(p):
+                chosen = PLAN_VARIANTS[plan.name]
+                if chosen is not None and v not in chosen:
+                    continue
+                ns = n_list if plan.name in EVERY_N_PLANS else [n for n in n_list if n in boundary_n]
+                out += [SuiteCase(p, v, n, plan.name) for n in ns]
+    return out
 
 
 def sequences(vocab_size: int, count: int = MAX_N, *, seed: int = SEQUENCE_SEED):
-    """`count` prompts of different lengths (2..26 tokens: longer than every sliding ring of the mini presets,
-    window + prefill chunk - 1 <= 23, so the rings wrap)
-    and a forced continuation of DECODE_STEPS tokens each. Tokens avoid the special ids 0..3."""
-    rng = np.random.default_rng(seed)
-    prompts, forced = [], []
-    for i in range(count):
-        length = 2 + (7 * i + 3) % 25
-        prompts.append([2] + [int(t) for t in rng.integers(4, vocab_size, size=length - 1)])
-        forced.append([int(t) for t in rng.integers(4, vocab_size, size=DECODE_STEPS)])
-    return prompts, forced
+    """The short plan's prompts: `count` prompts of different lengths (2..26 tokens; longer than every sliding ring
+    of the windows <= 16, window + prefill chunk - 1 <= 23, so those rings wrap) and a forced continuation of
+    DECODE_STEPS tokens each. Tokens avoid the special ids 0..3. Prompts of other lengths:
+    gemma_oracle.harness.suites.inputs.make_sequences."""
+    return make_sequences(vocab_size, legacy_lengths(count), DECODE_STEPS, seed=seed)
 
 
 @functools.lru_cache(maxsize=2)
@@ -103,7 +144,8 @@ _REFERENCE_MEMO: dict = {}
 
 def run_case(case: SuiteCase, backend: str, route_mode: str | None = None) -> GoldenResult:
     engine = engine_for(case.preset, case.variant, backend, route_mode)
-    prompts, forced = sequences(engine.vocab_size)
+    plan = case.input_plan
+    prompts, forced = make_sequences(engine.vocab_size, plan.lengths, plan.steps)
     return golden_single_vs_batched(
         engine, prompts[: case.n], forced[: case.n], policy=policy_for(engine, backend), cache=_REFERENCE_MEMO
     )
