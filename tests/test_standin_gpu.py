@@ -1,5 +1,7 @@
 """The 12B-shaped stand-ins on the GPU: conditioning, and the golden single-user vs batched oracle on real 12B
-shapes (N = 2, 6, 16) in the fast mode through decode-MMQ, and bitwise in batch-invariant mode.
+shapes (N = 2, 6, 16) in the fast mode through decode-MMQ, and bitwise in batch-invariant mode; the same on the input
+plans that reach every boundary within the engines' context (gemma_oracle.harness.suites.inputs: the global cache's
+growth and split-KV chunk starts at 64, 128, 256 and the context's last position; the 1024 window is past it).
 
 The files (7.4 / 7.0 GB) are built on first use by gemma_oracle.harness.fixtures.cache.fixture_path (a few minutes with 16 cores;
 `gemma-oracle fixtures build shape12b shape12b-q4_0` does it ahead). Results on them are synthetic.
@@ -9,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gemma_oracle.harness.suites.inputs import make_sequences, plans
 from gemma_oracle.harness.suites.synthetic import SEED_MMQ_POLICY, sequences
 from gemma_oracle.oracles.compare import exact
 from gemma_oracle.oracles.metrics import screen_nonfinite, top1_top2_margin
@@ -86,3 +89,26 @@ def test_standin_batch_invariant_mode_is_bitwise(name):
     for n in (2, 6, 16):
         golden_single_vs_batched(eng, prompts[:n], forced[:n], policy=exact(), cache=_SINGLE_MEMO).assert_passed()
     assert "decode_mmq" in set(eng.routes_served[16].values())
+
+
+# The stand-ins' boundary plans at the engines' context (MAX_CONTEXT: the window, 1024, lies past it, so no sliding
+# plan); the short plan is the tests above.
+STANDIN_PLANS = ("growth-mixed", "growth-equal", "far-mixed")
+PLAN_N = (2, 3, 6, 16)
+
+
+@pytest.mark.parametrize("plan_name", STANDIN_PLANS)
+@pytest.mark.parametrize("mode", ["auto", "batch-invariant"])
+@pytest.mark.parametrize("name", STANDIN_NAMES)
+def test_standin_input_plans(name, mode, plan_name):
+    """Batched decode across the global cache's boundaries: the seed's tolerances in the fast mode, bitwise in
+    batch-invariant mode."""
+    eng = standin_engine(name, mode)
+    plan = next(p for p in plans(eng.config, context=MAX_CONTEXT) if p.name == plan_name)
+    prompts, forced = make_sequences(eng.vocab_size, plan.lengths, plan.steps)
+    policy = SEED_MMQ_POLICY if mode == "auto" else exact()
+    for n in PLAN_N:
+        assert plan.crossed(n), f"{plan_name} N={n} crosses no boundary"
+        result = golden_single_vs_batched(eng, prompts[:n], forced[:n], policy=policy, cache=_SINGLE_MEMO)
+        print(f"{name} {mode} {plan_name} N={n}: max |dlogit| {max(c.max_abs for c in result.comparisons):.4f}")
+        result.assert_passed()
