@@ -151,8 +151,9 @@ def test_a_plain_install_runs_the_cli_without_test_tooling(built, tmp_path):
     oracle = _run([cli, "oracle", "--backend", "numpy", "--presets", "keqv-mixed", "--variants", "f32", "--n", "2"],
                   cwd=tmp_path, env=env)
     assert oracle.returncode == 0, oracle.stdout + oracle.stderr
-    assert re.search(r"^keqv-mixed\s+f32\s+1/1 .* PASS$", oracle.stdout, re.M), oracle.stdout
-    assert "1 passed, 0 failed" in oracle.stdout
+    # N = 2: the short plan's case and growth-mixed's (suites/synthetic.py PLAN_VARIANTS: f32 runs the mixed plans)
+    assert re.search(r"^keqv-mixed\s+f32\s+2/2 .* PASS$", oracle.stdout, re.M), oracle.stdout
+    assert "2 passed, 0 failed" in oracle.stdout
 
 
 # --------------------------------------------------------------------------- the pytest plugin: a good citizen
