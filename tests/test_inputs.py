@@ -21,7 +21,8 @@ CPU_CASES = cases()
 GPU_CASES = cases(n_list=GPU_N_LIST, boundary_n=GPU_BOUNDARY_N)
 
 # Written out by hand from the presets (window, window + chunk 8 - 1, the reference cache's 64-slot start doubling
-# to the context, split-KV chunks of 64 starting at 64 and 128, the context's last position), not by the code under test.
+# to the context, split-KV chunks of 64 starting at 64 and 128, the context's last position), not by the code under
+# test.
 HAND_BOUNDARIES = {
     "keqv-mixed": {64, 128, 255},  # window 256 = context: no sliding boundary
     "keqv-all-global": {64, 128, 255},

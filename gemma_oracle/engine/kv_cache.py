@@ -16,7 +16,8 @@ GLOBAL_INITIAL_CAPACITY = 64
 
 
 def growth_positions(max_len: int) -> tuple[int, ...]:
-    """The positions whose write makes a global LayerKV of context `max_len` grow (a write at position p >= capacity)."""
+    """The positions whose write makes a global LayerKV of context `max_len` grow (writes in position order: a write
+    at position p >= capacity)."""
     out, cap = [], min(GLOBAL_INITIAL_CAPACITY, max_len)
     while cap < max_len:
         out.append(cap)

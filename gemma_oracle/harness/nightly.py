@@ -42,6 +42,7 @@ class NightlyPlan:
 
 PLANS: dict[str, NightlyPlan] = {
     # CPU (2 cores, measured 2026-11-25): fixtures ~15 s, synthetic ~75 s, Gemma 3 270M ~40 s, bench ~10 s.
+    # The input plans (suites/inputs.py) added ~110 boundary cases; `pytest -m synthetic -n 2`: 69 s -> 111 s (2026-12-06).
     "numpy64": NightlyPlan(
         "numpy64", N_LIST, (None,),
         BenchConfig(models=("g4-e2b-mini",), n_list=(1, 2, 4, 8, 16), route_modes=(NO_ROUTE,), context=256,

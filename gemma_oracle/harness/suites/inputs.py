@@ -91,7 +91,8 @@ def boundaries(cfg: GemmaConfig, context: int | None = None) -> tuple[Boundary, 
     ring = cfg.sliding_window + chunk - 1
     if sliding_owners and ring < ctx:
         out.append(Boundary(ring, RING, f"sliding ring of {ring} slots (window {cfg.sliding_window} + prefill chunk "
-                                        f"{chunk} - 1) wraps: position {ring} overwrites slot 0 ({_layers(sliding_owners)})"))
+                                        f"{chunk} - 1) wraps: position {ring} overwrites slot 0 "
+                                        f"({_layers(sliding_owners)})"))
     if global_owners:
         for p in reference_kv.growth_positions(ctx):
             out.append(Boundary(p, GROWTH, f"reference global KV cache grows at position {p} "
@@ -166,9 +167,10 @@ def plans(cfg: GemmaConfig, context: int | None = None, steps: int = DECODE_STEP
         out.append(InputPlan("sliding-mixed", f"mixed lengths, rows crossing at different decode steps: {words}",
                              crossing_lengths(pos, ctx, steps=steps), steps, tuple(sliding)))
         ring = by_kind[RING] or by_kind[WINDOW]
-        out.append(InputPlan("sliding-equal", f"equal lengths, every row at one position, crossing in one batched step: "
-                                              f"{ring[-1].what}",
-                             crossing_lengths([ring[-1].position], ctx, steps=steps, stagger=False), steps, (ring[-1],)))
+        out.append(InputPlan("sliding-equal", "equal lengths, every row at one position, crossing in one batched "
+                                              f"step: {ring[-1].what}",
+                             crossing_lengths([ring[-1].position], ctx, steps=steps, stagger=False), steps,
+                             (ring[-1],)))
     first = [b for b in bounds if b.kind in (GROWTH, KV_CHUNK)]
     if first:
         p0 = first[0].position
@@ -179,12 +181,14 @@ def plans(cfg: GemmaConfig, context: int | None = None, steps: int = DECODE_STEP
                              crossing_lengths([p0], ctx, steps=steps), steps, at))
         out.append(InputPlan("growth-equal", f"equal lengths, every row crossing in one batched step: {words}",
                              crossing_lengths([p0], ctx, steps=steps, stagger=False), steps, at))
-    far = sorted({b.position for b in bounds if b.kind in (GROWTH, KV_CHUNK, CONTEXT_END)} - ({first[0].position} if first else set()))
+    far = sorted({b.position for b in bounds if b.kind in (GROWTH, KV_CHUNK, CONTEXT_END)}
+                 - ({first[0].position} if first else set()))
     if far:
         targets = tuple(b for b in bounds if b.position in far and b.kind in (GROWTH, KV_CHUNK, CONTEXT_END))
-        out.append(InputPlan("far-mixed", "mixed long prompts, one row per boundary: every later cache growth and "
-                                          f"split-KV chunk start ({', '.join(str(p) for p in far[:-1])}) and the "
-                                          f"context's last position {ctx - 1}",
+        later = (f"every later cache growth and split-KV chunk start ({', '.join(str(p) for p in far[:-1])}) and "
+                 if far[:-1] else "")
+        out.append(InputPlan("far-mixed", f"mixed long prompts, one row per boundary: {later}the context's last "
+                                          f"position {ctx - 1}",
                              crossing_lengths(far, ctx, steps=steps), steps, targets))
     return tuple(out)
 
