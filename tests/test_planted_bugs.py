@@ -204,6 +204,24 @@ def test_retired_fixed_bounds_miss_bugs():
     assert seed_missed, "the seed's 12B bounds caught the skipped softcap here"
 
 
+@pytest.mark.parametrize("bug", ["softcap-skipped", "keqv-v-normed-k", "padded-keys"])
+def test_the_suites_judge_auto_mode_by_the_calibrated_policy(bug):
+    """The suites' own path (gemma_oracle.harness.suites.synthetic.judge, which the nightly and the real-model
+    suite run): an engine in route mode auto gets the calibrated policy against the float64 engine and fails the
+    bugs the retired fixed bounds passed; without the bug it passes."""
+    from gemma_oracle.harness.suites.synthetic import judge, policy_for
+
+    preset, n = FIXTURE[bug], 5
+    reference = functools.partial(base, preset, "numpy64")
+    for planted, should_pass in ((None, True), (bug, False)):
+        eng = PlantedEngine(base(preset, "numpy32"), BUGS[planted] if planted else HookedModel)
+        eng.route_mode = "auto"   # what a CupyEngine in the fast mode reports
+        assert policy_for(eng, "cupy") is CALIBRATED_POLICY
+        prompts, forced = inputs(eng.vocab_size)
+        result = judge(eng, "cupy", prompts[:n], forced[:n], reference=reference, cache=_REFS)
+        assert result.policy == "calibrated" and result.passed == should_pass, result.summary()
+
+
 # ------------------------------------------------------------------------------------------------ the table
 
 def catch_table(policies=POLICIES + RETIRED) -> list[dict]:
