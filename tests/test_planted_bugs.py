@@ -1,25 +1,9 @@
-"""The oracle's power: every planted batching bug (tests/planted_bugs.py) fails every policy the project uses at
-every N where the bug is active, and the correct engines pass every policy (no false alarm).
-
-Policies and the candidate each judges (the candidate is what the policy is used for on real engines):
-
-* ``float64`` (FLOAT64_POLICY; the numpy64 golden suite): the numpy64 engine, batched vs its own single-user run;
-* ``exact`` (the GPU's batch-invariant routes, WS on the 12B): the numpy64 engine on a row-at-a-time matmul
-  backend (RowwiseBackend, bitwise batch-invariant like WS), batched vs single-user, bitwise;
-* ``calibrated`` (decode-MMQ in auto mode, the 12B stand-ins, the real 12B, outside engines): a NOISY route, the
-  numpy32 engine (float32 arithmetic: its single-user run is itself ~1e-13 NMSE off the reference), judged against
-  the float64 reference engine by gemma_oracle.oracles.calibrated: the batch must not be much worse than the
-  route's own single-user noise.
-
-The retired fixed-bound policies (``decode-mmq``, ``seed-12b-mmq``) are run on the same noisy candidate for the
-record only: ``test_retired_fixed_bounds_miss_bugs`` shows which bugs they pass (the reason they were retired).
-
-Inputs that make every bug fire (PROMPT_LENGTHS, STEPS): mixed prompt lengths; the first row is 62 tokens, so its
-3 decode steps write positions 62..64 (the global cache grows at 64) and it is past every sliding window (16, 8),
-its ring wrapped, next to short rows that have not wrapped; forced tokens differ per row (PLE, KV swap).
+"""The oracle's power: every planted batching bug (gemma_oracle/harness/suites/planted.py) fails every policy
+the project uses at every N where the bug is active, and the correct engines pass every policy (no false alarm).
+The suite module says which candidate each policy judges and which inputs make each bug fire;
 ``test_bugs_fire_exactly_where_predicted`` checks each bug's ``fires_at`` against the logits themselves.
 
-Run as a script (``python -m tests.test_planted_bugs``) it prints the catch table as markdown (the README's).
+``python -m gemma_oracle.harness.suites.planted`` prints the catch table as markdown (the README's).
 """
 from __future__ import annotations
 
@@ -28,86 +12,41 @@ import functools
 import numpy as np
 import pytest
 
-from gemma_oracle.engine.engine import GemmaEngine
-from gemma_oracle.harness.fixtures.cache import fixture_path
-from gemma_oracle.oracles.calibrated import calibrated_single_vs_batched
+from gemma_oracle.harness.suites.planted import (
+    BUGS,
+    FIXTURE,
+    FIXTURES,
+    N_LIST,
+    POLICIES,
+    REFERENCE_MEMO as _REFS,
+    RETIRED,
+    STEPS,
+    HookedModel,
+    PlantedEngine,
+    active,
+    base,
+    catch_runs,
+    catch_table,
+    engine,
+    inputs,
+    run,
+)
 from gemma_oracle.oracles.compare import (
     CALIBRATED_MAX_ABS_FACTOR,
     CALIBRATED_NMSE_FACTOR,
     CALIBRATED_POLICY,
-    FLOAT64_POLICY,
-    MMQ_POLICY,
-    SEED_MMQ_POLICY,
     check_logits_close,
     exact,
 )
 from gemma_oracle.oracles.metrics import max_abs, nmse
-from gemma_oracle.oracles.single_vs_batched import golden_single_vs_batched, single_user_logits
-from tests.planted_bugs import BUGS, HookedModel, PlantedEngine, RowwiseBackend
+from gemma_oracle.oracles.single_vs_batched import single_user_logits
 
 pytestmark = pytest.mark.synthetic
-
-# Mixed lengths (module docstring says why each); N = 8 uses them all.
-PROMPT_LENGTHS = (62, 20, 9, 40, 17, 5, 33, 12)
-STEPS = 3
-N_LIST = (1, 2, 3, 5, 8)
-SEED = 2026
-# Which fixture each bug runs on: the model must have the feature the bug breaks (PLE and a KV-shared tail on
-# g4-e2b-mini; k_eq_v, GQA 16/8 heads, windows of 16 on g4-12b-mini).
-FIXTURE = {name: "g4-12b-mini" for name in BUGS} | {"ple-rows-shifted": "g4-e2b-mini",
-                                                     "shared-kv-source": "g4-e2b-mini"}
-POLICIES = ("float64", "exact", "calibrated")          # every policy the project uses
-RETIRED = ("decode-mmq", "seed-12b-mmq")               # fixed bounds the calibrated rule replaced (for the record)
-
-
-@functools.lru_cache(maxsize=None)
-def base(preset: str, backend: str) -> GemmaEngine:
-    return GemmaEngine(fixture_path(preset, "f32"), backend, memo_prefill=True)
-
-
-@functools.lru_cache(maxsize=None)
-def inputs(vocab: int):
-    rng = np.random.default_rng(SEED)
-    prompts = [[2] + [int(t) for t in rng.integers(4, vocab, size=n - 1)] for n in PROMPT_LENGTHS]
-    forced = [[int(t) for t in rng.integers(4, vocab, size=STEPS)] for _ in PROMPT_LENGTHS]
-    return prompts, forced
-
-
-_MEMOS: dict = {}     # prefill memo per (preset, ops): shared by the planted engines on those ops
-_ENGINES: dict = {}
-_REFS: dict = {}      # single-user runs by (engine name, prompt, forced)
-
-
-def engine(preset: str, policy: str, bug: str | None) -> PlantedEngine:
-    """The candidate a policy judges (module docstring), with ``bug`` planted (None: the correct engine)."""
-    key = (preset, policy, bug)
-    if key not in _ENGINES:
-        backend = "numpy64" if policy in ("float64", "exact") else "numpy32"
-        ops = RowwiseBackend("float64") if policy == "exact" else None
-        memo = _MEMOS.setdefault((preset, backend, policy == "exact"), {})
-        _ENGINES[key] = PlantedEngine(base(preset, backend), BUGS[bug] if bug else HookedModel, ops=ops, memo=memo)
-    return _ENGINES[key]
-
-
-def run(preset: str, policy: str, bug: str | None, n: int):
-    eng = engine(preset, policy, bug)
-    prompts, forced = inputs(eng.vocab_size)
-    prompts, forced = prompts[:n], forced[:n]
-    if policy == "calibrated":
-        return calibrated_single_vs_batched(eng, prompts, forced, reference_engine=base(preset, "numpy64"),
-                                            policy=CALIBRATED_POLICY, cache=_REFS)
-    rule = {"float64": FLOAT64_POLICY, "exact": exact(), "decode-mmq": MMQ_POLICY,
-            "seed-12b-mmq": SEED_MMQ_POLICY}[policy]
-    return golden_single_vs_batched(eng, prompts, forced, policy=rule, cache=_REFS)
-
-
-def active(bug: str, n: int) -> bool:
-    return engine(FIXTURE[bug], "float64", bug).model.fires_at(PROMPT_LENGTHS, STEPS, n)
 
 
 # ------------------------------------------------------------------------------------------------ the engines
 
-@pytest.mark.parametrize("preset", sorted(set(FIXTURE.values())))
+@pytest.mark.parametrize("preset", FIXTURES)
 def test_hooked_model_is_the_reference(preset):
     """The hooked copy of the forward pass (no bug) gives the reference engine's bits, single-user and batched."""
     ref, hooked = base(preset, "numpy64"), engine(preset, "float64", None)
@@ -156,7 +95,7 @@ def test_noise_ratio_of_a_correct_noisy_route():
     """The calibration's measurement: on the correct numpy32 engine (float32 noise), the per-position ratio of
     the batched error to the single-user error, both against numpy64, over every fixture and N >= 2."""
     worst_nmse = worst_abs = 0.0
-    for preset in sorted(set(FIXTURE.values())):
+    for preset in FIXTURES:
         eng, ref = engine(preset, "calibrated", None), base(preset, "numpy64")
         prompts, forced = inputs(eng.vocab_size)
         r = [single_user_logits(ref, p, f) for p, f in zip(prompts, forced)]
@@ -173,25 +112,6 @@ def test_noise_ratio_of_a_correct_noisy_route():
                 worst_abs = max(worst_abs, float(np.max(max_abs(r[i], bi) / max_abs(r[i], s[i]))))
     print(f"correct numpy32 route: worst batched/single-user ratio NMSE {worst_nmse:.3f}, max |diff| {worst_abs:.3f}")
     assert worst_nmse * NOISE_MARGIN <= CALIBRATED_NMSE_FACTOR and worst_abs * NOISE_MARGIN <= CALIBRATED_MAX_ABS_FACTOR
-
-@pytest.mark.parametrize("policy", POLICIES)
-@pytest.mark.parametrize("bug", sorted(BUGS))
-def test_every_policy_catches_every_bug_where_active(bug, policy):
-    preset = FIXTURE[bug]
-    for n in N_LIST:
-        result = run(preset, policy, bug, n)
-        if active(bug, n):
-            assert not result.passed, f"{policy} MISSED {bug} at N={n}: {result.summary()}"
-        else:   # inactive (N = 1 or below the bug's switch point): the engine is the correct one there
-            result.assert_passed()
-
-
-@pytest.mark.parametrize("policy", POLICIES)
-@pytest.mark.parametrize("preset", sorted(set(FIXTURE.values())))
-def test_correct_engine_passes_every_policy(preset, policy):
-    for n in N_LIST:
-        run(preset, policy, None, n).assert_passed()
-
 
 def test_retired_fixed_bounds_miss_bugs():
     """The fixed bounds the calibrated rule replaced pass at least one active planted bug each (the softcap
@@ -224,29 +144,18 @@ def test_the_suites_judge_auto_mode_by_the_calibrated_policy(bug):
 
 # ------------------------------------------------------------------------------------------------ the table
 
-def catch_table(policies=POLICIES + RETIRED) -> list[dict]:
-    """One row per bug: for each policy 'caught/active' over N_LIST, plus the correct engine's false alarms."""
-    rows = []
-    for bug in sorted(BUGS):
-        row = {"bug": bug, "fixture": FIXTURE[bug], "active N": ",".join(str(n) for n in N_LIST if active(bug, n))}
-        for policy in policies:
-            act = [n for n in N_LIST if active(bug, n)]
-            caught = sum(not run(FIXTURE[bug], policy, bug, n).passed for n in act)
-            row[policy] = f"{caught}/{len(act)}"
-        rows.append(row)
-    alarms = {"bug": "(correct engine: false alarms)", "fixture": "both", "active N": "-"}
-    for policy in policies:
-        runs = [(p, n) for p in sorted(set(FIXTURE.values())) for n in N_LIST]
-        alarms[policy] = f"{sum(not run(p, policy, None, n).passed for p, n in runs)}/{len(runs)}"
-    return rows + [alarms]
-
-
-def markdown(rows: list[dict]) -> str:
-    cols = list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    print(markdown(catch_table()))
+@pytest.mark.parametrize("policy", POLICIES)
+def test_policy_catches_every_bug_where_active_and_passes_the_correct_engines(policy):
+    """One column of the catch table (the README's and the nightly's): every planted bug fails ``policy`` at
+    every N where it is active and passes where it is not (N = 1, below its switch point); the correct engines
+    pass at every N (no false alarm)."""
+    runs = catch_runs((policy,))
+    wrong = [f"{r.subject} N={r.n}: {r.verdict}, expected {r.expected} ({r.message or 'passed'})"
+             for r in runs if not r.ok]
+    assert not wrong, f"{policy}: " + "\n".join(wrong)
+    rows = catch_table(runs)
+    assert [r["bug"] for r in rows[:-1]] == sorted(BUGS) and rows[-1]["bug"].startswith("(correct")
+    for row in rows[:-1]:
+        act = sum(active(row["bug"], n) for n in N_LIST)
+        assert act >= 2 and row[policy] == f"{act}/{act}", row
+    assert rows[-1][policy] == f"0/{len(FIXTURES) * len(N_LIST)}"

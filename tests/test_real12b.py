@@ -39,7 +39,7 @@ KV_DTYPE = "float16"  # both sides of every comparison use the same KV dtype
 DECODE_STEPS = 2
 # The decode-MMQ item is judged by CALIBRATED_POLICY against the WS route. It replaced the seed's 12B bounds
 # (seed-project.md §3.4: near-tie 1.5, top-5 >= 3, max |dlogit| < 5), which passed a skipped final softcap and
-# attention over zero-padded keys (tests/test_planted_bugs.py; README "What the oracle catches").
+# attention over zero-padded keys (gemma_oracle/harness/suites/planted.py; README "What the oracle catches").
 
 
 def _engine(model, route_mode: str):

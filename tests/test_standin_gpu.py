@@ -67,7 +67,7 @@ def test_standin_fast_mode_golden(name, n, record_property):
     """auto routes: the batch of N (decode-MMQ from N = 5) and each sequence alone, both against the WS route's
     single-user run (the float reference: 12B shapes do not fit the float64 engine) under CALIBRATED_POLICY; the
     measured worst case recorded (junit properties) and printed. It replaced the seed's fixed bounds, which passed
-    a skipped final softcap (tests/test_planted_bugs.py)."""
+    a skipped final softcap (gemma_oracle/harness/suites/planted.py)."""
     reference = standin_engine(name, "ws")
     eng = standin_engine(name, "auto")
     prompts, forced = sequences(eng.vocab_size)

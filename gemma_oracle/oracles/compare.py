@@ -145,10 +145,10 @@ FLOAT64_POLICY = tolerance(
 )
 
 # RETIRED fixed bounds, kept so stored runs that name them still render their rule; no suite uses them any more.
-# They judged batched vs single-user with bounds fixed in advance, and tests/test_planted_bugs.py shows what that
-# passes: a skipped final softcap (monotonic: argmax and top-5 stay put), V taken from the normed K on a k_eq_v
-# layer, an fp16 rounding of the FFN inputs from N >= 5 (README "What the oracle catches"). Their replacement is
-# CALIBRATED_POLICY below.
+# They judged batched vs single-user with bounds fixed in advance, and the planted-bug suite
+# (gemma_oracle/harness/suites/planted.py) shows what that passes: a skipped final softcap (monotonic: argmax and
+# top-5 stay put), V taken from the normed K on a k_eq_v layer, an fp16 rounding of the FFN inputs from N >= 5
+# (README "What the oracle catches"). Their replacement is CALIBRATED_POLICY below.
 # "decode-mmq" (issue 6): argmax equal unless the reference's top-two margin is below 0.5, top-5 sharing at least
 # 4 tokens, max |delta logit| <= 1.0, final-logit NMSE <= 5e-3 (issue 5's bound for Q8_1 paths).
 MMQ_POLICY = tolerance(nmse_max=5e-3, max_abs_max=1.0, near_tie_eps=0.5, topk=5, topk_min_overlap=4, name="decode-mmq")

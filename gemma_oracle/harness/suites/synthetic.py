@@ -34,7 +34,7 @@ SEQUENCE_SEED = 1234
 POLICIES: dict[str, Policy] = {"numpy64": FLOAT64_POLICY, "cupy": exact()}
 # The fast (auto) mode, which is not bitwise: CALIBRATED_POLICY (gemma_oracle.oracles.compare, with its provenance),
 # against the float64 engine on the same file (REFERENCE_BACKEND). It replaced the fixed bounds MMQ_POLICY /
-# SEED_MMQ_POLICY, which passed planted semantic bugs (tests/test_planted_bugs.py).
+# SEED_MMQ_POLICY, which passed planted semantic bugs (gemma_oracle/harness/suites/planted.py).
 REFERENCE_BACKEND = "numpy64"
 # The GPU suite adds N = 32 (GEMM-N, beyond every WS capacity).
 GPU_N_LIST = (1, 2, 3, 4, 5, 8, 9, 16, 17, 32)

@@ -1,4 +1,5 @@
-"""Planted batching bugs: engines around the reference model, exact when decoding one sequence, wrong only batched.
+"""The planted-bug suite: engines around the reference model, exact when decoding one sequence, wrong only batched,
+and the runs that show every policy the project uses failing them (the catch table of the README and the nightly).
 
 Each bug is a subclass of :class:`HookedModel` that overrides ONE hook of the batched path, modelled on a bug seen
 in a real engine. ``HookedModel`` is gemma_oracle.engine.model.GemmaModel with its attention and FFN split into
@@ -7,12 +8,26 @@ hook misbehaves only while ``self.batched`` is set, which :class:`PlantedEngine`
 ``bug.min_n`` rows or more. Prefill (one sequence) and single-user decode are therefore the reference's bits.
 
 Where each bug is ACTIVE (``fires_at`` says it in code, the docstring in words) depends on the inputs; the
-inputs of tests/test_planted_bugs.py (PROMPT_LENGTHS: mixed lengths, the first row crossing the global cache's
-growth at position 64 and every sliding window; forced tokens that differ per row) make every bug fire at every
-N >= its ``min_n``, and the test checks that by comparing each bug's batched logits with the correct engine's.
+inputs below (PROMPT_LENGTHS: mixed lengths, the first row crossing the global cache's growth at position 64 and
+every sliding window, its ring wrapped next to rows that have not wrapped; forced tokens that differ per row) make
+every bug fire at every N >= its ``min_n``; tests/test_planted_bugs.py checks that against the logits.
+
+Policies and the candidate each judges (the candidate is what the policy is used for on real engines):
+
+* ``float64`` (FLOAT64_POLICY; the numpy64 golden suite): the numpy64 engine, batched vs its own single-user run;
+* ``exact`` (the GPU's batch-invariant routes, WS on the 12B): the numpy64 engine on a row-at-a-time matmul
+  backend (RowwiseBackend, bitwise batch-invariant like WS), batched vs single-user, bitwise;
+* ``calibrated`` (decode-MMQ in auto mode, the 12B stand-ins, the real 12B, outside engines): a NOISY route, the
+  numpy32 engine (float32 arithmetic: its single-user run is itself ~1e-12 NMSE off the reference), judged against
+  the float64 engine by gemma_oracle.oracles.calibrated: the batch must not be much worse than the route's own
+  single-user noise.
+
+The retired fixed-bound policies (``decode-mmq``, ``seed-12b-mmq``) run on the same noisy candidate for the record.
 """
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -329,3 +344,148 @@ class PlantedEngine(GemmaEngine):
             return super().decode(seqs, tokens)
         finally:
             self.model.batched = False
+
+
+# ------------------------------------------------------------------------------------------------ the suite
+
+# Mixed lengths (module docstring says why each); N = 8 uses them all.
+PROMPT_LENGTHS = (62, 20, 9, 40, 17, 5, 33, 12)
+STEPS = 3
+N_LIST = (1, 2, 3, 5, 8)
+SEED = 2026
+# Which fixture each bug runs on: the model must have the feature the bug breaks (PLE and a KV-shared tail on
+# g4-e2b-mini; k_eq_v, GQA 16/8 heads, windows of 16 on g4-12b-mini).
+FIXTURE = {name: "g4-12b-mini" for name in BUGS} | {"ple-rows-shifted": "g4-e2b-mini",
+                                                     "shared-kv-source": "g4-e2b-mini"}
+FIXTURES = tuple(sorted(set(FIXTURE.values())))
+POLICIES = ("float64", "exact", "calibrated")          # every policy the project uses
+RETIRED = ("decode-mmq", "seed-12b-mmq")               # fixed bounds the calibrated rule replaced (for the record)
+CORRECT = "correct"                                     # the subject name of the engines without a bug
+
+
+@functools.lru_cache(maxsize=None)
+def base(preset: str, backend: str) -> GemmaEngine:
+    from gemma_oracle.harness.fixtures.cache import fixture_path
+
+    return GemmaEngine(fixture_path(preset, "f32"), backend, memo_prefill=True)
+
+
+@functools.lru_cache(maxsize=None)
+def inputs(vocab: int):
+    rng = np.random.default_rng(SEED)
+    prompts = [[2] + [int(t) for t in rng.integers(4, vocab, size=n - 1)] for n in PROMPT_LENGTHS]
+    forced = [[int(t) for t in rng.integers(4, vocab, size=STEPS)] for _ in PROMPT_LENGTHS]
+    return prompts, forced
+
+
+_MEMOS: dict = {}     # prefill memo per (preset, backend, rowwise): shared by the planted engines on those ops
+_ENGINES: dict = {}
+REFERENCE_MEMO: dict = {}   # single-user runs by (engine name, prompt, forced)
+
+
+def engine(preset: str, policy: str, bug: str | None) -> PlantedEngine:
+    """The candidate a policy judges (module docstring), with ``bug`` planted (None: the correct engine)."""
+    key = (preset, policy, bug)
+    if key not in _ENGINES:
+        backend = "numpy64" if policy in ("float64", "exact") else "numpy32"
+        ops = RowwiseBackend("float64") if policy == "exact" else None
+        memo = _MEMOS.setdefault((preset, backend, policy == "exact"), {})
+        _ENGINES[key] = PlantedEngine(base(preset, backend), BUGS[bug] if bug else HookedModel, ops=ops, memo=memo)
+    return _ENGINES[key]
+
+
+@functools.lru_cache(maxsize=None)
+def run(preset: str, policy: str, bug: str | None, n: int):
+    """(Memoised) the golden result of ``policy`` on its candidate with ``bug`` planted, N sequences (the first n inputs)."""
+    from gemma_oracle.oracles.calibrated import calibrated_single_vs_batched
+    from gemma_oracle.oracles.compare import CALIBRATED_POLICY, FLOAT64_POLICY, MMQ_POLICY, SEED_MMQ_POLICY, exact
+    from gemma_oracle.oracles.single_vs_batched import golden_single_vs_batched
+
+    eng = engine(preset, policy, bug)
+    prompts, forced = inputs(eng.vocab_size)
+    prompts, forced = prompts[:n], forced[:n]
+    if policy == "calibrated":
+        return calibrated_single_vs_batched(eng, prompts, forced, reference_engine=base(preset, "numpy64"),
+                                            policy=CALIBRATED_POLICY, cache=REFERENCE_MEMO)
+    rule = {"float64": FLOAT64_POLICY, "exact": exact(), "decode-mmq": MMQ_POLICY,
+            "seed-12b-mmq": SEED_MMQ_POLICY}[policy]
+    return golden_single_vs_batched(eng, prompts, forced, policy=rule, cache=REFERENCE_MEMO)
+
+
+def active(bug: str, n: int) -> bool:
+    return engine(FIXTURE[bug], "float64", bug).model.fires_at(PROMPT_LENGTHS, STEPS, n)
+
+
+@dataclass(frozen=True)
+class CatchRun:
+    """One run of the catch table: ``subject`` (a bug, or CORRECT) under ``policy`` at N. ``expected`` is
+    "fail" where the bug is active, else "pass"; ``ok`` says whether the verdict is the expected one (a missed bug
+    or a false alarm is ``ok`` False). ``in_use``: the policy is one the project uses (not a retired one)."""
+
+    subject: str
+    fixture: str
+    policy: str
+    in_use: bool
+    n: int
+    active: bool
+    verdict: str
+    expected: str
+    ok: bool
+    comparisons: int
+    failed: int
+    message: str
+
+
+def catch_runs(policies: Sequence[str] = POLICIES + RETIRED, progress=None) -> list[CatchRun]:
+    """Every (bug or correct engine) x policy x N of the suite; ``progress``, when given, is called after each."""
+    out = []
+    subjects = [(bug, FIXTURE[bug]) for bug in sorted(BUGS)] + [(CORRECT, f) for f in FIXTURES]
+    for subject, fixture in subjects:
+        for policy in policies:
+            for n in N_LIST:
+                bug = None if subject == CORRECT else subject
+                on = bug is not None and active(bug, n)
+                result = run(fixture, policy, bug, n)
+                verdict = "pass" if result.passed else "fail"
+                expected = "fail" if on else "pass"
+                out.append(CatchRun(subject, fixture, policy, policy in POLICIES, n, on, verdict, expected,
+                                    verdict == expected, len(result.comparisons), len(result.failures),
+                                    "" if result.passed else result.failures[0].message))
+                if progress is not None:
+                    progress()
+    return out
+
+
+def catch_table(runs: Sequence[CatchRun]) -> list[dict]:
+    """One row per bug: for each policy 'caught/active' runs, then one row of the correct engines' false alarms
+    ('failed/runs'), in the order the policies first appear."""
+    policies = list(dict.fromkeys(r.policy for r in runs))
+    rows = []
+    for bug in dict.fromkeys(r.subject for r in runs if r.subject != CORRECT):
+        mine = [r for r in runs if r.subject == bug]
+        row = {"bug": bug, "fixture": mine[0].fixture,
+               "active N": ",".join(str(n) for n in dict.fromkeys(r.n for r in mine if r.active)) or "none"}
+        for p in policies:
+            act = [r for r in mine if r.policy == p and r.active]
+            row[p] = f"{sum(r.verdict == 'fail' for r in act)}/{len(act)}"
+        rows.append(row)
+    correct = [r for r in runs if r.subject == CORRECT]
+    if correct:
+        alarms = {"bug": "(correct engines: false alarms)", "fixture": ", ".join(dict.fromkeys(r.fixture for r in correct)),
+                  "active N": "-"}
+        for p in policies:
+            mine = [r for r in correct if r.policy == p]
+            alarms[p] = f"{sum(r.verdict == 'fail' for r in mine)}/{len(mine)}"
+        rows.append(alarms)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown(catch_table(catch_runs())))
