@@ -48,9 +48,9 @@ from gemma_oracle.oracles.metrics import (
 from gemma_oracle.oracles.single_vs_batched import (
     GoldenResult,
     RefCache,
-    _host_logits,
-    _reference,
-    _require_engine,
+    host_logits,
+    memoised_single_user,
+    require_engine,
 )
 
 __all__ = ["CALIBRATED_POLICY", "CalibratedPolicy", "calibrated_single_vs_batched", "check_calibrated"]
@@ -120,8 +120,8 @@ def calibrated_single_vs_batched(
     third side: every sequence also decoded alone by ``reference_engine``. Each (sequence, step) is judged by
     :func:`check_calibrated`. ``cache`` memoises single-user runs of both engines by (engine name, prompt,
     forced). The result's ``reference`` names the reference engine."""
-    _require_engine(engine, "engine")
-    _require_engine(reference_engine, "reference_engine")
+    require_engine(engine, "engine")
+    require_engine(reference_engine, "reference_engine")
     n = len(prompts)
     if n == 0 or len(forced) != n:
         raise ValueError(f"need N >= 1 prompts and one forced script per prompt, got {n} and {len(forced)}")
@@ -141,16 +141,16 @@ def calibrated_single_vs_batched(
     hits = 0
     refs, singles = [], []
     for p, f in zip(prompts, forced):
-        r, hit_r = _reference(reference_engine, p, f, cache)
-        s, hit_s = _reference(engine, p, f, cache)
+        r, hit_r = memoised_single_user(reference_engine, p, f, cache)
+        s, hit_s = memoised_single_user(engine, p, f, cache)
         refs.append(r)
         singles.append(s)
         hits += hit_r + hit_s
 
     seqs = [engine.new_sequence() for _ in range(n)]
-    cand = [[_host_logits(engine.prefill(s, list(p)), (v,), engine, "prefill")] for s, p in zip(seqs, prompts)]
+    cand = [[host_logits(engine.prefill(s, list(p)), (v,), engine, "prefill")] for s, p in zip(seqs, prompts)]
     for t in range(t_steps):
-        out = _host_logits(engine.decode(seqs, [int(f[t]) for f in forced]), (n, v), engine, f"decode (N={n})")
+        out = host_logits(engine.decode(seqs, [int(f[t]) for f in forced]), (n, v), engine, f"decode (N={n})")
         for i in range(n):
             cand[i].append(out[i])
 

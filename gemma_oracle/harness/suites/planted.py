@@ -27,7 +27,6 @@ The retired fixed-bound policies (``decode-mmq``, ``seed-12b-mmq``) run on the s
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -36,6 +35,8 @@ from gemma_oracle.engine.backends.numpy_backend import NumpyBackend
 from gemma_oracle.engine.engine import GemmaEngine
 from gemma_oracle.engine.kv_cache import LayerKV, SequenceState
 from gemma_oracle.engine.model import GemmaModel, Row
+from gemma_oracle.reports.records import PlantedRecord
+from gemma_oracle.reports.tables import CORRECT_SUBJECT
 
 
 class RowwiseBackend(NumpyBackend):
@@ -360,7 +361,7 @@ FIXTURE = {name: "g4-12b-mini" for name in BUGS} | {"ple-rows-shifted": "g4-e2b-
 FIXTURES = tuple(sorted(set(FIXTURE.values())))
 POLICIES = ("float64", "exact", "calibrated")          # every policy the project uses
 RETIRED = ("decode-mmq", "seed-12b-mmq")               # fixed bounds the calibrated rule replaced (for the record)
-CORRECT = "correct"                                     # the subject name of the engines without a bug
+CORRECT = CORRECT_SUBJECT                               # the subject name of the engines without a bug
 
 
 @functools.lru_cache(maxsize=None)
@@ -396,7 +397,8 @@ def engine(preset: str, policy: str, bug: str | None) -> PlantedEngine:
 
 @functools.lru_cache(maxsize=None)
 def run(preset: str, policy: str, bug: str | None, n: int):
-    """(Memoised) the golden result of ``policy`` on its candidate with ``bug`` planted, N sequences (the first n inputs)."""
+    """(Memoised) the golden result of ``policy`` on its candidate with ``bug`` planted (None: the correct engine),
+    on the first n sequences of the suite's inputs."""
     from gemma_oracle.oracles.calibrated import calibrated_single_vs_batched
     from gemma_oracle.oracles.compare import CALIBRATED_POLICY, FLOAT64_POLICY, MMQ_POLICY, SEED_MMQ_POLICY, exact
     from gemma_oracle.oracles.single_vs_batched import golden_single_vs_batched
@@ -416,27 +418,7 @@ def active(bug: str, n: int) -> bool:
     return engine(FIXTURE[bug], "float64", bug).model.fires_at(PROMPT_LENGTHS, STEPS, n)
 
 
-@dataclass(frozen=True)
-class CatchRun:
-    """One run of the catch table: ``subject`` (a bug, or CORRECT) under ``policy`` at N. ``expected`` is
-    "fail" where the bug is active, else "pass"; ``ok`` says whether the verdict is the expected one (a missed bug
-    or a false alarm is ``ok`` False). ``in_use``: the policy is one the project uses (not a retired one)."""
-
-    subject: str
-    fixture: str
-    policy: str
-    in_use: bool
-    n: int
-    active: bool
-    verdict: str
-    expected: str
-    ok: bool
-    comparisons: int
-    failed: int
-    message: str
-
-
-def catch_runs(policies: Sequence[str] = POLICIES + RETIRED, progress=None) -> list[CatchRun]:
+def catch_runs(policies: Sequence[str] = POLICIES + RETIRED, progress=None) -> list[PlantedRecord]:
     """Every (bug or correct engine) x policy x N of the suite; ``progress``, when given, is called after each."""
     out = []
     subjects = [(bug, FIXTURE[bug]) for bug in sorted(BUGS)] + [(CORRECT, f) for f in FIXTURES]
@@ -448,36 +430,23 @@ def catch_runs(policies: Sequence[str] = POLICIES + RETIRED, progress=None) -> l
                 result = run(fixture, policy, bug, n)
                 verdict = "pass" if result.passed else "fail"
                 expected = "fail" if on else "pass"
-                out.append(CatchRun(subject, fixture, policy, policy in POLICIES, n, on, verdict, expected,
-                                    verdict == expected, len(result.comparisons), len(result.failures),
-                                    "" if result.passed else result.failures[0].message))
+                out.append(PlantedRecord(subject, fixture, policy, policy in POLICIES, n, on, verdict, expected,
+                                         verdict == expected, len(result.comparisons), len(result.failures),
+                                         "" if result.passed else result.failures[0].message))
                 if progress is not None:
                     progress()
     return out
 
 
-def catch_table(runs: Sequence[CatchRun]) -> list[dict]:
-    """One row per bug: for each policy 'caught/active' runs, then one row of the correct engines' false alarms
-    ('failed/runs'), in the order the policies first appear."""
-    policies = list(dict.fromkeys(r.policy for r in runs))
-    rows = []
-    for bug in dict.fromkeys(r.subject for r in runs if r.subject != CORRECT):
-        mine = [r for r in runs if r.subject == bug]
-        row = {"bug": bug, "fixture": mine[0].fixture,
-               "active N": ",".join(str(n) for n in dict.fromkeys(r.n for r in mine if r.active)) or "none"}
-        for p in policies:
-            act = [r for r in mine if r.policy == p and r.active]
-            row[p] = f"{sum(r.verdict == 'fail' for r in act)}/{len(act)}"
-        rows.append(row)
-    correct = [r for r in runs if r.subject == CORRECT]
-    if correct:
-        alarms = {"bug": "(correct engines: false alarms)", "fixture": ", ".join(dict.fromkeys(r.fixture for r in correct)),
-                  "active N": "-"}
-        for p in policies:
-            mine = [r for r in correct if r.policy == p]
-            alarms[p] = f"{sum(r.verdict == 'fail' for r in mine)}/{len(mine)}"
-        rows.append(alarms)
-    return rows
+def catch_table(runs: Sequence[PlantedRecord]) -> list[dict]:
+    """The catch table of ``runs`` (gemma_oracle.reports.tables.catch_table) as a list of row dicts."""
+    import dataclasses
+
+    import pandas as pd
+
+    from gemma_oracle.reports.tables import catch_table as table
+
+    return table(pd.DataFrame([dataclasses.asdict(r) for r in runs])).to_dict("records")
 
 
 def markdown(rows: list[dict]) -> str:
