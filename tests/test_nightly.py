@@ -78,11 +78,11 @@ def test_planted_part_reports_the_catch_table_and_gates_a_missed_bug(tmp_path, m
     plan = dataclasses.replace(PLAN, parts=("planted",))
     first = run_nightly(plan, tmp_path, progress=False)
     table = first.run["planted"]
-    assert len(table) == (2 + len(planted.FIXTURES)) * len(planted.POLICIES + planted.RETIRED) * 2
-    assert table.loc[table["in_use"], "ok"].all() and first.exit_code == 0
+    assert len(table) == (2 + len(planted.FIXTURES)) * len(planted.POLICIES + planted.RECORD_ONLY) * 2
+    assert table.loc[table["gated"], "ok"].all() and first.exit_code == 0
     md = (first.run_dir / REPORT_MD).read_text()
     assert "What the oracle catches" in md and "| softcap-skipped | g4-12b-mini | 5 | 1/1 | 1/1 | 1/1 |" in md
-    assert "Retired policies, for the record (not gated): `decode-mmq`, `seed-12b-mmq`" in md
+    assert "For the record (not gated): `calibrated@int8`, `decode-mmq`, `seed-12b-mmq`" in md
 
     real_run = planted.run
 

@@ -21,6 +21,7 @@ from gemma_oracle.harness.suites.planted import (
     REFERENCE_MEMO as _REFS,
     RETIRED,
     STEPS,
+    INT8_ROUTE,
     HookedModel,
     PlantedEngine,
     active,
@@ -115,6 +116,23 @@ def test_retired_fixed_bounds_miss_bugs():
     seed_missed = [n for n in N_LIST if active("softcap-skipped", n)
                    and run(FIXTURE["softcap-skipped"], "seed-12b-mmq", "softcap-skipped", n).passed]
     assert seed_missed, "the seed's 12B bounds caught the skipped softcap here"
+
+
+# Planted bugs whose error stays under an int8 route's own noise on these fixtures: the fp16 rounding (~1e-7 NMSE
+# per input against int8's ~1e-4: harmless there) and V from the normed K (the fixtures' k_norm weights are
+# 0.3 +- 0.05, nearly uniform, and the weightless V norm divides a uniform scale out, so V moves by the ~18 %
+# spread only). README "What the oracle catches" states both.
+BELOW_INT8_NOISE = {"fp16-from-n5", "keqv-v-normed-k"}
+
+
+def test_calibrated_rule_on_an_int8_noise_route():
+    """For the record: on a route whose own noise is int8-sized, the calibrated rule raises no false alarm and
+    still catches every planted bug but the two whose error is below that noise."""
+    runs = catch_runs((INT8_ROUTE,))
+    assert not [r for r in runs if r.subject == "correct" and r.verdict == "fail"]
+    missed = {r.subject for r in runs if r.active and r.verdict == "pass"}
+    assert missed == BELOW_INT8_NOISE
+    assert all(r.verdict == "fail" for r in runs if r.active and r.subject not in BELOW_INT8_NOISE)
 
 
 @pytest.mark.parametrize("bug", ["softcap-skipped", "keqv-v-normed-k", "padded-keys"])

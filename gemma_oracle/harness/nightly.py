@@ -117,7 +117,7 @@ def run_planted(progress: bool | str) -> list:
     the plan's backend (its engines are the numpy reference with one piece of the batched path broken)."""
     from gemma_oracle.harness.suites import planted
 
-    total = (len(planted.BUGS) + len(planted.FIXTURES)) * len(planted.POLICIES + planted.RETIRED) * len(planted.N_LIST)
+    total = (len(planted.BUGS) + len(planted.FIXTURES)) * len(planted.POLICIES + planted.RECORD_ONLY) * len(planted.N_LIST)
     with _bar(total, "planted", progress) as bar:
         return planted.catch_runs(progress=bar.update)
 

@@ -25,7 +25,9 @@ CALIBRATED_POLICY, beside the other named policies. What it cannot see (stated i
 * an extra error smaller than about the factor times the route's own noise at every position: on an int8 route
   (Q8_1 activations: by a rounding estimate NMSE ~5e-5 per matmul input) an fp16 rounding of one matmul family
   (~1e-7) is invisible, and harmless next to the int8 noise; on a float32 route (the planted-bug suite's noisy
-  candidate) the same rounding fails by five orders of magnitude;
+  candidate) the same rounding fails by five orders of magnitude. The planted-bug suite's ``calibrated@int8``
+  column shows it, and that a small semantic bug can hide there too (V from the normed K on fixtures whose k_norm
+  weights are nearly uniform);
 * errors of the reference itself (it is trusted).
 """
 from __future__ import annotations

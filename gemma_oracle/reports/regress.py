@@ -74,7 +74,7 @@ def planted_findings(planted: pd.DataFrame) -> list[Finding]:
     whose verdict is not the expected one at some (subject, N)."""
     if planted.empty:
         return []
-    bad = planted[planted["in_use"].astype(bool) & ~planted["ok"].astype(bool)]
+    bad = planted[planted["gated"].astype(bool) & ~planted["ok"].astype(bool)]
     out = []
     for _, r in bad.iterrows():
         status = "false alarm" if r["expected"] == "pass" else "planted bug missed"

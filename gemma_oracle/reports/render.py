@@ -129,7 +129,7 @@ def _verdict(run: StoredRun, previous: StoredRun | None, findings: list[Finding]
              f"their policy" if not summary.empty else "no correctness cases in this run")
     planted = run["planted"]
     if not planted.empty:
-        used = planted[planted["in_use"].astype(bool)]
+        used = planted[planted["gated"].astype(bool)]
         act = used[used["active"].astype(bool)]
         clean = used[used["subject"] == tables.CORRECT_SUBJECT]
         cases += (f"; planted bugs: {int((act['verdict'] == 'fail').sum())} of {len(act)} active runs caught by the "
@@ -177,15 +177,16 @@ def _catches(run: StoredRun) -> list[Section]:
     planted = run["planted"]
     if planted.empty:
         return []
-    in_use = sorted(set(planted.loc[planted["in_use"].astype(bool), "policy"]))
+    in_use = sorted(set(planted.loc[planted["gated"].astype(bool), "policy"]))
     retired = sorted(set(planted["policy"]) - set(in_use))
-    wrong = planted[planted["in_use"].astype(bool) & ~planted["ok"].astype(bool)]
+    wrong = planted[planted["gated"].astype(bool) & ~planted["ok"].astype(bool)]
     verdict = ("Every planted bug caught at every N where it is active, no false alarm" if wrong.empty else
                f"{_plural(len(wrong), 'run')} with the wrong verdict (see the findings)")
     text = (f"Planted batching bugs (gemma_oracle.harness.suites.planted): engines exact alone and wrong only in "
             f"batched decode, each judged by every policy in use ({', '.join(f'`{p}`' for p in in_use)}) at every "
             f"N; cells are caught/active runs, the last row the correct engines' failed/runs. {verdict}."
-            + (f" Retired policies, for the record (not gated): {', '.join(f'`{p}`' for p in retired)}."
+            + (f" For the record (not gated): {', '.join(f'`{p}`' for p in retired)} (retired fixed bounds, and "
+               f"the calibrated rule on an int8-noise route, which cannot see bugs smaller than int8 noise)."
                if retired else ""))
     return [Section("What the oracle catches", text, tables.catch_table(planted))]
 
