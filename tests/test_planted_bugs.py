@@ -32,6 +32,7 @@ from gemma_oracle.harness.suites.planted import (
     inputs,
     run,
 )
+from gemma_oracle.oracles.calibrated import noise_ratios
 from gemma_oracle.oracles.compare import (
     CALIBRATED_MAX_ABS_FACTOR,
     CALIBRATED_NMSE_FACTOR,
@@ -101,9 +102,13 @@ def test_noise_ratio_of_a_correct_noisy_route():
         s = [single_user_logits(eng, p, f) for p, f in zip(prompts, forced)]
         for n in N_LIST[1:]:
             b = batched_logits(eng, n)
-            for i in range(n):
-                worst_nmse = max(worst_nmse, float(np.max(nmse(r[i], b[i]) / nmse(r[i], s[i]))))
-                worst_abs = max(worst_abs, float(np.max(max_abs(r[i], b[i]) / max_abs(r[i], s[i]))))
+            run_nmse = max(float(np.max(nmse(r[i], b[i]) / nmse(r[i], s[i]))) for i in range(n))
+            run_abs = max(float(np.max(max_abs(r[i], b[i]) / max_abs(r[i], s[i]))) for i in range(n))
+            recorded = noise_ratios(run(preset, "calibrated", None, n))   # what a GPU run records, the same figures
+            assert recorded["positions"] == n * (STEPS + 1)
+            assert recorded["max_nmse_ratio"] == pytest.approx(run_nmse, rel=1e-9)
+            assert recorded["max_abs_ratio"] == pytest.approx(run_abs, rel=1e-9)
+            worst_nmse, worst_abs = max(worst_nmse, run_nmse), max(worst_abs, run_abs)
     print(f"correct numpy32 route: worst batched/single-user ratio NMSE {worst_nmse:.3f}, max |diff| {worst_abs:.3f}")
     assert worst_nmse * NOISE_MARGIN <= CALIBRATED_NMSE_FACTOR and worst_abs * NOISE_MARGIN <= CALIBRATED_MAX_ABS_FACTOR
 

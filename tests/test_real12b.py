@@ -24,7 +24,7 @@ import json
 import numpy as np
 import pytest
 
-from gemma_oracle.oracles.calibrated import calibrated_single_vs_batched
+from gemma_oracle.oracles.calibrated import calibrated_single_vs_batched, noise_ratios
 from gemma_oracle.oracles.compare import CALIBRATED_POLICY, exact
 from gemma_oracle.oracles.prefill_cache import prefill_cache_vs_plain
 from gemma_oracle.oracles.single_vs_batched import golden_single_vs_batched, greedy_forced_tokens
@@ -144,8 +144,8 @@ def test_n6_through_decode_mmq(mmq_engine, real_model, record_property):
     ps = prompts(mmq_engine.config, (8, 9, 10, 11, 8, 10), seed=6)
     result = calibrated_single_vs_batched(mmq_engine, ps, greedy_scripts(mmq_engine, ps, DECODE_STEPS),
                                           reference_engine=ws_engine, policy=CALIBRATED_POLICY)
-    worst = worst_case(result) | {"model": real_model.label, "matmuls_on_decode_mmq": len(on_mmq),
-                                  "matmuls": len(table)}
+    worst = worst_case(result) | noise_ratios(result) | {"model": real_model.label,
+                                                        "matmuls_on_decode_mmq": len(on_mmq), "matmuls": len(table)}
     record_property("worst_case", json.dumps(worst))
     print(f"decode-MMQ N=6 worst case on {real_model.label}: {json.dumps(worst)}")
     assert len(result.comparisons) == 6 * (DECODE_STEPS + 1)

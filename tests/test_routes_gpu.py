@@ -9,13 +9,15 @@ at every switch point and override, and the golden single-user vs batched oracle
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from gemma_oracle.engine import routing
 from gemma_oracle.engine.routing import DECODE_MMQ, GEMM_N, WS
 from gemma_oracle.harness.suites.synthetic import REFERENCE_BACKEND, engine_for, sequences
 from gemma_oracle.harness.fixtures.presets import PRESETS
-from gemma_oracle.oracles.calibrated import calibrated_single_vs_batched
+from gemma_oracle.oracles.calibrated import calibrated_single_vs_batched, noise_ratios
 from gemma_oracle.oracles.compare import CALIBRATED_POLICY, exact
 from gemma_oracle.oracles.single_vs_batched import golden_single_vs_batched
 
@@ -113,6 +115,7 @@ def test_fast_mode_golden_through_decode_mmq(variant, mode, n, record_property):
     record_property("worst_max_abs", worst_abs)
     record_property("min_top5_overlap", min(c.topk_overlap for c in result.comparisons))
     record_property("argmax_flips", sum(not c.argmax_agree for c in result.comparisons))
+    record_property("noise_ratios", json.dumps(noise_ratios(result)))  # batched / single-user error: the factors' measurement
     result.assert_passed()
 
 

@@ -8,11 +8,13 @@ The files (7.4 / 7.0 GB) are built on first use by gemma_oracle.harness.fixtures
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from gemma_oracle.harness.suites.synthetic import sequences
-from gemma_oracle.oracles.calibrated import calibrated_single_vs_batched
+from gemma_oracle.oracles.calibrated import calibrated_single_vs_batched, noise_ratios
 from gemma_oracle.oracles.compare import CALIBRATED_POLICY, exact
 from gemma_oracle.oracles.metrics import screen_nonfinite, top1_top2_margin
 from gemma_oracle.oracles.single_vs_batched import golden_single_vs_batched
@@ -81,8 +83,11 @@ def test_standin_fast_mode_golden(name, n, record_property):
     record_property("worst_max_abs", worst_abs)
     record_property("min_top5_overlap", min_overlap)
     record_property("worst_flip_margin", worst_margin)
+    ratios = noise_ratios(result)  # batched / single-user error against WS: the calibrated factors' measurement
+    record_property("noise_ratios", json.dumps(ratios))
     print(f"{name} N={n}: max |dlogit| {worst_abs:.4f}, min top-5 overlap {min_overlap}, "
-          f"argmax flips {sum(not c.argmax_agree for c in result.comparisons)} (largest flipped margin {worst_margin:.3f})")
+          f"argmax flips {sum(not c.argmax_agree for c in result.comparisons)} "
+          f"(largest flipped margin {worst_margin:.3f}), noise ratios {json.dumps(ratios)}")
     result.assert_passed()
 
 

@@ -40,7 +40,7 @@ class NightlyPlan:
 
 PLANS: dict[str, NightlyPlan] = {
     # CPU (2 cores, measured 2026-11-25): fixtures ~15 s, synthetic ~75 s, Gemma 3 270M ~40 s, bench ~10 s;
-    # the planted-bug part (every plan, on the CPU) ~30 s (2026-12-06).
+    # the planted-bug part (every plan, on the CPU) ~40 s (2026-12-06, one process).
     "numpy64": NightlyPlan(
         "numpy64", N_LIST, (None,),
         BenchConfig(models=("g4-e2b-mini",), n_list=(1, 2, 4, 8, 16), route_modes=(NO_ROUTE,), context=256,

@@ -55,7 +55,7 @@ from gemma_oracle.oracles.single_vs_batched import (
     require_engine,
 )
 
-__all__ = ["CALIBRATED_POLICY", "CalibratedPolicy", "calibrated_single_vs_batched", "check_calibrated"]
+__all__ = ["CALIBRATED_POLICY", "CalibratedPolicy", "calibrated_single_vs_batched", "check_calibrated", "noise_ratios"]
 
 
 def check_calibrated(*, ref, single, batched, name_ref: str, name_single: str, name_batched: str,
@@ -106,7 +106,8 @@ def check_calibrated(*, ref, single, batched, name_ref: str, name_single: str, n
                       max_abs=e_b_abs, nmse=e_b_nmse, kl=kl, ref_argmax=verdict.ref_token,
                       cand_argmax=verdict.cand_token, argmax_agree=verdict.agree, near_tie=False,
                       margin=verdict.margin, ref_top_margin=top_margin, topk=policy.topk,
-                      topk_overlap=int(overlap), nonfinite=screen, passed=passed, message=message)
+                      topk_overlap=int(overlap), nonfinite=screen, passed=passed, message=message,
+                      single_nmse=e_s_nmse, single_max_abs=e_s_abs)
 
 
 def calibrated_single_vs_batched(
@@ -172,3 +173,18 @@ def calibrated_single_vs_batched(
     return GoldenResult(engine=engine.name, reference=reference_engine.name, policy=policy.name, n=n, t=t_steps,
                         keys=tuple(keys), positions=tuple(positions), comparisons=tuple(comparisons),
                         reference_cache_hits=hits)
+
+
+def noise_ratios(result: GoldenResult) -> dict:
+    """The measurement the calibrated factors rest on, for one calibrated run: the largest per-position ratio of the
+    batched error to the single-user error (NMSE and max |diff|, both against the reference), over positions
+    where single-user's error is not 0, and how many positions that was. A GPU run records it, so the factors are
+    checked against the route's own noise."""
+    pairs = [(c.nmse, c.single_nmse, c.max_abs, c.single_max_abs) for c in result.comparisons
+             if c.single_nmse is not None]
+    if len(pairs) != len(result.comparisons):
+        raise ValueError(f"{result.policy}: not a calibrated result (no single-user errors recorded)")
+    nmse_r = [b / s for b, s, _, _ in pairs if s > 0]
+    abs_r = [b / s for _, _, b, s in pairs if s > 0]
+    return {"positions": len(nmse_r), "max_nmse_ratio": max(nmse_r, default=0.0),
+            "max_abs_ratio": max(abs_r, default=0.0)}

@@ -231,6 +231,8 @@ class Comparison:
 
     ``margin`` is the argmax rule's margin (ref logit of ref argmax minus ref logit of cand argmax; 0 when they
     agree); ``ref_top_margin`` is the reference's own top-1 minus top-2 gap (how close it was to a tie at all).
+    ``single_nmse`` / ``single_max_abs``: the calibrated rule's third side, the single-user candidate against the
+    reference (None for a two-sided comparison).
     """
 
     where: str
@@ -251,6 +253,8 @@ class Comparison:
     nonfinite: Optional[str]
     passed: bool
     message: str
+    single_nmse: Optional[float] = None
+    single_max_abs: Optional[float] = None
 
     def as_dict(self) -> dict:
         return asdict(self)
