@@ -96,7 +96,7 @@ def test_gpu_nightly_small_plan(tmp_path):
     run = out.run
     assert run.meta.device_kind == "gpu" and run.meta.driver
     policies = run["oracle"].groupby("route")["policy"].first().to_dict()
-    assert policies == {"auto": "decode-mmq", "batch-invariant": "exact"}
+    assert policies == {"auto": "calibrated", "batch-invariant": "exact"}
     assert run["oracle"].loc[run["oracle"]["route"] == "auto", "routes_taken"].str.contains("decode_mmq").any()
     md = (out.run_dir / "report.md").read_text()
     assert "| g4-12b-mini-q4_k_m | 5 | auto | batch-invariant |" in md  # the MMQ / WS table

@@ -22,7 +22,8 @@ PLAN = NightlyPlan(
     "numpy64", synthetic_n=(1, 2), route_modes=(None,), presets=("keqv-mixed",), variants=("f32",),
     real_suites=(ABSENT,), synthetic_boundary_n=(),  # the short plan only (no boundary input plans)
     bench=BenchConfig(models=("keqv-mixed",), variant="f32", n_list=(1, 2), route_modes=(NO_ROUTE,), context=32,
-                      warmup=0, steps=1, repeats=2, profile_passes=1))
+                      warmup=0, steps=1, repeats=2, profile_passes=1),
+    parts=("synthetic", "real", "bench"))  # the planted part has its own test below
 
 
 def test_two_nightlies_and_an_injected_regression(tmp_path, monkeypatch):
@@ -65,3 +66,35 @@ def test_two_nightlies_and_an_injected_regression(tmp_path, monkeypatch):
     assert third.exit_code == 1
     assert "**FAIL**" in (third.run_dir / REPORT_MD).read_text()
     assert [p.name for p in list_runs(tmp_path)] == [first.run_dir.name, second.run_dir.name, third.run_dir.name]
+
+
+def test_planted_part_reports_the_catch_table_and_gates_a_missed_bug(tmp_path, monkeypatch):
+    """The nightly's planted part on a slice of the suite (two bugs, N = 1 and 5): the table is stored, the
+    report shows it, every policy in use catches both; a policy made to miss one fails the job."""
+    from gemma_oracle.harness.suites import planted
+
+    monkeypatch.setattr(planted, "N_LIST", (1, 5))
+    monkeypatch.setattr(planted, "BUGS", {k: planted.BUGS[k] for k in ("softcap-skipped", "padded-keys")})
+    plan = dataclasses.replace(PLAN, parts=("planted",))
+    first = run_nightly(plan, tmp_path, progress=False)
+    table = first.run["planted"]
+    assert len(table) == (2 + len(planted.FIXTURES)) * len(planted.POLICIES + planted.RECORD_ONLY) * 2
+    assert table.loc[table["gated"], "ok"].all() and first.exit_code == 0
+    md = (first.run_dir / REPORT_MD).read_text()
+    assert "What the oracle catches" in md and "| softcap-skipped | g4-12b-mini | 5 | 1/1 | 1/1 | 1/1 |" in md
+    assert "For the record (not gated): `calibrated@int8`, `decode-mmq`, `seed-12b-mmq`" in md
+
+    real_run = planted.run
+
+    def blind_calibrated(preset, policy, bug, n):
+        result = real_run(preset, policy, bug, n)
+        if policy == "calibrated" and bug == "padded-keys":
+            ok = tuple(dataclasses.replace(c, passed=True) for c in result.comparisons)
+            return dataclasses.replace(result, comparisons=ok)
+        return result
+
+    monkeypatch.setattr(planted, "run", blind_calibrated)
+    second = run_nightly(plan, tmp_path, progress=False)
+    missed = [f for f in second.findings if f.kind == "planted"]
+    assert [f.status for f in missed] == ["planted bug missed"] and missed[0].gated
+    assert "policy=calibrated n=5" in missed[0].key and second.exit_code == 1

@@ -412,3 +412,74 @@ def test_golden_rejects_broken_engine_contract():
         golden_single_vs_batched(WrongShape(), [[1]], [[2]], policy=exact())
     with pytest.raises(ValueError, match="same length"):
         golden_single_vs_batched(ToyEngine(), [[1], [2]], [[3], [4, 5]], policy=exact())
+
+
+# ------------------------------------------------------------------------------------------------ calibrated rule
+
+def test_calibrated_rule_by_hand():
+    from gemma_oracle.oracles.calibrated import check_calibrated
+    from gemma_oracle.oracles.compare import CALIBRATED_POLICY as P
+
+    assert (P.nmse_factor, P.max_abs_factor) == (10.0, 4.0)
+    ref, single = [3.0, 4.0, 0.0], [3.0, 4.1, 0.0]   # single-user: nmse 0.01/25 = 4e-4, max |d| 0.1
+    kw = dict(ref=ref, single=single, name_ref="f64", name_single="s", name_batched="b")
+    # batched 0.2 off: nmse 0.04/25 = 1.6e-3 = 4x single (<= 10x), max |d| 0.2 (<= 4 x 0.1): passes
+    assert check_calibrated(batched=[3.0, 4.2, 0.0], **kw).passed
+    # batched 0.5 off: nmse 0.01 = 25x single, max |d| 0.5 > 0.4: fails on both, argmax kept
+    c = check_calibrated(batched=[3.0, 4.5, 0.0], **kw)
+    assert not c.passed and "batched nmse" in c.message and "batched max_abs" in c.message and c.argmax_agree
+    # a flip where the reference's margin (1.0) exceeds twice the allowed max |d| (0.8) is named as such
+    c = check_calibrated(batched=[4.5, 4.0, 0.0], **kw)
+    assert not c.passed and "argmax f64=1 vs b=0" in c.message
+    # an exact candidate: single-user error 0, batched off by float64 reordering only: the floors admit it
+    exact_kw = dict(ref=ref, single=ref, name_ref="f64", name_single="s", name_batched="b")
+    assert check_calibrated(batched=[3.0, 4.0 + 1e-12, 0.0], **exact_kw).passed   # nmse 4e-26, max |d| 1e-12
+    assert not check_calibrated(batched=[3.0, 4.0 + 1e-6, 0.0], **exact_kw).passed  # a float32-sized error
+    # a skipped softcap: monotonic (argmax and top-5 kept) yet far beyond the route's noise
+    z = np.linspace(-40.0, 45.0, 64)
+    capped = 30.0 * np.tanh(z / 30.0)
+    c = check_calibrated(ref=capped, single=capped + 1e-5, batched=z, name_ref="f64", name_single="s",
+                         name_batched="b")
+    assert not c.passed and c.argmax_agree and c.topk_overlap == 5
+    # NaN fails on its own; shapes must agree
+    assert not check_calibrated(batched=[3.0, NAN, 0.0], **kw).passed
+    assert not check_calibrated(batched=[3.0, 4.0], **kw).passed
+
+
+class NoisyToyEngine(ToyEngine):
+    """A non-bitwise but batch-honest route: every logit moved by a fixed per-token offset of 1e-3 (the same
+    single-user and batched)."""
+
+    def prefill(self, seq, tokens):
+        return super().prefill(seq, tokens) + 1e-3 * np.cos(np.arange(VOCAB))
+
+    def decode(self, seqs, tokens):
+        return super().decode(seqs, tokens) + 1e-3 * np.cos(np.arange(VOCAB))
+
+
+class NoisyBatchDependentEngine(NoisyToyEngine):
+    """The same noise, plus 1e-2 on batch row 1's top logit at its 2nd decode step (10x the route's noise)."""
+
+    def decode(self, seqs, tokens):
+        out = super().decode(seqs, tokens)
+        if len(seqs) > 1 and seqs[1].decode_steps == 2:
+            out[1, np.argmax(out[1])] += 1e-2
+        return out
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_calibrated_golden_passes_an_honest_noisy_route_and_fails_a_batch_bug(n):
+    from gemma_oracle.oracles.calibrated import calibrated_single_vs_batched
+
+    ref = ToyEngine("toy-f64")
+    forced = _forced(ref, n)
+    ok = calibrated_single_vs_batched(NoisyToyEngine("noisy"), PROMPTS[:n], forced, reference_engine=ref)
+    assert ok.passed and ok.policy == "calibrated" and len(ok.comparisons) == n * (T_STEPS + 1)
+    bad = calibrated_single_vs_batched(NoisyBatchDependentEngine("noisy-bug"), PROMPTS[:n], forced,
+                                       reference_engine=ref)
+    if n == 1:
+        assert bad.passed   # the bug needs a batch
+    else:
+        assert bad.failing_keys == [(1, 2, forced[1][1])], bad.summary()
+    with pytest.raises(ValueError, match="another engine"):
+        calibrated_single_vs_batched(ref, PROMPTS[:n], forced, reference_engine=ToyEngine("toy-f64"))

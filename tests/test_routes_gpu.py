@@ -2,19 +2,23 @@
 at every switch point and override, and the golden single-user vs batched oracle in every route mode.
 
 * fast mode (auto) and forced decode-MMQ on g4-12b-mini Q4_K_M and Q4_0 at every N = 5..32: decode-MMQ serves at
-  least one matmul of every layer, and batched decode keeps single-user answers under MMQ_POLICY;
+  least one matmul of every layer, and batched decode is no further from the float64 engine than single-user
+  decode is (CALIBRATED_POLICY, gemma_oracle.oracles.calibrated);
 * batch-invariant mode and every forced route, every preset, N up to 32: batched logits BITWISE equal to
   single-user logits (policy `exact`).
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from gemma_oracle.engine import routing
 from gemma_oracle.engine.routing import DECODE_MMQ, GEMM_N, WS
-from gemma_oracle.harness.suites.synthetic import MMQ_POLICY, sequences
+from gemma_oracle.harness.suites.synthetic import REFERENCE_BACKEND, engine_for, sequences
 from gemma_oracle.harness.fixtures.presets import PRESETS
-from gemma_oracle.oracles.compare import exact
+from gemma_oracle.oracles.calibrated import calibrated_single_vs_batched, noise_ratios
+from gemma_oracle.oracles.compare import CALIBRATED_POLICY, exact
 from gemma_oracle.oracles.single_vs_batched import golden_single_vs_batched
 
 pytestmark = pytest.mark.gpu
@@ -101,7 +105,9 @@ def _mmq_layers(served: dict[str, str], n_layers: int) -> set[int]:
 def test_fast_mode_golden_through_decode_mmq(variant, mode, n, record_property):
     eng = engine("g4-12b-mini", variant, mode)
     prompts, forced = sequences(eng.vocab_size)
-    result = golden_single_vs_batched(eng, prompts[:n], forced[:n], policy=MMQ_POLICY, cache=_SINGLE_MEMO)
+    reference = engine_for("g4-12b-mini", variant, REFERENCE_BACKEND)  # float64 on the same file
+    result = calibrated_single_vs_batched(eng, prompts[:n], forced[:n], reference_engine=reference,
+                                          policy=CALIBRATED_POLICY, cache=_SINGLE_MEMO)
     layers = _mmq_layers(eng.routes_served[n], eng.config.n_layers)
     assert layers == set(range(eng.config.n_layers)), f"decode-MMQ served no matmul of layers " \
         f"{sorted(set(range(eng.config.n_layers)) - layers)} at N={n}"
@@ -109,6 +115,7 @@ def test_fast_mode_golden_through_decode_mmq(variant, mode, n, record_property):
     record_property("worst_max_abs", worst_abs)
     record_property("min_top5_overlap", min(c.topk_overlap for c in result.comparisons))
     record_property("argmax_flips", sum(not c.argmax_agree for c in result.comparisons))
+    record_property("noise_ratios", json.dumps(noise_ratios(result)))  # batched / single-user error: the factors' measurement
     result.assert_passed()
 
 

@@ -24,7 +24,7 @@ from gemma_oracle.harness.suites.synthetic import (BOUNDARY_N, GPU_BOUNDARY_N, G
 from gemma_oracle.harness.suites.real import REAL_SUITES, RealSuite, run_real_suite
 
 DEFAULT_ROOT = Path("reports") / "nightly"
-PARTS = ("synthetic", "real", "bench")
+PARTS = ("synthetic", "real", "planted", "bench")
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class NightlyPlan:
 PLANS: dict[str, NightlyPlan] = {
     # CPU (2 cores, measured 2026-11-25): fixtures ~15 s, synthetic ~75 s, Gemma 3 270M ~40 s, bench ~10 s.
     # The input plans (suites/inputs.py) added ~110 boundary cases; `pytest -m synthetic -n 2`: 69 s -> 111 s (2026-12-06).
+    # the planted-bug part (every plan, on the CPU) ~40 s (2026-12-06, one process).
     "numpy64": NightlyPlan(
         "numpy64", N_LIST, (None,),
         BenchConfig(models=("g4-e2b-mini",), n_list=(1, 2, 4, 8, 16), route_modes=(NO_ROUTE,), context=256,
@@ -115,6 +116,16 @@ def run_real(plan: NightlyPlan, progress: bool, notes: dict[str, str]) -> list[O
     return records
 
 
+def run_planted(progress: bool | str) -> list:
+    """The planted-bug suite (gemma_oracle.harness.suites.planted): every bug x policy x N, on the CPU whatever
+    the plan's backend (its engines are the numpy reference with one piece of the batched path broken)."""
+    from gemma_oracle.harness.suites import planted
+
+    total = (len(planted.BUGS) + len(planted.FIXTURES)) * len(planted.POLICIES + planted.RECORD_ONLY) * len(planted.N_LIST)
+    with _bar(total, "planted", progress) as bar:
+        return planted.catch_runs(progress=bar.update)
+
+
 def previous_run(root: Path, run_dir: Path) -> Path | None:
     """The latest finished run of ``run_dir``'s kind before it under ``root``: on the same backend if there is
     one (correctness keys include the backend, so only that comparison can find a pass turned failure)."""
@@ -166,6 +177,10 @@ def _fill_run(plan: NightlyPlan, run_dir: Path, started, progress: bool | str) -
         oracle += run_real(plan, progress, notes)
         notes["time: real suites"] = f"{time.monotonic() - t:.0f} s"
     writer.write_table("oracle", oracle)
+    if "planted" in plan.parts:
+        t = time.monotonic()
+        writer.write_table("planted", run_planted(progress))
+        notes["time: planted bugs"] = f"{time.monotonic() - t:.0f} s"
     if "bench" in plan.parts:
         t = time.monotonic()
         bench = run_bench(plan.bench, plan.backend, progress=progress)

@@ -27,6 +27,9 @@ __all__ = [
     "RefCache",
     "golden_single_vs_batched",
     "greedy_forced_tokens",
+    "host_logits",
+    "memoised_single_user",
+    "require_engine",
     "single_user_logits",
 ]
 
@@ -35,13 +38,15 @@ RefKey = tuple[str, tuple[int, ...], tuple[int, ...]]
 RefCache = MutableMapping[RefKey, np.ndarray]
 
 
-def _require_engine(engine: Any, role: str) -> None:
+def require_engine(engine: Any, role: str) -> None:
+    """TypeError unless ``engine`` meets the DecodeEngine protocol (``role`` names it in the message)."""
     if not isinstance(engine, DecodeEngine):
         raise TypeError(f"{role} {engine!r} does not meet gemma_oracle.oracles.engine_protocol.DecodeEngine "
                         "(needs name, vocab_size, new_sequence, prefill, decode)")
 
 
-def _host_logits(x: Any, shape: tuple[int, ...], engine: DecodeEngine, call: str) -> np.ndarray:
+def host_logits(x: Any, shape: tuple[int, ...], engine: DecodeEngine, call: str) -> np.ndarray:
+    """An engine's logits as a host copy of the expected shape (ValueError naming ``call`` otherwise)."""
     # Copy: an engine may hand back a view of a buffer that its next call overwrites.
     arr = np.array(x, copy=True)
     if arr.shape != shape:
@@ -53,9 +58,9 @@ def single_user_logits(engine: DecodeEngine, prompt: Sequence[int], forced: Sequ
     """One sequence decoded alone: returns [T+1, vocab], row 0 = prefill, row s = after feeding forced[s-1]."""
     v = engine.vocab_size
     seq = engine.new_sequence()
-    rows = [_host_logits(engine.prefill(seq, list(prompt)), (v,), engine, "prefill")]
+    rows = [host_logits(engine.prefill(seq, list(prompt)), (v,), engine, "prefill")]
     for tok in forced:
-        rows.append(_host_logits(engine.decode([seq], [int(tok)]), (1, v), engine, "decode (N=1)")[0])
+        rows.append(host_logits(engine.decode([seq], [int(tok)]), (1, v), engine, "decode (N=1)")[0])
     return np.stack(rows)
 
 
@@ -65,15 +70,15 @@ def greedy_forced_tokens(engine: DecodeEngine, prompt: Sequence[int], T: int) ->
     Token 0 is the argmax of the prefill logits; each later token is the argmax after feeding the previous one,
     so T tokens take T-1 decode calls.
     """
-    _require_engine(engine, "engine")
+    require_engine(engine, "engine")
     if T <= 0:
         return []
     v = engine.vocab_size
     seq = engine.new_sequence()
-    logits = _host_logits(engine.prefill(seq, list(prompt)), (v,), engine, "prefill")
+    logits = host_logits(engine.prefill(seq, list(prompt)), (v,), engine, "prefill")
     tokens = [int(np.argmax(logits))]
     while len(tokens) < T:
-        logits = _host_logits(engine.decode([seq], [tokens[-1]]), (1, v), engine, "decode (N=1)")[0]
+        logits = host_logits(engine.decode([seq], [tokens[-1]]), (1, v), engine, "decode (N=1)")[0]
         tokens.append(int(np.argmax(logits)))
     return tokens
 
@@ -143,8 +148,10 @@ class GoldenResult:
         return rows
 
 
-def _reference(engine: DecodeEngine, prompt: Sequence[int], forced: Sequence[int],
-               cache: Optional[RefCache]) -> tuple[np.ndarray, bool]:
+def memoised_single_user(engine: DecodeEngine, prompt: Sequence[int], forced: Sequence[int],
+                         cache: Optional[RefCache]) -> tuple[np.ndarray, bool]:
+    """``single_user_logits`` through the memo ``cache`` (keyed by engine name, prompt, forced): the read-only
+    logits and whether they came from the memo."""
     key: RefKey = (engine.name, tuple(int(t) for t in prompt), tuple(int(t) for t in forced))
     if cache is not None and key in cache:
         return cache[key], True
@@ -173,8 +180,8 @@ def golden_single_vs_batched(
     mismatches are reported in the result, never raised (use ``assert_passed``).
     """
     ref_engine = engine if reference_engine is None else reference_engine
-    _require_engine(engine, "engine")
-    _require_engine(ref_engine, "reference_engine")
+    require_engine(engine, "engine")
+    require_engine(ref_engine, "reference_engine")
     n = len(prompts)
     if n == 0 or len(forced) != n:
         raise ValueError(f"need N >= 1 prompts and one forced script per prompt, got {n} and {len(forced)}")
@@ -191,14 +198,14 @@ def golden_single_vs_batched(
     hits = 0
     refs = []
     for p, f in zip(prompts, forced):
-        logits, hit = _reference(ref_engine, p, f, cache)
+        logits, hit = memoised_single_user(ref_engine, p, f, cache)
         refs.append(logits)
         hits += hit
 
     seqs = [engine.new_sequence() for _ in range(n)]
-    cand = [[_host_logits(engine.prefill(s, list(p)), (v,), engine, "prefill")] for s, p in zip(seqs, prompts)]
+    cand = [[host_logits(engine.prefill(s, list(p)), (v,), engine, "prefill")] for s, p in zip(seqs, prompts)]
     for t in range(t_steps):
-        out = _host_logits(engine.decode(seqs, [int(f[t]) for f in forced]), (n, v), engine, f"decode (N={n})")
+        out = host_logits(engine.decode(seqs, [int(f[t]) for f in forced]), (n, v), engine, f"decode (N={n})")
         for i in range(n):
             cand[i].append(out[i])
 

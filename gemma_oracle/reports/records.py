@@ -122,9 +122,34 @@ class RouteRecord:
     kernel: str
 
 
+@dataclass(frozen=True)
+class PlantedRecord:
+    """One run of the planted-bug suite (gemma_oracle.harness.suites.planted): ``subject`` (a planted bug, or
+    "correct" for an engine without one) judged by ``policy`` at N. ``expected`` is "fail" where the bug is
+    active, else "pass"; ``ok`` says whether the verdict is the expected one (False: a missed bug or a false
+    alarm). ``gated``: the run's verdict gates the nightly (a policy in use on the candidate it is used for);
+    False: shown for the record only (a retired policy, or the calibrated rule on an int8-noise candidate, where
+    bugs smaller than int8 noise are out of its reach).
+    ``message`` is the first failing comparison's, empty when the run passed."""
+
+    subject: str
+    fixture: str
+    policy: str
+    gated: bool
+    n: int
+    active: bool
+    verdict: str
+    expected: str
+    ok: bool
+    comparisons: int
+    failed: int
+    message: str
+
+
 # table name in the store -> its row type
 TABLES: dict[str, type] = {
     "oracle": OracleRecord,
+    "planted": PlantedRecord,
     "bench": BenchRecord,
     "op_profile": OpProfileRecord,
     "routes": RouteRecord,

@@ -5,6 +5,9 @@ passed before and fails now is a regression; a failing case with no previous res
 that failed before too is still failing. All three fail the nightly; cases that ran before and not now are
 reported without failing it.
 
+Planted bugs (always gated): a policy in use that passes a planted bug where it is active, or fails a correct
+engine (a false alarm), fails the nightly; retired policies are shown, never gated.
+
 Speed (issue 8): a tokens/s drop at one (model, route mode, N, timing) counts only between runs on the same
 device model and backend, on a GPU, and only when it exceeds max(5 %, 3 x the current run's own repeat
 spread at that row). CPU timings are reported, never gated.
@@ -24,7 +27,7 @@ PERF_KEYS = ["model", "route", "n", "timing"]
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # correctness | perf
+    kind: str  # correctness | planted | perf
     status: str  # regression | new failure | still failing | not run | slower | slower (not gated) | not compared
     key: str
     previous: str
@@ -66,6 +69,21 @@ def correctness_findings(current: pd.DataFrame, previous: pd.DataFrame | None) -
     return out
 
 
+def planted_findings(planted: pd.DataFrame) -> list[Finding]:
+    """``planted``: the run's planted-bug table (records.PlantedRecord rows). One gated finding per policy in use
+    whose verdict is not the expected one at some (subject, N)."""
+    if planted.empty:
+        return []
+    bad = planted[planted["gated"].astype(bool) & ~planted["ok"].astype(bool)]
+    out = []
+    for _, r in bad.iterrows():
+        status = "false alarm" if r["expected"] == "pass" else "planted bug missed"
+        key = f"subject={r['subject']} fixture={r['fixture']} policy={r['policy']} n={r['n']}"
+        out.append(Finding("planted", status, key, f"expected {r['expected']}", r["verdict"], True,
+                           f"{status}: {key}" + (f": {r['message']}" if r["message"] else "")))
+    return out
+
+
 def perf_findings(current: pd.DataFrame, previous: pd.DataFrame | None, current_meta, previous_meta) -> list[Finding]:
     """``current``/``previous``: bench tables; the metas say which device and backend each run used."""
     if previous is None or previous.empty or current.empty:
@@ -99,7 +117,7 @@ def compare_runs(current, previous) -> list[Finding]:
     """Every finding of ``current`` (a store.StoredRun) against ``previous`` (a StoredRun or None)."""
     cur = correctness_summary(current["oracle"])
     prev = None if previous is None else correctness_summary(previous["oracle"])
-    found = correctness_findings(cur, prev)
+    found = correctness_findings(cur, prev) + planted_findings(current["planted"])
     if previous is not None:
         found += perf_findings(current["bench"], previous["bench"], current.meta, previous.meta)
     return found

@@ -127,6 +127,14 @@ def _verdict(run: StoredRun, previous: StoredRun | None, findings: list[Finding]
     summary = tables.correctness_summary(run["oracle"])
     cases = (f"{int((summary['verdict'] == 'pass').sum())} of {_plural(len(summary), 'correctness case')} passed "
              f"their policy" if not summary.empty else "no correctness cases in this run")
+    planted = run["planted"]
+    if not planted.empty:
+        used = planted[planted["gated"].astype(bool)]
+        act = used[used["active"].astype(bool)]
+        clean = used[used["subject"] == tables.CORRECT_SUBJECT]
+        cases += (f"; planted bugs: {int((act['verdict'] == 'fail').sum())} of {len(act)} active runs caught by the "
+                  f"policies in use, {int((clean['verdict'] == 'fail').sum())} false alarms in {len(clean)} runs of "
+                  f"the correct engines")
     counts = pd.Series([f.status for f in findings], dtype=object).value_counts().to_dict()
     found = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no findings"
     head = "**FAIL**" if gated else "**PASS**"
@@ -163,6 +171,24 @@ def _correctness(run: StoredRun) -> list[Section]:
                        f"shaded band at the bottom holds exact zeros.",
                        plot=("worst_error_vs_n", plots.worst_error_vs_n(summary, bounds)), level=3))
     return out
+
+
+def _catches(run: StoredRun) -> list[Section]:
+    planted = run["planted"]
+    if planted.empty:
+        return []
+    in_use = sorted(set(planted.loc[planted["gated"].astype(bool), "policy"]))
+    retired = sorted(set(planted["policy"]) - set(in_use))
+    wrong = planted[planted["gated"].astype(bool) & ~planted["ok"].astype(bool)]
+    verdict = ("Every planted bug caught at every N where it is active, no false alarm" if wrong.empty else
+               f"{_plural(len(wrong), 'run')} with the wrong verdict (see the findings)")
+    text = (f"Planted batching bugs (gemma_oracle.harness.suites.planted): engines exact alone and wrong only in "
+            f"batched decode, each judged by every policy in use ({', '.join(f'`{p}`' for p in in_use)}) at every "
+            f"N; cells are caught/active runs, the last row the correct engines' failed/runs. {verdict}."
+            + (f" For the record (not gated): {', '.join(f'`{p}`' for p in retired)} (retired fixed bounds, and "
+               f"the calibrated rule on an int8-noise route, which cannot see bugs smaller than int8 noise)."
+               if retired else ""))
+    return [Section("What the oracle catches", text, tables.catch_table(planted))]
 
 
 def _performance(run: StoredRun) -> list[Section]:
@@ -240,7 +266,7 @@ def build_report(run: StoredRun, *, previous: StoredRun | None, findings: list[F
     details last."""
     rep = Report(f"gemma-oracle {run.meta.kind} {run.run_id}")
     rep.sections.append(_verdict(run, previous, findings))
-    rep.sections += _correctness(run) + _performance(run) + _trends(history)
+    rep.sections += _correctness(run) + _catches(run) + _performance(run) + _trends(history)
     rep.sections.append(_run_details(run, previous))
     return rep
 

@@ -35,6 +35,37 @@ NO_ROUTE_MEANING = (f"route mode `{NO_ROUTE}`: the engine has no matmul router (
                     "matmul one way), so there is no route mode to name")
 
 
+CORRECT_SUBJECT = "correct"  # the planted table's subject for an engine without a planted bug
+
+
+def catch_table(planted: pd.DataFrame) -> pd.DataFrame:
+    """The planted-bug catch table: one row per bug with, per policy, "caught/active" (runs where the bug is
+    active and the policy failed it / runs where it is active), then one row of the correct engines' false alarms
+    ("failed/runs"). Policies in the order they were stored."""
+    if planted.empty:
+        return pd.DataFrame(columns=["bug", "fixture", "active N"])
+    pols = list(dict.fromkeys(planted["policy"]))
+    rows = []
+    bugs = planted[planted["subject"] != CORRECT_SUBJECT]
+    for bug, g in bugs.groupby("subject", sort=True):
+        act = g[g["active"].astype(bool)]
+        row = {"bug": bug, "fixture": ", ".join(dict.fromkeys(g["fixture"])),
+               "active N": ",".join(str(n) for n in sorted(set(act["n"]))) or "none"}
+        for p in pols:
+            a = act[act["policy"] == p]
+            row[p] = f"{int((a['verdict'] == 'fail').sum())}/{len(a)}"
+        rows.append(row)
+    correct = planted[planted["subject"] == CORRECT_SUBJECT]
+    if not correct.empty:
+        row = {"bug": "(correct engines: false alarms)", "fixture": ", ".join(dict.fromkeys(correct["fixture"])),
+               "active N": "-"}
+        for p in pols:
+            c = correct[correct["policy"] == p]
+            row[p] = f"{int((c['verdict'] == 'fail').sum())}/{len(c)}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def policy_rule(name: str) -> str:
     """The pass rule of a stored policy name, in words (gemma_oracle.oracles.compare.NAMED_POLICIES)."""
     policy = NAMED_POLICIES.get(name)

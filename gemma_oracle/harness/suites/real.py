@@ -13,9 +13,9 @@ from typing import Callable
 
 import numpy as np
 
-from gemma_oracle.oracles.single_vs_batched import GoldenResult, golden_single_vs_batched
+from gemma_oracle.oracles.single_vs_batched import GoldenResult
 
-from gemma_oracle.harness.suites.synthetic import policy_for
+from gemma_oracle.harness.suites.synthetic import REFERENCE_BACKEND, judge
 
 
 @dataclass(frozen=True)
@@ -75,9 +75,18 @@ REAL_SUITES: tuple[RealSuite, ...] = (
 
 
 def run_real_suite(suite: RealSuite, engine, backend: str) -> list[tuple[int, GoldenResult]]:
-    """The golden comparison at every N of the suite's list for ``backend``; references are memoised."""
+    """The golden comparison at every N of the suite's list for ``backend`` (gemma_oracle.harness.suites.synthetic
+    .judge: a calibrated policy builds the float64 engine on the same file once); references are memoised."""
+    from gemma_oracle.engine.factory import make_engine
+
     n_list = suite.n_list(backend)
     prompts, forced = suite.sequences(engine.vocab_size, max(n_list))
     memo: dict = {}
-    return [(n, golden_single_vs_batched(engine, prompts[:n], forced[:n], policy=policy_for(engine, backend),
-                                         cache=memo)) for n in n_list]
+    built: list = []
+
+    def reference():
+        if not built:
+            built.append(make_engine(REFERENCE_BACKEND, engine.model_file.path, memo_prefill=True))
+        return built[0]
+
+    return [(n, judge(engine, backend, prompts[:n], forced[:n], reference=reference, cache=memo)) for n in n_list]

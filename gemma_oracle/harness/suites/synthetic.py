@@ -9,8 +9,9 @@ import functools
 from collections import Counter
 from dataclasses import dataclass
 
-from gemma_oracle.oracles.compare import FLOAT64_POLICY, MMQ_POLICY, SEED_MMQ_POLICY, Policy, exact
-from gemma_oracle.oracles.single_vs_batched import GoldenResult, golden_single_vs_batched
+from gemma_oracle.oracles.calibrated import calibrated_single_vs_batched
+from gemma_oracle.oracles.compare import CALIBRATED_POLICY, FLOAT64_POLICY, CalibratedPolicy, Policy, exact
+from gemma_oracle.oracles.single_vs_batched import GoldenResult, RefCache, golden_single_vs_batched
 from gemma_oracle.reports.records import NO_ROUTE
 
 from gemma_oracle.harness.fixtures.cache import fixture_path
@@ -31,8 +32,10 @@ N_LIST = batch_sizes(17, extra=(6,))
 # The CuPy engine's WS/GEMM-N matvecs are bitwise equal to their N = 1 path and its attention reduces each
 # row over its own sequence only, so batched must equal single-user exactly.
 POLICIES: dict[str, Policy] = {"numpy64": FLOAT64_POLICY, "cupy": exact()}
-# The fast (auto) mode: MMQ_POLICY; the 12B floor: SEED_MMQ_POLICY (both in gemma_oracle.oracles.compare, with
-# their provenance, so the report can state them by name).
+# The fast (auto) mode, which is not bitwise: CALIBRATED_POLICY (gemma_oracle.oracles.compare, with its provenance),
+# against the float64 engine on the same file (REFERENCE_BACKEND). It replaced the fixed bounds MMQ_POLICY /
+# SEED_MMQ_POLICY, which passed planted semantic bugs (gemma_oracle/harness/suites/planted.py).
+REFERENCE_BACKEND = "numpy64"
 # The GPU suite goes to N = 32 (GEMM-N beyond every WS capacity, the bn32 / two-bn16 MMQ tiles from 17 and 25).
 GPU_N_LIST = batch_sizes(32, extra=(32,))
 # The most sequences one case can batch: every plan describes this many prompts, so a case's N is 1..MAX_N.
@@ -115,7 +118,7 @@ def sequences(vocab_size: int, count: int = MAX_N, *, seed: int = SEQUENCE_SEED)
     return make_sequences(vocab_size, legacy_lengths(count), DECODE_STEPS, seed=seed)
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=3)  # the GPU nightly's two route modes and the float64 reference of one fixture
 def engine_for(preset: str, variant: str, backend: str, route_mode: str | None = None):
     """route_mode: gemma_oracle.engine.routing mode of a GPU engine (None: its default); engines without routes take None."""
     from gemma_oracle.engine.factory import make_engine
@@ -124,11 +127,23 @@ def engine_for(preset: str, variant: str, backend: str, route_mode: str | None =
     return make_engine(backend, fixture_path(preset, variant), memo_prefill=True, **options)
 
 
-def policy_for(engine, backend: str) -> Policy:
-    """The verdict rule for the engine's route mode: the fast mode (auto: decode-MMQ for some N only) is
-    argmax-stable; every mode that routes by shape alone (batch-invariant, forced ws / gemm_n / decode_mmq) and the
-    reference engines are held to POLICIES (exact on the GPU)."""
-    return MMQ_POLICY if getattr(engine, "route_mode", None) == "auto" else POLICIES[backend]
+def policy_for(engine, backend: str) -> Policy | CalibratedPolicy:
+    """The verdict rule for the engine's route mode: the fast mode (auto: decode-MMQ for some N only) is judged
+    against its own noise (CALIBRATED_POLICY, which needs a reference engine: see `judge`); every mode that routes
+    by shape alone (batch-invariant, forced ws / gemm_n / decode_mmq) and the reference engines are held to
+    POLICIES (exact on the GPU)."""
+    return CALIBRATED_POLICY if getattr(engine, "route_mode", None) == "auto" else POLICIES[backend]
+
+
+def judge(engine, backend: str, prompts, forced, *, reference, cache: RefCache | None = None) -> GoldenResult:
+    """The golden comparison under `policy_for`: a calibrated policy runs the three-sided comparison against
+    `reference()` (a zero-argument callable giving the float64 engine on the same file, built only when needed);
+    the others compare batched with single-user directly."""
+    policy = policy_for(engine, backend)
+    if isinstance(policy, CalibratedPolicy):
+        return calibrated_single_vs_batched(engine, prompts, forced, reference_engine=reference(), policy=policy,
+                                            cache=cache)
+    return golden_single_vs_batched(engine, prompts, forced, policy=policy, cache=cache)
 
 
 def routes_taken(engine, n: int) -> str:
@@ -146,9 +161,8 @@ def run_case(case: SuiteCase, backend: str, route_mode: str | None = None) -> Go
     engine = engine_for(case.preset, case.variant, backend, route_mode)
     plan = case.input_plan
     prompts, forced = make_sequences(engine.vocab_size, plan.lengths, plan.steps)
-    return golden_single_vs_batched(
-        engine, prompts[: case.n], forced[: case.n], policy=policy_for(engine, backend), cache=_REFERENCE_MEMO
-    )
+    return judge(engine, backend, prompts[: case.n], forced[: case.n], cache=_REFERENCE_MEMO,
+                 reference=lambda: engine_for(case.preset, case.variant, REFERENCE_BACKEND))
 
 
 def record_context(case: SuiteCase, backend: str, route_mode: str | None = None) -> dict:
