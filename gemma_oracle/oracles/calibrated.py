@@ -50,7 +50,8 @@ from gemma_oracle.oracles.metrics import (
 from gemma_oracle.oracles.single_vs_batched import (
     GoldenResult,
     RefCache,
-    host_logits,
+    batched_logits,
+    compared_rows,
     memoised_single_user,
     require_engine,
 )
@@ -150,25 +151,16 @@ def calibrated_single_vs_batched(
         singles.append(s)
         hits += hit_r + hit_s
 
-    seqs = [engine.new_sequence() for _ in range(n)]
-    cand = [[host_logits(engine.prefill(s, list(p)), (v,), engine, "prefill")] for s, p in zip(seqs, prompts)]
-    for t in range(t_steps):
-        out = host_logits(engine.decode(seqs, [int(f[t]) for f in forced]), (n, v), engine, f"decode (N={n})")
-        for i in range(n):
-            cand[i].append(out[i])
-
+    cand = batched_logits(engine, prompts, forced)
     keys, positions, comparisons = [], [], []
-    for i in range(n):
-        fed = [int(prompts[i][-1])] + [int(tok) for tok in forced[i]]
-        for step in range(t_steps + 1):
-            pos = len(prompts[i]) - 1 + step
-            keys.append((i, step, fed[step]))
-            positions.append(pos)
-            comparisons.append(check_calibrated(
-                ref=refs[i][step], single=singles[i][step], batched=cand[i][step],
-                name_ref=f"{reference_engine.name}[single]", name_single=f"{engine.name}[single]",
-                name_batched=f"{engine.name}[batched N={n}]", policy=policy,
-                where=f"seq {i}, step {step}, token {fed[step]} (pos {pos})"))
+    for i, step, token, pos in compared_rows(prompts, forced):
+        keys.append((i, step, token))
+        positions.append(pos)
+        comparisons.append(check_calibrated(
+            ref=refs[i][step], single=singles[i][step], batched=cand[i][step],
+            name_ref=f"{reference_engine.name}[single]", name_single=f"{engine.name}[single]",
+            name_batched=f"{engine.name}[batched N={n}]", policy=policy,
+            where=f"seq {i}, step {step}, token {token} (pos {pos})"))
 
     return GoldenResult(engine=engine.name, reference=reference_engine.name, policy=policy.name, n=n, t=t_steps,
                         keys=tuple(keys), positions=tuple(positions), comparisons=tuple(comparisons),

@@ -162,6 +162,29 @@ def memoised_single_user(engine: DecodeEngine, prompt: Sequence[int], forced: Se
     return logits, False
 
 
+def batched_logits(engine: DecodeEngine, prompts: Sequence[Sequence[int]],
+                   forced: Sequence[Sequence[int]]) -> list[list[np.ndarray]]:
+    """Every sequence's logits when all N run together: its own prefill, then one row per batched decode step
+    (all N sequences in one `decode` call), as float64 host arrays: [sequence][step] -> (vocab,)."""
+    n, v = len(prompts), engine.vocab_size
+    seqs = [engine.new_sequence() for _ in range(n)]
+    rows = [[host_logits(engine.prefill(s, list(p)), (v,), engine, "prefill")] for s, p in zip(seqs, prompts)]
+    for t in range(len(forced[0])):
+        out = host_logits(engine.decode(seqs, [int(f[t]) for f in forced]), (n, v), engine, f"decode (N={n})")
+        for i in range(n):
+            rows[i].append(out[i])
+    return rows
+
+
+def compared_rows(prompts: Sequence[Sequence[int]], forced: Sequence[Sequence[int]]):
+    """(sequence, step, token fed at that step, position) of every compared logits row, in result order: step 0 is
+    the prefill's last token, step t >= 1 the t-th forced token."""
+    for i, (prompt, script) in enumerate(zip(prompts, forced)):
+        fed = [int(prompt[-1])] + [int(tok) for tok in script]
+        for step, token in enumerate(fed):
+            yield i, step, token, len(prompt) - 1 + step
+
+
 def golden_single_vs_batched(
     engine: DecodeEngine,
     prompts: Sequence[Sequence[int]],
@@ -202,24 +225,15 @@ def golden_single_vs_batched(
         refs.append(logits)
         hits += hit
 
-    seqs = [engine.new_sequence() for _ in range(n)]
-    cand = [[host_logits(engine.prefill(s, list(p)), (v,), engine, "prefill")] for s, p in zip(seqs, prompts)]
-    for t in range(t_steps):
-        out = host_logits(engine.decode(seqs, [int(f[t]) for f in forced]), (n, v), engine, f"decode (N={n})")
-        for i in range(n):
-            cand[i].append(out[i])
-
+    cand = batched_logits(engine, prompts, forced)
     keys, positions, comparisons = [], [], []
-    for i in range(n):
-        fed = [int(prompts[i][-1])] + [int(tok) for tok in forced[i]]
-        for step in range(t_steps + 1):
-            pos = len(prompts[i]) - 1 + step
-            keys.append((i, step, fed[step]))
-            positions.append(pos)
-            comparisons.append(check_logits_close(
-                ref=refs[i][step], cand=cand[i][step], name_ref=f"{ref_engine.name}[single]",
-                name_cand=f"{engine.name}[batched N={n}]", policy=policy,
-                where=f"seq {i}, step {step}, token {fed[step]} (pos {pos})"))
+    for i, step, token, pos in compared_rows(prompts, forced):
+        keys.append((i, step, token))
+        positions.append(pos)
+        comparisons.append(check_logits_close(
+            ref=refs[i][step], cand=cand[i][step], name_ref=f"{ref_engine.name}[single]",
+            name_cand=f"{engine.name}[batched N={n}]", policy=policy,
+            where=f"seq {i}, step {step}, token {token} (pos {pos})"))
 
     return GoldenResult(engine=engine.name, reference=ref_engine.name, policy=policy.name, n=n, t=t_steps,
                         keys=tuple(keys), positions=tuple(positions), comparisons=tuple(comparisons),
