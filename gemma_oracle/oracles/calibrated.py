@@ -51,9 +51,9 @@ from gemma_oracle.oracles.single_vs_batched import (
     GoldenResult,
     RefCache,
     batched_logits,
+    check_golden_inputs,
     compared_rows,
     memoised_single_user,
-    require_engine,
 )
 
 __all__ = ["CALIBRATED_POLICY", "CalibratedPolicy", "calibrated_single_vs_batched", "check_calibrated", "noise_ratios"]
@@ -124,21 +124,7 @@ def calibrated_single_vs_batched(
     third side: every sequence also decoded alone by ``reference_engine``. Each (sequence, step) is judged by
     :func:`check_calibrated`. ``cache`` memoises single-user runs of both engines by (engine name, prompt,
     forced). The result's ``reference`` names the reference engine."""
-    require_engine(engine, "engine")
-    require_engine(reference_engine, "reference_engine")
-    n = len(prompts)
-    if n == 0 or len(forced) != n:
-        raise ValueError(f"need N >= 1 prompts and one forced script per prompt, got {n} and {len(forced)}")
-    lengths = {len(f) for f in forced}
-    if len(lengths) != 1:
-        raise ValueError(f"all forced scripts must have the same length T, got lengths {sorted(lengths)}")
-    (t_steps,) = lengths
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token")
-    v = engine.vocab_size
-    if reference_engine.vocab_size != v:
-        raise ValueError(f"vocab sizes differ: {engine.name} {v} vs {reference_engine.name} "
-                         f"{reference_engine.vocab_size}")
+    n, t_steps = check_golden_inputs(engine, reference_engine, prompts, forced)
     if reference_engine.name == engine.name:
         raise ValueError(f"the reference must be another engine than the candidate, both are {engine.name!r}")
 

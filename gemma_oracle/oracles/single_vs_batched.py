@@ -162,6 +162,26 @@ def memoised_single_user(engine: DecodeEngine, prompt: Sequence[int], forced: Se
     return logits, False
 
 
+def check_golden_inputs(engine: DecodeEngine, reference_engine: DecodeEngine, prompts: Sequence[Sequence[int]],
+                        forced: Sequence[Sequence[int]]) -> tuple[int, int]:
+    """(N, T) of a golden run's inputs, or TypeError / ValueError for misuse: both sides meet the engine protocol and
+    share a vocabulary, N >= 1 non-empty prompts, one forced script of one length T per prompt."""
+    require_engine(engine, "engine")
+    require_engine(reference_engine, "reference_engine")
+    n = len(prompts)
+    if n == 0 or len(forced) != n:
+        raise ValueError(f"need N >= 1 prompts and one forced script per prompt, got {n} and {len(forced)}")
+    lengths = {len(f) for f in forced}
+    if len(lengths) != 1:
+        raise ValueError(f"all forced scripts must have the same length T, got lengths {sorted(lengths)}")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    if reference_engine.vocab_size != engine.vocab_size:
+        raise ValueError(f"vocab sizes differ: {engine.name} {engine.vocab_size} vs {reference_engine.name} "
+                         f"{reference_engine.vocab_size}")
+    return n, lengths.pop()
+
+
 def batched_logits(engine: DecodeEngine, prompts: Sequence[Sequence[int]],
                    forced: Sequence[Sequence[int]]) -> list[list[np.ndarray]]:
     """Every sequence's logits when all N run together: its own prefill, then one row per batched decode step
@@ -203,20 +223,7 @@ def golden_single_vs_batched(
     mismatches are reported in the result, never raised (use ``assert_passed``).
     """
     ref_engine = engine if reference_engine is None else reference_engine
-    require_engine(engine, "engine")
-    require_engine(ref_engine, "reference_engine")
-    n = len(prompts)
-    if n == 0 or len(forced) != n:
-        raise ValueError(f"need N >= 1 prompts and one forced script per prompt, got {n} and {len(forced)}")
-    lengths = {len(f) for f in forced}
-    if len(lengths) != 1:
-        raise ValueError(f"all forced scripts must have the same length T, got lengths {sorted(lengths)}")
-    (t_steps,) = lengths
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token")
-    v = engine.vocab_size
-    if ref_engine.vocab_size != v:
-        raise ValueError(f"vocab sizes differ: {engine.name} {v} vs {ref_engine.name} {ref_engine.vocab_size}")
+    n, t_steps = check_golden_inputs(engine, ref_engine, prompts, forced)
 
     hits = 0
     refs = []
