@@ -15,7 +15,7 @@ from gemma_oracle.oracles.compare import (
     first_divergence,
     tolerance,
 )
-from gemma_oracle.oracles.engine_protocol import DecodeEngine
+from gemma_oracle.engine.protocol import DecodeEngine
 from gemma_oracle.oracles.metrics import (
     argmax_agreement,
     kl_divergence,

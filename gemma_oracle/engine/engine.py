@@ -1,7 +1,8 @@
-"""GemmaEngine: a decode engine over one model file and one backend (meets gemma_oracle.oracles.engine_protocol).
+"""GemmaEngine: a decode engine over one model file and one backend (meets gemma_oracle.engine.protocol).
 
-`prefill` runs a prompt for one sequence in chunks; `decode` runs ONE step for N sequences together,
-each at its own position with its own cache (one matmul over the N rows).
+`prefill` runs a prompt for one sequence in chunks; `prefill_batch` runs N prompts together (each chunk's forward
+carries a chunk of every prompt still running); `decode` runs ONE step for N sequences together, each at its own
+position with its own cache (one matmul over the N rows).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from .backends import make_backend
 from .kv_cache import SequenceState
 from .model import GemmaModel, Row
 from .model_file import ModelFile, load_model
+from .protocol import BatchRecord
 from .weights import load_weights
 
 PREFILL_CHUNK = 8
@@ -33,6 +35,17 @@ class GemmaEngine:
         self._prefill_memo: dict[tuple[int, ...], tuple[SequenceState, np.ndarray]] | None = {} if memo_prefill else None
         self.name = f"{backend}:{self.model_file.path.name}"
         self.vocab_size = self.config.vocab_size
+        self.backend = backend
+        self._last_batch: BatchRecord | None = None
+
+    def describe(self) -> dict:
+        from gemma_oracle import __version__
+
+        return {"name": self.name, "engine": "gemma-oracle numpy", "version": __version__, "dtype": self.backend,
+                "model": self.model_file.path.name, "prefill_chunk": self.prefill_chunk}
+
+    def last_batch(self) -> BatchRecord | None:
+        return self._last_batch
 
     def new_sequence(self) -> SequenceState:
         return SequenceState(self.config, self.ops, prefill_chunk=self.prefill_chunk)
@@ -56,6 +69,31 @@ class GemmaEngine:
             self._prefill_memo[key] = (seq.clone(), out.copy())
         return out
 
+    def prefill_batch(self, seqs: Sequence[SequenceState], prompts: Sequence[Sequence[int]]) -> np.ndarray:
+        """N prompts processed together -> [N, vocab], the logits of each prompt's last token. Chunk c of every
+        prompt that has one goes through ONE forward (prefill_chunk tokens per prompt, so sliding rings hold)."""
+        assert len(seqs) == len(prompts) and len({id(s) for s in seqs}) == len(seqs), "one prompt per distinct sequence"
+        assert all(len(p) > 0 for p in prompts), "prefill needs at least one token per prompt"
+        out: list = [None] * len(seqs)
+        longest, calls = max(len(p) for p in prompts), 0
+        for start in range(0, longest, self.prefill_chunk):
+            rows, ends = [], []
+            for i, (seq, prompt) in enumerate(zip(seqs, prompts)):
+                piece = prompt[start : start + self.prefill_chunk]
+                rows += [Row(seq, int(t), seq.length + j) for j, t in enumerate(piece)]
+                if piece and start + len(piece) == len(prompt):
+                    ends.append((i, len(rows) - 1))
+            logits = self.model.forward(rows, logits_for=[r for _, r in ends])
+            calls += 1
+            for seq, prompt in zip(seqs, prompts):
+                seq.length += len(prompt[start : start + self.prefill_chunk])
+            host = self.ops.to_host(logits)
+            for k, (i, _) in enumerate(ends):
+                out[i] = host[k]
+        self._last_batch = BatchRecord(rows=len(seqs), forward_calls=calls, min_forward_calls=-(-longest // self.prefill_chunk),
+                                       detail="model.forward calls")
+        return np.stack(out)
+
     def decode(self, seqs: Sequence[SequenceState], tokens: Sequence[int]) -> np.ndarray:
         """One token for each of N distinct sequences -> logits [N, vocab]."""
         assert len(seqs) == len(tokens) and len({id(s) for s in seqs}) == len(seqs), "one token per distinct sequence"
@@ -63,4 +101,5 @@ class GemmaEngine:
         logits = self.model.forward(rows, logits_for=range(len(rows)))
         for s in seqs:
             s.length += 1
+        self._last_batch = BatchRecord(rows=len(rows), forward_calls=1, detail="model.forward calls")
         return self.ops.to_host(logits)

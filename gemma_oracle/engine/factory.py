@@ -21,6 +21,14 @@ def _cupy(path: os.PathLike | str, *, memo_prefill: bool = False, **options):
 
 ENGINES = {"numpy64": _numpy("numpy64"), "numpy32": _numpy("numpy32"), "cupy": _cupy}
 
+# Factories of the registry's built-in names (gemma_oracle.engine.registry): `--engine numpy`, `numpy32`, `cupy`.
+numpy64_engine = _numpy("numpy64")
+numpy32_engine = _numpy("numpy32")
+
+
+def cupy_engine(path: os.PathLike | str, *, mode: str = "auto", kv: str = "float32", **options):
+    return _cupy(path, route_mode=mode, kv_dtype=kv, **options)
+
 
 def make_engine(backend: str, path: os.PathLike | str, **options):
     try:

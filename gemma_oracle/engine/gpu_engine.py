@@ -22,6 +22,7 @@ import numpy as np
 from . import routing
 from .model import rope_inv_freq
 from .model_file import ModelFile, load_model
+from .protocol import BatchRecord
 
 PREFILL_CHUNK = 8  # same as the reference engine: ring capacity = window + chunk - 1
 
@@ -185,6 +186,8 @@ class CupyEngine:
         cfg = self.config = self.model_file.config
         self.name = f"cupy-{kv_dtype}{'' if use_graphs else '-eager'}:{self.model_file.path.name}"
         self.vocab_size = cfg.vocab_size
+        self.kv_dtype = kv_dtype
+        self._last_batch: BatchRecord | None = None
         # gemma_oracle.engine.routing: which kernel serves each matmul; the default keeps batch invariance (WS/GEMM-N).
         self._base_name = self.name
         self.disabled_routes = routing.disabled_from_env()
@@ -436,6 +439,45 @@ class CupyEngine:
             seq.length += len(chunk)
         return self.cp.asnumpy(logits[0])
 
+    def describe(self) -> dict:
+        from gemma_oracle import __version__
+
+        dev = self.cp.cuda.Device()
+        return {"name": self.name, "engine": "gemma-oracle cupy", "version": __version__, "route_mode": self.route_mode,
+                "kv_dtype": self.kv_dtype, "cuda_graphs": self.use_graphs, "prefill_chunk": self.prefill_chunk,
+                "model": self.model_file.path.name,
+                "device": self.cp.cuda.runtime.getDeviceProperties(dev.id)["name"].decode(errors="replace")}
+
+    def last_batch(self) -> BatchRecord | None:
+        return self._last_batch
+
+    def prefill_batch(self, seqs: Sequence[GpuSequence], prompts: Sequence[Sequence[int]]) -> np.ndarray:
+        """N prompts together -> [N, vocab]: chunk c of every prompt that has one goes through ONE forward."""
+        assert len(seqs) == len(prompts) and len({s.slot for s in seqs}) == len(seqs), "one prompt per distinct sequence"
+        assert all(len(p) > 0 for p in prompts), "prefill needs at least one token per prompt"
+        out: list = [None] * len(seqs)
+        longest, calls = max(len(p) for p in prompts), 0
+        for start in range(0, longest, self.prefill_chunk):
+            tokens, positions, slots, ends = [], [], [], []
+            for i, (seq, prompt) in enumerate(zip(seqs, prompts)):
+                piece = [int(t) for t in prompt[start : start + self.prefill_chunk]]
+                tokens += piece
+                positions += [seq.length + j for j in range(len(piece))]
+                slots += [seq.slot] * len(piece)
+                if piece and start + len(piece) == len(prompt):
+                    ends.append((i, len(tokens) - 1))
+            if max(positions) >= self.max_context:
+                raise ValueError(f"position {max(positions)} is beyond this engine's context ({self.max_context})")
+            logits = self.cp.asnumpy(self.forward(tokens, positions, slots, [r for _, r in ends]))
+            calls += 1
+            for seq, prompt in zip(seqs, prompts):
+                seq.length += len(prompt[start : start + self.prefill_chunk])
+            for k, (i, _) in enumerate(ends):
+                out[i] = logits[k]
+        self._last_batch = BatchRecord(rows=len(seqs), forward_calls=calls, min_forward_calls=-(-longest // self.prefill_chunk),
+                                       detail="forward calls")
+        return np.stack(out)
+
     def decode(self, seqs: Sequence[GpuSequence], tokens: Sequence[int]) -> np.ndarray:
         """One step for N sequences: a replay of the step's CUDA graph for this N (captured on first use)."""
         assert len(seqs) == len(tokens) and len({s.slot for s in seqs}) == len(seqs), "one token per distinct sequence"
@@ -449,6 +491,8 @@ class CupyEngine:
             logits = self.cp.asnumpy(self.forward(tokens, positions, slots, list(range(len(seqs)))))
         for s in seqs:
             s.length += 1
+        self._last_batch = BatchRecord(rows=len(seqs), forward_calls=1,
+                                       detail="one CUDA graph replay" if self.use_graphs else "one forward")
         return logits
 
     # --- CUDA graphs: one per batch size N ---------------------------------------------------------

@@ -37,7 +37,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from gemma_oracle.oracles.compare import CALIBRATED_POLICY, CalibratedPolicy, Comparison
-from gemma_oracle.oracles.engine_protocol import DecodeEngine
+from gemma_oracle.engine.protocol import DecodeEngine
 from gemma_oracle.oracles.metrics import (
     argmax_agreement,
     kl_divergence,

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from gemma_oracle.oracles.compare import Comparison, Policy, check_logits_close
-from gemma_oracle.oracles.engine_protocol import DecodeEngine
+from gemma_oracle.engine.protocol import DecodeEngine
 
 __all__ = ["PrefillCacheResult", "prefill_cache_vs_plain"]
 

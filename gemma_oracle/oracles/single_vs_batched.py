@@ -20,7 +20,7 @@ from typing import Any, MutableMapping, Optional, Sequence
 import numpy as np
 
 from gemma_oracle.oracles.compare import Comparison, Policy, check_logits_close
-from gemma_oracle.oracles.engine_protocol import DecodeEngine
+from gemma_oracle.engine.protocol import DecodeEngine
 
 __all__ = [
     "GoldenResult",
@@ -41,7 +41,7 @@ RefCache = MutableMapping[RefKey, np.ndarray]
 def require_engine(engine: Any, role: str) -> None:
     """TypeError unless ``engine`` meets the DecodeEngine protocol (``role`` names it in the message)."""
     if not isinstance(engine, DecodeEngine):
-        raise TypeError(f"{role} {engine!r} does not meet gemma_oracle.oracles.engine_protocol.DecodeEngine "
+        raise TypeError(f"{role} {engine!r} does not meet gemma_oracle.engine.protocol.DecodeEngine "
                         "(needs name, vocab_size, new_sequence, prefill, decode)")
 
 
