@@ -17,6 +17,8 @@ helpers below, never with ``hasattr`` ladders in callers):
   a finding, not a pass (a server that quietly re-processes whole prompts one by one is not batching).
 * ``output_topk: int``: when set (> 0) the engine returns ``TopKLogprobs`` with that many entries per row instead of
   full-vocabulary logits (served engines: a compact transfer); the oracles then use the top-k metrics.
+* ``output_logprobs: bool``: True when the rows are log-probabilities (log-softmax) rather than raw logits, as every
+  served engine returns; comparisons against a logits reference then log-softmax the reference first.
 """
 from __future__ import annotations
 
@@ -25,8 +27,8 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-__all__ = ["BatchRecord", "DecodeEngine", "TopKLogprobs", "batch_record", "describe_engine", "output_topk",
-           "prefill_batch_of"]
+__all__ = ["BatchRecord", "DecodeEngine", "TopKLogprobs", "batch_record", "describe_engine", "output_logprobs",
+           "output_topk", "prefill_batch_of"]
 
 
 @runtime_checkable
@@ -141,3 +143,8 @@ def batch_record(engine: Any) -> BatchRecord | None:
 def output_topk(engine: Any) -> int:
     """k when the engine answers with ``TopKLogprobs``, 0 for full-vocabulary logits."""
     return int(getattr(engine, "output_topk", 0) or 0)
+
+
+def output_logprobs(engine: Any) -> bool:
+    """True when the engine's rows are log-probabilities, not raw logits."""
+    return bool(getattr(engine, "output_logprobs", False))
