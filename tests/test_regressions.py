@@ -115,7 +115,7 @@ def test_stored_nightlies_with_an_injected_regression(tmp_path, capsys):
     assert main(["report", str(second)]) == 1
     out = capsys.readouterr().out
     assert "FAIL: nightly 2026-11-25-030000, compared with 2026-11-24-030000" in out
-    assert "regression: suite=synthetic fixture=a-f32" in out
+    assert "regression: suite=synthetic test=sweep fixture=a-f32" in out
 
     # the first run compared with nothing is clean
     assert main(["report", str(first)]) == 0

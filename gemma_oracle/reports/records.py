@@ -23,6 +23,10 @@ class OracleRecord:
     ``route`` is the engine's route mode (gemma_oracle.engine.routing.MODES) or NO_ROUTE; ``routes_taken`` counts the
     kernels that served the batched step's matmuls at this N ("ws:47 gemm_n:1"), empty where unknown.
     ``message`` is kept for failures only: a passing row's numbers are all in the metric columns.
+    ``backend`` names the engine (our backends numpy64 / cupy, or an --engine name such as llamacpp, openai, process);
+    ``engine_info`` is its configuration (``describe()``, JSON) so a finding names what produced it; ``test`` is the
+    comparison (``sweep``: the golden sweep over N; the field tests of gemma_oracle.oracles.field: needle,
+    composition, ...).
     """
 
     test_id: str
@@ -51,6 +55,30 @@ class OracleRecord:
     message: str
     gpu_index: int | None = None
     routes_taken: str = ""
+    test: str = "sweep"
+    engine_info: str = ""
+
+
+@dataclass(frozen=True)
+class VerdictRecord:
+    """One verdict class per engine x fixture x test x N (gemma_oracle.oracles.verdicts): ``verdict`` is one of
+    bitwise / close / near-tie flips / broken, ``not_batched`` counts the batched steps the engine's own probe said
+    were not one batch (a finding whatever the numbers), ``thresholds`` the policy's bounds in words, ``reason`` the
+    worst row and the bound it broke."""
+
+    engine: str
+    engine_info: str
+    fixture: str
+    test: str
+    n: int
+    verdict: str
+    policy: str
+    thresholds: str
+    reason: str
+    rows: int
+    failed: int
+    not_batched: int
+    passed: bool
 
 
 @dataclass(frozen=True)
@@ -149,6 +177,7 @@ class PlantedRecord:
 # table name in the store -> its row type
 TABLES: dict[str, type] = {
     "oracle": OracleRecord,
+    "verdicts": VerdictRecord,
     "planted": PlantedRecord,
     "bench": BenchRecord,
     "op_profile": OpProfileRecord,
@@ -161,10 +190,15 @@ def columns(record_type: type) -> list[str]:
 
 
 def oracle_records(result, *, test_id: str, suite: str, fixture: str, backend: str, route: str = NO_ROUTE,
-                   gpu_index: int | None = None, routes_taken: str = "") -> list[OracleRecord]:
-    """The rows of one gemma_oracle.oracles.single_vs_batched.GoldenResult (its ``to_rows``), with their provenance."""
+                   gpu_index: int | None = None, routes_taken: str = "", engine_info: str | None = None) -> list[OracleRecord]:
+    """The rows of one gemma_oracle.oracles.single_vs_batched.GoldenResult (its ``to_rows``), with their provenance.
+    ``engine_info``: the engine's configuration as JSON (default: what the result carries)."""
+    import json
+
     out = []
     for row in result.to_rows():
+        info = engine_info if engine_info is not None else row.get("engine_info", "")
+        info = info if isinstance(info, str) else json.dumps(info, sort_keys=True, default=str)
         out.append(OracleRecord(
             test_id=test_id, suite=suite, fixture=fixture, backend=backend, route=route, n=row["n"],
             seq=row["seq"], step=row["step"], token=row["token"], pos=row["pos"], policy=row["policy"],
@@ -173,6 +207,7 @@ def oracle_records(result, *, test_id: str, suite: str, fixture: str, backend: s
             ref_top_margin=float(row["ref_top_margin"]), topk=int(row["topk"]), topk_overlap=int(row["topk_overlap"]),
             nonfinite=row["nonfinite"] or "", passed=bool(row["passed"]), verdict=row["verdict"],
             message="" if row["passed"] else row["message"], gpu_index=gpu_index, routes_taken=routes_taken,
+            test=row.get("test", "sweep"), engine_info=info,
         ))
     return out
 

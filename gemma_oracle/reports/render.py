@@ -173,6 +173,34 @@ def _correctness(run: StoredRun) -> list[Section]:
     return out
 
 
+def _engine_verdicts(run: StoredRun) -> list[Section]:
+    """Per engine x fixture x test x N one verdict class, with the engines' own descriptions: what a user reads
+    first about an outside engine (gemma-oracle check, the nightly's engine rows)."""
+    verdicts = run["verdicts"]
+    if verdicts.empty:
+        return []
+    counts = verdicts["verdict"].value_counts().to_dict()
+    not_batched = int((verdicts["not_batched"].astype(int) > 0).sum())
+    rules = "; ".join(f"`{r.policy}`: {r.thresholds}" for r in
+                      verdicts[["policy", "thresholds"]].drop_duplicates().itertuples())
+    text = ("Each engine x fixture x test x N gets one class: **bitwise** (every batched row bit-identical to its "
+            "single-user run: batch-invariant), **close** (every row within the policy's tolerance), **near-tie "
+            "flips** (the only failures are argmax flips where the reference's top-two margin is below the near-tie "
+            "bound), **broken** (anything else); \"not batched k\" = k batched steps the engine's own counters say "
+            f"were not one batch. Counts: {', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}"
+            f"{f'; {not_batched} cases not batched' if not_batched else ''}. Thresholds: {rules}.")
+    out = [Section("Engines and verdicts", text, tables.verdict_matrix(verdicts))]
+    engines = tables.engines(run["oracle"])
+    if not engines.empty:
+        out.append(Section("Engines", "What each engine said it is (its describe()), stored with every row.",
+                           engines, level=3))
+    worst = verdicts[~verdicts["passed"].astype(bool)]
+    if not worst.empty:
+        out.append(Section("Why not passed", table=worst[["engine", "fixture", "test", "n", "verdict", "reason"]]
+                           .head(20).reset_index(drop=True), level=3))
+    return out
+
+
 def _catches(run: StoredRun) -> list[Section]:
     planted = run["planted"]
     if planted.empty:
@@ -266,7 +294,7 @@ def build_report(run: StoredRun, *, previous: StoredRun | None, findings: list[F
     details last."""
     rep = Report(f"gemma-oracle {run.meta.kind} {run.run_id}")
     rep.sections.append(_verdict(run, previous, findings))
-    rep.sections += _correctness(run) + _catches(run) + _performance(run) + _trends(history)
+    rep.sections += _engine_verdicts(run) + _correctness(run) + _catches(run) + _performance(run) + _trends(history)
     rep.sections.append(_run_details(run, previous))
     return rep
 

@@ -14,6 +14,8 @@ Parallel writers (xdist workers) each write their own part; the loader concatena
 """
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import tempfile
 from dataclasses import dataclass
@@ -124,6 +126,10 @@ def _read_table(run_dir: Path, table: str) -> pd.DataFrame:
             df = pq.read_table(path).to_pandas()
         except Exception as exc:  # pyarrow raises several types for a damaged file
             raise StoreError(path, f"not a readable parquet file ({type(exc).__name__}: {exc})") from None
+        # a column added to the record type later, with a default, reads back from older runs as that default
+        for f in dataclasses.fields(TABLES[table]):
+            if f.name not in df.columns and f.default is not dataclasses.MISSING:
+                df[f.name] = f.default
         missing = [c for c in expected if c not in df.columns]
         if missing:
             raise StoreError(path, f"columns {missing} missing; a {table} table has {expected}", key=missing[0])

@@ -13,7 +13,7 @@ from gemma_oracle.oracles.compare import NAMED_POLICIES
 
 from .records import NO_ROUTE
 
-CASE_KEYS = ["suite", "fixture", "backend", "route", "n"]
+CASE_KEYS = ["suite", "test", "fixture", "backend", "route", "n"]
 PERF_KEYS = ["model", "backend", "device", "route", "n"]
 # MMQ/WS ratio: the decode-MMQ side and the weight-stationary side, in order of preference (forced modes
 # first, since "auto" and "batch-invariant" mix in GEMM-N where MMQ or WS is not eligible)
@@ -138,14 +138,46 @@ def correctness_matrix(summary: pd.DataFrame) -> pd.DataFrame:
     cell = summary.apply(
         lambda r: (nmse_text(r["worst_nmse"]) if r["verdict"] == "pass"
                    else f"FAIL {r['failed']}/{r['comparisons']} {nmse_text(r['worst_nmse'])}"), axis=1)
-    wide = summary.assign(cell=cell).pivot_table(index=["suite", "fixture", "backend", "route", "policy"], columns="n",
+    wide = summary.assign(cell=cell).pivot_table(index=["suite", "test", "fixture", "backend", "route", "policy"], columns="n",
                                                  values="cell", aggfunc="first")
     wide.columns = [f"N={n}" for n in wide.columns]
     return wide.fillna("-").reset_index()
 
 
+def engines(oracle: pd.DataFrame) -> pd.DataFrame:
+    """One row per engine that produced rows: its name (the backend column) and its configuration (``describe()``
+    as stored), so every outside engine is labelled by what it said it is."""
+    import json
+
+    cols = ["engine", "configuration"]
+    if oracle.empty:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for (engine, info), _ in oracle.groupby(["backend", "engine_info"], sort=True):
+        try:
+            parsed = json.loads(info) if info else {}
+        except ValueError:
+            parsed = {"describe": info}
+        parsed.pop("name", None)
+        rows.append({"engine": engine, "configuration": ", ".join(f"{k} {v}" for k, v in parsed.items()) or "-"})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def verdict_matrix(verdicts: pd.DataFrame) -> pd.DataFrame:
+    """engine x fixture x test (rows) by N (columns): the verdict class of each case (gemma_oracle.oracles.verdicts),
+    with "not batched k" appended where the engine's own probe said k batched steps were not one batch."""
+    if verdicts.empty:
+        return pd.DataFrame()
+    cell = verdicts.apply(lambda r: r["verdict"] + (f", not batched {r['not_batched']}" if r["not_batched"] else ""),
+                          axis=1)
+    wide = verdicts.assign(cell=cell).pivot_table(index=["engine", "fixture", "test", "policy"], columns="n",
+                                                  values="cell", aggfunc="first")
+    wide.columns = [f"N={n}" for n in wide.columns]
+    return wide.fillna("-").reset_index()
+
+
 def failures(oracle: pd.DataFrame, limit: int = 20) -> pd.DataFrame:
-    cols = ["test_id", "fixture", "backend", "route", "n", "seq", "step", "message"]
+    cols = ["test_id", "test", "fixture", "backend", "route", "n", "seq", "step", "message"]
     if oracle.empty:
         return pd.DataFrame(columns=cols)
     return oracle.loc[~oracle["passed"].astype(bool), cols].head(limit).reset_index(drop=True)
