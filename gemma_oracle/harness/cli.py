@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from gemma_oracle.engine.errors import GemmaOracleError
@@ -418,6 +419,82 @@ def _cmd_nightly(args) -> int:
     return outcome.exit_code
 
 
+def _engine_spec(text: str) -> str:
+    """argparse type: an --engine spec whose name and options the registry accepts (checked before any work)."""
+    from gemma_oracle.engine.registry import EngineSpecError, check_spec
+
+    try:
+        check_spec(text)
+    except EngineSpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--engine {text}: ")) from None
+    return text
+
+
+def _check_test_names() -> list[str]:
+    from gemma_oracle.harness.suites.check import TESTS
+
+    return list(TESTS)
+
+
+def _cmd_check(args) -> int:
+    """Any engine through the oracle: one verdict class per engine x fixture x test x N, stored as a run."""
+    from gemma_oracle.engine.registry import unavailable_reason
+    from gemma_oracle.harness.nightly import previous_run, report_run
+    from gemma_oracle.harness.suites.check import DEFAULT_FIXTURES, DEFAULT_N, CheckPlan, resolve_fixture, run_check, \
+        verdict_lines, write_check_run
+    from gemma_oracle.reports.run_meta import utc_now
+
+    for spec in args.engine:
+        reason = unavailable_reason(spec)
+        if reason:
+            raise UsageError(f"--engine {spec}: cannot run here: {reason}")
+    root = writable_dir(args.out, "--out")
+    fixtures = tuple(args.fixtures or DEFAULT_FIXTURES)
+    for name in fixtures:  # every fixture resolves (or is refused) before any engine starts
+        try:
+            resolve_fixture(name)
+        except GemmaOracleError as exc:
+            raise UsageError(f"--fixtures {name}: {exc}") from None
+    plan = CheckPlan(engines=tuple(args.engine), fixtures=fixtures, n_list=tuple(args.n or DEFAULT_N),
+                     tests=tuple(args.tests or ()), steps=args.steps)
+    print(f"check: engines {', '.join(plan.engines)}; fixtures {', '.join(plan.fixtures)}; N {' '.join(map(str, plan.n_list))}; "
+          f"writing under {root}", flush=True)
+    from gemma_oracle.harness.progress import Progress
+
+    started, t0 = utc_now(), time.monotonic()
+    total = len(plan.fixtures) * len(plan.engines) * len(plan.n_list) * len(plan.tests or _check_test_names())
+    with Progress(total, "check", _show_progress(args)) as bar:
+        outcome = run_check(plan, progress=lambda text: (bar.set_postfix_str(text), bar.update()))
+    run_dir = write_check_run(plan, outcome, root, started, time.monotonic() - t0)
+    print("\nverdicts (engine x fixture x test, by N):")
+    print("\n".join(verdict_lines(outcome.verdicts)))
+    failed = [v for v in outcome.verdicts if not v.passed]
+    for v in failed[:20]:
+        print(f"  - {v.engine} {v.fixture} {v.test} N={v.n}: {v.verdict}: {v.reason}")
+    result = report_run(run_dir, previous_run(root, run_dir))
+    verdict = "FAIL" if failed or result.exit_code else "PASS"
+    print(f"\n{verdict}: {len(outcome.verdicts) - len(failed)} of {len(outcome.verdicts)} cases passed; "
+          f"report: {run_dir / 'report.html'}")
+    return EXIT_FAILED if failed or result.exit_code else EXIT_OK
+
+
+def _cmd_engines(args) -> int:
+    """Every selectable engine: name, where it comes from, whether it can run here, its options."""
+    from gemma_oracle.engine.registry import EngineSpecError, engines, entry
+
+    for name in sorted(engines()):
+        try:
+            e = entry(name)
+        except EngineSpecError as exc:
+            print(f"{name}: {exc}")
+            continue
+        reason = e.available()
+        print(f"{name} ({e.origin}): {e.summary}" + ("" if reason is None else f" [not here: {reason}]"))
+        for key, (_, text) in sorted(getattr(e.options, "items", lambda: [])()):
+            print(f"    {key}: {text}")
+    return EXIT_OK
+
+
 def _cmd_report(args) -> int:
     from gemma_oracle.harness.nightly import previous_run, report_run
 
@@ -593,6 +670,30 @@ def build_parser() -> argparse.ArgumentParser:
     nt.add_argument("--gpus", help="GPU indices such as 0,2, or 'all': the nightly runs on the first of them "
                                    "(the host's index is recorded in every result row)")
     nt.set_defaults(func=_cmd_nightly)
+
+    ck = sub.add_parser("check", help="put any engine through the oracle (ours, llama.cpp, an OpenAI-compatible server, "
+                                      "a peer process): the golden sweep over N and the tests from the field, one verdict "
+                                      "class per engine x fixture x test x N; stored like the nightly under reports/checks/")
+    ck.add_argument("--engine", action="append", required=True, type=_engine_spec, metavar="SPEC",
+                    help="NAME[:key=value,...], repeatable (`gemma-oracle engines` lists names and options), e.g. "
+                         "llamacpp:slots=8,kv=f32 or openai:url=http://127.0.0.1:8080")
+    ck.add_argument("--fixtures", "--fixture", nargs="+", type=_path_arg, metavar="FIXTURE",
+                    help="synthetic preset/variant (keqv-window24/q4_k_m), a catalog name (gemma3-270m) or a GGUF "
+                         "path (default keqv-window24/f32 keqv-window24/q4_k_m g4-e2b-mini/q4_k_m)")
+    ck.add_argument("--n", nargs="+", type=_int_in(1, _oracle_n_max, "a batch size"),
+                    help="batch sizes, 1..32 (default 1 2 4 5 8)")
+    ck.add_argument("--tests", nargs="+", type=_name_in(_check_test_names, "test"),
+                    help="which tests (default: all; see gemma_oracle.harness.suites.check.TESTS)")
+    ck.add_argument("--steps", type=_int_in(1, 64, "a step count"), default=4,
+                    help="teacher-forced decode steps after each prompt (default 4)")
+    ck.add_argument("--out", type=_path_arg, default="reports/checks", help="where check runs are kept (default "
+                                                                            "reports/checks)")
+    ck.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
+    ck.set_defaults(func=_cmd_check)
+
+    en = sub.add_parser("engines", help="list the engines --engine can name (built-in and registered through the "
+                                        "gemma_oracle.engines entry points), whether each can run here, its options")
+    en.set_defaults(func=_cmd_engines)
 
     rp = sub.add_parser("report", help="re-render a stored run's report (report.md, report.html, findings.json)")
     rp.add_argument("run_dir", help="a run directory, e.g. reports/nightly/2026-11-25-031500")

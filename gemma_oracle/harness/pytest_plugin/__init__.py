@@ -4,7 +4,7 @@ Load it with `pytest -p gemma_oracle.harness.pytest_plugin`, `addopts = "-p gemm
 in the project's pytest configuration, or `pytest_plugins = ["gemma_oracle.harness.pytest_plugin"]` in its root
 conftest.py (this repository's does that). It is not a `pytest11` entry point: installed but not asked for, it
 adds no option, marker, skip or environment change to anyone's run. Loaded, it registers the markers (synthetic,
-real, real12b, gpu, bench, slow, parity), the options `--go-backend`, `--go-model` (real_models), `--go-gpus`,
+real, real12b, gpu, bench, slow, parity), the options `--go-backend`, `--go-engine`, `--go-model` (real_models), `--go-gpus`,
 `--go-results-dir` and `--go-no-results` (prefixed so they never meet a project's own), skips `gpu` tests with a
 reason where no GPU is usable, pins each xdist worker to one GPU (gemma_oracle.harness.gpu_pinning) and keeps
 one model's tests on one worker under `--dist loadgroup` (xdist_groups).
@@ -45,6 +45,14 @@ def pytest_addoption(parser):
         default="auto",
         help="engine backend for oracle tests: numpy (float64 reference), cupy (GPU) or auto (cupy when usable)",
     )
+    group.addoption(
+        "--go-engine",
+        default=None,
+        metavar="SPEC",
+        help="put another engine through the oracle tests instead of --go-backend: NAME[:key=value,...] "
+             "(gemma-oracle engines lists them: numpy, cupy, llamacpp, openai, process, broken-rope and any "
+             "registered through the gemma_oracle.engines entry points)",
+    )
     # result store (reports/recorder.py): oracle comparisons that tests hand to `record_oracle`
     group.addoption("--go-results-dir", default=None,
                     help="where a run's oracle results go as parquet (default: <rootdir>/reports/runs)")
@@ -64,6 +72,7 @@ def pytest_configure(config):
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
     _pin_gpus(config)  # first: the recorder below asks whether a GPU is usable, which starts CUDA
+    _check_engine_spec(config)
     config.stash[_RECORDER] = _make_recorder(config)
 
 
@@ -79,7 +88,8 @@ def _make_recorder(config):
     run_id = (workerinput or {}).get(WORKERINPUT_KEY) or new_pytest_run_id()
     root = None if config.getoption("--go-no-results") else Path(
         config.getoption("--go-results-dir") or config.rootpath / "reports" / "runs")
-    backend = resolve_backend(config.getoption("--go-backend"))[0] or "cupy"
+    spec = config.getoption("--go-engine")
+    backend = str(spec) if spec else resolve_backend(config.getoption("--go-backend"))[0] or "cupy"
     return SessionRecorder(root, run_id, worker=workerinput["workerid"] if workerinput else None, backend=backend)
 
 
@@ -166,9 +176,31 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def _check_engine_spec(config) -> None:
+    """A bad --go-engine is a usage error before collection, naming the key or value at fault."""
+    spec = config.getoption("--go-engine")
+    if not spec:
+        return
+    from gemma_oracle.engine.registry import EngineSpecError, check_spec
+
+    try:
+        check_spec(spec)
+    except EngineSpecError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
 @pytest.fixture(scope="session")
 def oracle_backend(request) -> str:
-    """The engine backend the oracle tests run on (from --go-backend); skips with the reason and the fix."""
+    """The engine the oracle tests run on: an --go-engine spec when given (skipped with the engine's reason when it
+    cannot run here), else the backend from --go-backend; skips with the reason and the fix."""
+    spec = request.config.getoption("--go-engine")
+    if spec:
+        from gemma_oracle.engine.registry import unavailable_reason
+
+        reason = unavailable_reason(spec)
+        if reason:
+            pytest.skip(f"--go-engine {spec}: {reason}")
+        return spec
     name, reason = resolve_backend(request.config.getoption("--go-backend"))
     if name is None:
         pytest.skip(reason)

@@ -120,11 +120,16 @@ def sequences(vocab_size: int, count: int = MAX_N, *, seed: int = SEQUENCE_SEED)
 
 @functools.lru_cache(maxsize=3)  # the GPU nightly's two route modes and the float64 reference of one fixture
 def engine_for(preset: str, variant: str, backend: str, route_mode: str | None = None):
-    """route_mode: gemma_oracle.engine.routing mode of a GPU engine (None: its default); engines without routes take None."""
-    from gemma_oracle.engine.factory import make_engine
+    """route_mode: gemma_oracle.engine.routing mode of a GPU engine (None: its default); engines without routes take
+    None. ``backend``: one of our backends (numpy64, numpy32, cupy) or an --engine spec (gemma_oracle.engine.registry),
+    given slots for the suite's largest batch."""
+    from gemma_oracle.engine import factory, registry
 
+    path = fixture_path(preset, variant)
+    if backend not in factory.ENGINES:
+        return registry.make_engine(backend, path, slots=MAX_N)
     options = {} if route_mode is None else {"route_mode": route_mode}
-    return make_engine(backend, fixture_path(preset, variant), memo_prefill=True, **options)
+    return factory.make_engine(backend, path, memo_prefill=True, **options)
 
 
 def policy_for(engine, backend: str) -> Policy | CalibratedPolicy:
@@ -139,7 +144,13 @@ def judge(engine, backend: str, prompts, forced, *, reference, cache: RefCache |
     """The golden comparison under `policy_for`: a calibrated policy runs the three-sided comparison against
     `reference()` (a zero-argument callable giving the float64 engine on the same file, built only when needed);
     the others compare batched with single-user directly."""
-    policy = policy_for(engine, backend)
+    return judge_with(engine, policy_for(engine, backend), prompts, forced, reference=reference, cache=cache)
+
+
+def judge_with(engine, policy: Policy | CalibratedPolicy, prompts, forced, *, reference,
+               cache: RefCache | None = None) -> GoldenResult:
+    """The golden comparison under ``policy``: the three-sided calibrated comparison against ``reference()`` for a
+    CalibratedPolicy, batched against single-user directly otherwise."""
     if isinstance(policy, CalibratedPolicy):
         return calibrated_single_vs_batched(engine, prompts, forced, reference_engine=reference(), policy=policy,
                                             cache=cache)
