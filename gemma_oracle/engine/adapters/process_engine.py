@@ -16,8 +16,6 @@ import os
 import weakref
 from typing import Any, Sequence
 
-import numpy as np
-
 from gemma_oracle.engine.protocol import BatchRecord, TopKLogprobs
 
 from .peer_channel import (PeerChannel, PeerCrashedError, PeerError, PeerProtocolError, PeerRequestError,
