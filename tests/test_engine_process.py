@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import os
 import shlex
 import shutil
@@ -24,6 +25,7 @@ import gemma_oracle
 from gemma_oracle.engine.adapters.process_engine import (PeerCrashedError, PeerError, PeerProtocolError,
                                                          PeerRequestError, PeerShapeError, PeerTimeoutError,
                                                          ProcessEngine)
+from gemma_oracle.engine.adapters.stdio_wire import array_specs, decode_arrays, encode
 from gemma_oracle.engine.errors import GemmaOracleError
 from gemma_oracle.engine.protocol import TopKLogprobs, batch_record, describe_engine, prefill_batch_of
 from gemma_oracle.engine.registry import make_engine
@@ -83,6 +85,22 @@ def nothing_left_running():
     yield
     gc.collect()
     assert STARTED and [p for p in STARTED if not _gone(p)] == []
+
+
+# ------------------------------------------------------------------------------------- the wire format
+def test_the_wire_format_is_little_endian_and_checks_its_byte_count():
+    big = np.arange(6, dtype=">f4").reshape(2, 3) - 2.5  # a big-endian array goes out little-endian
+    msg = encode({"id": 3, "op": "decode", "ok": True}, [("logits", big)])
+    head, _, payload = msg.partition(b"\n")
+    header = json.loads(head)
+    assert header["arrays"] == [{"name": "logits", "dtype": "float32", "shape": [2, 3]}] and header["nbytes"] == 24
+    assert payload == big.astype("<f4").tobytes()
+    back = decode_arrays(array_specs(header), payload)["logits"]
+    assert back.dtype == np.float32 and np.array_equal(back, big)
+    with pytest.raises(ValueError, match="'nbytes' is 20 but the arrays"):
+        array_specs({**header, "nbytes": 20})
+    with pytest.raises(ValueError, match="expected a string 'name' and 'dtype' one of float32"):
+        array_specs({"arrays": [{"name": "logits", "dtype": "float16", "shape": [3]}], "nbytes": 6})
 
 
 # ------------------------------------------------------------------------------------- the numpy peer: transparent
@@ -198,6 +216,10 @@ def test_the_c_peer_passes_the_exact_golden_run(c_peer):
             assert record.rows == n and record.batched  # the batched steps were one pass each
         gc.collect()  # every handle of the sweep is garbage now: the next request frees them on the peer
         assert describe_engine(eng)["live_sequences"] == 0
+        with pytest.raises(PeerRequestError) as err:  # the C peer's error answer, typed on our side
+            eng.prefill(eng.new_sequence(), [256])
+        assert err.value.error_type == "bad_request" and "token id outside the vocabulary" in str(err.value)
+        assert eng.prefill(eng.new_sequence(), [255]).dtype == np.float32  # the session goes on, in float32
         assert "toy engine" in eng.stderr_tail()
 
 

@@ -199,8 +199,11 @@ static void parse_request(const char *line, Request *r) {
 /* ---------------------------------------------------------------------------------------------- answers */
 
 static void begin(const Request *r, int ok) {
-    if (r->has_id) printf("{\"id\":%lld,\"op\":\"%s\",\"ok\":%s", r->id, r->op, ok ? "true" : "false");
-    else printf("{\"id\":null,\"op\":\"%s\",\"ok\":%s", r->op, ok ? "true" : "false");
+    if (r->has_id) printf("{\"id\":%lld", r->id);
+    else printf("{\"id\":null");
+    if (r->op[0]) printf(",\"op\":\"%s\"", r->op);
+    else printf(",\"op\":null");
+    printf(",\"ok\":%s", ok ? "true" : "false");
 }
 
 static void answer_error(const Request *r, const char *type, const char *message) {

@@ -107,7 +107,9 @@ class ProcessEngine:
     # --------------------------------------------------------------------------------------------- plumbing
     def _request(self, header: dict, **kw):
         if self._pending_free:
-            ids, self._pending_free[:] = list(self._pending_free), []
+            ids = []
+            while self._pending_free:  # pop, not copy-and-clear: a finalizer may append while we collect
+                ids.append(self._pending_free.pop())
             if self._channel.alive:
                 self._channel.request({"op": "free", "seqs": ids})
         return self._channel.request(header, **kw)
