@@ -3,7 +3,7 @@ plain install (no extras, no pytest) runs the CLI; the pytest plugin changes not
 ask for it, and loads when it does.
 
 Each check runs in virtual environments made here from the wheel built here. Their dependencies are the ones this
-environment already has, seen through a folder of links (`_deps_folder`), so no network is needed; a folder
+environment already has, seen through a folder of links (tests/venvs.py), so no network is needed; a folder
 leaves out gemma-oracle itself (and, for the "no extras" install, pytest and its plugins), so an environment
 without the wheel is this machine without gemma-oracle.
 """
@@ -14,54 +14,15 @@ import os
 import re
 import shutil
 import subprocess
-import sys
-import sysconfig
 import zipfile
 from pathlib import Path
 
 import pytest
 from filelock import FileLock
 
-REPO = Path(__file__).resolve().parents[1]
-# what building the wheel reads: the rest of the checkout (tests, scripts, reports) is not part of it
-BUILD_INPUTS = ("pyproject.toml", "README.md", "LICENSE", "gemma_oracle")
-OURS = re.compile(r"^(gemma_oracle|gemma-oracle|__editable__)")
-TEST_TOOLING = re.compile(r"^(_?pytest|pytest_xdist|xdist|pluggy|iniconfig|execnet|py)([-.].*)?$")
-
-
-def _run(cmd, **kw) -> subprocess.CompletedProcess:
-    kw.setdefault("capture_output", True)
-    kw.setdefault("text", True)
-    kw.setdefault("timeout", 300)
-    return subprocess.run([str(c) for c in cmd], **kw)
-
-
-def _deps_folder(dest: Path, *, with_test_tooling: bool) -> Path:
-    """Links to every distribution of this environment's site-packages except gemma-oracle (and pytest and its
-    plugins unless asked for). `.pth` files are left out: in a folder that is not a site directory they would not
-    run, and gemma-oracle's editable install is one of them."""
-    dest.mkdir(parents=True)
-    site = Path(sysconfig.get_paths()["purelib"])
-    for entry in site.iterdir():
-        name = entry.name
-        if OURS.match(name) or name.endswith(".pth") or name == "__pycache__":
-            continue
-        if not with_test_tooling and TEST_TOOLING.match(name):
-            continue
-        (dest / name).symlink_to(entry)
-    return dest
-
-
-def _venv(path: Path, deps: Path, wheel: Path | None) -> Path:
-    """A new virtual environment that sees `deps` and, when given, has the wheel installed by pip; its python."""
-    _run([sys.executable, "-m", "venv", "--without-pip", path], check=True)
-    python = path / "bin" / "python"
-    purelib = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], check=True).stdout
-    Path(purelib.strip(), "dependencies.pth").write_text(f"{deps}\n")
-    if wheel is not None:
-        _run([sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps", "--no-index",
-              "--no-compile", wheel], check=True)
-    return python
+from tests.venvs import build_wheel, checkout_source, deps_folder, make_venv
+from tests.venvs import clean_env as _clean_env
+from tests.venvs import run as _run
 
 
 @pytest.fixture(scope="session")
@@ -74,39 +35,20 @@ def built(tmp_path_factory):
         done = root / "done.json"
         if not done.exists():
             shutil.rmtree(root)  # whatever an interrupted build left
-            src = root / "src"
-            src.mkdir(parents=True)
-            for name in BUILD_INPUTS:
-                copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
-                copy(REPO / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
-                                                  if (REPO / name).is_dir() else {}))
-            # the build backend itself, with every warning shown, so a deprecation cannot hide in pip's quiet mode
-            proc = _run([sys.executable, "-W", "always", "-c",
-                         "import sys, setuptools.build_meta as b; print(b.build_wheel(sys.argv[1]))", root / "dist"],
-                        cwd=src, check=False)
-            assert proc.returncode == 0, proc.stdout + proc.stderr
-            wheel = root / "dist" / proc.stdout.strip().splitlines()[-1]
-            plain = _deps_folder(root / "deps-plain", with_test_tooling=False)
-            tooled = _deps_folder(root / "deps-tooled", with_test_tooling=True)
+            src = checkout_source(root / "src")
+            wheel, log = build_wheel(src, root / "dist")
+            assert wheel is not None, log
+            plain = deps_folder(root / "deps-plain", with_test_tooling=False)
+            tooled = deps_folder(root / "deps-tooled", with_test_tooling=True)
             envs = {
-                "plain": _venv(root / "venv-plain", plain, wheel),  # `pip install gemma-oracle`, no extras
-                "with": _venv(root / "venv-with", tooled, wheel),  # pytest and gemma-oracle
-                "without": _venv(root / "venv-without", tooled, None),  # pytest alone
+                "plain": make_venv(root / "venv-plain", plain, wheel),  # `pip install gemma-oracle`, no extras
+                "with": make_venv(root / "venv-with", tooled, wheel),  # pytest and gemma-oracle
+                "without": make_venv(root / "venv-without", tooled),  # pytest alone
             }
-            done.write_text(json.dumps({"wheel": str(wheel), "log": proc.stdout + proc.stderr,
+            done.write_text(json.dumps({"wheel": str(wheel), "log": log,
                                         "envs": {k: str(v) for k, v in envs.items()}}))
     info = json.loads(done.read_text())
     return {"wheel": Path(info["wheel"]), "log": info["log"], **{k: Path(v) for k, v in info["envs"].items()}}
-
-
-def _clean_env(**extra) -> dict[str, str]:
-    """This process's environment without what would make the checkout importable or steer pytest."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "PYTEST_ADDOPTS", "PYTEST_PLUGINS", "PYTEST_XDIST_WORKER",
-                        "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID", "PYTEST_CURRENT_TEST",
-                        "CUDA_VISIBLE_DEVICES", "GEMMA_ORACLE_GPU_INDEX", "OPENBLAS_NUM_THREADS")}
-    env.update(extra)
-    return env
 
 
 # ----------------------------------------------------------------------------------------------- the wheel
