@@ -1,61 +1,7 @@
-"""A REAL llama.cpp HTTP server for tests: xllamacpp's Server in a child process on 127.0.0.1 (port 0), so a
-crash in llama.cpp cannot take pytest with it; stopped by killing the child (the in-process destructor can wait
-forever for its main loop). No mocks: the tests talk to llama.cpp's own HTTP code.
-
-    with llama_server(path, slots=4) as url:   # url = "http://127.0.0.1:PORT"
-        ...
-"""
+"""Test helper: a REAL llama.cpp HTTP server in a child process (see gemma_oracle.engine.adapters.llamacpp_server),
+as a context manager (tests wrap it in module-scoped fixtures). No mocks: tests talk to llama.cpp's own HTTP code."""
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import subprocess
-import sys
-import time
+from gemma_oracle.engine.adapters.llamacpp_server import llama_server
 
-_CHILD = r"""
-import json, sys, time
-import xllamacpp as xlc
-cfg = json.loads(sys.argv[1])
-p = xlc.CommonParams()
-p.model.path = cfg["model"]
-p.n_parallel = cfg["slots"]
-p.n_ctx = cfg["ctx"] * cfg["slots"]
-p.n_batch = p.n_ubatch = cfg["n_ubatch"]
-p.cpuparams.n_threads = p.cpuparams_batch.n_threads = cfg["threads"]
-p.cache_type_k = p.cache_type_v = xlc.ggml_type.GGML_TYPE_F32
-p.flash_attn_type = xlc.llama_flash_attn_type.LLAMA_FLASH_ATTN_TYPE_DISABLED
-p.swa_full = True
-p.cache_ram_mib = 0
-p.cache_idle_slots = False
-p.endpoint_metrics = cfg["metrics"]
-p.endpoint_props = True
-p.warmup = False
-p.port = 0
-server = xlc.Server(p)
-print(json.dumps({"address": server.listening_address}), flush=True)
-sys.stdin.read()   # until the parent closes our stdin (or kills us)
-"""
-
-
-@contextlib.contextmanager
-def llama_server(model_path, *, slots: int = 4, metrics: bool = True, ctx: int = 512, threads: int = 1,
-                 n_ubatch: int = 512, start_timeout: float = 60):
-    """Start the server, yield its base URL, kill it at exit."""
-    cfg = {"model": str(model_path), "slots": slots, "metrics": metrics, "ctx": ctx, "threads": threads,
-           "n_ubatch": n_ubatch}
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(cfg)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        deadline = time.monotonic() + start_timeout
-        line = proc.stdout.readline()   # the child prints its address once the model is loaded
-        if not line:
-            raise RuntimeError(f"llama.cpp server on {model_path} exited (code {proc.wait(5)}) before listening")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"llama.cpp server on {model_path} took longer than {start_timeout} s to start")
-        yield json.loads(line)["address"]
-    finally:
-        proc.kill()
-        proc.wait(10)
+__all__ = ["llama_server"]
