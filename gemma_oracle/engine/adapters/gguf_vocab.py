@@ -14,13 +14,51 @@ from dataclasses import dataclass
 import numpy as np
 
 from gemma_oracle.engine.errors import MetadataError
-from gemma_oracle.engine.gguf_file import _Cursor, _skip_value, scan_header
+from gemma_oracle.engine.gguf_file import scan_header
 
 __all__ = ["VocabInfo", "read_vocab_info"]
 
 _TOKENS, _TYPES = "tokenizer.ggml.tokens", "tokenizer.ggml.token_type"
 _STRING, _ARRAY, _INT32 = 8, 9, 5
 _BYTE = 6  # llama.cpp's LLAMA_TOKEN_TYPE_BYTE
+# GGUF value type -> size in bytes (strings and arrays are walked)
+_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+class _Cursor:
+    """Little-endian reads from a header that ``scan_header`` has already validated (so no bounds checks here)."""
+
+    def __init__(self, buf):
+        self.buf, self.pos = buf, 0
+
+    def take(self, n: int, what: str = "") -> int:
+        at, self.pos = self.pos, self.pos + n
+        return at
+
+    def u32(self, what: str = "") -> int:
+        return struct.unpack_from("<I", self.buf, self.take(4))[0]
+
+    def u64(self, what: str = "") -> int:
+        return struct.unpack_from("<Q", self.buf, self.take(8))[0]
+
+    def string(self, what: str = "") -> str:
+        n = self.u64()
+        at = self.take(n)
+        return bytes(self.buf[at:at + n]).decode("utf-8", "replace")
+
+
+def _skip_value(cur: _Cursor, vtype: int, key: str) -> None:
+    if vtype == _STRING:
+        cur.take(cur.u64())
+    elif vtype == _ARRAY:
+        etype, count = cur.u32(), cur.u64()
+        if etype in _SIZES:
+            cur.take(_SIZES[etype] * count)
+        else:
+            for _ in range(count):
+                _skip_value(cur, etype, key)
+    else:
+        cur.take(_SIZES[vtype])
 
 
 @dataclass(frozen=True)
@@ -39,7 +77,7 @@ def read_vocab_info(path: os.PathLike | str) -> VocabInfo:
     p = str(path)
     with open(p, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         scan_header(p, mm)  # the same validation every model file gets: counts and extents are then trustworthy
-        cur = _Cursor(mm, p)
+        cur = _Cursor(mm)
         cur.take(8, "magic and version")
         cur.u64("tensor count")
         n_kv = cur.u64("metadata count")
