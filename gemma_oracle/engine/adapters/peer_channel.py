@@ -76,6 +76,7 @@ class StderrLog:
         self._lines: collections.deque[str] = collections.deque(maxlen=max_lines)
         self._max_line = max_line
         self._lock = threading.Lock()
+        self._fd = stream.fileno()
         self._thread = threading.Thread(target=self._drain, args=(stream,), name="peer-stderr", daemon=True)
         self._thread.start()
 
@@ -87,6 +88,22 @@ class StderrLog:
                     self._lines.append(line[: self._max_line])
         except (OSError, ValueError):  # the pipe was closed under us: nothing more to read
             pass
+
+    def settle(self, limit: float = 0.5) -> None:
+        """Wait (at most ``limit`` s) until everything already in the pipe has been read: a peer that answers with an
+        error has usually just logged why on stderr, and that pipe is read by another thread."""
+        import select
+
+        end = time.monotonic() + limit
+        while time.monotonic() < end:
+            try:
+                pending, _, _ = select.select([self._fd], [], [], 0)
+            except (OSError, ValueError):  # closed: nothing more will come
+                return
+            if not pending:
+                time.sleep(0.02)  # the reader may hold the last bytes in its buffer, not yet split into lines
+                return
+            time.sleep(0.01)
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
@@ -262,6 +279,7 @@ class PeerChannel:
                 etype, message = str(error.get("type", "engine_error")), str(error.get("message", ""))
                 # an error response may carry arrays too in principle; read them so the stream stays in step
                 self._payload(answer, op, deadline, wait)
+                self.stderr.settle()
                 raise PeerRequestError(f"the peer refused it: {etype}: {message}", error_type=etype, cmd=self.cmd,
                                        request=op, stderr_tail=self._tail())
             raise self._fatal(PeerProtocolError, f"expected 'ok': true, or 'ok': false with an 'error' object, "
