@@ -101,22 +101,24 @@ def test_bitwise_where_it_holds():
 
 
 def test_results_carry_the_test_and_the_engine_into_every_row():
-    eng = engine()
+    eng = Recorder(engine())
     res = run("needle", eng, MIXED, 3, seed=7)
     rows = res.to_rows()
     assert len(rows) == len(res.comparisons)
     for row in rows:
-        assert row["test"] == "needle" and json.loads(row["engine_info"]) == eng.describe()
+        assert row["test"] == "needle" and json.loads(row["engine_info"]) == {"name": eng.name}
         assert "needle at slot" in row["case"] and row["case"] in row["message"] and row["one_batch"]
-    # the slots the rows name are the seeded rng's own draws
-    rng = np.random.default_rng(7)
-    slots = []
-    for _ in range(3):
-        slots.append(int(rng.integers(3)))
-        rng.choice(POOL - 1, size=2, replace=False)
-    assert [f"slot {s} of N=3" in res.cases[j * (T + 1)] for j, s in enumerate(slots)] == [True] * 3
-    sweep = run("sweep", eng, MIXED, 2)
+    # the slot a trial names is where the needle's tokens really went: its first decode step feeds forced[0][0]
+    needle_token = inputs(MIXED).forced[0][0]
+    batches = [b for b in eng.batches if len(b) == 3]     # not the reference's single-user steps
+    assert len(batches) == 3 * T
+    for trial in range(3):
+        slot = int(res.cases[trial * (T + 1)].split("slot ")[1].split()[0])
+        assert batches[trial * T][slot] == needle_token
+    assert len({res.cases[trial * (T + 1)] for trial in range(3)}) > 1     # seeded, not one fixed slot
+    sweep = run("sweep", engine(), MIXED, 2)
     assert {r["test"] for r in sweep.to_rows()} == {"sweep"}
+    assert {json.loads(r["engine_info"])["engine"] for r in sweep.to_rows()} == {"gemma-oracle numpy"}
 
 
 # ------------------------------------------------------------------------------------------------ the control
@@ -182,6 +184,28 @@ class Wrapper:
 
     def decode(self, seqs, tokens):
         return self.inner.decode(seqs, tokens)
+
+
+class Recorder(Wrapper):
+    """Keeps the tokens of every batched decode step, in row order."""
+
+    def __init__(self, inner):
+        super().__init__(inner, "recorder")
+        self.batches = []
+
+    def decode(self, seqs, tokens):
+        self.batches.append(list(tokens))
+        return super().decode(seqs, tokens)
+
+
+class StaleProbe(Wrapper):
+    """A probe that always describes one old single-row call: it cannot vouch for a batch of N."""
+
+    def __init__(self, inner):
+        super().__init__(inner, "stale-probe")
+
+    def last_batch(self):
+        return BatchRecord(rows=1, forward_calls=1)
 
 
 class Noisy(Wrapper):
@@ -261,3 +285,5 @@ def test_an_engine_that_is_not_batching_fails_whatever_its_numbers():
     run("sweep", eng, MIXED, 1).assert_passed()
     needle = run("needle", eng, MIXED, 2)
     assert not needle.passed and len(needle.not_batched) == 3 * T   # every decode of every trial
+    stale = run("sweep", StaleProbe(engine()), MIXED, 2)
+    assert not stale.passed and [rec.rows for _, rec in stale.not_batched] == [1] * T
