@@ -51,9 +51,15 @@ class GemmaModel:
         c = o.rms_norm(c.reshape(-1, L, P), self.w.ple_proj_norm, cfg.rms_eps)
         return (c + e.reshape(-1, L, P)) * 2**-0.5
 
+    def rope_positions(self, layer: int, positions: np.ndarray) -> np.ndarray:
+        """The positions RoPE rotates each row's q and k by: its own. A hook, so a deliberately broken control
+        (engine/adapters/broken.py) can change it without copying the attention."""
+        return positions
+
     def attention(self, layer: int, lw: LayerWeights, h, rows: Sequence[Row], positions: np.ndarray):
         cfg, o = self.cfg, self.ops
         d, hq, hkv = cfg.head_dim(layer), cfg.n_heads, cfg.n_kv_heads[layer]
+        positions = self.rope_positions(layer, positions)  # cache slots and windows use rows[r].position
         a = o.rms_norm(h, lw.attn_norm, cfg.rms_eps)
         q = o.matmul(a, lw.q).reshape(-1, hq, d)
         q = o.rope(o.rms_norm(q, lw.q_norm, cfg.rms_eps), positions, self.inv_freq[layer])

@@ -11,24 +11,32 @@ Step numbering (keys and messages): **step 0** = the logits of the last prompt p
 **step s in 1..T** = the logits returned by the s-th decode call, after feeding ``forced[i][s-1]``. The key's
 ``token`` is the token fed at that position (``prompts[i][-1]`` for step 0, ``forced[i][s-1]`` after), and
 ``pos`` = len(prompts[i]) - 1 + s is its 0-based position in the sequence.
+
+The batch probe: an engine that offers ``last_batch()`` is asked after every batched call (a decode of N >= 2
+rows, a ``prefill_batch``) how many forward passes it took; a call that was not one batch is recorded in the
+result (``not_batched``) and fails it, whatever the logits say: a server that quietly runs the rows one by one
+is not batching, so its numbers say nothing about batched decode.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from typing import Any, MutableMapping, Optional, Sequence
 
 import numpy as np
 
 from gemma_oracle.oracles.compare import Comparison, Policy, check_logits_close
-from gemma_oracle.engine.protocol import DecodeEngine
+from gemma_oracle.engine.protocol import BatchRecord, DecodeEngine, batch_record, describe_engine
 
 __all__ = [
     "GoldenResult",
+    "NotBatched",
     "RefCache",
     "golden_single_vs_batched",
     "greedy_forced_tokens",
     "host_logits",
     "memoised_single_user",
+    "probe_batch",
     "require_engine",
     "single_user_logits",
 ]
@@ -83,11 +91,33 @@ def greedy_forced_tokens(engine: DecodeEngine, prompt: Sequence[int], T: int) ->
     return tokens
 
 
+# (step, record) of a batched call that was not one batch: ``step`` numbers the call as the result's rows do (the
+# decode step 1..T in the sweep; in a field test the call's index in its run, see GoldenResult.calls)
+NotBatched = tuple[int, BatchRecord]
+
+
+def _describe_record(step: int, rec: BatchRecord) -> str:
+    extra = f", {rec.attempts} attempts" if rec.attempts != 1 else ""
+    detail = f"; {rec.detail}" if rec.detail else ""
+    return (f"step {step}: {rec.rows} rows in {rec.forward_calls} forward calls where {rec.min_forward_calls} "
+            f"carry them together{extra}{detail}")
+
+
 @dataclass(frozen=True)
 class GoldenResult:
     """All per-(sequence, step) comparisons of one golden run. ``keys[j]`` = (seq, step, token) of
     ``comparisons[j]``; ``positions[j]`` its sequence position. ``reference_cache_hits`` = how many of the N
-    single-user references came from the memo instead of being run."""
+    single-user references came from the memo instead of being run.
+
+    ``test`` names the run: "sweep" for the golden comparison, a field test's name (gemma_oracle.oracles.field)
+    otherwise; ``engine_info`` is the candidate's ``describe_engine``, stored with every row so a finding names
+    what produced it. ``not_batched`` lists the batched calls the engine's own probe (``last_batch``) says were
+    not one batch: each fails the result (module docstring). ``calls[j]``, when given, is the step number (as in
+    ``not_batched``) of the batched call that produced row j, None for a row from a one-sequence call; empty means
+    the key's step (the sweep). ``cases[j]``, when given, is the field test's label of row j (e.g. where the needle
+    sat). ``note`` says what kind of comparison the test makes; ``skipped``, when set, why it did not run (then
+    there are no rows).
+    """
 
     engine: str
     reference: str
@@ -98,10 +128,17 @@ class GoldenResult:
     positions: tuple[int, ...]
     comparisons: tuple[Comparison, ...]
     reference_cache_hits: int = 0
+    test: str = "sweep"
+    engine_info: dict = field(default_factory=dict, hash=False)
+    not_batched: tuple[NotBatched, ...] = ()
+    calls: tuple[Optional[int], ...] = ()
+    cases: tuple[str, ...] = ()
+    note: str = ""
+    skipped: str = ""
 
     @property
     def passed(self) -> bool:
-        return all(c.passed for c in self.comparisons)
+        return not self.not_batched and all(c.passed for c in self.comparisons)
 
     @property
     def failures(self) -> list[Comparison]:
@@ -111,39 +148,64 @@ class GoldenResult:
     def failing_keys(self) -> list[tuple[int, int, int]]:
         return [k for k, c in zip(self.keys, self.comparisons) if not c.passed]
 
+    def not_batched_message(self) -> str:
+        """The not-batched finding in words ("" when every batched call was one batch)."""
+        if not self.not_batched:
+            return ""
+        calls = "; ".join(_describe_record(step, rec) for step, rec in self.not_batched)
+        return (f"NOT BATCHED: {len(self.not_batched)} batched call(s) were not one batch ({calls}); an engine that "
+                f"runs the rows one by one is not batching, whatever its numbers")
+
     def summary(self) -> str:
-        head = (f"golden single-vs-batched: {self.engine} (batched) vs {self.reference} (single-user), "
+        title = "golden single-vs-batched" if self.test == "sweep" else f"field test {self.test}"
+        head = (f"{title}: {self.engine} (batched) vs {self.reference} (single-user), "
                 f"policy {self.policy}, N={self.n}, T={self.t}: ")
+        if self.skipped:
+            return head + f"SKIPPED: {self.skipped}"
         total = len(self.comparisons)
         fails = self.failing_keys
         if not fails:
-            return head + f"all {total} comparisons passed"
-        seqs = sorted({k[0] for k in fails})
-        return head + (f"{len(fails)}/{total} comparisons FAILED in seq(s) {seqs}; "
-                       f"first: {self.failures[0].message}")
+            text = head + f"all {total} comparisons passed"
+        else:
+            seqs = sorted({k[0] for k in fails})
+            text = head + (f"{len(fails)}/{total} comparisons FAILED in seq(s) {seqs}; "
+                           f"first: {self.failures[0].message}")
+        finding = self.not_batched_message()
+        text = f"{text}; {finding}" if finding else text
+        return f"{text} ({self.note})" if self.note else text
 
     def assert_passed(self, max_shown: int = 5) -> None:
-        """Raise AssertionError listing the first ``max_shown`` failures (sequence, step, token, numbers)."""
-        fails = self.failures
-        if not fails:
+        """Raise AssertionError listing the first ``max_shown`` failures (sequence, step, token, numbers) and the
+        calls that were not one batch."""
+        if self.passed:
             return
+        fails = self.failures
         lines = [self.summary()] + [f"  - {c.message}" for c in fails[:max_shown]]
         if len(fails) > max_shown:
             lines.append(f"  ... and {len(fails) - max_shown} more")
         raise AssertionError("\n".join(lines))
 
     def to_rows(self) -> list[dict]:
-        """One plain dict per (sequence, step) for a result store: keys, every metric, the verdict."""
+        """One plain dict per (sequence, step) for a result store: keys, every metric, the verdict. A row made by a
+        call that was not one batch fails (``one_batch`` False), whatever its numbers."""
+        info = json.dumps(self.engine_info, sort_keys=True, default=str)
+        unbatched = {step: rec for step, rec in self.not_batched}
         rows = []
-        for (seq, step, token), pos, c in zip(self.keys, self.positions, self.comparisons):
+        for j, ((seq, step, token), pos, c) in enumerate(zip(self.keys, self.positions, self.comparisons)):
+            call = self.calls[j] if self.calls else step
+            rec = unbatched.get(call) if call is not None else None
+            passed = c.passed and rec is None
+            message = c.message if rec is None else f"not one batch ({_describe_record(call, rec)}); {c.message}"
             rows.append({
-                "engine": self.engine, "reference": self.reference, "policy": self.policy,
+                "test": self.test, "engine": self.engine, "reference": self.reference, "policy": self.policy,
                 "n": self.n, "t": self.t, "seq": seq, "step": step, "token": token, "pos": pos,
+                "case": self.cases[j] if self.cases else "",
                 "max_abs": c.max_abs, "nmse": c.nmse, "kl": c.kl,
                 "ref_argmax": c.ref_argmax, "cand_argmax": c.cand_argmax, "argmax_agree": c.argmax_agree,
                 "near_tie": c.near_tie, "margin": c.margin, "ref_top_margin": c.ref_top_margin,
                 "topk": c.topk, "topk_overlap": c.topk_overlap, "nonfinite": c.nonfinite,
-                "passed": c.passed, "verdict": "pass" if c.passed else "fail", "message": c.message,
+                "one_batch": rec is None, "passed": passed, "verdict": "pass" if passed else "fail",
+                "message": message, "engine_info": info,
             })
         return rows
 
@@ -182,15 +244,31 @@ def check_golden_inputs(engine: DecodeEngine, reference_engine: DecodeEngine, pr
     return n, lengths.pop()
 
 
+def probe_batch(engine: DecodeEngine, step: int, rows: int, sink: Optional[list]) -> None:
+    """After a batched call of ``rows`` rows: append (step, record) to ``sink`` when the engine's probe says the call
+    was not one batch, or describes another call (a record of a different row count is stale: it cannot vouch for
+    this one). Nothing when ``sink`` is None or the engine offers no probe."""
+    if sink is None:
+        return
+    rec = batch_record(engine)
+    if rec is not None and (not rec.batched or rec.rows != rows):
+        sink.append((step, rec))
+
+
 def batched_logits(engine: DecodeEngine, prompts: Sequence[Sequence[int]],
-                   forced: Sequence[Sequence[int]]) -> list[list[np.ndarray]]:
+                   forced: Sequence[Sequence[int]], *, not_batched: Optional[list] = None) -> list[list[np.ndarray]]:
     """Every sequence's logits when all N run together: its own prefill, then one row per batched decode step
-    (all N sequences in one `decode` call), as float64 host arrays: [sequence][step] -> (vocab,)."""
+    (all N sequences in one `decode` call), as host arrays: [sequence][step] -> (vocab,).
+
+    ``not_batched``, when given, receives (step, BatchRecord) for each decode step of N >= 2 rows that the engine's
+    ``last_batch`` says was not one batch (see probe_batch)."""
     n, v = len(prompts), engine.vocab_size
     seqs = [engine.new_sequence() for _ in range(n)]
     rows = [[host_logits(engine.prefill(s, list(p)), (v,), engine, "prefill")] for s, p in zip(seqs, prompts)]
     for t in range(len(forced[0])):
         out = host_logits(engine.decode(seqs, [int(f[t]) for f in forced]), (n, v), engine, f"decode (N={n})")
+        if n >= 2:
+            probe_batch(engine, t + 1, n, not_batched)
         for i in range(n):
             rows[i].append(out[i])
     return rows
@@ -232,7 +310,8 @@ def golden_single_vs_batched(
         refs.append(logits)
         hits += hit
 
-    cand = batched_logits(engine, prompts, forced)
+    not_batched: list = []
+    cand = batched_logits(engine, prompts, forced, not_batched=not_batched)
     keys, positions, comparisons = [], [], []
     for i, step, token, pos in compared_rows(prompts, forced):
         keys.append((i, step, token))
@@ -244,4 +323,5 @@ def golden_single_vs_batched(
 
     return GoldenResult(engine=engine.name, reference=ref_engine.name, policy=policy.name, n=n, t=t_steps,
                         keys=tuple(keys), positions=tuple(positions), comparisons=tuple(comparisons),
-                        reference_cache_hits=hits)
+                        reference_cache_hits=hits, engine_info=describe_engine(engine),
+                        not_batched=tuple(not_batched))

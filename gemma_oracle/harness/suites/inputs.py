@@ -11,6 +11,8 @@ steps cross each one, with rows reaching it at different steps (mixed) or all at
 from the route tables the same way (`route_switch_points`, `batch_sizes`).
 
 `make_sequences(vocab_size, lengths)` turns lengths into prompts and forced continuations; engine adapters reuse it.
+`field_inputs(cfg, kind, n)` is the public entry for outside users and the field tests (gemma_oracle.oracles.field):
+prompts and forced scripts of one kind ("mixed" lengths, "past-window", "equal") for any model's config.
 Which plan runs on which preset x variant x N is the suite's choice (gemma_oracle.harness.suites.synthetic).
 """
 from __future__ import annotations
@@ -211,6 +213,66 @@ def make_sequences(vocab_size: int, lengths: Sequence[int], steps: int = DECODE_
         prompts.append([BOS] + [int(t) for t in rng.integers(FIRST_ORDINARY_TOKEN, vocab_size, size=length - 1)])
         forced.append([int(t) for t in rng.integers(FIRST_ORDINARY_TOKEN, vocab_size, size=steps)])
     return prompts, forced
+
+
+# --- inputs for outside users and the field tests ----------------------------------------------------------------
+MIXED, PAST_WINDOW, EQUAL = "mixed", "past-window", "equal"
+FIELD_KINDS = (MIXED, PAST_WINDOW, EQUAL)
+
+
+@dataclass(frozen=True)
+class FieldInputs:
+    """N prompts and their forced scripts (one length, ``steps``) of one kind, with the lengths and what they reach."""
+
+    kind: str
+    purpose: str
+    lengths: tuple[int, ...]
+    prompts: list[list[int]]
+    forced: list[list[int]]
+
+
+def field_inputs(cfg: GemmaConfig, kind: str, n: int, *, steps: int = DECODE_STEPS, seed: int = SEQUENCE_SEED,
+                 context: int | None = None, vocab_size: int | None = None) -> FieldInputs:
+    """Prompts and forced scripts for N sequences of one kind, from a model's config (an engine's ``.config``, or
+    ``gemma_oracle.engine.model_file.load_model(path).config`` for a GGUF that an outside engine serves):
+
+    * ``"mixed"``: mixed prompt lengths (the "short" plan: 5, 12, 19, 26, 8, ... tokens, every prefill-chunk
+      remainder), so rows of one batch sit at different positions from N = 2 (where RoPE-offset and padded-key bugs
+      fire);
+    * ``"past-window"``: mixed lengths whose decode steps cross the sliding window and the sliding ring's wrap
+      (window + prefill chunk - 1) at different steps (the "sliding-mixed" plan); ValueError when the model has no
+      sliding window shorter than its context (nothing to cross);
+    * ``"equal"``: every row the same length (different tokens), so every batched step has all rows at one
+      position; the "sliding-equal" plan (all rows wrap the ring in one step) where there is a window, else the
+      mixed plan's first length. A bug that needs rows at different positions cannot fire here.
+
+    ``steps`` is T, the forced tokens per sequence; ``context`` the positions the engine can reach (default the
+    model's); ``vocab_size`` defaults to the config's. Deterministic in all arguments (make_sequences)."""
+    if n < 1:
+        raise ValueError(f"need n >= 1 sequences, got {n}")
+    if n > PLAN_ROWS:
+        raise ValueError(f"a plan describes at most {PLAN_ROWS} rows, asked for {n}")
+    by_name = {p.name: p for p in plans(cfg, context, steps)}
+    if kind == MIXED:
+        plan = by_name["short"]
+        lengths = plan.lengths[:n]
+    elif kind == PAST_WINDOW:
+        if "sliding-mixed" not in by_name:
+            raise ValueError(f"kind {kind!r}: this model has no sliding window shorter than its context "
+                             f"(window {cfg.sliding_window}, context {context or cfg.context_length})")
+        plan = by_name["sliding-mixed"]
+        lengths = plan.lengths[:n]
+    elif kind == EQUAL:
+        plan = by_name.get("sliding-equal", by_name["short"])
+        lengths = (plan.lengths[0],) * n
+    else:
+        raise ValueError(f"unknown input kind {kind!r}: expected one of {', '.join(FIELD_KINDS)}")
+    prompts, forced = make_sequences(vocab_size or cfg.vocab_size, lengths, steps, seed=seed)
+    purpose = plan.purpose
+    if kind == EQUAL:
+        purpose = f"every row {lengths[0]} tokens, all at one position" + (
+            f" ({plan.purpose})" if plan.name == "sliding-equal" else "")
+    return FieldInputs(kind, purpose, tuple(lengths), prompts, forced)
 
 
 # --- batch sizes ------------------------------------------------------------------------------------------------
