@@ -29,6 +29,11 @@ CALIBRATED_POLICY, beside the other named policies. What it cannot see (stated i
   column shows it, and that a small semantic bug can hide there too (V from the normed K on fixtures whose k_norm
   weights are nearly uniform);
 * errors of the reference itself (it is trusted).
+
+Outside engines answer with log-probabilities (``output_logprobs``) or their top k (``TopKLogprobs``): the
+reference's logits are then log-softmaxed before any error is measured (an NMSE of log-probabilities against
+logits measures the log-normaliser, not the engine), and top-k rows are measured on the ids they list
+(gemma_oracle.oracles.metrics.topk_distance). Our own engines' raw logits are compared as before.
 """
 from __future__ import annotations
 
@@ -36,15 +41,18 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from gemma_oracle.engine.protocol import DecodeEngine, TopKLogprobs, output_logprobs
 from gemma_oracle.oracles.compare import CALIBRATED_POLICY, CalibratedPolicy, Comparison
-from gemma_oracle.engine.protocol import DecodeEngine
 from gemma_oracle.oracles.metrics import (
     argmax_agreement,
+    dense_as_topk,
     kl_divergence,
+    log_softmax,
     max_abs,
     nmse,
     screen_nonfinite,
     top1_top2_margin,
+    topk_distance,
     topk_overlap,
 )
 from gemma_oracle.oracles.single_vs_batched import (
@@ -59,56 +67,116 @@ from gemma_oracle.oracles.single_vs_batched import (
 __all__ = ["CALIBRATED_POLICY", "CalibratedPolicy", "calibrated_single_vs_batched", "check_calibrated", "noise_ratios"]
 
 
+def _against_reference(ref_lp: np.ndarray, row, k: int) -> tuple[float, float, float, int, int, int, Optional[int]]:
+    """(nmse, max_abs, kl, reference argmax, candidate argmax, top-k overlap, shared ids) of one candidate row against
+    the reference's log-probabilities: dense rows directly, TopKLogprobs rows by the top-k metrics with the
+    reference looked up exactly at the candidate's ids (nmse over those ids, max_abs the rigorous lower bound,
+    gemma_oracle.oracles.metrics.topk_distance)."""
+    if isinstance(row, TopKLogprobs):
+        rid, rlp = dense_as_topk(ref_lp, logprobs=True)
+        d = topk_distance(rid, rlp, row.ids, row.logprobs)
+        mm = min(k, d.m)
+        return (d.nmse_shared, d.max_abs_lower, d.kl_shared, d.ref_top, d.cand_top,
+                int(np.isin(rid[:mm], row.ids[:mm]).sum()), d.shared)
+    x = np.asarray(row)
+    v = argmax_agreement(ref_lp, x, 0.0)
+    return (nmse(ref_lp, x), max_abs(ref_lp, x), kl_divergence(ref_lp, x), v.ref_token, v.cand_token,
+            int(topk_overlap(ref_lp, x, k)), None)
+
+
+def _identical(single, batched) -> bool:
+    """The batched row is bit-identical to the single-user row (for top-k rows: ids and values)."""
+    if isinstance(single, TopKLogprobs):
+        return bool(np.array_equal(single.ids, batched.ids) and np.array_equal(single.logprobs, batched.logprobs))
+    return bool(np.array_equal(np.asarray(single), np.asarray(batched)))
+
+
 def check_calibrated(*, ref, single, batched, name_ref: str, name_single: str, name_batched: str,
-                     policy: CalibratedPolicy = CALIBRATED_POLICY, where: str = "") -> Comparison:
+                     policy: CalibratedPolicy = CALIBRATED_POLICY, where: str = "",
+                     cand_logprobs: bool = False) -> Comparison:
     """One position: the batched candidate's error against ``ref`` vs the single-user candidate's.
 
-    The record's metrics (max_abs, nmse, kl, argmax, top-k) are batched vs reference; the message carries the
-    single-user numbers and the bounds derived from them. Never raises on a mismatch.
+    ``ref`` is the reference's dense logits row. The candidate's rows are raw logits (our engines: compared with the
+    reference as they are), dense log-probabilities (``cand_logprobs``) or ``TopKLogprobs`` (outside engines):
+    then the reference is log-softmaxed first, since an NMSE of log-probabilities against logits measures the
+    per-row log-normaliser, not the engine. Top-k rows are judged by the top-k metrics (NMSE over the listed ids,
+    max |d| as its rigorous lower bound; Comparison's docstring). The record's metrics (max_abs, nmse, kl, argmax,
+    top-k) are batched vs reference; the message carries the single-user numbers and the bounds derived from
+    them. Never raises on a mismatch.
     """
-    a, s, b = (np.asarray(x) for x in (ref, single, batched))
+    a = np.asarray(ref)
+    topk_rows = isinstance(single, TopKLogprobs) or isinstance(batched, TopKLogprobs)
     head = f"{where}: " if where else ""
     sides = f"{name_batched} vs {name_ref} (single-user {name_single})"
-    if a.ndim != 1 or a.shape != s.shape or a.shape != b.shape:
-        nan = float("nan")
-        msg = (f"{head}{sides} FAILED {policy.name}: shape mismatch, ref {a.shape}, single {s.shape}, "
-               f"batched {b.shape}")
-        return Comparison(where, name_ref, name_batched, policy.name, nan, nan, nan, -1, -1, False, False, nan,
-                          nan, policy.topk, 0, "shape mismatch", False, msg)
+    kind = "topk" if topk_rows else "dense"
 
-    screen = screen_nonfinite(a, b) or screen_nonfinite(a, s)
+    def shape_of(x):
+        return x.shape if isinstance(x, TopKLogprobs) else np.shape(x)
+
+    bad_shape = a.ndim != 1 or any(len(shape_of(x)) != 1 for x in (single, batched)) or (
+        not topk_rows and not (a.shape == np.shape(single) == np.shape(batched)))
+    if isinstance(single, TopKLogprobs) != isinstance(batched, TopKLogprobs):
+        bad_shape = True   # one engine answers one way: a switch between its two runs is an adapter bug
+    if bad_shape:
+        nan = float("nan")
+        msg = (f"{head}{sides} FAILED {policy.name}: shape mismatch, ref {a.shape}, single {shape_of(single)}, "
+               f"batched {shape_of(batched)}")
+        return Comparison(where, name_ref, name_batched, policy.name, nan, nan, nan, -1, -1, False, False, nan,
+                          nan, policy.topk, 0, "shape mismatch", False, msg, kind=kind, failed=("shape",))
+
+    if topk_rows:
+        screen = screen_nonfinite(a, a)
+        if screen is None and not all(np.isfinite(x.logprobs).all() for x in (single, batched)):
+            screen = "non-finite log-probability in a top-k row"
+    else:
+        screen = screen_nonfinite(a, batched) or screen_nonfinite(a, single)
     with np.errstate(all="ignore"):
-        e_s_nmse, e_s_abs = nmse(a, s), max_abs(a, s)
-        e_b_nmse, e_b_abs, kl = nmse(a, b), max_abs(a, b), kl_divergence(a, b)
-        verdict = argmax_agreement(a, b, 0.0)
-        overlap = topk_overlap(a, b, policy.topk)
+        ref_row = log_softmax(a) if (topk_rows or cand_logprobs) else a
+        try:
+            e_s_nmse, e_s_abs = _against_reference(ref_row, single, policy.topk)[:2]
+            e_b_nmse, e_b_abs, kl, ref_tok, cand_tok, overlap, shared = _against_reference(ref_row, batched,
+                                                                                             policy.topk)
+        except ValueError as exc:   # a malformed top-k row (repeated id, no entries)
+            nan = float("nan")
+            msg = f"{head}{sides} FAILED {policy.name}: not comparable top-k rows: {exc}"
+            return Comparison(where, name_ref, name_batched, policy.name, nan, nan, nan, -1, -1, False, False, nan,
+                              nan, policy.topk, 0, str(exc), False, msg, kind=kind, failed=("shape",))
         top_margin = top1_top2_margin(a)
+    agree = ref_tok == cand_tok
+    margin = 0.0 if agree else float(ref_row[ref_tok] - ref_row[cand_tok])
     nmse_bound = policy.nmse_factor * e_s_nmse + policy.nmse_floor
     abs_bound = policy.max_abs_factor * e_s_abs + policy.max_abs_floor
 
     failures: list[str] = []
+    failed: list[str] = []   # one label per failure: nonfinite, bitwise, nmse, max_abs, kl, argmax, topk
     if screen is not None:
+        failed.append("nonfinite")
         failures.append(screen)
     if not e_b_nmse <= nmse_bound:   # `not <=` also fails a NaN
+        failed.append("nmse")
         failures.append(f"batched nmse {e_b_nmse:.3e} > {policy.nmse_factor:g} x single-user {e_s_nmse:.3e} "
                         f"+ {policy.nmse_floor:g}")
     if not e_b_abs <= abs_bound:
+        failed.append("max_abs")
         failures.append(f"batched max_abs {e_b_abs:.3e} > {policy.max_abs_factor:g} x single-user {e_s_abs:.3e} "
                         f"+ {policy.max_abs_floor:g}")
-    if not verdict.agree and top_margin > 2 * abs_bound:
-        failures.append(f"argmax {name_ref}={verdict.ref_token} vs {name_batched}={verdict.cand_token} where the "
+    if not agree and top_margin > 2 * abs_bound:
+        failed.append("argmax")
+        failures.append(f"argmax {name_ref}={ref_tok} vs {name_batched}={cand_tok} where the "
                         f"reference's margin {top_margin:.4g} > 2 x allowed max_abs {abs_bound:.3e}")
+    on = " (log-probs, top-k ids)" if topk_rows else (" (log-probs)" if cand_logprobs else "")
     numbers = (f"batched: nmse={e_b_nmse:.3e} max_abs={e_b_abs:.3e}; single-user: nmse={e_s_nmse:.3e} "
-               f"max_abs={e_s_abs:.3e}; argmax {name_ref}={verdict.ref_token} {name_batched}={verdict.cand_token}")
+               f"max_abs={e_s_abs:.3e}{on}; argmax {name_ref}={ref_tok} {name_batched}={cand_tok}")
     passed = not failures
     message = (f"{head}{sides} passed {policy.name} ({numbers})" if passed
                else f"{head}{sides} FAILED {policy.name}: " + "; ".join(failures) + f" [{numbers}]")
     return Comparison(where=where, name_ref=name_ref, name_cand=name_batched, policy=policy.name,
-                      max_abs=e_b_abs, nmse=e_b_nmse, kl=kl, ref_argmax=verdict.ref_token,
-                      cand_argmax=verdict.cand_token, argmax_agree=verdict.agree, near_tie=False,
-                      margin=verdict.margin, ref_top_margin=top_margin, topk=policy.topk,
+                      max_abs=e_b_abs, nmse=e_b_nmse, kl=kl, ref_argmax=ref_tok,
+                      cand_argmax=cand_tok, argmax_agree=agree, near_tie=False,
+                      margin=margin, ref_top_margin=top_margin, topk=policy.topk,
                       topk_overlap=int(overlap), nonfinite=screen, passed=passed, message=message,
-                      single_nmse=e_s_nmse, single_max_abs=e_s_abs)
+                      single_nmse=e_s_nmse, single_max_abs=e_s_abs, kind=kind, shared=shared,
+                      identical=_identical(single, batched), failed=tuple(failed))
 
 
 def calibrated_single_vs_batched(
@@ -146,7 +214,7 @@ def calibrated_single_vs_batched(
             ref=refs[i][step], single=singles[i][step], batched=cand[i][step],
             name_ref=f"{reference_engine.name}[single]", name_single=f"{engine.name}[single]",
             name_batched=f"{engine.name}[batched N={n}]", policy=policy,
-            where=f"seq {i}, step {step}, token {token} (pos {pos})"))
+            where=f"seq {i}, step {step}, token {token} (pos {pos})", cand_logprobs=output_logprobs(engine)))
 
     return GoldenResult(engine=engine.name, reference=reference_engine.name, policy=policy.name, n=n, t=t_steps,
                         keys=tuple(keys), positions=tuple(positions), comparisons=tuple(comparisons),

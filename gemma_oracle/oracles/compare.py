@@ -14,14 +14,18 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from gemma_oracle.engine.protocol import TopKLogprobs
 from gemma_oracle.oracles.metrics import (
     argmax_agreement,
+    dense_as_topk,
     kl_divergence,
+    log_softmax,
     max_abs,
     nmse,
     screen_nonfinite,
     top1_top2_margin,
     topk,
+    topk_distance,
     topk_overlap,
 )
 
@@ -33,12 +37,18 @@ __all__ = [
     "FLOAT64_POLICY",
     "MMQ_POLICY",
     "NAMED_POLICIES",
+    "OUTSIDE_F32_POLICY",
+    "OUTSIDE_MAX_ABS_FACTOR",
+    "OUTSIDE_NMSE_FACTOR",
+    "OUTSIDE_QUANT_POLICY",
     "Policy",
     "SEED_MMQ_POLICY",
+    "as_logprobs",
     "check_logits_close",
     "exact",
     "first_divergence",
     "tolerance",
+    "topk_side",
 ]
 
 
@@ -215,10 +225,72 @@ CALIBRATED_POLICY = CalibratedPolicy(name="calibrated", nmse_factor=CALIBRATED_N
                                      nmse_floor=CALIBRATED_NMSE_FLOOR, max_abs_factor=CALIBRATED_MAX_ABS_FACTOR,
                                      max_abs_floor=CALIBRATED_MAX_ABS_FLOOR)
 
+# Outside engines (llama.cpp and served OpenAI-compatible engines) judged by the calibrated rule against our float64
+# engine, their rows log-probabilities (dense, output_logprobs, or TopKLogprobs; the reference is log-softmaxed
+# first, gemma_oracle.oracles.calibrated). Measured 2026-11-25 with scripts/measure_llamacpp_batch_noise.py:
+# xllamacpp b11549 (CPU, AVX2, 1 thread, F32 KV cache, flash attention off, n_parallel = N, N concurrent
+# requests continuously batched; n_probs = vocab), synthetic g4-12b-mini and g4-e2b-mini, prompts of 62/20/9/40/
+# 17/5/33/12 tokens x 3 seeds, 16 greedy tokens each; a batched row is compared while its greedy path equals the
+# single-user one. Per position, batched error / single-user error, both against the numpy float64 engine, on
+# log-probabilities (N = 2, 4, 5, 8; N = 1 is bit-identical, ratio 1):
+#
+#   fixture      weights  single NMSE   single max|d|  max NMSE ratio (N=2/4/5/8)     max |d| ratio (N=2/4/5/8)
+#   g4-12b-mini  F32      <= 4.9e-8     <= 0.011       1.25 / 1.73 / 1.50 / 1.50      1.37 / 1.25 / 1.30 / 1.27
+#   g4-e2b-mini  F32      <= 9.3e-8     <= 0.019       1.68 / 1.60 / 1.78 / 1.77      1.33 / 1.32 / 1.35 / 1.40
+#   g4-12b-mini  Q4_K_M   <= 3.3e-4     <= 1.02        1.31 / 1.53 / 1.78 / 1.58      1.27 / 1.38 / 1.38 / 1.42
+#   g4-e2b-mini  Q4_K_M   <= 6.4e-4     <= 1.35        1.31 / 1.36 / 1.42 / 1.64      1.28 / 1.70 / 1.70 / 1.70
+#
+# A second run of the same script (continuous batching is timing-dependent, so the batches differ run to run)
+# gave max ratios 1.82 NMSE / 1.70 max |d| on the dense rows and, on each row's top 20 (NMSE over the 20 listed
+# ids, max |d| lower bound: the metrics a served engine's answer allows), 3.06 / 1.87 (Q4_K_M) and 2.91 / 1.78 (F32).
+# (3,573 batched positions in the first run; 0-88 % of the Q4_K_M rows and 0-9 % of the F32 rows bit-identical to single-user:
+# llama.cpp's batched path is not batch-invariant but its batch noise is of the size of its single-user noise,
+# as offline-references.md §3.5 found on the real Gemma 3 270M.) Argmax flips against the reference happen at
+# the same rate single-user and batched (Q4_K_M N = 8: 22 batched, 21 single; all at reference margins far below
+# the calibrated argmax rule's 2 x max-|d| bound), so only the ratios decide.
+# A second honest route: a float32 engine whose batched matmuls sum in another order than its single-user ones
+# (the numpy32 engine of the planted-bug suite, its rows dressed as log-probabilities,
+# gemma_oracle.harness.suites.planted.AsOutsideEngine), same float64 reference, 8 mixed-length prompts x 4
+# positions at N = 2, 3, 5, 8: max ratios NMSE 8.4 / max |d| 2.4 on dense log-probabilities, 9.9 / 3.2 on its top
+# 20 (NMSE over 20 ids has fewer degrees of freedom than over the vocabulary, so its per-position ratio spreads
+# wider; the same holds for any engine that answers with top-k). An outside engine may batch like either, so the
+# factors cover the larger: about 2x the worst honest ratio (20 over 9.9 NMSE, 6 over 3.2 max |d|). The smallest
+# planted bug still exceeds its single-user NMSE by ~2e5 x (fp16 rounding from N >= 5). The two policies share
+# the factors (the measured ratios did not depend on the weights' format: the single-user error carries the
+# noise level into the bound) and differ in what they are blind to.
+OUTSIDE_NMSE_FACTOR = 20.0
+OUTSIDE_MAX_ABS_FACTOR = 6.0
+OUTSIDE_F32_POLICY = CalibratedPolicy(
+    name="outside-f32", nmse_factor=OUTSIDE_NMSE_FACTOR, nmse_floor=CALIBRATED_NMSE_FLOOR,
+    max_abs_factor=OUTSIDE_MAX_ABS_FACTOR, max_abs_floor=CALIBRATED_MAX_ABS_FLOOR)
+"""An outside engine on float weights (llama.cpp F32/BF16, a served engine in fp32), judged against our float64
+engine on the same file: batched log-probability error <= 20 x single-user NMSE and <= 6 x single-user max |d|
+at every position (measured honest ratios: llama.cpp <= 1.82 / 1.70 dense and <= 3.06 / 1.87 on its top 20, a
+float32 engine reordering its sums <= 9.9 / 3.2; comment above). Its own noise is float32-sized (NMSE ~1e-7 on log-probabilities for llama.cpp), so a
+batching bug adding more than ~20x that at some position fails: every planted bug does, by orders of magnitude.
+What it cannot see: a bug in single-user decode too (both errors grow together); an extra error below ~20x the
+engine's own noise at every position; the reference's own errors; on TopKLogprobs rows, anything outside the listed
+ids (probability moved among tokens no side lists)."""
+
+OUTSIDE_QUANT_POLICY = CalibratedPolicy(
+    name="outside-quant", nmse_factor=OUTSIDE_NMSE_FACTOR, nmse_floor=CALIBRATED_NMSE_FLOOR,
+    max_abs_factor=OUTSIDE_MAX_ABS_FACTOR, max_abs_floor=CALIBRATED_MAX_ABS_FLOOR)
+"""An outside engine on quantized weights (llama.cpp Q4_K_M / Q8_0, whose matmuls also round activations to
+Q8): the reference is our float64 engine on the SAME file (weights dequantized exactly), so what remains is the
+engine's arithmetic noise, int8-sized (single-user NMSE 3e-4..6e-4, max |d logprob| up to 1.35 on the synthetic
+fixtures; K-quant kernels change with the batch size, so the batched noise is a new draw of the same size).
+Same factors as OUTSIDE_F32_POLICY (measured ratios for llama.cpp Q4_K_M <= 1.82 / 1.70 dense, <= 3.06 / 1.87
+on its top 20). What it cannot see,
+beyond OUTSIDE_F32_POLICY's list: any batching error below ~20x the int8 noise (NMSE ~1e-2 on log-probabilities
+at the noisiest positions): an fp16 rounding of one matmul family (~1e-7), or a small semantic bug whose effect
+is that small (the planted-bug suite's calibrated@int8 record shows which). Run the engine's F32 build under
+OUTSIDE_F32_POLICY to see below that floor."""
+
 # Every named policy of the project's suites and stored runs, by the name stored in each result row
 # (OracleRecord.policy): the report states each table's pass rule from here instead of repeating its numbers.
 NAMED_POLICIES: dict[str, "Policy | CalibratedPolicy"] = {
-    p.name: p for p in (exact(), FLOAT64_POLICY, CALIBRATED_POLICY, MMQ_POLICY, SEED_MMQ_POLICY)}
+    p.name: p for p in (exact(), FLOAT64_POLICY, CALIBRATED_POLICY, OUTSIDE_F32_POLICY, OUTSIDE_QUANT_POLICY,
+                        MMQ_POLICY, SEED_MMQ_POLICY)}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -233,6 +305,18 @@ class Comparison:
     agree); ``ref_top_margin`` is the reference's own top-1 minus top-2 gap (how close it was to a tie at all).
     ``single_nmse`` / ``single_max_abs``: the calibrated rule's third side, the single-user candidate against the
     reference (None for a two-sided comparison).
+
+    ``kind`` = "dense" (full rows; logits, or log-probabilities on both sides after a logits side was
+    log-softmaxed) or "topk" (a side was TopKLogprobs: gemma_oracle.oracles.metrics.topk_distance). On top-k rows
+    ``max_abs`` is the rigorous lower bound of max |d logprob| (exact over the shared ids), ``nmse`` and ``kl`` are
+    over the shared ids only (KL with each side renormalised over them), ``topk_overlap`` is the top-m
+    containment (m = min(policy top-k, both sides' k)), ``shared`` the number of ids both sides list and
+    ``max_abs_shared`` the exact max over them; both None on dense rows.
+
+    ``identical``: the two candidate-side rows compared are bit-identical (two-sided: ref and cand; calibrated:
+    the single-user and the batched row), None when unknown (a malformed pair). ``failed`` labels each broken
+    check ("nonfinite", "bitwise", "nmse", "max_abs", "kl", "argmax", "topk"; "shape"), so a verdict class can
+    tell an argmax flip from a broken bound without parsing the message (gemma_oracle.oracles.verdicts).
     """
 
     where: str
@@ -255,6 +339,11 @@ class Comparison:
     message: str
     single_nmse: Optional[float] = None
     single_max_abs: Optional[float] = None
+    kind: str = "dense"
+    shared: Optional[int] = None
+    max_abs_shared: Optional[float] = None
+    identical: Optional[bool] = None
+    failed: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -270,6 +359,21 @@ def _first_unequal(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
     return int(ne.sum()), int(np.flatnonzero(ne)[0])
 
 
+def as_logprobs(row, logprobs: bool) -> np.ndarray:
+    """A dense row as log-probabilities: as it is when it already is (``logprobs``), else log-softmaxed."""
+    return np.asarray(row) if logprobs else log_softmax(row)
+
+
+def topk_side(row, *, logprobs: bool, vocab: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, log-probabilities) of one row of either kind: a TopKLogprobs row as it is, a dense row as its whole
+    vocabulary (gemma_oracle.oracles.metrics.dense_as_topk: ids looked up exactly)."""
+    if isinstance(row, TopKLogprobs):
+        if row.ids.ndim != 1:
+            raise ValueError(f"expected one top-k row, got shape {row.shape}")
+        return row.ids, row.logprobs
+    return dense_as_topk(row, logprobs=logprobs)
+
+
 def check_logits_close(
     *,
     ref,
@@ -278,12 +382,25 @@ def check_logits_close(
     name_cand: str,
     policy: Policy,
     where: str = "",
+    ref_logprobs: bool = False,
+    cand_logprobs: bool = False,
 ) -> Comparison:
-    """Compare one pair of 1-D logits vectors under ``policy``; return the record (never raises on mismatch).
+    """Compare one pair of rows under ``policy``; return the record (never raises on mismatch).
 
-    The non-finite screen runs first and fails the pair on its own. A wrong shape is a failed record too.
+    Each side is a 1-D dense row (raw logits, or log-probabilities when its ``*_logprobs`` flag is set) or a
+    ``TopKLogprobs`` row (always log-probabilities). Two dense rows of one kind are compared as they are. Two dense
+    rows of different kinds: the logits side is log-softmaxed first (logits and log-probabilities differ by a
+    per-row constant, so compared raw every value would differ). A top-k row on either side: the top-k metrics
+    (:func:`_check_topk`), a dense side entering as its whole vocabulary, looked up exactly.
+
+    The non-finite screen runs first and fails a dense pair on its own. A wrong shape is a failed record too.
     """
+    if isinstance(ref, TopKLogprobs) or isinstance(cand, TopKLogprobs):
+        return _check_topk(ref=ref, cand=cand, name_ref=name_ref, name_cand=name_cand, policy=policy, where=where,
+                           ref_logprobs=ref_logprobs, cand_logprobs=cand_logprobs)
     a, b = np.asarray(ref), np.asarray(cand)
+    if ref_logprobs != cand_logprobs and a.shape == b.shape:
+        a, b = as_logprobs(a, ref_logprobs), as_logprobs(b, cand_logprobs)
     head = f"{where}: " if where else ""
     sides = f"{name_cand} vs {name_ref}"
 
@@ -292,7 +409,7 @@ def check_logits_close(
         msg = (f"{head}{sides} FAILED {policy.name}: shape mismatch, expected two 1-D logits vectors of one "
                f"length, got {name_ref} {a.shape} and {name_cand} {b.shape}")
         return Comparison(where, name_ref, name_cand, policy.name, nan, nan, nan, -1, -1, False, False, nan, nan,
-                          policy.topk, 0, "shape mismatch", False, msg)
+                          policy.topk, 0, "shape mismatch", False, msg, failed=("shape",))
 
     screen = screen_nonfinite(a, b)
     with np.errstate(all="ignore"):
@@ -302,11 +419,14 @@ def check_logits_close(
         top_margin = top1_top2_margin(a)
 
     failures: list[str] = []
+    failed: list[str] = []   # one label per failure: nonfinite, bitwise, nmse, max_abs, kl, argmax, topk
     if screen is not None:
+        failed.append("nonfinite")
         failures.append(screen)
     if policy.bitwise:
         if not np.array_equal(a, b):
             count, idx = _first_unequal(a, b)
+            failed.append("bitwise")
             failures.append(f"not bitwise equal: {count} of {a.size} logits differ, first at token {idx}: "
                             f"{name_ref} {a[idx]!r} vs {name_cand} {b[idx]!r}")
     else:
@@ -314,12 +434,15 @@ def check_logits_close(
                                     ("max_abs", m_abs, policy.max_abs_max),
                                     ("kl", m_kl, policy.kl_max)):
             if bound is not None and not value <= bound:   # `not <=` also fails a NaN metric
+                failed.append(label.split("(")[0])
                 failures.append(f"{label} {_fmt_num(value)} > bound {bound:g}")
         if policy.require_argmax and not verdict.acceptable:
+            failed.append("argmax")
             failures.append(f"argmax {name_ref}={verdict.ref_token} vs {name_cand}={verdict.cand_token}, "
                             f"{name_ref} margin {verdict.margin:.6g} >= near-tie eps {policy.near_tie_eps:g}")
         required = min(policy.topk_min_overlap, a.size)   # a vocab smaller than k: the whole vocab
         if overlap < required:
+            failed.append("topk")
             failures.append(f"top-{policy.topk} overlap {overlap} < {required} "
                             f"({name_ref} {topk(a, policy.topk).tolist()}, "
                             f"{name_cand} {topk(b, policy.topk).tolist()})")
@@ -338,7 +461,79 @@ def check_logits_close(
         ref_argmax=verdict.ref_token, cand_argmax=verdict.cand_token, argmax_agree=verdict.agree,
         near_tie=verdict.near_tie, margin=verdict.margin, ref_top_margin=top_margin,
         topk=policy.topk, topk_overlap=int(overlap), nonfinite=screen, passed=passed, message=message,
+        identical=bool(np.array_equal(a, b)), failed=tuple(failed),
     )
+
+
+def _check_topk(*, ref, cand, name_ref: str, name_cand: str, policy: Policy, where: str, ref_logprobs: bool,
+                cand_logprobs: bool) -> Comparison:
+    """:func:`check_logits_close` when a side is top-k rows. Bounds apply to the top-k metrics (Comparison says
+    which): ``nmse_max`` to NMSE over the shared ids, ``max_abs_max`` to the rigorous lower bound of max |d|,
+    ``kl_max`` to KL on the shared support; argmax is the two top-1 ids, a flip excused as a near-tie only when the
+    candidate's top-1 is in the reference's list and the reference's own gap to it is < ``near_tie_eps``;
+    containment is measured at m = min(policy top-k, both sides' k). Bitwise: equal ids and equal values (a dense
+    side taken at the top-k side's k, as log-probabilities)."""
+    head = f"{where}: " if where else ""
+    sides = f"{name_cand} vs {name_ref}"
+    try:
+        ri, rv = topk_side(ref, logprobs=ref_logprobs)
+        ci, cv = topk_side(cand, logprobs=cand_logprobs)
+        d = topk_distance(ri, rv, ci, cv)
+    except ValueError as exc:
+        nan = float("nan")
+        msg = f"{head}{sides} FAILED {policy.name}: not comparable top-k rows: {exc}"
+        return Comparison(where, name_ref, name_cand, policy.name, nan, nan, nan, -1, -1, False, False, nan, nan,
+                          policy.topk, 0, str(exc), False, msg, kind="topk",
+                          failed=("shape",))
+
+    # The argmax rule's margin: exact when the candidate's top-1 is in the reference's list, else only known to
+    # be >= the reference's top-1 minus its k-th value, never an excuse (a near-tie must be shown, not assumed).
+    listed = np.flatnonzero(ri == d.cand_top)
+    margin = 0.0 if d.argmax_agree else (float(rv[0] - rv[listed[0]]) if listed.size else float(rv[0] - rv.min()))
+    near_tie = (not d.argmax_agree) and listed.size > 0 and margin < policy.near_tie_eps
+    mm = min(policy.topk, d.m)
+    overlap = int(np.isin(ri[:mm], ci[:mm]).sum())
+
+    both = isinstance(ref, TopKLogprobs) and isinstance(cand, TopKLogprobs)
+    k = max(ri.size, ci.size) if both else min(ri.size, ci.size)
+    identical = bool(np.array_equal(ri[:k], ci[:k]) and np.array_equal(rv[:k], cv[:k]))
+    failures: list[str] = []
+    failed: list[str] = []   # one label per failure: nonfinite, bitwise, nmse, max_abs, kl, argmax, topk
+    if policy.bitwise:
+        # Two top-k rows: the whole lists; a dense side: its top entries at the top-k side's k.
+        if not identical:
+            failed.append("bitwise")
+            failures.append(f"not bitwise equal top-{k} rows: ids {name_ref} {ri[:k].tolist()} vs {name_cand} "
+                            f"{ci[:k].tolist()}, max |d| over shared ids {d.max_abs_shared:.3e}")
+    else:
+        for label, value, bound in (("nmse(shared ids)", d.nmse_shared, policy.nmse_max),
+                                    ("max_abs(lower bound)", d.max_abs_lower, policy.max_abs_max),
+                                    ("kl(shared support)", d.kl_shared, policy.kl_max)):
+            if bound is not None and not value <= bound:
+                failed.append(label.split("(")[0])
+                failures.append(f"{label} {_fmt_num(value)} > bound {bound:g}")
+        if policy.require_argmax and not (d.argmax_agree or near_tie):
+            failed.append("argmax")
+            failures.append(f"argmax {name_ref}={d.ref_top} vs {name_cand}={d.cand_top}, {name_ref} margin "
+                            f"{'>= ' if not listed.size else ''}{margin:.6g} >= near-tie eps {policy.near_tie_eps:g}")
+        required = min(policy.topk_min_overlap, mm)
+        if overlap < required:
+            failed.append("topk")
+            failures.append(f"top-{mm} containment {overlap} < {required} ({name_ref} {ri[:mm].tolist()}, "
+                            f"{name_cand} {ci[:mm].tolist()})")
+
+    numbers = (f"top-k: shared={d.shared} max_abs>={_fmt_num(d.max_abs_lower)} (shared {_fmt_num(d.max_abs_shared)}) "
+               f"nmse(shared)={_fmt_num(d.nmse_shared)} kl(shared)={_fmt_num(d.kl_shared)} argmax {name_ref}="
+               f"{d.ref_top} {name_cand}={d.cand_top} top-{mm} containment={overlap}")
+    passed = not failures
+    message = (f"{head}{sides} passed {policy.name} ({numbers})" if passed
+               else f"{head}{sides} FAILED {policy.name}: " + "; ".join(failures) + f" [{numbers}]")
+    return Comparison(where=where, name_ref=name_ref, name_cand=name_cand, policy=policy.name,
+                      max_abs=d.max_abs_lower, nmse=d.nmse_shared, kl=d.kl_shared, ref_argmax=d.ref_top,
+                      cand_argmax=d.cand_top, argmax_agree=d.argmax_agree, near_tie=near_tie, margin=margin,
+                      ref_top_margin=d.ref_margin, topk=policy.topk, topk_overlap=overlap, nonfinite=None,
+                      passed=passed, message=message, kind="topk", shared=d.shared,
+                      max_abs_shared=d.max_abs_shared, identical=identical, failed=tuple(failed))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -9,6 +9,9 @@ inputs that passed it (a NaN reaching them propagates as NaN, it is never hidden
 
 Tie rule used everywhere (argmax, top-k): among equal logits the LOWER token index wins, which is also what
 ``np.argmax`` does.
+
+Rows that are an engine's top k only (gemma_oracle.engine.protocol.TopKLogprobs) have their own metrics at the end
+(:func:`topk_distance`): an entry outside a side's top k is unknown there, never -inf.
 """
 from __future__ import annotations
 
@@ -21,7 +24,9 @@ Scalar = Union[float, np.ndarray]
 
 __all__ = [
     "ArgmaxVerdict",
+    "TopKDistance",
     "argmax_agreement",
+    "dense_as_topk",
     "kl_divergence",
     "log_softmax",
     "max_abs",
@@ -29,6 +34,7 @@ __all__ = [
     "screen_nonfinite",
     "top1_top2_margin",
     "topk",
+    "topk_distance",
     "topk_overlap",
 ]
 
@@ -223,3 +229,109 @@ def top1_top2_margin(logits) -> Scalar:
         return _out(np.full(x.shape[:-1], np.inf))
     top2 = np.partition(x, x.shape[-1] - 2, axis=-1)[..., -2:]
     return _out(_diff(top2[..., 1], top2[..., 0]))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Top-k rows (an engine that answers with TopKLogprobs instead of full logits)
+# --------------------------------------------------------------------------------------------------------------
+# A TopKLogprobs row knows the log-probabilities of its k ids and nothing else: an id outside it is UNKNOWN (its
+# log-probability is at most the row's k-th value, nothing more). So no metric below ever fills a missing entry
+# with -inf (that would give inf/NaN distances that say nothing); each is defined on what both sides know, and the
+# one metric that reaches past the shared ids (the max |d| lower bound) only uses the k-th value as an upper bound.
+
+@dataclass(frozen=True)
+class TopKDistance:
+    """What two top-k rows (ids most likely first, log-probabilities) say about each other.
+
+    ``m`` = min(k_ref, k_cand): containment is measured between the two sides' top-m, so a side that knows more
+    (a dense row is a top-vocab row) is not credited for ids the other could not list. ``ref_in_cand`` = how many
+    of ref's top-m ids are in cand's top-m, ``cand_in_ref`` the other way (equal for distinct ids; both kept so a
+    report reads either). ``shared`` = ids present on both sides (full lists). ``kl_shared``: KL(ref || cand)
+    with EACH side renormalised over the shared ids only (the divergence of the two conditional distributions on
+    what both sides know; 0.0 when nothing is shared, where ``shared`` = 0 carries the failure). ``nmse_shared``:
+    Σ(a−b)²/Σa² over the shared ids' log-probabilities (a = ref). ``max_abs_shared`` = max |d logprob| over shared
+    ids (exact); ``max_abs_lower`` = a rigorous lower bound of max |d| over every id either side lists: for an id
+    on one side only, the other side's value is at most its own k-th (last) value, so |d| >= value − that k-th
+    value when positive. ``argmax_agree``: the two top-1 ids are equal; ``ref_margin`` = ref's top-1 minus top-2
+    log-probability (+inf when ref lists one id: no near-tie can then be claimed, the strict choice).
+    """
+
+    m: int
+    ref_in_cand: int
+    cand_in_ref: int
+    shared: int
+    kl_shared: float
+    nmse_shared: float
+    max_abs_shared: float
+    max_abs_lower: float
+    ref_top: int
+    cand_top: int
+    argmax_agree: bool
+    ref_margin: float
+
+
+def _topk_row(ids, logprobs) -> tuple[np.ndarray, np.ndarray]:
+    i, v = np.asarray(ids, dtype=np.int64), _f64(logprobs)
+    if i.ndim != 1 or i.shape != v.shape or i.size == 0:
+        raise ValueError(f"a top-k row needs 1-D ids and log-probabilities of one length >= 1, got {i.shape}, {v.shape}")
+    if not np.isfinite(v).all():
+        raise ValueError("a top-k row's log-probabilities must be finite (an unknown entry is left out, not -inf)")
+    if np.unique(i).size != i.size:
+        raise ValueError(f"a top-k row lists an id twice: {i.tolist()}")
+    return i, v
+
+
+def _renormalised(v: np.ndarray) -> np.ndarray:
+    m = v.max()
+    return v - m - np.log(np.exp(v - m).sum())
+
+
+def topk_distance(ref_ids, ref_logprobs, cand_ids, cand_logprobs) -> TopKDistance:
+    """The top-k metrics of one pair of rows (see :class:`TopKDistance`). Each row: 1-D ids, most likely first,
+    and their finite log-probabilities. A dense row enters as its full vocabulary (``dense_as_topk``), so a
+    dense-vs-top-k pair looks the top-k side's ids up exactly in the dense side."""
+    ri, rv = _topk_row(ref_ids, ref_logprobs)
+    ci, cv = _topk_row(cand_ids, cand_logprobs)
+    m = min(ri.size, ci.size)
+    ref_in_cand = int(np.isin(ri[:m], ci[:m]).sum())
+    cand_in_ref = int(np.isin(ci[:m], ri[:m]).sum())
+
+    shared, r_at, c_at = np.intersect1d(ri, ci, assume_unique=True, return_indices=True)
+    a, b = rv[r_at], cv[c_at]
+    if shared.size:
+        d = np.abs(a - b)
+        max_shared = float(d.max())
+        den = float(np.sum(a * a))
+        num = float(np.sum((a - b) ** 2))
+        nmse_s = 0.0 if num == 0.0 else (num / den if den > 0 else float("inf"))
+        lp, lq = _renormalised(a), _renormalised(b)
+        kl = max(float(np.sum(np.exp(lp) * (lp - lq))), 0.0)
+    else:
+        max_shared, nmse_s, kl = 0.0, 0.0, 0.0
+    # One side only: the other side's value is <= its k-th value, so |d| >= value - kth when that is positive.
+    r_only, c_only = ~np.isin(ri, ci), ~np.isin(ci, ri)
+    bound = max_shared
+    if r_only.any():
+        bound = max(bound, float(np.max(rv[r_only] - cv.min())))
+    if c_only.any():
+        bound = max(bound, float(np.max(cv[c_only] - rv.min())))
+    margin = float(rv[0] - rv[1]) if rv.size >= 2 else float("inf")
+    return TopKDistance(m=m, ref_in_cand=ref_in_cand, cand_in_ref=cand_in_ref, shared=int(shared.size),
+                        kl_shared=kl, nmse_shared=nmse_s, max_abs_shared=max_shared, max_abs_lower=bound,
+                        ref_top=int(ri[0]), cand_top=int(ci[0]), argmax_agree=bool(ri[0] == ci[0]),
+                        ref_margin=margin)
+
+
+def dense_as_topk(row, *, logprobs: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A dense row [vocab] as a top-vocab row (every id, most likely first; ties: lower id first) of
+    log-probabilities: its values as they are when ``logprobs`` (an exact lookup, nothing renormalised), else
+    log-softmaxed first (raw logits and log-probabilities differ by a per-row constant; compared raw they would
+    differ everywhere). Ids whose value is -inf (masked tokens, probability 0) are left out: unknown is never -inf
+    here, and a probability-0 token is not a candidate anyone lists."""
+    x = _f64(row)
+    if x.ndim != 1:
+        raise ValueError(f"dense_as_topk takes one row, got shape {x.shape}")
+    lp = x if logprobs else log_softmax(x)
+    order = np.argsort(-lp, kind="stable")
+    order = order[np.isfinite(lp[order])]
+    return order, lp[order]

@@ -26,7 +26,8 @@ from typing import Any, MutableMapping, Optional, Sequence
 import numpy as np
 
 from gemma_oracle.oracles.compare import Comparison, Policy, check_logits_close
-from gemma_oracle.engine.protocol import BatchRecord, DecodeEngine, batch_record, describe_engine
+from gemma_oracle.engine.protocol import (BatchRecord, DecodeEngine, TopKLogprobs, batch_record, describe_engine,
+                                          output_logprobs)
 
 __all__ = [
     "GoldenResult",
@@ -39,6 +40,7 @@ __all__ = [
     "probe_batch",
     "require_engine",
     "single_user_logits",
+    "stack_rows",
 ]
 
 # (reference engine name, prompt, forced script) -> read-only [T+1, vocab] logits of the single-user run
@@ -53,13 +55,43 @@ def require_engine(engine: Any, role: str) -> None:
                         "(needs name, vocab_size, new_sequence, prefill, decode)")
 
 
-def host_logits(x: Any, shape: tuple[int, ...], engine: DecodeEngine, call: str) -> np.ndarray:
-    """An engine's logits as a host copy of the expected shape (ValueError naming ``call`` otherwise)."""
+def host_logits(x: Any, shape: tuple[int, ...], engine: DecodeEngine, call: str) -> "np.ndarray | TopKLogprobs":
+    """An engine's rows as a host copy of the expected shape (ValueError naming ``call`` otherwise).
+
+    ``shape`` is the dense shape ((vocab,) or (N, vocab)). An engine that answers with ``TopKLogprobs`` (see
+    gemma_oracle.engine.protocol.output_topk) passes when its leading shape matches and every row lists between 1
+    and vocab distinct ids inside the vocabulary with finite log-probabilities; the copy is a TopKLogprobs.
+    """
+    if isinstance(x, TopKLogprobs):
+        ids, lp = np.array(x.ids, copy=True), np.array(x.logprobs, copy=True)
+        vocab = shape[-1]
+        lead_ok = ids.shape[:-1] == shape[:-1] and 1 <= ids.shape[-1] <= vocab
+        problem = None if lead_ok else f"top-k rows of shape {ids.shape}, expected {shape[:-1] + ('k',)} with 1 <= k <= {vocab}"
+        if problem is None and ids.size and (ids.min() < 0 or ids.max() >= vocab):
+            problem = f"top-k ids outside the vocabulary [0, {vocab})"
+        if problem is None and not np.isfinite(lp).all():
+            problem = "non-finite top-k log-probabilities (an unknown entry is left out, not -inf)"
+        if problem is None and (np.diff(np.sort(ids, axis=-1), axis=-1) == 0).any():
+            problem = "a top-k row lists an id twice"
+        if problem is not None:
+            raise ValueError(f"engine {engine.name!r}: {call} returned {problem}")
+        return TopKLogprobs(ids, lp)
     # Copy: an engine may hand back a view of a buffer that its next call overwrites.
     arr = np.array(x, copy=True)
     if arr.shape != shape:
         raise ValueError(f"engine {engine.name!r}: {call} returned logits of shape {arr.shape}, expected {shape}")
     return arr
+
+
+def stack_rows(rows: Sequence[Any]) -> "np.ndarray | TopKLogprobs":
+    """Rows of one run stacked ([T, vocab], or TopKLogprobs of shape (T, k) when the engine answers with top-k)."""
+    if rows and all(isinstance(r, TopKLogprobs) for r in rows):
+        if len({r.k for r in rows}) != 1:
+            raise ValueError(f"top-k rows of one run must share k, got {sorted({r.k for r in rows})}")
+        return TopKLogprobs(np.stack([r.ids for r in rows]), np.stack([r.logprobs for r in rows]))
+    if any(isinstance(r, TopKLogprobs) for r in rows):
+        raise ValueError("an engine answered some steps with top-k rows and others with dense rows")
+    return np.stack(rows)
 
 
 def single_user_logits(engine: DecodeEngine, prompt: Sequence[int], forced: Sequence[int]) -> np.ndarray:
@@ -69,7 +101,11 @@ def single_user_logits(engine: DecodeEngine, prompt: Sequence[int], forced: Sequ
     rows = [host_logits(engine.prefill(seq, list(prompt)), (v,), engine, "prefill")]
     for tok in forced:
         rows.append(host_logits(engine.decode([seq], [int(tok)]), (1, v), engine, "decode (N=1)")[0])
-    return np.stack(rows)
+    return stack_rows(rows)
+
+
+def _top_token(row) -> int:
+    return int(row.ids[0]) if isinstance(row, TopKLogprobs) else int(np.argmax(row))
 
 
 def greedy_forced_tokens(engine: DecodeEngine, prompt: Sequence[int], T: int) -> list[int]:
@@ -84,10 +120,10 @@ def greedy_forced_tokens(engine: DecodeEngine, prompt: Sequence[int], T: int) ->
     v = engine.vocab_size
     seq = engine.new_sequence()
     logits = host_logits(engine.prefill(seq, list(prompt)), (v,), engine, "prefill")
-    tokens = [int(np.argmax(logits))]
+    tokens = [_top_token(logits)]
     while len(tokens) < T:
         logits = host_logits(engine.decode([seq], [tokens[-1]]), (1, v), engine, "decode (N=1)")[0]
-        tokens.append(int(np.argmax(logits)))
+        tokens.append(_top_token(logits))
     return tokens
 
 
@@ -218,7 +254,8 @@ def memoised_single_user(engine: DecodeEngine, prompt: Sequence[int], forced: Se
     if cache is not None and key in cache:
         return cache[key], True
     logits = single_user_logits(engine, prompt, forced)
-    logits.setflags(write=False)   # shared through the memo: nobody may edit it
+    for arr in ((logits.ids, logits.logprobs) if isinstance(logits, TopKLogprobs) else (logits,)):
+        arr.setflags(write=False)   # shared through the memo: nobody may edit it
     if cache is not None:
         cache[key] = logits
     return logits, False
@@ -319,7 +356,8 @@ def golden_single_vs_batched(
         comparisons.append(check_logits_close(
             ref=refs[i][step], cand=cand[i][step], name_ref=f"{ref_engine.name}[single]",
             name_cand=f"{engine.name}[batched N={n}]", policy=policy,
-            where=f"seq {i}, step {step}, token {token} (pos {pos})"))
+            where=f"seq {i}, step {step}, token {token} (pos {pos})",
+            ref_logprobs=output_logprobs(ref_engine), cand_logprobs=output_logprobs(engine)))
 
     return GoldenResult(engine=engine.name, reference=ref_engine.name, policy=policy.name, n=n, t=t_steps,
                         keys=tuple(keys), positions=tuple(positions), comparisons=tuple(comparisons),

@@ -91,6 +91,7 @@ class CheckContext:
     prompts: list[list[int]]
     forced: list[list[int]]
     seed: int
+    n_first: int = 1
     memo: dict = field(default_factory=dict)
 
 
@@ -135,8 +136,61 @@ def _sweep(ctx: CheckContext, n: int) -> GoldenResult | None:
     return judge_with(ctx.engine, ctx.policy, ctx.prompts[:n], ctx.forced[:n], reference=ctx.reference, cache=ctx.memo)
 
 
-# name -> test(ctx, n) returning a GoldenResult, or None where it does not apply at this N
-TESTS: dict[str, Callable[[CheckContext, int], GoldenResult | None]] = {"sweep": _sweep}
+def _two_sided(ctx: CheckContext):
+    """The field tests compare the engine with itself alone (two sides): the engine's policy where it is two-sided,
+    else the two-sided form of its calibrated rule (gemma_oracle.oracles.compare.two_sided_policy)."""
+    from gemma_oracle.oracles.compare import CalibratedPolicy, two_sided_policy
+
+    return two_sided_policy(ctx.policy) if isinstance(ctx.policy, CalibratedPolicy) else ctx.policy
+
+
+def _needle(ctx: CheckContext, n: int) -> GoldenResult | None:
+    from gemma_oracle.oracles.field import needle
+
+    if n < 2:  # alone is the needle's reference
+        return None
+    return needle(ctx.engine, ctx.prompts, ctx.forced, n=n, policy=_two_sided(ctx), trials=3, seed=ctx.seed,
+                  cache=ctx.memo)
+
+
+def _composition(ctx: CheckContext, n: int) -> GoldenResult | None:
+    from gemma_oracle.oracles.field import changing_composition
+
+    if n < 2:
+        return None
+    return changing_composition(ctx.engine, ctx.prompts[:n], ctx.forced[:n], policy=_two_sided(ctx), seed=ctx.seed,
+                                cache=ctx.memo)
+
+
+def _decode_vs_prefill(ctx: CheckContext, n: int) -> GoldenResult | None:
+    from gemma_oracle.oracles.field import decode_vs_prefill
+
+    if n != ctx.n_first:  # single-user paths only: once per engine x fixture, with N sequences of the first size
+        return None
+    return decode_vs_prefill(ctx.engine, ctx.prompts[: max(n, 2)], ctx.forced[: max(n, 2)], policy=_two_sided(ctx),
+                             cache=ctx.memo)
+
+
+def _determinism(ctx: CheckContext, n: int) -> GoldenResult | None:
+    from gemma_oracle.oracles.field import determinism
+
+    return determinism(ctx.engine, ctx.prompts[:n], ctx.forced[:n])
+
+
+def _batched_prefill(ctx: CheckContext, n: int) -> GoldenResult | None:
+    from gemma_oracle.oracles.field import batched_prefill
+
+    if n < 2:
+        return None
+    result = batched_prefill(ctx.engine, ctx.prompts[:n], ctx.forced[:n], policy=_two_sided(ctx), cache=ctx.memo)
+    return None if result.skipped else result
+
+
+# name -> test(ctx, n): a GoldenResult, or None where the test does not apply at this N (needle alone, ...)
+TESTS: dict[str, Callable[[CheckContext, int], GoldenResult | None]] = {
+    "sweep": _sweep, "needle": _needle, "composition": _composition, "decode-vs-prefill": _decode_vs_prefill,
+    "determinism": _determinism, "batched-prefill": _batched_prefill,
+}
 
 
 def _verdict_record(result: GoldenResult, engine_name: str, info: str, fixture: Fixture, test: str, policy) -> VerdictRecord:
@@ -185,7 +239,7 @@ def run_check(plan: CheckPlan, *, progress=None) -> CheckOutcome:
                 info = json.dumps(describe_engine(engine), sort_keys=True, default=str)
                 prompts, forced = sequences_for(fixture, engine.vocab_size, plan.steps, max(plan.n_list), plan.seed)
                 ctx = CheckContext(engine, fixture, policy_for_engine(engine, fixture), reference, prompts, forced,
-                                   plan.seed)
+                                   plan.seed, n_first=plan.n_list[0])
                 for test in tests:
                     for n in plan.n_list:
                         if progress is not None:

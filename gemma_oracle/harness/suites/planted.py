@@ -21,6 +21,11 @@ Policies and the candidate each judges (the candidate is what the policy is used
   numpy32 engine (float32 arithmetic: its single-user run is itself ~1e-12 NMSE off the reference), judged against
   the float64 engine by gemma_oracle.oracles.calibrated: the batch must not be much worse than the route's own
   single-user noise.
+* ``outside-f32`` / ``outside-quant`` (OUTSIDE_F32_POLICY / OUTSIDE_QUANT_POLICY: llama.cpp and served engines):
+  the same numpy32 candidate dressed as an outside engine (:class:`AsOutsideEngine`): its rows are
+  log-probabilities, dense for ``outside-f32``, its top 20 (TopKLogprobs) for ``outside-quant``, so both the
+  log-softmaxed reference and the top-k metrics are exercised. The candidate's noise is float32-sized; on a
+  quantized engine's int8-sized noise the ``calibrated@int8`` record shows what such a rule cannot see.
 
 For the record, not gated: ``calibrated@int8``, the calibrated rule on a route with int8-sized noise
 (Q8ActivationBackend: decode-MMQ's Q8_1 activation rounding on every matmul, as auto mode serves from N = 1; the
@@ -73,6 +78,33 @@ class Q8ActivationBackend(NumpyBackend):
         safe = np.where(scale > 0, scale, 1)
         q = (np.round(blocks / safe) * scale).reshape(rows, k).astype(x.dtype)
         return np.concatenate([q[i : i + 1] @ w.T for i in range(rows)], axis=0)
+
+
+class AsOutsideEngine:
+    """An engine dressed as an outside one: every row it returns becomes log-probabilities (``output_logprobs``),
+    or its top ``k`` as TopKLogprobs (``output_topk``) when k > 0, as llama.cpp and served engines answer."""
+
+    output_logprobs = True
+
+    def __init__(self, inner, k: int = 0):
+        self.inner, self.output_topk = inner, k
+        self.name = f"{inner.name}+{'top%d' % k if k else 'logprobs'}"
+        self.vocab_size = inner.vocab_size
+
+    def _rows(self, x):
+        from gemma_oracle.engine.protocol import TopKLogprobs
+        from gemma_oracle.oracles.metrics import log_softmax
+
+        return TopKLogprobs.from_logits(x, self.output_topk) if self.output_topk else log_softmax(x)
+
+    def new_sequence(self):
+        return self.inner.new_sequence()
+
+    def prefill(self, seq, tokens):
+        return self._rows(self.inner.prefill(seq, tokens))
+
+    def decode(self, seqs, tokens):
+        return self._rows(self.inner.decode(seqs, tokens))
 
 
 class HookedModel(GemmaModel):
@@ -383,7 +415,8 @@ SEED = 2026
 FIXTURE = {name: "g4-12b-mini" for name in BUGS} | {"ple-rows-shifted": "g4-e2b-mini",
                                                      "shared-kv-source": "g4-e2b-mini"}
 FIXTURES = tuple(sorted(set(FIXTURE.values())))
-POLICIES = ("float64", "exact", "calibrated")          # every policy the project uses (gated)
+POLICIES = ("float64", "exact", "calibrated", "outside-f32", "outside-quant")   # every policy in use (gated)
+OUTSIDE_TOPK = {"outside-f32": 0, "outside-quant": 20}  # how each outside column's candidate answers
 # For the record, not gated: the calibrated rule on an int8-noise route (what it cannot see there), and the fixed
 # bounds it replaced (what they passed).
 INT8_ROUTE = "calibrated@int8"
@@ -412,8 +445,10 @@ _ENGINES: dict = {}
 REFERENCE_MEMO: dict = {}   # single-user runs by (engine name, prompt, forced)
 
 
-def engine(preset: str, policy: str, bug: str | None) -> PlantedEngine:
+def engine(preset: str, policy: str, bug: str | None):
     """The candidate a policy judges (module docstring), with ``bug`` planted (None: the correct engine)."""
+    if policy in OUTSIDE_TOPK:   # the calibrated column's candidate, answering as an outside engine
+        return AsOutsideEngine(engine(preset, "calibrated", bug), OUTSIDE_TOPK[policy])
     key = (preset, policy, bug)
     if key not in _ENGINES:
         backend = "numpy64" if policy in ("float64", "exact") else "numpy32"
@@ -428,15 +463,18 @@ def run(preset: str, policy: str, bug: str | None, n: int):
     """(Memoised) the golden result of ``policy`` on its candidate with ``bug`` planted (None: the correct engine),
     on the first n sequences of the suite's inputs."""
     from gemma_oracle.oracles.calibrated import calibrated_single_vs_batched
-    from gemma_oracle.oracles.compare import CALIBRATED_POLICY, FLOAT64_POLICY, MMQ_POLICY, SEED_MMQ_POLICY, exact
+    from gemma_oracle.oracles.compare import (CALIBRATED_POLICY, FLOAT64_POLICY, MMQ_POLICY, OUTSIDE_F32_POLICY,
+                                              OUTSIDE_QUANT_POLICY, SEED_MMQ_POLICY, exact)
     from gemma_oracle.oracles.single_vs_batched import golden_single_vs_batched
 
     eng = engine(preset, policy, bug)
     prompts, forced = inputs(eng.vocab_size)
     prompts, forced = prompts[:n], forced[:n]
-    if policy in ("calibrated", INT8_ROUTE):
+    calibrated = {"calibrated": CALIBRATED_POLICY, INT8_ROUTE: CALIBRATED_POLICY, "outside-f32": OUTSIDE_F32_POLICY,
+                  "outside-quant": OUTSIDE_QUANT_POLICY}
+    if policy in calibrated:
         return calibrated_single_vs_batched(eng, prompts, forced, reference_engine=base(preset, "numpy64"),
-                                            policy=CALIBRATED_POLICY, cache=REFERENCE_MEMO)
+                                            policy=calibrated[policy], cache=REFERENCE_MEMO)
     rule = {"float64": FLOAT64_POLICY, "exact": exact(), "decode-mmq": MMQ_POLICY,
             "seed-12b-mmq": SEED_MMQ_POLICY}[policy]
     return golden_single_vs_batched(eng, prompts, forced, policy=rule, cache=REFERENCE_MEMO)
