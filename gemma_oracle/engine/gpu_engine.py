@@ -468,7 +468,10 @@ class CupyEngine:
                     ends.append((i, len(tokens) - 1))
             if max(positions) >= self.max_context:
                 raise ValueError(f"position {max(positions)} is beyond this engine's context ({self.max_context})")
-            logits = self.cp.asnumpy(self.forward(tokens, positions, slots, [r for _, r in ends]))
+            # a chunk where no prompt ends still runs (it fills the caches); the lm head takes no empty batch, so it
+            # computes one row that nobody reads
+            rows = [r for _, r in ends] or [len(tokens) - 1]
+            logits = self.cp.asnumpy(self.forward(tokens, positions, slots, rows))
             calls += 1
             for seq, prompt in zip(seqs, prompts):
                 seq.length += len(prompt[start : start + self.prefill_chunk])

@@ -187,12 +187,22 @@ def calibrated_single_vs_batched(
     reference_engine: DecodeEngine,
     policy: CalibratedPolicy = CALIBRATED_POLICY,
     cache: Optional[RefCache] = None,
+    single_engine: Optional[DecodeEngine] = None,
 ) -> GoldenResult:
     """The golden protocol of gemma_oracle.oracles.single_vs_batched (teacher-forced, same step numbering) with a
     third side: every sequence also decoded alone by ``reference_engine``. Each (sequence, step) is judged by
     :func:`check_calibrated`. ``cache`` memoises single-user runs of both engines by (engine name, prompt,
-    forced). The result's ``reference`` names the reference engine."""
+    forced). The result's ``reference`` names the reference engine.
+
+    ``single_engine`` runs each sequence alone (default: the candidate itself). The rule measures the noise of the
+    route the batch takes, so a router that serves N = 1 on another route than the batch (auto mode: float WS alone,
+    int8 decode-MMQ from some N on small shapes) passes the candidate pinned to the batch's int8 route (forced
+    decode_mmq, which serves every eligible matrix on it): its single-user error is then that route's noise, not
+    the float route's ten times smaller one."""
     n, t_steps = check_golden_inputs(engine, reference_engine, prompts, forced)
+    alone = engine if single_engine is None else single_engine
+    if alone.vocab_size != engine.vocab_size:
+        raise ValueError(f"single_engine {alone.name} has vocab {alone.vocab_size}, the candidate {engine.vocab_size}")
     if reference_engine.name == engine.name:
         raise ValueError(f"the reference must be another engine than the candidate, both are {engine.name!r}")
 
@@ -200,7 +210,7 @@ def calibrated_single_vs_batched(
     refs, singles = [], []
     for p, f in zip(prompts, forced):
         r, hit_r = memoised_single_user(reference_engine, p, f, cache)
-        s, hit_s = memoised_single_user(engine, p, f, cache)
+        s, hit_s = memoised_single_user(alone, p, f, cache)
         refs.append(r)
         singles.append(s)
         hits += hit_r + hit_s

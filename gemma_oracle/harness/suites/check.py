@@ -21,7 +21,8 @@ from typing import Callable, Sequence
 from gemma_oracle.engine import registry
 from gemma_oracle.engine.protocol import describe_engine
 from gemma_oracle.oracles.single_vs_batched import GoldenResult
-from gemma_oracle.harness.suites.synthetic import judge_with, policy_for_engine, preset_plans
+from gemma_oracle.harness.suites.synthetic import (judge_with, policy_for_engine, preset_plans, routes_in_auto_mode,
+                                                   single_user_twin)
 from gemma_oracle.reports.records import OracleRecord, VerdictRecord, oracle_records
 from gemma_oracle.reports.run_meta import collect_meta, utc_now
 from gemma_oracle.reports.store import RunWriter, create_run_dir
@@ -93,6 +94,7 @@ class CheckContext:
     forced: list[list[int]]
     seed: int
     n_list: tuple[int, ...] = (1,)
+    single: Callable[[], object] | None = None  # auto mode: the decode-MMQ twin that runs each sequence alone
     memo: dict = field(default_factory=dict)
 
 
@@ -115,16 +117,29 @@ def sequences_for(fixture: Fixture, vocab_size: int, steps: int, count: int, see
 
 
 def _sweep(ctx: CheckContext, n: int) -> GoldenResult | None:
-    return judge_with(ctx.engine, ctx.policy, ctx.prompts[:n], ctx.forced[:n], reference=ctx.reference, cache=ctx.memo)
+    return judge_with(ctx.engine, ctx.policy, ctx.prompts[:n], ctx.forced[:n], reference=ctx.reference, cache=ctx.memo,
+                      single=ctx.single)
+
+
+def _built_once(make: Callable[[], object]) -> Callable[[], object]:
+    built: list = []
+
+    def get():
+        if not built:
+            built.append(make())
+        return built[0]
+    return get
 
 
 def _judged(ctx: CheckContext) -> dict:
     """The policy arguments of a field test: the engine's policy, and under a calibrated one its third side (the
-    float64 engine on the same file)."""
+    float64 engine on the same file) and, in auto mode, the decode-MMQ twin that runs each sequence alone."""
     from gemma_oracle.oracles.compare import CalibratedPolicy
 
-    third = {"precise_engine": ctx.reference()} if isinstance(ctx.policy, CalibratedPolicy) else {}
-    return {"policy": ctx.policy, **third}
+    if not isinstance(ctx.policy, CalibratedPolicy):
+        return {"policy": ctx.policy}
+    alone = {"reference_engine": ctx.single()} if ctx.single is not None else {}
+    return {"policy": ctx.policy, "precise_engine": ctx.reference(), **alone}
 
 
 def _needle(ctx: CheckContext, n: int) -> GoldenResult | None:
@@ -227,6 +242,8 @@ def run_check(plan: CheckPlan, *, progress=None) -> CheckOutcome:
                 prompts, forced = sequences_for(fixture, engine.vocab_size, plan.steps, max(plan.n_list), plan.seed)
                 ctx = CheckContext(engine, fixture, policy_for_engine(engine, fixture.variant), reference, prompts, forced,
                                    plan.seed, plan.n_list)
+                if routes_in_auto_mode(engine):
+                    ctx.single = _built_once(lambda _p=fixture.path: single_user_twin(_p))
                 for test in tests:
                     for n in plan.n_list:
                         if progress is not None:

@@ -391,6 +391,11 @@ class PlantedEngine(GemmaEngine):
         self._prefill_memo = memo if memo is not None else {}
         self.name = f"{self.ops.name}:{self.model_file.path.name}+{model_cls.name}"
         self.vocab_size = self.config.vocab_size
+        self.backend = self.ops.name
+        self._last_batch = None
+
+    def describe(self) -> dict:
+        return {**super().describe(), "engine": "gemma-oracle planted bug", "planted": self.model.name}
 
     def new_sequence(self) -> SequenceState:
         return SequenceState(self.config, self.ops, prefill_chunk=self.prefill_chunk)

@@ -15,7 +15,7 @@ import numpy as np
 
 from gemma_oracle.oracles.single_vs_batched import GoldenResult
 
-from gemma_oracle.harness.suites.synthetic import REFERENCE_BACKEND, judge
+from gemma_oracle.harness.suites.synthetic import REFERENCE_BACKEND, judge, routes_in_auto_mode, single_user_twin
 
 
 @dataclass(frozen=True)
@@ -82,11 +82,18 @@ def run_real_suite(suite: RealSuite, engine, backend: str) -> list[tuple[int, Go
     n_list = suite.n_list(backend)
     prompts, forced = suite.sequences(engine.vocab_size, max(n_list))
     memo: dict = {}
-    built: list = []
+    built: dict = {}  # built once, on first use: the float64 reference, and auto mode's decode-MMQ twin
 
     def reference():
-        if not built:
-            built.append(make_engine(REFERENCE_BACKEND, engine.model_file.path, memo_prefill=True))
-        return built[0]
+        if "reference" not in built:
+            built["reference"] = make_engine(REFERENCE_BACKEND, engine.model_file.path, memo_prefill=True)
+        return built["reference"]
 
-    return [(n, judge(engine, backend, prompts[:n], forced[:n], reference=reference, cache=memo)) for n in n_list]
+    def single():
+        if "single" not in built:
+            built["single"] = single_user_twin(engine.model_file.path)
+        return built["single"]
+
+    twin = single if routes_in_auto_mode(engine) else None
+    return [(n, judge(engine, backend, prompts[:n], forced[:n], reference=reference, cache=memo, single=twin))
+            for n in n_list]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from gemma_oracle.oracles.calibrated import calibrated_single_vs_batched
 from gemma_oracle.engine.protocol import describe_engine
+from gemma_oracle.engine.routing import DECODE_MMQ
 from gemma_oracle.oracles.compare import (CALIBRATED_POLICY, FLOAT64_POLICY, OUTSIDE_F32_POLICY, OUTSIDE_QUANT_POLICY,
                                          CalibratedPolicy, Policy, exact)
 from gemma_oracle.oracles.single_vs_batched import GoldenResult, RefCache, golden_single_vs_batched
@@ -120,7 +121,7 @@ def sequences(vocab_size: int, count: int = MAX_N, *, seed: int = SEQUENCE_SEED)
     return make_sequences(vocab_size, legacy_lengths(count), DECODE_STEPS, seed=seed)
 
 
-@functools.lru_cache(maxsize=3)  # the GPU nightly's two route modes and the float64 reference of one fixture
+@functools.lru_cache(maxsize=4)  # the GPU nightly's two route modes, auto's decode-MMQ twin, the float64 reference
 def engine_for(preset: str, variant: str, backend: str, route_mode: str | None = None):
     """route_mode: gemma_oracle.engine.routing mode of a GPU engine (None: its default); engines without routes take
     None. ``backend``: one of our backends (numpy64, numpy32, cupy) or an --engine spec (gemma_oracle.engine.registry),
@@ -168,21 +169,38 @@ def policy_for_engine(engine, variant: str) -> Policy | CalibratedPolicy:
     return OUTSIDE_F32_POLICY if variant in ("f32", "f16", "bf16") else OUTSIDE_QUANT_POLICY
 
 
-def judge(engine, backend: str, prompts, forced, *, reference, cache: RefCache | None = None) -> GoldenResult:
+def judge(engine, backend: str, prompts, forced, *, reference, cache: RefCache | None = None,
+          single=None) -> GoldenResult:
     """The golden comparison under `policy_for`: a calibrated policy runs the three-sided comparison against
     `reference()` (a zero-argument callable giving the float64 engine on the same file, built only when needed);
     the others compare batched with single-user directly."""
-    return judge_with(engine, policy_for(engine, backend), prompts, forced, reference=reference, cache=cache)
+    return judge_with(engine, policy_for(engine, backend), prompts, forced, reference=reference, cache=cache,
+                      single=single)
 
 
 def judge_with(engine, policy: Policy | CalibratedPolicy, prompts, forced, *, reference,
-               cache: RefCache | None = None) -> GoldenResult:
+               cache: RefCache | None = None, single=None) -> GoldenResult:
     """The golden comparison under ``policy``: the three-sided calibrated comparison against ``reference()`` for a
-    CalibratedPolicy, batched against single-user directly otherwise."""
+    CalibratedPolicy, batched against single-user directly otherwise. ``single()``, when given, builds the engine
+    that runs each sequence alone on the batch's route (`single_user_twin`); default the candidate itself."""
     if isinstance(policy, CalibratedPolicy):
         return calibrated_single_vs_batched(engine, prompts, forced, reference_engine=reference(), policy=policy,
-                                            cache=cache)
+                                            cache=cache, single_engine=single() if single is not None else None)
     return golden_single_vs_batched(engine, prompts, forced, policy=policy, cache=cache)
+
+
+def routes_in_auto_mode(engine) -> bool:
+    return describe_engine(engine).get("route_mode") == "auto"
+
+
+def single_user_twin(path, kind: str = "cupy"):
+    """Our GPU engine on ``path`` pinned to decode-MMQ (forced), the route with int8 activation noise: the single-user
+    side of an auto-mode engine's calibrated comparison (gemma_oracle.oracles.calibrated.calibrated_single_vs_batched
+    explains why)."""
+    from gemma_oracle.engine import factory
+    from gemma_oracle.engine.routing import DECODE_MMQ
+
+    return factory.make_engine(kind, path, route_mode=DECODE_MMQ)
 
 
 def routes_taken(engine, n: int) -> str:
@@ -200,8 +218,9 @@ def run_case(case: SuiteCase, backend: str, route_mode: str | None = None) -> Go
     engine = engine_for(case.preset, case.variant, backend, route_mode)
     plan = case.input_plan
     prompts, forced = make_sequences(engine.vocab_size, plan.lengths, plan.steps)
+    single = (lambda: engine_for(case.preset, case.variant, backend, DECODE_MMQ)) if routes_in_auto_mode(engine) else None
     return judge(engine, backend, prompts[: case.n], forced[: case.n], cache=_REFERENCE_MEMO,
-                 reference=lambda: engine_for(case.preset, case.variant, REFERENCE_BACKEND))
+                 reference=lambda: engine_for(case.preset, case.variant, REFERENCE_BACKEND), single=single)
 
 
 def record_context(case: SuiteCase, backend: str, route_mode: str | None = None) -> dict:
