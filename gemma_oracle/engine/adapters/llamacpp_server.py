@@ -34,6 +34,7 @@ p.cache_ram_mib = 0
 p.cache_idle_slots = False
 p.endpoint_metrics = cfg["metrics"]
 p.endpoint_props = True
+p.endpoint_slots = True   # where a forced prefill_batch placement landed (history_engine)
 p.warmup = False
 p.port = 0
 server = xlc.Server(p)
