@@ -665,7 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
     nt.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)
     nt.add_argument("--out", "--root", type=_path_arg, default="reports/nightly",
                     help="where nightly runs are kept (default reports/nightly)")
-    nt.add_argument("--skip", nargs="+", choices=("synthetic", "real", "planted", "bench"), help="leave parts out")
+    nt.add_argument("--skip", nargs="+", choices=("synthetic", "real", "engines", "planted", "bench"), help="leave parts out")
     nt.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     nt.add_argument("--gpus", help="GPU indices such as 0,2, or 'all': the nightly runs on the first of them "
                                    "(the host's index is recorded in every result row)")

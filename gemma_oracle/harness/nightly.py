@@ -24,7 +24,11 @@ from gemma_oracle.harness.suites.synthetic import (BOUNDARY_N, GPU_BOUNDARY_N, G
 from gemma_oracle.harness.suites.real import REAL_SUITES, RealSuite, run_real_suite
 
 DEFAULT_ROOT = Path("reports") / "nightly"
-PARTS = ("synthetic", "real", "planted", "bench")
+PARTS = ("synthetic", "real", "engines", "planted", "bench")
+# The engines part: every engine this machine can run (gemma_oracle.engine.registry) through `gemma-oracle check`'s
+# tests on these fixtures, each as its own rows labelled with its describe(). ~25 s on 2 CPU cores with llama.cpp.
+ENGINE_FIXTURES = ("keqv-window24/f32", "keqv-window24/q4_k_m")
+ENGINE_N = (1, 2, 4, 5, 8)
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,27 @@ def run_real(plan: NightlyPlan, progress: bool, notes: dict[str, str]) -> list[O
     return records
 
 
+def available_engines(backend: str) -> tuple[str, ...]:
+    """The engine specs the nightly puts through the check on this machine: our float64 reference always; our GPU
+    engine in both route modes on a GPU; llama.cpp where the `parity` extra is installed."""
+    from gemma_oracle.engine.registry import unavailable_reason
+
+    specs = ["numpy"] + (["cupy:mode=batch-invariant", "cupy:mode=auto"] if backend == "cupy" else []) + ["llamacpp"]
+    return tuple(s for s in specs if unavailable_reason(s) is None)
+
+
+def run_engines(plan: NightlyPlan, progress: bool | str, notes: dict[str, str]):
+    """Every available engine through the check (gemma_oracle.harness.suites.check): oracle rows and verdicts."""
+    from gemma_oracle.harness.suites.check import CheckPlan, TESTS, run_check
+
+    check = CheckPlan(engines=available_engines(plan.backend), fixtures=ENGINE_FIXTURES, n_list=ENGINE_N)
+    total = len(check.engines) * len(check.fixtures) * len(check.n_list) * len(TESTS)
+    with _bar(total, "engines", progress) as bar:
+        outcome = run_check(check, progress=lambda text: (bar.set_postfix_str(text), bar.update()))
+    notes["engines checked"] = ", ".join(check.engines)
+    return outcome.oracle, outcome.verdicts
+
+
 def run_planted(progress: bool | str) -> list:
     """The planted-bug suite (gemma_oracle.harness.suites.planted): every bug x policy x N, on the CPU whatever
     the plan's backend (its engines are the numpy reference with one piece of the batched path broken)."""
@@ -176,6 +201,12 @@ def _fill_run(plan: NightlyPlan, run_dir: Path, started, progress: bool | str) -
         t = time.monotonic()
         oracle += run_real(plan, progress, notes)
         notes["time: real suites"] = f"{time.monotonic() - t:.0f} s"
+    if "engines" in plan.parts:
+        t = time.monotonic()
+        rows, verdicts = run_engines(plan, progress, notes)
+        oracle += rows
+        writer.write_table("verdicts", verdicts)
+        notes["time: engines"] = f"{time.monotonic() - t:.0f} s"
     writer.write_table("oracle", oracle)
     if "planted" in plan.parts:
         t = time.monotonic()

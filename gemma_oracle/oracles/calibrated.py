@@ -41,7 +41,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from gemma_oracle.engine.protocol import DecodeEngine, TopKLogprobs, output_logprobs
+from gemma_oracle.engine.protocol import describe_engine, DecodeEngine, TopKLogprobs, output_logprobs
 from gemma_oracle.oracles.compare import CALIBRATED_POLICY, CalibratedPolicy, Comparison
 from gemma_oracle.oracles.metrics import (
     argmax_agreement,
@@ -205,7 +205,8 @@ def calibrated_single_vs_batched(
         singles.append(s)
         hits += hit_r + hit_s
 
-    cand = batched_logits(engine, prompts, forced)
+    not_batched: list = []
+    cand = batched_logits(engine, prompts, forced, not_batched=not_batched)
     keys, positions, comparisons = [], [], []
     for i, step, token, pos in compared_rows(prompts, forced):
         keys.append((i, step, token))
@@ -218,7 +219,7 @@ def calibrated_single_vs_batched(
 
     return GoldenResult(engine=engine.name, reference=reference_engine.name, policy=policy.name, n=n, t=t_steps,
                         keys=tuple(keys), positions=tuple(positions), comparisons=tuple(comparisons),
-                        reference_cache_hits=hits)
+                        reference_cache_hits=hits, engine_info=describe_engine(engine), not_batched=tuple(not_batched))
 
 
 def noise_ratios(result: GoldenResult) -> dict:

@@ -11,9 +11,9 @@ like the sweep (gemma_oracle.oracles.single_vs_batched).
 * ``batched_prefill``: N prompts through ``prefill_batch`` in one step (then decoded together) vs each alone.
 
 Inputs are the caller's: mixed prompt lengths and contexts past the sliding window (ring wrap) come from
-gemma_oracle.harness.suites.inputs.field_inputs. Every test takes ``policy`` (a two-sided Policy; the calibrated
-rule needs a third side and stays with gemma_oracle.oracles.calibrated), an optional ``reference_engine`` (default:
-the engine itself, alone) and the golden comparison's reference memo ``cache``. Keys, positions and step numbers
+gemma_oracle.harness.suites.inputs.field_inputs. Every test takes ``policy`` (a two-sided Policy, or a
+CalibratedPolicy with ``precise_engine``, the float64 engine on the same file, as its third side), an optional
+``reference_engine`` (default: the engine itself, alone) and the golden comparison's reference memo ``cache``. Keys, positions and step numbers
 are the golden comparison's (step 0 = the prompt's last position, step s = after the s-th forced token); what a key's
 ``seq`` means, when it is not the sequence, each test says. Batched calls are numbered 1, 2, ... in the order a
 test makes them; the engine's ``last_batch`` probe is read after each one, and a call that was not one batch fails
@@ -25,8 +25,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from gemma_oracle.engine.protocol import DecodeEngine, describe_engine, prefill_batch_of
-from gemma_oracle.oracles.compare import Policy, check_logits_close, exact
+from gemma_oracle.engine.protocol import DecodeEngine, describe_engine, output_logprobs, prefill_batch_of
+from gemma_oracle.oracles.calibrated import check_calibrated
+from gemma_oracle.oracles.compare import CalibratedPolicy, Policy, check_logits_close, exact
 from gemma_oracle.oracles.single_vs_batched import (
     GoldenResult,
     RefCache,
@@ -84,17 +85,33 @@ class _Batcher:
 
 
 class _Rows:
-    """A field test's compared rows, in order, then its GoldenResult."""
+    """A field test's compared rows, in order, then its GoldenResult.
 
-    def __init__(self, policy: Policy):
-        self.policy = policy
+    Under a CalibratedPolicy (an engine that is not bitwise: decode-MMQ in auto mode, an outside float32 or quantized
+    engine) every row is judged three-sided, as the calibrated sweep is: the candidate's row and its single-user row
+    both against ``precise`` (the float64 engine) at the same sequence and position, read through the memo."""
+
+    def __init__(self, policy: Policy | CalibratedPolicy, *, engine: Optional[DecodeEngine] = None,
+                 precise: Optional[DecodeEngine] = None, cache: Optional[RefCache] = None):
+        if isinstance(policy, CalibratedPolicy) and precise is None:
+            raise ValueError(f"policy {policy.name} is calibrated: it needs precise_engine (the float64 engine on the "
+                             "same file) to measure the route's own noise")
+        self.policy, self.engine, self.precise, self.cache = policy, engine, precise, cache
         self.keys, self.positions, self.comparisons, self.calls, self.cases = [], [], [], [], []
 
-    def compare(self, key, pos, *, ref, cand, name_ref, name_cand, where, call=None, case=""):
+    def compare(self, key, pos, *, ref, cand, name_ref, name_cand, where, call=None, case="", inputs=None, row=None):
+        """``inputs`` = (prompt, forced script) and ``row`` = the row of its single-user run that both sides hold
+        (needed under a calibrated policy only)."""
         self.keys.append(key)
         self.positions.append(pos)
         self.calls.append(call)
         self.cases.append(case)
+        if isinstance(self.policy, CalibratedPolicy):
+            precise, _ = memoised_single_user(self.precise, inputs[0], inputs[1], self.cache)
+            self.comparisons.append(check_calibrated(
+                ref=precise[row], single=ref, batched=cand, name_ref=self.precise.name, name_single=name_ref,
+                name_batched=name_cand, policy=self.policy, where=where, cand_logprobs=output_logprobs(self.engine)))
+            return
         self.comparisons.append(check_logits_close(ref=ref, cand=cand, name_ref=name_ref, name_cand=name_cand,
                                                    policy=self.policy, where=where))
 
@@ -112,8 +129,9 @@ def _where(case: str, seq_label: str, step: int, token: int, pos: int) -> str:
 
 
 def needle(engine: DecodeEngine, prompts: Sequence[Sequence[int]], forced: Sequence[Sequence[int]], *, n: int,
-           policy: Policy, trials: int = 3, seed: int = 0, reference_engine: Optional[DecodeEngine] = None,
-           cache: Optional[RefCache] = None) -> GoldenResult:
+           policy: Policy | CalibratedPolicy, trials: int = 3, seed: int = 0,
+           reference_engine: Optional[DecodeEngine] = None, cache: Optional[RefCache] = None,
+           precise_engine: Optional[DecodeEngine] = None) -> GoldenResult:
     """The needle (``prompts[0]``, ``forced[0]``) decoded alone vs placed at a random slot of a batch of ``n``, beside
     n - 1 others drawn at random from ``prompts[1:]`` (so at least n - 1 of them), ``trials`` times (numpy rng of
     ``seed``). Only the needle's rows are compared. Keys: (trial, step, token): ``seq`` is the trial; each row's
@@ -124,7 +142,7 @@ def needle(engine: DecodeEngine, prompts: Sequence[Sequence[int]], forced: Seque
         raise ValueError(f"needle at N={n} needs 1 <= N and N - 1 other prompts, got {len(prompts) - 1}")
     rng = np.random.default_rng(seed)
     ref, hit = memoised_single_user(ref_engine, prompts[0], forced[0], cache)
-    batcher, rows = _Batcher(engine), _Rows(policy)
+    batcher, rows = _Batcher(engine), _Rows(policy, engine=engine, precise=precise_engine, cache=cache)
     for trial in range(trials):
         slot = int(rng.integers(n))
         others = [1 + int(i) for i in rng.choice(len(prompts) - 1, size=n - 1, replace=False)]
@@ -134,7 +152,8 @@ def needle(engine: DecodeEngine, prompts: Sequence[Sequence[int]], forced: Seque
         for _, step, token, pos in compared_rows(prompts[:1], forced[:1]):
             rows.compare((trial, step, token), pos, ref=ref[step], cand=cand[slot][step],
                          name_ref=f"{ref_engine.name}[single]", name_cand=f"{engine.name}[slot {slot} of N={n}]",
-                         where=_where(case, "needle", step, token, pos), call=calls[slot][step], case=case)
+                         where=_where(case, "needle", step, token, pos), call=calls[slot][step], case=case,
+                         inputs=(prompts[0], forced[0]), row=step)
     return rows.result("needle", engine, ref_engine, n, t_steps, hits=int(hit), batcher=batcher,
                        note=f"needle at a random slot, {trials} trials, seed {seed}")
 
@@ -145,9 +164,9 @@ def default_joins(n: int) -> list[int]:
 
 
 def changing_composition(engine: DecodeEngine, prompts: Sequence[Sequence[int]], forced: Sequence[Sequence[int]], *,
-                         policy: Policy, joins: Optional[Sequence[int]] = None, seed: int = 0,
-                         reference_engine: Optional[DecodeEngine] = None,
-                         cache: Optional[RefCache] = None) -> GoldenResult:
+                         policy: Policy | CalibratedPolicy, joins: Optional[Sequence[int]] = None, seed: int = 0,
+                         reference_engine: Optional[DecodeEngine] = None, cache: Optional[RefCache] = None,
+                         precise_engine: Optional[DecodeEngine] = None) -> GoldenResult:
     """Continuous batching: sequence i joins at tick ``joins[i]`` (default_joins), is prefilled then (the joiners
     of one tick through ONE ``prefill_batch`` when the engine offers it, else one ``prefill`` each), decodes its T
     forced tokens in the batched steps of ticks joins[i] .. joins[i] + T - 1, and leaves. Each tick's batch is in
@@ -193,20 +212,21 @@ def changing_composition(engine: DecodeEngine, prompts: Sequence[Sequence[int]],
         for i in [i for i in seqs if tick - joins[i] >= t_steps - 1]:
             del seqs[i]          # done: it leaves, and the engine may reuse its slot
 
-    rows = _Rows(policy)
+    rows = _Rows(policy, engine=engine, precise=precise_engine, cache=cache)
     for i, step, token, pos in compared_rows(prompts, forced):
         rows.compare((i, step, token), pos, ref=refs[i][step], cand=cand[i][step],
                      name_ref=f"{ref_engine.name}[single]", name_cand=f"{engine.name}[continuous batching]",
                      where=_where(cases[i][step], f"seq {i}", step, token, pos), call=calls[i][step],
-                     case=cases[i][step])
+                     case=cases[i][step], inputs=(prompts[i], forced[i]), row=step)
     return rows.result("changing_composition", engine, ref_engine, n, t_steps, hits=hits, batcher=batcher,
                        note=f"joins {joins}, row order seed {seed}, "
                             + ("joiners prefilled with prefill_batch" if batch_prefill else "joiners prefilled alone"))
 
 
 def decode_vs_prefill(engine: DecodeEngine, prompts: Sequence[Sequence[int]], forced: Sequence[Sequence[int]], *,
-                      policy: Policy, reference_engine: Optional[DecodeEngine] = None,
-                      cache: Optional[RefCache] = None) -> GoldenResult:
+                      policy: Policy | CalibratedPolicy, reference_engine: Optional[DecodeEngine] = None,
+                      cache: Optional[RefCache] = None,
+                      precise_engine: Optional[DecodeEngine] = None) -> GoldenResult:
     """At each compared position of the golden comparison (a prompt's last token, then each forced token): the
     logits from ``engine`` decoding the whole sequence token by token (prefill of the first token only, then one
     single-user ``decode`` per token) vs from ``reference_engine`` (default the engine) prefilling the prefix up to
@@ -215,7 +235,7 @@ def decode_vs_prefill(engine: DecodeEngine, prompts: Sequence[Sequence[int]], fo
     a wrong position, a wrong cache or a mask that differs between the paths shows under FLOAT64_POLICY."""
     ref_engine = engine if reference_engine is None else reference_engine
     n, t_steps = check_golden_inputs(engine, ref_engine, prompts, forced)
-    rows, hits = _Rows(policy), 0
+    rows, hits = _Rows(policy, engine=engine, precise=precise_engine, cache=cache), 0
     decoded = []
     for p, f in zip(prompts, forced):
         logits, hit = memoised_single_user(engine, p[:1], list(p[1:]) + list(f), cache)   # row = position
@@ -228,7 +248,8 @@ def decode_vs_prefill(engine: DecodeEngine, prompts: Sequence[Sequence[int]], fo
         rows.compare((i, step, token), pos, ref=prefilled[0], cand=decoded[i][pos],
                      name_ref=f"{ref_engine.name}[prefill of {len(prefix)} tokens]",
                      name_cand=f"{engine.name}[token-by-token decode]",
-                     where=_where("decode vs prefill", f"seq {i}", step, token, pos))
+                     where=_where("decode vs prefill", f"seq {i}", step, token, pos),
+                     inputs=(prompts[i][:1], list(prompts[i][1:]) + list(forced[i])), row=pos)
     return rows.result("decode_vs_prefill", engine, ref_engine, n, t_steps, hits=hits,
                        note="tolerance comparison: decode and prefill are different arithmetic paths")
 
@@ -256,14 +277,15 @@ def determinism(engine: DecodeEngine, prompts: Sequence[Sequence[int]], forced: 
 
 
 def batched_prefill(engine: DecodeEngine, prompts: Sequence[Sequence[int]], forced: Sequence[Sequence[int]], *,
-                    policy: Policy, reference_engine: Optional[DecodeEngine] = None,
-                    cache: Optional[RefCache] = None) -> GoldenResult:
+                    policy: Policy | CalibratedPolicy, reference_engine: Optional[DecodeEngine] = None,
+                    cache: Optional[RefCache] = None,
+                    precise_engine: Optional[DecodeEngine] = None) -> GoldenResult:
     """The N prompts through ONE ``prefill_batch`` (step 0), then T batched decode steps of all N (steps 1..T, which
     read the caches that prefill_batch wrote), vs each sequence alone (``prefill`` + single-user decode). An engine
     without ``prefill_batch`` gets a result with ``skipped`` set and no rows."""
     ref_engine = engine if reference_engine is None else reference_engine
     n, t_steps = check_golden_inputs(engine, ref_engine, prompts, forced)
-    rows = _Rows(policy)
+    rows = _Rows(policy, engine=engine, precise=precise_engine, cache=cache)
     if prefill_batch_of(engine) is None:
         return rows.result("batched_prefill", engine, ref_engine, n, t_steps,
                            skipped=f"engine {engine.name!r} offers no prefill_batch(seqs, prompts): it cannot take "
@@ -286,6 +308,7 @@ def batched_prefill(engine: DecodeEngine, prompts: Sequence[Sequence[int]], forc
     for i, step, token, pos in compared_rows(prompts, forced):
         rows.compare((i, step, token), pos, ref=refs[i][step], cand=cand[i][step],
                      name_ref=f"{ref_engine.name}[single]", name_cand=f"{engine.name}[prefill_batch N={n}]",
-                     where=_where("batched prefill", f"seq {i}", step, token, pos), call=calls[i][step])
+                     where=_where("batched prefill", f"seq {i}", step, token, pos), call=calls[i][step],
+                     inputs=(prompts[i], forced[i]), row=step)
     return rows.result("batched_prefill", engine, ref_engine, n, t_steps, hits=hits, batcher=batcher,
                        note=f"{n} prompts in one prefill_batch, then decoded together")

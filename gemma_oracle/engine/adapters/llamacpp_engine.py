@@ -50,6 +50,9 @@ class InProcessServer:
         import xllamacpp as xlc
 
         p = xlc.CommonParams()
+        # llama.cpp logs every slot's every task at its default verbosity (thousands of lines a check); keep its
+        # errors only, unless GEMMA_ORACLE_LLAMACPP_VERBOSITY asks for more
+        p.verbosity = int(os.environ.get("GEMMA_ORACLE_LLAMACPP_VERBOSITY", "0"))
         p.model.path = model_path
         p.n_parallel = slots
         p.n_ctx = ctx * slots                 # llama.cpp splits n_ctx evenly over the slots

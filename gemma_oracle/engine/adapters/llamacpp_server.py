@@ -22,6 +22,7 @@ import json, sys, time
 import xllamacpp as xlc
 cfg = json.loads(sys.argv[1])
 p = xlc.CommonParams()
+p.verbosity = int(os.environ.get("GEMMA_ORACLE_LLAMACPP_VERBOSITY", "0"))  # errors only (see llamacpp_engine)
 p.model.path = cfg["model"]
 p.n_parallel = cfg["slots"]
 p.n_ctx = cfg["ctx"] * cfg["slots"]

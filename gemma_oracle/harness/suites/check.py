@@ -4,7 +4,7 @@ through the oracle on chosen fixtures and batch sizes, one verdict class per eng
 A check is data (CheckPlan): engine specs (gemma_oracle.engine.registry), fixtures (a synthetic `preset/variant`, a
 catalog name such as gemma3-270m, or a GGUF path), batch sizes and the tests to run: the golden sweep over N and the
 tests from the field (gemma_oracle.oracles.field). Every engine is judged by the policy for what it is
-(`policy_for_engine`): our float64 engine by FLOAT64_POLICY, our GPU engine bitwise in batch-invariant mode and by the
+(gemma_oracle.harness.suites.synthetic.policy_for_engine): our float64 engine by FLOAT64_POLICY, our GPU engine bitwise in batch-invariant mode and by the
 calibrated rule in auto mode, an outside engine by the outside-engine policy of its fixture's weights (float or
 quantized), each against the float64 engine on the same file. The run is stored like the nightly's (reports/store.py)
 with the verdict table (reports/records.VerdictRecord) beside the rows, and rendered by the same report code.
@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 from gemma_oracle.engine import registry
 from gemma_oracle.engine.protocol import describe_engine
 from gemma_oracle.oracles.single_vs_batched import GoldenResult
+from gemma_oracle.harness.suites.synthetic import judge_with, policy_for_engine, preset_plans
 from gemma_oracle.reports.records import OracleRecord, VerdictRecord, oracle_records
 from gemma_oracle.reports.run_meta import collect_meta, utc_now
 from gemma_oracle.reports.store import RunWriter, create_run_dir
@@ -91,23 +92,8 @@ class CheckContext:
     prompts: list[list[int]]
     forced: list[list[int]]
     seed: int
-    n_first: int = 1
+    n_list: tuple[int, ...] = (1,)
     memo: dict = field(default_factory=dict)
-
-
-def policy_for_engine(engine, fixture: Fixture):
-    """The policy an engine is judged by (see the module docstring)."""
-    from gemma_oracle.harness.suites.synthetic import POLICIES
-    from gemma_oracle.oracles.compare import CALIBRATED_POLICY, FLOAT64_POLICY, exact
-    from gemma_oracle.oracles.compare import outside_policy
-
-    info = describe_engine(engine)
-    kind = info.get("engine", "")
-    if kind == "gemma-oracle numpy":
-        return POLICIES.get(info.get("dtype"), FLOAT64_POLICY)
-    if kind == "gemma-oracle cupy":
-        return CALIBRATED_POLICY if info.get("route_mode") == "auto" else exact()
-    return outside_policy(quantized=fixture.variant not in ("f32", "f16", "bf16"))
 
 
 def sequences_for(fixture: Fixture, vocab_size: int, steps: int, count: int, seed: int):
@@ -122,8 +108,6 @@ def sequences_for(fixture: Fixture, vocab_size: int, steps: int, count: int, see
             return suite.sequences(vocab_size, count)
     lengths = legacy_lengths(count)
     if fixture.preset is not None:
-        from gemma_oracle.harness.suites.synthetic import preset_plans
-
         by_name = {p.name: p for p in preset_plans(fixture.preset)}
         if "sliding-mixed" in by_name:
             lengths = by_name["sliding-mixed"].lengths[:count]
@@ -131,17 +115,16 @@ def sequences_for(fixture: Fixture, vocab_size: int, steps: int, count: int, see
 
 
 def _sweep(ctx: CheckContext, n: int) -> GoldenResult | None:
-    from gemma_oracle.harness.suites.synthetic import judge_with
-
     return judge_with(ctx.engine, ctx.policy, ctx.prompts[:n], ctx.forced[:n], reference=ctx.reference, cache=ctx.memo)
 
 
-def _two_sided(ctx: CheckContext):
-    """The field tests compare the engine with itself alone (two sides): the engine's policy where it is two-sided,
-    else the two-sided form of its calibrated rule (gemma_oracle.oracles.compare.two_sided_policy)."""
-    from gemma_oracle.oracles.compare import CalibratedPolicy, two_sided_policy
+def _judged(ctx: CheckContext) -> dict:
+    """The policy arguments of a field test: the engine's policy, and under a calibrated one its third side (the
+    float64 engine on the same file)."""
+    from gemma_oracle.oracles.compare import CalibratedPolicy
 
-    return two_sided_policy(ctx.policy) if isinstance(ctx.policy, CalibratedPolicy) else ctx.policy
+    third = {"precise_engine": ctx.reference()} if isinstance(ctx.policy, CalibratedPolicy) else {}
+    return {"policy": ctx.policy, **third}
 
 
 def _needle(ctx: CheckContext, n: int) -> GoldenResult | None:
@@ -149,8 +132,12 @@ def _needle(ctx: CheckContext, n: int) -> GoldenResult | None:
 
     if n < 2:  # alone is the needle's reference
         return None
-    return needle(ctx.engine, ctx.prompts, ctx.forced, n=n, policy=_two_sided(ctx), trials=3, seed=ctx.seed,
-                  cache=ctx.memo)
+    # the needle is the shortest prompt: a row behind the others is where position bugs (RoPE of the longest row,
+    # padded keys) show, and the others are drawn from all the rest, so every N sees a different company
+    first = min(range(len(ctx.prompts)), key=lambda i: (len(ctx.prompts[i]), i))
+    order = [first] + [i for i in range(len(ctx.prompts)) if i != first]
+    return needle(ctx.engine, [ctx.prompts[i] for i in order], [ctx.forced[i] for i in order], n=n, trials=3,
+                  seed=ctx.seed, cache=ctx.memo, **_judged(ctx))
 
 
 def _composition(ctx: CheckContext, n: int) -> GoldenResult | None:
@@ -158,17 +145,16 @@ def _composition(ctx: CheckContext, n: int) -> GoldenResult | None:
 
     if n < 2:
         return None
-    return changing_composition(ctx.engine, ctx.prompts[:n], ctx.forced[:n], policy=_two_sided(ctx), seed=ctx.seed,
-                                cache=ctx.memo)
+    return changing_composition(ctx.engine, ctx.prompts[:n], ctx.forced[:n], seed=ctx.seed, cache=ctx.memo,
+                                **_judged(ctx))
 
 
 def _decode_vs_prefill(ctx: CheckContext, n: int) -> GoldenResult | None:
     from gemma_oracle.oracles.field import decode_vs_prefill
 
-    if n != ctx.n_first:  # single-user paths only: once per engine x fixture, with N sequences of the first size
+    if n != ctx.n_list[0]:  # single-user paths, no batch: once per engine x fixture, on one sequence (N = 1)
         return None
-    return decode_vs_prefill(ctx.engine, ctx.prompts[: max(n, 2)], ctx.forced[: max(n, 2)], policy=_two_sided(ctx),
-                             cache=ctx.memo)
+    return decode_vs_prefill(ctx.engine, ctx.prompts[:1], ctx.forced[:1], cache=ctx.memo, **_judged(ctx))
 
 
 def _determinism(ctx: CheckContext, n: int) -> GoldenResult | None:
@@ -182,7 +168,7 @@ def _batched_prefill(ctx: CheckContext, n: int) -> GoldenResult | None:
 
     if n < 2:
         return None
-    result = batched_prefill(ctx.engine, ctx.prompts[:n], ctx.forced[:n], policy=_two_sided(ctx), cache=ctx.memo)
+    result = batched_prefill(ctx.engine, ctx.prompts[:n], ctx.forced[:n], cache=ctx.memo, **_judged(ctx))
     return None if result.skipped else result
 
 
@@ -194,13 +180,14 @@ TESTS: dict[str, Callable[[CheckContext, int], GoldenResult | None]] = {
 
 
 def _verdict_record(result: GoldenResult, engine_name: str, info: str, fixture: Fixture, test: str, policy) -> VerdictRecord:
-    from gemma_oracle.oracles.verdicts import classify
+    from gemma_oracle.oracles.verdicts import BROKEN, classify
 
-    v = classify(result, policy)
+    not_batched = len(result.not_batched)
+    v = classify(result, policy=policy if test != "determinism" else None, not_batched=not_batched)
     return VerdictRecord(engine=engine_name, engine_info=info, fixture=fixture.label, test=test, n=result.n,
-                         verdict=v.verdict, policy=result.policy, thresholds=v.thresholds, reason=v.reason,
-                         rows=len(result.comparisons), failed=len(result.failures),
-                         not_batched=len(getattr(result, "not_batched", ()) or ()), passed=v.passed)
+                         verdict=v.klass, policy=result.policy, thresholds=v.thresholds, reason=v.reason,
+                         rows=len(result.comparisons), failed=len(result.failures), not_batched=not_batched,
+                         passed=v.klass != BROKEN and not not_batched)
 
 
 @dataclass
@@ -238,8 +225,8 @@ def run_check(plan: CheckPlan, *, progress=None) -> CheckOutcome:
                 name = registry.parse_engine_spec(spec).name
                 info = json.dumps(describe_engine(engine), sort_keys=True, default=str)
                 prompts, forced = sequences_for(fixture, engine.vocab_size, plan.steps, max(plan.n_list), plan.seed)
-                ctx = CheckContext(engine, fixture, policy_for_engine(engine, fixture), reference, prompts, forced,
-                                   plan.seed, n_first=plan.n_list[0])
+                ctx = CheckContext(engine, fixture, policy_for_engine(engine, fixture.variant), reference, prompts, forced,
+                                   plan.seed, plan.n_list)
                 for test in tests:
                     for n in plan.n_list:
                         if progress is not None:

@@ -10,7 +10,9 @@ from collections import Counter
 from dataclasses import dataclass
 
 from gemma_oracle.oracles.calibrated import calibrated_single_vs_batched
-from gemma_oracle.oracles.compare import CALIBRATED_POLICY, FLOAT64_POLICY, CalibratedPolicy, Policy, exact
+from gemma_oracle.engine.protocol import describe_engine
+from gemma_oracle.oracles.compare import (CALIBRATED_POLICY, FLOAT64_POLICY, OUTSIDE_F32_POLICY, OUTSIDE_QUANT_POLICY,
+                                         CalibratedPolicy, Policy, exact)
 from gemma_oracle.oracles.single_vs_batched import GoldenResult, RefCache, golden_single_vs_batched
 from gemma_oracle.reports.records import NO_ROUTE
 
@@ -136,8 +138,34 @@ def policy_for(engine, backend: str) -> Policy | CalibratedPolicy:
     """The verdict rule for the engine's route mode: the fast mode (auto: decode-MMQ for some N only) is judged
     against its own noise (CALIBRATED_POLICY, which needs a reference engine: see `judge`); every mode that routes
     by shape alone (batch-invariant, forced ws / gemm_n / decode_mmq) and the reference engines are held to
-    POLICIES (exact on the GPU)."""
+    POLICIES (exact on the GPU); any other engine (an --engine spec) by `policy_for_engine`."""
+    if backend not in POLICIES:
+        return policy_for_engine(engine, variant_of(engine))
     return CALIBRATED_POLICY if getattr(engine, "route_mode", None) == "auto" else POLICIES[backend]
+
+
+def variant_of(engine) -> str:
+    """The quant variant of a synthetic fixture an engine runs on, from its file name (preset-variant-s<seed>-...);
+    "real" for any other file."""
+    name = str(describe_engine(engine).get("model", "") or getattr(engine, "name", ""))
+    for v in sorted(VARIANTS, key=len, reverse=True):
+        if f"-{v}-s" in name:
+            return v
+    return "real"
+
+
+def policy_for_engine(engine, variant: str) -> Policy | CalibratedPolicy:
+    """The policy any engine is judged by, from what it says it is (``describe()``): our float64 engine by
+    FLOAT64_POLICY, our GPU engine exactly in a batch-invariant mode and by the calibrated rule in auto mode; every
+    other engine (llama.cpp, a served engine, a peer process, the broken control) by the outside-engine policy of
+    its weights, float or quantized (OUTSIDE_F32_POLICY / OUTSIDE_QUANT_POLICY, gemma_oracle.oracles.compare)."""
+    info = describe_engine(engine)
+    kind = info.get("engine", "")
+    if kind == "gemma-oracle numpy":
+        return POLICIES.get(info.get("dtype"), FLOAT64_POLICY)
+    if kind == "gemma-oracle cupy":
+        return CALIBRATED_POLICY if info.get("route_mode") == "auto" else exact()
+    return OUTSIDE_F32_POLICY if variant in ("f32", "f16", "bf16") else OUTSIDE_QUANT_POLICY
 
 
 def judge(engine, backend: str, prompts, forced, *, reference, cache: RefCache | None = None) -> GoldenResult:
