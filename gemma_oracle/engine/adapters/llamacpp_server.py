@@ -18,7 +18,7 @@ import sys
 from gemma_oracle.engine.adapters.llamacpp import LlamaCppError
 
 _CHILD = r"""
-import json, sys, time
+import json, os, sys, time
 import xllamacpp as xlc
 cfg = json.loads(sys.argv[1])
 p = xlc.CommonParams()
