@@ -141,3 +141,33 @@ def test_a_file_llama_cpp_refuses_is_a_typed_error(tmp_path):
     bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\x00" * 64)
     with pytest.raises(llamacpp.LlamaCppError):
         _make(bad, slots=2)
+
+
+# ---------------------------------------------------------------------------------------- prefill_batch placement
+
+def test_prefill_batch_is_one_request_forced_into_its_own_slots(engines):
+    """Beside live sequences (one of them sharing a prefix with a joiner), N prompts go through ONE llama_decode,
+    each into the slot the engine chose (checked on /slots), and the live ones decode on from their own slots."""
+    e = engines["f32"]
+    live = [e.new_sequence() for _ in range(3)]
+    e.prefill_batch(live, [[2, 10, 11, 12, 13], [2, 20, 21], [2, 30, 31, 32, 33, 34, 35]])
+    e.decode(live, [40, 41, 42])
+    joiners = [e.new_sequence() for _ in range(4)]
+    e.prefill_batch(joiners, [[2, 10, 11, 99], [2, 50], [2, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69], [2, 50]])
+    rec = e.last_batch()
+    assert rec.rows == 4 and rec.forward_calls == 1 and rec.attempts == 1, rec
+    assert "forced by keys" in rec.detail and "checked on /slots" in rec.detail, rec.detail
+    out = e.decode(live + joiners, [5, 6, 7, 8, 9, 10, 11])   # every row reuses its own slot (else an error)
+    assert out.shape == (7, e.vocab_size) and e.last_batch().forward_calls == 1
+
+
+def test_prefill_batch_falls_back_to_pinned_requests_when_a_live_history_extends_a_prompt(engines):
+    e = engines["f32"]
+    live = e.new_sequence()
+    e.prefill(live, [2, 70, 71, 72])           # lowest free slot: below the joiners' slots
+    joiners = [e.new_sequence() for _ in range(2)]
+    e.prefill_batch(joiners, [[2, 70, 71], [2, 80]])   # [2, 70, 71] is a prefix of the live history
+    rec = e.last_batch()
+    assert "fallback to 2 pinned requests" in rec.detail and "(live) holds tokens that start with all 3" in rec.detail
+    e.decode([live] + joiners, [1, 2, 3])      # the live history was not touched
+    assert e.last_batch().forward_calls == 1

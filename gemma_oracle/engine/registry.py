@@ -209,7 +209,9 @@ BUILTIN: dict[str, EngineEntry] = {e.name: e for e in (
                  "api_key": (str, "bearer token, if the server wants one"),
                  "timeout": (float, "seconds per request, default 120"),
                  "metrics": (on_off, "read the server's /metrics to check that every step was one batch, default on"),
-                 "retries": (non_negative_int, "re-issues of a step that was not one llama_decode, default 8")}),
+                 "retries": (non_negative_int, "re-issues of a step that was not one llama_decode, default 8"),
+                 "slot_similarity": (float, "the llama.cpp server's --slot-prompt-similarity, default 0.1 (a batched "
+                                            "prefill's slot placement must beat it)")}),
     EngineEntry("process", "gemma_oracle.engine.adapters.process_engine:make",
                 "an engine in another process (any language) speaking the stdio protocol (docs/stdio-protocol.md)",
                 {"cmd": (str, "the command line that starts the peer (required)"),

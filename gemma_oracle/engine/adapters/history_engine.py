@@ -10,6 +10,16 @@ decode step processes one new token per sequence. What makes it *right* is that 
   on every run; a dead sequence's slot is scrubbed too before the next request, so its stale history can never be
   picked up by a live sequence that happens to extend it (the golden run's single-user references would otherwise
   hand their KV to the batched candidates).
+* ``prefill_batch`` of N prompts is ONE request too, with ``cache_prompt: false`` (every prompt processed whole),
+  so llama.cpp queues its N tasks together and prefills them in one ``llama_decode`` (as many as the total token
+  count needs ubatches). One request carries one ``id_slot``, so the placement is forced instead (``slot_placement``):
+  each sequence's slot first gets a *key*, the shortest prefix of its prompt that makes it strictly the best
+  match, by llama.cpp's own rule replayed here on what every slot holds (the engine tracks it), and never a slot
+  that holds a live history. After the request ``/slots`` (when the server has it) must show each prompt's task in
+  its slot. The fallback, N concurrent pinned requests (rarely one batch: the record says so), is used exactly
+  when the placement cannot be forced: a slot outside the call holds a history that starts with a whole prompt of
+  the call (a live sequence extending it), too many identical prompts for their length, or a server that is not
+  llama.cpp (no slots to choose: one request, no placement).
 * A decode step is ONE request carrying N prompts: llama.cpp posts its N tasks to its queue in one operation, so
   they are decoded together. (N concurrent single requests, the obvious way, were measured to land in one
   ``llama_decode`` in 2 of 30 steps at N=8: the server starts on the first request before the others arrive.)
@@ -33,6 +43,13 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 import numpy as np
 
 from gemma_oracle.engine.adapters.completion_rows import dense_rows, ordered_choices, topk_rows
+from gemma_oracle.engine.adapters.slot_placement import (
+    DEFAULT_SIMILARITY,
+    KeyPlan,
+    PlacementImpossible,
+    check_placed,
+    plan_keys,
+)
 from gemma_oracle.engine.errors import GemmaOracleError
 from gemma_oracle.engine.protocol import BatchRecord, TopKLogprobs
 
@@ -68,6 +85,8 @@ class Transport(Protocol):
 
     def counters(self) -> Optional[Counters]: ...
 
+    def slots(self) -> Optional[list]: ...   # llama.cpp's /slots, None where the server has none
+
 
 @dataclass
 class _Seq:
@@ -81,13 +100,16 @@ class _Seq:
 class HistoryEngine:
     """See the module docstring. ``slots``: the server's parallel slots; ``topk`` 0 = dense [N, vocab] rows;
     ``ban_ids``: tokens never to *sample* (llama.cpp withholds an incomplete UTF-8 token's log-probabilities);
-    ``pin_slots``: the server honours ``id_slot`` (llama.cpp); ``extra``: request fields added to every body."""
+    ``pin_slots``: the server honours ``id_slot`` (llama.cpp); ``extra``: request fields added to every body;
+    ``slot_similarity``: the server's ``slot_prompt_similarity`` (llama.cpp's default 0.1), which forced placement
+    must beat."""
 
     output_logprobs = True
 
     def __init__(self, transport: Transport, *, name: str, vocab_size: int, slots: int, topk: int = 0,
                  ban_ids: Sequence[int] = (), pin_slots: bool = True, retries: int = 8, n_ubatch: int = 512,
-                 extra: Optional[dict] = None, strict_batch: bool = False):
+                 extra: Optional[dict] = None, strict_batch: bool = False,
+                 slot_similarity: float = DEFAULT_SIMILARITY):
         self.transport = transport
         self.name = name
         self.vocab_size = int(vocab_size)
@@ -97,11 +119,14 @@ class HistoryEngine:
         self.n_ubatch = int(n_ubatch)
         self.pin_slots = pin_slots
         self.strict_batch = strict_batch
+        self.slot_similarity = float(slot_similarity)
         self._bias = [[int(i), False] for i in ban_ids]
         self._extra = dict(extra or {})
         self._owner: dict[int, int] = {}          # slot -> id of the live _Seq that owns it
         self._dirty: set[int] = set()             # slots whose owner died: scrub before the next request
         self._scrub_token: dict[int, int] = {}    # slot -> the one token it holds after a scrub
+        self._held: dict[int, list[int]] = {}     # slot -> the tokens it holds (a slot keeps its last prompt)
+        self.last_placement: str = ""             # how the last prefill_batch placed its prompts (for reports)
         self._lock = threading.Lock()
         self._last: Optional[BatchRecord] = None
 
@@ -143,7 +168,10 @@ class HistoryEngine:
         # a multi-prompt response's ``usage`` is not per row (llama.cpp reports one task's), so N > 1 rows are checked
         # through the processed-token counter in _batched instead
         check = (lambda response: self._check_cached(response, expected_cached, what)) if n == 1 else (lambda r: None)
-        return self._batched(body, n, min_calls=1, prompt_tokens=n, check=check, redo=None)
+        rows = self._batched(body, n, min_calls=1, prompt_tokens=n, check=check, redo=None)
+        for s, h in zip(seqs, histories):
+            self._held[s.slot] = h   # checked above: each history ran in its own slot
+        return rows
 
     def last_batch(self) -> Optional[BatchRecord]:
         return self._last
@@ -197,6 +225,7 @@ class HistoryEngine:
             body["logit_bias"] = self._bias
         self.transport.complete(body)
         self._scrub_token[slot] = token
+        self._held[slot] = [token]
 
     def _scrub_dirty(self, histories: Sequence[Sequence[int]]) -> None:
         """Overwrite dead sequences' slots with one token that starts no live history (see the module docstring)."""
@@ -213,34 +242,126 @@ class HistoryEngine:
         n = len(seqs)
         if n == 0 or n != len(prompts) or any(len(p) == 0 for p in prompts):
             raise ValueError(f"{self.name}: prefill needs one non-empty prompt per sequence")
+        if len({id(s) for s in seqs}) != n:
+            raise ValueError(f"{self.name}: the same sequence twice in one prefill_batch")
         self._check_n(n)
         slots = [self._claim(s) for s in seqs]
         prompts = [[int(t) for t in p] for p in prompts]
-        firsts = {p[0] for p in prompts}
-
-        def scrub_all():
-            self._scrub_dirty(prompts)
-            if self.pin_slots:
-                for slot in slots:   # fresh: the slot must share no prefix with the prompt
-                    self._scrub(slot, firsts | {self._scrub_token.get(slot, -1)})
-
-        bodies = []
-        for slot, p in zip(slots, prompts):
-            b = self._body(p)
-            if self.pin_slots:
-                b["id_slot"] = slot
-            bodies.append(b)
-
-        check = lambda response: self._check_cached(response, 0, f"prefill of {n} prompt(s) into scrubbed slots")  # noqa: E731
-        scrub_all()
         total = sum(len(p) for p in prompts)
         min_calls = max(1, math.ceil(total / self.n_ubatch))   # the ubatches the total token count needs
-        out = self._batched(bodies[0] if n == 1 else bodies, n, min_calls=min_calls, prompt_tokens=total, check=check, redo=scrub_all)
+        if n == 1 or not self.pin_slots:
+            out = self._one_request(prompts, slots, min_calls=min_calls, total=total)
+        else:
+            try:
+                out = self._forced(prompts, slots, min_calls=min_calls, total=total)
+            except PlacementImpossible as exc:
+                self.last_placement = f"fallback to {n} pinned requests: {exc}"
+                out = self._pinned(prompts, slots, min_calls=min_calls, total=total)
         for s, p in zip(seqs, prompts):
             s.history = list(p)
         if concurrent:
             return out
         return out[0]
+
+    def _fresh_check(self, n: int):
+        return lambda response: self._check_cached(response, 0, f"prefill of {n} prompt(s) into scrubbed slots")
+
+    def _one_request(self, prompts: list[list[int]], slots: list[int], *, min_calls: int, total: int):
+        """One prompt pinned to its scrubbed slot, or N prompts to a server without slots (one request, no
+        placement to force)."""
+        n = len(prompts)
+
+        def scrub_all():
+            self._scrub_dirty(prompts)
+            if self.pin_slots:   # fresh: the slot must share no prefix with the prompt
+                self._scrub(slots[0], {prompts[0][0], self._scrub_token.get(slots[0], -1)})
+
+        body = self._body(prompts[0] if n == 1 else prompts)
+        if self.pin_slots:
+            body["id_slot"] = slots[0]
+        scrub_all()
+        out = self._batched(body, n, min_calls=min_calls, prompt_tokens=total, check=self._fresh_check(n),
+                            redo=scrub_all)
+        if self.pin_slots:
+            self._held[slots[0]] = prompts[0]
+        self.last_placement = "one pinned request" if self.pin_slots else "one request (server without slots)"
+        return out
+
+    def _forced(self, prompts: list[list[int]], slots: list[int], *, min_calls: int, total: int):
+        """N prompts in ONE request, each forced into its own slot by a key (``slot_placement``); raises
+        PlacementImpossible, before anything is sent, when no keys can force it."""
+        n = len(prompts)
+        self._scrub_dirty(prompts)
+        plan = self._plan(prompts, slots)
+
+        def key_slots():
+            for i, slot in enumerate(slots):
+                body = {"prompt": list(plan.keys[i]), "max_tokens": 1, "temperature": 0, "cache_prompt": True,
+                        "id_slot": slot}
+                if self._bias:
+                    body["logit_bias"] = self._bias
+                self.transport.complete(body)
+                self._held[slot] = list(plan.keys[i])
+
+        def redo():   # an attempt that was not one batch left the prompts in their slots: key them again
+            nonlocal plan
+            plan = self._plan(prompts, slots)
+            key_slots()
+
+        body = self._body([prompts[i] for i in plan.order])
+        body["cache_prompt"] = False   # each prompt processed whole, from position 0, whatever its slot held
+        key_slots()
+        rows = self._batched(body, n, min_calls=min_calls, prompt_tokens=total, check=self._fresh_check(n), redo=redo)
+        listed = self.transport.slots() if hasattr(self.transport, "slots") else None
+        if listed is not None:
+            problem = check_placed(listed, plan, prompts, slots)
+            if problem:
+                raise SlotAffinityError(f"{self.transport.where}: prefill_batch of {n} prompts, forced by keys "
+                                        f"{[list(k) for k in plan.keys]}, did not land as planned: {problem}")
+        for slot, p in zip(slots, prompts):
+            self._held[slot] = p
+        keyed = ", ".join(f"{len(k)}/{len(p)}" for k, p in zip(plan.keys, prompts))
+        self.last_placement = (f"one request, forced by keys of {keyed} tokens; "
+                               + ("checked on /slots" if listed is not None else "not checked (no /slots)"))
+        if self._last is not None:
+            self._last = _with_detail(self._last, self.last_placement)
+        inverse = np.argsort(np.asarray(plan.order))   # rows came back in request order
+        return rows[inverse]
+
+    def _plan(self, prompts: list[list[int]], slots: list[int]) -> KeyPlan:
+        with self._lock:
+            owners = dict(self._owner)
+        held = {s: t for s, t in self._held.items() if s not in slots}
+
+        def describe(slot):
+            return f"slot {slot} ({'live' if slot in owners else 'free'})"
+        return plan_keys(prompts, slots, held, threshold=self.slot_similarity, describe=describe)
+
+    def _pinned(self, prompts: list[list[int]], slots: list[int], *, min_calls: int, total: int):
+        """The fallback: N concurrent requests, each pinned to its scrubbed slot. llama.cpp starts on the first
+        before the others arrive, so they are rarely one batch; the call is re-run (slots scrubbed first, so every
+        attempt starts fresh) up to ``retries`` times, and the record says what happened."""
+        n = len(prompts)
+        firsts = {p[0] for p in prompts}
+
+        def scrub_all():
+            self._scrub_dirty(prompts)
+            for slot in slots:   # fresh: the slot must share no prefix with the prompt
+                self._scrub(slot, firsts | {self._scrub_token.get(slot, -1)})
+
+        bodies = []
+        for slot, p in zip(slots, prompts):
+            b = self._body(p)
+            b["id_slot"] = slot
+            bodies.append(b)
+        scrub_all()
+        out = self._batched(bodies, n, min_calls=min_calls, prompt_tokens=total, check=self._fresh_check(n),
+                            redo=scrub_all)
+        for slot, p in zip(slots, prompts):
+            self._held[slot] = p
+        if self._last is not None:
+            self._last = _with_detail(self._last, self.last_placement)
+        return out
 
     def _send(self, body_or_bodies, n: int) -> dict:
         if isinstance(body_or_bodies, dict):
@@ -302,6 +423,11 @@ class HistoryEngine:
                 return rows
             if redo is not None:
                 redo()
+
+
+def _with_detail(record: BatchRecord, more: str) -> BatchRecord:
+    return BatchRecord(rows=record.rows, forward_calls=record.forward_calls, min_forward_calls=record.min_forward_calls,
+                       attempts=record.attempts, detail=f"{record.detail}; {more}")
 
 
 def _cached_tokens(choice_or_response: dict) -> Optional[int]:

@@ -67,9 +67,11 @@ class InProcessServer:
         p.cache_ram_mib = 0        # no host prompt cache: a slot may only ever hold its own sequence's KV
         p.cache_idle_slots = False
         p.endpoint_metrics = True  # n_decode_total: the one-batch probe
+        p.endpoint_slots = True    # /slots: where a forced prefill_batch placement really landed
         p.warmup = False
         p.port = 0
         self._server = xlc.Server(p)
+        self.slot_similarity = float(p.slot_prompt_similarity)   # what a forced placement must beat
         self.where = f"llama.cpp in-process at {self._server.listening_address}"
         self.address = self._server.listening_address
 
@@ -85,19 +87,32 @@ class InProcessServer:
     def counters(self) -> Optional[Counters]:
         return parse_counters(self._server.handle_metrics())
 
+    def slots(self) -> Optional[list]:
+        """llama.cpp's /slots (each slot's last task and prompt length), None when it cannot be read."""
+        return _get_json(self.address + "/slots")
+
     def slot_context(self) -> Optional[int]:
         """The context each slot really has (llama.cpp caps it at the model's training context), from /props."""
-        import json
-        import urllib.request
-
+        props = _get_json(self.address + "/props")
         try:
-            with urllib.request.urlopen(self.address + "/props", timeout=10) as resp:
-                return int(json.loads(resp.read())["default_generation_settings"]["n_ctx"])
-        except Exception:   # describe() only; the asked-for value is reported beside it
+            return int(props["default_generation_settings"]["n_ctx"])
+        except (TypeError, KeyError, ValueError):   # describe() only; the asked-for value is reported beside it
             return None
 
     def close(self) -> None:
         self._server = None
+
+
+def _get_json(url: str):
+    """GET a JSON endpoint of the in-process server (it is a real HTTP server too); None when it does not answer."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return json.loads(resp.read())
+    except Exception:   # the callers treat a missing answer as "not known"
+        return None
 
 
 class LlamaCppEngine(HistoryEngine):
@@ -123,7 +138,7 @@ class LlamaCppEngine(HistoryEngine):
                    (f",topk={topk}" if topk else "")
         super().__init__(self.server, name=f"llamacpp[{settings}]:{Path(path).name}", vocab_size=vocab.vocab_size,
                          slots=slots, topk=topk, ban_ids=vocab.partial_utf8_ids, pin_slots=True, retries=retries,
-                         n_ubatch=n_ubatch)
+                         n_ubatch=n_ubatch, slot_similarity=self.server.slot_similarity)
 
     def describe(self) -> dict:
         version, build = llama_cpp_build()

@@ -18,7 +18,7 @@ import sys
 from gemma_oracle.engine.adapters.llamacpp import LlamaCppError
 
 _CHILD = r"""
-import json, sys, time
+import json, os, sys, time
 import xllamacpp as xlc
 cfg = json.loads(sys.argv[1])
 p = xlc.CommonParams()
@@ -35,6 +35,7 @@ p.cache_ram_mib = 0
 p.cache_idle_slots = False
 p.endpoint_metrics = cfg["metrics"]
 p.endpoint_props = True
+p.endpoint_slots = True   # where a forced prefill_batch placement landed (history_engine)
 p.warmup = False
 p.port = 0
 server = xlc.Server(p)

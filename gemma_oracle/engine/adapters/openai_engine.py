@@ -7,7 +7,10 @@ decides the rest, found out once at start:
 
 * llama.cpp (``/props`` answers with ``build_info``): slots are pinned with ``id_slot``, incomplete UTF-8 byte
   tokens are banned from sampling (llama.cpp withholds their log-probabilities), and when ``/metrics`` has
-  ``llamacpp:n_decode_total`` every step is checked to be one ``llama_decode`` (re-issued otherwise).
+  ``llamacpp:n_decode_total`` every step is checked to be one ``llama_decode`` (re-issued otherwise). A
+  ``prefill_batch`` is one request whose placement is forced by keys (``slot_placement``), which must beat the
+  server's ``--slot-prompt-similarity``: pass ``slot_similarity`` when the server was not started with the default
+  0.1 (the server does not report it); ``/slots`` (on by default) is read to check where the prompts landed.
 * anything else: no slot pinning, and ``last_batch()`` is None ("batch probe: none" in ``describe()``).
 
 Every failure to talk to the server (refused, HTTP 4xx/5xx, timeout, not JSON) is an ``OpenAIServerError``
@@ -26,6 +29,7 @@ from typing import Any, Optional
 from gemma_oracle.engine.adapters.gguf_vocab import read_vocab_info
 from gemma_oracle.engine.adapters.history_engine import Counters, HistoryEngine
 from gemma_oracle.engine.adapters.llamacpp_engine import parse_counters
+from gemma_oracle.engine.adapters.slot_placement import DEFAULT_SIMILARITY
 from gemma_oracle.engine.errors import GemmaOracleError
 
 __all__ = ["HttpTransport", "OpenAIEngine", "OpenAIServerError", "make"]
@@ -45,6 +49,7 @@ class HttpTransport:
         self.timeout = float(timeout)
         self.api_key = api_key
         self.metrics = metrics
+        self.has_slots = True
 
     def request(self, path: str, body: Any = None, *, expect: str, timeout: Optional[float] = None, raw: bool = False):
         url = self.url + path
@@ -76,6 +81,19 @@ class HttpTransport:
     def complete(self, body: dict) -> dict:
         return self.request("/v1/completions", body, expect="a completion with logprobs")
 
+    def slots(self) -> Optional[list]:
+        """llama.cpp's /slots, None when the server has none (asked once: a server without it never grows one)."""
+        if not self.has_slots:
+            return None
+        try:
+            listed = self.request("/slots", expect="llama.cpp /slots", timeout=10)
+        except OpenAIServerError:
+            listed = None
+        if not isinstance(listed, list):
+            self.has_slots = False
+            return None
+        return listed
+
     def counters(self) -> Optional[Counters]:
         if not self.metrics:
             return None
@@ -89,7 +107,8 @@ class OpenAIEngine(HistoryEngine):
     """See the module docstring."""
 
     def __init__(self, model_path, *, url: str, model: Optional[str] = None, topk: int = 64,
-                 api_key: Optional[str] = None, timeout: float = 120, metrics: bool = True, retries: int = 8):
+                 api_key: Optional[str] = None, timeout: float = 120, metrics: bool = True, retries: int = 8,
+                 slot_similarity: float = DEFAULT_SIMILARITY):
         path = str(Path(model_path))
         if not os.path.isfile(path):
             raise OpenAIServerError(f"{url}: model file {path} not found: the engine reads its vocabulary from it")
@@ -98,6 +117,7 @@ class OpenAIEngine(HistoryEngine):
         info = self._server_info(transport)
         self.server_info = info
         self.is_llamacpp = "build_info" in info.get("props", {})
+        transport.has_slots = self.is_llamacpp and info.get("props", {}).get("endpoint_slots", True) is not False
         slots = int(info.get("props", {}).get("total_slots") or 0) or 1_000_000
         probe = metrics and transport.counters() is not None
         transport.metrics = probe
@@ -109,7 +129,8 @@ class OpenAIEngine(HistoryEngine):
         super().__init__(transport, name=f"openai[{transport.url},topk={topk}]:{Path(path).name}",
                          vocab_size=vocab.vocab_size, slots=slots, topk=topk,
                          ban_ids=vocab.partial_utf8_ids if self.is_llamacpp else (), pin_slots=self.is_llamacpp,
-                         retries=retries, n_ubatch=int(info.get("n_ubatch", 512)), extra=extra)
+                         retries=retries, n_ubatch=int(info.get("n_ubatch", 512)), extra=extra,
+                         slot_similarity=slot_similarity)
 
     def _server_info(self, transport: HttpTransport) -> dict:
         """What the server says about itself: llama.cpp's /props, else /v1/models; a dead URL fails here, typed."""
@@ -155,7 +176,8 @@ class OpenAIEngine(HistoryEngine):
 
 
 def make(model_path, *, url: str, model: Optional[str] = None, topk: int = 64, api_key: Optional[str] = None,
-         timeout: float = 120, metrics: bool = True, retries: int = 8) -> OpenAIEngine:
+         timeout: float = 120, metrics: bool = True, retries: int = 8,
+         slot_similarity: float = DEFAULT_SIMILARITY) -> OpenAIEngine:
     """The registry's factory (``--engine openai:url=http://127.0.0.1:8080,topk=64``); topk=0 = full vocabulary."""
     return OpenAIEngine(model_path, url=url, model=model, topk=topk, api_key=api_key, timeout=timeout,
-                        metrics=metrics, retries=retries)
+                        metrics=metrics, retries=retries, slot_similarity=slot_similarity)
