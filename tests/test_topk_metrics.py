@@ -135,3 +135,20 @@ def test_calibrated_rule_on_logprobs_and_topk_rows():
         bad = check_calibrated(ref=ref, single=make(single), batched=make(buggy), name_ref="r", name_single="s",
                                name_batched="b", policy=OUTSIDE_F32_POLICY, cand_logprobs=flag)
         assert not bad.passed and "nmse" in bad.failed
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_partly_ordered_dense_side_gives_the_fully_sorted_sides_metrics(seed):
+    """dense_as_topk(head=k) orders only the first k ids (linear, not a sort of 262k ids per comparison): every metric
+    of topk_distance must equal the fully sorted side's, ties included (values rounded so ties occur)."""
+    rng = np.random.default_rng(seed)
+    vocab, k = 3000, int(rng.integers(1, 80))
+    dense = np.round(rng.normal(size=vocab) * 3, 1)          # many ties
+    cand = np.round(dense + rng.normal(scale=0.3, size=vocab), 1)
+    cid, clp = dense_as_topk(cand, logprobs=False)
+    cid, clp = cid[:k], clp[:k]
+    full = topk_distance(*dense_as_topk(dense, logprobs=False), cid, clp)
+    part = topk_distance(*dense_as_topk(dense, logprobs=False, head=k), cid, clp)
+    assert full == part
+    ids, _ = dense_as_topk(dense, logprobs=False, head=k)
+    assert sorted(ids.tolist()) == list(range(vocab))         # still every id, once

@@ -73,7 +73,7 @@ def _against_reference(ref_lp: np.ndarray, row, k: int) -> tuple[float, float, f
     reference looked up exactly at the candidate's ids (nmse over those ids, max_abs the rigorous lower bound,
     gemma_oracle.oracles.metrics.topk_distance)."""
     if isinstance(row, TopKLogprobs):
-        rid, rlp = dense_as_topk(ref_lp, logprobs=True)
+        rid, rlp = dense_as_topk(ref_lp, logprobs=True, head=max(row.k, k))
         d = topk_distance(rid, rlp, row.ids, row.logprobs)
         mm = min(k, d.m)
         return (d.nmse_shared, d.max_abs_lower, d.kl_shared, d.ref_top, d.cand_top,

@@ -364,14 +364,15 @@ def as_logprobs(row, logprobs: bool) -> np.ndarray:
     return np.asarray(row) if logprobs else log_softmax(row)
 
 
-def topk_side(row, *, logprobs: bool, vocab: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+def topk_side(row, *, logprobs: bool, vocab: Optional[int] = None,
+              head: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
     """(ids, log-probabilities) of one row of either kind: a TopKLogprobs row as it is, a dense row as its whole
-    vocabulary (gemma_oracle.oracles.metrics.dense_as_topk: ids looked up exactly)."""
+    vocabulary (gemma_oracle.oracles.metrics.dense_as_topk: ids looked up exactly; ``head`` ids in order)."""
     if isinstance(row, TopKLogprobs):
         if row.ids.ndim != 1:
             raise ValueError(f"expected one top-k row, got shape {row.shape}")
         return row.ids, row.logprobs
-    return dense_as_topk(row, logprobs=logprobs)
+    return dense_as_topk(row, logprobs=logprobs, head=head)
 
 
 def check_logits_close(
@@ -476,8 +477,11 @@ def _check_topk(*, ref, cand, name_ref: str, name_cand: str, policy: Policy, whe
     head = f"{where}: " if where else ""
     sides = f"{name_cand} vs {name_ref}"
     try:
-        ri, rv = topk_side(ref, logprobs=ref_logprobs)
-        ci, cv = topk_side(cand, logprobs=cand_logprobs)
+        # a dense side needs its head in order only as far as the other side lists ids (and the policy's top-k)
+        k_of = {id(x): x.k for x in (ref, cand) if isinstance(x, TopKLogprobs)}
+        head_len = max([policy.topk, *k_of.values()])
+        ri, rv = topk_side(ref, logprobs=ref_logprobs, head=head_len)
+        ci, cv = topk_side(cand, logprobs=cand_logprobs, head=head_len)
         d = topk_distance(ri, rv, ci, cv)
     except ValueError as exc:
         nan = float("nan")

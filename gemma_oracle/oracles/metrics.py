@@ -276,8 +276,12 @@ def _topk_row(ids, logprobs) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"a top-k row needs 1-D ids and log-probabilities of one length >= 1, got {i.shape}, {v.shape}")
     if not np.isfinite(v).all():
         raise ValueError("a top-k row's log-probabilities must be finite (an unknown entry is left out, not -inf)")
-    if np.unique(i).size != i.size:
-        raise ValueError(f"a top-k row lists an id twice: {i.tolist()}")
+    if i.min() < 0:
+        raise ValueError(f"a top-k row lists a negative id: {i[i < 0][:8].tolist()}")
+    # linear in the ids (a full-vocabulary side has 262k of them; a sort per comparison cost seconds a sweep)
+    counts = np.bincount(i)
+    if counts.max() > 1:
+        raise ValueError(f"a top-k row lists an id twice: {np.flatnonzero(counts > 1)[:8].tolist()}")
     return i, v
 
 
@@ -293,10 +297,20 @@ def topk_distance(ref_ids, ref_logprobs, cand_ids, cand_logprobs) -> TopKDistanc
     ri, rv = _topk_row(ref_ids, ref_logprobs)
     ci, cv = _topk_row(cand_ids, cand_logprobs)
     m = min(ri.size, ci.size)
-    ref_in_cand = int(np.isin(ri[:m], ci[:m]).sum())
-    cand_in_ref = int(np.isin(ci[:m], ri[:m]).sum())
+    # membership by table lookup (ids are token ids: small non-negative integers), linear in both rows
+    size = int(max(ri.max(), ci.max())) + 1
+    pos_in_c = np.full(size, -1, dtype=np.int64)
+    pos_in_c[ci] = np.arange(ci.size)
+    in_r = np.zeros(size, dtype=bool)
+    in_r[ri] = True
+    ref_in_cand = int((pos_in_c[ri[:m]] >= 0).sum() if m == ci.size else np.isin(ri[:m], ci[:m]).sum())
+    cand_in_ref = int(in_r[ci[:m]].sum() if m == ri.size else np.isin(ci[:m], ri[:m]).sum())
 
-    shared, r_at, c_at = np.intersect1d(ri, ci, assume_unique=True, return_indices=True)
+    c_at_all = pos_in_c[ri]
+    r_at = np.flatnonzero(c_at_all >= 0)
+    r_at = r_at[np.argsort(ri[r_at], kind="stable")]   # shared ids in id order: sums independent of either side's order
+    c_at = c_at_all[r_at]
+    shared = ri[r_at]
     a, b = rv[r_at], cv[c_at]
     if shared.size:
         d = np.abs(a - b)
@@ -309,7 +323,7 @@ def topk_distance(ref_ids, ref_logprobs, cand_ids, cand_logprobs) -> TopKDistanc
     else:
         max_shared, nmse_s, kl = 0.0, 0.0, 0.0
     # One side only: the other side's value is <= its k-th value, so |d| >= value - kth when that is positive.
-    r_only, c_only = ~np.isin(ri, ci), ~np.isin(ci, ri)
+    r_only, c_only = c_at_all < 0, ~in_r[ci]
     bound = max_shared
     if r_only.any():
         bound = max(bound, float(np.max(rv[r_only] - cv.min())))
@@ -322,16 +336,29 @@ def topk_distance(ref_ids, ref_logprobs, cand_ids, cand_logprobs) -> TopKDistanc
                         ref_margin=margin)
 
 
-def dense_as_topk(row, *, logprobs: bool) -> tuple[np.ndarray, np.ndarray]:
-    """A dense row [vocab] as a top-vocab row (every id, most likely first; ties: lower id first) of
-    log-probabilities: its values as they are when ``logprobs`` (an exact lookup, nothing renormalised), else
-    log-softmaxed first (raw logits and log-probabilities differ by a per-row constant; compared raw they would
-    differ everywhere). Ids whose value is -inf (masked tokens, probability 0) are left out: unknown is never -inf
-    here, and a probability-0 token is not a candidate anyone lists."""
+def dense_as_topk(row, *, logprobs: bool, head: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """A dense row [vocab] as a top-vocab row of log-probabilities (every id; most likely first; ties: lower id
+    first): its values as they are when ``logprobs`` (an exact lookup, nothing renormalised), else log-softmaxed first
+    (raw logits and log-probabilities differ by a per-row constant; compared raw they would differ everywhere). Ids
+    whose value is -inf (masked tokens, probability 0) are left out: unknown is never -inf here, and a
+    probability-0 token is not a candidate anyone lists.
+
+    ``head``: only the first ``head`` ids need to be in order (the top-k metrics read the order of the first k ids
+    only, k the other side's length): they are, and the rest follow in id order, which is linear instead of a sort
+    of the whole vocabulary."""
     x = _f64(row)
     if x.ndim != 1:
         raise ValueError(f"dense_as_topk takes one row, got shape {x.shape}")
     lp = x if logprobs else log_softmax(x)
-    order = np.argsort(-lp, kind="stable")
+    if head is None or head >= lp.size:
+        order = np.argsort(-lp, kind="stable")
+    else:
+        top = np.argpartition(-lp, head)[: head + 1]
+        # the head in order (ties lower id first), including every id tied with the head's last value
+        kth = np.sort(lp[top])[::-1][head - 1] if head > 0 else np.inf
+        top = np.flatnonzero(lp >= kth)
+        top = top[np.lexsort((top, -lp[top]))]
+        rest = np.setdiff1d(np.arange(lp.size), top, assume_unique=True)
+        order = np.concatenate([top, rest])
     order = order[np.isfinite(lp[order])]
     return order, lp[order]
