@@ -162,3 +162,18 @@ def test_a_bad_option_or_a_broken_plugin_is_the_registrys_typed_error(probe, spe
     kind, is_spec_error, message = probe["errors"][spec]
     assert (kind, is_spec_error) == ("EngineSpecError", True), message
     assert says in message, message
+
+
+def test_gemma_oracle_check_selects_the_plugin_by_name(plugin_env, synthetic_gguf, tmp_path):
+    """The same plug-in from the command line a user types, in that environment: `gemma-oracle check --engine
+    toy-numpy` runs the sweep and the needle on it, passes, and labels its rows with the plug-in's name."""
+    model = synthetic_gguf("keqv-mixed", "f32")
+    cli = plugin_env.parent / "gemma-oracle"
+    proc = run([cli, "check", "--engine", "toy-numpy:prefill_chunk=4", "--fixtures", str(model), "--n", "1", "2",
+                "--tests", "sweep", "needle", "--steps", "2", "--out", str(tmp_path / "runs"), "--no-progress"],
+               cwd=tmp_path, env=clean_env(), timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| toy-numpy:prefill_chunk=4 |" in proc.stdout and "PASS: 3 of 3 cases passed" in proc.stdout, proc.stdout
+    bad = run([cli, "check", "--engine", "toy-broken", "--out", str(tmp_path / "runs")], cwd=tmp_path, env=clean_env(),
+              timeout=60)
+    assert bad.returncode == 2 and "engine 'toy-broken'" in bad.stderr and "failed to load" in bad.stderr, bad.stderr

@@ -22,7 +22,7 @@ from .errors import GemmaOracleError
 
 ENTRY_POINT_GROUP = "gemma_oracle.engines"
 
-__all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "EngineEntry", "EngineSpec", "EngineSpecError", "check_spec", "choice", "engines", "entry",
+__all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "EngineEntry", "EngineSpec", "EngineSpecError", "check_spec", "choice", "engine_label", "engines", "entry",
            "make_engine", "non_negative_int", "on_off", "parse_engine_spec", "positive_int", "unavailable_reason"]
 
 
@@ -75,6 +75,18 @@ def _split_options(text: str, spec: str) -> list[tuple[str, str]]:
         pairs.append((key, value))
         i = j + 1
     return pairs
+
+
+# Options that say where or how patiently to reach an engine, not what it computes: left out of an engine's label so
+# that runs on another port or host stay comparable (a label is part of a result row's key).
+UNLABELLED_OPTIONS = ("url", "api_key", "cmd", "timeout", "retries")
+
+
+def engine_label(spec: "EngineSpec | str") -> str:
+    """The name a result row carries for an engine: its spec without UNLABELLED_OPTIONS (`cupy:mode=auto`,
+    `llamacpp:topk=64`, `openai`)."""
+    spec = parse_engine_spec(spec) if isinstance(spec, str) else spec
+    return str(EngineSpec(spec.name, tuple((k, v) for k, v in spec.options if k not in UNLABELLED_OPTIONS)))
 
 
 def parse_engine_spec(text: str) -> EngineSpec:

@@ -237,7 +237,7 @@ def run_check(plan: CheckPlan, *, progress=None) -> CheckOutcome:
             t0 = time.monotonic()
             engine = registry.make_engine(spec, fixture.path, slots=max(plan.n_list))
             try:
-                name = registry.parse_engine_spec(spec).name
+                name = registry.engine_label(spec)
                 info = json.dumps(describe_engine(engine), sort_keys=True, default=str)
                 prompts, forced = sequences_for(fixture, engine.vocab_size, plan.steps, max(plan.n_list), plan.seed)
                 ctx = CheckContext(engine, fixture, policy_for_engine(engine, fixture.variant), reference, prompts, forced,
@@ -275,8 +275,7 @@ def write_check_run(plan: CheckPlan, outcome: CheckOutcome, root: Path, started,
         notes["engines"] = ", ".join(plan.engines)
         notes["fixtures"] = ", ".join(plan.fixtures)
         notes["batch sizes"] = ", ".join(map(str, plan.n_list))
-        writer.write_meta(collect_meta(run_dir.name, "check", ", ".join(registry.parse_engine_spec(s).name
-                                                                        for s in plan.engines),
+        writer.write_meta(collect_meta(run_dir.name, "check", ", ".join(registry.engine_label(s) for s in plan.engines),
                                        created=started, duration_s=duration_s, notes=notes))
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)
