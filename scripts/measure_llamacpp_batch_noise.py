@@ -9,7 +9,7 @@ our numpy engine, teacher-forced along llama.cpp's single-user path and log-soft
 only while the batched greedy path still equals the single-user path.
 
 Usage: python scripts/measure_llamacpp_batch_noise.py OUT.json [preset ...]
-The figures behind the policies (2026-11-25): reports/history/2026-11-25-cpu-llamacpp-batch-noise.json.
+The figures behind the policies (2026-12-06): reports/history/2026-12-06-cpu-llamacpp-batch-noise.json.
 """
 from __future__ import annotations
 

@@ -227,7 +227,7 @@ CALIBRATED_POLICY = CalibratedPolicy(name="calibrated", nmse_factor=CALIBRATED_N
 
 # Outside engines (llama.cpp and served OpenAI-compatible engines) judged by the calibrated rule against our float64
 # engine, their rows log-probabilities (dense, output_logprobs, or TopKLogprobs; the reference is log-softmaxed
-# first, gemma_oracle.oracles.calibrated). Measured 2026-11-25 with scripts/measure_llamacpp_batch_noise.py:
+# first, gemma_oracle.oracles.calibrated). Measured 2026-12-06 with scripts/measure_llamacpp_batch_noise.py:
 # xllamacpp b11549 (CPU, AVX2, 1 thread, F32 KV cache, flash attention off, n_parallel = N, N concurrent
 # requests continuously batched; n_probs = vocab), synthetic g4-12b-mini and g4-e2b-mini, prompts of 62/20/9/40/
 # 17/5/33/12 tokens x 3 seeds, 16 greedy tokens each; a batched row is compared while its greedy path equals the
@@ -248,6 +248,10 @@ CALIBRATED_POLICY = CalibratedPolicy(name="calibrated", nmse_factor=CALIBRATED_N
 # as offline-references.md §3.5 found on the real Gemma 3 270M.) Argmax flips against the reference happen at
 # the same rate single-user and batched (Q4_K_M N = 8: 22 batched, 21 single; all at reference margins far below
 # the calibrated argmax rule's 2 x max-|d| bound), so only the ratios decide.
+# Re-measured with every batched step verified as one llama_decode (the llamacpp engine of gemma-oracle check; the
+# threaded requests above were batched by timing, unverified): keqv-window24 F32/Q4_K_M, g4-e2b-mini F32/Q4_K_M,
+# g4-12b-mini Q4_K_M, N = 2, 4, 5, 8, T = 4: max ratios 1.52 NMSE / 1.23 max |d|
+# (reports/history/2026-12-06-cpu-llamacpp-verified-batch-ratios.json).
 # A second honest route: a float32 engine whose batched matmuls sum in another order than its single-user ones
 # (the numpy32 engine of the planted-bug suite, its rows dressed as log-probabilities,
 # gemma_oracle.harness.suites.planted.AsOutsideEngine), same float64 reference, 8 mixed-length prompts x 4
