@@ -190,9 +190,11 @@ def columns(record_type: type) -> list[str]:
 
 
 def oracle_records(result, *, test_id: str, suite: str, fixture: str, backend: str, route: str = NO_ROUTE,
-                   gpu_index: int | None = None, routes_taken: str = "", engine_info: str | None = None) -> list[OracleRecord]:
+                   gpu_index: int | None = None, routes_taken: str = "", engine_info: str | None = None,
+                   test: str | None = None) -> list[OracleRecord]:
     """The rows of one gemma_oracle.oracles.single_vs_batched.GoldenResult (its ``to_rows``), with their provenance.
-    ``engine_info``: the engine's configuration as JSON (default: what the result carries)."""
+    ``engine_info``: the engine's configuration as JSON (default: what the result carries); ``test``: the name the
+    caller knows the comparison by (default: the result's own)."""
     import json
 
     out = []
@@ -207,7 +209,7 @@ def oracle_records(result, *, test_id: str, suite: str, fixture: str, backend: s
             ref_top_margin=float(row["ref_top_margin"]), topk=int(row["topk"]), topk_overlap=int(row["topk_overlap"]),
             nonfinite=row["nonfinite"] or "", passed=bool(row["passed"]), verdict=row["verdict"],
             message="" if row["passed"] else row["message"], gpu_index=gpu_index, routes_taken=routes_taken,
-            test=row.get("test", "sweep"), engine_info=info,
+            test=test or row.get("test", "sweep"), engine_info=info,
         ))
     return out
 

@@ -183,10 +183,10 @@ def _engine_verdicts(run: StoredRun) -> list[Section]:
     not_batched = int((verdicts["not_batched"].astype(int) > 0).sum())
     rules = "; ".join(f"`{r.policy}`: {r.thresholds}" for r in
                       verdicts[["policy", "thresholds"]].drop_duplicates().itertuples())
-    text = ("Each engine x fixture x test x N gets one class: **bitwise** (every batched row bit-identical to its "
-            "single-user run: batch-invariant), **close** (every row within the policy's tolerance), **near-tie "
-            "flips** (the only failures are argmax flips where the reference's top-two margin is below the near-tie "
-            "bound), **broken** (anything else); \"not batched k\" = k batched steps the engine's own counters say "
+    text = ("Each engine x fixture x test x N gets one class: `bitwise` (every batched row bit-identical to its "
+            "single-user run: batch-invariant), `close` (every row within the policy's tolerance), `near-tie "
+            "flips` (the only failures are argmax flips where the reference's top-two margin is below the near-tie "
+            "bound), `broken` (anything else); \"not batched k\" = k batched steps the engine's own counters say "
             f"were not one batch. Counts: {', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}"
             f"{f'; {not_batched} cases not batched' if not_batched else ''}. Thresholds: {rules}.")
     out = [Section("Engines and verdicts", text, tables.verdict_matrix(verdicts))]

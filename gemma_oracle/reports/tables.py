@@ -145,8 +145,9 @@ def correctness_matrix(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def engines(oracle: pd.DataFrame) -> pd.DataFrame:
-    """One row per engine that produced rows: its name (the backend column) and its configuration (``describe()``
-    as stored), so every outside engine is labelled by what it said it is."""
+    """One row per engine configuration that produced rows: its name (the backend column) and what it said it is
+    (``describe()`` as stored, less the model file, which the fixture column already names), so every outside engine
+    is labelled by its own words."""
     import json
 
     cols = ["engine", "configuration"]
@@ -158,9 +159,10 @@ def engines(oracle: pd.DataFrame) -> pd.DataFrame:
             parsed = json.loads(info) if info else {}
         except ValueError:
             parsed = {"describe": info}
-        parsed.pop("name", None)
+        for key in ("name", "model"):
+            parsed.pop(key, None)
         rows.append({"engine": engine, "configuration": ", ".join(f"{k} {v}" for k, v in parsed.items()) or "-"})
-    return pd.DataFrame(rows, columns=cols)
+    return pd.DataFrame(rows, columns=cols).drop_duplicates().reset_index(drop=True)
 
 
 def verdict_matrix(verdicts: pd.DataFrame) -> pd.DataFrame:

@@ -254,7 +254,7 @@ def run_check(plan: CheckPlan, *, progress=None) -> CheckOutcome:
                         oracle += oracle_records(result, test_id=f"check::{name}::{fixture.label}::{test}-n{n}",
                                                  suite="check", fixture=fixture.label, backend=name,
                                                  route=str(describe_engine(engine).get("route_mode", "none")),
-                                                 engine_info=info)
+                                                 engine_info=info, test=test)
                         verdicts.append(_verdict_record(result, name, info, fixture, test, ctx.policy))
             finally:
                 close = getattr(engine, "close", None)
