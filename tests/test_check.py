@@ -49,6 +49,10 @@ def test_our_engine_passes_every_check(control_and_numpy_runs):
     assert (ours[(ours["test"] == "sweep") & (ours["n"] == 1)]["verdict"] == BITWISE).all()
     assert (ours[ours["test"] == "determinism"]["verdict"] == BITWISE).all()
     assert (ours["not_batched"] == 0).all()
+    # rows that nothing batched are counted apart: the sweep's step 0 (prompts prefilled alone) and N = 1
+    sweep = ours[ours["test"] == "sweep"].set_index("n")
+    assert sweep.loc[1, "batched_rows"] == 0 and sweep.loc[3, "batched_rows"] == 3 * 3 < sweep.loc[3, "rows"] == 3 * 4
+    assert (ours[ours["test"] == "batched-prefill"]["batched_rows"] == ours[ours["test"] == "batched-prefill"]["rows"]).all()
 
 
 def test_the_control_is_broken_wherever_it_is_active(control_and_numpy_runs):

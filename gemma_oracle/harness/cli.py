@@ -473,8 +473,10 @@ def _cmd_check(args) -> int:
         print(f"  - {v.engine} {v.fixture} {v.test} N={v.n}: {v.verdict}: {v.reason}")
     result = report_run(run_dir, previous_run(root, run_dir))
     verdict = "FAIL" if failed or result.exit_code else "PASS"
-    print(f"\n{verdict}: {len(outcome.verdicts) - len(failed)} of {len(outcome.verdicts)} cases passed; "
-          f"report: {run_dir / 'report.html'}")
+    rows = sum(v.rows for v in outcome.verdicts)
+    batched = sum(v.batched_rows for v in outcome.verdicts)
+    print(f"\n{verdict}: {len(outcome.verdicts) - len(failed)} of {len(outcome.verdicts)} cases passed "
+          f"({rows} compared rows, {batched} of them from batched steps); report: {run_dir / 'report.html'}")
     return EXIT_FAILED if failed or result.exit_code else EXIT_OK
 
 

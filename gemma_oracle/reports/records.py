@@ -64,7 +64,8 @@ class VerdictRecord:
     """One verdict class per engine x fixture x test x N (gemma_oracle.oracles.verdicts): ``verdict`` is one of
     bitwise / close / near-tie flips / broken, ``not_batched`` counts the batched steps the engine's own probe said
     were not one batch (a finding whatever the numbers), ``thresholds`` the policy's bounds in words, ``reason`` the
-    worst row and the bound it broke."""
+    worst row and the bound it broke. ``batched_rows`` counts the compared rows a batched call produced (the rest:
+    prompts prefilled alone, N = 1), so a pass count is never inflated by rows that nothing batched."""
 
     engine: str
     engine_info: str
@@ -79,6 +80,7 @@ class VerdictRecord:
     failed: int
     not_batched: int
     passed: bool
+    batched_rows: int = 0
 
 
 @dataclass(frozen=True)

@@ -202,7 +202,15 @@ def _verdict_record(result: GoldenResult, engine_name: str, info: str, fixture: 
     return VerdictRecord(engine=engine_name, engine_info=info, fixture=fixture.label, test=test, n=result.n,
                          verdict=v.klass, policy=result.policy, thresholds=v.thresholds, reason=v.reason,
                          rows=len(result.comparisons), failed=len(result.failures), not_batched=not_batched,
-                         passed=v.klass != BROKEN and not not_batched)
+                         passed=v.klass != BROKEN and not not_batched, batched_rows=batched_rows(result))
+
+
+def batched_rows(result: GoldenResult) -> int:
+    """Compared rows that a batched call produced: a field test numbers its batched calls (None for a row made alone);
+    in the sweep, the decode steps (step >= 1) of N >= 2 sequences (step 0 is each prompt prefilled alone)."""
+    if result.calls:
+        return sum(c is not None for c in result.calls)
+    return sum(1 for _, step, _ in result.keys if step >= 1) if result.n >= 2 else 0
 
 
 @dataclass
