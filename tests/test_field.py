@@ -287,3 +287,15 @@ def test_an_engine_that_is_not_batching_fails_whatever_its_numbers():
     assert not needle.passed and len(needle.not_batched) == 3 * T   # every decode of every trial
     stale = run("sweep", StaleProbe(engine()), MIXED, 2)
     assert not stale.passed and [rec.rows for _, rec in stale.not_batched] == [1] * T
+
+
+def test_a_batched_prefill_plan_carries_one_chunk_of_every_running_prompt_per_forward():
+    from gemma_oracle.engine.prefill_plan import prefill_forwards
+
+    plan = prefill_forwards([[1, 2, 3], [4], [5, 6, 7, 8, 9]], chunk=2)
+    assert [fw.pieces for fw in plan] == [((0, (1, 2)), (1, (4,)), (2, (5, 6))), ((0, (3,)), (2, (7, 8))),
+                                          ((2, (9,)),)]
+    # prompt 1 ends at row 2 of forward 0, prompt 0 at row 0 of forward 1, prompt 2 at row 0 of forward 2
+    assert [fw.ends for fw in plan] == [((1, 2),), ((0, 0),), ((2, 0),)]
+    with pytest.raises(ValueError, match="at least one token"):
+        prefill_forwards([[1], []], chunk=2)

@@ -15,6 +15,7 @@ from .backends import make_backend
 from .kv_cache import SequenceState
 from .model import GemmaModel, Row
 from .model_file import ModelFile, load_model
+from .prefill_plan import prefill_forwards
 from .protocol import BatchRecord
 from .weights import load_weights
 
@@ -73,25 +74,18 @@ class GemmaEngine:
         """N prompts processed together -> [N, vocab], the logits of each prompt's last token. Chunk c of every
         prompt that has one goes through ONE forward (prefill_chunk tokens per prompt, so sliding rings hold)."""
         assert len(seqs) == len(prompts) and len({id(s) for s in seqs}) == len(seqs), "one prompt per distinct sequence"
-        assert all(len(p) > 0 for p in prompts), "prefill needs at least one token per prompt"
+        forwards = prefill_forwards(prompts, self.prefill_chunk)
         out: list = [None] * len(seqs)
-        longest, calls = max(len(p) for p in prompts), 0
-        for start in range(0, longest, self.prefill_chunk):
-            rows, ends = [], []
-            for i, (seq, prompt) in enumerate(zip(seqs, prompts)):
-                piece = prompt[start : start + self.prefill_chunk]
-                rows += [Row(seq, int(t), seq.length + j) for j, t in enumerate(piece)]
-                if piece and start + len(piece) == len(prompt):
-                    ends.append((i, len(rows) - 1))
-            logits = self.model.forward(rows, logits_for=[r for _, r in ends])
-            calls += 1
-            for seq, prompt in zip(seqs, prompts):
-                seq.length += len(prompt[start : start + self.prefill_chunk])
+        for fw in forwards:
+            rows = [Row(seqs[i], t, seqs[i].length + j) for i, piece in fw.pieces for j, t in enumerate(piece)]
+            logits = self.model.forward(rows, logits_for=[r for _, r in fw.ends])
+            for i, piece in fw.pieces:
+                seqs[i].length += len(piece)
             host = self.ops.to_host(logits)
-            for k, (i, _) in enumerate(ends):
+            for k, (i, _) in enumerate(fw.ends):
                 out[i] = host[k]
-        self._last_batch = BatchRecord(rows=len(seqs), forward_calls=calls, min_forward_calls=-(-longest // self.prefill_chunk),
-                                       detail="model.forward calls")
+        self._last_batch = BatchRecord(rows=len(seqs), forward_calls=len(forwards), min_forward_calls=len(forwards),
+                                       detail="model.forward calls, one per prefill chunk")
         return np.stack(out)
 
     def decode(self, seqs: Sequence[SequenceState], tokens: Sequence[int]) -> np.ndarray:

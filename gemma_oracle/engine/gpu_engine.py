@@ -22,6 +22,7 @@ import numpy as np
 from . import routing
 from .model import rope_inv_freq
 from .model_file import ModelFile, load_model
+from .prefill_plan import prefill_forwards
 from .protocol import BatchRecord
 
 PREFILL_CHUNK = 8  # same as the reference engine: ring capacity = window + chunk - 1
@@ -454,31 +455,25 @@ class CupyEngine:
     def prefill_batch(self, seqs: Sequence[GpuSequence], prompts: Sequence[Sequence[int]]) -> np.ndarray:
         """N prompts together -> [N, vocab]: chunk c of every prompt that has one goes through ONE forward."""
         assert len(seqs) == len(prompts) and len({s.slot for s in seqs}) == len(seqs), "one prompt per distinct sequence"
-        assert all(len(p) > 0 for p in prompts), "prefill needs at least one token per prompt"
+        forwards = prefill_forwards(prompts, self.prefill_chunk)
+        if max(s.length + len(p) for s, p in zip(seqs, prompts)) > self.max_context:
+            raise ValueError(f"a prompt reaches beyond this engine's context ({self.max_context})")
         out: list = [None] * len(seqs)
-        longest, calls = max(len(p) for p in prompts), 0
-        for start in range(0, longest, self.prefill_chunk):
-            tokens, positions, slots, ends = [], [], [], []
-            for i, (seq, prompt) in enumerate(zip(seqs, prompts)):
-                piece = [int(t) for t in prompt[start : start + self.prefill_chunk]]
-                tokens += piece
-                positions += [seq.length + j for j in range(len(piece))]
-                slots += [seq.slot] * len(piece)
-                if piece and start + len(piece) == len(prompt):
-                    ends.append((i, len(tokens) - 1))
-            if max(positions) >= self.max_context:
-                raise ValueError(f"position {max(positions)} is beyond this engine's context ({self.max_context})")
-            # a chunk where no prompt ends still runs (it fills the caches); the lm head takes no empty batch, so it
-            # computes one row that nobody reads
-            rows = [r for _, r in ends] or [len(tokens) - 1]
-            logits = self.cp.asnumpy(self.forward(tokens, positions, slots, rows))
-            calls += 1
-            for seq, prompt in zip(seqs, prompts):
-                seq.length += len(prompt[start : start + self.prefill_chunk])
-            for k, (i, _) in enumerate(ends):
-                out[i] = logits[k]
-        self._last_batch = BatchRecord(rows=len(seqs), forward_calls=calls, min_forward_calls=-(-longest // self.prefill_chunk),
-                                       detail="forward calls")
+        for fw in forwards:
+            tokens = [t for _, piece in fw.pieces for t in piece]
+            positions = [seqs[i].length + j for i, piece in fw.pieces for j in range(len(piece))]
+            slots = [seqs[i].slot for i, piece in fw.pieces for _ in piece]
+            # a forward where no prompt ends still runs (it fills the caches); the lm head takes no empty batch, so
+            # it computes one row nobody reads, and nothing is copied to the host
+            logits = self.forward(tokens, positions, slots, [r for _, r in fw.ends] or [len(tokens) - 1])
+            for i, piece in fw.pieces:
+                seqs[i].length += len(piece)
+            if fw.ends:
+                host = self.cp.asnumpy(logits)
+                for k, (i, _) in enumerate(fw.ends):
+                    out[i] = host[k]
+        self._last_batch = BatchRecord(rows=len(seqs), forward_calls=len(forwards), min_forward_calls=len(forwards),
+                                       detail="forward calls, one per prefill chunk")
         return np.stack(out)
 
     def decode(self, seqs: Sequence[GpuSequence], tokens: Sequence[int]) -> np.ndarray:

@@ -241,11 +241,6 @@ def _entry_point_entries() -> dict[str, EngineEntry]:
         dist = getattr(ep, "dist", None)
         origin = f"entry point {ep.value}" + (f" ({dist.name} {dist.version})" if dist is not None else "")
 
-        def factory(model_path, _ep=ep, **options):
-            obj = _ep.load()
-            obj = obj.load_factory() if isinstance(obj, EngineEntry) else obj
-            return obj(model_path, **options)
-
         def loaded_entry(_ep=ep, _origin=origin) -> EngineEntry:
             try:
                 obj = _ep.load()

@@ -223,7 +223,7 @@ def calibrated_single_vs_batched(
         positions.append(pos)
         comparisons.append(check_calibrated(
             ref=refs[i][step], single=singles[i][step], batched=cand[i][step],
-            name_ref=f"{reference_engine.name}[single]", name_single=f"{engine.name}[single]",
+            name_ref=f"{reference_engine.name}[single]", name_single=f"{alone.name}[single]",
             name_batched=f"{engine.name}[batched N={n}]", policy=policy,
             where=f"seq {i}, step {step}, token {token} (pos {pos})", cand_logprobs=output_logprobs(engine)))
 

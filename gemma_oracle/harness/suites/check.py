@@ -293,15 +293,14 @@ def write_check_run(plan: CheckPlan, outcome: CheckOutcome, root: Path, started,
 
 def verdict_lines(verdicts: Sequence[VerdictRecord]) -> list[str]:
     """The verdict table for a terminal: engine, fixture, test, then one column per N."""
+    import dataclasses
+
     import pandas as pd
 
+    from gemma_oracle.reports.render import markdown_table
     from gemma_oracle.reports.tables import verdict_matrix
 
     if not verdicts:
         return ["(no cases ran)"]
-    import dataclasses
-
     wide = verdict_matrix(pd.DataFrame([dataclasses.asdict(v) for v in verdicts]))
-    from gemma_oracle.reports.render import markdown_table
-
     return markdown_table(wide, pad=True).splitlines()
