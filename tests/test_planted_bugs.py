@@ -123,11 +123,14 @@ def test_retired_fixed_bounds_miss_bugs():
     assert seed_missed, "the seed's 12B bounds caught the skipped softcap here"
 
 
-# Planted bugs whose error stays under an int8 route's own noise on these fixtures: the fp16 rounding (~1e-7 NMSE
-# per input against int8's ~1e-4: harmless there) and V from the normed K (the fixtures' k_norm weights are
-# 0.3 +- 0.05, nearly uniform, and the weightless V norm divides a uniform scale out, so V moves by the ~18 %
-# spread only). README "What the oracle catches" states both.
+# Planted bugs whose error stays inside an int8 route's own noise on these fixtures: the fp16 rounding (~1e-7 NMSE
+# per input against int8's ~1e-4: harmless there) and V from the normed K (only the V rows written in the batched
+# steps are wrong, on one layer of six). README "What the oracle catches" states both.
 BELOW_INT8_NOISE = {"fp16-from-n5", "keqv-v-normed-k"}
+# The largest per-position batched/single-user NMSE ratio our correct GPU engine shows on its decode-MMQ routes
+# (H100, reports/history/2026-12-06-h100-validation-runs-8.md): an error ratio below it is indistinguishable from
+# that route's honest noise by any per-position rule.
+GPU_ROUTE_NOISE_RATIO = 1.89
 
 
 def test_calibrated_rule_on_an_int8_noise_route():
@@ -137,6 +140,10 @@ def test_calibrated_rule_on_an_int8_noise_route():
     assert not [r for r in runs if r.subject == "correct" and r.verdict == "fail"]
     missed = {r.subject for r in runs if r.active and r.verdict == "pass"}
     assert missed == BELOW_INT8_NOISE
+    # and they are missed because they stay inside the route's noise: at most about the ratio a correct GPU route
+    # shows by itself (the catch table prints each miss's ratio)
+    worst = max(r.noise_ratio for r in runs if r.active and r.verdict == "pass")
+    assert worst <= 1.1 * GPU_ROUTE_NOISE_RATIO, worst
     assert all(r.verdict == "fail" for r in runs if r.active and r.subject not in BELOW_INT8_NOISE)
 
 

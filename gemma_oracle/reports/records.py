@@ -160,7 +160,10 @@ class PlantedRecord:
     alarm). ``gated``: the run's verdict gates the nightly (a policy in use on the candidate it is used for);
     False: shown for the record only (a retired policy, or the calibrated rule on an int8-noise candidate, where
     bugs smaller than int8 noise are out of its reach).
-    ``message`` is the first failing comparison's, empty when the run passed."""
+    ``message`` is the first failing comparison's, empty when the run passed. ``noise_ratio`` (calibrated policies
+    only, else NaN): the largest per-position ratio of the batched error to the single-user error, NMSE against
+    the reference (gemma_oracle.oracles.calibrated.noise_ratios): how far above the route's own noise the bug
+    got, so a miss says by how much it stayed inside."""
 
     subject: str
     fixture: str
@@ -174,6 +177,7 @@ class PlantedRecord:
     comparisons: int
     failed: int
     message: str
+    noise_ratio: float = float("nan")
 
 
 # table name in the store -> its row type

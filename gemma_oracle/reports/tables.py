@@ -40,8 +40,9 @@ CORRECT_SUBJECT = "correct"  # the planted table's subject for an engine without
 
 def catch_table(planted: pd.DataFrame) -> pd.DataFrame:
     """The planted-bug catch table: one row per bug with, per policy, "caught/active" (runs where the bug is
-    active and the policy failed it / runs where it is active), then one row of the correct engines' false alarms
-    ("failed/runs"). Policies in the order they were stored."""
+    active and the policy failed it / runs where it is active; where a calibrated policy missed some, the largest
+    per-position noise ratio of those misses, e.g. "0/4 (<= 2.0x noise)"), then one row of the correct engines'
+    false alarms ("failed/runs"). Policies in the order they were stored."""
     if planted.empty:
         return pd.DataFrame(columns=["bug", "fixture", "active N"])
     pols = list(dict.fromkeys(planted["policy"]))
@@ -54,6 +55,9 @@ def catch_table(planted: pd.DataFrame) -> pd.DataFrame:
         for p in pols:
             a = act[act["policy"] == p]
             row[p] = f"{int((a['verdict'] == 'fail').sum())}/{len(a)}"
+            missed = a[a["verdict"] == "pass"]["noise_ratio"] if "noise_ratio" in a else pd.Series(dtype=float)
+            if missed.notna().any():
+                row[p] += f" (<= {missed.max():.1f}x noise)"
         rows.append(row)
     correct = planted[planted["subject"] == CORRECT_SUBJECT]
     if not correct.empty:

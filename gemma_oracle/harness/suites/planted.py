@@ -425,6 +425,7 @@ OUTSIDE_TOPK = {"outside-f32": 0, "outside-quant": 20}  # how each outside colum
 # For the record, not gated: the calibrated rule on an int8-noise route (what it cannot see there), and the fixed
 # bounds it replaced (what they passed).
 INT8_ROUTE = "calibrated@int8"
+CALIBRATED_COLUMNS = ("calibrated", INT8_ROUTE, "outside-f32", "outside-quant")   # judged by the calibrated rule
 RETIRED = ("decode-mmq", "seed-12b-mmq")
 RECORD_ONLY = (INT8_ROUTE,) + RETIRED
 CORRECT = CORRECT_SUBJECT                               # the subject name of the engines without a bug
@@ -491,6 +492,8 @@ def active(bug: str, n: int) -> bool:
 
 def catch_runs(policies: Sequence[str] = POLICIES + RECORD_ONLY, progress=None) -> list[PlantedRecord]:
     """Every (bug or correct engine) x policy x N of the suite; ``progress``, when given, is called after each."""
+    from gemma_oracle.oracles.calibrated import noise_ratios
+
     out = []
     subjects = [(bug, FIXTURE[bug]) for bug in sorted(BUGS)] + [(CORRECT, f) for f in FIXTURES]
     for subject, fixture in subjects:
@@ -499,11 +502,12 @@ def catch_runs(policies: Sequence[str] = POLICIES + RECORD_ONLY, progress=None) 
                 bug = None if subject == CORRECT else subject
                 on = bug is not None and active(bug, n)
                 result = run(fixture, policy, bug, n)
+                ratio = noise_ratios(result)["max_nmse_ratio"] if policy in CALIBRATED_COLUMNS else float("nan")
                 verdict = "pass" if result.passed else "fail"
                 expected = "fail" if on else "pass"
                 out.append(PlantedRecord(subject, fixture, policy, policy in POLICIES, n, on, verdict, expected,
                                          verdict == expected, len(result.comparisons), len(result.failures),
-                                         "" if result.passed else result.failures[0].message))
+                                         "" if result.passed else result.failures[0].message, ratio))
                 if progress is not None:
                     progress()
     return out
