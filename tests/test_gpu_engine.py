@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gemma_oracle.harness.suites.synthetic import (GPU_BOUNDARY_N, GPU_N_LIST, cases, engine_for, record_context, run_case,
-                                                   sequences)
+                                                   run_pinned_case, sequences)
 from gemma_oracle.oracles.calibrated import noise_ratios
 from gemma_oracle.oracles.compare import CALIBRATED_POLICY, exact
 from gemma_oracle.oracles.metrics import nmse, top1_top2_margin
@@ -44,6 +44,17 @@ def test_gpu_auto_mode_golden(case, record_oracle, record_property):
     assert result.policy == CALIBRATED_POLICY.name
     assert len(result.comparisons) == case.n * (case.steps + 1)
     record_property("noise_ratios", json.dumps(noise_ratios(result)))  # batched / single-user error, for the note
+    result.assert_passed()
+
+
+@pytest.mark.parametrize("case", GOLDEN, ids=[c.id for c in GOLDEN])
+def test_gpu_auto_mode_pinned_bitwise(case, record_oracle):
+    """The fast mode's bitwise contract (gemma_oracle.oracles.pinned): every row of an auto-mode batch of N equals
+    single-user decode on the routes of an N-row step (auto@N), bit for bit, on every input plan and N."""
+    result = run_pinned_case(case, "cupy")
+    record_oracle(result, **record_context(case, "cupy", "auto"))
+    assert result.policy == "pinned-exact"
+    assert len(result.comparisons) == case.n * (case.steps + 1)
     result.assert_passed()
 
 

@@ -258,6 +258,7 @@ class CupyEngine:
         if mode == getattr(self, "route_mode", None):
             return
         routing.explain_route("F32", 1, 256, 1, mode=mode)  # a bad mode fails here, not mid-step
+        self._decoding = False
         self.route_mode = mode
         self.name = self._base_name
         if mode != "batch-invariant" or self.disabled_routes:  # different numbers: a different name
@@ -265,13 +266,17 @@ class CupyEngine:
         self._graphs.clear()
 
     # --- the forward pass ----------------------------------------------------------------------------
-    def route(self, name: str, n: int) -> str:
+    def route(self, name: str, n: int, decoding: bool | None = None) -> str:
         m = self.w[name]
-        return routing.route_for(m.type_name, m.rows, m.n_cols, n, mode=self.route_mode, disabled=self.disabled_routes)
+        mode = self.route_mode
+        if not (self._decoding if decoding is None else decoding):
+            # a pinned mode (auto@K) pins decode steps only: prefill chunks keep the auto routes
+            mode = routing.split_mode(mode)[0]
+        return routing.route_for(m.type_name, m.rows, m.n_cols, n, mode=mode, disabled=self.disabled_routes)
 
     def route_table(self, n: int) -> list[tuple[str, str, int, int, str]]:
         """(tensor, type, rows, cols, route) for every matrix a step of N rows multiplies by."""
-        return [(name, m.type_name, m.rows, m.n_cols, self.route(name, n)) for name, m in self.w.items()
+        return [(name, m.type_name, m.rows, m.n_cols, self.route(name, n, decoding=True)) for name, m in self.w.items()
                 if isinstance(m, _Matrix) and name not in ("per_layer_token_embd.weight",)
                 and not (name == "token_embd.weight" and not self.config.tied_output)]
 
@@ -483,10 +488,14 @@ class CupyEngine:
         positions, slots = [s.length for s in seqs], [s.slot for s in seqs]
         if max(positions) >= self.max_context:
             raise ValueError(f"position {max(positions)} is beyond this engine's context ({self.max_context})")
-        if self.use_graphs:
-            logits = self._graph_step(tokens, positions, slots)
-        else:
-            logits = self.cp.asnumpy(self.forward(tokens, positions, slots, list(range(len(seqs)))))
+        self._decoding = True   # a pinned route mode applies (route)
+        try:
+            if self.use_graphs:
+                logits = self._graph_step(tokens, positions, slots)
+            else:
+                logits = self.cp.asnumpy(self.forward(tokens, positions, slots, list(range(len(seqs)))))
+        finally:
+            self._decoding = False
         for s in seqs:
             s.length += 1
         self._last_batch = BatchRecord(rows=len(seqs), forward_calls=1,

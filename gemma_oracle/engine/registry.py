@@ -183,13 +183,12 @@ def _gpu_reason() -> str | None:
     return None if gpu_available() else "needs an NVIDIA GPU and pip install 'gemma-oracle[gpu]'"
 
 
-def _route_modes() -> tuple[str, ...]:
-    from .routing import MODES
+def route_mode(raw: str) -> str:
+    """A route mode of gemma_oracle.engine.routing (MODES, or auto@K): ValueError names what is expected."""
+    from .routing import split_mode
 
-    return MODES
-
-
-_ROUTE_MODES = _route_modes()
+    split_mode(raw)
+    return raw
 
 BUILTIN: dict[str, EngineEntry] = {e.name: e for e in (
     EngineEntry("numpy", "gemma_oracle.engine.factory:numpy64_engine",
@@ -200,7 +199,8 @@ BUILTIN: dict[str, EngineEntry] = {e.name: e for e in (
                 {"prefill_chunk": (positive_int, "prompt tokens per prefill forward, default 8")}),
     EngineEntry("cupy", "gemma_oracle.engine.factory:cupy_engine",
                 "our CuPy GPU engine with the BatchDecodeMatMul router",
-                {"mode": (choice(*_ROUTE_MODES), "route mode (gemma_oracle.engine.routing.MODES), default auto"),
+                {"mode": (route_mode, "route mode (gemma_oracle.engine.routing.MODES, or auto@K: the auto routes of a K-row "
+                                      "step, single-user twin of an auto batch of K), default auto"),
                  "kv": (choice("float32", "float16"), "KV cache type, default float32")},
                 available=_gpu_reason),
     EngineEntry("llamacpp", "gemma_oracle.engine.adapters.llamacpp_engine:make",

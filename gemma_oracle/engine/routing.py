@@ -97,15 +97,41 @@ INVARIANT_TABLE: tuple[Route, ...] = (
 #   ws | gemm_n | decode_mmq   force one route wherever its kernel can serve the matmul (type, N capacity), the
 #                    speed rules ignored; GEMM_N where it cannot. All three are batch-invariant too (each kernel's
 #                    order is fixed by the shape); ws and gemm_n are the float path (no Q8_1 activations)
+#   auto@K           the auto mode's routes for a K-row decode step, whatever the step's own row count (prefill keeps
+#                    its own): the single-user twin of an auto-mode batch of K. Every kernel's order is fixed by the
+#                    shape and only the route CHOICE depends on N, so an auto-mode step of K rows must be bitwise
+#                    equal, row by row, to single-user decode on auto@K (gemma_oracle.oracles: the pinned contract).
 MODES = ("auto", "batch-invariant", WS, GEMM_N, DECODE_MMQ)
+PIN = "@"
 ENV_MODE = "GEMMA_ORACLE_ROUTE"
 ENV_DISABLE = "GEMMA_ORACLE_DISABLE_ROUTES"  # comma-separated route names taken out of the table
 
 
+def pinned_mode(n: int) -> str:
+    """The mode serving every decode step on the auto mode's routes for ``n`` rows ("auto@n")."""
+    if int(n) < 1:
+        raise ValueError(f"a pinned route mode needs N >= 1, got {n}")
+    return f"auto{PIN}{int(n)}"
+
+
+def split_mode(mode: str) -> tuple[str, int | None]:
+    """(table mode, pinned N or None): "auto@5" -> ("auto", 5), "auto" -> ("auto", None). A mode outside MODES and
+    not auto@K (K >= 1) raises ValueError naming what is expected."""
+    base, sep, k = mode.partition(PIN)
+    if not sep and base in MODES:
+        return base, None
+    if sep and base == "auto" and k.isdigit() and int(k) >= 1:
+        return base, int(k)
+    raise ValueError(f"route mode {mode!r}: expected one of {MODES} or auto{PIN}K (K >= 1: the auto routes of a "
+                     f"K-row step)")
+
+
 def mode_from_env(default: str = "batch-invariant") -> str:
     mode = os.environ.get(ENV_MODE, default)
-    if mode not in MODES:
-        raise ValueError(f"{ENV_MODE}={mode!r}: expected one of {MODES}")
+    try:
+        split_mode(mode)
+    except ValueError as e:
+        raise ValueError(f"{ENV_MODE}={mode!r}: {e}") from None
     return mode
 
 
@@ -133,9 +159,12 @@ def _candidates(mode: str, disabled: frozenset[str], table: tuple[Route, ...] | 
 
 def explain_route(type_name: str, rows: int, cols: int, n: int, *, mode: str = "auto",
                   disabled: frozenset[str] = frozenset(), table: tuple[Route, ...] | None = None) -> tuple[str, str]:
-    """(route name, reason) for one matmul; the reason lists why earlier routes were passed over.
+    """(route name, reason) for one matmul; the reason lists why earlier routes were passed over. In a pinned
+    mode (auto@K) the route is chosen as for K rows; the caller applies it to decode steps only.
 
     table: the table to use (default: INVARIANT_TABLE in batch-invariant mode, ROUTE_TABLE otherwise)."""
+    mode, pin = split_mode(mode)
+    n = n if pin is None else pin
     skipped = []
     # batch-invariant: decode-MMQ is judged on the shape alone, so a matrix takes it at every N or never
     rules = {"auto": "all", "batch-invariant": "shape"}.get(mode, "capability")

@@ -41,6 +41,7 @@ __all__ = [
     "OUTSIDE_MAX_ABS_FACTOR",
     "OUTSIDE_NMSE_FACTOR",
     "OUTSIDE_QUANT_POLICY",
+    "PINNED_POLICY",
     "Policy",
     "SEED_MMQ_POLICY",
     "as_logprobs",
@@ -292,8 +293,11 @@ OUTSIDE_F32_POLICY to see below that floor."""
 
 # Every named policy of the project's suites and stored runs, by the name stored in each result row
 # (OracleRecord.policy): the report states each table's pass rule from here instead of repeating its numbers.
+# The auto mode's bitwise contract (gemma_oracle.oracles.pinned): batched at N against single-user on N's routes.
+PINNED_POLICY = Policy.exact(name="pinned-exact")
+
 NAMED_POLICIES: dict[str, "Policy | CalibratedPolicy"] = {
-    p.name: p for p in (exact(), FLOAT64_POLICY, CALIBRATED_POLICY, OUTSIDE_F32_POLICY, OUTSIDE_QUANT_POLICY,
+    p.name: p for p in (exact(), PINNED_POLICY, FLOAT64_POLICY, CALIBRATED_POLICY, OUTSIDE_F32_POLICY, OUTSIDE_QUANT_POLICY,
                         MMQ_POLICY, SEED_MMQ_POLICY)}
 
 

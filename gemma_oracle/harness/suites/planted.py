@@ -80,6 +80,24 @@ class Q8ActivationBackend(NumpyBackend):
         return np.concatenate([q[i : i + 1] @ w.T for i in range(rows)], axis=0)
 
 
+class AutoRoutesBackend(Q8ActivationBackend):
+    """A router's batch-dependent route choice over batch-invariant kernels, as our GPU engine's auto mode: a step
+    of fewer than ``switch`` rows multiplies in plain float32, row by row (WS), a step of ``switch`` or more on
+    int8 activations (decode-MMQ). ``route_n``, when set (the engine's pinned twin, decode only), chooses as for a
+    step of that many rows. The candidate of the ``pinned`` column; its single-user run at N = 1 is on the float
+    route, so plain batched-vs-single-user cannot be bitwise for it, and calibrated sees int8 noise only."""
+
+    def __init__(self, switch: int = 3):
+        super().__init__()
+        self.name, self.switch, self.route_n = f"auto-routes{switch}-numpy32", switch, None
+
+    def matmul(self, x, w):
+        rows = x.shape[0] if self.route_n is None else self.route_n
+        if rows >= self.switch:
+            return super().matmul(x, w)
+        return np.concatenate([x[i : i + 1] @ w.T for i in range(x.shape[0])], axis=0)
+
+
 class AsOutsideEngine:
     """An engine dressed as an outside one: every row it returns becomes log-probabilities (``output_logprobs``),
     or its top ``k`` as TopKLogprobs (``output_topk``) when k > 0, as llama.cpp and served engines answer."""
@@ -382,14 +400,16 @@ class PlantedEngine(GemmaEngine):
     bits in every planted model). The name carries the bug, so reference memos never mix engines."""
 
     def __init__(self, base: GemmaEngine, model_cls: type[HookedModel] = HookedModel, ops=None,
-                 memo: dict | None = None):
+                 memo: dict | None = None, pin: int | None = None):
         # Not GemmaEngine.__init__: the file is loaded and dequantized once, in `base`.
         self.model_file, self.config = base.model_file, base.config
         self.ops = base.ops if ops is None else ops
         self.model = model_cls(self.config, base.model.w, self.ops)
         self.prefill_chunk = base.prefill_chunk
         self._prefill_memo = memo if memo is not None else {}
-        self.name = f"{self.ops.name}:{self.model_file.path.name}+{model_cls.name}"
+        # pin: decode steps take the routes of a pin-row step (AutoRoutesBackend.route_n), as the GPU's auto@pin
+        self.pin = pin
+        self.name = f"{self.ops.name}:{self.model_file.path.name}+{model_cls.name}" + (f"@{pin}" if pin else "")
         self.vocab_size = self.config.vocab_size
         self.backend = self.ops.name
         self._last_batch = None
@@ -402,10 +422,14 @@ class PlantedEngine(GemmaEngine):
 
     def decode(self, seqs, tokens):
         self.model.batched = len(seqs) >= self.model.min_n
+        if self.pin is not None:
+            self.ops.route_n = self.pin
         try:
             return super().decode(seqs, tokens)
         finally:
             self.model.batched = False
+            if self.pin is not None:
+                self.ops.route_n = None
 
 
 # ------------------------------------------------------------------------------------------------ the suite
@@ -420,7 +444,7 @@ SEED = 2026
 FIXTURE = {name: "g4-12b-mini" for name in BUGS} | {"ple-rows-shifted": "g4-e2b-mini",
                                                      "shared-kv-source": "g4-e2b-mini"}
 FIXTURES = tuple(sorted(set(FIXTURE.values())))
-POLICIES = ("float64", "exact", "calibrated", "outside-f32", "outside-quant")   # every policy in use (gated)
+POLICIES = ("float64", "exact", "pinned", "calibrated", "outside-f32", "outside-quant")   # every policy in use (gated)
 OUTSIDE_TOPK = {"outside-f32": 0, "outside-quant": 20}  # how each outside column's candidate answers
 # For the record, not gated: the calibrated rule on an int8-noise route (what it cannot see there), and the fixed
 # bounds it replaced (what they passed).
@@ -455,12 +479,19 @@ def engine(preset: str, policy: str, bug: str | None):
     """The candidate a policy judges (module docstring), with ``bug`` planted (None: the correct engine)."""
     if policy in OUTSIDE_TOPK:   # the calibrated column's candidate, answering as an outside engine
         return AsOutsideEngine(engine(preset, "calibrated", bug), OUTSIDE_TOPK[policy])
-    key = (preset, policy, bug)
+    return _engine(preset, policy, bug, None)
+
+
+def _engine(preset: str, policy: str, bug: str | None, pin: int | None):
+    key = (preset, policy, bug, pin)
     if key not in _ENGINES:
         backend = "numpy64" if policy in ("float64", "exact") else "numpy32"
-        ops = {"exact": RowwiseBackend("float64"), INT8_ROUTE: Q8ActivationBackend()}.get(policy)
+        ops = {"exact": lambda: RowwiseBackend("float64"), INT8_ROUTE: Q8ActivationBackend,
+               "pinned": AutoRoutesBackend}.get(policy)
+        ops = ops() if ops else None
         memo = _MEMOS.setdefault((preset, backend, ops.name if ops else None), {})
-        _ENGINES[key] = PlantedEngine(base(preset, backend), BUGS[bug] if bug else HookedModel, ops=ops, memo=memo)
+        _ENGINES[key] = PlantedEngine(base(preset, backend), BUGS[bug] if bug else HookedModel, ops=ops, memo=memo,
+                                      pin=pin)
     return _ENGINES[key]
 
 
@@ -471,6 +502,7 @@ def run(preset: str, policy: str, bug: str | None, n: int):
     from gemma_oracle.oracles.calibrated import calibrated_single_vs_batched
     from gemma_oracle.oracles.compare import (CALIBRATED_POLICY, FLOAT64_POLICY, MMQ_POLICY, OUTSIDE_F32_POLICY,
                                               OUTSIDE_QUANT_POLICY, SEED_MMQ_POLICY, exact)
+    from gemma_oracle.oracles.pinned import pinned_single_vs_batched
     from gemma_oracle.oracles.single_vs_batched import golden_single_vs_batched
 
     eng = engine(preset, policy, bug)
@@ -481,6 +513,9 @@ def run(preset: str, policy: str, bug: str | None, n: int):
     if policy in calibrated:
         return calibrated_single_vs_batched(eng, prompts, forced, reference_engine=base(preset, "numpy64"),
                                             policy=calibrated[policy], cache=REFERENCE_MEMO)
+    if policy == "pinned":
+        return pinned_single_vs_batched(eng, prompts, forced, pinned=lambda k: _engine(preset, policy, bug, k),
+                                        cache=REFERENCE_MEMO)
     rule = {"float64": FLOAT64_POLICY, "exact": exact(), "decode-mmq": MMQ_POLICY,
             "seed-12b-mmq": SEED_MMQ_POLICY}[policy]
     return golden_single_vs_batched(eng, prompts, forced, policy=rule, cache=REFERENCE_MEMO)

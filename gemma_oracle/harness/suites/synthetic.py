@@ -223,6 +223,19 @@ def run_case(case: SuiteCase, backend: str, route_mode: str | None = None) -> Go
                  reference=lambda: engine_for(case.preset, case.variant, REFERENCE_BACKEND), single=single)
 
 
+def run_pinned_case(case: SuiteCase, backend: str = "cupy") -> GoldenResult:
+    """The auto mode's pinned contract (gemma_oracle.oracles.pinned) on one case: the batch of N bitwise against
+    single-user decode on the routes of an N-row step (route mode auto@N)."""
+    from gemma_oracle.engine.routing import pinned_mode
+    from gemma_oracle.oracles.pinned import pinned_single_vs_batched
+
+    engine = engine_for(case.preset, case.variant, backend, "auto")
+    plan = case.input_plan
+    prompts, forced = make_sequences(engine.vocab_size, plan.lengths, plan.steps)
+    return pinned_single_vs_batched(engine, prompts[: case.n], forced[: case.n], cache=_REFERENCE_MEMO,
+                                    pinned=lambda n: engine_for(case.preset, case.variant, backend, pinned_mode(n)))
+
+
 def record_context(case: SuiteCase, backend: str, route_mode: str | None = None) -> dict:
     """Where a case's result came from, as the result store's columns (gemma_oracle.reports.records.OracleRecord)."""
     engine = engine_for(case.preset, case.variant, backend, route_mode)
