@@ -182,3 +182,21 @@ def test_policy_catches_every_bug_where_active_and_passes_the_correct_engines(po
         act = sum(active(row["bug"], n) for n in N_LIST)
         assert act >= 2 and row[policy] == f"{act}/{act}", row
     assert rows[-1][policy] == f"0/{len(FIXTURES) * len(N_LIST)}"
+
+
+@pytest.mark.parametrize("n", (3, 5))
+def test_pinned_twin_is_needed_where_routes_switch(n):
+    """The control of the pinned contract: the CORRECT auto-routes candidate fails plain batched-vs-single-user
+    bitwise from its switch point (its N = 1 run takes the float route), and passes against its twin pinned to the
+    batch's routes, bit for bit."""
+    from gemma_oracle.harness.suites import planted
+    from gemma_oracle.oracles.compare import exact
+    from gemma_oracle.oracles.single_vs_batched import golden_single_vs_batched
+
+    eng = planted.engine("g4-12b-mini", "pinned", None)
+    prompts, forced = planted.inputs(eng.vocab_size)
+    plain = golden_single_vs_batched(eng, prompts[:n], forced[:n], policy=exact())
+    assert not plain.passed
+    pinned = planted.run("g4-12b-mini", "pinned", None, n)
+    assert pinned.passed and pinned.policy == "pinned-exact"
+    assert all(c.max_abs == 0.0 for c in pinned.comparisons)

@@ -17,6 +17,9 @@ Policies and the candidate each judges (the candidate is what the policy is used
 * ``float64`` (FLOAT64_POLICY; the numpy64 golden suite): the numpy64 engine, batched vs its own single-user run;
 * ``exact`` (the GPU's batch-invariant routes, WS on the 12B): the numpy64 engine on a row-at-a-time matmul
   backend (RowwiseBackend, bitwise batch-invariant like WS), batched vs single-user, bitwise;
+* ``pinned`` (our GPU engine's auto mode: gemma_oracle.oracles.pinned): an engine that routes as auto mode does
+  (AutoRoutesBackend: float32 row by row below 3 rows, int8 activations from 3), batched vs its own single-user
+  run pinned to the batch's routes, bitwise;
 * ``calibrated`` (decode-MMQ in auto mode, the 12B stand-ins, the real 12B, outside engines): a NOISY route, the
   numpy32 engine (float32 arithmetic: its single-user run is itself ~1e-12 NMSE off the reference), judged against
   the float64 engine by gemma_oracle.oracles.calibrated: the batch must not be much worse than the route's own
