@@ -30,6 +30,9 @@ CALIBRATED_POLICY, beside the other named policies. What it cannot see (stated i
   weights are nearly uniform);
 * errors of the reference itself (it is trusted).
 
+For an engine that can pin its routes (our GPU engine's auto mode) gemma_oracle.oracles.pinned adds a bitwise
+contract that needs no noise model and sees what this rule cannot; outside engines have only this rule.
+
 Outside engines answer with log-probabilities (``output_logprobs``) or their top k (``TopKLogprobs``): the
 reference's logits are then log-softmaxed before any error is measured (an NMSE of log-probabilities against
 logits measures the log-normaliser, not the engine), and top-k rows are measured on the ids they list
