@@ -112,3 +112,31 @@ def test_batch_invariant_mode_routes_by_shape_only(type_name, rows, cols):
     assert mmq_at in (set(), set(routes)), routes
     if not mmq_at:
         assert all(r == (WS if n <= 16 else GEMM_N) for n, r in routes.items()), routes
+
+
+@pytest.mark.parametrize("type_name, rows, cols, last_float, first_mmq, float_route", CROSSOVERS)
+def test_pinned_mode_takes_the_routes_of_its_n_at_any_row_count(type_name, rows, cols, last_float, first_mmq,
+                                                                 float_route):
+    """auto@K: a step of any row count takes the auto routes of K rows (the single-user twin of a K-row batch)."""
+    for k in (1, 2, 3, 5, 16, 32):
+        for n in (1, 2):
+            assert route_for(type_name, rows, cols, n, mode=routing.pinned_mode(k)) == route_for(type_name, rows, cols, k)
+
+
+def test_pinned_mode_spelling():
+    assert routing.split_mode("auto@5") == ("auto", 5)
+    assert routing.split_mode("batch-invariant") == ("batch-invariant", None)
+    assert routing.pinned_mode(12) == "auto@12"
+    for bad in ("auto@0", "auto@", "auto@x", "batch-invariant@4", "ws@2", "auto@-1"):
+        with pytest.raises(ValueError, match="auto@K"):
+            routing.split_mode(bad)
+    with pytest.raises(ValueError, match="N >= 1"):
+        routing.pinned_mode(0)
+
+
+def test_registry_accepts_a_pinned_cupy_mode():
+    from gemma_oracle.engine.registry import EngineSpecError, check_spec
+
+    assert check_spec("cupy:mode=auto@8")[1] == {"mode": "auto@8"}
+    with pytest.raises(EngineSpecError, match="auto@K"):
+        check_spec("cupy:mode=auto@none")
