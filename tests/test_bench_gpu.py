@@ -95,8 +95,14 @@ def test_gpu_nightly_small_plan(tmp_path):
     assert out.exit_code == 0, [f.message for f in out.findings]
     run = out.run
     assert run.meta.device_kind == "gpu" and run.meta.driver
-    policies = run["oracle"].groupby("route")["policy"].first().to_dict()
+    oracle = run["oracle"]
+    synthetic = oracle[oracle["suite"] == "synthetic"]
+    policies = synthetic.groupby("route")["policy"].first().to_dict()
     assert policies == {"auto": "calibrated", "batch-invariant": "exact"}
-    assert run["oracle"].loc[run["oracle"]["route"] == "auto", "routes_taken"].str.contains("decode_mmq").any()
+    assert synthetic.loc[synthetic["route"] == "auto", "routes_taken"].str.contains("decode_mmq").any()
+    # the engines part: our float64 engine and both GPU modes through `gemma-oracle check`, as separate rows
+    checked = set(oracle.loc[oracle["suite"] == "check", "backend"])
+    assert {"numpy", "cupy:mode=batch-invariant", "cupy:mode=auto"} <= checked, checked
+    assert set(oracle["suite"]) <= {"synthetic", "check"}
     md = (out.run_dir / "report.md").read_text()
     assert "| g4-12b-mini-q4_k_m | 5 | auto | batch-invariant |" in md  # the MMQ / WS table
