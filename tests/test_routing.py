@@ -132,6 +132,10 @@ def test_pinned_mode_spelling():
             routing.split_mode(bad)
     with pytest.raises(ValueError, match="N >= 1"):
         routing.pinned_mode(0)
+    # a pinned mode run on more rows than its route can take fails loudly instead of overrunning the kernel
+    with pytest.raises(ValueError, match="cannot take ws"):
+        route_for("Q4_K", 512, 3840, 17, mode=routing.pinned_mode(2))
+    assert route_for("Q4_K", 512, 3840, 17, mode=routing.pinned_mode(3)) == DECODE_MMQ
 
 
 def test_registry_accepts_a_pinned_cupy_mode():

@@ -164,7 +164,7 @@ def explain_route(type_name: str, rows: int, cols: int, n: int, *, mode: str = "
 
     table: the table to use (default: INVARIANT_TABLE in batch-invariant mode, ROUTE_TABLE otherwise)."""
     mode, pin = split_mode(mode)
-    n = n if pin is None else pin
+    rows_served, n = n, (n if pin is None else pin)
     skipped = []
     # batch-invariant: decode-MMQ is judged on the shape alone, so a matrix takes it at every N or never
     rules = {"auto": "all", "batch-invariant": "shape"}.get(mode, "capability")
@@ -172,6 +172,9 @@ def explain_route(type_name: str, rows: int, cols: int, n: int, *, mode: str = "
         route_rules = rules if route.name == DECODE_MMQ or rules == "capability" else "all"
         why_not = route.eligible(type_name, rows, cols, n, rules=route_rules)
         if why_not is None:
+            if route.max_n is not None and rows_served > route.max_n:  # auto@K for K <= max_n, run on more rows
+                raise ValueError(f"route mode auto{PIN}{pin}: a step of {rows_served} rows cannot take {route.name} "
+                                 f"(at most {route.max_n} rows); a pinned mode is for the single-user twin")
             prefix = f"{'; '.join(skipped)}; " if skipped else ""
             return route.name, f"{prefix}{route.name}: {route.why}"
         skipped.append(f"not {route.name} ({why_not})")
