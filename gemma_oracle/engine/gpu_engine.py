@@ -193,6 +193,7 @@ class CupyEngine:
         self._base_name = self.name
         self.disabled_routes = routing.disabled_from_env()
         self._graphs: dict[int, _StepGraph] = {}
+        self._decoding = False  # set by decode: a pinned route mode (auto@K) applies to decode steps only (route)
         self.set_route_mode(route_mode or routing.mode_from_env())
         self.prefill_chunk = prefill_chunk
         self.max_context = min(max_context, cfg.context_length or max_context)
@@ -258,7 +259,6 @@ class CupyEngine:
         if mode == getattr(self, "route_mode", None):
             return
         routing.explain_route("F32", 1, 256, 1, mode=mode)  # a bad mode fails here, not mid-step
-        self._decoding = False
         self.route_mode = mode
         self.name = self._base_name
         if mode != "batch-invariant" or self.disabled_routes:  # different numbers: a different name
