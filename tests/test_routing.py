@@ -144,3 +144,17 @@ def test_registry_accepts_a_pinned_cupy_mode():
     assert check_spec("cupy:mode=auto@8")[1] == {"mode": "auto@8"}
     with pytest.raises(EngineSpecError, match="auto@K"):
         check_spec("cupy:mode=auto@none")
+
+
+def test_dq_mma_is_a_forced_mode():
+    """dequant-MMA (kernels/dq_mma.py) is offered as a forced route: every type it has a tile for, at any N and shape;
+    a type without one falls back to GEMM-N, and it is not in the auto or batch-invariant tables until timed."""
+    from gemma_oracle.engine.routing import DQ_MMA, DQ_MMA_TYPES, INVARIANT_TABLE, MODES, ROUTE_TABLE
+
+    assert DQ_MMA in MODES and DQ_MMA_TYPES == {"Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"}
+    for n in (1, 9, 32, 64):
+        assert route_for("Q4_K", 512, 3840, n, mode=DQ_MMA) == DQ_MMA
+        assert route_for("Q6_K", 262144, 3840, n, mode=DQ_MMA) == DQ_MMA
+    assert route_for("Q5_0", 4096, 3840, 8, mode=DQ_MMA) == GEMM_N
+    assert route_for("F32", 4096, 3840, 8, mode=DQ_MMA) == GEMM_N
+    assert all(r.name != DQ_MMA for r in ROUTE_TABLE + INVARIANT_TABLE)

@@ -287,6 +287,8 @@ class CupyEngine:
         """x @ W.T for each matrix W in `names` (all with the same input). The decode-MMQ ones read x as Q8_1 blocks:
         `xq` when the caller made them (a fused norm), else x is quantized here once for all of them (q/k/v share
         one input, gate/up another), and those that can share a launch do (_mmq_groups)."""
+        from gemma_oracle.kernels.dq_mma import dq_mma_matvec
+        from gemma_oracle.kernels.f16_rows import f16_rows
         from gemma_oracle.kernels.matvec import matvec
         from gemma_oracle.kernels.mmq import mmq_matvec_group
         from gemma_oracle.kernels.quantize_q8_1 import quantize_q8_1
@@ -301,8 +303,14 @@ class CupyEngine:
                 xq = quantize_q8_1(x) if xq is None else xq
                 members = [(self.w[n].raw, self.w[n].type_name, self.w[n].n_cols) for n in group]
                 out.update(zip(group, mmq_matvec_group(members, xq)))
+        x16 = None  # the dequant-MMA matrices' fp16 rows, converted once for all of them
         for name in names:
-            if routes[name] != routing.DECODE_MMQ:
+            if routes[name] == routing.DQ_MMA:
+                m = self.w[name]
+                with self._span(name):
+                    x16 = f16_rows(x) if x16 is None else x16
+                    out[name] = dq_mma_matvec(m.raw, m.type_name, m.n_cols, x16)
+            elif routes[name] != routing.DECODE_MMQ:
                 m = self.w[name]
                 with self._span(name):
                     out[name] = matvec(m.raw, m.type_name, m.n_cols, x, route=routes[name])

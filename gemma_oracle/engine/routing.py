@@ -1,9 +1,11 @@
 """BatchDecodeMatMul routing as data: which kernel serves each matmul of a decode step at batch size N.
 
 Routes (kernels/): WS (weight-stationary mat-vec, N <= 16, bitwise equal to N = 1), GEMM_N (token on the
-grid, any N, bitwise equal to N = 1 and to WS) and DECODE_MMQ (int8 tensor-core tile on Q8_1 activations,
+grid, any N, bitwise equal to N = 1 and to WS), DECODE_MMQ (int8 tensor-core tile on Q8_1 activations,
 kernels/mmq.py: its output depends on the shape only, never on N, but it is not bitwise equal to the float
-routes). The seed's rules (seed-project.md 1.6: MMQ at N >= 5, rows >= 2048, cols % 256 == 0; WS up to 16)
+routes) and DQ_MMA (weights dequantized to fp16 once per tile, fp16 tensor cores with float32 accumulation,
+kernels/dq_mma.py: likewise shape-only, bitwise equal to none of the others; its per-weight work does not grow
+with N). The seed's rules (seed-project.md 1.6: MMQ at N >= 5, rows >= 2048, cols % 256 == 0; WS up to 16)
 were re-tuned from H100 timings of every matmul shape of the 12B-shaped stand-ins (`python -m
 gemma_oracle.harness.perf.route_tuning`, reports/history/2026-11-25-h100-route-tuning-*.md): the numbers live in the tables below.
 """
@@ -12,8 +14,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-WS, GEMM_N, DECODE_MMQ = "ws", "gemm_n", "decode_mmq"
-ROUTES = (WS, GEMM_N, DECODE_MMQ)
+WS, GEMM_N, DECODE_MMQ, DQ_MMA = "ws", "gemm_n", "decode_mmq", "dq_mma"
+ROUTES = (WS, GEMM_N, DECODE_MMQ, DQ_MMA)
 ALL_TYPES = frozenset({"F32", "F16", "BF16", "Q4_0", "Q5_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K"})
 
 
@@ -55,6 +57,8 @@ class Route:
 
 # DECODE_MMQ's types: those with a decode-MMQ tile that passed its GPU tests (kernels/mmq.py, H100 2026-11-25).
 MMQ_TYPES: frozenset[str] = frozenset({"Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"})
+# DQ_MMA's types: the same GGUF block decoders (kernels/cuda/mmq_blocks.cuh)
+DQ_MMA_TYPES: frozenset[str] = MMQ_TYPES
 
 # The fast mode ("auto"): tried in order, the first eligible route serves the matmul; GEMM_N accepts everything.
 # Each MMQ line is the measured crossover (time of the split-K int8 tile over the best float route, H100, 12B
@@ -89,19 +93,24 @@ INVARIANT_TABLE: tuple[Route, ...] = (
     Route(GEMM_N, ALL_TYPES, why="batch-invariant: the float route beyond 16 tokens (bitwise equal to WS)"),
 )
 
+# Routes a forced mode can take that neither table lists (yet): dequant-MMA, until its crossovers are timed on the GPU
+FORCE_ONLY: tuple[Route, ...] = (
+    Route(DQ_MMA, DQ_MMA_TYPES, why="forced dequant-MMA: fp16 weights dequantized once per tile, fp16 tensor cores"),
+)
+
 # Modes a user A/B-tests routes with (CLI --route / env GEMMA_ORACLE_ROUTE):
 #   auto             ROUTE_TABLE (the fast mode)
 #   batch-invariant  INVARIANT_TABLE, decode-MMQ judged on the shape alone: each matrix takes it at every N
 #                    (N = 1 included) or never; the float routes it falls back to (WS, GEMM-N beyond 16) share one
 #                    reduction order, so every sequence's logits are bitwise independent of the batch.
-#   ws | gemm_n | decode_mmq   force one route wherever its kernel can serve the matmul (type, N capacity), the
+#   ws | gemm_n | decode_mmq | dq_mma   force one route wherever its kernel can serve the matmul (type, N capacity), the
 #                    speed rules ignored; GEMM_N where it cannot. All three are batch-invariant too (each kernel's
 #                    order is fixed by the shape); ws and gemm_n are the float path (no Q8_1 activations)
 #   auto@K           the auto mode's routes for a K-row decode step, whatever the step's own row count (prefill keeps
 #                    its own): the single-user twin of an auto-mode batch of K. Every kernel's order is fixed by the
 #                    shape and only the route CHOICE depends on N, so an auto-mode step of K rows must be bitwise
 #                    equal, row by row, to single-user decode on auto@K (gemma_oracle.oracles: the pinned contract).
-MODES = ("auto", "batch-invariant", WS, GEMM_N, DECODE_MMQ)
+MODES = ("auto", "batch-invariant", WS, GEMM_N, DECODE_MMQ, DQ_MMA)
 PIN = "@"
 ENV_MODE = "GEMMA_ORACLE_ROUTE"
 ENV_DISABLE = "GEMMA_ORACLE_DISABLE_ROUTES"  # comma-separated route names taken out of the table
@@ -150,7 +159,8 @@ def _candidates(mode: str, disabled: frozenset[str], table: tuple[Route, ...] | 
         table = INVARIANT_TABLE if mode == "batch-invariant" else ROUTE_TABLE
     routes = [r for r in table if r.name not in disabled]
     if mode not in ("auto", "batch-invariant"):
-        forced = [r for r in routes if r.name == mode][:1]
+        forced = ([r for r in routes if r.name == mode]
+                  + [r for r in FORCE_ONLY if r.name == mode and r.name not in disabled])[:1]
         routes = forced + [Route(GEMM_N, ALL_TYPES, why="forced route cannot serve this matmul")]
         if GEMM_N in disabled and mode != GEMM_N:
             routes = forced

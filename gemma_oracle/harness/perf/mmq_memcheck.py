@@ -1,4 +1,4 @@
-"""Every decode-MMQ tile (kernels/mmq.py TILES) on weights that end exactly at the end of their allocation.
+"""Every decode-MMQ tile (kernels/mmq.py TILES) and every dequant-MMA tile (kernels/dq_mma.py TILES) on weights that end exactly at the end of their allocation.
 
 Run it under `compute-sanitizer --tool memcheck` (scripts/gpu-run memcheck): the memory pool is switched off, so each
 weight matrix is its own cudaMalloc of exactly rows x row_bytes bytes, and a load past the last row's last byte is
@@ -18,6 +18,8 @@ def main() -> int:
     import cupy as cp
     import numpy as np
 
+    from gemma_oracle.kernels.dq_mma import TILES as DQ_TILES, dq_mma_matvec
+    from gemma_oracle.kernels.f16_rows import f16_rows
     from gemma_oracle.kernels.mmq import MMQ_TYPES, TILES, mmq_matvec
     from gemma_oracle.kernels.quantize_q8_1 import quantize_q8_1
 
@@ -29,21 +31,26 @@ def main() -> int:
         cols = 2560 if type_name.endswith("_K") else 2592
         for rows in (1, 7, 77):
             w = cp.asarray(random_blocks(type_name, rows, cols, 1 / np.sqrt(cols), np.random.default_rng(rows)))
-            for n in (1, 3):
-                xq = quantize_q8_1(cp.asarray(np.random.default_rng(n).standard_normal((n, cols)), dtype=cp.float32))
+            for n in (1, 3, 17):
+                x = cp.asarray(np.random.default_rng(n).standard_normal((n, cols)), dtype=cp.float32)
+                xq, x16 = quantize_q8_1(x), f16_rows(x)
                 for slices in (1, 3, 16):
-                    first = None
-                    for tile in TILES:
-                        y = cp.asnumpy(mmq_matvec(w, type_name, cols, xq, tile=tile, slices=slices)).view(np.uint32)
-                        launches += 1
-                        first = y if first is None else first
-                        if not np.array_equal(first, y):
-                            failures += 1
-                            print(f"DIFF {type_name} {rows}x{cols} N={n} slices={slices}: {tile} vs {next(iter(TILES))}",
-                                  flush=True)
+                    for route, tiles, run in (
+                            ("decode-MMQ", TILES, lambda tile: mmq_matvec(w, type_name, cols, xq, tile=tile, slices=slices)),
+                            ("dequant-MMA", DQ_TILES, lambda tile: dq_mma_matvec(w, type_name, cols, x16, tile=tile,
+                                                                                 slices=slices))):
+                        first = None
+                        for tile in tiles:
+                            y = cp.asnumpy(run(tile)).view(np.uint32)
+                            launches += 1
+                            first = y if first is None else first
+                            if not np.array_equal(first, y):
+                                failures += 1
+                                print(f"DIFF {route} {type_name} {rows}x{cols} N={n} slices={slices}: {tile} vs "
+                                      f"{next(iter(tiles))}", flush=True)
             del w
     cp.cuda.runtime.deviceSynchronize()
-    print(f"decode-MMQ: {launches} launches on exactly sized weights, {failures} differ from the first tile's bits")
+    print(f"decode-MMQ and dequant-MMA: {launches} launches on exactly sized weights, {failures} differ from the first tile's bits")
     return 1 if failures else 0
 
 

@@ -69,6 +69,8 @@ def tune(shapes: list[Shape], n_list=N_LIST, repeats: int = 5, log=print, slice_
     import cupy as cp
     import numpy as np
 
+    from gemma_oracle.kernels.dq_mma import DQ_MMA_TYPES, TILES as DQ_TILES, choose_tile as dq_choose_tile, dq_mma_matvec
+    from gemma_oracle.kernels.f16_rows import f16_rows
     from gemma_oracle.kernels.matvec import matvec
     from gemma_oracle.kernels.mmq import MMQ_TYPES, TILES, choose_tile, dp4a_pairs, mmq_matvec, split_k_slices
     from gemma_oracle.kernels.quantize_q8_1 import quantize_q8_1
@@ -106,18 +108,31 @@ def tune(shapes: list[Shape], n_list=N_LIST, repeats: int = 5, log=print, slice_
                     if k != auto_slices and k <= shape.cols // 32:
                         candidates.append(("decode_mmq", chosen, k, lambda i, k=k: mmq_matvec(
                             weights[i % copies], shape.type_name, shape.cols, xq, out=out, tile=chosen, slices=k)))
+            if shape.type_name in DQ_MMA_TYPES:  # dequant-MMA on pre-converted fp16 rows, every tile
+                x16 = f16_rows(x)
+                dq_chosen = dq_choose_tile(n).name
+                for tile in DQ_TILES:
+                    if DQ_TILES[tile].bn > 8 * n and tile != dq_chosen:
+                        continue  # a tile mostly of padding tokens
+                    candidates.append(("dq_mma", tile, auto_slices, lambda i, tile=tile: dq_mma_matvec(
+                        weights[i % copies], shape.type_name, shape.cols, x16, out=out, tile=tile)))
             for route, tile, k, fn in candidates:
                 ms, spread = graph_time_ms(fn, reps=reps, repeats=repeats)
                 rows_out.append(dict(type=shape.type_name, rows=shape.rows, cols=shape.cols, count=shape.count,
                                      example=shape.example, n=n, route=route, tile=tile or "", slices=k or 0,
                                      auto_slices=k == auto_slices,
-                                     chosen_tile=route == "decode_mmq" and tile == chosen and k == auto_slices,
+                                     chosen_tile=(route == "decode_mmq" and tile == chosen and k == auto_slices)
+                                     or (route == "dq_mma" and tile == dq_choose_tile(n).name),
                                      us=ms * 1e3, spread_us=spread * 1e3, gb_s=host.nbytes / (ms * 1e-3) / 1e9))
             q_ms, q_spread = graph_time_ms(lambda i: quantize_q8_1(x), reps=32, repeats=repeats)
             rows_out.append(dict(type="Q8_1", rows=0, cols=shape.cols, count=0, example="activation quantize", n=n,
                                  route="q8_1", tile="", slices=0, auto_slices=False, chosen_tile=False,
                                  us=q_ms * 1e3, spread_us=q_spread * 1e3,
                                  gb_s=0.0))
+            f_ms, f_spread = graph_time_ms(lambda i: f16_rows(x), reps=32, repeats=repeats)
+            rows_out.append(dict(type="F16", rows=0, cols=shape.cols, count=0, example="activation fp16 rows", n=n,
+                                 route="f16_rows", tile="", slices=0, auto_slices=False, chosen_tile=False,
+                                 us=f_ms * 1e3, spread_us=f_spread * 1e3, gb_s=0.0))
         log(f"  {shape.type_name:5s} {shape.rows:6d} x {shape.cols:5d} (x{shape.count}) timed")
         weights.clear()  # free the copies before the next shape (the lambdas above are done with them)
         cp.get_default_memory_pool().free_all_blocks()
@@ -132,7 +147,7 @@ def summarize(rows: list[dict], device: str, read_gb_s: float) -> str:
     df = pd.DataFrame(rows)
     if "slices" not in df:  # runs recorded before split K: one slice, every MMQ row at the shape's own split
         df["slices"], df["auto_slices"] = 1, True
-    mats = df[df.route != "q8_1"]
+    mats = df[~df.route.isin(["q8_1", "f16_rows"])]
     lines = [f"# Route tuning on {device} (streaming read {read_gb_s:.0f} GB/s)", "",
              "Per shape: microseconds per matmul (median), best float route (WS up to 16, else GEMM-N) vs the best",
              "decode-MMQ tile at the shape's K split (split_k_slices); GB/s of weight bytes read in brackets; then the",
@@ -141,10 +156,13 @@ def summarize(rows: list[dict], device: str, read_gb_s: float) -> str:
     for (t, r, c), g in mats.groupby(["type", "rows", "cols"], sort=False):
         lines.append(f"## {t} {r} x {c} (x{int(g['count'].iloc[0])}, e.g. {g['example'].iloc[0]})")
         lines.append("| N | WS / GEMM-N us | best MMQ tile | MMQ us | chosen tile us (slices) | 1 slice us "
-                     "| fastest split us (slices) | MMQ / float |")
-        lines.append("|---|---|---|---|---|---|---|---|")
+                     "| fastest split us (slices) | MMQ / float | best dq-MMA tile | dq-MMA us | dq-MMA / best MMQ |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for n, gn in g.groupby("n"):
-            flt = gn[gn.route != "decode_mmq"].sort_values("us").iloc[0]
+            dq = gn[gn.route == "dq_mma"].sort_values("us")
+            dq_cells = (f" {dq.iloc[0].tile} | {dq.iloc[0].us:.1f} ({dq.iloc[0].gb_s:.0f}) |" if not dq.empty
+                        else " – | – |")
+            flt = gn[gn.route.isin(["ws", "gemm_n"])].sort_values("us").iloc[0]
             mmq_all = gn[gn.route == "decode_mmq"].sort_values("us")
             mmq = mmq_all[mmq_all.auto_slices.astype(bool)]
             if mmq.empty:
@@ -157,17 +175,22 @@ def summarize(rows: list[dict], device: str, read_gb_s: float) -> str:
             ratio = best.us / flt.us
             if ratio < 1 and (t, r, c) not in crossover:
                 crossover[(t, r, c)] = n
+            dq_cells += f" {dq.iloc[0].us / best.us:.2f} |" if not dq.empty else " – |"
             lines.append(f"| {n} | {flt.us:.1f} ({flt.gb_s:.0f}, {flt.route}) | {best.tile} | {best.us:.1f} "
                          f"({best.gb_s:.0f}) | {chosen.us:.1f} ({int(chosen.slices)}) | "
-                         f"{one.us.iloc[0]:.1f} | {fastest.us:.1f} ({int(fastest.slices)}) | {ratio:.2f} |"
+                         f"{one.us.iloc[0]:.1f} | {fastest.us:.1f} ({int(fastest.slices)}) | {ratio:.2f} |" + dq_cells
                          if not one.empty else
                          f"| {n} | {flt.us:.1f} ({flt.gb_s:.0f}, {flt.route}) | {best.tile} | {best.us:.1f} "
                          f"({best.gb_s:.0f}) | {chosen.us:.1f} ({int(chosen.slices)}) | – | "
-                         f"{fastest.us:.1f} ({int(fastest.slices)}) | {ratio:.2f} |")
+                         f"{fastest.us:.1f} ({int(fastest.slices)}) | {ratio:.2f} |" + dq_cells)
         lines.append(f"\ncrossover: decode-MMQ first beats the float route at N = {crossover.get((t, r, c), 'never')}\n")
     q = df[df.route == "q8_1"].groupby("n").us.median()
     lines.append("Q8_1 activation quantization, median us per call by N: "
                  + ", ".join(f"{n}: {v:.1f}" for n, v in q.items()))
+    f = df[df.route == "f16_rows"].groupby("n").us.median()
+    if not f.empty:
+        lines.append("\nfp16 activation rows (dequant-MMA's input), median us per call by N: "
+                     + ", ".join(f"{n}: {v:.1f}" for n, v in f.items()))
     return "\n".join(lines) + "\n"
 
 

@@ -163,6 +163,38 @@ def _dequant_q6_k(blocks: np.ndarray) -> np.ndarray:
     return (scale * q).reshape(-1, QK_K)
 
 
+def block_codes(data: np.ndarray, type_name: str):
+    """ggml's dequantization of Q8_0, Q4_0, Q4_K, Q5_K and Q6_K bytes as its parts: (codes [nb, G, S] float64 (exact
+    small integers), d [nb, G, 1] float32, m [nb, G, 1] float32) per block, with value = d * code - m over G groups
+    of S values (S = 32; Q6_K 16). d and m are ggml's float32 products (d * sc, dmin * m), rounded once."""
+    blocks, _ = _as_blocks(data, type_name)
+    zero = np.zeros((blocks.shape[0], 1, 1), np.float32)
+    if type_name == "Q8_0":
+        return blocks[:, 2:34].view(np.int8).astype(np.float64)[:, None], _f16(blocks[:, 0:2])[:, :, None], zero
+    if type_name == "Q4_0":
+        low, high = _low_high_nibbles(blocks[:, 2:18])
+        codes = np.concatenate([low, high], axis=1).astype(np.float64) - 8
+        return codes[:, None], _f16(blocks[:, 0:2])[:, :, None], zero
+    if type_name in ("Q4_K", "Q5_K"):
+        scale, offset = _k_sub_scales(blocks)
+        if type_name == "Q4_K":
+            q = _k_nibbles(blocks[:, 16:144])
+        else:
+            high = np.unpackbits(blocks[:, 16:48, None], axis=2, bitorder="little")
+            q = _k_nibbles(blocks[:, 48:176]) | (high.transpose(0, 2, 1) << np.uint8(4))
+        return q.astype(np.float64), scale, offset
+    if type_name == "Q6_K":
+        ql = blocks[:, 0:128].reshape(-1, 2, 2, 32)
+        qh = blocks[:, 128:192].reshape(-1, 2, 1, 32)
+        low = np.concatenate(_low_high_nibbles(ql), axis=2)
+        high = (qh >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)) & np.uint8(3)
+        q = (low | (high << np.uint8(4))).reshape(-1, 16, 16).astype(np.float64) - 32
+        scale = (_f16(blocks[:, 208:210]) * blocks[:, 192:208].view(np.int8).astype(np.float32))[:, :, None]
+        return q, scale, np.zeros_like(scale)
+    raise ValueError(f"type_name: block_codes supports Q8_0, Q4_0, Q4_K, Q5_K and Q6_K, got {type_name!r}")
+
+
+
 _BLOCK_DEQUANTIZERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "F32": _dequant_f32,
     "F16": _dequant_f16,

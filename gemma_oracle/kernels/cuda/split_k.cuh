@@ -1,0 +1,32 @@
+// Split K by shape for the tiles of mmq.cu and dq_mma.cu: the last slice block of a tile adds the partial sums.
+#pragma once
+#include "common.cuh"
+
+// Split K without a second launch: the slice blocks of one (row tile, token tile) count themselves in
+// counters[tile] (zero between launches); the block that arrives last adds the tile's partial sums in slice order
+// z = 0, 1, ... (the same chain whichever block it is) into y and sets the counter back to zero, ready for the next
+// launch in stream order. Each block makes its partial stores visible (__threadfence) before it counts, and the
+// last block reads the partials from L2 (__ldcg), never from a stale L1 line.
+template <int BM, int BN, int THREADS>
+__device__ __forceinline__ void mmq_last_slice_sums(const float* part, int slices, int rows, int n, int row0,
+                                                    int tok0, float* __restrict__ y, int* __restrict__ counters) {
+    __shared__ int s_last;
+    const int tid = threadIdx.x, tile = blockIdx.y * gridDim.x + blockIdx.x;
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) s_last = atomicAdd(counters + tile, 1) == slices - 1;
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    const size_t plane = (size_t)n * rows;
+    for (int e = tid; e < BM * BN; e += THREADS) {
+        const int r = row0 + e % BM, j = tok0 + e / BM;
+        if (r < rows && j < n) {
+            const size_t i = (size_t)j * rows + r;
+            float acc = __ldcg(part + i);
+            for (int z = 1; z < slices; ++z) acc = __fadd_rn(acc, __ldcg(part + z * plane + i));
+            y[i] = acc;
+        }
+    }
+    if (tid == 0) counters[tile] = 0;
+}
