@@ -125,14 +125,16 @@ def test_dq_mma_case(case):
 @gpu
 @pytest.mark.parametrize("t", DQ_MMA_TYPES)
 def test_dq_mma_weights_through_identity(t):
-    """The staged fp16 weights bit for bit: one-hot activations pick single columns (y = w16[r, k] exactly)."""
+    """The staged fp16 weights bit for bit: one-hot activations pick single columns (y = w16[r, k] exactly, a zero
+    weight as +0)."""
     rows, cols = (77, 768) if t in K_QUANTS else (77, 800)
     raw = quantized_weights(t, rows, cols)
     picks = np.arange(0, cols, 7)
     x = np.zeros((len(picks), cols), np.float32)
     x[np.arange(len(picks)), picks] = 1.0
     y = _host(dq_mma_matvec(cp.asarray(raw), t, cols, cp.asarray(x)))
-    want = dequant_f16(raw, t, cols)[:, picks].T.astype(np.float32)
+    # + 0.0: a -0 weight comes out +0 (the mma adds the product to a +0 accumulator), the same value
+    want = dequant_f16(raw, t, cols)[:, picks].T.astype(np.float32) + np.float32(0.0)
     diff = first_bit_difference(y, want)
     assert not diff, f"{t}: staged weights differ from dequant_f16: {diff}"
 
@@ -206,6 +208,8 @@ def test_f16_rows_reference_properties():
     x16, inv = f16_rows_host(x)
     scaled = np.abs(x16.astype(np.float64)).max(axis=1)
     assert ((scaled[:5] >= 2.0**14) & (scaled[:5] <= 2.0**15)).all() and scaled[5] == 0 and inv[5] == 1.0
+    sub = np.full((1, 64), np.float32(1e-40))  # a subnormal maximum counts as zero: e = 0
+    assert f16_rows_host(sub)[1][0] == 1.0 and not f16_rows_host(sub)[0].astype(np.float32).any()
     assert (np.log2(inv) == np.round(np.log2(inv))).all()
     back = x16.astype(np.float64) * inv[:, None]
     amax = np.abs(x.astype(np.float64)).max(axis=1, keepdims=True)

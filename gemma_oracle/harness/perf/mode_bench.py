@@ -148,9 +148,11 @@ def main(argv=None) -> int:
                    help="prompt tokens per sequence (178: timed at mean context ~192, the llama.cpp anchor's)")
     p.add_argument("--out")
     args = p.parse_args(argv)
-    unknown = sorted(set(args.modes) - set(MODES))
+    from gemma_oracle.engine.routing import MODES as ROUTE_MODES
+
+    unknown = sorted(set(args.modes) - set(MODES) - set(ROUTE_MODES))
     if unknown:
-        p.error(f"--modes: unknown {unknown}; expected some of {list(MODES)}")
+        p.error(f"--modes: unknown {unknown}; expected some of {list(dict.fromkeys(MODES + ROUTE_MODES))}")
     import cupy as cp
 
     from gemma_oracle.engine.model_file import load_model

@@ -18,7 +18,7 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, default=15360)
     p.add_argument("--cols", type=int, default=3840)
     p.add_argument("--n", type=int, default=1)
-    p.add_argument("--route", default="decode_mmq", choices=("decode_mmq", "ws", "gemm_n"))
+    p.add_argument("--route", default="decode_mmq", choices=("decode_mmq", "ws", "gemm_n", "dq_mma"))
     p.add_argument("--tile", default=None, help="decode-MMQ tile (default: the tile rules' choice)")
     p.add_argument("--slices", type=int, default=None, help="decode-MMQ K slices (default: split_k_slices)")
     p.add_argument("--launches", type=int, default=4)
@@ -31,6 +31,8 @@ def main(argv=None) -> int:
     if args.step:
         return _step(args.step, args.n, args.route_mode)
 
+    from gemma_oracle.kernels.dq_mma import dq_mma_matvec
+    from gemma_oracle.kernels.f16_rows import f16_rows
     from gemma_oracle.kernels.matvec import matvec
     from gemma_oracle.kernels.mmq import mmq_matvec
     from gemma_oracle.kernels.quantize_q8_1 import quantize_q8_1
@@ -40,9 +42,12 @@ def main(argv=None) -> int:
     w = cp.asarray(random_blocks(args.type, args.rows, args.cols, 1 / np.sqrt(args.cols), np.random.default_rng(1)))
     x = cp.asarray(np.random.default_rng(2).standard_normal((args.n, args.cols)).astype(np.float32))
     xq = quantize_q8_1(x)
+    x16 = f16_rows(x)
     for _ in range(args.launches):
         if args.route == "decode_mmq":
             mmq_matvec(w, args.type, args.cols, xq, tile=args.tile, slices=args.slices)
+        elif args.route == "dq_mma":
+            dq_mma_matvec(w, args.type, args.cols, x16, tile=args.tile, slices=args.slices)
         else:
             matvec(w, args.type, args.cols, x, route=args.route)
     cp.cuda.get_current_stream().synchronize()

@@ -1,11 +1,13 @@
 // Activations for the dequant-MMA tile (dq_mma.cu): float32 rows x [n, K] -> fp16 rows x16 [n, K] and, per row, the
 // power of two inv[j] = 2^-e_j that undoes the row's scale: x16[j, k] = fp16_rn(x[j, k] * 2^e_j).
 //
-// e_j puts the row's largest magnitude a in [2^14, 2^15): e = 14 - (exponent of a, frexp convention minus one), so
+// e_j puts the row's largest magnitude a in [2^14, 2^15): e = 15 - ex with a in [2^(ex - 1), 2^ex) (ex read from a's
+// biased exponent bits: ex = biased - 126), so
 // no value overflows fp16 (max 65504 < 2^16) and a value that is a small fraction of a keeps fp16's 11 bits (it is
 // subnormal only below a * 2^-29). Scaling by 2^e is exact in float32 (|e| <= 126 keeps 2^e and 2^-e normal), so
 // the only rounding is fp16_rn: x16 * inv differs from x by at most 2^-11 of |x| (normal) or a * 2^-39 (subnormal).
-// A row of zeros (a = 0) gets e = 0. Non-finite rows are the caller's to avoid (the engine's rows are finite).
+// A row whose largest magnitude is 0 or a float32 subnormal gets e = 0 (the GPU's max flushes subnormals; the rule
+// keeps the reference simple to state). Non-finite rows are the caller's to avoid (the engine's rows are finite).
 // The row's scale depends on that row alone, so a token's fp16 row is the same in any batch.
 //
 //     f16_rows(const float* x, int k, u16* x16, float* inv)    grid (n), block F16_ROWS_THREADS
@@ -28,12 +30,8 @@ extern "C" __global__ void __launch_bounds__(F16_ROWS_THREADS) f16_rows(const fl
     a = s_max[0];
 #pragma unroll
     for (int w = 1; w < F16_ROWS_THREADS / 32; ++w) a = fmaxf(a, s_max[w]);
-    int e = 0;
-    if (a > 0.0f) {
-        int ex;
-        frexpf(a, &ex);  // a = f * 2^ex, f in [0.5, 1): a in [2^(ex - 1), 2^ex)
-        e = min(126, max(-126, 15 - ex));
-    }
+    const int biased = (int)((__float_as_uint(a) >> 23) & 0xFFu);  // 0: zero or subnormal
+    const int e = biased == 0 ? 0 : min(126, max(-126, 15 - (biased - 126)));
     const float up = ldexpf(1.0f, e);
     for (int i = threadIdx.x; i < k; i += F16_ROWS_THREADS) out[i] = f32_to_f16(__fmul_rn(row[i], up));
     if (threadIdx.x == 0) inv[blockIdx.x] = ldexpf(1.0f, -e);

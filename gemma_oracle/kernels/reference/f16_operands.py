@@ -18,11 +18,12 @@ MAX_E = 126  # |e| bound: 2^e and 2^-e stay normal float32
 
 
 def row_exponents(x: np.ndarray) -> np.ndarray:
-    """e per row of float32 x [n, K]: 15 - (frexp exponent of max |x|), clamped to [-126, 126]; 0 for a zero row."""
+    """e per row of float32 x [n, K]: 15 - ex with max |x| in [2^(ex - 1), 2^ex), clamped to [-126, 126]; 0 for a row
+    whose max |x| is zero or a float32 subnormal."""
     amax = np.abs(np.asarray(x, dtype=np.float32)).max(axis=1)
-    _, ex = np.frexp(amax.astype(np.float64))  # amax = f * 2^ex, f in [0.5, 1)
-    e = np.clip(TARGET_EXP - ex, -MAX_E, MAX_E)
-    return np.where(amax > 0, e, 0).astype(np.int64)
+    biased = ((amax.view(np.uint32) >> np.uint32(23)) & np.uint32(0xFF)).astype(np.int64)
+    e = np.clip(TARGET_EXP - (biased - 126), -MAX_E, MAX_E)
+    return np.where(biased > 0, e, 0).astype(np.int64)
 
 
 def f16_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
