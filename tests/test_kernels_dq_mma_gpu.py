@@ -99,7 +99,8 @@ def test_dq_mma_case(case):
     ref16, bound = _bound(w16, x16, inv, split_k_slices(rows, cols // 32))
     exact = matvec_reference(raw, t, cols, x)
     outs = {}
-    tiles = sorted({choose_tile(n).name, *(name for name, tile in TILES.items() if n <= 17 or tile.bn >= 16)})
+    tiles = sorted({choose_tile(n).name, *(name for name, tile in TILES.items() if n <= 17 or tile.bn >= 16)},
+                   key=lambda name: (TILES[name].kind, name))
     for tile in tiles:
         out = GuardedOutput(cp, (n, rows), np.float32)
         out.view[...] = np.nan
@@ -116,15 +117,17 @@ def test_dq_mma_case(case):
             e = float(nmse(exact.ravel(), y.astype(np.float64).ravel()))
             assert e <= DQ_NMSE_MAX, f"{tile}: NMSE {e:.3e} against the exact weights and float32 x"
         outs[tile] = y
-    first = tiles[0]
-    for tile in tiles[1:]:
-        diff = first_bit_difference(outs[tile], outs[first])
-        assert not diff, f"tile {tile} vs {first}: {diff}"
+    for kind in ("smem", "direct"):  # within a kind every tile gives the same bits
+        same = [tile for tile in tiles if TILES[tile].kind == kind]
+        for tile in same[1:]:
+            diff = first_bit_difference(outs[tile], outs[same[0]])
+            assert not diff, f"tile {tile} vs {same[0]}: {diff}"
 
 
 @gpu
+@pytest.mark.parametrize("kind_tile", ("w4_m1_bn8_kb4_pf0", "direct_w4_bn8_u4"))
 @pytest.mark.parametrize("t", DQ_MMA_TYPES)
-def test_dq_mma_weights_through_identity(t):
+def test_dq_mma_weights_through_identity(t, kind_tile):
     """The staged fp16 weights bit for bit: one-hot activations pick single columns (y = w16[r, k] exactly, a zero
     weight as +0)."""
     rows, cols = (77, 768) if t in K_QUANTS else (77, 800)
@@ -132,7 +135,7 @@ def test_dq_mma_weights_through_identity(t):
     picks = np.arange(0, cols, 7)
     x = np.zeros((len(picks), cols), np.float32)
     x[np.arange(len(picks)), picks] = 1.0
-    y = _host(dq_mma_matvec(cp.asarray(raw), t, cols, cp.asarray(x)))
+    y = _host(dq_mma_matvec(cp.asarray(raw), t, cols, cp.asarray(x), tile=kind_tile))
     # + 0.0: a -0 weight comes out +0 (the mma adds the product to a +0 accumulator), the same value
     want = dequant_f16(raw, t, cols)[:, picks].T.astype(np.float32) + np.float32(0.0)
     diff = first_bit_difference(y, want)
@@ -148,14 +151,15 @@ def test_dq_mma_batch_invariant(t):
     raw = cp.asarray(quantized_weights(t, rows, cols))
     rng = np.random.default_rng(3)
     needle = activations(1, cols, "needle", t)
-    alone = _host(dq_mma_matvec(raw, t, cols, cp.asarray(needle)))
+    alone = {kind: _host(dq_mma_matvec(raw, t, cols, cp.asarray(needle), tile=first))
+             for kind, first in (("smem", "w4_m1_bn8_kb4_pf0"), ("direct", "direct_w4_bn8_u4"))}
     for n in (2, 7, 8, 9, 16, 17, 31, 32, 40):
         x = activations(n, cols, "batch", t, n) * rng.uniform(0.1, 10.0, size=(n, 1)).astype(np.float32)
         slot = int(rng.integers(n))
         x[slot] = needle[0]
         for tile in TILES:
             y = _host(dq_mma_matvec(raw, t, cols, cp.asarray(x), tile=tile))
-            diff = first_bit_difference(y[slot], alone[0])
+            diff = first_bit_difference(y[slot], alone[TILES[tile].kind][0])
             assert not diff, f"N={n} slot {slot} tile {tile}: {diff}"
             again = _host(dq_mma_matvec(raw, t, cols, cp.asarray(x), tile=tile))
             assert not first_bit_difference(y, again), f"N={n} tile {tile}: not deterministic"
@@ -190,13 +194,18 @@ def test_launcher_matches_tile_list():
     """kernels/dq_mma.py's TILES and DQ_MMA_TYPES are exactly the entries dq_mma.cu compiles."""
     src = source_path("dq_mma").read_text()
     entries = re.findall(r"DQ_ENTRY\(name, Q, (\d+), (\d+), (\d+), (\d+), (\d+), \d+\)", src)
-    assert sorted(f"w{w}_m{m}_bn{bn}_kb{kb}_pf{pf}" for w, m, bn, kb, pf in entries) == sorted(TILES)
+    direct = re.findall(r"DQ_DIRECT_ENTRY\(name, Q, (\d+), (\d+), (\d+), \d+\)", src)
+    assert sorted([f"w{w}_m{m}_bn{bn}_kb{kb}_pf{pf}" for w, m, bn, kb, pf in entries]
+                  + [f"direct_w{w}_bn{bn}_u{u}" for w, bn, u in direct]) == sorted(TILES)
+    assert sorted(re.findall(r"^DQ_DIRECT_TILES\((\w+),", src, flags=re.M)) == sorted(t.lower() for t in DQ_MMA_TYPES)
     assert sorted(re.findall(r"^DQ_TILES\((\w+),", src, flags=re.M)) == sorted(t.lower() for t in DQ_MMA_TYPES)
     for w, m, bn, kb, pf in entries:
         tile = TILES[f"w{w}_m{m}_bn{bn}_kb{kb}_pf{pf}"]
         assert tile.bm == 16 * int(m) * int(w) and tile.bn % 8 == 0
         # static shared memory (weights + activations, fp16 rows of 32 * kb + 8) within the 48 KB a block may take
         assert (tile.bm + tile.bn) * (32 * tile.kb + 8) * 2 <= 48 * 1024
+    for w, bn, u in direct:
+        assert TILES[f"direct_w{w}_bn{bn}_u{u}"].bm == 16 * int(w)
 
 
 def test_f16_rows_reference_properties():

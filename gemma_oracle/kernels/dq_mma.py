@@ -28,13 +28,20 @@ DQ_MMA_TYPES = ("Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K")
 
 @dataclass(frozen=True)
 class Tile:
-    """One compiled tile of dq_mma.cu: `warps` warps of `mt` m16 tiles each (bm = 16 * mt * warps rows) x bn tokens,
-    kb 32-value blocks per shared-memory stage, the weights' L2 prefetch `pf` stages ahead (0: none)."""
+    """One compiled tile of dq_mma.cu.
+
+    kind "smem": `warps` warps of `mt` m16 tiles each (bm = 16 * mt * warps rows) x bn tokens, weights decoded to fp16
+    in shared memory kb 32-value blocks a stage, their L2 prefetch `pf` stages ahead (0: none).
+    kind "direct": `warps` warps of 16 rows x bn tokens, each lane decoding its share of every block straight into its
+    mma registers, the loads of `u` blocks issued together. The two kinds assign values to mma slots differently, so
+    they agree to rounding, not bitwise; within a kind every tile gives the same bits."""
     warps: int
     mt: int
     bn: int
     kb: int
     pf: int = 0
+    kind: str = "smem"
+    u: int = 0
 
     @property
     def bm(self) -> int:
@@ -42,13 +49,21 @@ class Tile:
 
     @property
     def name(self) -> str:
+        if self.kind == "direct":
+            return f"direct_w{self.warps}_bn{self.bn}_u{self.u}"
         return f"w{self.warps}_m{self.mt}_bn{self.bn}_kb{self.kb}_pf{self.pf}"
 
 
-# DQ_TILES in dq_mma.cu
+def direct_tile(warps: int, bn: int, u: int) -> Tile:
+    return Tile(warps, 1, bn, 0, 0, "direct", u)
+
+
+# DQ_TILES and DQ_DIRECT_TILES in dq_mma.cu
 TILES = {t.name: t for t in (Tile(4, 1, 8, 4), Tile(4, 1, 16, 4), Tile(4, 1, 32, 4), Tile(4, 2, 16, 4),
                               Tile(4, 2, 32, 4), Tile(4, 1, 16, 8), Tile(8, 1, 32, 4), Tile(4, 1, 8, 4, 1),
-                              Tile(4, 1, 16, 4, 1), Tile(4, 1, 32, 4, 1), Tile(4, 1, 32, 4, 2))}
+                              Tile(4, 1, 16, 4, 1), Tile(4, 1, 32, 4, 1), Tile(4, 1, 32, 4, 2),
+                              direct_tile(4, 8, 4), direct_tile(4, 8, 8), direct_tile(4, 16, 2), direct_tile(4, 16, 4),
+                              direct_tile(4, 32, 2))}
 MAX_N = 65535 * 8
 
 # Which tile a launch uses (first match: min N, tile). Every tile gives the same bits, so this is a speed choice

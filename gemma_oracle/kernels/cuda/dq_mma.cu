@@ -218,6 +218,183 @@ __device__ __forceinline__ void dq_mma_kernel(const u8* __restrict__ w, i64 row_
     if (slices > 1) mmq_last_slice_sums<BM, BN, THREADS>(part, slices, rows, n, row0, tok0, y, counters);
 }
 
+// ---- Direct tiles: A fragments decoded in registers from the GGUF bytes, no shared memory, no barriers ----------
+// The shared-memory tile above is flat in N but staging-bound (H100, 2026-12-06: Q4_K 15360 x 3840 at 754 GB/s, N = 1
+// to 16). Here each warp owns 16 rows and all BN tokens, and every lane decodes its own part of each 32-value block
+// straight into its m16n8k16 A registers: lane (g, t) holds 8 of the block's 32 values for rows g and g + 8. The
+// mma's k slots need not hold the values in K order: any fixed assignment of a block's 32 values to the 32 slots of
+// its two k16 steps gives the same dot product, provided B holds the activations in the same assignment. Lane t takes
+// the 8 values whose bytes lie together in the GGUF block (dq_lane: values 8t .. 8t + 7, or for Q4_0 4t .. 4t + 3 and
+// 16 + 4t .. 19 + 4t, the low and high nibbles of the same 4 bytes), so each lane reads 4 or 8 contiguous bytes a
+// row; pairs (e0, e2), (e1, e3), (e4, e6), (e5, e7) of its 8 values fill slots (2t, 2t + 1), (2t + 8, 2t + 9) of the
+// first and second k16 step, and B takes the activations of the same values (two prmt per 4 values).
+// Per output the order is fixed by the shape: blocks in increasing K order, each block's two k16 steps in order, so
+// the batch-invariant argument of the header holds as it is; the bits differ from the shared-memory tiles (another
+// assignment of values to slots inside each mma).
+
+// Two half2 words from a word of 4 byte-codes b0..b3 (each code c = byte - bias): (b0, b2) and (b1, b3), each value
+// fp16_rn(c * d + neg_m) as in dq_codes_to_half2.
+__device__ __forceinline__ void dq_byte_pairs(u32 v, u32 bias, u32 d2, u32 negm2, u32& p02, u32& p13) {
+    p02 = dq_half2_fma(dq_half2_sub((v & 0x00FF00FFu) | 0x64006400u, bias), d2, negm2);
+    p13 = dq_half2_fma(dq_half2_sub(((v >> 8) & 0x00FF00FFu) | 0x64006400u, bias), d2, negm2);
+}
+
+// dq_lane<Q>::frag(row, u, t, h): lane t's 8 values of block u of a row as 4 half2 words h[0..3] = values (e0, e2),
+// (e1, e3), (e4, e6), (e5, e7); X_SPLIT: whether e0..e3 and e4..e7 are 4t.. and 16 + 4t.. (else 8t .. 8t + 7).
+template <class Q> struct dq_lane;
+
+template <> struct dq_lane<mq_q8_0> {
+    static constexpr bool X_SPLIT = false;
+    static __device__ __forceinline__ void frag(const u8* __restrict__ row, int u, int t, u32 (&h)[4]) {
+        const u8* p = row + (size_t)u * 34;
+        const u32 d2 = dq_half2_splat(f16_to_f32((u16)mmq_ld16(p)));
+        u32 q[2];
+        mmq_ld_words<2>(p + 2 + 8 * t, q);
+        dq_byte_pairs(q[0] ^ 0x80808080u, 0x64806480u, d2, 0u, h[0], h[1]);  // signed: byte + 128, minus 1152
+        dq_byte_pairs(q[1] ^ 0x80808080u, 0x64806480u, d2, 0u, h[2], h[3]);
+    }
+};
+
+template <> struct dq_lane<mq_q4_0> {
+    static constexpr bool X_SPLIT = true;
+    static __device__ __forceinline__ void frag(const u8* __restrict__ row, int u, int t, u32 (&h)[4]) {
+        const u8* p = row + (size_t)u * 18;
+        const u32 d2 = dq_half2_splat(f16_to_f32((u16)mmq_ld16(p)));
+        u32 q[1];
+        mmq_ld_words<1>(p + 2 + 4 * t, q);  // qs[4t .. 4t + 3]: values 4t.. (low nibbles), 16 + 4t.. (high)
+        dq_byte_pairs(q[0] & 0x0F0F0F0Fu, 0x64086408u, d2, 0u, h[0], h[1]);  // nibble - 8: minus 1032
+        dq_byte_pairs((q[0] >> 4) & 0x0F0F0F0Fu, 0x64086408u, d2, 0u, h[2], h[3]);
+    }
+};
+
+template <bool FIVE_BIT> struct dq_lane<mq_qk<FIVE_BIT>> {
+    static constexpr bool X_SPLIT = false;
+    static __device__ __forceinline__ void frag(const u8* __restrict__ row, int u, int t, u32 (&h)[4]) {
+        constexpr int BYTES = FIVE_BIT ? 176 : 144;
+        const u8* b = row + (size_t)(u >> 3) * BYTES;
+        const int s = u & 7;
+        const uint4 head = qb_ld128(b);
+        int sc, mn;
+        qb_k_scale_min(head.y, head.z, head.w, s, sc, mn);
+        const u32 d2 = dq_half2_splat(__fmul_rn(f16_to_f32((u16)(head.x & 0xFFFFu)), (float)sc));
+        const u32 negm2 = dq_half2_splat(-__fmul_rn(f16_to_f32((u16)(head.x >> 16)), (float)mn));
+        const uint2 q = __ldg((const uint2*)(b + (FIVE_BIT ? 48 : 16) + 32 * (s >> 1) + 8 * t));
+        const int sh = 4 * (s & 1);
+        u32 v0 = (q.x >> sh) & 0x0F0F0F0Fu, v1 = (q.y >> sh) & 0x0F0F0F0Fu;
+        if (FIVE_BIT) {  // bit s of qh[i] (qh at byte 16) is the fifth bit of value i
+            const uint2 qh = __ldg((const uint2*)(b + 16 + 8 * t));
+            v0 |= ((qh.x >> s) & 0x01010101u) << 4;
+            v1 |= ((qh.y >> s) & 0x01010101u) << 4;
+        }
+        dq_byte_pairs(v0, 0x64006400u, d2, negm2, h[0], h[1]);
+        dq_byte_pairs(v1, 0x64006400u, d2, negm2, h[2], h[3]);
+    }
+};
+
+template <> struct dq_lane<mq_q6_k> {
+    static constexpr bool X_SPLIT = false;
+    static __device__ __forceinline__ void frag(const u8* __restrict__ row, int u, int t, u32 (&h)[4]) {
+        const u8* b = row + (size_t)(u >> 3) * 210;
+        const int j = u & 7, hh = j >> 2, jj = j & 3;
+        u32 lo[2], hi[2];
+        mmq_ld_words<2>(b + 64 * hh + 32 * (jj & 1) + 8 * t, lo);
+        mmq_ld_words<2>(b + 128 + 32 * hh + 8 * t, hi);
+        const u32 sc2 = mmq_ld16(b + 192 + 8 * hh + 2 * jj);  // the block's two 16-value scales; lane t: t >= 2
+        const float sc = (float)(signed char)((t >= 2 ? sc2 >> 8 : sc2) & 0xFFu);
+        const u32 d2 = dq_half2_splat(__fmul_rn(f16_to_f32((u16)mmq_ld16(b + 208)), sc));
+        const int sl = 4 * (jj >> 1), sh = 2 * jj;
+        const u32 v0 = ((lo[0] >> sl) & 0x0F0F0F0Fu) | (((hi[0] >> sh) & 0x03030303u) << 4);
+        const u32 v1 = ((lo[1] >> sl) & 0x0F0F0F0Fu) | (((hi[1] >> sh) & 0x03030303u) << 4);
+        dq_byte_pairs(v0, 0x64206420u, d2, 0u, h[0], h[1]);  // q - 32: minus 1056
+        dq_byte_pairs(v1, 0x64206420u, d2, 0u, h[2], h[3]);
+    }
+};
+
+// B words of one token for block u, in dq_lane's assignment: b[0], b[1] for the first k16 step, b[2], b[3] the second
+template <bool X_SPLIT>
+__device__ __forceinline__ void dq_lane_x(const u16* __restrict__ xrow, int u, int t, u32 (&b)[4]) {
+    const u16* p = xrow + (size_t)u * 32;
+    uint2 lo, hi;
+    if (X_SPLIT) {
+        lo = __ldg((const uint2*)(p + 4 * t));
+        hi = __ldg((const uint2*)(p + 16 + 4 * t));
+    } else {
+        const uint4 v = __ldg((const uint4*)(p + 8 * t));
+        lo = make_uint2(v.x, v.y);
+        hi = make_uint2(v.z, v.w);
+    }
+    b[0] = __byte_perm(lo.x, lo.y, 0x5410);  // values e0, e2
+    b[1] = __byte_perm(lo.x, lo.y, 0x7632);  // e1, e3
+    b[2] = __byte_perm(hi.x, hi.y, 0x5410);
+    b[3] = __byte_perm(hi.x, hi.y, 0x7632);
+}
+
+template <class Q, int WM, int BN, int U>
+__device__ __forceinline__ void dq_direct_kernel(const u8* __restrict__ w, i64 row_bytes, int rows, int units,
+                                                 const u16* __restrict__ x16, const float* __restrict__ inv, int n,
+                                                 float* __restrict__ y, int slices, float* __restrict__ part,
+                                                 int* __restrict__ counters) {
+    using L = dq_lane<Q>;
+    constexpr int BM = 16 * WM, THREADS = 32 * WM, NT = BN / 8;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int row0 = blockIdx.x * BM, tok0 = blockIdx.y * BN;
+    const int u_lo = (int)((long long)blockIdx.z * units / slices);
+    const int u_hi = (int)((long long)(blockIdx.z + 1) * units / slices);
+    const size_t k_all = (size_t)units * 32;
+    // rows and tokens past the end read the last valid one (its outputs are never stored; an mma output element
+    // depends on its own row and column only)
+    const int rg = row0 + 16 * warp + g;
+    const u8* wg = w + (size_t)min(rg, rows - 1) * row_bytes;
+    const u8* wg8 = w + (size_t)min(rg + 8, rows - 1) * row_bytes;
+    const u16* xr[NT];
+#pragma unroll
+    for (int h = 0; h < NT; ++h) xr[h] = x16 + (size_t)min(tok0 + 8 * h + g, n - 1) * k_all;
+
+    float acc[NT][4];
+#pragma unroll
+    for (int h = 0; h < NT; ++h)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[h][e] = 0.0f;
+
+    for (int u0 = u_lo; u0 < u_hi; u0 += U) {
+        u32 a[U][4], a8[U][4], b[U][NT][4];
+#pragma unroll
+        for (int i = 0; i < U; ++i) {  // every load of U blocks first: U blocks of round trips in flight
+            const int u = min(u0 + i, u_hi - 1);
+            L::frag(wg, u, t, a[i]);
+            L::frag(wg8, u, t, a8[i]);
+#pragma unroll
+            for (int h = 0; h < NT; ++h) dq_lane_x<L::X_SPLIT>(xr[h], u, t, b[i][h]);
+        }
+#pragma unroll
+        for (int i = 0; i < U; ++i) {
+            if (u0 + i >= u_hi) break;  // block-uniform
+            const u32 f0[4] = {a[i][0], a8[i][0], a[i][1], a8[i][1]};
+            const u32 f1[4] = {a[i][2], a8[i][2], a[i][3], a8[i][3]};
+#pragma unroll
+            for (int h = 0; h < NT; ++h) {
+                dq_mma16816(acc[h], f0, b[i][h][0], b[i][h][1]);
+                dq_mma16816(acc[h], f1, b[i][h][2], b[i][h][3]);
+            }
+        }
+    }
+
+    float* __restrict__ dst = slices == 1 ? y : part + (size_t)blockIdx.z * n * rows;
+#pragma unroll
+    for (int h = 0; h < NT; ++h) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int j = tok0 + 8 * h + 2 * t + e;
+            if (j < n) {
+                const float sj = __ldg(inv + j);
+                if (rg < rows) dst[(size_t)j * rows + rg] = __fmul_rn(acc[h][e], sj);
+                if (rg + 8 < rows) dst[(size_t)j * rows + rg + 8] = __fmul_rn(acc[h][2 + e], sj);
+            }
+        }
+    }
+    if (slices > 1) mmq_last_slice_sums<BM, BN, THREADS>(part, slices, rows, n, row0, tok0, y, counters);
+}
+
 #define DQ_PARAMS const u8 *w, i64 row_bytes, int rows, int units, const u16 *x16, const float *inv, int n, float *y, \
                   int slices, float *part, int *counters
 #define DQ_ENTRY(name, Q, WM, MT, BN, KB, PF, BLOCKS)                                                           \
@@ -233,8 +410,24 @@ __device__ __forceinline__ void dq_mma_kernel(const u8* __restrict__ w, i64 row_
     DQ_ENTRY(name, Q, 8, 1, 32, 4, 0, 2) DQ_ENTRY(name, Q, 4, 1, 8, 4, 1, 4) DQ_ENTRY(name, Q, 4, 1, 16, 4, 1, 4) \
     DQ_ENTRY(name, Q, 4, 1, 32, 4, 1, 4) DQ_ENTRY(name, Q, 4, 1, 32, 4, 2, 4)
 
+#define DQ_DIRECT_ENTRY(name, Q, WM, BN, U, BLOCKS)                                                          \
+    extern "C" __global__ void __launch_bounds__(32 * WM, BLOCKS)                                              \
+        dq_mma_##name##_direct_w##WM##_bn##BN##_u##U(DQ_PARAMS) {                                              \
+        dq_direct_kernel<Q, WM, BN, U>(w, row_bytes, rows, units, x16, inv, n, y, slices, part, counters);     \
+    }
+// kernels/dq_mma.py TILES mirrors this list too: (warps, tokens, blocks whose loads are issued together, resident
+// blocks an SM ptxas must allow)
+#define DQ_DIRECT_TILES(name, Q)                                                                                \
+    DQ_DIRECT_ENTRY(name, Q, 4, 8, 4, 4) DQ_DIRECT_ENTRY(name, Q, 4, 8, 8, 2) DQ_DIRECT_ENTRY(name, Q, 4, 16, 2, 4) \
+    DQ_DIRECT_ENTRY(name, Q, 4, 16, 4, 2) DQ_DIRECT_ENTRY(name, Q, 4, 32, 2, 2)
+
 DQ_TILES(q8_0, mq_q8_0)
 DQ_TILES(q4_0, mq_q4_0)
 DQ_TILES(q4_k, mq_qk<false>)
 DQ_TILES(q5_k, mq_qk<true>)
 DQ_TILES(q6_k, mq_q6_k)
+DQ_DIRECT_TILES(q8_0, mq_q8_0)
+DQ_DIRECT_TILES(q4_0, mq_q4_0)
+DQ_DIRECT_TILES(q4_k, mq_qk<false>)
+DQ_DIRECT_TILES(q5_k, mq_qk<true>)
+DQ_DIRECT_TILES(q6_k, mq_q6_k)
