@@ -120,7 +120,7 @@ def test_fast_mode_golden_through_decode_mmq(variant, mode, n, record_property):
 
 
 FORCED_CASES = [(p, v, m) for p in sorted(PRESETS) for v in ("q4_k_m", "q4_0", "q8_0")
-                for m in ("batch-invariant", WS, GEMM_N, DECODE_MMQ)]
+                for m in ("batch-invariant", WS, GEMM_N, DECODE_MMQ, routing.DQ_MMA)]
 
 
 @pytest.mark.parametrize("preset, variant, mode", FORCED_CASES, ids=["-".join(c) for c in FORCED_CASES])
@@ -132,3 +132,5 @@ def test_batch_invariant_modes_are_bitwise(preset, variant, mode):
         golden_single_vs_batched(eng, prompts[:n], forced[:n], policy=exact(), cache=_SINGLE_MEMO).assert_passed()
     if mode in ("batch-invariant", DECODE_MMQ) and preset == "g4-12b-mini":
         assert DECODE_MMQ in set(eng.routes_served[32].values())  # the tile really took part
+    if mode == routing.DQ_MMA:  # the forced dequant-MMA route took part (a quantized matrix on it at N = 32)
+        assert routing.DQ_MMA in set(eng.routes_served[32].values())
