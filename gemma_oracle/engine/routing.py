@@ -104,8 +104,9 @@ FORCE_ONLY: tuple[Route, ...] = (
 #                    (N = 1 included) or never; the float routes it falls back to (WS, GEMM-N beyond 16) share one
 #                    reduction order, so every sequence's logits are bitwise independent of the batch.
 #   ws | gemm_n | decode_mmq | dq_mma   force one route wherever its kernel can serve the matmul (type, N capacity), the
-#                    speed rules ignored; GEMM_N where it cannot. All three are batch-invariant too (each kernel's
-#                    order is fixed by the shape); ws and gemm_n are the float path (no Q8_1 activations)
+#                    speed rules ignored; GEMM_N where it cannot. All four are batch-invariant too (each kernel's
+#                    order is fixed by the shape); ws and gemm_n are the float path (no Q8_1 activations), dq_mma
+#                    reads fp16 activation rows (kernels/f16_rows.py)
 #   auto@K           the auto mode's routes for a K-row decode step, whatever the step's own row count (prefill keeps
 #                    its own): the single-user twin of an auto-mode batch of K. Every kernel's order is fixed by the
 #                    shape and only the route CHOICE depends on N, so an auto-mode step of K rows must be bitwise
