@@ -97,6 +97,25 @@ __device__ __forceinline__ void dq_mma16816(float (&c)[4], const u32 (&a)[4], u3
 
 __device__ __forceinline__ void dq_prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
+// Store one warp's m16 x BN accumulators (c0, c1 = row r_lo, tokens 2t, 2t + 1 of each n8 tile; c2, c3 = row
+// r_lo + 8) times the token's inv (exact: a power of two), skipping rows past `rows` and tokens past `n`.
+template <int NT>
+__device__ __forceinline__ void dq_store_m16(const float (&acc)[NT][4], float* __restrict__ dst, const float* inv,
+                                             int r_lo, int tok0, int t, int rows, int n) {
+#pragma unroll
+    for (int h = 0; h < NT; ++h) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int j = tok0 + 8 * h + 2 * t + e;
+            if (j < n) {
+                const float s = __ldg(inv + j);
+                if (r_lo < rows) dst[(size_t)j * rows + r_lo] = __fmul_rn(acc[h][e], s);
+                if (r_lo + 8 < rows) dst[(size_t)j * rows + r_lo + 8] = __fmul_rn(acc[h][2 + e], s);
+            }
+        }
+    }
+}
+
 template <class Q, int WM, int MT, int BN, int KB, int PF>
 __device__ __forceinline__ void dq_mma_kernel(const u8* __restrict__ w, i64 row_bytes, int rows, int units,
                                               const u16* __restrict__ x16, const float* __restrict__ inv, int n,
@@ -196,25 +215,11 @@ __device__ __forceinline__ void dq_mma_kernel(const u8* __restrict__ w, i64 row_
         __syncthreads();
     }
 
-    // ---- store: c0, c1 = row g, tokens 2t, 2t + 1; c2, c3 = row g + 8; times the token's inv (exact) ----
+    // ---- store (dq_store_m16) and, with split K, the slice sums ----
     float* __restrict__ dst = slices == 1 ? y : part + (size_t)blockIdx.z * n * rows;
-    const int g = lane >> 2, t = lane & 3;
 #pragma unroll
-    for (int i = 0; i < MT; ++i) {
-        const int r_lo = row0 + warp * 16 * MT + 16 * i + g, r_hi = r_lo + 8;
-#pragma unroll
-        for (int h = 0; h < NT; ++h) {
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int j = tok0 + 8 * h + 2 * t + e;
-                if (j < n) {
-                    const float s = __ldg(inv + j);
-                    if (r_lo < rows) dst[(size_t)j * rows + r_lo] = __fmul_rn(acc[i][h][e], s);
-                    if (r_hi < rows) dst[(size_t)j * rows + r_hi] = __fmul_rn(acc[i][h][2 + e], s);
-                }
-            }
-        }
-    }
+    for (int i = 0; i < MT; ++i)
+        dq_store_m16<NT>(acc[i], dst, inv, row0 + warp * 16 * MT + 16 * i + (lane >> 2), tok0, lane & 3, rows, n);
     if (slices > 1) mmq_last_slice_sums<BM, BN, THREADS>(part, slices, rows, n, row0, tok0, y, counters);
 }
 
@@ -380,18 +385,7 @@ __device__ __forceinline__ void dq_direct_kernel(const u8* __restrict__ w, i64 r
     }
 
     float* __restrict__ dst = slices == 1 ? y : part + (size_t)blockIdx.z * n * rows;
-#pragma unroll
-    for (int h = 0; h < NT; ++h) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            const int j = tok0 + 8 * h + 2 * t + e;
-            if (j < n) {
-                const float sj = __ldg(inv + j);
-                if (rg < rows) dst[(size_t)j * rows + rg] = __fmul_rn(acc[h][e], sj);
-                if (rg + 8 < rows) dst[(size_t)j * rows + rg + 8] = __fmul_rn(acc[h][2 + e], sj);
-            }
-        }
-    }
+    dq_store_m16<NT>(acc, dst, inv, rg, tok0, t, rows, n);
     if (slices > 1) mmq_last_slice_sums<BM, BN, THREADS>(part, slices, rows, n, row0, tok0, y, counters);
 }
 
