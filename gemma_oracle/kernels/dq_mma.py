@@ -63,16 +63,17 @@ TILES = {t.name: t for t in (Tile(4, 1, 8, 4), Tile(4, 1, 16, 4), Tile(4, 1, 32,
                               Tile(4, 2, 32, 4), Tile(4, 1, 16, 8), Tile(8, 1, 32, 4), Tile(4, 1, 8, 4, 1),
                               Tile(4, 1, 16, 4, 1), Tile(4, 1, 32, 4, 1), Tile(4, 1, 32, 4, 2),
                               direct_tile(4, 8, 4), direct_tile(4, 8, 8), direct_tile(4, 16, 2), direct_tile(4, 16, 4),
-                              direct_tile(4, 32, 2))}
+                              direct_tile(4, 32, 2), direct_tile(4, 8, 2), direct_tile(8, 8, 4), direct_tile(8, 16, 2),
+                              direct_tile(8, 32, 2))}
 MAX_N = 65535 * 8
 
-# Which tile a launch uses (first match: min N, tile). Every tile gives the same bits, so this is a speed choice
+# Which tile a launch uses (first match: min N, tile). Within a kind every tile gives the same bits, so this is a speed choice
 # only; the first rules are the smallest tiles that hold the batch's tokens in one token tile (each weight is then
-# read and dequantized once).
+# read and dequantized once). All rules name one kind, so a token's bits do not depend on N.
 TILE_RULES: tuple[tuple[int, str], ...] = (
-    (17, "w4_m1_bn32_kb4_pf0"),
-    (9, "w4_m1_bn16_kb4_pf0"),
-    (1, "w4_m1_bn8_kb4_pf0"),
+    (17, "direct_w4_bn32_u2"),
+    (9, "direct_w4_bn16_u2"),
+    (1, "direct_w4_bn8_u4"),
 )
 
 

@@ -413,7 +413,8 @@ __device__ __forceinline__ void dq_direct_kernel(const u8* __restrict__ w, i64 r
 // blocks an SM ptxas must allow)
 #define DQ_DIRECT_TILES(name, Q)                                                                                \
     DQ_DIRECT_ENTRY(name, Q, 4, 8, 4, 4) DQ_DIRECT_ENTRY(name, Q, 4, 8, 8, 2) DQ_DIRECT_ENTRY(name, Q, 4, 16, 2, 4) \
-    DQ_DIRECT_ENTRY(name, Q, 4, 16, 4, 2) DQ_DIRECT_ENTRY(name, Q, 4, 32, 2, 2)
+    DQ_DIRECT_ENTRY(name, Q, 4, 16, 4, 2) DQ_DIRECT_ENTRY(name, Q, 4, 32, 2, 2) DQ_DIRECT_ENTRY(name, Q, 4, 8, 2, 4)   \
+    DQ_DIRECT_ENTRY(name, Q, 8, 8, 4, 2) DQ_DIRECT_ENTRY(name, Q, 8, 16, 2, 2) DQ_DIRECT_ENTRY(name, Q, 8, 32, 2, 2)
 
 DQ_TILES(q8_0, mq_q8_0)
 DQ_TILES(q4_0, mq_q4_0)
