@@ -334,58 +334,157 @@ __device__ __forceinline__ void dq_lane_x(const u16* __restrict__ xrow, int u, i
     b[3] = __byte_perm(hi.x, hi.y, 0x7632);
 }
 
-template <class Q, int WM, int BN, int U>
+// ---- Groups: the bytes a lane needs for several blocks, loaded once ----------------------------------------------
+// dq_lane reads one block at a time; for the K-quants that re-reads the super-block's head (and for Q4_K / Q5_K each
+// code byte, whose two nibbles belong to two blocks) once per block, and every read is a separate L1 transaction
+// (H100, 2026-12-06: the per-block tile ran at ~950 GB/s, as its L1 transactions per byte predict). dq_group<Q>
+// loads a lane's share of a whole group of BLOCKS blocks (a K-quant super-block: head, codes, high bits) into
+// registers once, then frag(raw, j, t, h) decodes block j of the group from them: the same operations on the same
+// bytes as dq_lane<Q>::frag, so the same fp16 values and the same bits.
+template <class Q> struct dq_group {  // Q8_0, Q4_0: a group is one block, decoded when loaded
+    static constexpr int BLOCKS = 1;
+    using L = dq_lane<Q>;
+    struct Raw { u32 h[4]; };
+    static __device__ __forceinline__ void load(const u8* __restrict__ row, int grp, int t, Raw& r) {
+        L::frag(row, grp, t, r.h);
+    }
+    static __device__ __forceinline__ void frag(const Raw& r, int, int, u32 (&h)[4]) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) h[i] = r.h[i];
+    }
+};
+
+template <bool FIVE_BIT> struct dq_group<mq_qk<FIVE_BIT>> {  // Q4_K, Q5_K: one super-block of 8 blocks
+    static constexpr int BLOCKS = 8;
+    struct Raw { uint4 head; uint2 q[4]; uint2 qh; };
+    static __device__ __forceinline__ void load(const u8* __restrict__ row, int grp, int t, Raw& r) {
+        const u8* b = row + (size_t)grp * (FIVE_BIT ? 176 : 144);
+        r.head = qb_ld128(b);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) r.q[i] = __ldg((const uint2*)(b + (FIVE_BIT ? 48 : 16) + 32 * i + 8 * t));
+        r.qh = FIVE_BIT ? __ldg((const uint2*)(b + 16 + 8 * t)) : make_uint2(0u, 0u);
+    }
+    static __device__ __forceinline__ void frag(const Raw& r, int s, int, u32 (&h)[4]) {
+        int sc, mn;
+        qb_k_scale_min(r.head.y, r.head.z, r.head.w, s, sc, mn);
+        const u32 d2 = dq_half2_splat(__fmul_rn(f16_to_f32((u16)(r.head.x & 0xFFFFu)), (float)sc));
+        const u32 negm2 = dq_half2_splat(-__fmul_rn(f16_to_f32((u16)(r.head.x >> 16)), (float)mn));
+        const uint2 q = r.q[s >> 1];
+        const int sh = 4 * (s & 1);
+        u32 v0 = (q.x >> sh) & 0x0F0F0F0Fu, v1 = (q.y >> sh) & 0x0F0F0F0Fu;
+        if (FIVE_BIT) {
+            v0 |= ((r.qh.x >> s) & 0x01010101u) << 4;
+            v1 |= ((r.qh.y >> s) & 0x01010101u) << 4;
+        }
+        dq_byte_pairs(v0, 0x64006400u, d2, negm2, h[0], h[1]);
+        dq_byte_pairs(v1, 0x64006400u, d2, negm2, h[2], h[3]);
+    }
+};
+
+template <> struct dq_group<mq_q6_k> {  // one super-block of 8 blocks (its fields are only 2-byte aligned)
+    static constexpr int BLOCKS = 8;
+    struct Raw { u32 lo[4][2]; u32 hi[2][2]; u32 sc[4]; u32 d; };
+    static __device__ __forceinline__ void load(const u8* __restrict__ row, int grp, int t, Raw& r) {
+        const u8* b = row + (size_t)grp * 210;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) mmq_ld_words<2>(b + 64 * (i >> 1) + 32 * (i & 1) + 8 * t, r.lo[i]);
+#pragma unroll
+        for (int i = 0; i < 2; ++i) mmq_ld_words<2>(b + 128 + 32 * i + 8 * t, r.hi[i]);
+        mmq_ld_words<4>(b + 192, r.sc);
+        r.d = mmq_ld16(b + 208);
+    }
+    static __device__ __forceinline__ void frag(const Raw& r, int j, int t, u32 (&h)[4]) {
+        const int hh = j >> 2, jj = j & 3;
+        const u32 sc2 = (r.sc[2 * hh + (jj >> 1)] >> (16 * (jj & 1))) & 0xFFFFu;  // scale bytes 8hh + 2jj, + 1
+        const float sc = (float)(signed char)((t >= 2 ? sc2 >> 8 : sc2) & 0xFFu);
+        const u32 d2 = dq_half2_splat(__fmul_rn(f16_to_f32((u16)r.d), sc));
+        const u32* lo = r.lo[2 * hh + (jj & 1)];
+        const u32* hi = r.hi[hh];
+        const int sl = 4 * (jj >> 1), sh = 2 * jj;
+        const u32 v0 = ((lo[0] >> sl) & 0x0F0F0F0Fu) | (((hi[0] >> sh) & 0x03030303u) << 4);
+        const u32 v1 = ((lo[1] >> sl) & 0x0F0F0F0Fu) | (((hi[1] >> sh) & 0x03030303u) << 4);
+        dq_byte_pairs(v0, 0x64206420u, d2, 0u, h[0], h[1]);
+        dq_byte_pairs(v1, 0x64206420u, d2, 0u, h[2], h[3]);
+    }
+};
+
+// Tile <WM, MT, BN, U>: WM warps, each owning MT m16 row tiles (16 * MT rows: the tokens' B fragments are loaded once
+// for all of them) and all BN tokens; the loads of U_ONE groups are issued together where a group is one block. Per
+// output the mma chain is the
+// blocks in increasing K, each block's two k16 steps in order, whatever the tile: all direct tiles give the same bits.
+template <class Q, int WM, int MT, int BN, int U_ONE>
 __device__ __forceinline__ void dq_direct_kernel(const u8* __restrict__ w, i64 row_bytes, int rows, int units,
                                                  const u16* __restrict__ x16, const float* __restrict__ inv, int n,
                                                  float* __restrict__ y, int slices, float* __restrict__ part,
                                                  int* __restrict__ counters) {
     using L = dq_lane<Q>;
-    constexpr int BM = 16 * WM, THREADS = 32 * WM, NT = BN / 8;
+    using G = dq_group<Q>;
+    constexpr int BM = 16 * MT * WM, THREADS = 32 * WM, NT = BN / 8, B = G::BLOCKS;
+    constexpr int U = B > 1 ? 1 : U_ONE;  // a K-quant super-block is already 8 blocks of loads in flight
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int row0 = blockIdx.x * BM, tok0 = blockIdx.y * BN;
     const int u_lo = (int)((long long)blockIdx.z * units / slices);
     const int u_hi = (int)((long long)(blockIdx.z + 1) * units / slices);
     const size_t k_all = (size_t)units * 32;
-    // rows and tokens past the end read the last valid one (its outputs are never stored; an mma output element
+    // rows and tokens past the end read the last valid one (their outputs are never stored; an mma output element
     // depends on its own row and column only)
-    const int rg = row0 + 16 * warp + g;
-    const u8* wg = w + (size_t)min(rg, rows - 1) * row_bytes;
-    const u8* wg8 = w + (size_t)min(rg + 8, rows - 1) * row_bytes;
+    const u8* wr[MT][2];
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int e = 0; e < 2; ++e)
+            wr[i][e] = w + (size_t)min(row0 + 16 * (MT * warp + i) + 8 * e + g, rows - 1) * row_bytes;
     const u16* xr[NT];
 #pragma unroll
     for (int h = 0; h < NT; ++h) xr[h] = x16 + (size_t)min(tok0 + 8 * h + g, n - 1) * k_all;
 
-    float acc[NT][4];
+    float acc[MT][NT][4];
 #pragma unroll
-    for (int h = 0; h < NT; ++h)
+    for (int i = 0; i < MT; ++i)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[h][e] = 0.0f;
+        for (int h = 0; h < NT; ++h)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][h][e] = 0.0f;
 
-    for (int u0 = u_lo; u0 < u_hi; u0 += U) {
-        u32 a[U][4], a8[U][4], b[U][NT][4];
+    const int g_lo = u_lo / B, g_hi = (u_hi - 1) / B + 1;
+    for (int g0 = g_lo; g0 < g_hi; g0 += U) {
+        typename G::Raw raw[U][MT][2];
 #pragma unroll
-        for (int i = 0; i < U; ++i) {  // every load of U blocks first: U blocks of round trips in flight
-            const int u = min(u0 + i, u_hi - 1);
-            L::frag(wg, u, t, a[i]);
-            L::frag(wg8, u, t, a8[i]);
+        for (int i = 0; i < U; ++i)  // every weight load of U groups first: their round trips overlap
 #pragma unroll
-            for (int h = 0; h < NT; ++h) dq_lane_x<L::X_SPLIT>(xr[h], u, t, b[i][h]);
-        }
+            for (int m = 0; m < MT; ++m)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) G::load(wr[m][e], min(g0 + i, g_hi - 1), t, raw[i][m][e]);
 #pragma unroll
         for (int i = 0; i < U; ++i) {
-            if (u0 + i >= u_hi) break;  // block-uniform
-            const u32 f0[4] = {a[i][0], a8[i][0], a[i][1], a8[i][1]};
-            const u32 f1[4] = {a[i][2], a8[i][2], a[i][3], a8[i][3]};
+            if (g0 + i >= g_hi) break;  // block-uniform
 #pragma unroll
-            for (int h = 0; h < NT; ++h) {
-                dq_mma16816(acc[h], f0, b[i][h][0], b[i][h][1]);
-                dq_mma16816(acc[h], f1, b[i][h][2], b[i][h][3]);
+            for (int j = 0; j < B; ++j) {
+                const int u = (g0 + i) * B + j;
+                if (u < u_lo || u >= u_hi) continue;  // block-uniform: a slice may start or end inside a group
+                u32 b[NT][4];
+#pragma unroll
+                for (int h = 0; h < NT; ++h) dq_lane_x<L::X_SPLIT>(xr[h], u, t, b[h]);
+#pragma unroll
+                for (int m = 0; m < MT; ++m) {
+                    u32 a[4], a8[4];
+                    G::frag(raw[i][m][0], j, t, a);
+                    G::frag(raw[i][m][1], j, t, a8);
+                    const u32 f0[4] = {a[0], a8[0], a[1], a8[1]};
+                    const u32 f1[4] = {a[2], a8[2], a[3], a8[3]};
+#pragma unroll
+                    for (int h = 0; h < NT; ++h) {
+                        dq_mma16816(acc[m][h], f0, b[h][0], b[h][1]);
+                        dq_mma16816(acc[m][h], f1, b[h][2], b[h][3]);
+                    }
+                }
             }
         }
     }
 
     float* __restrict__ dst = slices == 1 ? y : part + (size_t)blockIdx.z * n * rows;
-    dq_store_m16<NT>(acc, dst, inv, rg, tok0, t, rows, n);
+#pragma unroll
+    for (int m = 0; m < MT; ++m) dq_store_m16<NT>(acc[m], dst, inv, row0 + 16 * (MT * warp + m) + g, tok0, t, rows, n);
     if (slices > 1) mmq_last_slice_sums<BM, BN, THREADS>(part, slices, rows, n, row0, tok0, y, counters);
 }
 
@@ -404,17 +503,20 @@ __device__ __forceinline__ void dq_direct_kernel(const u8* __restrict__ w, i64 r
     DQ_ENTRY(name, Q, 8, 1, 32, 4, 0, 2) DQ_ENTRY(name, Q, 4, 1, 8, 4, 1, 4) DQ_ENTRY(name, Q, 4, 1, 16, 4, 1, 4) \
     DQ_ENTRY(name, Q, 4, 1, 32, 4, 1, 4) DQ_ENTRY(name, Q, 4, 1, 32, 4, 2, 4)
 
-#define DQ_DIRECT_ENTRY(name, Q, WM, BN, U, BLOCKS)                                                          \
+#define DQ_DIRECT_ENTRY(name, Q, WM, MT, BN, U, BLOCKS)                                                      \
     extern "C" __global__ void __launch_bounds__(32 * WM, BLOCKS)                                              \
-        dq_mma_##name##_direct_w##WM##_bn##BN##_u##U(DQ_PARAMS) {                                              \
-        dq_direct_kernel<Q, WM, BN, U>(w, row_bytes, rows, units, x16, inv, n, y, slices, part, counters);     \
+        dq_mma_##name##_direct_w##WM##_m##MT##_bn##BN##_u##U(DQ_PARAMS) {                                      \
+        dq_direct_kernel<Q, WM, MT, BN, U>(w, row_bytes, rows, units, x16, inv, n, y, slices, part, counters); \
     }
-// kernels/dq_mma.py TILES mirrors this list too: (warps, tokens, blocks whose loads are issued together, resident
-// blocks an SM ptxas must allow)
-#define DQ_DIRECT_TILES(name, Q)                                                                                \
-    DQ_DIRECT_ENTRY(name, Q, 4, 8, 4, 4) DQ_DIRECT_ENTRY(name, Q, 4, 8, 8, 2) DQ_DIRECT_ENTRY(name, Q, 4, 16, 2, 4) \
-    DQ_DIRECT_ENTRY(name, Q, 4, 16, 4, 2) DQ_DIRECT_ENTRY(name, Q, 4, 32, 2, 2) DQ_DIRECT_ENTRY(name, Q, 4, 8, 2, 4)   \
-    DQ_DIRECT_ENTRY(name, Q, 8, 8, 4, 2) DQ_DIRECT_ENTRY(name, Q, 8, 16, 2, 2) DQ_DIRECT_ENTRY(name, Q, 8, 32, 2, 2)
+// kernels/dq_mma.py TILES mirrors this list too: (warps, m16 tiles a warp, tokens, groups whose loads are issued
+// together (a group: one block of Q8_0 / Q4_0, a super-block of the K-quants), resident blocks an SM ptxas must allow).
+// For the K-quants U is 1 whatever the name says (a super-block is already 8 blocks of loads): their _u4 tiles run
+// as _u1 and are kept so that every type has the same tile names.
+#define DQ_DIRECT_TILES(name, Q)                                                                                  \
+    DQ_DIRECT_ENTRY(name, Q, 4, 1, 8, 1, 4) DQ_DIRECT_ENTRY(name, Q, 4, 1, 8, 4, 4)                               \
+    DQ_DIRECT_ENTRY(name, Q, 4, 1, 16, 1, 4) DQ_DIRECT_ENTRY(name, Q, 4, 2, 16, 1, 3)                             \
+    DQ_DIRECT_ENTRY(name, Q, 4, 1, 32, 1, 3) DQ_DIRECT_ENTRY(name, Q, 4, 2, 32, 1, 2)                             \
+    DQ_DIRECT_ENTRY(name, Q, 4, 2, 8, 1, 4) DQ_DIRECT_ENTRY(name, Q, 4, 2, 16, 4, 2) DQ_DIRECT_ENTRY(name, Q, 4, 4, 32, 1, 2)
 
 DQ_TILES(q8_0, mq_q8_0)
 DQ_TILES(q4_0, mq_q4_0)
