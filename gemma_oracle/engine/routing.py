@@ -66,10 +66,6 @@ DQ_MMA_TYPES: frozenset[str] = MMQ_TYPES
 # nearly flat in N and, since K is split by shape (kernels/mmq.py), no longer bound by a long serial K walk; the
 # float routes' time grows with N. Only the few-row matrices keep a float route at the smallest N.
 ROUTE_TABLE: tuple[Route, ...] = (
-    Route(DQ_MMA, DQ_MMA_TYPES, min_n=5, min_rows=2048, col_multiple=256,
-          why="2048+-row matrices from N = 5, where decode-MMQ leaves its dp4a kernel for the int8 mma tiles: the "
-              "dequant-MMA direct tiles' per-weight work does not grow with N (first set from the direct tiles' "
-              "design, reports/history/2026-12-06-h100-dq-mma-s11.md has the measurement)"),
     Route(DECODE_MMQ, MMQ_TYPES, min_n=1, min_rows=2048, col_multiple=256,
           why="2048+-row matrices (every 12B matmul but the global attn_k, the tied lm-head included): the tile "
               "wins from N = 1 (0.40..0.92x the best float route's time)"),
@@ -97,8 +93,10 @@ INVARIANT_TABLE: tuple[Route, ...] = (
     Route(GEMM_N, ALL_TYPES, why="batch-invariant: the float route beyond 16 tokens (bitwise equal to WS)"),
 )
 
-# Routes a forced mode can take that neither table lists: none now (dequant-MMA was one until it joined ROUTE_TABLE)
-FORCE_ONLY: tuple[Route, ...] = ()
+# Routes a forced mode can take that neither table lists (yet): dequant-MMA, until its crossovers are timed on the GPU
+FORCE_ONLY: tuple[Route, ...] = (
+    Route(DQ_MMA, DQ_MMA_TYPES, why="forced dequant-MMA: fp16 weights dequantized once per tile, fp16 tensor cores"),
+)
 
 # Modes a user A/B-tests routes with (CLI --route / env GEMMA_ORACLE_ROUTE):
 #   auto             ROUTE_TABLE (the fast mode)
