@@ -125,7 +125,7 @@ def test_dq_mma_case(case):
 
 
 @gpu
-@pytest.mark.parametrize("kind_tile", ("w4_m1_bn8_kb4_pf0", "direct_w4_m1_bn8_u1"))
+@pytest.mark.parametrize("kind_tile", ("w4_m1_bn8_kb4_pf0", "direct_w4_m1_bn8_p1"))
 @pytest.mark.parametrize("t", DQ_MMA_TYPES)
 def test_dq_mma_weights_through_identity(t, kind_tile):
     """The staged fp16 weights bit for bit: one-hot activations pick single columns (y = w16[r, k] exactly, a zero
@@ -152,7 +152,7 @@ def test_dq_mma_batch_invariant(t):
     rng = np.random.default_rng(3)
     needle = activations(1, cols, "needle", t)
     alone = {kind: _host(dq_mma_matvec(raw, t, cols, cp.asarray(needle), tile=first))
-             for kind, first in (("smem", "w4_m1_bn8_kb4_pf0"), ("direct", "direct_w4_m1_bn8_u1"))}
+             for kind, first in (("smem", "w4_m1_bn8_kb4_pf0"), ("direct", "direct_w4_m1_bn8_p1"))}
     for n in (2, 7, 8, 9, 16, 17, 31, 32, 40):
         x = activations(n, cols, "batch", t, n) * rng.uniform(0.1, 10.0, size=(n, 1)).astype(np.float32)
         slot = int(rng.integers(n))
@@ -196,7 +196,7 @@ def test_launcher_matches_tile_list():
     entries = re.findall(r"DQ_ENTRY\(name, Q, (\d+), (\d+), (\d+), (\d+), (\d+), \d+\)", src)
     direct = re.findall(r"DQ_DIRECT_ENTRY\(name, Q, (\d+), (\d+), (\d+), (\d+), \d+\)", src)
     assert sorted([f"w{w}_m{m}_bn{bn}_kb{kb}_pf{pf}" for w, m, bn, kb, pf in entries]
-                  + [f"direct_w{w}_m{m}_bn{bn}_u{u}" for w, m, bn, u in direct]) == sorted(TILES)
+                  + [f"direct_w{w}_m{m}_bn{bn}_p{p}" for w, m, bn, p in direct]) == sorted(TILES)
     assert sorted(re.findall(r"^DQ_DIRECT_TILES\((\w+),", src, flags=re.M)) == sorted(t.lower() for t in DQ_MMA_TYPES)
     assert sorted(re.findall(r"^DQ_TILES\((\w+),", src, flags=re.M)) == sorted(t.lower() for t in DQ_MMA_TYPES)
     for w, m, bn, kb, pf in entries:
@@ -204,8 +204,8 @@ def test_launcher_matches_tile_list():
         assert tile.bm == 16 * int(m) * int(w) and tile.bn % 8 == 0
         # static shared memory (weights + activations, fp16 rows of 32 * kb + 8) within the 48 KB a block may take
         assert (tile.bm + tile.bn) * (32 * tile.kb + 8) * 2 <= 48 * 1024
-    for w, m, bn, u in direct:
-        assert TILES[f"direct_w{w}_m{m}_bn{bn}_u{u}"].bm == 16 * int(m) * int(w)
+    for w, m, bn, p in direct:
+        assert TILES[f"direct_w{w}_m{m}_bn{bn}_p{p}"].bm == 16 * int(m) * int(w)
 
 
 def test_f16_rows_reference_properties():
@@ -241,9 +241,9 @@ def test_dequant_f16_reference_against_ggml_dequant(t):
     assert np.abs(w16 - w).max() > 0  # it is the rounded operand, not a copy of the exact one
 
 
-@pytest.mark.parametrize("n, expected", [(1, "direct_w4_m2_bn8_u1"), (8, "direct_w4_m2_bn8_u1"),
-                                         (9, "direct_w4_m2_bn16_u1"), (16, "direct_w4_m2_bn16_u1"),
-                                         (17, "direct_w4_m2_bn32_u1"), (64, "direct_w4_m2_bn32_u1")])
+@pytest.mark.parametrize("n, expected", [(1, "direct_w4_m2_bn8_p1"), (8, "direct_w4_m2_bn8_p1"),
+                                         (9, "direct_w4_m2_bn16_p1"), (16, "direct_w4_m2_bn16_p1"),
+                                         (17, "direct_w4_m1_bn32_p1"), (64, "direct_w4_m1_bn32_p1")])
 def test_choose_tile(n, expected):
     assert choose_tile(n).name == expected
 
@@ -277,7 +277,7 @@ def test_plan_rejects(bad, pattern):
 def test_plan_geometry():
     raw, x = _arrays(rows=77, cols=800, n=20)
     plan = plan_dq_mma(raw, "Q8_0", 800, x)
-    assert plan.entry == "dq_mma_q8_0_direct_w4_m2_bn32_u1" and plan.grid == (1, 1, split_k_slices(77, 25))
+    assert plan.entry == "dq_mma_q8_0_direct_w4_m1_bn32_p1" and plan.grid == (2, 1, split_k_slices(77, 25))
     assert plan.block == (128, 1, 1) and plan.convert
 
 

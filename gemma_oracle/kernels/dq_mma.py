@@ -33,8 +33,8 @@ class Tile:
     kind "smem": `warps` warps of `mt` m16 tiles each (bm = 16 * mt * warps rows) x bn tokens, weights decoded to fp16
     in shared memory kb 32-value blocks a stage, their L2 prefetch `pf` stages ahead (0: none).
     kind "direct": `warps` warps of 16 * mt rows x bn tokens, each lane decoding its share of every block straight into
-    its mma registers, the loads of `u` groups (one block of Q8_0 / Q4_0, a super-block of the K-quants) issued
-    together. The two kinds assign values to mma slots differently, so
+    its mma registers from the bytes of a group (4 blocks of Q8_0 / Q4_0, a K-quant super-block) loaded at once;
+    pipeline depth `p` 2: the next group's bytes and the next block's activations are loaded before this one's mmas. The two kinds assign values to mma slots differently, so
     they agree to rounding, not bitwise; within a kind every tile gives the same bits."""
     warps: int
     mt: int
@@ -42,7 +42,7 @@ class Tile:
     kb: int
     pf: int = 0
     kind: str = "smem"
-    u: int = 0
+    p: int = 0
 
     @property
     def bm(self) -> int:
@@ -51,30 +51,32 @@ class Tile:
     @property
     def name(self) -> str:
         if self.kind == "direct":
-            return f"direct_w{self.warps}_m{self.mt}_bn{self.bn}_u{self.u}"
+            return f"direct_w{self.warps}_m{self.mt}_bn{self.bn}_p{self.p}"
         return f"w{self.warps}_m{self.mt}_bn{self.bn}_kb{self.kb}_pf{self.pf}"
 
 
-def direct_tile(warps: int, mt: int, bn: int, u: int) -> Tile:
-    return Tile(warps, mt, bn, 0, 0, "direct", u)
+def direct_tile(warps: int, mt: int, bn: int, p: int) -> Tile:
+    return Tile(warps, mt, bn, 0, 0, "direct", p)
 
 
 # DQ_TILES and DQ_DIRECT_TILES in dq_mma.cu
 TILES = {t.name: t for t in (Tile(4, 1, 8, 4), Tile(4, 1, 16, 4), Tile(4, 1, 32, 4), Tile(4, 2, 16, 4),
                               Tile(4, 2, 32, 4), Tile(4, 1, 16, 8), Tile(8, 1, 32, 4), Tile(4, 1, 8, 4, 1),
                               Tile(4, 1, 16, 4, 1), Tile(4, 1, 32, 4, 1), Tile(4, 1, 32, 4, 2),
-                              direct_tile(4, 1, 8, 1), direct_tile(4, 1, 8, 4), direct_tile(4, 1, 16, 1),
-                              direct_tile(4, 2, 16, 1), direct_tile(4, 1, 32, 1), direct_tile(4, 2, 32, 1),
-                              direct_tile(4, 2, 8, 1), direct_tile(4, 2, 16, 4), direct_tile(4, 4, 32, 1))}
+                              direct_tile(4, 1, 8, 1), direct_tile(4, 2, 8, 1), direct_tile(4, 2, 16, 1),
+                              direct_tile(4, 1, 32, 1), direct_tile(4, 4, 32, 1), direct_tile(4, 1, 8, 2),
+                              direct_tile(4, 2, 8, 2), direct_tile(4, 1, 16, 2), direct_tile(4, 2, 16, 2),
+                              direct_tile(4, 1, 32, 2))}
 MAX_N = 65535 * 8
 
-# Which tile a launch uses (first match: min N, tile). Within a kind every tile gives the same bits, so this is a speed choice
-# only; the first rules are the smallest tiles that hold the batch's tokens in one token tile (each weight is then
-# read and dequantized once). All rules name one kind, so a token's bits do not depend on N.
+# Which tile a launch uses (first match: min N, tile). Within a kind every tile gives the same bits, so this is a speed
+# choice only; all rules name one kind, so a token's bits do not depend on N. The fastest direct tile per N on the
+# 12B stand-ins' ffn matrices (H100, reports/history/2026-12-06-h100-dq-mma-s11.md run 2): two m16 row tiles a warp
+# up to 16 tokens, one from 17 (two need ~150 registers there: fewer warps fit; the lm-head alone prefers four).
 TILE_RULES: tuple[tuple[int, str], ...] = (
-    (17, "direct_w4_m2_bn32_u1"),
-    (9, "direct_w4_m2_bn16_u1"),
-    (1, "direct_w4_m2_bn8_u1"),
+    (17, "direct_w4_m1_bn32_p1"),
+    (9, "direct_w4_m2_bn16_p1"),
+    (1, "direct_w4_m2_bn8_p1"),
 )
 
 

@@ -4,8 +4,9 @@ Run it under `compute-sanitizer --tool memcheck` (scripts/gpu-run memcheck): the
 weight matrix is its own cudaMalloc of exactly rows x row_bytes bytes, and a load past the last row's last byte is
 reported as an out-of-bounds global read (the pool's larger blocks would hide it). Rows of 1, 7 and 77 with 81 or 80
 blocks (Q4_0 1458-byte rows, Q8_0 2754, Q6_K 2100: allocations ending 2 mod 4 or 4 mod 16) at K splits of 1, 3 and 16
-(slices starting inside a super-block), N = 1 and 3 (the dp4a and mma entries). Every tile's output is also compared
-bitwise with the first tile's. Exit status 1 on a difference.
+(slices starting inside a super-block), N = 1, 3 and 17 (the dp4a and mma entries). Every tile's output is also
+compared bitwise with the first tile's: every decode-MMQ tile (dp4a and mma alike), and every dequant-MMA tile of the
+same kind (its shared-memory and direct tiles assign values to mma slots differently). Exit status 1 on a difference.
 
     python -m gemma_oracle.harness.perf.mmq_memcheck
 """
@@ -39,15 +40,16 @@ def main() -> int:
                             ("decode-MMQ", TILES, lambda tile: mmq_matvec(w, type_name, cols, xq, tile=tile, slices=slices)),
                             ("dequant-MMA", DQ_TILES, lambda tile: dq_mma_matvec(w, type_name, cols, x16, tile=tile,
                                                                                  slices=slices))):
-                        first = None
+                        first = {}  # per tile kind: dequant-MMA's two kinds assign values to mma slots differently
                         for tile in tiles:
                             y = cp.asnumpy(run(tile)).view(np.uint32)
                             launches += 1
-                            first = y if first is None else first
-                            if not np.array_equal(first, y):
+                            kind = tiles[tile].kind if route == "dequant-MMA" else ""  # MMQ's dp4a = its mma tiles
+                            first.setdefault(kind, (tile, y))
+                            if not np.array_equal(first[kind][1], y):
                                 failures += 1
                                 print(f"DIFF {route} {type_name} {rows}x{cols} N={n} slices={slices}: {tile} vs "
-                                      f"{next(iter(tiles))}", flush=True)
+                                      f"{first[kind][0]}", flush=True)
             del w
     cp.cuda.runtime.deviceSynchronize()
     print(f"decode-MMQ and dequant-MMA: {launches} launches on exactly sized weights, {failures} differ from the first tile's bits")

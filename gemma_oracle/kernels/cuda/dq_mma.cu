@@ -341,23 +341,25 @@ __device__ __forceinline__ void dq_lane_x(const u16* __restrict__ xrow, int u, i
 // loads a lane's share of a whole group of BLOCKS blocks (a K-quant super-block: head, codes, high bits) into
 // registers once, then frag(raw, j, t, h) decodes block j of the group from them: the same operations on the same
 // bytes as dq_lane<Q>::frag, so the same fp16 values and the same bits.
-template <class Q> struct dq_group {  // Q8_0, Q4_0: a group is one block, decoded when loaded
-    static constexpr int BLOCKS = 1;
+template <class Q> struct dq_group {  // Q8_0, Q4_0: a group is 4 blocks, decoded when loaded (16 registers a row)
+    static constexpr int BLOCKS = 4;
     using L = dq_lane<Q>;
-    struct Raw { u32 h[4]; };
-    static __device__ __forceinline__ void load(const u8* __restrict__ row, int grp, int t, Raw& r) {
-        L::frag(row, grp, t, r.h);
-    }
-    static __device__ __forceinline__ void frag(const Raw& r, int, int, u32 (&h)[4]) {
+    struct Raw { u32 h[4][4]; };
+    // blocks past the row's last (units not a multiple of 4) read the last one: never used (the slice ends before)
+    static __device__ __forceinline__ void load(const u8* __restrict__ row, int grp, int t, int units, Raw& r) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) h[i] = r.h[i];
+        for (int i = 0; i < 4; ++i) L::frag(row, min(4 * grp + i, units - 1), t, r.h[i]);
+    }
+    static __device__ __forceinline__ void frag(const Raw& r, int j, int, u32 (&h)[4]) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) h[i] = r.h[j][i];
     }
 };
 
 template <bool FIVE_BIT> struct dq_group<mq_qk<FIVE_BIT>> {  // Q4_K, Q5_K: one super-block of 8 blocks
     static constexpr int BLOCKS = 8;
     struct Raw { uint4 head; uint2 q[4]; uint2 qh; };
-    static __device__ __forceinline__ void load(const u8* __restrict__ row, int grp, int t, Raw& r) {
+    static __device__ __forceinline__ void load(const u8* __restrict__ row, int grp, int t, int, Raw& r) {
         const u8* b = row + (size_t)grp * (FIVE_BIT ? 176 : 144);
         r.head = qb_ld128(b);
 #pragma unroll
@@ -384,7 +386,7 @@ template <bool FIVE_BIT> struct dq_group<mq_qk<FIVE_BIT>> {  // Q4_K, Q5_K: one 
 template <> struct dq_group<mq_q6_k> {  // one super-block of 8 blocks (its fields are only 2-byte aligned)
     static constexpr int BLOCKS = 8;
     struct Raw { u32 lo[4][2]; u32 hi[2][2]; u32 sc[4]; u32 d; };
-    static __device__ __forceinline__ void load(const u8* __restrict__ row, int grp, int t, Raw& r) {
+    static __device__ __forceinline__ void load(const u8* __restrict__ row, int grp, int t, int, Raw& r) {
         const u8* b = row + (size_t)grp * 210;
 #pragma unroll
         for (int i = 0; i < 4; ++i) mmq_ld_words<2>(b + 64 * (i >> 1) + 32 * (i & 1) + 8 * t, r.lo[i]);
@@ -408,19 +410,53 @@ template <> struct dq_group<mq_q6_k> {  // one super-block of 8 blocks (its fiel
     }
 };
 
-// Tile <WM, MT, BN, U>: WM warps, each owning MT m16 row tiles (16 * MT rows: the tokens' B fragments are loaded once
-// for all of them) and all BN tokens; the loads of U_ONE groups are issued together where a group is one block. Per
-// output the mma chain is the
-// blocks in increasing K, each block's two k16 steps in order, whatever the tile: all direct tiles give the same bits.
-template <class Q, int WM, int MT, int BN, int U_ONE>
+// Tile <WM, MT, BN, P>: WM warps, each owning MT m16 row tiles (16 * MT rows: the tokens' B fragments are loaded once
+// for all of them) and all BN tokens. P = 1: a group's weight bytes are loaded, then used; a block's activations just
+// before its mmas. P = 2 (software pipeline, H100 2026-12-06: the P = 1 tiles stalled on their loads, at 21-23 %
+// occupancy): the next group's weight bytes are loaded before this group's mmas, and the next block's activations
+// before this block's. Per output the mma chain is the blocks in increasing K, each block's two k16 steps in order,
+// whatever the tile: all direct tiles give the same bits.
+template <class Q, int MT>
+__device__ __forceinline__ void dq_group_load(typename dq_group<Q>::Raw (&raw)[MT][2], const u8* const (&wr)[MT][2],
+                                              int grp, int t, int units) {
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) dq_group<Q>::load(wr[m][e], grp, t, units, raw[m][e]);
+}
+
+template <class Q, int NT>
+__device__ __forceinline__ void dq_x_load(u32 (&b)[NT][4], const u16* const (&xr)[NT], int u, int t) {
+#pragma unroll
+    for (int h = 0; h < NT; ++h) dq_lane_x<dq_lane<Q>::X_SPLIT>(xr[h], u, t, b[h]);
+}
+
+template <class Q, int MT, int NT>
+__device__ __forceinline__ void dq_block_mmas(float (&acc)[MT][NT][4], const typename dq_group<Q>::Raw (&raw)[MT][2],
+                                              const u32 (&b)[NT][4], int j, int t) {
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+        u32 a[4], a8[4];
+        dq_group<Q>::frag(raw[m][0], j, t, a);
+        dq_group<Q>::frag(raw[m][1], j, t, a8);
+        const u32 f0[4] = {a[0], a8[0], a[1], a8[1]};
+        const u32 f1[4] = {a[2], a8[2], a[3], a8[3]};
+#pragma unroll
+        for (int h = 0; h < NT; ++h) {
+            dq_mma16816(acc[m][h], f0, b[h][0], b[h][1]);
+            dq_mma16816(acc[m][h], f1, b[h][2], b[h][3]);
+        }
+    }
+}
+
+template <class Q, int WM, int MT, int BN, int P>
 __device__ __forceinline__ void dq_direct_kernel(const u8* __restrict__ w, i64 row_bytes, int rows, int units,
                                                  const u16* __restrict__ x16, const float* __restrict__ inv, int n,
                                                  float* __restrict__ y, int slices, float* __restrict__ part,
                                                  int* __restrict__ counters) {
-    using L = dq_lane<Q>;
     using G = dq_group<Q>;
     constexpr int BM = 16 * MT * WM, THREADS = 32 * WM, NT = BN / 8, B = G::BLOCKS;
-    constexpr int U = B > 1 ? 1 : U_ONE;  // a K-quant super-block is already 8 blocks of loads in flight
+    static_assert(P == 1 || P == 2, "pipeline depth 1 or 2");
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int row0 = blockIdx.x * BM, tok0 = blockIdx.y * BN;
     const int u_lo = (int)((long long)blockIdx.z * units / slices);
@@ -447,39 +483,38 @@ __device__ __forceinline__ void dq_direct_kernel(const u8* __restrict__ w, i64 r
             for (int e = 0; e < 4; ++e) acc[i][h][e] = 0.0f;
 
     const int g_lo = u_lo / B, g_hi = (u_hi - 1) / B + 1;
-    for (int g0 = g_lo; g0 < g_hi; g0 += U) {
-        typename G::Raw raw[U][MT][2];
+    typename G::Raw raw[MT][2];
+    u32 bx[NT][4];
+    if (P == 2) {
+        dq_group_load<Q, MT>(raw, wr, g_lo, t, units);
+        dq_x_load<Q, NT>(bx, xr, u_lo, t);
+    }
+    for (int grp = g_lo; grp < g_hi; ++grp) {
+        typename G::Raw next[MT][2];
+        if (P == 2) dq_group_load<Q, MT>(next, wr, min(grp + 1, g_hi - 1), t, units);  // in flight meanwhile
+        else dq_group_load<Q, MT>(raw, wr, grp, t, units);
 #pragma unroll
-        for (int i = 0; i < U; ++i)  // every weight load of U groups first: their round trips overlap
+        for (int j = 0; j < B; ++j) {
+            const int u = grp * B + j;
+            if (u < u_lo || u >= u_hi) continue;  // block-uniform: a slice may start or end inside a group
+            if (P == 2) {
+                u32 bn[NT][4];
+                dq_x_load<Q, NT>(bn, xr, min(u + 1, u_hi - 1), t);
+                dq_block_mmas<Q, MT, NT>(acc, raw, bx, j, t);
+#pragma unroll
+                for (int h = 0; h < NT; ++h)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) bx[h][e] = bn[h][e];
+            } else {
+                dq_x_load<Q, NT>(bx, xr, u, t);
+                dq_block_mmas<Q, MT, NT>(acc, raw, bx, j, t);
+            }
+        }
+        if (P == 2)
 #pragma unroll
             for (int m = 0; m < MT; ++m)
 #pragma unroll
-                for (int e = 0; e < 2; ++e) G::load(wr[m][e], min(g0 + i, g_hi - 1), t, raw[i][m][e]);
-#pragma unroll
-        for (int i = 0; i < U; ++i) {
-            if (g0 + i >= g_hi) break;  // block-uniform
-#pragma unroll
-            for (int j = 0; j < B; ++j) {
-                const int u = (g0 + i) * B + j;
-                if (u < u_lo || u >= u_hi) continue;  // block-uniform: a slice may start or end inside a group
-                u32 b[NT][4];
-#pragma unroll
-                for (int h = 0; h < NT; ++h) dq_lane_x<L::X_SPLIT>(xr[h], u, t, b[h]);
-#pragma unroll
-                for (int m = 0; m < MT; ++m) {
-                    u32 a[4], a8[4];
-                    G::frag(raw[i][m][0], j, t, a);
-                    G::frag(raw[i][m][1], j, t, a8);
-                    const u32 f0[4] = {a[0], a8[0], a[1], a8[1]};
-                    const u32 f1[4] = {a[2], a8[2], a[3], a8[3]};
-#pragma unroll
-                    for (int h = 0; h < NT; ++h) {
-                        dq_mma16816(acc[m][h], f0, b[h][0], b[h][1]);
-                        dq_mma16816(acc[m][h], f1, b[h][2], b[h][3]);
-                    }
-                }
-            }
-        }
+                for (int e = 0; e < 2; ++e) raw[m][e] = next[m][e];
     }
 
     float* __restrict__ dst = slices == 1 ? y : part + (size_t)blockIdx.z * n * rows;
@@ -503,20 +538,19 @@ __device__ __forceinline__ void dq_direct_kernel(const u8* __restrict__ w, i64 r
     DQ_ENTRY(name, Q, 8, 1, 32, 4, 0, 2) DQ_ENTRY(name, Q, 4, 1, 8, 4, 1, 4) DQ_ENTRY(name, Q, 4, 1, 16, 4, 1, 4) \
     DQ_ENTRY(name, Q, 4, 1, 32, 4, 1, 4) DQ_ENTRY(name, Q, 4, 1, 32, 4, 2, 4)
 
-#define DQ_DIRECT_ENTRY(name, Q, WM, MT, BN, U, BLOCKS)                                                      \
+#define DQ_DIRECT_ENTRY(name, Q, WM, MT, BN, P, BLOCKS)                                                      \
     extern "C" __global__ void __launch_bounds__(32 * WM, BLOCKS)                                              \
-        dq_mma_##name##_direct_w##WM##_m##MT##_bn##BN##_u##U(DQ_PARAMS) {                                      \
-        dq_direct_kernel<Q, WM, MT, BN, U>(w, row_bytes, rows, units, x16, inv, n, y, slices, part, counters); \
+        dq_mma_##name##_direct_w##WM##_m##MT##_bn##BN##_p##P(DQ_PARAMS) {                                      \
+        dq_direct_kernel<Q, WM, MT, BN, P>(w, row_bytes, rows, units, x16, inv, n, y, slices, part, counters); \
     }
-// kernels/dq_mma.py TILES mirrors this list too: (warps, m16 tiles a warp, tokens, groups whose loads are issued
-// together (a group: one block of Q8_0 / Q4_0, a super-block of the K-quants), resident blocks an SM ptxas must allow).
-// For the K-quants U is 1 whatever the name says (a super-block is already 8 blocks of loads): their _u4 tiles run
-// as _u1 and are kept so that every type has the same tile names.
+// kernels/dq_mma.py TILES mirrors this list too: (warps, m16 tiles a warp, tokens, pipeline depth, resident blocks an
+// SM ptxas must allow)
 #define DQ_DIRECT_TILES(name, Q)                                                                                  \
-    DQ_DIRECT_ENTRY(name, Q, 4, 1, 8, 1, 4) DQ_DIRECT_ENTRY(name, Q, 4, 1, 8, 4, 4)                               \
-    DQ_DIRECT_ENTRY(name, Q, 4, 1, 16, 1, 4) DQ_DIRECT_ENTRY(name, Q, 4, 2, 16, 1, 3)                             \
-    DQ_DIRECT_ENTRY(name, Q, 4, 1, 32, 1, 3) DQ_DIRECT_ENTRY(name, Q, 4, 2, 32, 1, 2)                             \
-    DQ_DIRECT_ENTRY(name, Q, 4, 2, 8, 1, 4) DQ_DIRECT_ENTRY(name, Q, 4, 2, 16, 4, 2) DQ_DIRECT_ENTRY(name, Q, 4, 4, 32, 1, 2)
+    DQ_DIRECT_ENTRY(name, Q, 4, 1, 8, 1, 4) DQ_DIRECT_ENTRY(name, Q, 4, 2, 8, 1, 4)                               \
+    DQ_DIRECT_ENTRY(name, Q, 4, 2, 16, 1, 3) DQ_DIRECT_ENTRY(name, Q, 4, 1, 32, 1, 3)                             \
+    DQ_DIRECT_ENTRY(name, Q, 4, 4, 32, 1, 2) DQ_DIRECT_ENTRY(name, Q, 4, 1, 8, 2, 4)                              \
+    DQ_DIRECT_ENTRY(name, Q, 4, 2, 8, 2, 2) DQ_DIRECT_ENTRY(name, Q, 4, 1, 16, 2, 3)                              \
+    DQ_DIRECT_ENTRY(name, Q, 4, 2, 16, 2, 2) DQ_DIRECT_ENTRY(name, Q, 4, 1, 32, 2, 2)
 
 DQ_TILES(q8_0, mq_q8_0)
 DQ_TILES(q4_0, mq_q4_0)
