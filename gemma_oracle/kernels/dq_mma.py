@@ -1,14 +1,15 @@
 """Launcher of kernels/cuda/dq_mma.cu: dequant-MMA, y[n, r] = sum_k W[r, k] * x[n, k] on fp16 tensor cores.
 
-W is raw GGUF bytes [rows, row_bytes] of Q8_0, Q4_0, Q4_K, Q5_K or Q6_K, dequantized to fp16 once per thread block
-in shared memory; x is taken as float32 [N, K] (converted here with kernels/f16_rows.py) or as the pair
-(x16, inv) that f16_rows made (one conversion for every matrix that reads the same input). y is float32 [N, rows].
+W is raw GGUF bytes [rows, row_bytes] of Q8_0, Q4_0, Q4_K, Q5_K or Q6_K, dequantized to fp16 once per tile (in
+shared memory, or straight into a lane's mma registers: the two tile kinds of TILES); x is taken as float32 [N, K]
+(converted here with kernels/f16_rows.py) or as the pair (x16, inv) that f16_rows made (one conversion for every
+matrix that reads the same input). y is float32 [N, rows].
 
 Numerics (the .cu header states them): fp16 weights (one rounding of d * code - m) and fp16 activations (one
 rounding after an exact power-of-two row scale), float32 accumulation inside the tensor cores over 16-value steps
 in increasing K, K split into decode-MMQ's shape-only slices (kernels/mmq.py split_k_slices) whose partial sums are
-added in slice order. Every tile gives the same bits and a token's output does not depend on the batch; it is not
-bitwise equal to WS or decode-MMQ (other operands, other order).
+added in slice order. Every tile of a kind gives the same bits and a token's output does not depend on the batch;
+it is not bitwise equal to WS or decode-MMQ (other operands, other order).
 
 `plan_dq_mma` validates on the host without a GPU; `dq_mma_matvec` launches.
 """
@@ -34,8 +35,9 @@ class Tile:
     in shared memory kb 32-value blocks a stage, their L2 prefetch `pf` stages ahead (0: none).
     kind "direct": `warps` warps of 16 * mt rows x bn tokens, each lane decoding its share of every block straight into
     its mma registers from the bytes of a group (4 blocks of Q8_0 / Q4_0, a K-quant super-block) loaded at once;
-    pipeline depth `p` 2: the next group's bytes and the next block's activations are loaded before this one's mmas. The two kinds assign values to mma slots differently, so
-    they agree to rounding, not bitwise; within a kind every tile gives the same bits."""
+    pipeline depth `p` 2: the next group's bytes and the next block's activations are loaded before this one's mmas.
+    The two kinds assign values to mma slots differently, so they agree to rounding, not bitwise; within a kind every
+    tile gives the same bits."""
     warps: int
     mt: int
     bn: int

@@ -3,8 +3,9 @@
 //
 // Why (issue 23; reports/history/2026-11-25-h100-step-kernels-s6-n32.md): decode-MMQ (mmq.cu) scales each int8
 // 32-value dot in float32 per output, so its float work per weight grows with N (at N = 32 its tiles read 16-20 % of
-// DRAM peak). Here each weight is dequantized ONCE per thread block to fp16 in shared memory, and the tensor cores
-// do every multiply-add: the per-weight work no longer depends on N.
+// DRAM peak). Here each weight is dequantized ONCE per tile to fp16 (in shared memory, or in the "direct tiles" below
+// straight into a lane's mma registers), and the tensor cores do every multiply-add: the per-weight work no longer
+// depends on N.
 //
 // Weights: GGUF rows as they are (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K), decoded by the same stage() as decode-MMQ
 // (mmq_blocks.cuh: int8 codes, scale d, offset m per 32 values; Q6_K one d per 16-value half), then
@@ -225,14 +226,15 @@ __device__ __forceinline__ void dq_mma_kernel(const u8* __restrict__ w, i64 row_
 
 // ---- Direct tiles: A fragments decoded in registers from the GGUF bytes, no shared memory, no barriers ----------
 // The shared-memory tile above is flat in N but staging-bound (H100, 2026-12-06: Q4_K 15360 x 3840 at 754 GB/s, N = 1
-// to 16). Here each warp owns 16 rows and all BN tokens, and every lane decodes its own part of each 32-value block
-// straight into its m16n8k16 A registers: lane (g, t) holds 8 of the block's 32 values for rows g and g + 8. The
-// mma's k slots need not hold the values in K order: any fixed assignment of a block's 32 values to the 32 slots of
-// its two k16 steps gives the same dot product, provided B holds the activations in the same assignment. Lane t takes
-// the 8 values whose bytes lie together in the GGUF block (dq_lane: values 8t .. 8t + 7, or for Q4_0 4t .. 4t + 3 and
-// 16 + 4t .. 19 + 4t, the low and high nibbles of the same 4 bytes), so each lane reads 4 or 8 contiguous bytes a
-// row; pairs (e0, e2), (e1, e3), (e4, e6), (e5, e7) of its 8 values fill slots (2t, 2t + 1), (2t + 8, 2t + 9) of the
-// first and second k16 step, and B takes the activations of the same values (two prmt per 4 values).
+// to 16). Here each warp owns MT x 16 rows and all BN tokens, and every lane decodes its own part of each 32-value
+// block straight into its m16n8k16 A registers: lane (g, t) holds 8 of the block's 32 values for rows g and g + 8 of
+// each m16 tile. The mma's k slots need not hold the values in K order: any fixed assignment of a block's 32 values to
+// the 32 slots of its two k16 steps gives the same dot product, provided B holds the activations in the same
+// assignment. Lane t takes the 8 values whose bytes lie together in the GGUF block (dq_lane: values 8t .. 8t + 7, or
+// for Q4_0 4t .. 4t + 3 and 16 + 4t .. 19 + 4t, the low and high nibbles of the same 4 bytes), so each lane reads 4 or
+// 8 contiguous bytes a row; pairs (e0, e2), (e1, e3), (e4, e6), (e5, e7) of its 8 values fill slots (2t, 2t + 1),
+// (2t + 8, 2t + 9) of the first and second k16 step, and B takes the activations of the same values (two prmt per 4
+// values).
 // Per output the order is fixed by the shape: blocks in increasing K order, each block's two k16 steps in order, so
 // the batch-invariant argument of the header holds as it is; the bits differ from the shared-memory tiles (another
 // assignment of values to slots inside each mma).
