@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gemma_oracle.harness.perf.mode_bench import summarize
-from gemma_oracle.harness.perf.route_tuning import model_shapes
+from gemma_oracle.harness.perf.route_tuning import main as route_tuning_main, model_shapes, select_dq_tiles
 
 HISTORY = Path(__file__).resolve().parents[1] / "reports" / "history"
 
@@ -179,3 +179,21 @@ def test_ple_table_verdicts():
     lines = format_table(rows, "t").splitlines()
     assert lines[4] == "| 1 | 0.466 | 0.047 (ws) | 10.1 % | 1.012 | 0.613 | cuBLAS | router |"
     assert lines[5] == "| 2 | 1.000 | 0.900 (gemm_n) | 90.0 % | 1.500 | 0.500 | cuBLAS | cuBLAS |"
+
+
+def test_dq_tile_selection_by_kind_or_name():
+    from gemma_oracle.kernels.dq_mma import TILES
+
+    direct = select_dq_tiles(("direct",))
+    assert direct and all(TILES[t].kind == "direct" for t in direct)
+    assert set(direct) | set(select_dq_tiles(("smem",))) == set(TILES)
+    assert select_dq_tiles(("w4_m1_bn8_kb4_pf0", "direct")) == ("w4_m1_bn8_kb4_pf0", *direct)
+    assert select_dq_tiles(None) == tuple(TILES)
+    with pytest.raises(ValueError, match=r"--dq-tiles: unknown \['wide'\]; expected tile kinds"):
+        select_dq_tiles(("direct", "wide"))
+
+
+def test_route_tuning_rejects_an_unknown_dq_tile_before_touching_the_gpu(capsys):
+    with pytest.raises(SystemExit) as e:
+        route_tuning_main(["--dq-tiles", "wide"])
+    assert e.value.code == 2 and "--dq-tiles: unknown ['wide']" in capsys.readouterr().err

@@ -62,10 +62,25 @@ def model_shapes(name: str) -> list[Shape]:
 SLICE_LIST = (1, 2, 4, 8, 16, 32)
 
 
+def select_dq_tiles(spec: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The dequant-MMA tiles `--dq-tiles` names: tile names and/or kinds ("smem", "direct"); None: every tile.
+    ValueError names what is unknown and what is expected."""
+    from gemma_oracle.kernels.dq_mma import TILES as DQ_TILES
+
+    if spec is None:
+        return tuple(DQ_TILES)
+    kinds = {t.kind for t in DQ_TILES.values()}
+    unknown = sorted(set(spec) - set(DQ_TILES) - kinds)
+    if unknown:
+        raise ValueError(f"--dq-tiles: unknown {unknown}; expected tile kinds {sorted(kinds)} or tiles {sorted(DQ_TILES)}")
+    return tuple(name for name, t in DQ_TILES.items() if name in spec or t.kind in spec)
+
+
 def tune(shapes: list[Shape], n_list=N_LIST, repeats: int = 5, log=print, slice_list=SLICE_LIST,
-         tiles: tuple[str, ...] | None = None) -> list[dict]:
+         tiles: tuple[str, ...] | None = None, dq_tiles: tuple[str, ...] | None = None) -> list[dict]:
     """Time every route on every shape and N. tiles: the decode-MMQ tiles to time (default every one in TILES);
-    the chosen tile (TILE_RULES) is always timed. slice_list: the other K splits timed on the chosen tile."""
+    the chosen tile (TILE_RULES) is always timed. slice_list: the other K splits timed on the chosen tile.
+    dq_tiles: the dequant-MMA tiles to time (select_dq_tiles; the chosen one always)."""
     import cupy as cp
     import numpy as np
 
@@ -111,7 +126,7 @@ def tune(shapes: list[Shape], n_list=N_LIST, repeats: int = 5, log=print, slice_
             if shape.type_name in DQ_MMA_TYPES:  # dequant-MMA on pre-converted fp16 rows, every tile
                 x16 = f16_rows(x)
                 dq_chosen = dq_choose_tile(n).name
-                for tile in DQ_TILES:
+                for tile in dict.fromkeys((*select_dq_tiles(dq_tiles), dq_chosen)):
                     if DQ_TILES[tile].bn > 8 * n and tile != dq_chosen:
                         continue  # a tile mostly of padding tokens
                     candidates.append(("dq_mma", tile, auto_slices, lambda i, tile=tile: dq_mma_matvec(
@@ -202,6 +217,8 @@ def main(argv=None) -> int:
     p.add_argument("--tiles", nargs="+", help="decode-MMQ tiles to time (default: every tile; the chosen one always)")
     p.add_argument("--slices", nargs="*", type=int, default=list(SLICE_LIST),
                    help="other K splits to time on the chosen tile (none: only the shape's own split)")
+    p.add_argument("--dq-tiles", nargs="+", help="dequant-MMA tiles or tile kinds to time (default: every tile; the "
+                                                  "chosen one always)")
     p.add_argument("--out", help="directory for route-tuning.md and route-tuning.parquet")
     args = p.parse_args(argv)
     from gemma_oracle.kernels.mmq import TILES
@@ -209,6 +226,10 @@ def main(argv=None) -> int:
     unknown = sorted(set(args.tiles or ()) - set(TILES))
     if unknown:
         p.error(f"--tiles: unknown {unknown}; expected some of {sorted(TILES)}")
+    try:
+        select_dq_tiles(tuple(args.dq_tiles) if args.dq_tiles else None)
+    except ValueError as e:
+        p.error(str(e))
     import cupy as cp
 
     from gemma_oracle.harness.perf.devices import gpu_read_bandwidth_gb_s as read_bandwidth_gb_s
@@ -218,7 +239,8 @@ def main(argv=None) -> int:
     shapes = model_shapes(args.model)
     print(f"{args.model}: {len(shapes)} matmul shapes on {device}", file=sys.stderr)
     rows = tune(shapes, tuple(args.n), args.repeats, log=lambda m: print(m, file=sys.stderr),
-                slice_list=tuple(args.slices), tiles=tuple(args.tiles) if args.tiles else None)
+                slice_list=tuple(args.slices), tiles=tuple(args.tiles) if args.tiles else None,
+                dq_tiles=tuple(args.dq_tiles) if args.dq_tiles else None)
     text = summarize(rows, device, bw)
     print(text)
     if args.out:
