@@ -130,8 +130,8 @@ __device__ __forceinline__ void dq_mma_kernel(const u8* __restrict__ w, i64 row_
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int row0 = blockIdx.x * BM, tok0 = blockIdx.y * BN;
-    const int u_lo = (int)((long long)blockIdx.z * units / slices);
-    const int u_hi = (int)((long long)(blockIdx.z + 1) * units / slices);
+    const int2 k_slice = split_k_bounds(units, slices, blockIdx.z);
+    const int u_lo = k_slice.x, u_hi = k_slice.y;
     const size_t k_all = (size_t)units * 32;
 
     float acc[MT][NT][4];
@@ -461,8 +461,8 @@ __device__ __forceinline__ void dq_direct_kernel(const u8* __restrict__ w, i64 r
     static_assert(P == 1 || P == 2, "pipeline depth 1 or 2");
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int row0 = blockIdx.x * BM, tok0 = blockIdx.y * BN;
-    const int u_lo = (int)((long long)blockIdx.z * units / slices);
-    const int u_hi = (int)((long long)(blockIdx.z + 1) * units / slices);
+    const int2 k_slice = split_k_bounds(units, slices, blockIdx.z);
+    const int u_lo = k_slice.x, u_hi = k_slice.y;
     const size_t k_all = (size_t)units * 32;
     // rows and tokens past the end read the last valid one (their outputs are never stored; an mma output element
     // depends on its own row and column only)

@@ -134,8 +134,8 @@ __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_byt
     const int row0 = bx * BM, tok0 = blockIdx.y * BN;
     const size_t xrow_bytes = (size_t)units * Q8_1_BYTES;
     // K slice of this block (grid.z): blocks [u_lo, u_hi), the same bounds for every tile and every N
-    const int u_lo = (int)((long long)blockIdx.z * units / slices);
-    const int u_hi = (int)((long long)(blockIdx.z + 1) * units / slices);
+    const int2 k_slice = split_k_bounds(units, slices, blockIdx.z);
+    const int u_lo = k_slice.x, u_hi = k_slice.y;
 
     float acc[NT][4];
 #pragma unroll
@@ -311,8 +311,8 @@ __device__ __forceinline__ void mmq_dp4a_kernel(const u8* __restrict__ w, i64 ro
     const int uc = lane % LPR, rsub = lane / LPR;
     const int row0 = bx * BM, wrow0 = row0 + warp * RW, tok0 = blockIdx.y * BN;
     const size_t xrow_bytes = (size_t)units * Q8_1_BYTES;
-    const int u_lo = (int)((long long)blockIdx.z * units / slices);
-    const int u_hi = (int)((long long)(blockIdx.z + 1) * units / slices);
+    const int2 k_slice = split_k_bounds(units, slices, blockIdx.z);
+    const int u_lo = k_slice.x, u_hi = k_slice.y;
     float* terms = s_term[warp];
 
     float acc = 0.0f;

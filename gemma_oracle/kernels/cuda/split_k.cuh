@@ -2,6 +2,13 @@
 #pragma once
 #include "common.cuh"
 
+// The 32-value blocks [x, y) of K slice z of `slices` over `units` blocks. Every tile and route of a shape takes
+// these bounds (`slices` comes from the shape only: kernels/mmq.py split_k_slices), part of why an output's
+// reduction order does not depend on N.
+__device__ __forceinline__ int2 split_k_bounds(int units, int slices, unsigned z) {  // z: blockIdx.z
+    return make_int2((int)((long long)z * units / slices), (int)((long long)(z + 1) * units / slices));
+}
+
 // Split K without a second launch: the slice blocks of one (row tile, token tile) count themselves in
 // counters[tile] (zero between launches); the block that arrives last adds the tile's partial sums in slice order
 // z = 0, 1, ... (the same chain whichever block it is) into y and sets the counter back to zero, ready for the next
