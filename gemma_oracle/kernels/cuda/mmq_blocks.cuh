@@ -29,13 +29,8 @@ __device__ __forceinline__ void mmq_ld_words(const u8* p, u32 (&out)[K]) {
 }
 
 // Four Q4_0 nibbles b (one per byte, 0..15) -> four int8 codes b - 8, byte-wise with no carries between bytes:
-// f = b ^ 8 is b + 8 when b < 8 (bit 3 set) and b - 8 when b >= 8 (bit 3 clear); in the first case the code
-// b - 8 is negative and its int8 byte is f | 0xF0 (bit 3 sign-extended), in the second it is f itself.
-__device__ __forceinline__ u32 mmq_q4_bias(u32 nibbles) {
-    const u32 f = nibbles ^ 0x08080808u;
-    const u32 neg = (f & 0x08080808u) >> 3;  // 1 in each byte whose code is negative
-    return f | (neg * 0xF0u);                // 0xF0 per such byte (at most 0xF0 per byte: no carry)
-}
+// b + 0x78 stays within its byte (0x78..0x87), and flipping bit 7 then subtracts 0x80 (an add and an xor).
+__device__ __forceinline__ u32 mmq_q4_bias(u32 nibbles) { return (nibbles + 0x78787878u) ^ 0x80808080u; }
 
 // Each weight type: HAS_MIN (whether the block has an offset term), HALVES (1: one scale per 32 values; 2: one per
 // 16-value half) and
@@ -198,7 +193,9 @@ struct mq_q6_k {
 #pragma unroll
         for (int k = 0; k < 8; ++k) {
             const u32 v = ((lo[k] >> sl) & 0x0F0F0F0Fu) | (((hi[k] >> sh) & 0x03030303u) << 4);  // 0..63 per byte
-            q[k] = __vsub4(v, 0x20202020u);  // per-byte q - 32, wrapping: the int8 code
+            // per byte q - 32 as int8: q + 0x60 stays within its byte (<= 0x9F), and flipping bit 7 subtracts 0x80
+            // (one add and one xor; __vsub4 is emulated on sm_90)
+            q[k] = (v + 0x60606060u) ^ 0x80808080u;
         }
         const u32 sc = mmq_ld16(b + 192 + 8 * h + 2 * jj);  // sc[8h + 2jj] (low byte), sc[8h + 2jj + 1]
         const float dd = f16_to_f32((u16)mmq_ld16(b + 208));
