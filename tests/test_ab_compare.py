@@ -38,8 +38,9 @@ def test_a_key_timed_twice_counts_once():
     ratios = ab_compare.tuning_ratios(base, new)
     assert not ratios.duplicated(ab_compare.KEY).any()
     q8 = ratios[(ratios.route == "q8_1") & (ratios.n == 32)]
-    # the activation quantization is timed once per matrix shape that reads it: one row per K remains
-    assert sorted(q8.cols) == [3840, 15360]
+    # the activation quantization is timed once per matrix shape that reads it (both files: 7 shapes of K = 3840,
+    # 2 of 15360, one each of 8192 and 4096 at N = 32): one row per K remains
+    assert sorted(q8.cols) == [3840, 4096, 8192, 15360]
 
 
 def test_machines_that_differ_are_refused(tmp_path):
