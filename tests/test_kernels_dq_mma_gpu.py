@@ -241,9 +241,9 @@ def test_dequant_f16_reference_against_ggml_dequant(t):
     assert np.abs(w16 - w).max() > 0  # it is the rounded operand, not a copy of the exact one
 
 
-@pytest.mark.parametrize("n, expected", [(1, "direct_w4_m1_bn8_p2"), (8, "direct_w4_m1_bn8_p2"),
-                                         (9, "direct_w4_m1_bn16_p2"), (16, "direct_w4_m1_bn16_p2"),
-                                         (17, "direct_w4_m1_bn32_p2"), (64, "direct_w4_m1_bn32_p2")])
+@pytest.mark.parametrize("n, expected", [(1, "direct_w4_m2_bn8_p1"), (8, "direct_w4_m2_bn8_p1"),
+                                         (9, "direct_w4_m2_bn16_p1"), (16, "direct_w4_m2_bn16_p1"),
+                                         (17, "direct_w4_m1_bn32_p1"), (64, "direct_w4_m1_bn32_p1")])
 def test_choose_tile(n, expected):
     assert choose_tile(n).name == expected
 
@@ -277,7 +277,7 @@ def test_plan_rejects(bad, pattern):
 def test_plan_geometry():
     raw, x = _arrays(rows=77, cols=800, n=20)
     plan = plan_dq_mma(raw, "Q8_0", 800, x)
-    assert plan.entry == "dq_mma_q8_0_direct_w4_m1_bn32_p2" and plan.grid == (2, 1, split_k_slices(77, 25))
+    assert plan.entry == "dq_mma_q8_0_direct_w4_m1_bn32_p1" and plan.grid == (2, 1, split_k_slices(77, 25))
     assert plan.block == (128, 1, 1) and plan.convert
 
 

@@ -72,14 +72,14 @@ TILES = {t.name: t for t in (Tile(4, 1, 8, 4), Tile(4, 1, 16, 4), Tile(4, 1, 32,
 MAX_N = 65535 * 8
 
 # Which tile a launch uses (first match: min N, tile). Within a kind every tile gives the same bits, so this is a speed
-# choice only; all rules name one kind, so a token's bits do not depend on N. The pipelined direct tiles with one m16
-# row tile a warp (the fewest registers: the most warps), chosen BEFORE they were timed: the H100 profile of their
-# P = 1 twins (reports/history/2026-12-06-h100-dq-mma-s11.md, run 3) found those latency-bound, not memory- or
-# issue-bound. Route tuning times every direct tile beside them; set these from its table.
+# choice only; all rules name one kind, so a token's bits do not depend on N. The fastest direct tiles of the
+# twelfth session's route tuning (H200, reports/history/2026-12-06-h200-route-tuning-dq-mma-direct-p2-s12-shape12b.md,
+# Q4_K 15360 x 3840: 25.3 / 31.1 / 38.8 / 63.7 us at N = 1 / 8 / 16 / 32): the pipelined P = 2 tiles, chosen before
+# that run, were slower than their P = 1 twins in every geometry.
 TILE_RULES: tuple[tuple[int, str], ...] = (
-    (17, "direct_w4_m1_bn32_p2"),
-    (9, "direct_w4_m1_bn16_p2"),
-    (1, "direct_w4_m1_bn8_p2"),
+    (17, "direct_w4_m1_bn32_p1"),
+    (9, "direct_w4_m2_bn16_p1"),
+    (1, "direct_w4_m2_bn8_p1"),
 )
 
 
