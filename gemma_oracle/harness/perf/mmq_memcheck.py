@@ -3,7 +3,8 @@
 Run it under `compute-sanitizer --tool memcheck` (scripts/gpu-run memcheck): the memory pool is switched off, so each
 weight matrix is its own cudaMalloc of exactly rows x row_bytes bytes, and a load past the last row's last byte is
 reported as an out-of-bounds global read (the pool's larger blocks would hide it). Rows of 1, 7 and 77 with 81 or 80
-blocks (Q4_0 1458-byte rows, Q8_0 2754, Q6_K 2100: allocations ending 2 mod 4 or 4 mod 16) at K splits of 1, 3 and 16
+blocks (Q4_0 1458-byte rows, Q8_0 2754, Q6_K 2100: allocations ending 2 mod 4 or 4 mod 16; the one-block types also
+at 80 blocks, where the paired readers take two blocks up to the row's last byte) at K splits of 1, 3 and 16
 (slices starting inside a super-block), N = 1, 3 and 17 (the dp4a and mma entries). Every tile's output is also
 compared bitwise with the first tile's: every decode-MMQ tile (dp4a and mma alike), and every dequant-MMA tile of the
 same kind (its shared-memory and direct tiles assign values to mma slots differently). Exit status 1 on a difference.
@@ -28,8 +29,10 @@ def main() -> int:
 
     cp.cuda.set_allocator(None)  # exact cudaMalloc sizes: memcheck sees the true end of each matrix
     failures, launches = 0, 0
-    for type_name in MMQ_TYPES:
-        cols = 2560 if type_name.endswith("_K") else 2592
+    # 81 blocks a row (odd) and 80 (even: the paired staging and the paired dp4a entries read two blocks at once,
+    # up to the row's last byte) for the one-block types
+    shapes = [(t, c) for t in MMQ_TYPES for c in ((2560,) if t.endswith("_K") else (2592, 2560))]
+    for type_name, cols in shapes:
         for rows in (1, 7, 77):
             w = cp.asarray(random_blocks(type_name, rows, cols, 1 / np.sqrt(cols), np.random.default_rng(rows)))
             for n in (1, 3, 17):

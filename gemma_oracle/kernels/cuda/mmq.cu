@@ -144,22 +144,55 @@ __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_byt
         for (int i = 0; i < 4; ++i) acc[h][i] = 0.0f;
 
     for (int b0 = u_lo; b0 < u_hi; b0 += MMQ_KB) {
-        // ---- stage MMQ_KB blocks of the BM weight rows (thread -> (row, block), neighbours read one row) ----
-#pragma unroll
-        for (int i = 0; i < BM * MMQ_KB / THREADS; ++i) {
-            const int task = tid + i * THREADS;
-            const int r = task / MMQ_KB, kb = task % MMQ_KB;
-            u32 q[8];
-            float d[2] = {0.0f, 0.0f}, m = 0.0f;
-#pragma unroll
-            for (int k = 0; k < 8; ++k) q[k] = 0u;
-            if (row0 + r < rows && b0 + kb < u_hi) Q::stage(w + (size_t)(row0 + r) * row_bytes, b0 + kb, q, d, m);
+        // ---- stage MMQ_KB blocks of the BM weight rows ----
+        // A block's codes, scale(s) and offset into the stage (rows past `rows`, blocks past the slice: zeros).
+        auto put = [&](int r, int kb, const u32 (&q)[8], const float (&d)[2], float m) {
             uint4* dst = (uint4*)(s_wq + r * MMQ_LDS + 8 * kb);  // 16-byte aligned: MMQ_LDS and 8 are x4 words
             dst[0] = make_uint4(q[0], q[1], q[2], q[3]);
             dst[1] = make_uint4(q[4], q[5], q[6], q[7]);
 #pragma unroll
             for (int hf = 0; hf < Q::HALVES; ++hf) s_wd[(hf * MMQ_KB + kb) * BM + r] = d[hf];
             if (Q::HAS_MIN) s_wm[kb * BM + r] = m;
+        };
+        bool paired = false;
+        if constexpr (Q::PAIR) paired = ((b0 | units) & 1) == 0;  // block-uniform: b0 even, and u + 1 inside the row
+        if (paired) {
+            // thread -> (row, blocks kb, kb + 1): the Pair reads the bytes the two blocks share once (Q4_K: the
+            // super-block head and the 32 qs bytes whose low and high nibbles are the two blocks; Q4_0: 36
+            // contiguous bytes in 9 aligned words), where stage() reads them once a block. The same codes, scales
+            // and offsets land in the same places: the same bits.
+            if constexpr (Q::PAIR) {
+#pragma unroll
+                for (int i = 0; i < BM * MMQ_KB / 2 / THREADS; ++i) {
+                    const int task = tid + i * THREADS;
+                    const int r = task / (MMQ_KB / 2), kb = 2 * (task % (MMQ_KB / 2));
+                    typename Q::Pair pr{};
+                    const bool in = row0 + r < rows && b0 + kb < u_hi;
+                    if (in) pr.load(w + (size_t)(row0 + r) * row_bytes, b0 + kb);
+#pragma unroll
+                    for (int b = 0; b < 2; ++b) {
+                        const bool live = in && b0 + kb + b < u_hi;  // u_hi may be odd: then the last pair's second is out
+                        u32 q[8];
+#pragma unroll
+                        for (int k = 0; k < 8; ++k) q[k] = live ? pr.code(b, k) : 0u;
+                        const float d[2] = {live ? pr.d[b] : 0.0f, 0.0f};
+                        put(r, kb + b, q, d, live ? pr.m[b] : 0.0f);
+                    }
+                }
+            }
+        } else {
+            // thread -> (row, block), neighbours read one row
+#pragma unroll
+            for (int i = 0; i < BM * MMQ_KB / THREADS; ++i) {
+                const int task = tid + i * THREADS;
+                const int r = task / MMQ_KB, kb = task % MMQ_KB;
+                u32 q[8];
+                float d[2] = {0.0f, 0.0f}, m = 0.0f;
+#pragma unroll
+                for (int k = 0; k < 8; ++k) q[k] = 0u;
+                if (row0 + r < rows && b0 + kb < u_hi) Q::stage(w + (size_t)(row0 + r) * row_bytes, b0 + kb, q, d, m);
+                put(r, kb, q, d, m);
+            }
         }
         // ---- stage MMQ_KB Q8_1 blocks of the BN tokens ----
         for (int task = tid; task < BN * MMQ_KB; task += THREADS) {
