@@ -435,9 +435,9 @@ def test_mmq_every_tile_gives_the_same_bits(type_name, n, rows, cols_k, cols):
 @pytest.mark.parametrize("n", (1, 17))
 def test_mmq_forced_slices_bitwise(type_name, slices, n):
     """Any K split (uneven slices included: 81 or 80 blocks over 3 and 7) is the emulated slice-ordered sum, with
-    the output and its guards checked, on every tile. 80 blocks for every type: the mma tiles stage blocks in pairs
-    (Q4_0, Q4_K) where a stage starts on an even block of a row with an even count, so slices of odd and even bounds
-    take both staging paths."""
+    the output and its guards checked, on every tile. 80 blocks for every type: the mma tiles stage Q4_K blocks in pairs
+    where a stage starts on an even block of a row with an even count (slices of odd and even bounds take both
+    staging paths), and the paired dp4a entries (Q4_0, Q4_K) read two blocks up to the row's end."""
     from gemma_oracle.kernels.quantize_q8_1 import quantize_q8_1
 
     for cols in ((2560,) if type_name in K_QUANTS else (2592, 2560)):

@@ -155,13 +155,14 @@ __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_byt
             if (Q::HAS_MIN) s_wm[kb * BM + r] = m;
         };
         bool paired = false;
-        if constexpr (Q::PAIR) paired = ((b0 | units) & 1) == 0;  // block-uniform: b0 even, and u + 1 inside the row
+        if constexpr (Q::TILE_PAIR) paired = ((b0 | units) & 1) == 0;  // block-uniform: b0 even, and u + 1 inside the row
         if (paired) {
-            // thread -> (row, blocks kb, kb + 1): the Pair reads the bytes the two blocks share once (Q4_K: the
-            // super-block head and the 32 qs bytes whose low and high nibbles are the two blocks; Q4_0: 36
-            // contiguous bytes in 9 aligned words), where stage() reads them once a block. The same codes, scales
-            // and offsets land in the same places: the same bits.
-            if constexpr (Q::PAIR) {
+            // thread -> (row, blocks kb, kb + 1), Q4_K only (TILE_PAIR): the Pair reads the bytes the two
+            // sub-blocks share once (the super-block head and the 32 qs bytes whose low and high nibbles are the two
+            // blocks), where stage() reads them once a block. The same codes, scales and offsets land in the same
+            // places: the same bits. Measured (H100 A/B, 2026-12-07): Q4_K mma tiles 1 % faster per matmul (the
+            // whole step 1-3 % at N = 4-32); Q4_0 pairs were 2-23 % slower, so Q4_0 keeps stage().
+            if constexpr (Q::TILE_PAIR) {
 #pragma unroll
                 for (int i = 0; i < BM * MMQ_KB / 2 / THREADS; ++i) {
                     const int task = tid + i * THREADS;

@@ -44,6 +44,7 @@ struct mq_q8_0 {
     static constexpr bool SIGNED = true;
     static constexpr int HALVES = 1;
     static constexpr bool PAIR = false;  // no Pair (see mmq_dp4a_kernel)
+    static constexpr bool TILE_PAIR = false;
     using Pair = mq_no_pair;
     // where block u's code bytes start (a prefetch target)
     static __device__ __forceinline__ const u8* codes_at(const u8* row, int u) { return row + (size_t)u * 34 + 2; }
@@ -62,6 +63,9 @@ struct mq_q4_0 {
     static constexpr bool SIGNED = true;
     static constexpr int HALVES = 1;
     static constexpr bool PAIR = true;
+    // The mma tiles stage Q4_0 one block a thread: paired staging made them 2-23 % slower per matmul (H100 A/B,
+    // reports/history/2026-12-07-h100-s13.md), against 1 % faster for Q4_K.
+    static constexpr bool TILE_PAIR = false;
     // where block u's code bytes start (a prefetch target)
     static __device__ __forceinline__ const u8* codes_at(const u8* row, int u) { return row + (size_t)u * 18 + 2; }
     static __device__ __forceinline__ void stage(const u8* __restrict__ row, int u, u32 (&q)[8], float (&d)[2],
@@ -106,6 +110,7 @@ struct mq_qk {
     static constexpr bool SIGNED = false;
     static constexpr int HALVES = 1;
     static constexpr bool PAIR = !FIVE_BIT;  // Q5_K's qh words in a Pair spill even at 80 registers
+    static constexpr bool TILE_PAIR = PAIR;  // the mma tiles stage sub-block pairs (mmq.cu)
     static constexpr int BYTES = FIVE_BIT ? 176 : 144;
     // where block u's code bytes start (a prefetch target)
     static __device__ __forceinline__ const u8* codes_at(const u8* row, int u) {
@@ -175,6 +180,7 @@ struct mq_q6_k {
     static constexpr bool SIGNED = true;
     static constexpr int HALVES = 2;
     static constexpr bool PAIR = false;
+    static constexpr bool TILE_PAIR = false;
     using Pair = mq_no_pair;
     // where block u's code bytes start (a prefetch target)
     static __device__ __forceinline__ const u8* codes_at(const u8* row, int u) {
