@@ -45,12 +45,15 @@ def _headers_digest() -> str:
 def _module(name: str, name_expressions: tuple[str, ...], device_id: int):
     import cupy
 
+    from gemma_oracle.kernels.launch import Module
+
     code = f"// headers {_headers_digest()}\n" + source_path(name).read_text()
-    return cupy.RawModule(code=code, options=NVRTC_OPTIONS, name_expressions=name_expressions or None)
+    return Module(cupy.RawModule(code=code, options=NVRTC_OPTIONS, name_expressions=name_expressions or None))
 
 
 def load_module(name: str, name_expressions: tuple[str, ...] = ()):
-    """The compiled RawModule of kernels/cuda/<name>.cu for the current device (memoized per device)."""
+    """The compiled kernels/cuda/<name>.cu for the current device (memoized per device): its get_function gives
+    kernels launched by kernels/launch.py (programmatic dependent launch where the device has it)."""
     import cupy
 
     return _module(name, tuple(name_expressions), cupy.cuda.Device().id)

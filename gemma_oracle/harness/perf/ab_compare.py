@@ -38,11 +38,13 @@ def load_tuning(path: Path):
     return frame
 
 
-def load_modes(path: Path) -> tuple[dict[tuple[str, int], float], str | None]:
-    """({(mode, N): tokens_per_s}, device) of one mode-bench JSON (the caller checks both ran on one device)."""
+def load_modes(path: Path) -> tuple[dict[tuple[str, int], float], str | None, str]:
+    """({(mode, N): tokens_per_s}, device, launch) of one mode-bench JSON (the caller checks both ran on one device;
+    launch is 'pdl' or 'plain', or 'not recorded' in files written before mode_bench recorded it)."""
     try:
         doc = json.loads(path.read_text())
-        return {(r["mode"], int(r["n"])): float(r["tokens_per_s"]) for r in doc["rows"]}, doc.get("device")
+        return ({(r["mode"], int(r["n"])): float(r["tokens_per_s"]) for r in doc["rows"]}, doc.get("device"),
+                str(doc.get("launch", "not recorded")))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise AbCompareError(f"{path}: expected mode_bench JSON with rows of mode, n, tokens_per_s ({e})") from e
 
@@ -87,11 +89,11 @@ def compare(base_dir: Path, new_dir: Path, worse: float = 1.03) -> str:
         lines += [f"## {model}", ""]
         bm, nm = base_dir / f"mode-bench-{model}.json", new_dir / f"mode-bench-{model}.json"
         if bm.exists() and nm.exists():
-            (base_tps, base_dev), (new_tps, new_dev) = load_modes(bm), load_modes(nm)
+            (base_tps, base_dev, base_launch), (new_tps, new_dev, new_launch) = load_modes(bm), load_modes(nm)
             if base_dev != new_dev:
                 raise AbCompareError(f"{nm}: measured on {new_dev!r}, {bm} on {base_dev!r}: not comparable")
             keys = sorted(set(base_tps) & set(new_tps))
-            lines += [f"whole step on {new_dev}, t/s:", "", "| mode | N | base | new | new / base |",
+            lines += [f"whole step on {new_dev}, t/s (launches: base {base_launch}, new {new_launch}):", "", "| mode | N | base | new | new / base |",
                       "|---|---|---|---|---|"]
             lines += [f"| {m} | {n} | {base_tps[m, n]:.1f} | {new_tps[m, n]:.1f} | {new_tps[m, n] / base_tps[m, n]:.3f} |"
                       for m, n in keys]

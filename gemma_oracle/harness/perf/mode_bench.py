@@ -159,8 +159,10 @@ def main(argv=None) -> int:
 
     from gemma_oracle.harness.perf.devices import gpu_read_bandwidth_gb_s as read_bandwidth_gb_s
     from gemma_oracle.harness.fixtures.cache import fixture_names, fixture_path
+    from gemma_oracle.kernels.launch import launch_mode
 
     device = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    launch = launch_mode()  # 'pdl' or 'plain' (GEMMA_ORACLE_PDL): an A/B's two sides say which they ran
     bw = read_bandwidth_gb_s()
     for name in args.model:
         path = fixture_path(name) if name in fixture_names() else Path(name)
@@ -168,14 +170,15 @@ def main(argv=None) -> int:
         rows = bench_modes(load_model(path), tuple(args.n), tuple(args.modes), steps=args.steps,
                            prompt_len=args.prompt_len,
                            log=lambda m: print(m, file=sys.stderr, flush=True))
-        text = summarize(rows, f"{name} (synthetic 12B stand-in) on {device}" if name.startswith("shape12b")
-                         else f"{name} on {device}", bw)
+        text = summarize(rows, (f"{name} (synthetic 12B stand-in) on {device}" if name.startswith("shape12b")
+                                else f"{name} on {device}") + f", {launch} launches", bw)
         print(text, flush=True)
         if args.out:
             out = Path(args.out)
             out.mkdir(parents=True, exist_ok=True)
             (out / f"mode-bench-{name}.md").write_text(text)
-            (out / f"mode-bench-{name}.json").write_text(json.dumps({"device": device, "read_gb_s": bw, "rows": rows}))
+            (out / f"mode-bench-{name}.json").write_text(json.dumps({"device": device, "launch": launch, "read_gb_s": bw,
+                                                                        "rows": rows}))
     return 0
 
 

@@ -466,6 +466,7 @@ __device__ __forceinline__ void attn_merge_body(const float* __restrict__ ws_acc
         const float* q, const T* k_pool, const T* v_pool, const int* pos_table, const int* row_seq,               \
         const int* positions, float* ws_acc, float* ws_ml, int rows, int Hq, int Hkv, int n_seq_slots,            \
         int capacity, int window, int ring, float scale, int n_ws_chunks) {                                        \
+        grid_dependency_enter();                                                                                   \
         attn_partial_body<D, HPB, T>(q, k_pool, v_pool, pos_table, row_seq, positions, ws_acc, ws_ml, rows, Hq,   \
                                      Hkv, n_seq_slots, capacity, window, ring, scale, n_ws_chunks);               \
     }
@@ -480,12 +481,14 @@ __device__ __forceinline__ void attn_merge_body(const float* __restrict__ ws_acc
     extern "C" __global__ void __launch_bounds__(MERGE_THREADS) attn_merge_d##D(                                   \
         const float* ws_acc, const float* ws_ml, const int* row_seq, const int* positions, float* out, int rows,  \
         int Hq, int n_seq_slots, int window, int n_ws_chunks) {                                                    \
+        grid_dependency_enter();                                                                                   \
         attn_merge_body<D, false, MERGE_THREADS>(ws_acc, ws_ml, row_seq, positions, out, nullptr, rows, Hq,        \
                                                  n_seq_slots, window, n_ws_chunks);                                \
     }                                                                                                              \
     extern "C" __global__ void __launch_bounds__(MERGE_Q8_1_THREADS(D)) attn_merge_q8_1_d##D(                      \
         const float* ws_acc, const float* ws_ml, const int* row_seq, const int* positions, float* out, u8* out_q,  \
         int rows, int Hq, int n_seq_slots, int window, int n_ws_chunks) {                                          \
+        grid_dependency_enter();                                                                                   \
         attn_merge_body<D, true, MERGE_Q8_1_THREADS(D)>(ws_acc, ws_ml, row_seq, positions, out, out_q, rows, Hq,   \
                                                         n_seq_slots, window, n_ws_chunks);                         \
     }

@@ -9,6 +9,17 @@ typedef unsigned int u32;
 typedef int i32;
 typedef long long i64;
 
+// Programmatic dependent launch (sm_90): kernels/launch.py launches every kernel so that the next grid in the
+// stream may launch before this one ends. Every kernel's first statement is this call: wait until the grid before
+// it has completed and its writes are visible (griddepcontrol.wait), and only then let the next grid launch
+// (launch_dependents). Nothing is read or written before the wait, so stream order holds exactly and the bits are
+// those of plain launches; what overlaps is the next grid's launch and block start-up with this grid's tail.
+// Launched without the attribute (CuPy's own launch, GEMMA_ORACLE_PDL=0) both instructions do nothing.
+__device__ __forceinline__ void grid_dependency_enter() {
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+
 // IEEE fp16 bits -> float (exact), via the hardware conversion instruction.
 __device__ __forceinline__ float f16_to_f32(u16 h) {
     float f;

@@ -60,14 +60,17 @@ __device__ __forceinline__ void dequant_rows_kernel(const u8* __restrict__ w, i6
 #define DQ_ENTRIES(name, Q)                                                                                    \
     extern "C" __global__ void __launch_bounds__(DQ_THREADS)                                                   \
         dequant_##name(const u8* w, i64 row_bytes, i64 rows, int units, float* out) {                        \
+        grid_dependency_enter();                                                                             \
         dequant_kernel<Q>(w, row_bytes, rows, units, out);                                                     \
     }                                                                                                          \
     extern "C" __global__ void __launch_bounds__(DQ_THREADS) dequant_rows_##name##_i32(                      \
         const u8* w, i64 row_bytes, i64 rows, int units, const i32* row_ids, i64 n_ids, float* out) {          \
+        grid_dependency_enter();                                                                               \
         dequant_rows_kernel<Q, i32>(w, row_bytes, rows, units, row_ids, n_ids, out);                           \
     }                                                                                                          \
     extern "C" __global__ void __launch_bounds__(DQ_THREADS) dequant_rows_##name##_i64(                      \
         const u8* w, i64 row_bytes, i64 rows, int units, const i64* row_ids, i64 n_ids, float* out) {          \
+        grid_dependency_enter();                                                                               \
         dequant_rows_kernel<Q, i64>(w, row_bytes, rows, units, row_ids, n_ids, out);                           \
     }
 

@@ -530,6 +530,7 @@ __device__ __forceinline__ void dq_direct_kernel(const u8* __restrict__ w, i64 r
 #define DQ_ENTRY(name, Q, WM, MT, BN, KB, PF, BLOCKS)                                                           \
     extern "C" __global__ void __launch_bounds__(32 * WM, BLOCKS)                                              \
         dq_mma_##name##_w##WM##_m##MT##_bn##BN##_kb##KB##_pf##PF(DQ_PARAMS) {                                  \
+        grid_dependency_enter();                                                                               \
         dq_mma_kernel<Q, WM, MT, BN, KB, PF>(w, row_bytes, rows, units, x16, inv, n, y, slices, part, counters); \
     }
 // kernels/dq_mma.py TILES mirrors this list: (warps, m16 tiles a warp, tokens, 32-value blocks a stage, L2 prefetch
@@ -543,6 +544,7 @@ __device__ __forceinline__ void dq_direct_kernel(const u8* __restrict__ w, i64 r
 #define DQ_DIRECT_ENTRY(name, Q, WM, MT, BN, P, BLOCKS)                                                      \
     extern "C" __global__ void __launch_bounds__(32 * WM, BLOCKS)                                              \
         dq_mma_##name##_direct_w##WM##_m##MT##_bn##BN##_p##P(DQ_PARAMS) {                                      \
+        grid_dependency_enter();                                                                               \
         dq_direct_kernel<Q, WM, MT, BN, P>(w, row_bytes, rows, units, x16, inv, n, y, slices, part, counters); \
     }
 // kernels/dq_mma.py TILES mirrors this list too: (warps, m16 tiles a warp, tokens, pipeline depth, resident blocks an

@@ -18,6 +18,7 @@
 
 extern "C" __global__ void __launch_bounds__(F16_ROWS_THREADS) f16_rows(const float* __restrict__ x, int k,
                                                                         u16* __restrict__ x16, float* __restrict__ inv) {
+    grid_dependency_enter();
     __shared__ float s_max[F16_ROWS_THREADS / 32];
     const float* row = x + (size_t)blockIdx.x * k;
     u16* out = x16 + (size_t)blockIdx.x * k;

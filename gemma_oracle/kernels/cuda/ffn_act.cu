@@ -41,6 +41,7 @@ __device__ __forceinline__ float gelu_tanh_mul_1(float x, float u) {
 }
 
 extern "C" __global__ void gelu_tanh_mul_f32(const float* gate, const float* up, float* y, i64 n) {
+    grid_dependency_enter();
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
         y[i] = gelu_tanh_mul_1(gate[i], up[i]);
 }
@@ -48,6 +49,7 @@ extern "C" __global__ void gelu_tanh_mul_f32(const float* gate, const float* up,
 // blockDim.x % 32 == 0 and n % 32 == 0 (the launcher's geometry and checks)
 extern "C" __global__ void gelu_tanh_mul_q8_1_f32(const float* gate, const float* up, float* y, u8* __restrict__ yq,
                                                   i64 n) {
+    grid_dependency_enter();
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
         const float v = gelu_tanh_mul_1(gate[i], up[i]);
         y[i] = v;
@@ -56,6 +58,7 @@ extern "C" __global__ void gelu_tanh_mul_q8_1_f32(const float* gate, const float
 }
 
 extern "C" __global__ void softcap_f32(const float* x, float* y, i64 n, float cap) {
+    grid_dependency_enter();
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
         y[i] = cap * tanhf(x[i] / cap);
 }
@@ -69,6 +72,7 @@ __device__ __forceinline__ bool argmax_better(float va, int ia, float vb, int ib
 
 extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS)
 argmax_rows_f32(const float* __restrict__ x, int* __restrict__ out, int rows, int V) {
+    grid_dependency_enter();
     __shared__ float sv[ARGMAX_WARPS];
     __shared__ int si[ARGMAX_WARPS];
     const int r = blockIdx.x;

@@ -84,6 +84,7 @@ __device__ __forceinline__ void norm_out_loop(const float* xr, const float* __re
 extern "C" __global__ void __launch_bounds__(NORM_THREADS)
 rms_norm_q8_1_f32(const float* x, const float* __restrict__ w, float* y, u8* yq, int rows, int D, float eps,
                   int has_w) {
+    grid_dependency_enter();
     const int r = blockIdx.x;
     if (r >= rows) return;
     const float* xr = x + (i64)r * D;
@@ -132,6 +133,7 @@ extern "C" __global__ void __launch_bounds__(NORM_THREADS)
 add_rms_norm_rms_norm_f32(const float* h, const float* x, const float* __restrict__ w_add,
                           const float* __restrict__ w_next, float* h_out, float* y, u8* yq, int rows, int D, float eps,
                           float scale, int has_w_add, int has_w_next, int has_q) {
+    grid_dependency_enter();
     const int r = blockIdx.x;
     if (r >= rows) return;
     const i64 off = (i64)r * D;
@@ -147,6 +149,7 @@ extern "C" __global__ void __launch_bounds__(NORM_THREADS)
 rms_norm_rope_neox_f32(const float* x, const float* __restrict__ w, const int* __restrict__ positions,
                        const float* __restrict__ inv_freq, float* y, int rows, int heads, int d, int half, float eps,
                        int has_w) {
+    grid_dependency_enter();
     extern __shared__ float normed[];  // the block's head row after the norm, d floats
     const int b = blockIdx.x;          // head row b = (row b / heads, head b % heads)
     if (b >= rows * heads) return;

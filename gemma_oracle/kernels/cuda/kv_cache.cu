@@ -49,11 +49,13 @@ __device__ __forceinline__ void kv_write_row(T* k_pool, T* v_pool, int* pos_tabl
 extern "C" __global__ void __launch_bounds__(KVW_THREADS)
 kv_write_f16(u16* k_pool, u16* v_pool, int* pos_table, const int* row_seq, const float* k, const float* v,
              const int* positions, int rows, int n_seq_slots, int capacity, int hd, int ring) {
+    grid_dependency_enter();
     kv_write_row(k_pool, v_pool, pos_table, row_seq, k, v, positions, rows, n_seq_slots, capacity, hd, ring);
 }
 
 extern "C" __global__ void __launch_bounds__(KVW_THREADS)
 kv_write_f32(float* k_pool, float* v_pool, int* pos_table, const int* row_seq, const float* k, const float* v,
              const int* positions, int rows, int n_seq_slots, int capacity, int hd, int ring) {
+    grid_dependency_enter();
     kv_write_row(k_pool, v_pool, pos_table, row_seq, k, v, positions, rows, n_seq_slots, capacity, hd, ring);
 }

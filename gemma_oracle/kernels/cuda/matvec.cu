@@ -93,6 +93,7 @@ __device__ __forceinline__ void mv_gemm_n_kernel(const u8* __restrict__ w, i64 r
 #define MV_PARAMS const u8 *w, i64 row_bytes, int rows, int units, const float *x, int n, float *y
 #define MV_WS_ENTRY(name, Q, NCAP)                                                                             \
     extern "C" __global__ void __launch_bounds__(MV_THREADS) ws_##name##_n##NCAP(MV_PARAMS) {                 \
+        grid_dependency_enter();                                                                              \
         mv_ws_kernel<Q, NCAP>(w, row_bytes, rows, units, x, n, y);                                             \
     }
 #define MV_ENTRIES(name, Q)                                                                                    \
@@ -102,6 +103,7 @@ __device__ __forceinline__ void mv_gemm_n_kernel(const u8* __restrict__ w, i64 r
     MV_WS_ENTRY(name, Q, 8)                                                                                    \
     MV_WS_ENTRY(name, Q, 16)                                                                                   \
     extern "C" __global__ void __launch_bounds__(MV_THREADS) gemm_n_##name(MV_PARAMS) {                       \
+        grid_dependency_enter();                                                                              \
         (void)n;                                                                                               \
         mv_gemm_n_kernel<Q>(w, row_bytes, rows, units, x, y);                                                  \
     }

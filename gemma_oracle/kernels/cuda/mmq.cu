@@ -488,6 +488,7 @@ struct mmq_min_blocks {
 #define MMQ_ENTRY(name, Q, WM, BM, BN, KB, SUFFIX)                                                             \
     extern "C" __global__ void __launch_bounds__(32 * WM, (mmq_min_blocks<Q, WM, BN>::value))                \
         mmq_##name##_bm##BM##_bn##BN##SUFFIX(MMQ_PARAMS) {                                                   \
+        grid_dependency_enter();                                                                             \
         MMQ_MEMBER                                                                                             \
         mmq_kernel<Q, WM, BN, KB>(w, row_bytes, rows, units, xq, n, y, slices, part, counters, bx);            \
     }
@@ -499,6 +500,7 @@ struct mmq_min_blocks {
 #define MMQ_DP4A_ENTRY(name, Q, BN, CW, P, SUFFIX)                                                             \
     extern "C" __global__ void __launch_bounds__(32 * MMQ_DP4A_WARPS, MMQ_DP4A_MIN_BLOCKS(BN))               \
         mmq_##name##_dp4a_bn##BN##_cw##CW##SUFFIX(MMQ_PARAMS) {                                              \
+        grid_dependency_enter();                                                                             \
         MMQ_MEMBER                                                                                             \
         mmq_dp4a_kernel<Q, BN, CW, P>(w, row_bytes, rows, units, xq, n, y, slices, part, counters, bx);        \
     }

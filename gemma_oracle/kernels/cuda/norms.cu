@@ -63,6 +63,7 @@ __device__ __forceinline__ void norm_row_loop(const float* xr, const float* hr, 
 
 extern "C" __global__ void __launch_bounds__(NORM_THREADS)
 rms_norm_f32(const float* x, const float* __restrict__ w, float* y, int rows, int D, float eps, int has_w) {
+    grid_dependency_enter();
     const int r = blockIdx.x;
     if (r >= rows) return;
     const float* xr = x + (i64)r * D;
@@ -74,6 +75,7 @@ rms_norm_f32(const float* x, const float* __restrict__ w, float* y, int rows, in
 extern "C" __global__ void __launch_bounds__(NORM_THREADS)
 add_rms_norm_f32(const float* h, const float* x, const float* __restrict__ w, float* y, int rows, int D, float eps,
                  float scale, int has_w) {
+    grid_dependency_enter();
     const int r = blockIdx.x;
     if (r >= rows) return;
     const float* xr = x + (i64)r * D;
@@ -84,6 +86,7 @@ add_rms_norm_f32(const float* h, const float* x, const float* __restrict__ w, fl
 }
 
 extern "C" __global__ void scale_f32(const float* x, float* y, i64 n, float scale) {
+    grid_dependency_enter();
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
         y[i] = x[i] * scale;
 }

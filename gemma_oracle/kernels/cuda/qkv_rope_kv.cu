@@ -119,6 +119,7 @@ qkv_rope_kv_f16(const float* q_raw, const float* k_raw, const float* v_raw, cons
                 const float* __restrict__ inv_freq, float* q_out, u16* k_pool, u16* v_pool, int* pos_table, int rows,
                 int hq, int hkv, int d, int half, float eps, int has_qw, int has_kw, int v_norm, int n_seq_slots,
                 int capacity, int ring) {
+    grid_dependency_enter();
     qkv_rope_kv_block(q_raw, k_raw, v_raw, q_w, k_w, positions, row_seq, inv_freq, q_out, k_pool, v_pool, pos_table,
                       rows, hq, hkv, d, half, eps, has_qw, has_kw, v_norm, n_seq_slots, capacity, ring);
 }
@@ -129,6 +130,7 @@ qkv_rope_kv_f32(const float* q_raw, const float* k_raw, const float* v_raw, cons
                 const float* __restrict__ inv_freq, float* q_out, float* k_pool, float* v_pool, int* pos_table,
                 int rows, int hq, int hkv, int d, int half, float eps, int has_qw, int has_kw, int v_norm,
                 int n_seq_slots, int capacity, int ring) {
+    grid_dependency_enter();
     qkv_rope_kv_block(q_raw, k_raw, v_raw, q_w, k_w, positions, row_seq, inv_freq, q_out, k_pool, v_pool, pos_table,
                       rows, hq, hkv, d, half, eps, has_qw, has_kw, v_norm, n_seq_slots, capacity, ring);
 }

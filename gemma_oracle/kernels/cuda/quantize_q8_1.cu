@@ -28,6 +28,7 @@
 
 extern "C" __global__ void __launch_bounds__(32 * Q8_1_WARPS)
     quantize_q8_1(const float* __restrict__ x, i64 n_blocks, u8* __restrict__ out) {
+    grid_dependency_enter();
     const i64 blk = (i64)blockIdx.x * Q8_1_WARPS + (threadIdx.x >> 5);
     if (blk >= n_blocks) return;  // warp-uniform
     q8_1_block_from_warp(x[blk * 32 + (threadIdx.x & 31)], out + blk * Q8_1_BYTES);

@@ -22,6 +22,7 @@
 extern "C" __global__ void __launch_bounds__(ROPE_THREADS)
 rope_neox_f32(const float* x, const int* __restrict__ positions, const float* __restrict__ inv_freq, float* y,
               int rows, int heads, int d, int half) {
+    grid_dependency_enter();
     extern __shared__ float cs[];  // cos[half], sin[half]
     const int r = blockIdx.x;
     if (r >= rows) return;

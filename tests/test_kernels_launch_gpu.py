@@ -1,0 +1,104 @@
+"""GPU tests of programmatic dependent launch (kernels/launch.py): that the next grid really starts before the one
+before it ends, and that `grid_dependency_enter()` (kernels/cuda/common.cuh) is what keeps stream order.
+
+Two kernels: `slow_write` lets its dependents launch, spins for SPIN_NS, then writes `value`; `read_*` copies that
+word. `read_after_enter` starts with grid_dependency_enter() as every kernel of kernels/cuda/ does; `read_racy` does
+not (the control). With PDL the racy reader runs during the spin and sees the old word, which shows the overlap is
+real; the reader that enters through the wait sees the new one, eagerly and replayed from a CUDA graph. With plain
+launches (GEMMA_ORACLE_PDL=0) both see the new word.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gemma_oracle.kernels import launch
+from gemma_oracle.kernels._compile import NVRTC_OPTIONS
+
+try:  # collection must work without cupy; the gpu marker makes the plugin skip these items with its reason
+    import cupy as cp
+except ImportError:  # pragma: no cover - exercised only on machines without cupy
+    cp = None
+
+pytestmark = pytest.mark.gpu
+
+SPIN_NS = 2_000_000  # 2 ms: far longer than a launch, so a reader that does not wait runs inside it
+SOURCE = r"""
+#include "common.cuh"
+extern "C" __global__ void slow_write(int* word, int value, long long spin_ns) {
+    grid_dependency_enter();  // as every kernel: the dependents may launch from here on
+    long long t0;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    for (;;) {
+        long long t;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+        if (t - t0 >= spin_ns) break;
+    }
+    *word = value;
+}
+extern "C" __global__ void read_after_enter(const int* word, int* seen) {
+    grid_dependency_enter();
+    *seen = *word;
+}
+extern "C" __global__ void read_racy(const int* word, int* seen) {
+    *seen = *word;  // no grid_dependency_enter(): the bug the host test's scan rejects in kernels/cuda/
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    return launch.Module(cp.RawModule(code=SOURCE, options=NVRTC_OPTIONS))
+
+
+def _write_then_read(kernels, reader: str, value: int) -> int:
+    word, seen = cp.zeros(1, dtype=cp.int32), cp.full(1, -1, dtype=cp.int32)
+    kernels.get_function("slow_write")((1,), (1,), (word, np.int32(value), np.int64(SPIN_NS)))
+    kernels.get_function(reader)((1,), (1,), (word, seen))
+    return int(seen.get()[0])
+
+
+def test_pdl_is_on_for_this_device(monkeypatch):
+    monkeypatch.delenv(launch.ENV, raising=False)
+    major = int(cp.cuda.Device().compute_capability[:-1])
+    assert launch.launch_mode() == ("pdl" if major >= 9 else "plain")
+    if major < 9:
+        pytest.skip(f"compute capability {cp.cuda.Device().compute_capability}: no programmatic dependent launch")
+
+
+def test_pdl_overlaps_and_the_enter_call_orders(kernels, monkeypatch):
+    monkeypatch.delenv(launch.ENV, raising=False)
+    if launch.launch_mode() != "pdl":
+        pytest.skip("this device launches plainly (compute capability < 9.0)")
+    assert _write_then_read(kernels, "read_racy", 7) == 0, "the next grid did not start before the first ended"
+    assert _write_then_read(kernels, "read_after_enter", 7) == 7
+
+
+def test_pdl_in_a_cuda_graph(kernels, monkeypatch):
+    monkeypatch.delenv(launch.ENV, raising=False)
+    if launch.launch_mode() != "pdl":
+        pytest.skip("this device launches plainly (compute capability < 9.0)")
+    stream = cp.cuda.Stream(non_blocking=True)
+    word, seen_racy, seen = (cp.zeros(1, dtype=cp.int32) for _ in range(3))
+    with stream:
+        stream.begin_capture()
+        try:
+            kernels.get_function("slow_write")((1,), (1,), (word, np.int32(11), np.int64(SPIN_NS)))
+            kernels.get_function("read_racy")((1,), (1,), (word, seen_racy))
+            kernels.get_function("slow_write")((1,), (1,), (word, np.int32(12), np.int64(SPIN_NS)))
+            kernels.get_function("read_after_enter")((1,), (1,), (word, seen))
+        finally:
+            graph = stream.end_capture()
+        for _ in range(3):
+            word.fill(0)
+            graph.launch(stream)
+            stream.synchronize()
+            # the racy reader ran during the first spin: word was still 0; the other saw the second write
+            assert (int(seen_racy.get()[0]), int(seen.get()[0])) == (0, 12)
+
+
+def test_plain_launches_keep_stream_order_without_the_call(kernels, monkeypatch):
+    monkeypatch.setenv(launch.ENV, "0")
+    assert launch.launch_mode() == "plain"
+    assert _write_then_read(kernels, "read_racy", 5) == 5
+    assert _write_then_read(kernels, "read_after_enter", 5) == 5

@@ -1,0 +1,125 @@
+"""CPU tests of kernels/launch.py (programmatic dependent launch) and of the kernels' side of its contract.
+
+* Every `__global__` in kernels/cuda/*.cu starts with `grid_dependency_enter();`: a kernel launched with PDL that
+  read or wrote memory before `griddepcontrol.wait` would race with the grid before it. The scan is shown to find a
+  kernel that lacks the call.
+* The ctypes mirrors of CUlaunchConfig / CUlaunchAttribute have the sizes and field offsets that the C compiler gives
+  the structs of the installed cuda.h (skipped, with the reason, where no cuda.h or C compiler is found).
+* pack_args passes each argument as CuPy does (device array -> pointer, NumPy scalar -> its own bytes, Python int ->
+  int64, float -> float64) and names the kernel and position of one it cannot pass.
+* GEMMA_ORACLE_PDL takes 0 or 1 and nothing else.
+"""
+from __future__ import annotations
+
+import ctypes
+import re
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gemma_oracle.kernels import launch
+from gemma_oracle.kernels._compile import CUDA_DIR
+
+ENTER = "grid_dependency_enter();"
+
+
+def kernels_without_enter(source: str) -> list[str]:
+    """Names of the __global__ functions in `source` whose body does not begin with grid_dependency_enter()
+    (macro line continuations and comments between the brace and the call are skipped)."""
+    missing = []
+    for m in re.finditer(r"__global__\b", source):
+        head_end = source.index("{", m.end())
+        head = source[m.end():head_end]
+        name = re.findall(r"([A-Za-z_][A-Za-z0-9_#]*)\s*\(", head)
+        body = source[head_end + 1:]
+        body = re.sub(r"\\\s*\n", "\n", body)        # macro continuations
+        body = re.sub(r"//[^\n]*", "", body).lstrip()  # comments
+        if not body.startswith(ENTER):
+            missing.append(name[-1] if name else head.strip())
+    return missing
+
+
+@pytest.mark.parametrize("source", sorted(CUDA_DIR.glob("*.cu")), ids=lambda p: p.name)
+def test_every_kernel_enters_through_the_grid_dependency_wait(source: Path):
+    text = source.read_text()
+    assert "__global__" in text, f"{source.name}: no kernel found"
+    assert kernels_without_enter(text) == [], f"{source.name}: kernels that would race under PDL"
+
+
+def test_the_scan_finds_a_kernel_without_the_wait():
+    good = 'extern "C" __global__ void __launch_bounds__(256) ok(const float* x) {\n    ' + ENTER + "\n    x[0];\n}\n"
+    macro = ('#define E(n) \\\n    extern "C" __global__ void k_##n(int a) { \\\n        ' + ENTER + " \\\n    }\n")
+    bad = 'extern "C" __global__ void racy(const float* x, float* y) {\n    y[0] = x[0];\n    ' + ENTER + "\n}\n"
+    assert kernels_without_enter(good + macro) == []
+    assert kernels_without_enter(good + bad + macro) == ["racy"]
+
+
+def _cuda_header() -> Path | None:
+    for root in (Path("/usr/local/cuda/include"), *Path("/usr/local").glob("cuda-*/include")):
+        if (root / "cuda.h").exists():
+            return root
+    nvcc = shutil.which("nvcc")
+    if nvcc and (Path(nvcc).resolve().parent.parent / "include" / "cuda.h").exists():
+        return Path(nvcc).resolve().parent.parent / "include"
+    return None
+
+
+def test_launch_structs_match_cuda_h(tmp_path):
+    include, cc = _cuda_header(), shutil.which("cc") or shutil.which("gcc")
+    if include is None or cc is None:
+        pytest.skip(f"needs cuda.h (found: {include}) and a C compiler (found: {cc}) to read the C layout")
+    src = tmp_path / "layout.c"
+    src.write_text('#include <stdio.h>\n#include <stddef.h>\n#include <cuda.h>\nint main(void) {\n'
+                   '  printf("%zu %zu %zu\\n", sizeof(CUlaunchAttribute), offsetof(CUlaunchAttribute, value),'
+                   ' sizeof(CUlaunchAttributeValue));\n'
+                   '  printf("%zu %zu %zu %zu %zu\\n", sizeof(CUlaunchConfig), offsetof(CUlaunchConfig, sharedMemBytes),'
+                   ' offsetof(CUlaunchConfig, hStream), offsetof(CUlaunchConfig, attrs),'
+                   ' offsetof(CUlaunchConfig, numAttrs));\n'
+                   '  printf("%d\\n", (int)CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION);\n  return 0;\n}\n')
+    exe = tmp_path / "layout"
+    subprocess.run([cc, f"-I{include}", str(src), "-o", str(exe)], check=True, capture_output=True)
+    attr, config, attr_id = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split("\n")[:3]
+    A, C = launch._LaunchAttribute, launch._LaunchConfig
+    assert [int(v) for v in attr.split()] == [ctypes.sizeof(A), A.value.offset, ctypes.sizeof(A) - A.value.offset]
+    assert [int(v) for v in config.split()] == [ctypes.sizeof(C), C.sharedMemBytes.offset, C.hStream.offset,
+                                                C.attrs.offset, C.numAttrs.offset]
+    assert int(attr_id) == launch._ATTR_PROGRAMMATIC_STREAM_SERIALIZATION
+
+
+class _DeviceArray:
+    """Stands in for a cupy.ndarray: what pack_args reads of one is .data.ptr."""
+
+    class _Mem:
+        ptr = 0x7F00_1234_5600
+
+    data = _Mem()
+
+
+def test_pack_args_passes_arguments_as_cupy_does():
+    values = launch.pack_args("k", (_DeviceArray(), np.int32(-2), np.float32(1.5), np.int64(1 << 40), 7, 0.25, True,
+                                     np.uint8(255)))
+    raw = [bytes(memoryview(v).cast("B")) for v in values]
+    assert raw == [struct.pack("<Q", 0x7F00_1234_5600), struct.pack("<i", -2), struct.pack("<f", 1.5),
+                   struct.pack("<q", 1 << 40), struct.pack("<q", 7), struct.pack("<d", 0.25), b"\x01", b"\xff"]
+
+
+@pytest.mark.parametrize("bad", ["text", None, [1, 2], np.zeros(3, dtype=np.float32)], ids=repr)
+def test_pack_args_names_the_kernel_and_position_of_what_it_cannot_pass(bad):
+    with pytest.raises(TypeError, match=r"attn_merge_d256: argument 1 is a "):
+        launch.pack_args("attn_merge_d256", (np.int32(1), bad))
+
+
+def test_pdl_switch(monkeypatch):
+    monkeypatch.delenv(launch.ENV, raising=False)
+    assert launch.pdl_requested() is True
+    monkeypatch.setenv(launch.ENV, "0")
+    assert launch.pdl_requested() is False
+    monkeypatch.setenv(launch.ENV, "1")
+    assert launch.pdl_requested() is True
+    monkeypatch.setenv(launch.ENV, "off")
+    with pytest.raises(ValueError, match=r"GEMMA_ORACLE_PDL='off': expected 0 .* or 1"):
+        launch.pdl_requested()
