@@ -164,10 +164,8 @@ __device__ __forceinline__ void dq_mma_kernel(const u8* __restrict__ w, i64 row_
             const int task = tid + i * THREADS;
             const int r = task / KB, kb = task % KB;
             u32 q[8];
-            float d[2] = {0.0f, 0.0f}, m = 0.0f;
-#pragma unroll
-            for (int k = 0; k < 8; ++k) q[k] = 0u;
-            if (row0 + r < rows && b0 + kb < u_hi) Q::stage(w + (size_t)(row0 + r) * row_bytes, b0 + kb, q, d, m);
+            float d[2], m;
+            mmq_stage_or_zero<Q>(w, row_bytes, row0 + r, rows, b0 + kb, u_hi, q, d, m);
             const u32 neg_m = dq_half2_splat(-m), d0 = dq_half2_splat(d[0]);
             const u32 d1 = Q::HALVES == 2 ? dq_half2_splat(d[1]) : d0;
             u32 h[16];

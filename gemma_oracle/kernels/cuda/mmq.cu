@@ -188,10 +188,8 @@ __device__ __forceinline__ void mmq_kernel(const u8* __restrict__ w, i64 row_byt
                 const int task = tid + i * THREADS;
                 const int r = task / MMQ_KB, kb = task % MMQ_KB;
                 u32 q[8];
-                float d[2] = {0.0f, 0.0f}, m = 0.0f;
-#pragma unroll
-                for (int k = 0; k < 8; ++k) q[k] = 0u;
-                if (row0 + r < rows && b0 + kb < u_hi) Q::stage(w + (size_t)(row0 + r) * row_bytes, b0 + kb, q, d, m);
+                float d[2], m;
+                mmq_stage_or_zero<Q>(w, row_bytes, row0 + r, rows, b0 + kb, u_hi, q, d, m);
                 put(r, kb, q, d, m);
             }
         }

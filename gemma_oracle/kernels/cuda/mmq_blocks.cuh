@@ -211,6 +211,18 @@ struct mq_q6_k {
     }
 };
 
+// One (row, block) task of a weight tile's staging (mmq.cu's one-block path, dq_mma.cu): block u of `row` decoded
+// by Q::stage, or zero codes, scales and offset where the row or the block lies outside the matrix (row >= rows,
+// u >= u_hi), which add nothing to the tile's sums.
+template <class Q>
+__device__ __forceinline__ void mmq_stage_or_zero(const u8* __restrict__ w, i64 row_bytes, int row, int rows, int u,
+                                                  int u_hi, u32 (&q)[8], float (&d)[2], float& m) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) q[k] = 0u;
+    d[0] = d[1] = m = 0.0f;
+    if (row < rows && u < u_hi) Q::stage(w + (size_t)row * row_bytes, u, q, d, m);
+}
+
 // Sum of the four signed bytes of a and the int c (dp4a with b = 1,1,1,1).
 __device__ __forceinline__ int mmq_byte_sum(u32 a, int c) {
     int r;
