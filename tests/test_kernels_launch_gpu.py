@@ -102,3 +102,29 @@ def test_plain_launches_keep_stream_order_without_the_call(kernels, monkeypatch)
     assert launch.launch_mode() == "plain"
     assert _write_then_read(kernels, "read_racy", 5) == 5
     assert _write_then_read(kernels, "read_after_enter", 5) == 5
+
+
+@pytest.mark.parametrize("model", [("g4-12b-mini", "q4_k_m", "auto"), ("keqv-mixed", "q4_0", "batch-invariant")],
+                         ids=lambda m: "-".join(m))
+def test_pdl_gives_the_bits_of_plain_launches(model, monkeypatch):
+    """Prefill and four graph-replayed decode steps of N = 5 sequences, once with plain launches and once with PDL
+    (each engine captures its graphs under its own setting): the same logits bitwise."""
+    from gemma_oracle.engine.factory import make_engine
+    from gemma_oracle.harness.fixtures.cache import fixture_path
+    from gemma_oracle.harness.suites.synthetic import sequences
+
+    preset, variant, mode = model
+    path, n = fixture_path(preset, variant), 5
+    runs = {}
+    for setting in ("0", "1"):
+        monkeypatch.setenv(launch.ENV, setting)
+        engine = make_engine("cupy", path, route_mode=mode)
+        prompts, forced = sequences(engine.vocab_size)
+        seqs = [engine.new_sequence() for _ in range(n)]
+        out = [engine.prefill(seqs[i], prompts[i]) for i in range(n)]
+        out += [engine.decode(seqs, [forced[i][step] for i in range(n)]) for step in range(4)]
+        runs[setting] = (launch.launch_mode(), out)
+        del engine
+    assert runs["0"][0] == "plain" and runs["1"][0] == "pdl"
+    for k, (a, b) in enumerate(zip(runs["0"][1], runs["1"][1])):
+        assert np.array_equal(a, b), f"output {k} (prefills 0-{n - 1}, then decode steps) differs between launch modes"
