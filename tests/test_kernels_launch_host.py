@@ -25,11 +25,14 @@ from gemma_oracle.kernels import launch
 from gemma_oracle.kernels._compile import CUDA_DIR
 
 ENTER = "grid_dependency_enter();"
+# The only statements a kernel may run before the wait: they read kernel parameters and block indices, and touch
+# nothing but weight bytes, which no kernel writes while a step runs (mmq.cu: the L2 prefetch of a block's weights).
+BEFORE_ENTER = (re.compile(r"mmq_prefetch_weights_l2<[^;]*>\(MMQ_ARGS\);"),)
 
 
 def kernels_without_enter(source: str) -> list[str]:
-    """Names of the __global__ functions in `source` whose body does not begin with grid_dependency_enter()
-    (macro line continuations and comments between the brace and the call are skipped)."""
+    """Names of the __global__ functions in `source` whose body does not begin with grid_dependency_enter(), after
+    at most the BEFORE_ENTER statements (macro line continuations and comments are skipped)."""
     missing = []
     for m in re.finditer(r"__global__\b", source):
         head_end = source.index("{", m.end())
@@ -38,6 +41,13 @@ def kernels_without_enter(source: str) -> list[str]:
         body = source[head_end + 1:]
         body = re.sub(r"\\\s*\n", "\n", body)        # macro continuations
         body = re.sub(r"//[^\n]*", "", body).lstrip()  # comments
+        progress = True
+        while progress:
+            progress = False
+            for allowed in BEFORE_ENTER:
+                hit = allowed.match(body)
+                if hit:
+                    body, progress = body[hit.end():].lstrip(), True
         if not body.startswith(ENTER):
             missing.append(name[-1] if name else head.strip())
     return missing
@@ -54,8 +64,12 @@ def test_the_scan_finds_a_kernel_without_the_wait():
     good = 'extern "C" __global__ void __launch_bounds__(256) ok(const float* x) {\n    ' + ENTER + "\n    x[0];\n}\n"
     macro = ('#define E(n) \\\n    extern "C" __global__ void k_##n(int a) { \\\n        ' + ENTER + " \\\n    }\n")
     bad = 'extern "C" __global__ void racy(const float* x, float* y) {\n    y[0] = x[0];\n    ' + ENTER + "\n}\n"
-    assert kernels_without_enter(good + macro) == []
+    prologue = ('extern "C" __global__ void pre(MMQ_PARAMS) {\n    mmq_prefetch_weights_l2<64>(MMQ_ARGS);\n    '
+                + ENTER + "\n}\n")
+    early = 'extern "C" __global__ void early(MMQ_PARAMS) {\n    MMQ_MEMBER\n    ' + ENTER + "\n}\n"
+    assert kernels_without_enter(good + macro + prologue) == []
     assert kernels_without_enter(good + bad + macro) == ["racy"]
+    assert kernels_without_enter(early + prologue) == ["early"]  # only the listed prologue may come first
 
 
 def _cuda_header() -> Path | None:
@@ -111,6 +125,20 @@ def test_pack_args_passes_arguments_as_cupy_does():
 def test_pack_args_names_the_kernel_and_position_of_what_it_cannot_pass(bad):
     with pytest.raises(TypeError, match=r"attn_merge_d256: argument 1 is a "):
         launch.pack_args("attn_merge_d256", (np.int32(1), bad))
+
+
+def test_prefetch_switch(monkeypatch):
+    from gemma_oracle.kernels import _compile
+    from gemma_oracle.kernels.mmq import weight_prefetch_enabled
+
+    monkeypatch.delenv(_compile.PREFETCH_ENV, raising=False)
+    assert _compile.nvrtc_options() == _compile.NVRTC_OPTIONS and weight_prefetch_enabled()
+    monkeypatch.setenv(_compile.PREFETCH_ENV, "0")
+    assert _compile.nvrtc_options() == _compile.NVRTC_OPTIONS + ("-DMMQ_L2_PREFETCH=0",)
+    assert not weight_prefetch_enabled()
+    monkeypatch.setenv(_compile.PREFETCH_ENV, "no")
+    with pytest.raises(ValueError, match=r"GEMMA_ORACLE_MMQ_PREFETCH='no': expected 0"):
+        _compile.nvrtc_options()
 
 
 def test_pdl_switch(monkeypatch):

@@ -19,6 +19,19 @@ IEEE_OPTIONS = ("-ftz=false", "-prec-div=true", "-prec-sqrt=true")
 COMMON_OPTIONS = ("-std=c++17", f"-I{CUDA_DIR}")
 NVRTC_OPTIONS = COMMON_OPTIONS + tuple("-" + o for o in IEEE_OPTIONS) + (f"--gpu-architecture={ARCH}",)
 NVCC_OPTIONS = COMMON_OPTIONS + IEEE_OPTIONS + (f"-arch={ARCH}", "-Xptxas", "-v", "--cubin")
+# GEMMA_ORACLE_MMQ_PREFETCH=0 compiles out decode-MMQ's L2 prefetch of its weights before the grid dependency wait
+# (mmq.cu, MMQ_L2_PREFETCH): the A/B baseline of that prologue, as GEMMA_ORACLE_PDL=0 is of the launches.
+PREFETCH_ENV = "GEMMA_ORACLE_MMQ_PREFETCH"
+
+
+def nvrtc_options() -> tuple[str, ...]:
+    """NVRTC_OPTIONS with the switches the environment sets now."""
+    import os
+
+    value = os.environ.get(PREFETCH_ENV, "1").strip()
+    if value not in ("0", "1"):
+        raise ValueError(f"{PREFETCH_ENV}={value!r}: expected 0 (no weight prefetch) or 1")
+    return NVRTC_OPTIONS + (("-DMMQ_L2_PREFETCH=0",) if value == "0" else ())
 
 
 def source_path(name: str) -> Path:
@@ -42,13 +55,13 @@ def _headers_digest() -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _module(name: str, name_expressions: tuple[str, ...], device_id: int):
+def _module(name: str, name_expressions: tuple[str, ...], device_id: int, options: tuple[str, ...]):
     import cupy
 
     from gemma_oracle.kernels.launch import Module
 
     code = f"// headers {_headers_digest()}\n" + source_path(name).read_text()
-    return Module(cupy.RawModule(code=code, options=NVRTC_OPTIONS, name_expressions=name_expressions or None))
+    return Module(cupy.RawModule(code=code, options=options, name_expressions=name_expressions or None))
 
 
 def load_module(name: str, name_expressions: tuple[str, ...] = ()):
@@ -56,4 +69,4 @@ def load_module(name: str, name_expressions: tuple[str, ...] = ()):
     kernels launched by kernels/launch.py (programmatic dependent launch where the device has it)."""
     import cupy
 
-    return _module(name, tuple(name_expressions), cupy.cuda.Device().id)
+    return _module(name, tuple(name_expressions), cupy.cuda.Device().id, nvrtc_options())

@@ -28,13 +28,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gemma_oracle.kernels._compile import load_module
+from gemma_oracle.kernels._compile import load_module, nvrtc_options
 from gemma_oracle.kernels.dequant import UNIT, check_array, check_weight_rows, require_device_arrays
 from gemma_oracle.kernels.reference.q8_1 import BLOCK_BYTES as Q8_1_BLOCK_BYTES
 
 MODULE = "mmq"
 MMQ_TYPES = ("Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K")  # the mmq_<t>_<tile> entries of mmq.cu
 XQ_ALIGN = 4  # 32-bit loads of Q8_1 blocks
+
+
+def weight_prefetch_enabled() -> bool:
+    """Whether the entries prefetch their weight bytes into L2 before the grid dependency wait (mmq.cu,
+    mmq_prefetch_weights_l2): yes unless GEMMA_ORACLE_MMQ_PREFETCH=0."""
+    return "-DMMQ_L2_PREFETCH=0" not in nvrtc_options()
 
 
 @dataclass(frozen=True)

@@ -160,9 +160,12 @@ def main(argv=None) -> int:
     from gemma_oracle.harness.perf.devices import gpu_read_bandwidth_gb_s as read_bandwidth_gb_s
     from gemma_oracle.harness.fixtures.cache import fixture_names, fixture_path
     from gemma_oracle.kernels.launch import launch_mode
+    from gemma_oracle.kernels.mmq import weight_prefetch_enabled
 
     device = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
-    launch = launch_mode()  # 'pdl' or 'plain' (GEMMA_ORACLE_PDL): an A/B's two sides say which they ran
+    # 'pdl' or 'plain' (GEMMA_ORACLE_PDL), and whether decode-MMQ prefetches its weights (GEMMA_ORACLE_MMQ_PREFETCH):
+    # an A/B's sides say what they ran
+    launch = launch_mode() + ("" if weight_prefetch_enabled() else " without weight prefetch")
     bw = read_bandwidth_gb_s()
     for name in args.model:
         path = fixture_path(name) if name in fixture_names() else Path(name)

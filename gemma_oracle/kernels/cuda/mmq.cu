@@ -464,6 +464,8 @@ __device__ __forceinline__ void mmq_dp4a_kernel(const u8* __restrict__ w, i64 ro
 #define MMQ_PARAMS const u8 *w0, const u8 *w1, const u8 *w2, i64 rb0, i64 rb1, i64 rb2, int rows0, int rows1,       \
                    int rows2, int tiles0, int tiles01, float *y0, float *y1, float *y2, float *part0, float *part1,  \
                    float *part2, int units, const u8 *xq, int n, int slices, int *counters
+#define MMQ_ARGS w0, w1, w2, rb0, rb1, rb2, rows0, rows1, rows2, tiles0, tiles01, y0, y1, y2, part0, part1, part2, units, \
+                 xq, n, slices, counters
 // the member of this block: its weights, row bytes, rows, output, partial sums and row tile
 #define MMQ_MEMBER                                                                                             \
     const int m_ = blockIdx.x < tiles0 ? 0 : blockIdx.x < tiles01 ? 1 : 2;                                     \
@@ -483,9 +485,44 @@ template <class Q, int WM, int BN>
 struct mmq_min_blocks {
     static constexpr int value = WM == 4 && (BN == 32 || (BN == 16 && Q::HALVES == 1)) ? 8 : 0;  // 0: no bound (as a plain __launch_bounds__(32 * WM))
 };
+// The weight bytes this block will read, asked into L2 before grid_dependency_enter(): rows [row0, row0 + BM) of
+// the member (those < rows), the K slice's blocks [u_lo, u_hi) of each, one cp.async.bulk.prefetch.L2 a row (row r
+// by thread r; 16-byte aligned, whole 16-byte units inside the slice's bytes). Weights are never written while
+// a step runs, so they may be touched before the wait; the block then waits (kernels/launch.py). Why: launched
+// early (PDL), the blocks of a matmul sit through the short kernel before it (a norm of one block a token, the
+// attention merge, the FFN activation), while DRAM idles; this streams the matrix into L2 during that time.
+// MMQ_L2_PREFETCH=0 (kernels/_compile.py: GEMMA_ORACLE_MMQ_PREFETCH=0) compiles it out, the A/B baseline.
+#ifndef MMQ_L2_PREFETCH
+#define MMQ_L2_PREFETCH 1
+#endif
+template <int BM>
+__device__ __forceinline__ void mmq_prefetch_weights_l2(MMQ_PARAMS) {
+    if (!MMQ_L2_PREFETCH) return;
+    (void)y0; (void)y1; (void)y2; (void)part0; (void)part1; (void)part2; (void)xq; (void)n; (void)counters;
+    const u32 cx = blockIdx.x, cz = blockIdx.z, tid = threadIdx.x;
+    if (tid >= (u32)BM) return;
+    const int m = cx < (u32)tiles0 ? 0 : cx < (u32)tiles01 ? 1 : 2;
+    const u8* w = m == 0 ? w0 : m == 1 ? w1 : w2;
+    const i64 row_bytes = m == 0 ? rb0 : m == 1 ? rb1 : rb2;
+    const int rows = m == 0 ? rows0 : m == 1 ? rows1 : rows2;
+    const int r = ((int)cx - (m == 0 ? 0 : m == 1 ? tiles0 : tiles01)) * BM + (int)tid;
+    if (r >= rows) return;
+    // split_k_bounds' slice and the slice's bytes of the row, by proportion (exact at block or super-block bounds;
+    // a hint either way), in 32-bit arithmetic: split_k_bounds' 64-bit division is a called subroutine, and with it
+    // here the 64-register tiles spilled (ptxas). Every product is far below 2^32: slices <= 64, units (blocks a
+    // row) and row bytes below 2^16 for any K the engine takes.
+    if ((unsigned long long)units * (unsigned long long)row_bytes >> 32) return;  // (no K the engine takes)
+    const u32 u_lo = cz * (u32)units / (u32)slices, u_hi = (cz + 1) * (u32)units / (u32)slices;
+    const size_t row_start = (size_t)w + (size_t)r * row_bytes;
+    const size_t lo = row_start + u_lo * (u32)row_bytes / (u32)units;
+    const size_t hi = row_start + u_hi * (u32)row_bytes / (u32)units;
+    const size_t a = (lo + 15) & ~(size_t)15, e = hi & ~(size_t)15;
+    if (e > a) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(a), "r"((u32)(e - a)) : "memory");
+}
 #define MMQ_ENTRY(name, Q, WM, BM, BN, KB, SUFFIX)                                                             \
     extern "C" __global__ void __launch_bounds__(32 * WM, (mmq_min_blocks<Q, WM, BN>::value))                \
         mmq_##name##_bm##BM##_bn##BN##SUFFIX(MMQ_PARAMS) {                                                   \
+        mmq_prefetch_weights_l2<BM>(MMQ_ARGS);                                                                \
         grid_dependency_enter();                                                                             \
         MMQ_MEMBER                                                                                             \
         mmq_kernel<Q, WM, BN, KB>(w, row_bytes, rows, units, xq, n, y, slices, part, counters, bx);            \
@@ -498,6 +535,7 @@ struct mmq_min_blocks {
 #define MMQ_DP4A_ENTRY(name, Q, BN, CW, P, SUFFIX)                                                             \
     extern "C" __global__ void __launch_bounds__(32 * MMQ_DP4A_WARPS, MMQ_DP4A_MIN_BLOCKS(BN))               \
         mmq_##name##_dp4a_bn##BN##_cw##CW##SUFFIX(MMQ_PARAMS) {                                              \
+        mmq_prefetch_weights_l2<MMQ_DP4A_WARPS * MMQ_DP4A_ROWS(BN)>(MMQ_ARGS);                                \
         grid_dependency_enter();                                                                             \
         MMQ_MEMBER                                                                                             \
         mmq_dp4a_kernel<Q, BN, CW, P>(w, row_bytes, rows, units, xq, n, y, slices, part, counters, bx);        \
