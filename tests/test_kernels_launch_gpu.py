@@ -5,7 +5,7 @@ Two kernels: `slow_write` lets its dependents launch, spins for SPIN_NS, then wr
 word. `read_after_enter` starts with grid_dependency_enter() as every kernel of kernels/cuda/ does; `read_racy` does
 not (the control). With PDL the racy reader runs during the spin and sees the old word, which shows the overlap is
 real; the reader that enters through the wait sees the new one, eagerly and replayed from a CUDA graph. With plain
-launches (GEMMA_ORACLE_PDL=0) both see the new word.
+launches (GEMMA_ORACLE_PDL=0, the default) both see the new word. The tests set GEMMA_ORACLE_PDL themselves.
 """
 from __future__ import annotations
 
@@ -58,8 +58,8 @@ def _write_then_read(kernels, reader: str, value: int) -> int:
     return int(seen.get()[0])
 
 
-def test_pdl_is_on_for_this_device(monkeypatch):
-    monkeypatch.delenv(launch.ENV, raising=False)
+def test_pdl_is_used_when_asked_on_this_device(monkeypatch):
+    monkeypatch.setenv(launch.ENV, "1")
     major = int(cp.cuda.Device().compute_capability[:-1])
     assert launch.launch_mode() == ("pdl" if major >= 9 else "plain")
     if major < 9:
@@ -67,7 +67,7 @@ def test_pdl_is_on_for_this_device(monkeypatch):
 
 
 def test_pdl_overlaps_and_the_enter_call_orders(kernels, monkeypatch):
-    monkeypatch.delenv(launch.ENV, raising=False)
+    monkeypatch.setenv(launch.ENV, "1")
     if launch.launch_mode() != "pdl":
         pytest.skip("this device launches plainly (compute capability < 9.0)")
     assert _write_then_read(kernels, "read_racy", 7) == 0, "the next grid did not start before the first ended"
@@ -75,7 +75,7 @@ def test_pdl_overlaps_and_the_enter_call_orders(kernels, monkeypatch):
 
 
 def test_pdl_in_a_cuda_graph(kernels, monkeypatch):
-    monkeypatch.delenv(launch.ENV, raising=False)
+    monkeypatch.setenv(launch.ENV, "1")
     if launch.launch_mode() != "pdl":
         pytest.skip("this device launches plainly (compute capability < 9.0)")
     stream = cp.cuda.Stream(non_blocking=True)
@@ -108,7 +108,8 @@ def test_plain_launches_keep_stream_order_without_the_call(kernels, monkeypatch)
                          ids=lambda m: "-".join(m))
 def test_pdl_gives_the_bits_of_plain_launches(model, monkeypatch):
     """Prefill and four graph-replayed decode steps of N = 5 sequences, once with plain launches and once with PDL
-    (each engine captures its graphs under its own setting): the same logits bitwise."""
+    and decode-MMQ's weight prefetch (each engine compiles and captures under its own setting): the same logits
+    bitwise."""
     from gemma_oracle.engine.factory import make_engine
     from gemma_oracle.harness.fixtures.cache import fixture_path
     from gemma_oracle.harness.suites.synthetic import sequences
@@ -116,8 +117,11 @@ def test_pdl_gives_the_bits_of_plain_launches(model, monkeypatch):
     preset, variant, mode = model
     path, n = fixture_path(preset, variant), 5
     runs = {}
-    for setting in ("0", "1"):
+    from gemma_oracle.kernels._compile import PREFETCH_ENV
+
+    for setting in ("0", "1"):  # plain launches without the weight prefetch; PDL with it
         monkeypatch.setenv(launch.ENV, setting)
+        monkeypatch.setenv(PREFETCH_ENV, setting)
         engine = make_engine("cupy", path, route_mode=mode)
         prompts, forced = sequences(engine.vocab_size)
         seqs = [engine.new_sequence() for _ in range(n)]

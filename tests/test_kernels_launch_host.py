@@ -7,7 +7,7 @@
   the structs of the installed cuda.h (skipped, with the reason, where no cuda.h or C compiler is found).
 * pack_args passes each argument as CuPy does (device array -> pointer, NumPy scalar -> its own bytes, Python int ->
   int64, float -> float64) and names the kernel and position of one it cannot pass.
-* GEMMA_ORACLE_PDL takes 0 or 1 and nothing else.
+* GEMMA_ORACLE_PDL and GEMMA_ORACLE_MMQ_PREFETCH take 0 or 1 and nothing else, and are off when unset.
 """
 from __future__ import annotations
 
@@ -131,10 +131,12 @@ def test_prefetch_switch(monkeypatch):
     from gemma_oracle.kernels import _compile
     from gemma_oracle.kernels.mmq import weight_prefetch_enabled
 
-    monkeypatch.delenv(_compile.PREFETCH_ENV, raising=False)
+    monkeypatch.delenv(_compile.PREFETCH_ENV, raising=False)  # opt-in: off when unset
+    assert _compile.nvrtc_options() == _compile.NVRTC_OPTIONS + ("-DMMQ_L2_PREFETCH=0",)
+    assert not weight_prefetch_enabled()
+    monkeypatch.setenv(_compile.PREFETCH_ENV, "1")
     assert _compile.nvrtc_options() == _compile.NVRTC_OPTIONS and weight_prefetch_enabled()
     monkeypatch.setenv(_compile.PREFETCH_ENV, "0")
-    assert _compile.nvrtc_options() == _compile.NVRTC_OPTIONS + ("-DMMQ_L2_PREFETCH=0",)
     assert not weight_prefetch_enabled()
     monkeypatch.setenv(_compile.PREFETCH_ENV, "no")
     with pytest.raises(ValueError, match=r"GEMMA_ORACLE_MMQ_PREFETCH='no': expected 0"):
@@ -142,8 +144,8 @@ def test_prefetch_switch(monkeypatch):
 
 
 def test_pdl_switch(monkeypatch):
-    monkeypatch.delenv(launch.ENV, raising=False)
-    assert launch.pdl_requested() is True
+    monkeypatch.delenv(launch.ENV, raising=False)  # opt-in: off when unset
+    assert launch.pdl_requested() is False
     monkeypatch.setenv(launch.ENV, "0")
     assert launch.pdl_requested() is False
     monkeypatch.setenv(launch.ENV, "1")

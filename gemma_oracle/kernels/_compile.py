@@ -19,8 +19,9 @@ IEEE_OPTIONS = ("-ftz=false", "-prec-div=true", "-prec-sqrt=true")
 COMMON_OPTIONS = ("-std=c++17", f"-I{CUDA_DIR}")
 NVRTC_OPTIONS = COMMON_OPTIONS + tuple("-" + o for o in IEEE_OPTIONS) + (f"--gpu-architecture={ARCH}",)
 NVCC_OPTIONS = COMMON_OPTIONS + IEEE_OPTIONS + (f"-arch={ARCH}", "-Xptxas", "-v", "--cubin")
-# GEMMA_ORACLE_MMQ_PREFETCH=0 compiles out decode-MMQ's L2 prefetch of its weights before the grid dependency wait
-# (mmq.cu, MMQ_L2_PREFETCH): the A/B baseline of that prologue, as GEMMA_ORACLE_PDL=0 is of the launches.
+# GEMMA_ORACLE_MMQ_PREFETCH=1 compiles in decode-MMQ's L2 prefetch of its weights before the grid dependency wait
+# (mmq.cu, MMQ_L2_PREFETCH); unset or 0 compiles it out. Opt-in, as GEMMA_ORACLE_PDL, until a device A/B has
+# measured it. (The local nvcc build of tests/test_kernels_compile.py has it in, so its registers are checked.)
 PREFETCH_ENV = "GEMMA_ORACLE_MMQ_PREFETCH"
 
 
@@ -28,10 +29,10 @@ def nvrtc_options() -> tuple[str, ...]:
     """NVRTC_OPTIONS with the switches the environment sets now."""
     import os
 
-    value = os.environ.get(PREFETCH_ENV, "1").strip()
+    value = os.environ.get(PREFETCH_ENV, "0").strip()
     if value not in ("0", "1"):
         raise ValueError(f"{PREFETCH_ENV}={value!r}: expected 0 (no weight prefetch) or 1")
-    return NVRTC_OPTIONS + (("-DMMQ_L2_PREFETCH=0",) if value == "0" else ())
+    return NVRTC_OPTIONS + (("-DMMQ_L2_PREFETCH=0",) if value == "0" else ())  # mmq.cu's default is 1
 
 
 def source_path(name: str) -> Path:

@@ -12,9 +12,10 @@ So no kernel overlaps the memory work of another, the results are the same bits 
 launch and block start-up of the next grid overlap the tail of this one. `tests/test_kernels_launch_host.py` checks
 that every `__global__` in kernels/cuda/ starts with that call; a kernel without it, launched here, would race.
 
-`GEMMA_ORACLE_PDL=0` launches through CuPy as before (the A/B baseline of scripts/gpu-run's `ab` step); PDL is
-otherwise on wherever the device has compute capability 9.0 or more. Launches are captured into CUDA graphs like
-any other (programmatic edges, CUDA 12.3+ drivers).
+`GEMMA_ORACLE_PDL=1` asks for it (on devices of compute capability 9.0 or more); unset or 0, kernels are launched
+through CuPy as before. It is opt-in until a device A/B has measured it (reports/history/2026-12-07-s14.md: no GPU
+came in that session). Launches are captured into CUDA graphs like any other (programmatic edges, CUDA 12.3+
+drivers).
 """
 from __future__ import annotations
 
@@ -70,8 +71,8 @@ def pack_args(kernel: str, args) -> list:
 
 
 def pdl_requested() -> bool:
-    """False when GEMMA_ORACLE_PDL is 0 (plain launches); any other value, or none, asks for PDL."""
-    value = os.environ.get(ENV, "1").strip()
+    """True when GEMMA_ORACLE_PDL is 1; 0 or unset: plain launches (the default until measured)."""
+    value = os.environ.get(ENV, "0").strip()
     if value not in ("0", "1"):
         raise ValueError(f"{ENV}={value!r}: expected 0 (plain launches) or 1 (programmatic dependent launch)")
     return value == "1"

@@ -491,7 +491,8 @@ struct mmq_min_blocks {
 // a step runs, so they may be touched before the wait; the block then waits (kernels/launch.py). Why: launched
 // early (PDL), the blocks of a matmul sit through the short kernel before it (a norm of one block a token, the
 // attention merge, the FFN activation), while DRAM idles; this streams the matrix into L2 during that time.
-// MMQ_L2_PREFETCH=0 (kernels/_compile.py: GEMMA_ORACLE_MMQ_PREFETCH=0) compiles it out, the A/B baseline.
+// MMQ_L2_PREFETCH=0 compiles it out: kernels/_compile.py passes that unless GEMMA_ORACLE_MMQ_PREFETCH=1 (opt-in
+// until a device A/B has measured it).
 #ifndef MMQ_L2_PREFETCH
 #define MMQ_L2_PREFETCH 1
 #endif
