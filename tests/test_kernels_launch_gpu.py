@@ -5,7 +5,7 @@ Two kernels: `slow_write` lets its dependents launch, spins for SPIN_NS, then wr
 word. `read_after_enter` starts with grid_dependency_enter() as every kernel of kernels/cuda/ does; `read_racy` does
 not (the control). With PDL the racy reader runs during the spin and sees the old word, which shows the overlap is
 real; the reader that enters through the wait sees the new one, eagerly and replayed from a CUDA graph. With plain
-launches (GEMMA_ORACLE_PDL=0, the default) both see the new word. The tests set GEMMA_ORACLE_PDL themselves.
+launches (the default: compiled without GRID_DEPENDENCY, launched by CuPy) both see the new word.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gemma_oracle.kernels import launch
-from gemma_oracle.kernels._compile import NVRTC_OPTIONS
+from gemma_oracle.kernels._compile import NVRTC_OPTIONS, nvrtc_options
 
 try:  # collection must work without cupy; the gpu marker makes the plugin skip these items with its reason
     import cupy as cp
@@ -48,7 +48,14 @@ extern "C" __global__ void read_racy(const int* word, int* seen) {
 
 @pytest.fixture(scope="module")
 def kernels():
-    return launch.Module(cp.RawModule(code=SOURCE, options=NVRTC_OPTIONS))
+    """The source compiled as GEMMA_ORACLE_PDL=1 compiles (GRID_DEPENDENCY=1), launched with PDL."""
+    return launch.Module(cp.RawModule(code=SOURCE, options=nvrtc_options(pdl=True)), pdl=True)
+
+
+@pytest.fixture(scope="module")
+def plain_kernels():
+    """The source compiled and launched as by default (grid_dependency_enter() empty, CuPy's launch)."""
+    return launch.Module(cp.RawModule(code=SOURCE, options=NVRTC_OPTIONS), pdl=False)
 
 
 def _write_then_read(kernels, reader: str, value: int) -> int:
@@ -58,26 +65,27 @@ def _write_then_read(kernels, reader: str, value: int) -> int:
     return int(seen.get()[0])
 
 
-def test_pdl_is_used_when_asked_on_this_device(monkeypatch):
-    monkeypatch.setenv(launch.ENV, "1")
-    major = int(cp.cuda.Device().compute_capability[:-1])
-    assert launch.launch_mode() == ("pdl" if major >= 9 else "plain")
-    if major < 9:
+def _needs_pdl():
+    if int(cp.cuda.Device().compute_capability[:-1]) < 9:
         pytest.skip(f"compute capability {cp.cuda.Device().compute_capability}: no programmatic dependent launch")
 
 
-def test_pdl_overlaps_and_the_enter_call_orders(kernels, monkeypatch):
+def test_pdl_is_used_when_asked_on_this_device(monkeypatch):
+    monkeypatch.setenv(launch.ENV, "0")
+    assert launch.launch_mode() == "plain"
     monkeypatch.setenv(launch.ENV, "1")
-    if launch.launch_mode() != "pdl":
-        pytest.skip("this device launches plainly (compute capability < 9.0)")
+    major = int(cp.cuda.Device().compute_capability[:-1])
+    assert launch.launch_mode() == ("pdl" if major >= 9 else "plain")
+
+
+def test_pdl_overlaps_and_the_enter_call_orders(kernels):
+    _needs_pdl()
     assert _write_then_read(kernels, "read_racy", 7) == 0, "the next grid did not start before the first ended"
     assert _write_then_read(kernels, "read_after_enter", 7) == 7
 
 
-def test_pdl_in_a_cuda_graph(kernels, monkeypatch):
-    monkeypatch.setenv(launch.ENV, "1")
-    if launch.launch_mode() != "pdl":
-        pytest.skip("this device launches plainly (compute capability < 9.0)")
+def test_pdl_in_a_cuda_graph(kernels):
+    _needs_pdl()
     stream = cp.cuda.Stream(non_blocking=True)
     word, seen_racy, seen = (cp.zeros(1, dtype=cp.int32) for _ in range(3))
     with stream:
@@ -97,11 +105,9 @@ def test_pdl_in_a_cuda_graph(kernels, monkeypatch):
             assert (int(seen_racy.get()[0]), int(seen.get()[0])) == (0, 12)
 
 
-def test_plain_launches_keep_stream_order_without_the_call(kernels, monkeypatch):
-    monkeypatch.setenv(launch.ENV, "0")
-    assert launch.launch_mode() == "plain"
-    assert _write_then_read(kernels, "read_racy", 5) == 5
-    assert _write_then_read(kernels, "read_after_enter", 5) == 5
+def test_plain_launches_keep_stream_order_without_the_call(plain_kernels):
+    assert _write_then_read(plain_kernels, "read_racy", 5) == 5
+    assert _write_then_read(plain_kernels, "read_after_enter", 5) == 5
 
 
 @pytest.mark.parametrize("model", [("g4-12b-mini", "q4_k_m", "auto"), ("keqv-mixed", "q4_0", "batch-invariant")],

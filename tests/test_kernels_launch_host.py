@@ -127,15 +127,16 @@ def test_pack_args_names_the_kernel_and_position_of_what_it_cannot_pass(bad):
         launch.pack_args("attn_merge_d256", (np.int32(1), bad))
 
 
-def test_prefetch_switch(monkeypatch):
+def test_opt_in_compile_switches(monkeypatch):
     from gemma_oracle.kernels import _compile
     from gemma_oracle.kernels.mmq import weight_prefetch_enabled
 
-    monkeypatch.delenv(_compile.PREFETCH_ENV, raising=False)  # opt-in: off when unset
-    assert _compile.nvrtc_options() == _compile.NVRTC_OPTIONS + ("-DMMQ_L2_PREFETCH=0",)
-    assert not weight_prefetch_enabled()
+    monkeypatch.delenv(_compile.PREFETCH_ENV, raising=False)  # opt-in: unset compiles the plain kernels
+    assert _compile.nvrtc_options() == _compile.NVRTC_OPTIONS and not weight_prefetch_enabled()
+    assert _compile.nvrtc_options(pdl=True) == _compile.NVRTC_OPTIONS + ("-DGRID_DEPENDENCY=1",)
     monkeypatch.setenv(_compile.PREFETCH_ENV, "1")
-    assert _compile.nvrtc_options() == _compile.NVRTC_OPTIONS and weight_prefetch_enabled()
+    assert _compile.nvrtc_options() == _compile.NVRTC_OPTIONS + ("-DMMQ_L2_PREFETCH=1",)
+    assert weight_prefetch_enabled()
     monkeypatch.setenv(_compile.PREFETCH_ENV, "0")
     assert not weight_prefetch_enabled()
     monkeypatch.setenv(_compile.PREFETCH_ENV, "no")
@@ -153,3 +154,28 @@ def test_pdl_switch(monkeypatch):
     monkeypatch.setenv(launch.ENV, "off")
     with pytest.raises(ValueError, match=r"GEMMA_ORACLE_PDL='off': expected 0 .* or 1"):
         launch.pdl_requested()
+
+
+def test_a_plain_module_hands_every_launch_to_cupy_unchanged():
+    """Module(pdl=False), what every load_module gives by default: get_function memoizes, and a call reaches the
+    compiled kernel (CuPy's RawKernel) with the same grid, block, arguments and shared memory."""
+    calls = []
+
+    class FakeRawKernel:
+        def __init__(self, name):
+            self.name = name
+
+        def __call__(self, grid, block, args, shared_mem=0):
+            calls.append((self.name, grid, block, args, shared_mem))
+
+    class FakeRawModule:
+        def get_function(self, name):
+            return FakeRawKernel(name)
+
+    module = launch.Module(FakeRawModule(), pdl=False)
+    k = module.get_function("rms_norm_f32")
+    assert module.get_function("rms_norm_f32") is k and not k.pdl
+    args = (np.int32(3), np.float32(0.5))
+    k((4, 1, 1), (256, 1, 1), args, shared_mem=128)
+    module.get_function("scale_f32")((1,), (32,), ())
+    assert calls == [("rms_norm_f32", (4, 1, 1), (256, 1, 1), args, 128), ("scale_f32", (1,), (32,), (), 0)]

@@ -18,21 +18,27 @@ ARCH = "sm_90"
 IEEE_OPTIONS = ("-ftz=false", "-prec-div=true", "-prec-sqrt=true")
 COMMON_OPTIONS = ("-std=c++17", f"-I{CUDA_DIR}")
 NVRTC_OPTIONS = COMMON_OPTIONS + tuple("-" + o for o in IEEE_OPTIONS) + (f"--gpu-architecture={ARCH}",)
-NVCC_OPTIONS = COMMON_OPTIONS + IEEE_OPTIONS + (f"-arch={ARCH}", "-Xptxas", "-v", "--cubin")
-# GEMMA_ORACLE_MMQ_PREFETCH=1 compiles in decode-MMQ's L2 prefetch of its weights before the grid dependency wait
-# (mmq.cu, MMQ_L2_PREFETCH); unset or 0 compiles it out. Opt-in, as GEMMA_ORACLE_PDL, until a device A/B has
-# measured it. (The local nvcc build of tests/test_kernels_compile.py has it in, so its registers are checked.)
+# The local nvcc build (tests/test_kernels_compile.py: registers and spills) compiles the opt-in variants below,
+# which hold everything the default build holds and more.
+NVCC_OPTIONS = COMMON_OPTIONS + IEEE_OPTIONS + (f"-arch={ARCH}", "-Xptxas", "-v", "--cubin", "-DGRID_DEPENDENCY=1",
+                                                "-DMMQ_L2_PREFETCH=1")
+# Opt-in switches, until a device A/B has measured them (reports/history/2026-12-07-s14.md):
+# programmatic dependent launch (kernels/launch.py, GEMMA_ORACLE_PDL=1) compiles every kernel with GRID_DEPENDENCY=1
+# (the wait in common.cuh's grid_dependency_enter); GEMMA_ORACLE_MMQ_PREFETCH=1 compiles in decode-MMQ's L2 prefetch
+# of its weights before that wait (mmq.cu, MMQ_L2_PREFETCH). Unset or 0: the kernels are the plain ones.
 PREFETCH_ENV = "GEMMA_ORACLE_MMQ_PREFETCH"
 
 
-def nvrtc_options() -> tuple[str, ...]:
-    """NVRTC_OPTIONS with the switches the environment sets now."""
+def nvrtc_options(pdl: bool = False) -> tuple[str, ...]:
+    """NVRTC_OPTIONS with the opt-in defines: GRID_DEPENDENCY=1 when `pdl` (kernels/launch.py decides it from
+    GEMMA_ORACLE_PDL and the device), MMQ_L2_PREFETCH=1 when GEMMA_ORACLE_MMQ_PREFETCH=1."""
     import os
 
     value = os.environ.get(PREFETCH_ENV, "0").strip()
     if value not in ("0", "1"):
         raise ValueError(f"{PREFETCH_ENV}={value!r}: expected 0 (no weight prefetch) or 1")
-    return NVRTC_OPTIONS + (("-DMMQ_L2_PREFETCH=0",) if value == "0" else ())  # mmq.cu's default is 1
+    return (NVRTC_OPTIONS + (("-DGRID_DEPENDENCY=1",) if pdl else ())
+            + (("-DMMQ_L2_PREFETCH=1",) if value == "1" else ()))
 
 
 def source_path(name: str) -> Path:
@@ -62,7 +68,8 @@ def _module(name: str, name_expressions: tuple[str, ...], device_id: int, option
     from gemma_oracle.kernels.launch import Module
 
     code = f"// headers {_headers_digest()}\n" + source_path(name).read_text()
-    return Module(cupy.RawModule(code=code, options=options, name_expressions=name_expressions or None))
+    return Module(cupy.RawModule(code=code, options=options, name_expressions=name_expressions or None),
+                  pdl="-DGRID_DEPENDENCY=1" in options)
 
 
 def load_module(name: str, name_expressions: tuple[str, ...] = ()):
@@ -70,4 +77,6 @@ def load_module(name: str, name_expressions: tuple[str, ...] = ()):
     kernels launched by kernels/launch.py (programmatic dependent launch where the device has it)."""
     import cupy
 
-    return _module(name, tuple(name_expressions), cupy.cuda.Device().id, nvrtc_options())
+    from gemma_oracle.kernels.launch import launch_mode
+
+    return _module(name, tuple(name_expressions), cupy.cuda.Device().id, nvrtc_options(pdl=launch_mode() == "pdl"))

@@ -7,7 +7,9 @@ kernels) the next grid is launched while the current one still runs, and its blo
 current grid has completed and its writes are visible.
 
 Stream order is kept exactly: every kernel's first statement is `grid_dependency_enter()` (kernels/cuda/common.cuh),
-which waits for the grid before it before reading or writing anything, and only then lets the grid after it launch.
+which, compiled with GRID_DEPENDENCY=1 (kernels/_compile.py does so exactly when PDL is asked for), waits for the
+grid before it before reading or writing anything, and only then lets the grid after it launch; compiled without it,
+it is empty and the kernels are the plain ones. A module remembers which it was compiled as (Module.pdl).
 So no kernel overlaps the memory work of another, the results are the same bits as plain launches, and only the
 launch and block start-up of the next grid overlap the tail of this one. `tests/test_kernels_launch_host.py` checks
 that every `__global__` in kernels/cuda/ starts with that call; a kernel without it, launched here, would race.
@@ -97,21 +99,24 @@ def _driver():
 
 
 def launch_mode() -> str:
-    """'pdl' or 'plain': how kernels are launched on the current device now (the bench records it)."""
+    """'pdl' or 'plain': how kernels compiled now are launched on the current device (the bench records it)."""
     import cupy
 
     return "pdl" if pdl_requested() and _device_has_pdl(cupy.cuda.Device().id) else "plain"
 
 
 class Kernel:
-    """A compiled kernel, called as CuPy's are: kernel(grid, block, args, shared_mem=0), on the current stream."""
+    """A compiled kernel, called as CuPy's are: kernel(grid, block, args, shared_mem=0), on the current stream.
+    `pdl` is fixed when its module is compiled: only a kernel compiled with GRID_DEPENDENCY=1 (the wait in
+    grid_dependency_enter) may be launched with the attribute, whatever the environment says later."""
 
-    def __init__(self, function, name: str):
+    def __init__(self, function, name: str, pdl: bool):
         self.function = function  # cupy RawKernel (RawModule.get_function)
         self.name = name
+        self.pdl = pdl
 
     def __call__(self, grid, block, args, shared_mem: int = 0):
-        if launch_mode() == "plain":
+        if not self.pdl:
             return self.function(grid, block, args, shared_mem=shared_mem)
         import cupy
 
@@ -138,14 +143,16 @@ def _dims(d) -> tuple[int, int, int]:
 
 
 class Module:
-    """A compiled kernels/cuda/<name>.cu whose get_function gives Kernels (memoized)."""
+    """A compiled kernels/cuda/<name>.cu whose get_function gives Kernels (memoized); `pdl`: it was compiled with
+    GRID_DEPENDENCY=1 (kernels/_compile.py), so its kernels are launched with PDL."""
 
-    def __init__(self, raw_module):
+    def __init__(self, raw_module, pdl: bool):
         self.raw = raw_module
+        self.pdl = pdl
         self._kernels: dict[str, Kernel] = {}
 
     def get_function(self, name: str) -> Kernel:
         k = self._kernels.get(name)
         if k is None:
-            k = self._kernels[name] = Kernel(self.raw.get_function(name), name)
+            k = self._kernels[name] = Kernel(self.raw.get_function(name), name, self.pdl)
         return k

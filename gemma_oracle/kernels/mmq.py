@@ -40,7 +40,7 @@ XQ_ALIGN = 4  # 32-bit loads of Q8_1 blocks
 def weight_prefetch_enabled() -> bool:
     """Whether the entries prefetch their weight bytes into L2 before the grid dependency wait (mmq.cu,
     mmq_prefetch_weights_l2): only with GEMMA_ORACLE_MMQ_PREFETCH=1."""
-    return "-DMMQ_L2_PREFETCH=0" not in nvrtc_options()
+    return "-DMMQ_L2_PREFETCH=1" in nvrtc_options()
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,21 @@ typedef unsigned int u32;
 typedef int i32;
 typedef long long i64;
 
-// Programmatic dependent launch (sm_90): kernels/launch.py launches every kernel so that the next grid in the
-// stream may launch before this one ends. Every kernel's first statement is this call: wait until the grid before
-// it has completed and its writes are visible (griddepcontrol.wait), and only then let the next grid launch
-// (launch_dependents). Nothing is read or written before the wait, so stream order holds exactly and the bits are
-// those of plain launches; what overlaps is the next grid's launch and block start-up with this grid's tail.
-// Launched without the attribute (CuPy's own launch, GEMMA_ORACLE_PDL=0) both instructions do nothing.
+// Programmatic dependent launch (sm_90; opt-in: GEMMA_ORACLE_PDL=1 compiles with GRID_DEPENDENCY=1, and
+// kernels/launch.py then launches every kernel so that the next grid in the stream may launch before this one ends).
+// Every kernel's first statement is this call: wait until the grid before it has completed and its writes are visible
+// (griddepcontrol.wait), and only then let the next grid launch (launch_dependents). Nothing is read or written
+// before the wait, so stream order holds exactly and the bits are those of plain launches; what overlaps is the
+// next grid's launch and block start-up with this grid's tail. Without GRID_DEPENDENCY it is empty: the kernels
+// are the plain ones, instruction for instruction.
+#ifndef GRID_DEPENDENCY
+#define GRID_DEPENDENCY 0
+#endif
 __device__ __forceinline__ void grid_dependency_enter() {
+#if GRID_DEPENDENCY
     asm volatile("griddepcontrol.wait;" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
 }
 
 // IEEE fp16 bits -> float (exact), via the hardware conversion instruction.

@@ -491,10 +491,10 @@ struct mmq_min_blocks {
 // a step runs, so they may be touched before the wait; the block then waits (kernels/launch.py). Why: launched
 // early (PDL), the blocks of a matmul sit through the short kernel before it (a norm of one block a token, the
 // attention merge, the FFN activation), while DRAM idles; this streams the matrix into L2 during that time.
-// MMQ_L2_PREFETCH=0 compiles it out: kernels/_compile.py passes that unless GEMMA_ORACLE_MMQ_PREFETCH=1 (opt-in
-// until a device A/B has measured it).
+// Opt-in until a device A/B has measured it: kernels/_compile.py defines MMQ_L2_PREFETCH=1 only with
+// GEMMA_ORACLE_MMQ_PREFETCH=1; without it the prologue is empty. (Useful only with PDL, GRID_DEPENDENCY=1.)
 #ifndef MMQ_L2_PREFETCH
-#define MMQ_L2_PREFETCH 1
+#define MMQ_L2_PREFETCH 0
 #endif
 template <int BM>
 __device__ __forceinline__ void mmq_prefetch_weights_l2(MMQ_PARAMS) {
