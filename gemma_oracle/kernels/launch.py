@@ -10,8 +10,9 @@ Stream order is kept exactly: every kernel's first statement is `grid_dependency
 which, compiled with GRID_DEPENDENCY=1 (kernels/_compile.py does so exactly when PDL is asked for), waits for the
 grid before it before reading or writing anything, and only then lets the grid after it launch; compiled without it,
 it is empty and the kernels are the plain ones. A module remembers which it was compiled as (Module.pdl).
-So no kernel overlaps the memory work of another, the results are the same bits as plain launches, and only the
-launch and block start-up of the next grid overlap the tail of this one. `tests/test_kernels_launch_host.py` checks
+So no kernel overlaps the memory work of another (the one exception, opt-in on its own: decode-MMQ may ask its
+weight bytes into L2 before the wait, which no kernel writes), the results are the same bits as plain launches, and
+only the launch and block start-up of the next grid overlap the tail of this one. `tests/test_kernels_launch_host.py` checks
 that every `__global__` in kernels/cuda/ starts with that call; a kernel without it, launched here, would race.
 
 `GEMMA_ORACLE_PDL=1` asks for it (on devices of compute capability 9.0 or more); unset or 0, kernels are launched
