@@ -26,8 +26,9 @@ from gemma_oracle.kernels._compile import CUDA_DIR
 
 ENTER = "grid_dependency_enter();"
 # The only statements a kernel may run before the wait: they read kernel parameters and block indices, and touch
-# nothing but weight bytes, which no kernel writes while a step runs (mmq.cu: the L2 prefetch of a block's weights).
-BEFORE_ENTER = (re.compile(r"mmq_prefetch_weights_l2<[^;]*>\(MMQ_ARGS\);"),)
+# nothing but weight bytes, which no kernel writes while a step runs (mmq.cu: the member a block serves, then the L2
+# prefetch of its weights).
+BEFORE_ENTER = (re.compile(r"MMQ_MEMBER\b"), re.compile(r"mmq_prefetch_weights_l2<[^;]*>\([^;]*\);"))
 
 
 def kernels_without_enter(source: str) -> list[str]:
@@ -64,9 +65,10 @@ def test_the_scan_finds_a_kernel_without_the_wait():
     good = 'extern "C" __global__ void __launch_bounds__(256) ok(const float* x) {\n    ' + ENTER + "\n    x[0];\n}\n"
     macro = ('#define E(n) \\\n    extern "C" __global__ void k_##n(int a) { \\\n        ' + ENTER + " \\\n    }\n")
     bad = 'extern "C" __global__ void racy(const float* x, float* y) {\n    y[0] = x[0];\n    ' + ENTER + "\n}\n"
-    prologue = ('extern "C" __global__ void pre(MMQ_PARAMS) {\n    mmq_prefetch_weights_l2<64>(MMQ_ARGS);\n    '
-                + ENTER + "\n}\n")
-    early = 'extern "C" __global__ void early(MMQ_PARAMS) {\n    MMQ_MEMBER\n    ' + ENTER + "\n}\n"
+    prologue = ('extern "C" __global__ void pre(MMQ_PARAMS) {\n    MMQ_MEMBER\n    '
+                'mmq_prefetch_weights_l2<64>(w, row_bytes, rows, units, bx, slices);\n    ' + ENTER + "\n}\n")
+    early = ('extern "C" __global__ void early(MMQ_PARAMS) {\n    MMQ_MEMBER\n    const float v = y[0];\n    '
+             + ENTER + "\n}\n")
     assert kernels_without_enter(good + macro + prologue) == []
     assert kernels_without_enter(good + bad + macro) == ["racy"]
     assert kernels_without_enter(early + prologue) == ["early"]  # only the listed prologue may come first

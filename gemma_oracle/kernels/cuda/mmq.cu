@@ -464,9 +464,8 @@ __device__ __forceinline__ void mmq_dp4a_kernel(const u8* __restrict__ w, i64 ro
 #define MMQ_PARAMS const u8 *w0, const u8 *w1, const u8 *w2, i64 rb0, i64 rb1, i64 rb2, int rows0, int rows1,       \
                    int rows2, int tiles0, int tiles01, float *y0, float *y1, float *y2, float *part0, float *part1,  \
                    float *part2, int units, const u8 *xq, int n, int slices, int *counters
-#define MMQ_ARGS w0, w1, w2, rb0, rb1, rb2, rows0, rows1, rows2, tiles0, tiles01, y0, y1, y2, part0, part1, part2, units, \
-                 xq, n, slices, counters
-// the member of this block: its weights, row bytes, rows, output, partial sums and row tile
+// the member of this block: its weights, row bytes, rows, output, partial sums and row tile (kernel parameters and
+// block indices only: it may come before grid_dependency_enter())
 #define MMQ_MEMBER                                                                                             \
     const int m_ = blockIdx.x < tiles0 ? 0 : blockIdx.x < tiles01 ? 1 : 2;                                     \
     const u8* w = m_ == 0 ? w0 : m_ == 1 ? w1 : w2;                                                            \
@@ -497,22 +496,17 @@ struct mmq_min_blocks {
 #define MMQ_L2_PREFETCH 0
 #endif
 template <int BM>
-__device__ __forceinline__ void mmq_prefetch_weights_l2(MMQ_PARAMS) {
+__device__ __forceinline__ void mmq_prefetch_weights_l2(const u8* w, i64 row_bytes, int rows, int units, int bx,
+                                                        int slices) {
     if (!MMQ_L2_PREFETCH) return;
-    (void)y0; (void)y1; (void)y2; (void)part0; (void)part1; (void)part2; (void)xq; (void)n; (void)counters;
-    const u32 cx = blockIdx.x, cz = blockIdx.z, tid = threadIdx.x;
-    if (tid >= (u32)BM) return;
-    const int m = cx < (u32)tiles0 ? 0 : cx < (u32)tiles01 ? 1 : 2;
-    const u8* w = m == 0 ? w0 : m == 1 ? w1 : w2;
-    const i64 row_bytes = m == 0 ? rb0 : m == 1 ? rb1 : rb2;
-    const int rows = m == 0 ? rows0 : m == 1 ? rows1 : rows2;
-    const int r = ((int)cx - (m == 0 ? 0 : m == 1 ? tiles0 : tiles01)) * BM + (int)tid;
-    if (r >= rows) return;
+    const int r = bx * BM + (int)threadIdx.x;
+    if (threadIdx.x >= BM || r >= rows) return;
     // split_k_bounds' slice and the slice's bytes of the row, by proportion (exact at block or super-block bounds;
     // a hint either way), in 32-bit arithmetic: split_k_bounds' 64-bit division is a called subroutine, and with it
     // here the 64-register tiles spilled (ptxas). Every product is far below 2^32: slices <= 64, units (blocks a
     // row) and row bytes below 2^16 for any K the engine takes.
     if ((unsigned long long)units * (unsigned long long)row_bytes >> 32) return;  // (no K the engine takes)
+    const u32 cz = blockIdx.z;
     const u32 u_lo = cz * (u32)units / (u32)slices, u_hi = (cz + 1) * (u32)units / (u32)slices;
     const size_t row_start = (size_t)w + (size_t)r * row_bytes;
     const size_t lo = row_start + u_lo * (u32)row_bytes / (u32)units;
@@ -523,9 +517,9 @@ __device__ __forceinline__ void mmq_prefetch_weights_l2(MMQ_PARAMS) {
 #define MMQ_ENTRY(name, Q, WM, BM, BN, KB, SUFFIX)                                                             \
     extern "C" __global__ void __launch_bounds__(32 * WM, (mmq_min_blocks<Q, WM, BN>::value))                \
         mmq_##name##_bm##BM##_bn##BN##SUFFIX(MMQ_PARAMS) {                                                   \
-        mmq_prefetch_weights_l2<BM>(MMQ_ARGS);                                                                \
-        grid_dependency_enter();                                                                             \
         MMQ_MEMBER                                                                                             \
+        mmq_prefetch_weights_l2<BM>(w, row_bytes, rows, units, bx, slices);                                   \
+        grid_dependency_enter();                                                                             \
         mmq_kernel<Q, WM, BN, KB>(w, row_bytes, rows, units, xq, n, y, slices, part, counters, bx);            \
     }
 #define MMQ_TILES(name, Q)                                                                                     \
@@ -536,9 +530,9 @@ __device__ __forceinline__ void mmq_prefetch_weights_l2(MMQ_PARAMS) {
 #define MMQ_DP4A_ENTRY(name, Q, BN, CW, P, SUFFIX)                                                             \
     extern "C" __global__ void __launch_bounds__(32 * MMQ_DP4A_WARPS, MMQ_DP4A_MIN_BLOCKS(BN))               \
         mmq_##name##_dp4a_bn##BN##_cw##CW##SUFFIX(MMQ_PARAMS) {                                              \
-        mmq_prefetch_weights_l2<MMQ_DP4A_WARPS * MMQ_DP4A_ROWS(BN)>(MMQ_ARGS);                                \
-        grid_dependency_enter();                                                                             \
         MMQ_MEMBER                                                                                             \
+        mmq_prefetch_weights_l2<MMQ_DP4A_WARPS * MMQ_DP4A_ROWS(BN)>(w, row_bytes, rows, units, bx, slices);    \
+        grid_dependency_enter();                                                                             \
         mmq_dp4a_kernel<Q, BN, CW, P>(w, row_bytes, rows, units, xq, n, y, slices, part, counters, bx);        \
     }
 #define MMQ_DP4A_TILES(name, Q)                                                                                \
