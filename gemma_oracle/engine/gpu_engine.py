@@ -45,6 +45,7 @@ class _Matrix:
     type_name: str
     n_cols: int
     rows: int
+    packed: object = None  # kernels/packed_mma.py PackedMatrix, made when a mode that routes to packed MMA is set
 
 
 def attention_matrices(cfg, i: int) -> list[str]:
@@ -212,6 +213,8 @@ class CupyEngine:
 
         self.w = {name: (mat(name) if len(info.ne) == 2 else vec(name)) for name, info in mf.tensors.items()
                   if name != "rope_freqs.weight"}
+        if routing.uses_packed(self.route_mode):
+            self._pack_matrices()
         self.out_scale = [float(mf.dequantize(f"blk.{i}.layer_output_scale.weight")[0])
                           if mf.has(f"blk.{i}.layer_output_scale.weight") else 1.0 for i in range(cfg.n_layers)]
         rope_freqs = mf.dequantize("rope_freqs.weight").astype(np.float64) if mf.has("rope_freqs.weight") else None
@@ -260,10 +263,21 @@ class CupyEngine:
             return
         routing.explain_route("F32", 1, 256, 1, mode=mode)  # a bad mode fails here, not mid-step
         self.route_mode = mode
+        if routing.uses_packed(mode):
+            self._pack_matrices()
         self.name = self._base_name
         if mode != "batch-invariant" or self.disabled_routes:  # different numbers: a different name
             self.name += f"[{mode}{'-' + '-'.join(sorted(self.disabled_routes)) if self.disabled_routes else ''}]"
         self._graphs.clear()
+
+    def _pack_matrices(self) -> None:
+        """The packed copy (kernels/packed_mma.py) of every matrix packed MMA can serve, made once on the GPU (5 bits
+        a weight beside the GGUF rows): before any step graph is captured with the packed route."""
+        from gemma_oracle.kernels.packed_mma import pack_weights
+
+        for m in getattr(self, "w", {}).values():  # none yet while __init__ sets the first mode
+            if isinstance(m, _Matrix) and m.packed is None and routing.packable(m.type_name, m.rows, m.n_cols):
+                m.packed = pack_weights(m.raw, m.type_name, m.n_cols)
 
     # --- the forward pass ----------------------------------------------------------------------------
     def route(self, name: str, n: int, decoding: bool | None = None) -> str:
@@ -291,6 +305,7 @@ class CupyEngine:
         from gemma_oracle.kernels.f16_rows import f16_rows
         from gemma_oracle.kernels.matvec import matvec
         from gemma_oracle.kernels.mmq import mmq_matvec_group
+        from gemma_oracle.kernels.packed_mma import packed_mma_matvec, packed_x
         from gemma_oracle.kernels.quantize_q8_1 import quantize_q8_1
 
         x = self.cp.ascontiguousarray(x)
@@ -304,8 +319,14 @@ class CupyEngine:
                 members = [(self.w[n].raw, self.w[n].type_name, self.w[n].n_cols) for n in group]
                 out.update(zip(group, mmq_matvec_group(members, xq)))
         x16 = None  # the dequant-MMA matrices' fp16 rows, converted once for all of them
+        xf = None  # the packed-MMA matrices' fragment-ordered fp16 rows, likewise
         for name in names:
-            if routes[name] == routing.DQ_MMA:
+            if routes[name] == routing.PACKED_MMA:
+                m = self.w[name]
+                with self._span(name):
+                    xf = packed_x(x) if xf is None else xf
+                    out[name] = packed_mma_matvec(m.packed, xf)
+            elif routes[name] == routing.DQ_MMA:
                 m = self.w[name]
                 with self._span(name):
                     x16 = f16_rows(x) if x16 is None else x16

@@ -5,7 +5,8 @@ grid, any N, bitwise equal to N = 1 and to WS), DECODE_MMQ (int8 tensor-core til
 kernels/mmq.py: its output depends on the shape only, never on N, but it is not bitwise equal to the float
 routes) and DQ_MMA (weights dequantized to fp16 once per tile, fp16 tensor cores with float32 accumulation,
 kernels/dq_mma.py: likewise shape-only, bitwise equal to none of the others; its per-weight work does not grow
-with N). The seed's rules (seed-project.md 1.6: MMQ at N >= 5, rows >= 2048, cols % 256 == 0; WS up to 16)
+with N) and PACKED_MMA (the same fp16 tensor-core arithmetic on a copy of the 4-bit weights repacked at load into
+fragment order, kernels/packed_mma.py: bitwise equal to DQ_MMA's shared-memory tiles). The seed's rules (seed-project.md 1.6: MMQ at N >= 5, rows >= 2048, cols % 256 == 0; WS up to 16)
 were re-tuned from H100 timings of every matmul shape of the 12B-shaped stand-ins (`python -m
 gemma_oracle.harness.perf.route_tuning`, reports/history/2026-11-25-h100-route-tuning-*.md): the numbers live in the tables below.
 """
@@ -14,8 +15,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-WS, GEMM_N, DECODE_MMQ, DQ_MMA = "ws", "gemm_n", "decode_mmq", "dq_mma"
-ROUTES = (WS, GEMM_N, DECODE_MMQ, DQ_MMA)
+WS, GEMM_N, DECODE_MMQ, DQ_MMA, PACKED_MMA = "ws", "gemm_n", "decode_mmq", "dq_mma", "packed_mma"
+ROUTES = (WS, GEMM_N, DECODE_MMQ, DQ_MMA, PACKED_MMA)
 ALL_TYPES = frozenset({"F32", "F16", "BF16", "Q4_0", "Q5_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K"})
 
 
@@ -59,6 +60,11 @@ class Route:
 MMQ_TYPES: frozenset[str] = frozenset({"Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"})
 # DQ_MMA's types: the same GGUF block decoders (kernels/cuda/mmq_blocks.cuh)
 DQ_MMA_TYPES: frozenset[str] = MMQ_TYPES
+# PACKED_MMA's types: the 4-bit ones kernels/cuda/packed_mma.cu packs (rows of a multiple of 64 values)
+PACKED_TYPES: frozenset[str] = frozenset({"Q4_0", "Q4_K"})
+PACKED_ROUTE = Route(PACKED_MMA, PACKED_TYPES, col_multiple=64,
+                     why="packed MMA: Q4_0 / Q4_K weights repacked at load into mma fragment order, fp16 tensor cores, "
+                         "every N (the same bits at every N)")
 
 # The fast mode ("auto"): tried in order, the first eligible route serves the matmul; GEMM_N accepts everything.
 # Each MMQ line is the measured crossover (time of the split-K int8 tile over the best float route, H100, 12B
@@ -96,14 +102,26 @@ INVARIANT_TABLE: tuple[Route, ...] = (
 # Routes a forced mode can take that neither table lists (yet): dequant-MMA, until its crossovers are timed on the GPU
 FORCE_ONLY: tuple[Route, ...] = (
     Route(DQ_MMA, DQ_MMA_TYPES, why="forced dequant-MMA: fp16 weights dequantized once per tile, fp16 tensor cores"),
+    PACKED_ROUTE,
 )
+
+# The packed modes, until the GPU has timed packed MMA against the tables above: each table with PACKED_ROUTE first,
+# so the Q4_0 / Q4_K matrices take packed MMA at every N and every other matrix its usual route. "packed-invariant"
+# judges decode-MMQ on the shape alone, as batch-invariant does: both packed modes are batch-invariant when the
+# other mode's routes are (packed MMA's order is fixed by the shape).
+PACKED_TABLES: dict[str, tuple[str, tuple[Route, ...]]] = {
+    "packed": ("auto", (PACKED_ROUTE,) + ROUTE_TABLE),
+    "packed-invariant": ("batch-invariant", (PACKED_ROUTE,) + INVARIANT_TABLE),
+}
 
 # Modes a user A/B-tests routes with (CLI --route / env GEMMA_ORACLE_ROUTE):
 #   auto             ROUTE_TABLE (the fast mode)
 #   batch-invariant  INVARIANT_TABLE, decode-MMQ judged on the shape alone: each matrix takes it at every N
 #                    (N = 1 included) or never; the float routes it falls back to (WS, GEMM-N beyond 16) share one
 #                    reduction order, so every sequence's logits are bitwise independent of the batch.
-#   ws | gemm_n | decode_mmq | dq_mma   force one route wherever its kernel can serve the matmul (type, N capacity), the
+#   packed           ROUTE_TABLE with packed MMA first (PACKED_TABLES)
+#   packed-invariant INVARIANT_TABLE with packed MMA first
+#   ws | gemm_n | decode_mmq | dq_mma | packed_mma   force one route wherever its kernel can serve the matmul (type, N capacity), the
 #                    speed rules ignored; GEMM_N where it cannot. All four are batch-invariant too (each kernel's
 #                    order is fixed by the shape); ws and gemm_n are the float path (no Q8_1 activations), dq_mma
 #                    reads fp16 activation rows (kernels/f16_rows.py)
@@ -111,10 +129,20 @@ FORCE_ONLY: tuple[Route, ...] = (
 #                    its own): the single-user twin of an auto-mode batch of K. Every kernel's order is fixed by the
 #                    shape and only the route CHOICE depends on N, so an auto-mode step of K rows must be bitwise
 #                    equal, row by row, to single-user decode on auto@K (gemma_oracle.oracles: the pinned contract).
-MODES = ("auto", "batch-invariant", WS, GEMM_N, DECODE_MMQ, DQ_MMA)
+MODES = ("auto", "batch-invariant", "packed", "packed-invariant", WS, GEMM_N, DECODE_MMQ, DQ_MMA, PACKED_MMA)
 PIN = "@"
 ENV_MODE = "GEMMA_ORACLE_ROUTE"
 ENV_DISABLE = "GEMMA_ORACLE_DISABLE_ROUTES"  # comma-separated route names taken out of the table
+
+
+def uses_packed(mode: str) -> bool:
+    """Whether a mode may route a matrix to packed MMA (the engine then makes the packed copies)."""
+    return split_mode(mode)[0] in (*PACKED_TABLES, PACKED_MMA)
+
+
+def packable(type_name: str, rows: int, cols: int) -> bool:
+    """Whether packed MMA can serve a matrix of this type and shape (the engine packs exactly these)."""
+    return PACKED_ROUTE.eligible(type_name, rows, cols, 1) is None
 
 
 def pinned_mode(n: int) -> str:
@@ -157,9 +185,10 @@ def _candidates(mode: str, disabled: frozenset[str], table: tuple[Route, ...] | 
     if mode not in MODES:
         raise ValueError(f"route mode {mode!r}: expected one of {MODES}")
     if table is None:
-        table = INVARIANT_TABLE if mode == "batch-invariant" else ROUTE_TABLE
+        table = PACKED_TABLES[mode][1] if mode in PACKED_TABLES else INVARIANT_TABLE if mode == "batch-invariant" \
+            else ROUTE_TABLE
     routes = [r for r in table if r.name not in disabled]
-    if mode not in ("auto", "batch-invariant"):
+    if mode not in ("auto", "batch-invariant", *PACKED_TABLES):
         forced = ([r for r in routes if r.name == mode]
                   + [r for r in FORCE_ONLY if r.name == mode and r.name not in disabled])[:1]
         routes = forced + [Route(GEMM_N, ALL_TYPES, why="forced route cannot serve this matmul")]
@@ -178,7 +207,8 @@ def explain_route(type_name: str, rows: int, cols: int, n: int, *, mode: str = "
     rows_served, n = n, (n if pin is None else pin)
     skipped = []
     # batch-invariant: decode-MMQ is judged on the shape alone, so a matrix takes it at every N or never
-    rules = {"auto": "all", "batch-invariant": "shape"}.get(mode, "capability")
+    table_mode = PACKED_TABLES[mode][0] if mode in PACKED_TABLES else mode
+    rules = {"auto": "all", "batch-invariant": "shape"}.get(table_mode, "capability")
     for route in _candidates(mode, disabled, table):
         route_rules = rules if route.name == DECODE_MMQ or rules == "capability" else "all"
         why_not = route.eligible(type_name, rows, cols, n, rules=route_rules)

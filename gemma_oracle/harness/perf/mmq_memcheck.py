@@ -1,4 +1,6 @@
-"""Every decode-MMQ tile (kernels/mmq.py TILES) and every dequant-MMA tile (kernels/dq_mma.py TILES) on weights that end exactly at the end of their allocation.
+"""Every decode-MMQ tile (kernels/mmq.py TILES), every dequant-MMA tile (kernels/dq_mma.py TILES) and every packed-MMA
+tile (kernels/packed_mma.py TILES, on packed copies and activation records of exactly their size) on weights that end
+exactly at the end of their allocation.
 
 Run it under `compute-sanitizer --tool memcheck` (scripts/gpu-run memcheck): the memory pool is switched off, so each
 weight matrix is its own cudaMalloc of exactly rows x row_bytes bytes, and a load past the last row's last byte is
@@ -7,7 +9,8 @@ blocks (Q4_0 1458-byte rows, Q8_0 2754, Q6_K 2100: allocations ending 2 mod 4 or
 at 80 blocks, where the paired readers take two blocks up to the row's last byte) at K splits of 1, 3 and 16
 (slices starting inside a super-block), N = 1, 3 and 17 (the dp4a and mma entries). Every tile's output is also
 compared bitwise with the first tile's: every decode-MMQ tile (dp4a and mma alike), and every dequant-MMA tile of the
-same kind (its shared-memory and direct tiles assign values to mma slots differently). Exit status 1 on a difference.
+same kind (its shared-memory and direct tiles assign values to mma slots differently), and every packed-MMA tile with
+dequant-MMA's shared-memory tile (the same bits by construction). Exit status 1 on a difference.
 
     python -m gemma_oracle.harness.perf.mmq_memcheck
 """
@@ -23,6 +26,7 @@ def main() -> int:
     from gemma_oracle.kernels.dq_mma import TILES as DQ_TILES, dq_mma_matvec
     from gemma_oracle.kernels.f16_rows import f16_rows
     from gemma_oracle.kernels.mmq import MMQ_TYPES, TILES, mmq_matvec
+    from gemma_oracle.kernels.packed_mma import PACKED_TYPES, TILES as PK_TILES, pack_weights, packed_mma_matvec, packed_x
     from gemma_oracle.kernels.quantize_q8_1 import quantize_q8_1
 
     from gemma_oracle.harness.fixtures.fast_blocks import random_blocks
@@ -35,14 +39,22 @@ def main() -> int:
     for type_name, cols in shapes:
         for rows in (1, 7, 77):
             w = cp.asarray(random_blocks(type_name, rows, cols, 1 / np.sqrt(cols), np.random.default_rng(rows)))
+            packed = pack_weights(w, type_name, cols) if type_name in PACKED_TYPES and cols % 64 == 0 else None
             for n in (1, 3, 17):
                 x = cp.asarray(np.random.default_rng(n).standard_normal((n, cols)), dtype=cp.float32)
                 xq, x16 = quantize_q8_1(x), f16_rows(x)
+                xf = packed_x(x) if packed is not None else None
                 for slices in (1, 3, 16):
-                    for route, tiles, run in (
-                            ("decode-MMQ", TILES, lambda tile: mmq_matvec(w, type_name, cols, xq, tile=tile, slices=slices)),
-                            ("dequant-MMA", DQ_TILES, lambda tile: dq_mma_matvec(w, type_name, cols, x16, tile=tile,
-                                                                                 slices=slices))):
+                    routes = [
+                        ("decode-MMQ", TILES, lambda tile: mmq_matvec(w, type_name, cols, xq, tile=tile, slices=slices)),
+                        ("dequant-MMA", DQ_TILES, lambda tile: dq_mma_matvec(w, type_name, cols, x16, tile=tile,
+                                                                             slices=slices))]
+                    if packed is not None:  # compared with dequant-MMA's shared-memory tile: the same bits
+                        routes.append(("packed-MMA", {"w4_m1_bn8_kb4_pf0": DQ_TILES["w4_m1_bn8_kb4_pf0"], **PK_TILES},
+                                       lambda tile: (dq_mma_matvec(w, type_name, cols, x16, tile=tile, slices=slices)
+                                                     if tile in DQ_TILES else
+                                                     packed_mma_matvec(packed, xf, tile=tile, slices=slices))))
+                    for route, tiles, run in routes:
                         first = {}  # per tile kind: dequant-MMA's two kinds assign values to mma slots differently
                         for tile in tiles:
                             y = cp.asnumpy(run(tile)).view(np.uint32)
@@ -53,9 +65,9 @@ def main() -> int:
                                 failures += 1
                                 print(f"DIFF {route} {type_name} {rows}x{cols} N={n} slices={slices}: {tile} vs "
                                       f"{first[kind][0]}", flush=True)
-            del w
+            del w, packed
     cp.cuda.runtime.deviceSynchronize()
-    print(f"decode-MMQ and dequant-MMA: {launches} launches on exactly sized weights, {failures} differ from the first tile's bits")
+    print(f"decode-MMQ, dequant-MMA and packed-MMA: {launches} launches on exactly sized weights, {failures} differ from the first tile's bits")
     return 1 if failures else 0
 
 

@@ -44,18 +44,9 @@
 //   aligned rows: K % 8 == 0); inv [n]; y [n, rows] float32; part / counters as in mmq.cu (zero on entry, left zero).
 //   grid (ceil(rows / BM), ceil(n / BN), slices), block 32 * WM.
 #include "mmq_blocks.cuh"  // stage() of each weight type
+#include "f16_mma.cuh"     // the half2 fma / sub, the m16n8k16 mma and its store
 #include "split_k.cuh"     // mmq_last_slice_sums
 
-__device__ __forceinline__ u32 dq_half2_fma(u32 a, u32 b, u32 c) {
-    u32 r;
-    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
-    return r;
-}
-__device__ __forceinline__ u32 dq_half2_sub(u32 a, u32 b) {
-    u32 r;
-    asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-    return r;
-}
 __device__ __forceinline__ u32 dq_half2_splat(float f) {
     const u32 h = f32_to_f16(f);
     return h | (h << 16);
@@ -89,33 +80,9 @@ __device__ __forceinline__ void dq_ldmatrix_x2(u32 (&r)[4], const void* p) {  //
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
 }
 
-__device__ __forceinline__ void dq_mma16816(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 __device__ __forceinline__ void dq_prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
-// Store one warp's m16 x BN accumulators (c0, c1 = row r_lo, tokens 2t, 2t + 1 of each n8 tile; c2, c3 = row
-// r_lo + 8) times the token's inv (exact: a power of two), skipping rows past `rows` and tokens past `n`.
-template <int NT>
-__device__ __forceinline__ void dq_store_m16(const float (&acc)[NT][4], float* __restrict__ dst, const float* inv,
-                                             int r_lo, int tok0, int t, int rows, int n) {
-#pragma unroll
-    for (int h = 0; h < NT; ++h) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            const int j = tok0 + 8 * h + 2 * t + e;
-            if (j < n) {
-                const float s = __ldg(inv + j);
-                if (r_lo < rows) dst[(size_t)j * rows + r_lo] = __fmul_rn(acc[h][e], s);
-                if (r_lo + 8 < rows) dst[(size_t)j * rows + r_lo + 8] = __fmul_rn(acc[h][2 + e], s);
-            }
-        }
-    }
-}
 
 template <class Q, int WM, int MT, int BN, int KB, int PF>
 __device__ __forceinline__ void dq_mma_kernel(const u8* __restrict__ w, i64 row_bytes, int rows, int units,

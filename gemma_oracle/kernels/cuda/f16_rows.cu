@@ -1,7 +1,7 @@
 // Activations for the dequant-MMA tile (dq_mma.cu): float32 rows x [n, K] -> fp16 rows x16 [n, K] and, per row, the
 // power of two inv[j] = 2^-e_j that undoes the row's scale: x16[j, k] = fp16_rn(x[j, k] * 2^e_j).
 //
-// e_j puts the row's largest magnitude a in [2^14, 2^15): e = 15 - ex with a in [2^(ex - 1), 2^ex) (ex read from a's
+// e_j (f16_row.cuh) puts the row's largest magnitude a in [2^14, 2^15): e = 15 - ex with a in [2^(ex - 1), 2^ex) (ex read from a's
 // biased exponent bits: ex = biased - 126), so
 // no value overflows fp16 (max 65504 < 2^16) and a value that is a small fraction of a keeps fp16's 11 bits (it is
 // subnormal only below a * 2^-29). Scaling by 2^e is exact in float32 (|e| <= 126 keeps 2^e and 2^-e normal), so
@@ -12,27 +12,14 @@
 //
 //     f16_rows(const float* x, int k, u16* x16, float* inv)    grid (n), block F16_ROWS_THREADS
 // Bitwise equal to kernels/reference/f16_rows.py.
-#include "common.cuh"
-
-#define F16_ROWS_THREADS 256
+#include "f16_row.cuh"  // f16_row_exponent, F16_ROWS_THREADS
 
 extern "C" __global__ void __launch_bounds__(F16_ROWS_THREADS) f16_rows(const float* __restrict__ x, int k,
                                                                         u16* __restrict__ x16, float* __restrict__ inv) {
     grid_dependency_enter();
-    __shared__ float s_max[F16_ROWS_THREADS / 32];
     const float* row = x + (size_t)blockIdx.x * k;
     u16* out = x16 + (size_t)blockIdx.x * k;
-    float a = 0.0f;  // max |x| is exact in any order
-    for (int i = threadIdx.x; i < k; i += F16_ROWS_THREADS) a = fmaxf(a, fabsf(row[i]));
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
-    if ((threadIdx.x & 31) == 0) s_max[threadIdx.x >> 5] = a;
-    __syncthreads();
-    a = s_max[0];
-#pragma unroll
-    for (int w = 1; w < F16_ROWS_THREADS / 32; ++w) a = fmaxf(a, s_max[w]);
-    const int biased = (int)((__float_as_uint(a) >> 23) & 0xFFu);  // 0: zero or subnormal
-    const int e = biased == 0 ? 0 : min(126, max(-126, 15 - (biased - 126)));
+    const int e = f16_row_exponent(row, k);
     const float up = ldexpf(1.0f, e);
     for (int i = threadIdx.x; i < k; i += F16_ROWS_THREADS) out[i] = f32_to_f16(__fmul_rn(row[i], up));
     if (threadIdx.x == 0) inv[blockIdx.x] = ldexpf(1.0f, -e);

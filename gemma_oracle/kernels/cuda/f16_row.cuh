@@ -1,0 +1,24 @@
+// The per-row power of two of the fp16 activation rows (f16_rows.cu; packed_mma.cu's fragment-ordered rows): e puts
+// the row's largest magnitude a in [2^14, 2^15) (e = 15 - ex with a in [2^(ex - 1), 2^ex), ex read from a's biased
+// exponent bits: ex = biased - 126), clamped to |e| <= 126 so that 2^e and 2^-e stay normal; e = 0 for a row whose
+// largest magnitude is 0 or a float32 subnormal. f16_rows.cu's header gives the numerics.
+#pragma once
+#include "common.cuh"
+
+#define F16_ROWS_THREADS 256
+
+// e of the float32 row [k], computed by the whole block (F16_ROWS_THREADS threads; every thread gets it).
+__device__ __forceinline__ int f16_row_exponent(const float* __restrict__ row, int k) {
+    __shared__ float s_max[F16_ROWS_THREADS / 32];
+    float a = 0.0f;  // max |x| is exact in any order
+    for (int i = threadIdx.x; i < k; i += F16_ROWS_THREADS) a = fmaxf(a, fabsf(row[i]));
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
+    if ((threadIdx.x & 31) == 0) s_max[threadIdx.x >> 5] = a;
+    __syncthreads();
+    a = s_max[0];
+#pragma unroll
+    for (int w = 1; w < F16_ROWS_THREADS / 32; ++w) a = fmaxf(a, s_max[w]);
+    const int biased = (int)((__float_as_uint(a) >> 23) & 0xFFu);  // 0: zero or subnormal
+    return biased == 0 ? 0 : min(126, max(-126, 15 - (biased - 126)));
+}

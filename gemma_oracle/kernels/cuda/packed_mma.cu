@@ -1,0 +1,270 @@
+// Packed-weight MMA: y[n, r] = sum_k W[r, k] * x[n, k] on fp16 tensor cores with float32 accumulation, from a copy
+// of the weights repacked once (at load) into the order the m16n8k16 A fragments take them.
+//
+// Why (issue 23): decode-MMQ (mmq.cu) scales every int8 32-value dot in float32 per output, so its work per weight
+// grows with N; dequant-MMA (dq_mma.cu) does the scaling once per weight, but decodes GGUF blocks whose bytes are
+// not in fragment order and whose 6-bit scales must be unpacked for every block (ncu, 2026-12-06: ~36 of its ~88
+// instructions per 512-weight step rebuilt scales; 96 registers, latency-bound). Here the repacked copy gives each
+// lane its fragment's codes as one 16-byte load per 64 values of two rows, and its rows' fp16 scale and offset
+// ready-made: a weight costs about 1.6 instructions whatever N, and no shared memory or barrier is needed.
+//
+// Packed layout (4-bit types Q4_0 and Q4_K; pack_<t> below writes it from the GGUF rows, on the GPU):
+//   the matrix in m16 row tiles i (rows 16i .. 16i + 15; rows past `rows` are zero) and 64-value groups j (blocks
+//   2j, 2j + 1 of K), each (i, j) a 640-byte record, records in order i * groups + j:
+//     bytes [16 l, 16 l + 16), lane l = 4g + t: four words, word s (k16 step s of the group) = eight nibbles
+//         nibble 0 = (row g, c), 1 = (row g + 8, c), 2 = (g, c + 8), 3 = (g + 8, c + 8),
+//                4 = (g, c + 1), 5 = (g + 8, c + 1), 6 = (g, c + 9), 7 = (g + 8, c + 9),   c = 16 s + 2t,
+//         each nibble the code + BIAS (Q4_0: code + 8; Q4_K: the code itself), 0..15;
+//     bytes [512 + 16 g, +16): four half2 words {fp16_rn(d), fp16_rn(-m)} of (row g, block 2j), (row g + 8, block
+//         2j), (row g, block 2j + 1), (row g + 8, block 2j + 1); d, m the block's float32 scale and offset
+//         (mmq_blocks.cuh stage(): value = d * code - m).
+//   So nibbles (0, 4), (1, 5), (2, 6), (3, 7) of word s are the A registers a0, a1, a2, a3 of step s (PTX ISA,
+//   m16n8k16 .f16: a0 = row g, k 2t, 2t + 1; a1 = row g + 8, same k; a2 = row g, k 2t + 8, 2t + 9; a3 = row g + 8).
+//   A weight is   w16 = fp16_rn(code * fp16_rn(d) + fp16_rn(-m))   (one half2 fma; code exact in fp16),
+//   dq_mma.cu's weight bit for bit. 5 bits a weight (Q4_K 4.5, Q4_0 4.5 in GGUF).
+// Activations (packed_x below): f16_rows.cu's fp16 rows and inv (bit for bit), in fragment order: per 8-token tile h
+//   and group j a 1024-byte record, lane l's 32 bytes = words (s0 b0, s0 b1, s1 b0, s1 b1, ..., s3 b1) with
+//   b0 = {x16[8h + g, 64j + 16s + 2t], x16[.., + 1]}, b1 = the same 8 values on (PTX B fragment: b0 = k 2t, 2t + 1 of
+//   column g; b1 = k 2t + 8, 2t + 9); tokens past n are zero.
+//
+// Reduction order (per output (r, n) and K slice, the slices decode-MMQ's shape-only split_k_bounds): acc = +0, then
+// one mma per 16-value step k0 = slice start, + 16, ... in increasing order, then y = acc * inv[n] (exact) and the
+// slices added in slice order (split_k.cuh). The A and B registers hold the values dq_mma.cu's shared-memory tiles
+// load with ldmatrix (the standard fragment order), so an output is BITWISE equal to those tiles at the same slices
+// (tests/test_kernels_packed_mma_gpu.py). Batch invariance as argued in dq_mma.cu: one mma's output element depends
+// on its own A row, B column and C only, the chain does not depend on the tile or N, and a token's fp16 row and inv
+// on its own row only.
+//
+// Tile <MT, NT, D>: 4 warps, each owning MT consecutive m16 tiles (BM = 64 MT rows a block) and all 8 NT tokens of
+// the block's token tile; a warp walks its slice's groups with the weight records of the next D - 1 groups in flight
+// (a ring of D register slots; the loop is unrolled D times, so slots are registers). Weights are read with
+// ld.global.nc.L1::no_allocate (read once), activations through L1 (every warp of an SM reads the same ones).
+//
+// Entry points (<t> in q4_0 q4_k; <tile> in kernels/packed_mma.py TILES):
+//     packed_mma_<t>_<tile>(const uint4* w, int rows, int units, const uint4* xf, const float* inv, int n, float* y,
+//                           int slices, float* part, int* counters)
+//       w the packed records, units = K / 32 (even), xf / inv from packed_x, y [n, rows] float32, part / counters as
+//       in mmq.cu; grid (ceil(rows / BM), ceil(n / (8 NT)), slices), block 128.
+//     pack_<t>(const u8* w, i64 row_bytes, int rows, int units, uint4* out)
+//       one thread per (tile, group, lane): grid ceil(tiles * groups * 32 / 256), block 256.
+//     packed_x(const float* x, int k, int n, uint4* xf, float* inv)
+//       grid (8 * ceil(n / 8)) (one block a row; rows past n write zeros), block F16_ROWS_THREADS.
+#include "mmq_blocks.cuh"  // stage() of each weight type
+#include "f16_mma.cuh"     // dq_half2_fma / sub, dq_mma16816, dq_store_m16
+#include "f16_row.cuh"     // f16_row_exponent
+#include "split_k.cuh"     // split_k_bounds, mmq_last_slice_sums
+
+#define PK_WARPS 4
+#define PK_RECORD 40       // uint4 a (m16 tile, group) record: 32 of codes, 8 of scales
+#define PK_X_RECORD 64     // uint4 a (token tile, group) activation record: 32 lanes x 2
+
+// The 4-bit types: the GGUF decoder and the nibble bias (code + BIAS in 0..15). The sub-constants undo the nibble's
+// place in an fp16 whose exponent field makes it 1024 + nibble (low nibble of a half) or 1024 + 16 nibble (high).
+template <class Q, int BIAS>
+struct pk_4bit {
+    using Block = Q;
+    static constexpr int bias = BIAS;
+};
+using pk_q4_0 = pk_4bit<mq_q4_0, 8>;
+using pk_q4_k = pk_4bit<mq_qk<false>, 0>;
+
+__device__ __forceinline__ u32 pk_lop3_and_or(u32 a, u32 mask, u32 c) {  // (a & mask) | c in one instruction
+    u32 r;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(a), "r"(mask), "r"(c));
+    return r;
+}
+
+// A registers of one k16 step from its code word q and the rows' scale words (half2 {d, -m}: sg of row g, sg8 of
+// row g + 8): code = nibble - BIAS exactly (a subtraction, or a multiply-add by 1/16 for a high nibble), then one
+// half2 fma code * d + (-m).
+template <int BIAS>
+__device__ __forceinline__ void pk_dequant_step(u32 q, u32 sg, u32 sg8, u32 (&a)[4]) {
+    constexpr u32 MAGIC = 0x64006400u;                              // 1024, 1024
+    constexpr u32 LO_SUB = BIAS == 8 ? 0x64086408u : 0x64006400u;   // 1032 or 1024
+    constexpr u32 HI_MUL = 0x2C002C00u;                             // 1/16
+    constexpr u32 HI_ADD = BIAS == 8 ? 0xD480D480u : 0xD400D400u;   // -72 or -64
+    const u32 dg = __byte_perm(sg, 0u, 0x1010), mg = __byte_perm(sg, 0u, 0x3232);
+    const u32 dg8 = __byte_perm(sg8, 0u, 0x1010), mg8 = __byte_perm(sg8, 0u, 0x3232);
+    const u32 q8 = q >> 8;
+    a[0] = dq_half2_fma(dq_half2_sub(pk_lop3_and_or(q, 0x000F000Fu, MAGIC), LO_SUB), dg, mg);
+    a[1] = dq_half2_fma(dq_half2_fma(pk_lop3_and_or(q, 0x00F000F0u, MAGIC), HI_MUL, HI_ADD), dg8, mg8);
+    a[2] = dq_half2_fma(dq_half2_sub(pk_lop3_and_or(q8, 0x000F000Fu, MAGIC), LO_SUB), dg, mg);
+    a[3] = dq_half2_fma(dq_half2_fma(pk_lop3_and_or(q8, 0x00F000F0u, MAGIC), HI_MUL, HI_ADD), dg8, mg8);
+}
+
+__device__ __forceinline__ uint4 pk_ld_stream(const uint4* p) {  // read once: not kept in L1
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+
+__device__ __forceinline__ u32 pk_word(const uint4& v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
+
+template <class P, int MT, int NT, int D>
+__device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, int rows, int units,
+                                                  const uint4* __restrict__ xf, const float* __restrict__ inv, int n,
+                                                  float* __restrict__ y, int slices, float* __restrict__ part,
+                                                  int* __restrict__ counters) {
+    constexpr int BM = 16 * MT * PK_WARPS, BN = 8 * NT, THREADS = 32 * PK_WARPS;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int groups = units >> 1, tiles = (rows + 15) >> 4;
+    const int tile0 = (blockIdx.x * PK_WARPS + warp) * MT;  // this warp's first m16 tile
+    const int xt0 = blockIdx.y * NT, xtiles = (n + 7) >> 3;  // the block's first token tile; token tiles in xf
+    const int2 k_slice = split_k_bounds(units, slices, blockIdx.z);
+    const int u_lo = k_slice.x, u_hi = k_slice.y;
+    const int j_lo = u_lo >> 1, j_hi = (u_hi + 1) >> 1;  // groups holding a block of the slice
+
+    float acc[MT][NT][4];
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int h = 0; h < NT; ++h)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[m][h][e] = 0.0f;
+
+    uint4 wq[D][MT], ws[D][MT];  // the ring: codes and scales of groups j .. j + D - 1
+    auto load_w = [&](uint4 (&q)[MT], uint4 (&s)[MT], int j) {
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+            if (j < j_hi && tile0 + m < tiles) {
+                const uint4* rec = w + ((size_t)(tile0 + m) * groups + j) * PK_RECORD;
+                q[m] = pk_ld_stream(rec + lane);
+                s[m] = pk_ld_stream(rec + 32 + g);
+            } else {
+                q[m] = s[m] = make_uint4(0u, 0u, 0u, 0u);
+            }
+        }
+    };
+#pragma unroll
+    for (int p = 0; p + 1 < D; ++p) load_w(wq[p], ws[p], j_lo + p);
+
+    for (int jb = j_lo; jb < j_hi; jb += D) {
+#pragma unroll
+        for (int p = 0; p < D; ++p) {
+            const int j = jb + p;
+            if (j >= j_hi) break;  // warp-uniform
+            load_w(wq[(p + D - 1) % D], ws[(p + D - 1) % D], j + D - 1);
+            uint4 xw[NT][2];  // this group's B words of each token tile (L1: shared by the SM's warps)
+#pragma unroll
+            for (int h = 0; h < NT; ++h) {
+                if (xt0 + h < xtiles) {
+                    const uint4* rec = xf + ((size_t)(xt0 + h) * groups + j) * PK_X_RECORD + 2 * lane;
+                    xw[h][0] = __ldg(rec);
+                    xw[h][1] = __ldg(rec + 1);
+                } else {
+                    xw[h][0] = xw[h][1] = make_uint4(0u, 0u, 0u, 0u);
+                }
+            }
+#pragma unroll
+            for (int s = 0; s < 4; ++s) {
+                const int blk = 2 * j + (s >> 1);
+                if (blk < u_lo || blk >= u_hi) continue;  // a slice bound inside the group: warp-uniform
+                u32 a[MT][4];
+#pragma unroll
+                for (int m = 0; m < MT; ++m)
+                    pk_dequant_step<P::bias>(pk_word(wq[p][m], s), pk_word(ws[p][m], 2 * (s >> 1)),
+                                             pk_word(ws[p][m], 2 * (s >> 1) + 1), a[m]);
+#pragma unroll
+                for (int h = 0; h < NT; ++h) {
+                    const u32 b0 = pk_word(xw[h][s >> 1], 2 * (s & 1)), b1 = pk_word(xw[h][s >> 1], 2 * (s & 1) + 1);
+#pragma unroll
+                    for (int m = 0; m < MT; ++m) dq_mma16816(acc[m][h], a[m], b0, b1);
+                }
+            }
+        }
+    }
+
+    float* __restrict__ dst = slices == 1 ? y : part + (size_t)blockIdx.z * n * rows;
+#pragma unroll
+    for (int m = 0; m < MT; ++m) dq_store_m16<NT>(acc[m], dst, inv, 16 * (tile0 + m) + g, 8 * xt0, t, rows, n);
+    if (slices > 1) mmq_last_slice_sums<BM, BN, THREADS>(part, slices, rows, n, blockIdx.x * BM, 8 * xt0, y, counters);
+}
+
+// Value 16 h + 2t + e + 8 hi (h, hi, e in {0, 1}) of a block's stage() codes (int8, value c in byte c & 3 of word
+// c >> 2) as a nibble, code + BIAS: word 4h + 2hi + t / 2, byte 2 (t & 1) + e. Only t is a run-time value, and it
+// picks between two words named at compile time (an index that depends on the lane would put the codes in local
+// memory).
+template <int BIAS>
+__device__ __forceinline__ u32 pk_nibble(const u32 (&q)[8], int h, int hi, int t, int e) {
+    const u32 word = (t >> 1) ? q[4 * h + 2 * hi + 1] : q[4 * h + 2 * hi];
+    return (((word >> (8 * (2 * (t & 1) + e))) & 0xFFu) + BIAS) & 0xFu;
+}
+
+// One (tile, group, lane) of the packed layout from the GGUF rows (rows past `rows` packed as code 0, scale 0).
+template <class P>
+__device__ __forceinline__ void pack_4bit(const u8* __restrict__ w, i64 row_bytes, int rows, int units,
+                                          uint4* __restrict__ out) {
+    const int groups = units >> 1, tiles = (rows + 15) >> 4;
+    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long long)tiles * groups * 32) return;
+    const int lane = (int)(idx & 31), g = lane >> 2, t = lane & 3;
+    // i * groups + j in 32 bits (tiles * groups < 2^26 for any matrix the engine loads; a 64-bit division would be
+    // a called subroutine)
+    const u32 rec = (u32)(idx >> 5);
+    const int j = (int)(rec % (u32)groups), i = (int)(rec / (u32)groups);
+    u32 q[2][2][8], sc[2][2];  // [row g / g + 8][block 2j / 2j + 1]
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr)
+#pragma unroll
+        for (int b = 0; b < 2; ++b) {
+            float d[2], m;
+            mmq_stage_or_zero<typename P::Block>(w, row_bytes, 16 * i + g + 8 * rr, rows, 2 * j + b, units, q[rr][b], d, m);
+            sc[rr][b] = (u32)f32_to_f16(d[0]) | ((u32)f32_to_f16(-m) << 16);
+        }
+    u32 word[4];
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+        const int b = s >> 1, h = s & 1;  // values 16 h + 2t + (0, 1, 8, 9) of blocks 2j + b
+        const u32(&r0)[8] = q[0][b];
+        const u32(&r8)[8] = q[1][b];
+        word[s] = pk_nibble<P::bias>(r0, h, 0, t, 0) | pk_nibble<P::bias>(r8, h, 0, t, 0) << 4 |
+                  pk_nibble<P::bias>(r0, h, 1, t, 0) << 8 | pk_nibble<P::bias>(r8, h, 1, t, 0) << 12 |
+                  pk_nibble<P::bias>(r0, h, 0, t, 1) << 16 | pk_nibble<P::bias>(r8, h, 0, t, 1) << 20 |
+                  pk_nibble<P::bias>(r0, h, 1, t, 1) << 24 | pk_nibble<P::bias>(r8, h, 1, t, 1) << 28;
+    }
+    out[(size_t)rec * PK_RECORD + lane] = make_uint4(word[0], word[1], word[2], word[3]);
+    if (t == 0) out[(size_t)rec * PK_RECORD + 32 + g] = make_uint4(sc[0][0], sc[1][0], sc[0][1], sc[1][1]);
+}
+
+// One token row of the fragment-ordered activations: f16_rows.cu's fp16 values and inv (rows past n: zeros), each
+// pair of values (k, k + 1) written as one word of its lane's record (layout in the header).
+extern "C" __global__ void __launch_bounds__(F16_ROWS_THREADS) packed_x(const float* __restrict__ x, int k, int n,
+                                                                        uint4* __restrict__ xf, float* __restrict__ inv) {
+    grid_dependency_enter();
+    const int row = blockIdx.x, h = row >> 3, g = row & 7, groups = k >> 6;
+    const bool live = row < n;
+    const float* src = x + (size_t)row * k;
+    const int e = live ? f16_row_exponent(src, k) : 0;  // block-uniform branch: f16_row_exponent syncs the block
+    const float up = ldexpf(1.0f, e);
+    u32* words = (u32*)xf;
+    for (int c2 = threadIdx.x; c2 < k / 2; c2 += F16_ROWS_THREADS) {
+        const int kk = 2 * c2, j = kk >> 6, c = kk & 63, s = c >> 4, b = (c >> 3) & 1, t = (c & 7) >> 1;
+        u32 v = 0u;
+        if (live) v = (u32)f32_to_f16(__fmul_rn(src[kk], up)) | ((u32)f32_to_f16(__fmul_rn(src[kk + 1], up)) << 16);
+        words[(((size_t)h * groups + j) * 32 + 4 * g + t) * 8 + 2 * s + b] = v;
+    }
+    if (live && threadIdx.x == 0) inv[row] = ldexpf(1.0f, -e);
+}
+
+#define PK_PARAMS const uint4 *w, int rows, int units, const uint4 *xf, const float *inv, int n, float *y, int slices, \
+                  float *part, int *counters
+#define PK_ENTRY(name, P, MT, NT, D)                                                                             \
+    extern "C" __global__ void __launch_bounds__(32 * PK_WARPS) packed_mma_##name##_m##MT##_n##NT##_d##D(PK_PARAMS) { \
+        grid_dependency_enter();                                                                               \
+        packed_mma_kernel<P, MT, NT, D>(w, rows, units, xf, inv, n, y, slices, part, counters);                 \
+    }
+#define PK_TILES(name, P)                                                                                        \
+    PK_ENTRY(name, P, 2, 1, 3) PK_ENTRY(name, P, 1, 1, 4) PK_ENTRY(name, P, 2, 2, 2) PK_ENTRY(name, P, 1, 2, 3)   \
+    PK_ENTRY(name, P, 2, 4, 2) PK_ENTRY(name, P, 1, 4, 3)
+#define PK_PACK(name, P)                                                                                         \
+    extern "C" __global__ void __launch_bounds__(256) pack_##name(const u8* w, i64 row_bytes, int rows, int units, \
+                                                                  uint4* out) {                                 \
+        grid_dependency_enter();                                                                               \
+        pack_4bit<P>(w, row_bytes, rows, units, out);                                                          \
+    }
+
+PK_TILES(q4_0, pk_q4_0)
+PK_TILES(q4_k, pk_q4_k)
+PK_PACK(q4_0, pk_q4_0)
+PK_PACK(q4_k, pk_q4_k)

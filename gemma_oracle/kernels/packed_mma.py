@@ -1,0 +1,228 @@
+"""Launcher of kernels/cuda/packed_mma.cu: packed-weight MMA, y[n, r] = sum_k W[r, k] * x[n, k] on fp16 tensor cores.
+
+The weights are repacked once, on the GPU, from GGUF rows (Q4_0, Q4_K) into the order the mma fragments take them
+(`pack_weights` -> PackedMatrix: 5 bits a weight), so the kernel's work per weight is a few instructions whatever N.
+The activations are converted per call into fragment-ordered fp16 rows (`packed_x`: f16_rows' values and inv, one
+launch) that every packed matrix reading the same input shares.
+
+Numerics (the .cu header): the fp16 weights and activations of the dequant-MMA route (kernels/dq_mma.py) in the same
+mma slots and the same chain (one mma per 16-value step, increasing K, decode-MMQ's shape-only K slices added in
+slice order), so an output is bitwise equal to dq_mma's shared-memory tiles at the same slices, and every tile here
+gives the same bits: batch-invariant at every N.
+
+`plan_pack` and `plan_packed_mma` validate on the host without a GPU; `pack_weights`, `packed_x` and
+`packed_mma_matvec` launch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from gemma_oracle.kernels._compile import load_module
+from gemma_oracle.kernels.dequant import UNIT, check_array, check_weight_rows, require_device_arrays
+from gemma_oracle.kernels.mmq import COUNTER_SLOTS, prepare_counters, split_k_slices
+
+MODULE = "packed_mma"
+PACKED_TYPES = ("Q4_0", "Q4_K")  # the pack_<t> / packed_mma_<t>_<tile> entries
+GROUP = 64  # values of K a packed record covers (two 32-value blocks)
+RECORD_WORDS = 160  # uint32 words of one (m16 tile, group) record: 128 of codes, 32 of scales (PK_RECORD uint4s)
+X_RECORD_WORDS = 256  # uint32 words of one (8-token tile, group) activation record (PK_X_RECORD uint4s)
+WARPS = 4  # PK_WARPS
+PACK_THREADS = 256
+X_THREADS = 256  # F16_ROWS_THREADS
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One compiled tile of packed_mma.cu: 4 warps of `mt` m16 tiles (bm = 64 mt rows) x 8 `nt` tokens, the weight
+    records of `d` - 1 groups ahead in flight. Every tile gives the same bits."""
+    mt: int
+    nt: int
+    d: int
+
+    @property
+    def bm(self) -> int:
+        return 16 * self.mt * WARPS
+
+    @property
+    def bn(self) -> int:
+        return 8 * self.nt
+
+    @property
+    def name(self) -> str:
+        return f"m{self.mt}_n{self.nt}_d{self.d}"
+
+
+# PK_TILES in packed_mma.cu
+TILES = {t.name: t for t in (Tile(2, 1, 3), Tile(1, 1, 4), Tile(2, 2, 2), Tile(1, 2, 3), Tile(2, 4, 2), Tile(1, 4, 3))}
+# Which tile a launch uses (first match: min N). A speed choice only (the same bits); not yet timed on a GPU, so the
+# rule is the register budget's guess: two m16 tiles a warp where NT is small, one at NT = 4.
+TILE_RULES: tuple[tuple[int, str], ...] = ((17, "m1_n4_d3"), (9, "m2_n2_d2"), (1, "m2_n1_d3"))
+MAX_N = 65535 * 8
+
+
+def choose_tile(n: int, rules=TILE_RULES) -> Tile:
+    for min_n, name in rules:
+        if n >= min_n:
+            return TILES[name]
+    raise ValueError(f"no packed-MMA tile rule matches N={n}")
+
+
+@dataclass(frozen=True)
+class PackedMatrix:
+    """A weight matrix in packed_mma.cu's layout: `data` uint32 [tiles * groups * 160] on the GPU."""
+    data: object
+    type_name: str
+    rows: int
+    n_cols: int
+
+    @property
+    def tiles(self) -> int:
+        return -(-self.rows // 16)
+
+    @property
+    def groups(self) -> int:
+        return self.n_cols // GROUP
+
+
+@dataclass(frozen=True)
+class PackLaunch:
+    entry: str
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+    rows: int
+    row_bytes: int
+    units: int
+    words: int  # uint32 words of the packed copy
+
+
+def check_packable(type_name: str, n_cols: int) -> None:
+    if type_name not in PACKED_TYPES:
+        raise ValueError(f"type_name: packed MMA supports {list(PACKED_TYPES)}, got {type_name!r}")
+    if not isinstance(n_cols, (int, np.integer)) or n_cols <= 0 or n_cols % GROUP:
+        raise ValueError(f"n_cols: packed MMA needs a positive multiple of {GROUP} columns, got {n_cols!r}")
+
+
+def plan_pack(w_raw, type_name: str, n_cols: int) -> PackLaunch:
+    """Validate a GGUF weight buffer [rows, row_bytes] for `pack_weights` on the host."""
+    check_packable(type_name, n_cols)
+    rows, rb = check_weight_rows(w_raw, type_name, n_cols)
+    units = int(n_cols) // UNIT
+    tiles, groups = -(-rows // 16), int(n_cols) // GROUP
+    threads = tiles * groups * 32
+    return PackLaunch(f"pack_{type_name.lower()}", (-(-threads // PACK_THREADS), 1, 1), (PACK_THREADS, 1, 1), rows, rb,
+                      units, tiles * groups * RECORD_WORDS)
+
+
+def pack_weights(w_raw, type_name: str, n_cols: int) -> PackedMatrix:
+    """The packed copy of GGUF rows w_raw (uint8 [rows, row_bytes] on the GPU), made on the GPU."""
+    import cupy
+
+    plan = plan_pack(w_raw, type_name, n_cols)
+    require_device_arrays(w_raw=w_raw)
+    data = cupy.empty(plan.words, dtype=cupy.uint32)
+    load_module(MODULE).get_function(plan.entry)(
+        plan.grid, plan.block, (w_raw, np.int64(plan.row_bytes), np.int32(plan.rows), np.int32(plan.units), data))
+    return PackedMatrix(data, type_name, plan.rows, int(n_cols))
+
+
+def plan_packed_x(x) -> tuple[int, int]:
+    """(N, K) after checking x is float32 [N, K], C-contiguous, with K a positive multiple of 64."""
+    check_array("x", x, dtype=np.float32, ndim=2)
+    n, k = (int(v) for v in x.shape)
+    if k <= 0 or k % GROUP:
+        raise ValueError(f"x: packed MMA needs rows of a positive multiple of {GROUP} values, got shape {tuple(x.shape)}")
+    if not 1 <= n <= MAX_N:
+        raise ValueError(f"x: need 1 <= N <= {MAX_N} tokens (rows), got {n}")
+    return n, k
+
+
+def packed_x(x):
+    """(xf uint32 [ceil(N / 8) * K / 64 * 256] fragment-ordered fp16 rows, inv float32 [N]) for float32 x [N, K]."""
+    import cupy
+
+    n, k = plan_packed_x(x)
+    require_device_arrays(x=x)
+    tiles = -(-n // 8)
+    xf = cupy.empty(tiles * (k // GROUP) * X_RECORD_WORDS, dtype=cupy.uint32)
+    inv = cupy.empty((n,), dtype=cupy.float32)
+    load_module(MODULE).get_function("packed_x")((8 * tiles, 1, 1), (X_THREADS, 1, 1), (x, np.int32(k), np.int32(n), xf, inv))
+    return xf, inv
+
+
+@dataclass(frozen=True)
+class PackedLaunch:
+    entry: str
+    tile: Tile
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+    rows: int
+    units: int
+    n: int
+    slices: int
+
+
+def plan_packed_mma(w: PackedMatrix, x, *, n: int | None = None, out=None, tile: str | None = None,
+                    slices: int | None = None) -> PackedLaunch:
+    """Validate the arguments of `packed_mma_matvec` on the host. x: float32 [N, K], or the pair (xf, inv) from
+    `packed_x` (then N is inv's length)."""
+    if not isinstance(w, PackedMatrix):
+        raise ValueError(f"w: expected a PackedMatrix from pack_weights, got {type(w).__name__}")
+    check_packable(w.type_name, w.n_cols)
+    units = w.n_cols // UNIT
+    if isinstance(x, tuple):
+        if len(x) != 2:
+            raise ValueError(f"x: expected float32 [N, {w.n_cols}] or the pair (xf, inv) from packed_x, got a tuple "
+                             f"of {len(x)}")
+        xf, inv = x
+        check_array("x[1] (inv)", inv, dtype=np.float32, ndim=1)
+        n_tok = int(inv.shape[0])
+        want = -(-n_tok // 8) * (w.n_cols // GROUP) * X_RECORD_WORDS
+        check_array("x[0] (xf)", xf, dtype=np.uint32, ndim=1, shape=(want,), align=16)
+    else:
+        n_tok, k = plan_packed_x(x)
+        if k != w.n_cols:
+            raise ValueError(f"x: expected {w.n_cols} columns (the matrix's), got {k}")
+    if not 1 <= n_tok <= MAX_N:
+        raise ValueError(f"x: need 1 <= N <= {MAX_N} tokens, got {n_tok}")
+    if out is not None:
+        check_array("out", out, dtype=np.float32, ndim=2, shape=(n_tok, w.rows), align=4)
+    if tile is not None and tile not in TILES:
+        raise ValueError(f"tile: expected one of {sorted(TILES)}, got {tile!r}")
+    if slices is not None and not (isinstance(slices, int) and 1 <= slices <= units):
+        raise ValueError(f"slices: expected an int in 1..{units} (K has {units} blocks), got {slices!r}")
+    chosen = TILES[tile] if tile is not None else choose_tile(n_tok)
+    k_slices = split_k_slices(w.rows, units) if slices is None else slices
+    grid = (-(-w.rows // chosen.bm), -(-n_tok // chosen.bn), k_slices)
+    if grid[1] > 65535:
+        raise ValueError(f"x: N={n_tok} tokens need more than 65535 token tiles of {chosen.bn}")
+    if k_slices > 1 and grid[0] * grid[1] > COUNTER_SLOTS:
+        raise ValueError(f"x: N={n_tok} tokens x {w.rows} rows make {grid[0] * grid[1]} tiles, more than the "
+                         f"{COUNTER_SLOTS} split-K counters")
+    return PackedLaunch(f"packed_mma_{w.type_name.lower()}_{chosen.name}", chosen, grid, (32 * WARPS, 1, 1), w.rows,
+                        units, n_tok, k_slices)
+
+
+def packed_mma_matvec(w: PackedMatrix, x, *, out=None, tile: str | None = None, slices: int | None = None):
+    """y [N, rows] float32 = x @ W.T with fp16 operands and float32 accumulation (see module).
+
+    x: float32 [N, K] or (xf, inv) from packed_x. tile: force one of TILES (tests run every one; the same bits);
+    slices: force the K split (tests compare with dq_mma at the same split; other slices give other bits)."""
+    import cupy
+
+    plan = plan_packed_mma(w, x, out=out, tile=tile, slices=slices)
+    if not isinstance(x, tuple):
+        require_device_arrays(x=x)
+        x = packed_x(x)
+    xf, inv = x
+    require_device_arrays(xf=xf, inv=inv, out=out)
+    y = cupy.empty((plan.n, plan.rows), dtype=cupy.float32) if out is None else out
+    if plan.slices == 1:
+        part, counters = y, y  # not read by the kernel
+    else:
+        part, counters = cupy.empty((plan.slices, plan.n, plan.rows), dtype=cupy.float32), prepare_counters()
+    load_module(MODULE).get_function(plan.entry)(
+        plan.grid, plan.block, (w.data, np.int32(plan.rows), np.int32(plan.units), xf, inv, np.int32(plan.n), y,
+                                np.int32(plan.slices), part, counters))
+    return y

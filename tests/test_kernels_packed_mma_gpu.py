@@ -1,0 +1,183 @@
+"""Tests of kernels/packed_mma.py (packed-weight MMA: Q4_0 / Q4_K weights repacked at load into mma fragment order,
+fp16 tensor cores with float32 accumulation), one case per (type, shape, N), one compare harness, guard bytes.
+
+GPU (marked `gpu`):
+  * the GPU pack and activation kernels write kernels/reference/packed.py's records bit for bit (whose layout a CPU
+    test ties to the PTX fragment tables: tests/test_kernels_packed_host.py);
+  * per case and every tile: the NaN-poisoned output is fully written and its guards intact; every output is BITWISE
+    dequant-MMA's shared-memory tile at the same K slices (the same fp16 operands in the same mma slots and chain:
+    the .cu header), at the shape's own slices and at a split whose bounds fall inside a 64-value group; and within
+    the float32 accumulation bound of the float64 product of the fp16 operands;
+  * batch invariance, bitwise: a needle token at a random slot of N-token launches equals the N = 1 launch, on every
+    tile; a repeated launch gives the same bits.
+CPU (no mark): host-side validation and the launcher / .cu agreement.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from gemma_oracle.kernels._compile import source_path
+from gemma_oracle.kernels.mmq import split_k_slices
+from gemma_oracle.kernels.packed_mma import (PACKED_TYPES, TILES, PackedMatrix, choose_tile, plan_pack,
+                                             plan_packed_mma, plan_packed_x)
+from gemma_oracle.kernels.reference import packed as ref
+from gemma_oracle.kernels.reference.f16_operands import dequant_f16, f16_rows as f16_rows_host
+from tests.kernel_support import GuardedOutput, activations, first_bit_difference, quantized_weights
+
+try:  # collection must work without cupy; the gpu marker makes the plugin skip these items with its reason
+    import cupy as cp
+except ImportError:  # pragma: no cover - exercised only on machines without cupy
+    cp = None
+
+gpu = pytest.mark.gpu
+
+ACC_BOUND_ULPS = 4  # as tests/test_kernels_dq_mma_gpu.py: 4 ulps a float32 add, (K / 16 + slices) adds
+DQ_SMEM_TILE = "w4_m1_bn8_kb4_pf0"  # the dequant-MMA tile packed MMA equals bit for bit
+
+# rows: tails of the 64- and 128-row blocks (1, 7, 77, 130, 2096 = 16 * 131); cols: 4 to 17 groups of 64
+SHAPES = {"Q4_0": ((1, 256), (7, 320), (77, 832), (130, 2560), (2096, 1088)),
+          "Q4_K": ((1, 256), (7, 512), (77, 768), (130, 2560), (2096, 1024))}
+NS = (1, 2, 5, 8, 9, 16, 17, 32, 33, 64)
+CASES = [(t, rows, cols, n) for t in PACKED_TYPES for rows, cols in SHAPES[t] for n in NS]
+
+
+def _id(case) -> str:
+    t, rows, cols, n = case
+    return f"{t.lower()}-r{rows}-c{cols}-n{n}"
+
+
+def _host(a):
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def _odd_slices(units: int) -> int:
+    """A K split with a bound inside a 64-value group (an odd block index), where one exists."""
+    for s in (3, 5, 7, 2):
+        if s <= units and any((z * units // s) % 2 for z in range(1, s)):
+            return s
+    return 1
+
+
+@gpu
+@pytest.mark.parametrize("t", PACKED_TYPES)
+@pytest.mark.parametrize("shape", range(5))
+def test_pack_kernel_writes_the_reference_records(t, shape):
+    from gemma_oracle.kernels.packed_mma import pack_weights
+
+    rows, cols = SHAPES[t][shape]
+    raw = quantized_weights(t, rows, cols)
+    packed = pack_weights(cp.asarray(raw), t, cols)
+    diff = first_bit_difference(_host(packed.data), ref.pack(raw, t, cols))
+    assert not diff, f"{t} {rows}x{cols}: packed records differ from the reference: {diff}"
+
+
+@gpu
+@pytest.mark.parametrize("n", (1, 5, 8, 9, 33))
+def test_packed_x_writes_the_reference_records(n):
+    """f16_rows' values and inv in fragment order (rows past N zero), on rows that exercise the scale."""
+    from gemma_oracle.kernels.packed_mma import packed_x
+
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, 1088)).astype(np.float32)
+    x[0] *= np.float32(3e4)
+    if n > 2:
+        x[1] = 0.0
+        x[2, :8] = np.float32(1e-41)  # float32 subnormals in a row with normal values
+    xf, inv = packed_x(cp.asarray(x))
+    want_xf, want_inv = ref.x_fragments(x)
+    assert not first_bit_difference(_host(xf), want_xf), "activation records differ from the reference"
+    assert not first_bit_difference(_host(inv), want_inv), "inv differs from the reference"
+
+
+@gpu
+@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+def test_packed_mma_case(case):
+    from gemma_oracle.kernels.dq_mma import dq_mma_matvec
+    from gemma_oracle.kernels.packed_mma import pack_weights, packed_mma_matvec
+
+    t, rows, cols, n = case
+    raw, x = quantized_weights(t, rows, cols), activations(n, cols, "packed_mma", t, rows)
+    w_dev, x_dev = cp.asarray(raw), cp.asarray(x)
+    packed = pack_weights(w_dev, t, cols)
+    units = cols // 32
+    w16 = dequant_f16(raw, t, cols).astype(np.float64)
+    x16, inv = f16_rows_host(x)
+    xs = x16.astype(np.float64) * inv.astype(np.float64)[:, None]
+    for slices in sorted({split_k_slices(rows, units), _odd_slices(units)}):
+        want = _host(dq_mma_matvec(w_dev, t, cols, x_dev, tile=DQ_SMEM_TILE, slices=slices))
+        bound = ACC_BOUND_ULPS * 2.0**-24 * (cols // 16 + slices) * (np.abs(xs) @ np.abs(w16).T)
+        for tile in TILES:
+            out = GuardedOutput(cp, (n, rows), np.float32)
+            out.view[...] = np.nan
+            packed_mma_matvec(packed, x_dev, out=out.view, tile=tile, slices=slices)
+            before, after = out.guards_intact()
+            assert before and after, f"{tile} slices {slices}: guard overwritten ({before}, {after})"
+            y = _host(out.view)
+            assert np.isfinite(y).all(), f"{tile}: {int((~np.isfinite(y)).sum())} outputs not written or not finite"
+            err = np.abs(y.astype(np.float64) - xs @ w16.T)
+            assert (err <= bound).all(), f"{tile} slices {slices}: beyond the accumulation bound ({err.max():.3e})"
+            diff = first_bit_difference(y, want)
+            assert not diff, f"{tile} slices {slices}: differs from dequant-MMA {DQ_SMEM_TILE}: {diff}"
+
+
+@gpu
+@pytest.mark.parametrize("t", PACKED_TYPES)
+def test_packed_mma_batch_invariant(t):
+    """A needle token at a random slot of N-token launches is bitwise the N = 1 launch, on every tile; a repeated
+    launch gives the same bits."""
+    from gemma_oracle.kernels.packed_mma import pack_weights, packed_mma_matvec
+
+    rows, cols = 2096, 1024
+    packed = pack_weights(cp.asarray(quantized_weights(t, rows, cols)), t, cols)
+    rng = np.random.default_rng(3)
+    needle = activations(1, cols, "needle", t)
+    alone = _host(packed_mma_matvec(packed, cp.asarray(needle)))
+    for n in (2, 7, 8, 9, 16, 17, 31, 32, 40):
+        x = activations(n, cols, "batch", t, n) * rng.uniform(0.1, 10.0, size=(n, 1)).astype(np.float32)
+        slot = int(rng.integers(n))
+        x[slot] = needle[0]
+        for tile in TILES:
+            y = _host(packed_mma_matvec(packed, cp.asarray(x), tile=tile))
+            diff = first_bit_difference(y[slot], alone[0])
+            assert not diff, f"N={n} slot {slot} tile {tile}: {diff}"
+            again = _host(packed_mma_matvec(packed, cp.asarray(x), tile=tile))
+            assert not first_bit_difference(y, again), f"N={n} tile {tile}: not deterministic"
+
+
+# --- CPU tests -------------------------------------------------------------------------------------------------------
+
+def test_launcher_matches_the_compiled_entries():
+    """kernels/packed_mma.py's TILES and PACKED_TYPES are exactly the entries packed_mma.cu compiles."""
+    src = source_path("packed_mma").read_text()
+    tiles = re.findall(r"PK_ENTRY\(name, P, (\d+), (\d+), (\d+)\)", src)
+    assert sorted(f"m{m}_n{nt}_d{d}" for m, nt, d in tiles) == sorted(TILES)
+    assert sorted(re.findall(r"^PK_TILES\((\w+),", src, flags=re.M)) == sorted(t.lower() for t in PACKED_TYPES)
+    assert sorted(re.findall(r"^PK_PACK\((\w+),", src, flags=re.M)) == sorted(t.lower() for t in PACKED_TYPES)
+    for n in (1, 8, 9, 16, 17, 32, 64):
+        assert choose_tile(n).name in TILES
+
+
+def test_host_validation_names_what_is_wrong():
+    raw = quantized_weights("Q4_K", 7, 512)
+    with pytest.raises(ValueError, match="packed MMA supports"):
+        plan_pack(quantized_weights("Q6_K", 7, 512), "Q6_K", 512)
+    with pytest.raises(ValueError, match="multiple of 64"):
+        plan_pack(quantized_weights("Q4_0", 7, 288), "Q4_0", 288)
+    with pytest.raises(ValueError, match="bytes"):
+        plan_pack(np.ascontiguousarray(raw[:, :-16]), "Q4_K", 512)
+    with pytest.raises(ValueError, match="multiple of 64"):
+        plan_packed_x(np.zeros((3, 96), np.float32))
+    w = PackedMatrix(np.zeros(7 * 160 * 8, np.uint32), "Q4_K", 7, 512)
+    with pytest.raises(ValueError, match="512 columns"):
+        plan_packed_mma(w, np.zeros((3, 256), np.float32))
+    with pytest.raises(ValueError, match="x\\[0\\] \\(xf\\)"):
+        plan_packed_mma(w, (np.zeros(10, np.uint32), np.zeros(3, np.float32)))
+    with pytest.raises(ValueError, match="tile"):
+        plan_packed_mma(w, np.zeros((3, 512), np.float32), tile="m9_n9_d9")
+    with pytest.raises(ValueError, match="PackedMatrix"):
+        plan_packed_mma(raw, np.zeros((3, 512), np.float32))
+    plan = plan_packed_mma(w, np.zeros((33, 512), np.float32))
+    assert plan.grid == (1, -(-33 // plan.tile.bn), split_k_slices(7, 16)) and plan.entry.startswith("packed_mma_q4_k_")
