@@ -2,7 +2,7 @@
 records written from the layout's text, read back through what the kernel does with each word and the PTX ISA's
 m16n8k16 fragment tables, give dequant-MMA's fp16 weights and f16_rows' activations exactly. The controls show the
 round trip failing on a layout that is wrong in the ways a kernel would be (two nibbles swapped, the scale words of
-the two rows swapped, an activation word off by one step)."""
+the two rows swapped, Q6_K's high bits one slot off, an activation word off by one step)."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +12,8 @@ from gemma_oracle.kernels.reference import packed as ref
 from gemma_oracle.kernels.reference.f16_operands import dequant_f16, f16_rows
 from tests.kernel_support import activations, quantized_weights
 
-SHAPES = {"Q4_0": ((1, 64), (7, 320), (37, 256)), "Q4_K": ((1, 256), (16, 512), (37, 256))}
+SHAPES = {"Q4_0": ((1, 64), (7, 320), (37, 256)), "Q4_K": ((1, 256), (16, 512), (37, 256)),
+          "Q6_K": ((1, 256), (16, 512), (37, 256))}
 
 
 def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
@@ -25,7 +26,8 @@ def test_weights_round_trip_through_the_fragments(t, shape):
     rows, cols = SHAPES[t][shape]
     raw = quantized_weights(t, rows, cols)
     packed = ref.pack(raw, t, cols)
-    assert packed.dtype == np.uint32 and packed.size == -(-rows // 16) * (cols // 64) * 160  # 5 bits a weight
+    bits = 7 if t == "Q6_K" else 5  # bits a weight
+    assert packed.dtype == np.uint32 and packed.size * 32 == -(-rows // 16) * 16 * cols * bits
     assert _same_bits(ref.weights_from_registers(packed, t, rows, cols), dequant_f16(raw, t, cols))
 
 
@@ -53,6 +55,14 @@ def test_controls_a_wrong_layout_fails_the_round_trip(monkeypatch):
     monkeypatch.setattr(ref, "_KERNEL_A_ROW8", {0: True, 1: False, 2: True, 3: False})  # row g's scale on row g + 8
     assert not _same_bits(ref.weights_from_registers(ref.pack(raw, t, cols), t, rows, cols), want)
     monkeypatch.undo()
+    raw6 = quantized_weights("Q6_K", rows, cols)
+    good = ref.pack(raw6, "Q6_K", cols)
+    assert _same_bits(ref.weights_from_registers(good, "Q6_K", rows, cols), dequant_f16(raw6, "Q6_K", cols))
+    shifted = good.reshape(-1, 224).copy()
+    plane = shifted[:, ref.HIGH_AT:ref.Q6_SCALE_AT]
+    shifted[:, ref.HIGH_AT:ref.Q6_SCALE_AT] = (plane << np.uint32(4)) | (plane >> np.uint32(28))  # slot i -> i + 1
+    assert not _same_bits(ref.weights_from_registers(shifted.reshape(-1), "Q6_K", rows, cols),
+                          dequant_f16(raw6, "Q6_K", cols))
     monkeypatch.setattr(ref, "_PTX_B", {0: (0, 1), 1: (16, 17)})  # b1 read as the next step's values
     x = activations(8, 256, "packed-control")
     with pytest.raises(IndexError):  # the last step's b1 would point past the group ...
@@ -62,7 +72,7 @@ def test_controls_a_wrong_layout_fails_the_round_trip(monkeypatch):
 
 
 def test_pack_refuses_what_it_cannot_pack():
-    with pytest.raises(ValueError, match="Q6_K"):
-        ref.pack(quantized_weights("Q6_K", 1, 256), "Q6_K", 256)
+    with pytest.raises(ValueError, match="Q5_K"):
+        ref.pack(quantized_weights("Q5_K", 1, 256), "Q5_K", 256)
     with pytest.raises(ValueError, match="multiple of 64"):
         ref.pack(quantized_weights("Q4_0", 1, 96), "Q4_0", 96)

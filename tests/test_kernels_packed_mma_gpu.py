@@ -1,4 +1,4 @@
-"""Tests of kernels/packed_mma.py (packed-weight MMA: Q4_0 / Q4_K weights repacked at load into mma fragment order,
+"""Tests of kernels/packed_mma.py (packed-weight MMA: Q4_0 / Q4_K / Q6_K weights repacked at load into mma fragment order,
 fp16 tensor cores with float32 accumulation), one case per (type, shape, N), one compare harness, guard bytes.
 
 GPU (marked `gpu`):
@@ -39,7 +39,8 @@ DQ_SMEM_TILE = "w4_m1_bn8_kb4_pf0"  # the dequant-MMA tile packed MMA equals bit
 
 # rows: tails of the 64- and 128-row blocks (1, 7, 77, 130, 2096 = 16 * 131); cols: 4 to 17 groups of 64
 SHAPES = {"Q4_0": ((1, 256), (7, 320), (77, 832), (130, 2560), (2096, 1088)),
-          "Q4_K": ((1, 256), (7, 512), (77, 768), (130, 2560), (2096, 1024))}
+          "Q4_K": ((1, 256), (7, 512), (77, 768), (130, 2560), (2096, 1024)),
+          "Q6_K": ((1, 256), (7, 512), (77, 768), (130, 2560), (2096, 1024))}
 NS = (1, 2, 5, 8, 9, 16, 17, 32, 33, 64)
 CASES = [(t, rows, cols, n) for t in PACKED_TYPES for rows, cols in SHAPES[t] for n in NS]
 
@@ -163,7 +164,7 @@ def test_launcher_matches_the_compiled_entries():
 def test_host_validation_names_what_is_wrong():
     raw = quantized_weights("Q4_K", 7, 512)
     with pytest.raises(ValueError, match="packed MMA supports"):
-        plan_pack(quantized_weights("Q6_K", 7, 512), "Q6_K", 512)
+        plan_pack(quantized_weights("Q5_K", 7, 512), "Q5_K", 512)
     with pytest.raises(ValueError, match="multiple of 64"):
         plan_pack(quantized_weights("Q4_0", 7, 288), "Q4_0", 288)
     with pytest.raises(ValueError, match="bytes"):

@@ -158,3 +158,25 @@ def test_dq_mma_is_a_forced_mode():
     assert route_for("Q5_0", 4096, 3840, 8, mode=DQ_MMA) == GEMM_N
     assert route_for("F32", 4096, 3840, 8, mode=DQ_MMA) == GEMM_N
     assert all(r.name != DQ_MMA for r in ROUTE_TABLE + INVARIANT_TABLE)
+
+
+def test_packed_modes_put_packed_mma_first_for_its_types_only():
+    """The packed modes are the auto / batch-invariant tables with packed MMA first: Q4_0 / Q4_K / Q6_K matrices of a
+    multiple of 64 columns take it at every N, every other matrix the route its table gives; packed_mma forces it."""
+    from gemma_oracle.engine.routing import INVARIANT_TABLE, PACKED_MMA, PACKED_TABLES, ROUTE_TABLE, packable, uses_packed
+
+    for n in (1, 2, 9, 17, 32, 64):
+        for mode in ("packed", "packed-invariant", PACKED_MMA):
+            assert route_for("Q4_K", 15360, 3840, n, mode=mode) == PACKED_MMA
+            assert route_for("Q4_0", 512, 3840, n, mode=mode) == PACKED_MMA
+            assert route_for("Q6_K", 262144, 3840, n, mode=mode) == PACKED_MMA
+        for mode, base in ((m, PACKED_TABLES[m][0]) for m in PACKED_TABLES):
+            assert route_for("Q5_K", 4096, 3840, n, mode=mode) == route_for("Q5_K", 4096, 3840, n, mode=base)
+            assert route_for("Q8_0", 4096, 3840, n, mode=mode) == route_for("Q8_0", 4096, 3840, n, mode=base)
+        assert route_for("Q4_0", 4096, 288, n, mode="packed") == route_for("Q4_0", 4096, 288, n, mode="auto")
+        assert route_for("Q5_K", 4096, 3840, n, mode=PACKED_MMA) == GEMM_N
+    assert packable("Q4_K", 7, 256) and packable("Q6_K", 7, 256) and not packable("Q4_0", 7, 288)
+    assert not packable("Q5_K", 7, 256)
+    assert uses_packed("packed") and uses_packed("packed-invariant") and uses_packed(PACKED_MMA)
+    assert not uses_packed("auto") and not uses_packed("batch-invariant") and not uses_packed("auto@4")
+    assert all(r.name != PACKED_MMA for r in ROUTE_TABLE + INVARIANT_TABLE)

@@ -5,7 +5,7 @@ grid, any N, bitwise equal to N = 1 and to WS), DECODE_MMQ (int8 tensor-core til
 kernels/mmq.py: its output depends on the shape only, never on N, but it is not bitwise equal to the float
 routes) and DQ_MMA (weights dequantized to fp16 once per tile, fp16 tensor cores with float32 accumulation,
 kernels/dq_mma.py: likewise shape-only, bitwise equal to none of the others; its per-weight work does not grow
-with N) and PACKED_MMA (the same fp16 tensor-core arithmetic on a copy of the 4-bit weights repacked at load into
+with N) and PACKED_MMA (the same fp16 tensor-core arithmetic on a copy of the Q4_0 / Q4_K / Q6_K weights repacked at load into
 fragment order, kernels/packed_mma.py: bitwise equal to DQ_MMA's shared-memory tiles). The seed's rules (seed-project.md 1.6: MMQ at N >= 5, rows >= 2048, cols % 256 == 0; WS up to 16)
 were re-tuned from H100 timings of every matmul shape of the 12B-shaped stand-ins (`python -m
 gemma_oracle.harness.perf.route_tuning`, reports/history/2026-11-25-h100-route-tuning-*.md): the numbers live in the tables below.
@@ -60,11 +60,11 @@ class Route:
 MMQ_TYPES: frozenset[str] = frozenset({"Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"})
 # DQ_MMA's types: the same GGUF block decoders (kernels/cuda/mmq_blocks.cuh)
 DQ_MMA_TYPES: frozenset[str] = MMQ_TYPES
-# PACKED_MMA's types: the 4-bit ones kernels/cuda/packed_mma.cu packs (rows of a multiple of 64 values)
-PACKED_TYPES: frozenset[str] = frozenset({"Q4_0", "Q4_K"})
+# PACKED_MMA's types: those kernels/cuda/packed_mma.cu packs (rows of a multiple of 64 values)
+PACKED_TYPES: frozenset[str] = frozenset({"Q4_0", "Q4_K", "Q6_K"})
 PACKED_ROUTE = Route(PACKED_MMA, PACKED_TYPES, col_multiple=64,
-                     why="packed MMA: Q4_0 / Q4_K weights repacked at load into mma fragment order, fp16 tensor cores, "
-                         "every N (the same bits at every N)")
+                     why="packed MMA: Q4_0 / Q4_K / Q6_K weights repacked at load into mma fragment order, fp16 tensor "
+                         "cores, every N (the same bits at every N)")
 
 # The fast mode ("auto"): tried in order, the first eligible route serves the matmul; GEMM_N accepts everything.
 # Each MMQ line is the measured crossover (time of the split-K int8 tile over the best float route, H100, 12B
@@ -106,7 +106,7 @@ FORCE_ONLY: tuple[Route, ...] = (
 )
 
 # The packed modes, until the GPU has timed packed MMA against the tables above: each table with PACKED_ROUTE first,
-# so the Q4_0 / Q4_K matrices take packed MMA at every N and every other matrix its usual route. "packed-invariant"
+# so the Q4_0 / Q4_K / Q6_K matrices take packed MMA at every N and every other matrix its usual route. "packed-invariant"
 # judges decode-MMQ on the shape alone, as batch-invariant does: both packed modes are batch-invariant when the
 # other mode's routes are (packed MMA's order is fixed by the shape).
 PACKED_TABLES: dict[str, tuple[str, tuple[Route, ...]]] = {

@@ -712,7 +712,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="quant variant for presets (default q4_k_m)")
     bn.add_argument("--n", nargs="+", type=_int_in(1, _bench_n_max, "a batch size"),
                     help="batch sizes, 1..256 (default: the nightly's for the backend)")
-    bn.add_argument("--route", nargs="+", choices=("auto", "batch-invariant", "ws", "gemm_n", "decode_mmq", "dq_mma"),
+    from gemma_oracle.engine.routing import MODES as ROUTE_MODES
+
+    bn.add_argument("--route", nargs="+", choices=ROUTE_MODES,
                     help="matmul route modes to compare (GPU only; gemma_oracle.engine.routing)")
     bn.add_argument("--context", type=_int_in(1, None, "a context"), help="KV positions per sequence")
     bn.add_argument("--prompt-len", nargs="+", type=_int_in(1, None, "a prompt length"),

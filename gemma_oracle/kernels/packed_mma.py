@@ -1,7 +1,7 @@
 """Launcher of kernels/cuda/packed_mma.cu: packed-weight MMA, y[n, r] = sum_k W[r, k] * x[n, k] on fp16 tensor cores.
 
-The weights are repacked once, on the GPU, from GGUF rows (Q4_0, Q4_K) into the order the mma fragments take them
-(`pack_weights` -> PackedMatrix: 5 bits a weight), so the kernel's work per weight is a few instructions whatever N.
+The weights are repacked once, on the GPU, from GGUF rows (Q4_0, Q4_K, Q6_K) into the order the mma fragments take
+them (`pack_weights` -> PackedMatrix: 5 bits a weight, Q6_K 7), so the kernel's work per weight is a few instructions whatever N.
 The activations are converted per call into fragment-ordered fp16 rows (`packed_x`: f16_rows' values and inv, one
 launch) that every packed matrix reading the same input shares.
 
@@ -24,9 +24,11 @@ from gemma_oracle.kernels.dequant import UNIT, check_array, check_weight_rows, r
 from gemma_oracle.kernels.mmq import COUNTER_SLOTS, prepare_counters, split_k_slices
 
 MODULE = "packed_mma"
-PACKED_TYPES = ("Q4_0", "Q4_K")  # the pack_<t> / packed_mma_<t>_<tile> entries
+PACKED_TYPES = ("Q4_0", "Q4_K", "Q6_K")  # the pack_<t> / packed_mma_<t>_<tile> entries
 GROUP = 64  # values of K a packed record covers (two 32-value blocks)
-RECORD_WORDS = 160  # uint32 words of one (m16 tile, group) record: 128 of codes, 32 of scales (PK_RECORD uint4s)
+# uint32 words of one (m16 tile, group) record (the type's RECORD uint4s): 4-bit codes 128 + scales 32 (5 bits a
+# weight); Q6_K low nibbles 128 + high bits 64 + scales 32 (7 bits)
+RECORD_WORDS = {"Q4_0": 160, "Q4_K": 160, "Q6_K": 224}
 X_RECORD_WORDS = 256  # uint32 words of one (8-token tile, group) activation record (PK_X_RECORD uint4s)
 WARPS = 4  # PK_WARPS
 PACK_THREADS = 256
@@ -71,7 +73,7 @@ def choose_tile(n: int, rules=TILE_RULES) -> Tile:
 
 @dataclass(frozen=True)
 class PackedMatrix:
-    """A weight matrix in packed_mma.cu's layout: `data` uint32 [tiles * groups * 160] on the GPU."""
+    """A weight matrix in packed_mma.cu's layout: `data` uint32 [tiles * groups * RECORD_WORDS[type]] on the GPU."""
     data: object
     type_name: str
     rows: int
@@ -112,7 +114,7 @@ def plan_pack(w_raw, type_name: str, n_cols: int) -> PackLaunch:
     tiles, groups = -(-rows // 16), int(n_cols) // GROUP
     threads = tiles * groups * 32
     return PackLaunch(f"pack_{type_name.lower()}", (-(-threads // PACK_THREADS), 1, 1), (PACK_THREADS, 1, 1), rows, rb,
-                      units, tiles * groups * RECORD_WORDS)
+                      units, tiles * groups * RECORD_WORDS[type_name])
 
 
 def pack_weights(w_raw, type_name: str, n_cols: int) -> PackedMatrix:

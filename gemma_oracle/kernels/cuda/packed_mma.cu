@@ -1,5 +1,5 @@
 // Packed-weight MMA: y[n, r] = sum_k W[r, k] * x[n, k] on fp16 tensor cores with float32 accumulation, from a copy
-// of the weights repacked once (at load) into the order the m16n8k16 A fragments take them.
+// of the weights (Q4_0, Q4_K, Q6_K) repacked once (at load) into the order the m16n8k16 A fragments take them.
 //
 // Why (issue 23): decode-MMQ (mmq.cu) scales every int8 32-value dot in float32 per output, so its work per weight
 // grows with N; dequant-MMA (dq_mma.cu) does the scaling once per weight, but decodes GGUF blocks whose bytes are
@@ -8,9 +8,10 @@
 // lane its fragment's codes as one 16-byte load per 64 values of two rows, and its rows' fp16 scale and offset
 // ready-made: a weight costs about 1.6 instructions whatever N, and no shared memory or barrier is needed.
 //
-// Packed layout (4-bit types Q4_0 and Q4_K; pack_<t> below writes it from the GGUF rows, on the GPU):
+// Packed layout (Q4_0 and Q4_K; Q6_K adds a plane of high bits: pk_q6_k below; pack_<t> writes it from the GGUF rows,
+// on the GPU):
 //   the matrix in m16 row tiles i (rows 16i .. 16i + 15; rows past `rows` are zero) and 64-value groups j (blocks
-//   2j, 2j + 1 of K), each (i, j) a 640-byte record, records in order i * groups + j:
+//   2j, 2j + 1 of K), each (i, j) a record (640 bytes; Q6_K 896), records in order i * groups + j:
 //     bytes [16 l, 16 l + 16), lane l = 4g + t: four words, word s (k16 step s of the group) = eight nibbles
 //         nibble 0 = (row g, c), 1 = (row g + 8, c), 2 = (g, c + 8), 3 = (g + 8, c + 8),
 //                4 = (g, c + 1), 5 = (g + 8, c + 1), 6 = (g, c + 9), 7 = (g + 8, c + 9),   c = 16 s + 2t,
@@ -21,7 +22,7 @@
 //   So nibbles (0, 4), (1, 5), (2, 6), (3, 7) of word s are the A registers a0, a1, a2, a3 of step s (PTX ISA,
 //   m16n8k16 .f16: a0 = row g, k 2t, 2t + 1; a1 = row g + 8, same k; a2 = row g, k 2t + 8, 2t + 9; a3 = row g + 8).
 //   A weight is   w16 = fp16_rn(code * fp16_rn(d) + fp16_rn(-m))   (one half2 fma; code exact in fp16),
-//   dq_mma.cu's weight bit for bit. 5 bits a weight (Q4_K 4.5, Q4_0 4.5 in GGUF).
+//   dq_mma.cu's weight bit for bit. 5 bits a weight (Q4_K 4.5, Q4_0 4.5 in GGUF); Q6_K 7 (6.5625).
 // Activations (packed_x below): f16_rows.cu's fp16 rows and inv (bit for bit), in fragment order: per 8-token tile h
 //   and group j a 1024-byte record, lane l's 32 bytes = words (s0 b0, s0 b1, s1 b0, s1 b1, ..., s3 b1) with
 //   b0 = {x16[8h + g, 64j + 16s + 2t], x16[.., + 1]}, b1 = the same 8 values on (PTX B fragment: b0 = k 2t, 2t + 1 of
@@ -40,7 +41,7 @@
 // (a ring of D register slots; the loop is unrolled D times, so slots are registers). Weights are read with
 // ld.global.nc.L1::no_allocate (read once), activations through L1 (every warp of an SM reads the same ones).
 //
-// Entry points (<t> in q4_0 q4_k; <tile> in kernels/packed_mma.py TILES):
+// Entry points (<t> in q4_0 q4_k q6_k; <tile> in kernels/packed_mma.py TILES):
 //     packed_mma_<t>_<tile>(const uint4* w, int rows, int units, const uint4* xf, const float* inv, int n, float* y,
 //                           int slices, float* part, int* counters)
 //       w the packed records, units = K / 32 (even), xf / inv from packed_x, y [n, rows] float32, part / counters as
@@ -55,41 +56,12 @@
 #include "split_k.cuh"     // split_k_bounds, mmq_last_slice_sums
 
 #define PK_WARPS 4
-#define PK_RECORD 40       // uint4 a (m16 tile, group) record: 32 of codes, 8 of scales
 #define PK_X_RECORD 64     // uint4 a (token tile, group) activation record: 32 lanes x 2
-
-// The 4-bit types: the GGUF decoder and the nibble bias (code + BIAS in 0..15). The sub-constants undo the nibble's
-// place in an fp16 whose exponent field makes it 1024 + nibble (low nibble of a half) or 1024 + 16 nibble (high).
-template <class Q, int BIAS>
-struct pk_4bit {
-    using Block = Q;
-    static constexpr int bias = BIAS;
-};
-using pk_q4_0 = pk_4bit<mq_q4_0, 8>;
-using pk_q4_k = pk_4bit<mq_qk<false>, 0>;
 
 __device__ __forceinline__ u32 pk_lop3_and_or(u32 a, u32 mask, u32 c) {  // (a & mask) | c in one instruction
     u32 r;
     asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(a), "r"(mask), "r"(c));
     return r;
-}
-
-// A registers of one k16 step from its code word q and the rows' scale words (half2 {d, -m}: sg of row g, sg8 of
-// row g + 8): code = nibble - BIAS exactly (a subtraction, or a multiply-add by 1/16 for a high nibble), then one
-// half2 fma code * d + (-m).
-template <int BIAS>
-__device__ __forceinline__ void pk_dequant_step(u32 q, u32 sg, u32 sg8, u32 (&a)[4]) {
-    constexpr u32 MAGIC = 0x64006400u;                              // 1024, 1024
-    constexpr u32 LO_SUB = BIAS == 8 ? 0x64086408u : 0x64006400u;   // 1032 or 1024
-    constexpr u32 HI_MUL = 0x2C002C00u;                             // 1/16
-    constexpr u32 HI_ADD = BIAS == 8 ? 0xD480D480u : 0xD400D400u;   // -72 or -64
-    const u32 dg = __byte_perm(sg, 0u, 0x1010), mg = __byte_perm(sg, 0u, 0x3232);
-    const u32 dg8 = __byte_perm(sg8, 0u, 0x1010), mg8 = __byte_perm(sg8, 0u, 0x3232);
-    const u32 q8 = q >> 8;
-    a[0] = dq_half2_fma(dq_half2_sub(pk_lop3_and_or(q, 0x000F000Fu, MAGIC), LO_SUB), dg, mg);
-    a[1] = dq_half2_fma(dq_half2_fma(pk_lop3_and_or(q, 0x00F000F0u, MAGIC), HI_MUL, HI_ADD), dg8, mg8);
-    a[2] = dq_half2_fma(dq_half2_sub(pk_lop3_and_or(q8, 0x000F000Fu, MAGIC), LO_SUB), dg, mg);
-    a[3] = dq_half2_fma(dq_half2_fma(pk_lop3_and_or(q8, 0x00F000F0u, MAGIC), HI_MUL, HI_ADD), dg8, mg8);
 }
 
 __device__ __forceinline__ uint4 pk_ld_stream(const uint4* p) {  // read once: not kept in L1
@@ -99,7 +71,81 @@ __device__ __forceinline__ uint4 pk_ld_stream(const uint4* p) {  // read once: n
     return v;
 }
 
+__device__ __forceinline__ uint2 pk_ld_stream2(const uint2* p) {
+    uint2 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+    return v;
+}
+
 __device__ __forceinline__ u32 pk_word(const uint4& v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
+
+// A registers of one k16 step from the low nibbles of its code word q (PLUS: the codes' bits above the nibble, already
+// in place: hi01 for a0 / a1, hi23 for a2 / a3; zero for the 4-bit types) and the half2 scales and offsets of rows g
+// (dg, mg) and g + 8 (dg8, mg8): each value v = nibble (+ high bits) goes into an fp16 whose exponent field makes it
+// 1024 + v (a low nibble of a half) or 1024 + 16 v (a high one); subtracting 1024 + BIAS, or a multiply-add by 1/16
+// and -(64 + BIAS), gives the code v - BIAS exactly; then one half2 fma code * d + (-m) (dq_mma.cu's weight).
+template <int BIAS>
+__device__ __forceinline__ void pk_dequant_step(u32 q, u32 hi01, u32 hi23, u32 dg, u32 mg, u32 dg8, u32 mg8,
+                                                u32 (&a)[4]) {
+    constexpr u32 MAGIC = 0x64006400u;                  // 1024, 1024
+    constexpr u32 LO_SUB = 0x64006400u + BIAS * 0x10001u;  // 1024 + BIAS (ulp 1 there: BIAS < 1024)
+    constexpr u32 HI_MUL = 0x2C002C00u;                 // 1/16
+    // -(64 + BIAS): 64 + BIAS in [64, 128) is 2^6 (1 + BIAS / 64), mantissa BIAS * 16
+    constexpr u32 HI_ADD = (0xD400u + BIAS * 16u) * 0x10001u;
+    const u32 q8 = q >> 8;
+    a[0] = dq_half2_fma(dq_half2_sub(pk_lop3_and_or(q, 0x000F000Fu, MAGIC) | (hi01 & 0x00300030u), LO_SUB), dg, mg);
+    a[1] = dq_half2_fma(dq_half2_fma(pk_lop3_and_or(q, 0x00F000F0u, MAGIC) | (hi01 & 0x03000300u), HI_MUL, HI_ADD),
+                        dg8, mg8);
+    a[2] = dq_half2_fma(dq_half2_sub(pk_lop3_and_or(q8, 0x000F000Fu, MAGIC) | (hi23 & 0x00300030u), LO_SUB), dg, mg);
+    a[3] = dq_half2_fma(dq_half2_fma(pk_lop3_and_or(q8, 0x00F000F0u, MAGIC) | (hi23 & 0x03000300u), HI_MUL, HI_ADD),
+                        dg8, mg8);
+}
+
+// Each packed type: its GGUF decoder (Block), the code bias (nibble or 6-bit value = code + BIAS), the record size
+// in uint4 (RECORD), a lane's registers of one record (Regs, load) and the A registers of step s (dequant).
+// 4-bit (Q4_0, Q4_K): codes [0, 32) uint4, scales [32, 40): entry g = half2 {d, -m} of (row g, block 0),
+// (row g + 8, block 0), (row g, block 1), (row g + 8, block 1).
+template <class Q, int BIAS>
+struct pk_4bit {
+    using Block = Q;
+    static constexpr int bias = BIAS, RECORD = 40, HI = 0, SCALE_AT = 32;
+    struct Regs { uint4 q, s; };
+    static __device__ __forceinline__ void load(Regs& r, const uint4* rec, int lane) {
+        r.q = pk_ld_stream(rec + lane);
+        r.s = pk_ld_stream(rec + SCALE_AT + (lane >> 2));
+    }
+    static __device__ __forceinline__ void dequant(const Regs& r, int s, u32 (&a)[4]) {
+        const u32 sg = pk_word(r.s, 2 * (s >> 1)), sg8 = pk_word(r.s, 2 * (s >> 1) + 1);
+        pk_dequant_step<BIAS>(pk_word(r.q, s), 0u, 0u, __byte_perm(sg, 0u, 0x1010), __byte_perm(sg, 0u, 0x3232),
+                              __byte_perm(sg8, 0u, 0x1010), __byte_perm(sg8, 0u, 0x3232), a);
+    }
+};
+using pk_q4_0 = pk_4bit<mq_q4_0, 8>;
+using pk_q4_k = pk_4bit<mq_qk<false>, 0>;
+
+// Q6_K: codes' low nibbles [0, 32) uint4 as above; their high 2 bits [32, 48): lane l's uint2 at uint2 index l, word
+// p = steps 2p and 2p + 1, nibble slot i (bits 4i .. 4i + 3) = high bits of nibble i of step 2p (bits 0-1) and of
+// step 2p + 1 (bits 2-3); scales [48, 56): entry g = half2 {d(row g, step 0), d(row g, step 1)}, {.. steps 2, 3},
+// then row g + 8 alike (a step is one 16-value half with its own scale: d = d * sc; offset 0, stored as -0). 7 bits
+// a weight (6.5625 in GGUF). A step's high bits: slot i's two bits moved up 4 (nibbles 0, 1, 4, 5: hi01) or down 4
+// (nibbles 2, 3, 6, 7, which a2 / a3 take from q >> 8: hi23) land just above the nibble in its fp16.
+struct pk_q6_k {
+    using Block = mq_q6_k;
+    static constexpr int bias = 32, RECORD = 56, HI = 32, SCALE_AT = 48;
+    struct Regs { uint4 q, s; uint2 h; };
+    static __device__ __forceinline__ void load(Regs& r, const uint4* rec, int lane) {
+        r.q = pk_ld_stream(rec + lane);
+        r.h = pk_ld_stream2((const uint2*)(rec + HI) + lane);
+        r.s = pk_ld_stream(rec + SCALE_AT + (lane >> 2));
+    }
+    static __device__ __forceinline__ void dequant(const Regs& r, int s, u32 (&a)[4]) {
+        const u32 hs = ((s >> 1 ? r.h.y : r.h.x) >> (2 * (s & 1))) & 0x33333333u;
+        const u32 sg = pk_word(r.s, s >> 1), sg8 = pk_word(r.s, 2 + (s >> 1));
+        const u32 sel = s & 1 ? 0x3232 : 0x1010, neg0 = 0x80008000u;  // the step's d; offset -0 (m = 0)
+        pk_dequant_step<32>(pk_word(r.q, s), hs << 4, hs >> 4, __byte_perm(sg, 0u, sel), neg0,
+                            __byte_perm(sg8, 0u, sel), neg0, a);
+    }
+};
 
 template <class P, int MT, int NT, int D>
 __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, int rows, int units,
@@ -123,28 +169,23 @@ __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, i
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[m][h][e] = 0.0f;
 
-    uint4 wq[D][MT], ws[D][MT];  // the ring: codes and scales of groups j .. j + D - 1
-    auto load_w = [&](uint4 (&q)[MT], uint4 (&s)[MT], int j) {
+    typename P::Regs ring[D][MT];  // the records of groups j .. j + D - 1
+    auto load_w = [&](typename P::Regs (&r)[MT], int j) {
 #pragma unroll
         for (int m = 0; m < MT; ++m) {
-            if (j < j_hi && tile0 + m < tiles) {
-                const uint4* rec = w + ((size_t)(tile0 + m) * groups + j) * PK_RECORD;
-                q[m] = pk_ld_stream(rec + lane);
-                s[m] = pk_ld_stream(rec + 32 + g);
-            } else {
-                q[m] = s[m] = make_uint4(0u, 0u, 0u, 0u);
-            }
+            if (j < j_hi && tile0 + m < tiles) P::load(r[m], w + ((size_t)(tile0 + m) * groups + j) * P::RECORD, lane);
+            else r[m] = typename P::Regs{};  // zero codes and scales: adds +0 products
         }
     };
 #pragma unroll
-    for (int p = 0; p + 1 < D; ++p) load_w(wq[p], ws[p], j_lo + p);
+    for (int p = 0; p + 1 < D; ++p) load_w(ring[p], j_lo + p);
 
     for (int jb = j_lo; jb < j_hi; jb += D) {
 #pragma unroll
         for (int p = 0; p < D; ++p) {
             const int j = jb + p;
             if (j >= j_hi) break;  // warp-uniform
-            load_w(wq[(p + D - 1) % D], ws[(p + D - 1) % D], j + D - 1);
+            load_w(ring[(p + D - 1) % D], j + D - 1);
             uint4 xw[NT][2];  // this group's B words of each token tile (L1: shared by the SM's warps)
 #pragma unroll
             for (int h = 0; h < NT; ++h) {
@@ -162,9 +203,7 @@ __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, i
                 if (blk < u_lo || blk >= u_hi) continue;  // a slice bound inside the group: warp-uniform
                 u32 a[MT][4];
 #pragma unroll
-                for (int m = 0; m < MT; ++m)
-                    pk_dequant_step<P::bias>(pk_word(wq[p][m], s), pk_word(ws[p][m], 2 * (s >> 1)),
-                                             pk_word(ws[p][m], 2 * (s >> 1) + 1), a[m]);
+                for (int m = 0; m < MT; ++m) P::dequant(ring[p][m], s, a[m]);
 #pragma unroll
                 for (int h = 0; h < NT; ++h) {
                     const u32 b0 = pk_word(xw[h][s >> 1], 2 * (s & 1)), b1 = pk_word(xw[h][s >> 1], 2 * (s & 1) + 1);
@@ -182,19 +221,31 @@ __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, i
 }
 
 // Value 16 h + 2t + e + 8 hi (h, hi, e in {0, 1}) of a block's stage() codes (int8, value c in byte c & 3 of word
-// c >> 2) as a nibble, code + BIAS: word 4h + 2hi + t / 2, byte 2 (t & 1) + e. Only t is a run-time value, and it
-// picks between two words named at compile time (an index that depends on the lane would put the codes in local
-// memory).
+// c >> 2) plus BIAS, as a 6-bit value v (the 4-bit types: v < 16): word 4h + 2hi + t / 2, byte 2 (t & 1) + e. Only
+// t is a run-time value, and it picks between two words named at compile time (an index that depends on the lane
+// would put the codes in local memory).
 template <int BIAS>
-__device__ __forceinline__ u32 pk_nibble(const u32 (&q)[8], int h, int hi, int t, int e) {
+__device__ __forceinline__ u32 pk_value(const u32 (&q)[8], int h, int hi, int t, int e) {
     const u32 word = (t >> 1) ? q[4 * h + 2 * hi + 1] : q[4 * h + 2 * hi];
-    return (((word >> (8 * (2 * (t & 1) + e))) & 0xFFu) + BIAS) & 0xFu;
+    return (((word >> (8 * (2 * (t & 1) + e))) & 0xFFu) + BIAS) & 0x3Fu;
 }
 
-// One (tile, group, lane) of the packed layout from the GGUF rows (rows past `rows` packed as code 0, scale 0).
+// The eight values of step s (nibble order of the header) of rows g (r0) and g + 8 (r8): v(i) for nibble slot i.
+template <int BIAS>
+__device__ __forceinline__ void pk_step_values(const u32 (&r0)[8], const u32 (&r8)[8], int s, int t, u32 (&v)[8]) {
+    const int h = s & 1;
+    v[0] = pk_value<BIAS>(r0, h, 0, t, 0), v[1] = pk_value<BIAS>(r8, h, 0, t, 0);
+    v[2] = pk_value<BIAS>(r0, h, 1, t, 0), v[3] = pk_value<BIAS>(r8, h, 1, t, 0);
+    v[4] = pk_value<BIAS>(r0, h, 0, t, 1), v[5] = pk_value<BIAS>(r8, h, 0, t, 1);
+    v[6] = pk_value<BIAS>(r0, h, 1, t, 1), v[7] = pk_value<BIAS>(r8, h, 1, t, 1);
+}
+
+__device__ __forceinline__ u32 pk_h2(float a, float b) { return (u32)f32_to_f16(a) | ((u32)f32_to_f16(b) << 16); }
+
+// One (tile, group, lane) of the packed records from the GGUF rows (rows past `rows` packed as code 0, scale 0).
 template <class P>
-__device__ __forceinline__ void pack_4bit(const u8* __restrict__ w, i64 row_bytes, int rows, int units,
-                                          uint4* __restrict__ out) {
+__device__ __forceinline__ void pack_records(const u8* __restrict__ w, i64 row_bytes, int rows, int units,
+                                             uint4* __restrict__ out) {
     const int groups = units >> 1, tiles = (rows + 15) >> 4;
     const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long long)tiles * groups * 32) return;
@@ -203,28 +254,36 @@ __device__ __forceinline__ void pack_4bit(const u8* __restrict__ w, i64 row_byte
     // a called subroutine)
     const u32 rec = (u32)(idx >> 5);
     const int j = (int)(rec % (u32)groups), i = (int)(rec / (u32)groups);
-    u32 q[2][2][8], sc[2][2];  // [row g / g + 8][block 2j / 2j + 1]
+    u32 q[2][2][8];  // [row g / g + 8][block 2j / 2j + 1]
+    float d[2][2][2], m[2][2];
 #pragma unroll
     for (int rr = 0; rr < 2; ++rr)
 #pragma unroll
-        for (int b = 0; b < 2; ++b) {
-            float d[2], m;
-            mmq_stage_or_zero<typename P::Block>(w, row_bytes, 16 * i + g + 8 * rr, rows, 2 * j + b, units, q[rr][b], d, m);
-            sc[rr][b] = (u32)f32_to_f16(d[0]) | ((u32)f32_to_f16(-m) << 16);
-        }
-    u32 word[4];
+        for (int b = 0; b < 2; ++b)
+            mmq_stage_or_zero<typename P::Block>(w, row_bytes, 16 * i + g + 8 * rr, rows, 2 * j + b, units, q[rr][b],
+                                                  d[rr][b], m[rr][b]);
+    uint4* dst = out + (size_t)rec * P::RECORD;
+    u32 lo[4], hi[2] = {0u, 0u};
 #pragma unroll
     for (int s = 0; s < 4; ++s) {
-        const int b = s >> 1, h = s & 1;  // values 16 h + 2t + (0, 1, 8, 9) of blocks 2j + b
-        const u32(&r0)[8] = q[0][b];
-        const u32(&r8)[8] = q[1][b];
-        word[s] = pk_nibble<P::bias>(r0, h, 0, t, 0) | pk_nibble<P::bias>(r8, h, 0, t, 0) << 4 |
-                  pk_nibble<P::bias>(r0, h, 1, t, 0) << 8 | pk_nibble<P::bias>(r8, h, 1, t, 0) << 12 |
-                  pk_nibble<P::bias>(r0, h, 0, t, 1) << 16 | pk_nibble<P::bias>(r8, h, 0, t, 1) << 20 |
-                  pk_nibble<P::bias>(r0, h, 1, t, 1) << 24 | pk_nibble<P::bias>(r8, h, 1, t, 1) << 28;
+        u32 v[8];
+        pk_step_values<P::bias>(q[0][s >> 1], q[1][s >> 1], s, t, v);
+        lo[s] = 0u;
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+            lo[s] |= (v[k] & 0xFu) << (4 * k);
+            hi[s >> 1] |= (v[k] >> 4) << (4 * k + 2 * (s & 1));  // 0 for the 4-bit types
+        }
     }
-    out[(size_t)rec * PK_RECORD + lane] = make_uint4(word[0], word[1], word[2], word[3]);
-    if (t == 0) out[(size_t)rec * PK_RECORD + 32 + g] = make_uint4(sc[0][0], sc[1][0], sc[0][1], sc[1][1]);
+    dst[lane] = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+    if constexpr (P::HI > 0) ((uint2*)(dst + P::HI))[lane] = make_uint2(hi[0], hi[1]);
+    if (t != 0) return;
+    if constexpr (P::HI > 0)  // Q6_K: a scale per 16-value half (step), offset 0
+        dst[P::SCALE_AT + g] = make_uint4(pk_h2(d[0][0][0], d[0][0][1]), pk_h2(d[0][1][0], d[0][1][1]),
+                                          pk_h2(d[1][0][0], d[1][0][1]), pk_h2(d[1][1][0], d[1][1][1]));
+    else
+        dst[P::SCALE_AT + g] = make_uint4(pk_h2(d[0][0][0], -m[0][0]), pk_h2(d[1][0][0], -m[1][0]),
+                                          pk_h2(d[0][1][0], -m[0][1]), pk_h2(d[1][1][0], -m[1][1]));
 }
 
 // One token row of the fragment-ordered activations: f16_rows.cu's fp16 values and inv (rows past n: zeros), each
@@ -261,10 +320,12 @@ extern "C" __global__ void __launch_bounds__(F16_ROWS_THREADS) packed_x(const fl
     extern "C" __global__ void __launch_bounds__(256) pack_##name(const u8* w, i64 row_bytes, int rows, int units, \
                                                                   uint4* out) {                                 \
         grid_dependency_enter();                                                                               \
-        pack_4bit<P>(w, row_bytes, rows, units, out);                                                          \
+        pack_records<P>(w, row_bytes, rows, units, out);                                                          \
     }
 
 PK_TILES(q4_0, pk_q4_0)
 PK_TILES(q4_k, pk_q4_k)
+PK_TILES(q6_k, pk_q6_k)
 PK_PACK(q4_0, pk_q4_0)
 PK_PACK(q4_k, pk_q4_k)
+PK_PACK(q6_k, pk_q6_k)

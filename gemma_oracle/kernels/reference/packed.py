@@ -1,7 +1,8 @@
 """Numpy references for kernels/cuda/packed_mma.cu's operands, from two independent descriptions:
 
-* `pack(raw, type_name, n_cols)`: the packed weight records as the .cu header's layout states them (nibble i of
-  word s of lane 4g + t holds value (row, column) of a table written from that text), bitwise what pack_<t> writes;
+* `pack(raw, type_name, n_cols)`: the packed weight records (Q4_0, Q4_K, Q6_K) as the .cu header's layout states
+  them (nibble i of word s of lane 4g + t holds value (row, column) of a table written from that text; Q6_K's high
+  bits in slot i of the lane's high-plane word), bitwise what pack_<t> writes;
 * `x_fragments(x)`: the fragment-ordered fp16 activation records and inv, bitwise what packed_x writes;
 * `weights_from_registers(packed, ...)` and `activations_from_registers(xf, ...)`: the inverse, through what the
   kernel does with each loaded word (which nibbles make which A register, which scale word applies) and the PTX ISA's
@@ -16,7 +17,9 @@ from gemma_oracle.kernels.reference.f16_operands import f16_rows
 from gemma_oracle.kernels.reference.dequant import block_codes
 
 GROUP = 64
-BIAS = {"Q4_0": 8, "Q4_K": 0}  # nibble = code + BIAS
+BIAS = {"Q4_0": 8, "Q4_K": 0, "Q6_K": 32}  # nibble (Q6_K: 6-bit value) = code + BIAS
+RECORD_WORDS = {"Q4_0": 160, "Q4_K": 160, "Q6_K": 224}  # uint32 words of a (m16 tile, group) record
+HIGH_AT, Q6_SCALE_AT = 128, 192  # Q6_K: word offsets of the high-bit plane and the scales in a record
 
 # The layout text: nibble i of a lane's step word is value (row offset, column offset) of the step's 16 x 16 piece,
 # with the lane's g and t: rows g / g + 8, columns c = 2t, 2t + 1, 2t + 8, 2t + 9.
@@ -32,43 +35,55 @@ _KERNEL_A_ROW8 = {0: False, 1: True, 2: False, 3: True}
 
 
 def _codes_and_scales(raw: np.ndarray, type_name: str, n_cols: int):
-    """(nibbles uint32 [tiles * 16, n_cols], d16 and negm16 fp16 [tiles * 16, n_cols / 32]) with rows past the matrix zero."""
+    """(values uint32 [tiles * 16, n_cols] (code + BIAS), d16 and negm16 fp16 [tiles * 16, n_cols / S]) with rows past
+    the matrix zero; S = 32 values a scale (Q6_K: 16)."""
     raw = np.asarray(raw)
     rows = raw.shape[0]
     codes, d, m = block_codes(raw.reshape(-1), type_name)
-    nib = (codes.reshape(rows, n_cols) + BIAS[type_name]).astype(np.uint32)
-    if nib.max(initial=0) > 15 or nib.min(initial=0) < 0:
-        raise ValueError(f"{type_name}: codes outside the 4-bit range")
-    d16 = d.reshape(rows, n_cols // 32).astype(np.float16)
-    negm16 = (-m).reshape(rows, n_cols // 32).astype(np.float16)
+    vals = (codes.reshape(rows, n_cols) + BIAS[type_name]).astype(np.int64)
+    if vals.max(initial=0) >= (64 if type_name == "Q6_K" else 16) or vals.min(initial=0) < 0:
+        raise ValueError(f"{type_name}: codes outside the packed range")
+    vals = vals.astype(np.uint32)
+    d16 = d.reshape(rows, -1).astype(np.float16)
+    negm16 = (-m).reshape(rows, -1).astype(np.float16)
     pad = -rows % 16
     if pad:
-        nib = np.concatenate([nib, np.zeros((pad, n_cols), np.uint32)])
-        d16 = np.concatenate([d16, np.zeros((pad, n_cols // 32), np.float16)])
+        vals = np.concatenate([vals, np.zeros((pad, n_cols), np.uint32)])
+        d16 = np.concatenate([d16, np.zeros((pad, d16.shape[1]), np.float16)])
         # past the matrix the kernel stages d = 0, m = 0, so its scale word holds fp16(-0.0)
-        negm16 = np.concatenate([negm16, np.full((pad, n_cols // 32), -0.0, np.float16)])
-    return nib, d16, negm16
+        negm16 = np.concatenate([negm16, np.full((pad, d16.shape[1]), -0.0, np.float16)])
+    return vals, d16, negm16
 
 
 def pack(raw: np.ndarray, type_name: str, n_cols: int) -> np.ndarray:
-    """uint32 [tiles * groups * 160]: the packed records of GGUF rows `raw` (uint8 [rows, row_bytes])."""
+    """uint32 [tiles * groups * RECORD_WORDS]: the packed records of GGUF rows `raw` (uint8 [rows, row_bytes])."""
     if type_name not in BIAS or n_cols % GROUP:
-        raise ValueError(f"pack: {type_name} rows of {n_cols} values: need Q4_0 / Q4_K and a multiple of {GROUP}")
-    nib, d16, negm16 = _codes_and_scales(raw, type_name, n_cols)
-    tiles, groups = nib.shape[0] // 16, n_cols // GROUP
-    out = np.zeros((tiles, groups, 160), np.uint32)
+        raise ValueError(f"pack: {type_name} rows of {n_cols} values: need Q4_0 / Q4_K / Q6_K and a multiple of {GROUP}")
+    vals, d16, negm16 = _codes_and_scales(raw, type_name, n_cols)
+    tiles, groups = vals.shape[0] // 16, n_cols // GROUP
+    out = np.zeros((tiles, groups, RECORD_WORDS[type_name]), np.uint32)
     for lane in range(32):
         g, t = divmod(lane, 4)
         for s in range(4):
-            word = np.zeros((tiles, groups), np.uint32)
+            word, high = np.zeros((tiles, groups), np.uint32), np.zeros((tiles, groups), np.uint32)
             for i, (dr, dc) in enumerate(_NIBBLE_AT):
                 cols = np.arange(groups) * GROUP + 16 * s + 2 * t + dc
-                word |= nib[g + dr::16][:, cols] << np.uint32(4 * i)
+                v = vals[g + dr::16][:, cols]
+                word |= (v & np.uint32(15)) << np.uint32(4 * i)
+                high |= (v >> np.uint32(4)) << np.uint32(4 * i + 2 * (s & 1))  # slot i, bits 2 (s & 1) ..
             out[:, :, 4 * lane + s] = word
+            if type_name == "Q6_K":
+                out[:, :, HIGH_AT + 2 * lane + s // 2] |= high
     sc = d16.view(np.uint16).astype(np.uint32) | (negm16.view(np.uint16).astype(np.uint32) << np.uint32(16))
     for g in range(8):
-        for k, (dr, b) in enumerate(((0, 0), (8, 0), (0, 1), (8, 1))):
-            out[:, :, 128 + 4 * g + k] = sc[g + dr::16][:, b::2]
+        if type_name == "Q6_K":  # half2 {d(step 0), d(step 1)}, {d(2), d(3)} of row g, then of row g + 8
+            d_bits = d16.view(np.uint16).astype(np.uint32)
+            for k, (dr, p) in enumerate(((0, 0), (0, 1), (8, 0), (8, 1))):
+                lo, hi = d_bits[g + dr::16][:, 2 * p::4], d_bits[g + dr::16][:, 2 * p + 1::4]
+                out[:, :, Q6_SCALE_AT + 4 * g + k] = lo | (hi << np.uint32(16))
+        else:
+            for k, (dr, b) in enumerate(((0, 0), (8, 0), (0, 1), (8, 1))):
+                out[:, :, 128 + 4 * g + k] = sc[g + dr::16][:, b::2]
     return out.reshape(-1)
 
 
@@ -91,18 +106,28 @@ def _half(word: np.ndarray, high: bool) -> np.ndarray:
 def weights_from_registers(packed: np.ndarray, type_name: str, rows: int, n_cols: int) -> np.ndarray:
     """fp16 [rows, n_cols]: the weight each A register half holds, placed by the PTX fragment table."""
     tiles, groups = -(-rows // 16), n_cols // GROUP
-    rec = np.asarray(packed, np.uint32).reshape(tiles, groups, 160)
+    rec = np.asarray(packed, np.uint32).reshape(tiles, groups, RECORD_WORDS[type_name])
     w = np.zeros((tiles * 16, n_cols), np.float64)
     for lane in range(32):
         g, t = divmod(lane, 4)
         for s in range(4):
             word = rec[:, :, 4 * lane + s]
             for r in range(4):
-                scale = rec[:, :, 128 + 4 * g + 2 * (s >> 1) + (1 if _KERNEL_A_ROW8[r] else 0)]
-                d = _half(scale, False).view(np.float16).astype(np.float64)
-                negm = _half(scale, True).view(np.float16).astype(np.float64)
+                row8 = 1 if _KERNEL_A_ROW8[r] else 0
+                if type_name == "Q6_K":  # the step's own scale word half, offset -0
+                    scale = rec[:, :, Q6_SCALE_AT + 4 * g + 2 * row8 + s // 2]
+                    d = _half(scale, bool(s & 1)).view(np.float16).astype(np.float64)
+                    negm = np.float64(-0.0)
+                    high = (rec[:, :, HIGH_AT + 2 * lane + s // 2] >> np.uint32(2 * (s & 1))) & np.uint32(0x33333333)
+                else:
+                    scale = rec[:, :, 128 + 4 * g + 2 * (s >> 1) + row8]
+                    d = _half(scale, False).view(np.float16).astype(np.float64)
+                    negm = _half(scale, True).view(np.float16).astype(np.float64)
+                    high = np.zeros_like(word)
                 for half, nib_index in enumerate(_KERNEL_A_NIBBLES[r]):
-                    code = ((word >> np.uint32(4 * nib_index)) & np.uint32(15)).astype(np.float64) - BIAS[type_name]
+                    v = ((word >> np.uint32(4 * nib_index)) & np.uint32(15)) | (
+                        ((high >> np.uint32(4 * nib_index)) & np.uint32(3)) << np.uint32(4))
+                    code = v.astype(np.float64) - BIAS[type_name]
                     dr, dk = _PTX_A[r][half]
                     # one half2 fma: code * d + (-m) exact in float64, one rounding to fp16
                     value = (code * d + negm).astype(np.float16).astype(np.float64)
