@@ -156,7 +156,7 @@ __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, i
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int groups = units >> 1, tiles = (rows + 15) >> 4;
     const int tile0 = (blockIdx.x * PK_WARPS + warp) * MT;  // this warp's first m16 tile
-    const int xt0 = blockIdx.y * NT, xtiles = (n + 7) >> 3;  // the block's first token tile; token tiles in xf
+    const int xt0 = blockIdx.y * NT;  // the block's first token tile
     const int2 k_slice = split_k_bounds(units, slices, blockIdx.z);
     const int u_lo = k_slice.x, u_hi = k_slice.y;
     const int j_lo = u_lo >> 1, j_hi = (u_hi + 1) >> 1;  // groups holding a block of the slice
@@ -189,7 +189,9 @@ __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, i
             uint4 xw[NT][2];  // this group's B words of each token tile (L1: shared by the SM's warps)
 #pragma unroll
             for (int h = 0; h < NT; ++h) {
-                if (xt0 + h < xtiles) {
+                // lane (g, t) holds token 8 (xt0 + h) + g: a padding token's words are zero in xf, so they are not
+                // read (at N = 1, 7 of the tile's 8 tokens)
+                if (8 * (xt0 + h) + g < n) {
                     const uint4* rec = xf + ((size_t)(xt0 + h) * groups + j) * PK_X_RECORD + 2 * lane;
                     xw[h][0] = __ldg(rec);
                     xw[h][1] = __ldg(rec + 1);
