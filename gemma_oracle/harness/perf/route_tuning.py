@@ -88,6 +88,8 @@ def tune(shapes: list[Shape], n_list=N_LIST, repeats: int = 5, log=print, slice_
     from gemma_oracle.kernels.f16_rows import f16_rows
     from gemma_oracle.kernels.matvec import matvec
     from gemma_oracle.kernels.mmq import MMQ_TYPES, TILES, choose_tile, dp4a_pairs, mmq_matvec, split_k_slices
+    from gemma_oracle.kernels.packed_mma import (PACKED_TYPES, TILES as PK_TILES, choose_tile as pk_choose_tile,
+                                                 pack_weights, packed_mma_matvec, packed_x)
     from gemma_oracle.kernels.quantize_q8_1 import quantize_q8_1
 
     from gemma_oracle.harness.fixtures.fast_blocks import random_blocks
@@ -99,6 +101,8 @@ def tune(shapes: list[Shape], n_list=N_LIST, repeats: int = 5, log=print, slice_
                              np.random.default_rng(shape.rows * 7 + shape.cols))
         copies = max(1, min(16, -(-ROTATE_BYTES // host.nbytes)))
         weights = [cp.asarray(host) for _ in range(copies)]
+        packable = shape.type_name in PACKED_TYPES and shape.cols % 64 == 0
+        packed = [pack_weights(w, shape.type_name, shape.cols) for w in weights] if packable else []
         reps = max(copies, min(64, int(2e9 // host.nbytes)))
         for n in n_list:
             x = cp.asarray(np.random.default_rng(n).standard_normal((n, shape.cols)).astype(np.float32))
@@ -131,13 +135,22 @@ def tune(shapes: list[Shape], n_list=N_LIST, repeats: int = 5, log=print, slice_
                         continue  # a tile mostly of padding tokens
                     candidates.append(("dq_mma", tile, auto_slices, lambda i, tile=tile: dq_mma_matvec(
                         weights[i % copies], shape.type_name, shape.cols, x16, out=out, tile=tile)))
+            if packed:  # packed MMA on its fragment-ordered activations, every tile
+                xf = packed_x(x)
+                pk_chosen = pk_choose_tile(n).name
+                for tile in PK_TILES:
+                    if PK_TILES[tile].bn > 8 * n and tile != pk_chosen:
+                        continue  # a tile mostly of padding tokens
+                    candidates.append(("packed_mma", tile, auto_slices, lambda i, tile=tile: packed_mma_matvec(
+                        packed[i % copies], xf, out=out, tile=tile)))
             for route, tile, k, fn in candidates:
                 ms, spread = graph_time_ms(fn, reps=reps, repeats=repeats)
                 rows_out.append(dict(type=shape.type_name, rows=shape.rows, cols=shape.cols, count=shape.count,
                                      example=shape.example, n=n, route=route, tile=tile or "", slices=k or 0,
                                      auto_slices=k == auto_slices,
                                      chosen_tile=(route == "decode_mmq" and tile == chosen and k == auto_slices)
-                                     or (route == "dq_mma" and tile == dq_choose_tile(n).name),
+                                     or (route == "dq_mma" and tile == dq_choose_tile(n).name)
+                                     or (route == "packed_mma" and tile == pk_choose_tile(n).name),
                                      us=ms * 1e3, spread_us=spread * 1e3, gb_s=host.nbytes / (ms * 1e-3) / 1e9))
             q_ms, q_spread = graph_time_ms(lambda i: quantize_q8_1(x), reps=32, repeats=repeats)
             rows_out.append(dict(type="Q8_1", rows=0, cols=shape.cols, count=0, example="activation quantize", n=n,
@@ -148,8 +161,14 @@ def tune(shapes: list[Shape], n_list=N_LIST, repeats: int = 5, log=print, slice_
             rows_out.append(dict(type="F16", rows=0, cols=shape.cols, count=0, example="activation fp16 rows", n=n,
                                  route="f16_rows", tile="", slices=0, auto_slices=False, chosen_tile=False,
                                  us=f_ms * 1e3, spread_us=f_spread * 1e3, gb_s=0.0))
+            if packed:
+                p_ms, p_spread = graph_time_ms(lambda i: packed_x(x), reps=32, repeats=repeats)
+                rows_out.append(dict(type="F16", rows=0, cols=shape.cols, count=0, example="activation records",
+                                     n=n, route="packed_x", tile="", slices=0, auto_slices=False, chosen_tile=False,
+                                     us=p_ms * 1e3, spread_us=p_spread * 1e3, gb_s=0.0))
         log(f"  {shape.type_name:5s} {shape.rows:6d} x {shape.cols:5d} (x{shape.count}) timed")
         weights.clear()  # free the copies before the next shape (the lambdas above are done with them)
+        packed.clear()
         cp.get_default_memory_pool().free_all_blocks()
     return rows_out
 
@@ -162,7 +181,7 @@ def summarize(rows: list[dict], device: str, read_gb_s: float) -> str:
     df = pd.DataFrame(rows)
     if "slices" not in df:  # runs recorded before split K: one slice, every MMQ row at the shape's own split
         df["slices"], df["auto_slices"] = 1, True
-    mats = df[~df.route.isin(["q8_1", "f16_rows"])]
+    mats = df[~df.route.isin(["q8_1", "f16_rows", "packed_x"])]
     lines = [f"# Route tuning on {device} (streaming read {read_gb_s:.0f} GB/s)", "",
              "Per shape: microseconds per matmul (median), best float route (WS up to 16, else GEMM-N) vs the best",
              "decode-MMQ tile at the shape's K split (split_k_slices); GB/s of weight bytes read in brackets; then the",
@@ -171,8 +190,9 @@ def summarize(rows: list[dict], device: str, read_gb_s: float) -> str:
     for (t, r, c), g in mats.groupby(["type", "rows", "cols"], sort=False):
         lines.append(f"## {t} {r} x {c} (x{int(g['count'].iloc[0])}, e.g. {g['example'].iloc[0]})")
         lines.append("| N | WS / GEMM-N us | best MMQ tile | MMQ us | chosen tile us (slices) | 1 slice us "
-                     "| fastest split us (slices) | MMQ / float | best dq-MMA tile | dq-MMA us | dq-MMA / best MMQ |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+                     "| fastest split us (slices) | MMQ / float | best dq-MMA tile | dq-MMA us | dq-MMA / best MMQ "
+                     "| best packed tile | packed us | packed / best MMQ |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for n, gn in g.groupby("n"):
             dq = gn[gn.route == "dq_mma"].sort_values("us")
             dq_cells = (f" {dq.iloc[0].tile} | {dq.iloc[0].us:.1f} ({dq.iloc[0].gb_s:.0f}) |" if not dq.empty
@@ -191,6 +211,9 @@ def summarize(rows: list[dict], device: str, read_gb_s: float) -> str:
             if ratio < 1 and (t, r, c) not in crossover:
                 crossover[(t, r, c)] = n
             dq_cells += f" {dq.iloc[0].us / best.us:.2f} |" if not dq.empty else " – |"
+            pk = gn[gn.route == "packed_mma"].sort_values("us")
+            dq_cells += (f" {pk.iloc[0].tile} | {pk.iloc[0].us:.1f} ({pk.iloc[0].gb_s:.0f}) | {pk.iloc[0].us / best.us:.2f} |"
+                         if not pk.empty else " – | – | – |")
             lines.append(f"| {n} | {flt.us:.1f} ({flt.gb_s:.0f}, {flt.route}) | {best.tile} | {best.us:.1f} "
                          f"({best.gb_s:.0f}) | {chosen.us:.1f} ({int(chosen.slices)}) | "
                          f"{one.us.iloc[0]:.1f} | {fastest.us:.1f} ({int(fastest.slices)}) | {ratio:.2f} |" + dq_cells
