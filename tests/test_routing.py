@@ -175,6 +175,7 @@ def test_packed_modes_put_packed_mma_first_for_its_types_only():
             assert route_for("Q8_0", 4096, 3840, n, mode=mode) == route_for("Q8_0", 4096, 3840, n, mode=base)
         assert route_for("Q4_0", 4096, 288, n, mode="packed") == route_for("Q4_0", 4096, 288, n, mode="auto")
         assert route_for("Q5_K", 4096, 3840, n, mode=PACKED_MMA) == GEMM_N
+        assert route_for("Q4_0", 4096, 288, n, mode=PACKED_MMA) == GEMM_N  # no packed rows of 288 values
     assert packable("Q4_K", 7, 256) and packable("Q6_K", 7, 256) and not packable("Q4_0", 7, 288)
     assert not packable("Q5_K", 7, 256)
     assert uses_packed("packed") and uses_packed("packed-invariant") and uses_packed(PACKED_MMA)

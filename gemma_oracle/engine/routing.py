@@ -31,6 +31,7 @@ class Route:
     min_aspect: float = 0.0
     col_multiple: int = 1
     why: str = ""
+    cap_col_multiple: int = 1  # capability: the kernel needs rows of a multiple of this many values (packed MMA: 64)
 
     def eligible(self, type_name: str, rows: int, cols: int, n: int, *, rules: str = "all") -> str | None:
         """None when this route can serve the matmul, else the reason it cannot.
@@ -41,6 +42,8 @@ class Route:
             return f"no {self.name} kernel for {type_name}"
         if self.max_n is not None and n > self.max_n:
             return f"N={n} > {self.max_n}"
+        if cols % self.cap_col_multiple:
+            return f"cols={cols} not a multiple of {self.cap_col_multiple}"
         if rules == "capability":
             return None
         if rules == "all" and n < self.min_n:
@@ -62,7 +65,7 @@ MMQ_TYPES: frozenset[str] = frozenset({"Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"})
 DQ_MMA_TYPES: frozenset[str] = MMQ_TYPES
 # PACKED_MMA's types: those kernels/cuda/packed_mma.cu packs (rows of a multiple of 64 values)
 PACKED_TYPES: frozenset[str] = frozenset({"Q4_0", "Q4_K", "Q6_K"})
-PACKED_ROUTE = Route(PACKED_MMA, PACKED_TYPES, col_multiple=64,
+PACKED_ROUTE = Route(PACKED_MMA, PACKED_TYPES, cap_col_multiple=64,
                      why="packed MMA: Q4_0 / Q4_K / Q6_K weights repacked at load into mma fragment order, fp16 tensor "
                          "cores, every N (the same bits at every N)")
 
