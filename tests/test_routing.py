@@ -181,3 +181,25 @@ def test_packed_modes_put_packed_mma_first_for_its_types_only():
     assert uses_packed("packed") and uses_packed("packed-invariant") and uses_packed(PACKED_MMA)
     assert not uses_packed("auto") and not uses_packed("batch-invariant") and not uses_packed("auto@4")
     assert all(r.name != PACKED_MMA for r in ROUTE_TABLE + INVARIANT_TABLE)
+
+
+def test_the_packed_modes_are_judged_as_their_base_tables():
+    """A mode whose routes vary with N (auto; packed, whose matrices without a packed copy route as auto) is judged by
+    the calibrated policy; packed-invariant and the forced packed_mma route by shape alone and are judged bitwise."""
+    from gemma_oracle.harness.suites.synthetic import policy_for, policy_for_engine
+    from gemma_oracle.oracles.compare import CALIBRATED_POLICY
+
+    class Described:  # what a CupyEngine in a route mode tells the suites
+        name = "cupy-float16:some.gguf"
+
+        def __init__(self, mode):
+            self.route_mode = mode
+
+        def describe(self):
+            return {"engine": "gemma-oracle cupy", "route_mode": self.route_mode}
+
+    for mode, calibrated in (("auto", True), ("packed", True), ("packed-invariant", False),
+                             ("batch-invariant", False), ("packed_mma", False), ("auto@4", False)):
+        assert routing.routes_vary_with_n(mode) is calibrated
+        assert (policy_for(Described(mode), "cupy") is CALIBRATED_POLICY) is calibrated, mode
+        assert (policy_for_engine(Described(mode), "q4_k_m") is CALIBRATED_POLICY) is calibrated, mode

@@ -138,6 +138,12 @@ ENV_MODE = "GEMMA_ORACLE_ROUTE"
 ENV_DISABLE = "GEMMA_ORACLE_DISABLE_ROUTES"  # comma-separated route names taken out of the table
 
 
+def routes_vary_with_n(mode: str) -> bool:
+    """Whether a mode may route one matrix differently at different N ("auto"; "packed", whose matrices without a
+    packed copy keep the auto routes): such a mode is judged by the calibrated policy, every other one bitwise."""
+    return mode in ("auto", "packed")
+
+
 def uses_packed(mode: str) -> bool:
     """Whether a mode may route a matrix to packed MMA (the engine then makes the packed copies)."""
     return split_mode(mode)[0] in (*PACKED_TABLES, PACKED_MMA)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from gemma_oracle.oracles.calibrated import calibrated_single_vs_batched
 from gemma_oracle.engine.protocol import describe_engine
-from gemma_oracle.engine.routing import DECODE_MMQ
+from gemma_oracle.engine.routing import DECODE_MMQ, routes_vary_with_n
 from gemma_oracle.oracles.compare import (CALIBRATED_POLICY, FLOAT64_POLICY, OUTSIDE_F32_POLICY, OUTSIDE_QUANT_POLICY,
                                          CalibratedPolicy, Policy, exact)
 from gemma_oracle.oracles.single_vs_batched import GoldenResult, RefCache, golden_single_vs_batched
@@ -136,13 +136,14 @@ def engine_for(preset: str, variant: str, backend: str, route_mode: str | None =
 
 
 def policy_for(engine, backend: str) -> Policy | CalibratedPolicy:
-    """The verdict rule for the engine's route mode: the fast mode (auto: decode-MMQ for some N only) is judged
-    against its own noise (CALIBRATED_POLICY, which needs a reference engine: see `judge`); every mode that routes
-    by shape alone (batch-invariant, forced ws / gemm_n / decode_mmq) and the reference engines are held to
-    POLICIES (exact on the GPU); any other engine (an --engine spec) by `policy_for_engine`."""
+    """The verdict rule for the engine's route mode: a mode whose routes vary with N (auto: decode-MMQ for some N
+    only; packed, whose matrices without a packed copy route as auto) is judged against the noise of decode-MMQ's
+    int8 activations (CALIBRATED_POLICY, which needs a reference engine: see `judge`); every mode that routes by
+    shape alone (batch-invariant, packed-invariant, the forced ones) and the reference engines are held to POLICIES
+    (exact on the GPU); any other engine (an --engine spec) by `policy_for_engine`."""
     if backend not in POLICIES:
         return policy_for_engine(engine, variant_of(engine))
-    return CALIBRATED_POLICY if getattr(engine, "route_mode", None) == "auto" else POLICIES[backend]
+    return CALIBRATED_POLICY if routes_vary_with_n(getattr(engine, "route_mode", "")) else POLICIES[backend]
 
 
 def variant_of(engine) -> str:
@@ -165,7 +166,7 @@ def policy_for_engine(engine, variant: str) -> Policy | CalibratedPolicy:
     if kind == "gemma-oracle numpy":
         return POLICIES.get(info.get("dtype"), FLOAT64_POLICY)
     if kind == "gemma-oracle cupy":
-        return CALIBRATED_POLICY if info.get("route_mode") == "auto" else exact()
+        return CALIBRATED_POLICY if routes_vary_with_n(info.get("route_mode", "")) else exact()
     return OUTSIDE_F32_POLICY if variant in ("f32", "f16", "bf16") else OUTSIDE_QUANT_POLICY
 
 
@@ -190,7 +191,8 @@ def judge_with(engine, policy: Policy | CalibratedPolicy, prompts, forced, *, re
 
 
 def routes_in_auto_mode(engine) -> bool:
-    return describe_engine(engine).get("route_mode") == "auto"
+    """Whether the engine's routes vary with N (auto or packed mode): its single-user side is then a twin."""
+    return routes_vary_with_n(describe_engine(engine).get("route_mode", ""))
 
 
 def single_user_twin(path, kind: str = "cupy"):
@@ -198,7 +200,7 @@ def single_user_twin(path, kind: str = "cupy"):
     side of an auto-mode engine's calibrated comparison (gemma_oracle.oracles.calibrated.calibrated_single_vs_batched
     explains why)."""
     from gemma_oracle.engine import factory
-    from gemma_oracle.engine.routing import DECODE_MMQ
+    from gemma_oracle.engine.routing import DECODE_MMQ, routes_vary_with_n
 
     return factory.make_engine(kind, path, route_mode=DECODE_MMQ)
 
