@@ -21,7 +21,7 @@ import numpy as np
 
 from gemma_oracle.kernels._compile import load_module
 from gemma_oracle.kernels.dequant import UNIT, check_array, check_weight_rows, require_device_arrays
-from gemma_oracle.kernels.mmq import COUNTER_SLOTS, prepare_counters, split_k_slices
+from gemma_oracle.kernels.mmq import COUNTER_SLOTS, split_k_outputs, split_k_slices
 
 MODULE = "dq_mma"
 DQ_MMA_TYPES = ("Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K")
@@ -154,18 +154,12 @@ def dq_mma_matvec(w_raw, type_name: str, n_cols: int, x, *, out=None, tile: str 
 
     x: float32 [N, K] or (x16, inv) from kernels/f16_rows.py. out: optional float32 [N, rows] to write into.
     tile: force one of TILES (tests run every one; the same bits); slices: force the K split (tuning; other bits)."""
-    import cupy
-
     from gemma_oracle.kernels.f16_rows import f16_rows
 
     plan = plan_dq_mma(w_raw, type_name, n_cols, x, out=out, tile=tile, slices=slices)
     require_device_arrays(w_raw=w_raw, out=out, **({"x": x} if plan.convert else {"x16": x[0], "inv": x[1]}))
     x16, inv = f16_rows(x) if plan.convert else x
-    y = cupy.empty((plan.n, plan.rows), dtype=cupy.float32) if out is None else out
-    if plan.slices == 1:
-        part, counters = y, y  # not read by the kernel
-    else:
-        part, counters = cupy.empty((plan.slices, plan.n, plan.rows), dtype=cupy.float32), prepare_counters()
+    y, part, counters = split_k_outputs(plan.n, plan.rows, plan.slices, out)
     load_module(MODULE).get_function(plan.entry)(
         plan.grid, plan.block, (w_raw, np.int64(plan.row_bytes), np.int32(plan.rows), np.int32(plan.units), x16, inv,
                                 np.int32(plan.n), y, np.int32(plan.slices), part, counters))

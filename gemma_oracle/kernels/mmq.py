@@ -182,6 +182,18 @@ def prepare_counters():
     return _COUNTERS[dev]
 
 
+def split_k_outputs(n: int, rows: int, slices: int, out=None):
+    """(y, part, counters) of one split-K tile launch (mmq.cu, dq_mma.cu, packed_mma.cu): y float32 [n, rows] (`out`
+    when given), the partial sums [slices, n, rows] and the zeroed tile counters; with one slice the kernel reads
+    neither, and y stands in for both."""
+    import cupy
+
+    y = cupy.empty((n, rows), dtype=cupy.float32) if out is None else out
+    if slices == 1:
+        return y, y, y
+    return y, cupy.empty((slices, n, rows), dtype=cupy.float32), prepare_counters()
+
+
 def split_k_slices(rows: int, units: int, target_blocks: int = SPLIT_TARGET_BLOCKS,
                    min_units: int = SPLIT_MIN_UNITS) -> int:
     """K slices for a rows x (32 * units) matrix: shape only (never N or the tile)."""

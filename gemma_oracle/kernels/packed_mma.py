@@ -21,7 +21,7 @@ import numpy as np
 
 from gemma_oracle.kernels._compile import load_module
 from gemma_oracle.kernels.dequant import UNIT, check_array, check_weight_rows, require_device_arrays
-from gemma_oracle.kernels.mmq import COUNTER_SLOTS, prepare_counters, split_k_slices
+from gemma_oracle.kernels.mmq import COUNTER_SLOTS, split_k_outputs, split_k_slices
 
 MODULE = "packed_mma"
 PACKED_TYPES = ("Q4_0", "Q4_K", "Q6_K")  # the pack_<t> / packed_mma_<t>_<tile> entries
@@ -78,14 +78,6 @@ class PackedMatrix:
     type_name: str
     rows: int
     n_cols: int
-
-    @property
-    def tiles(self) -> int:
-        return -(-self.rows // 16)
-
-    @property
-    def groups(self) -> int:
-        return self.n_cols // GROUP
 
 
 @dataclass(frozen=True)
@@ -165,7 +157,7 @@ class PackedLaunch:
     slices: int
 
 
-def plan_packed_mma(w: PackedMatrix, x, *, n: int | None = None, out=None, tile: str | None = None,
+def plan_packed_mma(w: PackedMatrix, x, *, out=None, tile: str | None = None,
                     slices: int | None = None) -> PackedLaunch:
     """Validate the arguments of `packed_mma_matvec` on the host. x: float32 [N, K], or the pair (xf, inv) from
     `packed_x` (then N is inv's length)."""
@@ -211,19 +203,13 @@ def packed_mma_matvec(w: PackedMatrix, x, *, out=None, tile: str | None = None, 
 
     x: float32 [N, K] or (xf, inv) from packed_x. tile: force one of TILES (tests run every one; the same bits);
     slices: force the K split (tests compare with dq_mma at the same split; other slices give other bits)."""
-    import cupy
-
     plan = plan_packed_mma(w, x, out=out, tile=tile, slices=slices)
     if not isinstance(x, tuple):
         require_device_arrays(x=x)
         x = packed_x(x)
     xf, inv = x
     require_device_arrays(xf=xf, inv=inv, out=out)
-    y = cupy.empty((plan.n, plan.rows), dtype=cupy.float32) if out is None else out
-    if plan.slices == 1:
-        part, counters = y, y  # not read by the kernel
-    else:
-        part, counters = cupy.empty((plan.slices, plan.n, plan.rows), dtype=cupy.float32), prepare_counters()
+    y, part, counters = split_k_outputs(plan.n, plan.rows, plan.slices, out)
     load_module(MODULE).get_function(plan.entry)(
         plan.grid, plan.block, (w.data, np.int32(plan.rows), np.int32(plan.units), xf, inv, np.int32(plan.n), y,
                                 np.int32(plan.slices), part, counters))
