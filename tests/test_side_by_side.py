@@ -54,9 +54,11 @@ def test_recorded_run_fails_the_target_where_it_was_measured_to():
     assert "| 1 | 182.7 | 182.7 | 168.8 / 168.2 | 1.08 |" in q4_text
 
 
-def _results(tmp_path: Path, auto: dict[int, float], inv: dict[int, float], llama: dict[int, float]) -> Path:
-    rows = [dict(n=n, mode=mode, tokens_per_s=tps, weight_bytes=7e9, kv_bytes=1e8)
-            for mode, col in (("auto", auto), ("batch-invariant", inv)) for n, tps in col.items()]
+def _results(tmp_path: Path, auto: dict[int, float], inv: dict[int, float], llama: dict[int, float],
+             **others: dict[int, float]) -> Path:
+    cols = (("auto", auto), ("batch-invariant", inv), *others.items())
+    rows = [dict(n=n, mode=mode, tokens_per_s=tps, weight_bytes=7e9, kv_bytes=1e8) for mode, col in cols
+            for n, tps in col.items()]
     (tmp_path / "mode-bench-m.json").write_text(json.dumps(dict(device="GPU", read_gb_s=3000.0, rows=rows)))
     (tmp_path / "llamacpp-m-1.txt").write_text(LLAMA_TABLE.format(t1=f"{llama[1]:.2f}", t2=f"{llama[2]:.2f}"))
     return tmp_path
@@ -85,3 +87,16 @@ def test_unusable_input_is_exit_2_naming_the_file(tmp_path, capsys):
     (tmp_path / "llamacpp-m-1.txt").write_text("")
     assert main([str(tmp_path)]) == 2
     assert "no llama.cpp table for m (llamacpp-m-*.txt: llamacpp-m-1.txt: empty)" in capsys.readouterr().err
+
+
+def test_other_modes_are_listed_beside_llama_and_auto_without_changing_the_verdict(tmp_path, capsys):
+    _results(tmp_path, {1: 194.0, 2: 400.0}, {1: 194.0, 2: 390.0}, {1: 150.0, 2: 300.0},
+             packed={1: 210.0, 2: 480.0})
+    assert main([str(tmp_path)]) == 1  # judged on auto alone: packed's 1.40 at N = 1 does not pass it
+    out = capsys.readouterr().out
+    # 210 / 150 = 1.40, 210 / 194 = 1.082; 480 / 300 = 1.60, 480 / 400 = 1.200 (by hand)
+    assert "| packed | 210.0 (1.40, 1.082) | 480.0 (1.60, 1.200) |" in out
+    assert "at every N: no (N = 1)" in out
+    _results(tmp_path, {1: 200.0, 2: 400.0}, {1: 195.0, 2: 390.0}, {1: 150.0, 2: 300.0})
+    main([str(tmp_path)])
+    assert "Other modes" not in capsys.readouterr().out

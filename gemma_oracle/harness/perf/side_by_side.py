@@ -126,7 +126,26 @@ def table(run: ModelRun, target: float, floor: float) -> tuple[str, bool]:
                  + ("yes" if not short else f"no (N = {', '.join(map(str, short))})"))
     lines.append(f"batch-invariant >= {floor} x auto at every N: "
                  + ("yes" if not low else f"no (N = {', '.join(map(str, low))})"))
+    lines += _other_modes(run, ns, auto)
     return "\n".join(lines) + "\n", not short and not low
+
+
+def _other_modes(run: ModelRun, ns: list[int], auto: dict[int, float]) -> list[str]:
+    """The bench's other modes (an opt-in route table timed in the same call) beside llama.cpp and auto: what
+    making one of them the auto table would give, read from the same run; not part of the acceptance."""
+    others = sorted(m for m in run.modes if m not in ("auto", "batch-invariant"))
+    if not others:
+        return []
+    lines = ["", "Other modes in the same run (not the acceptance; mode t/s, mode / llama.cpp, mode / auto):", "",
+             "| mode | " + " | ".join(f"N = {n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
+    for mode in others:
+        cells = []
+        for n in ns:
+            tps = run.modes[mode].get(n)
+            best = max(lr[n] for lr in run.llama_runs)
+            cells.append("-" if tps is None else f"{tps:.1f} ({tps / best:.2f}, {tps / auto[n]:.3f})")
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main(argv=None) -> int:
