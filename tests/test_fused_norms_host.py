@@ -178,7 +178,8 @@ def test_fused_and_separate_norm_steps_have_one_interface():
 
 
 class _Weights:
-    """A stand-in for CupyEngine with matrices of given shapes (CupyEngine._mmq_groups reads self.w and op_spans)."""
+    """A stand-in for CupyEngine with matrices of given shapes (its launch grouping reads self.w and op_spans)."""
+    _launch_groups, _mmq_key, _packed_key = CupyEngine._launch_groups, CupyEngine._mmq_key, CupyEngine._packed_key
 
     def __init__(self, shapes: dict[str, tuple[str, int, int]], profiling: bool = False):
         from types import SimpleNamespace
@@ -199,9 +200,25 @@ _QKV = {"q": ("Q4_K", 4096, 3840), "k": ("Q4_K", 2048, 3840), "v": ("Q4_K", 2048
     ({f"m{i}": ("Q4_0", 2048, 3840) for i in range(4)}, 1, [["m0", "m1", "m2"], ["m3"]]),  # GROUP_MAX a launch
 ])
 def test_mmq_groups_share_a_launch_only_when_they_can(shapes, n, want):
-    assert CupyEngine._mmq_groups(_Weights(shapes), list(shapes), n) == want
+    w = _Weights(shapes)
+    assert w._launch_groups(list(shapes), lambda name: w._mmq_key(name, n)) == want
+
+
+@pytest.mark.parametrize("shapes, want", [
+    (_QKV, [["q", "k", "v"]]),                                    # 16 K slices each (4096 and 2048 x 3840)
+    ({**_QKV, "v": ("Q6_K", 2048, 3840)}, [["q", "k"], ["v"]]),   # another type: its own launch
+    ({"gate": ("Q4_K", 15360, 3840), "up": ("Q4_K", 15360, 3840)}, [["gate", "up"]]),  # 4 slices each
+    ({"gate": ("Q4_K", 15360, 3840), "o": ("Q4_K", 4096, 3840)}, [["gate"], ["o"]]),  # 4 slices against 16
+    ({f"m{i}": ("Q4_0", 2048, 3840) for i in range(4)}, [["m0", "m1", "m2"], ["m3"]]),  # GROUP_MAX a launch
+])
+def test_packed_groups_share_a_launch_only_when_they_can(shapes, want):
+    """Packed MMA's tile follows N alone, so its groups are the same at every N."""
+    w = _Weights(shapes)
+    assert w._launch_groups(list(shapes), w._packed_key) == want
 
 
 def test_profiled_pass_launches_each_matrix_alone():
     """op_spans times each matmul, so a profiled pass does not group (the bits are the same either way)."""
-    assert CupyEngine._mmq_groups(_Weights(_QKV, profiling=True), list(_QKV), 1) == [["q"], ["k"], ["v"]]
+    w = _Weights(_QKV, profiling=True)
+    assert w._launch_groups(list(_QKV), lambda name: w._mmq_key(name, 1)) == [["q"], ["k"], ["v"]]
+    assert w._launch_groups(list(_QKV), w._packed_key) == [["q"], ["k"], ["v"]]

@@ -21,8 +21,8 @@ import pytest
 
 from gemma_oracle.kernels._compile import source_path
 from gemma_oracle.kernels.mmq import split_k_slices
-from gemma_oracle.kernels.packed_mma import (PACKED_TYPES, TILES, PackedMatrix, choose_tile, plan_pack,
-                                             plan_packed_mma, plan_packed_x)
+from gemma_oracle.kernels.packed_mma import (GROUP_MAX, PACKED_TYPES, TILES, PackedMatrix, choose_tile, plan_pack,
+                                             plan_packed_group, plan_packed_mma, plan_packed_x)
 from gemma_oracle.kernels.reference import packed as ref
 from gemma_oracle.kernels.reference.f16_operands import dequant_f16, f16_rows as f16_rows_host
 from tests.kernel_support import GuardedOutput, activations, first_bit_difference, quantized_weights
@@ -148,6 +148,34 @@ def test_packed_mma_batch_invariant(t):
             assert not first_bit_difference(y, again), f"N={n} tile {tile}: not deterministic"
 
 
+GROUP_ROWS = (130, 77, 2096)  # one K split at 1024 columns (asserted), tiles of 64 and 128 rows with tails
+
+
+@gpu
+@pytest.mark.parametrize("t", PACKED_TYPES)
+@pytest.mark.parametrize("n", (1, 9, 33))
+def test_grouped_launch_gives_each_output_its_own_launchs_bits(t, n):
+    """packed_mma_group: 1..3 matrices that read one input in one launch (q/k/v, gate/up), each output bitwise its
+    own packed_mma_matvec launch, guards intact, at the shape's K split and unsplit."""
+    from gemma_oracle.kernels.packed_mma import pack_weights, packed_mma_group, packed_mma_matvec, packed_x
+
+    cols = 1024
+    assert len({split_k_slices(r, cols // 32) for r in GROUP_ROWS}) == 1
+    packed = [pack_weights(cp.asarray(quantized_weights(t, r, cols)), t, cols) for r in GROUP_ROWS]
+    xf = packed_x(cp.asarray(activations(n, cols, "group", t, n)))
+    for slices in (None, 1):
+        alone = [_host(packed_mma_matvec(w, xf, slices=slices)) for w in packed]
+        for size in (1, 2, 3):
+            outs = [GuardedOutput(cp, (n, w.rows), np.float32) for w in packed[:size]]
+            for o in outs:
+                o.view[...] = np.nan
+            packed_mma_group(packed[:size], xf, outs=[o.view for o in outs], slices=slices)
+            for i, o in enumerate(outs):
+                assert all(o.guards_intact()), f"group of {size}, member {i}, slices {slices}: guard overwritten"
+                diff = first_bit_difference(_host(o.view), alone[i])
+                assert not diff, f"group of {size}, member {i} ({GROUP_ROWS[i]} rows), slices {slices}: {diff}"
+
+
 # --- CPU tests -------------------------------------------------------------------------------------------------------
 
 def test_launcher_matches_the_compiled_entries():
@@ -159,6 +187,11 @@ def test_launcher_matches_the_compiled_entries():
     assert sorted(re.findall(r"^PK_PACK\((\w+),", src, flags=re.M)) == sorted(t.lower() for t in PACKED_TYPES)
     for n in (1, 8, 9, 16, 17, 32, 64):
         assert choose_tile(n).name in TILES
+    assert re.search(r"#define PK_GROUP_MAX (\d+)", src).group(1) == str(GROUP_MAX)
+    # the entry's parameters: GROUP_MAX weights, rows, outputs and partial sums each
+    params = re.search(r"#define PK_PARAMS (.*?)\n#define", src, flags=re.S).group(1)
+    for name in ("w", "rows", "y", "part"):
+        assert re.findall(rf"\b{name}(\d)\b", params) == [str(i) for i in range(GROUP_MAX)], name
 
 
 def test_host_validation_names_what_is_wrong():
@@ -182,3 +215,26 @@ def test_host_validation_names_what_is_wrong():
         plan_packed_mma(raw, np.zeros((3, 512), np.float32))
     plan = plan_packed_mma(w, np.zeros((33, 512), np.float32))
     assert plan.grid == (1, -(-33 // plan.tile.bn), split_k_slices(7, 16)) and plan.entry.startswith("packed_mma_q4_k_")
+
+
+def test_group_validation_names_the_member_that_cannot_share():
+    def w(t, rows, cols):
+        return PackedMatrix(np.zeros(1, np.uint32), t, rows, cols)
+
+    x = np.zeros((5, 1024), np.float32)
+    q, k = w("Q4_K", 4096, 1024), w("Q4_K", 2048, 1024)
+    plans = plan_packed_group([q, k, k], x)
+    assert [p.rows for p in plans] == [4096, 2048, 2048] and len({p.entry for p in plans}) == 1
+    with pytest.raises(ValueError, match=r"members\[1\]: Q6_K 2048x1024 .* cannot share a launch"):
+        plan_packed_group([q, w("Q6_K", 2048, 1024)], x)
+    with pytest.raises(ValueError, match="1..3 matrices, got 4"):
+        plan_packed_group([q, k, k, k], x)
+    with pytest.raises(ValueError, match="1..3 matrices, got 0"):
+        plan_packed_group([], x)
+    with pytest.raises(ValueError, match="expected 2 outputs"):
+        plan_packed_group([q, k], x, outs=[None])
+    # a different K split (shape only): 15360 rows x 3840 take 4 slices, 4096 x 3840 take 16
+    x3840 = np.zeros((1, 3840), np.float32)
+    assert split_k_slices(15360, 120) != split_k_slices(4096, 120)
+    with pytest.raises(ValueError, match=r"members\[1\]: .* with 16 K slices"):
+        plan_packed_group([w("Q4_K", 15360, 3840), w("Q4_K", 4096, 3840)], x3840)

@@ -300,12 +300,13 @@ class CupyEngine:
     def _matvecs(self, names: Sequence[str], x, xq=None) -> list:
         """x @ W.T for each matrix W in `names` (all with the same input). The decode-MMQ ones read x as Q8_1 blocks:
         `xq` when the caller made them (a fused norm), else x is quantized here once for all of them (q/k/v share
-        one input, gate/up another), and those that can share a launch do (_mmq_groups)."""
+        one input, gate/up another), and those that can share a launch do (_launch_groups); the packed-MMA ones
+        likewise share one packed_x and grouped launches."""
         from gemma_oracle.kernels.dq_mma import dq_mma_matvec
         from gemma_oracle.kernels.f16_rows import f16_rows
         from gemma_oracle.kernels.matvec import matvec
         from gemma_oracle.kernels.mmq import mmq_matvec_group
-        from gemma_oracle.kernels.packed_mma import packed_mma_matvec, packed_x
+        from gemma_oracle.kernels.packed_mma import packed_mma_group, packed_x
         from gemma_oracle.kernels.quantize_q8_1 import quantize_q8_1
 
         x = self.cp.ascontiguousarray(x)
@@ -313,48 +314,63 @@ class CupyEngine:
         routes = {name: self.route(name, rows) for name in names}
         self._served.update(routes)
         out = {}
-        for group in self._mmq_groups([n for n in names if routes[n] == routing.DECODE_MMQ], rows):
+        for group in self._launch_groups([n for n in names if routes[n] == routing.DECODE_MMQ],
+                                         lambda name: self._mmq_key(name, rows)):
             with self._span(group[0]):  # a quantization made here is counted in the first MMQ matmul's span
                 xq = quantize_q8_1(x) if xq is None else xq
                 members = [(self.w[n].raw, self.w[n].type_name, self.w[n].n_cols) for n in group]
                 out.update(zip(group, mmq_matvec_group(members, xq)))
-        x16 = None  # the dequant-MMA matrices' fp16 rows, converted once for all of them
-        xf = None  # the packed-MMA matrices' fragment-ordered fp16 rows, likewise
+        xf = None  # the packed-MMA matrices' fragment-ordered fp16 rows, converted once for all of them
+        for group in self._launch_groups([n for n in names if routes[n] == routing.PACKED_MMA], self._packed_key):
+            with self._span(group[0]):  # packed_x made here is counted in the first packed matmul's span
+                xf = packed_x(x) if xf is None else xf
+                out.update(zip(group, packed_mma_group([self.w[n].packed for n in group], xf)))
+        x16 = None  # the dequant-MMA matrices' fp16 rows, likewise
         for name in names:
-            if routes[name] == routing.PACKED_MMA:
-                m = self.w[name]
-                with self._span(name):
-                    xf = packed_x(x) if xf is None else xf
-                    out[name] = packed_mma_matvec(m.packed, xf)
-            elif routes[name] == routing.DQ_MMA:
+            if routes[name] in (routing.PACKED_MMA, routing.DECODE_MMQ):
+                continue
+            if routes[name] == routing.DQ_MMA:
                 m = self.w[name]
                 with self._span(name):
                     x16 = f16_rows(x) if x16 is None else x16
                     out[name] = dq_mma_matvec(m.raw, m.type_name, m.n_cols, x16)
-            elif routes[name] != routing.DECODE_MMQ:
+            else:
                 m = self.w[name]
                 with self._span(name):
                     out[name] = matvec(m.raw, m.type_name, m.n_cols, x, route=routes[name])
         return [out[name] for name in names]
 
-    def _mmq_groups(self, names: Sequence[str], rows: int) -> list[list[str]]:
-        """The decode-MMQ matrices of one input, grouped into shared launches (gemma_oracle.kernels.mmq.mmq_matvec_group): those
-        with the same type, columns, tile and K split at this N, up to GROUP_MAX a launch, in `names` order. The
-        bits are those of one launch each, which is what a profiled pass runs (op_spans times each matrix)."""
-        from gemma_oracle.kernels.mmq import GROUP_MAX, choose_tile, split_k_slices
+    def _launch_groups(self, names: Sequence[str], key) -> list[list[str]]:
+        """The matrices of one input that share a launch (decode-MMQ: gemma_oracle.kernels.mmq.mmq_matvec_group;
+        packed MMA: kernels.packed_mma.packed_mma_group): those with the same `key(name)` (type, columns and
+        whatever else the launch must share), up to GROUP_MAX (3 for both) a launch, in `names` order. The bits are
+        those of one launch each, which is what a profiled pass runs (op_spans times each matrix)."""
+        from gemma_oracle.kernels.mmq import GROUP_MAX
 
         if self.op_spans is not None:
             return [[name] for name in names]
         groups: dict[tuple, list[list[str]]] = {}
         for name in names:
-            m = self.w[name]
-            key = (m.type_name, m.n_cols, choose_tile(m.type_name, m.rows, m.n_cols, rows).name,
-                   split_k_slices(m.rows, m.n_cols // 32))
-            runs = groups.setdefault(key, [[]])
+            runs = groups.setdefault(key(name), [[]])
             if len(runs[-1]) == GROUP_MAX:
                 runs.append([])
             runs[-1].append(name)
         return [group for runs in groups.values() for group in runs]
+
+    def _mmq_key(self, name: str, rows: int) -> tuple:
+        """What decode-MMQ matrices must share to share a launch at `rows` tokens: type, columns, tile, K split."""
+        from gemma_oracle.kernels.mmq import choose_tile, split_k_slices
+
+        m = self.w[name]
+        return (m.type_name, m.n_cols, choose_tile(m.type_name, m.rows, m.n_cols, rows).name,
+                split_k_slices(m.rows, m.n_cols // 32))
+
+    def _packed_key(self, name: str) -> tuple:
+        """What packed matrices must share to share a launch: type, columns, K split (the tile follows N alone)."""
+        from gemma_oracle.kernels.mmq import split_k_slices
+
+        m = self.w[name]
+        return (m.type_name, m.n_cols, split_k_slices(m.rows, m.n_cols // 32))
 
     def _matvec(self, name: str, x, xq=None):
         return self._matvecs([name], x, xq)[0]

@@ -10,8 +10,8 @@ mma slots and the same chain (one mma per 16-value step, increasing K, decode-MM
 slice order), so an output is bitwise equal to dq_mma's shared-memory tiles at the same slices, and every tile here
 gives the same bits: batch-invariant at every N.
 
-`plan_pack` and `plan_packed_mma` validate on the host without a GPU; `pack_weights`, `packed_x` and
-`packed_mma_matvec` launch.
+`plan_pack`, `plan_packed_mma` and `plan_packed_group` validate on the host without a GPU; `pack_weights`, `packed_x`,
+`packed_mma_matvec` and `packed_mma_group` (matrices that read one input in one launch) launch.
 """
 from __future__ import annotations
 
@@ -198,19 +198,66 @@ def plan_packed_mma(w: PackedMatrix, x, *, out=None, tile: str | None = None,
                         units, n_tok, k_slices)
 
 
-def packed_mma_matvec(w: PackedMatrix, x, *, out=None, tile: str | None = None, slices: int | None = None):
-    """y [N, rows] float32 = x @ W.T with fp16 operands and float32 accumulation (see module).
+GROUP_MAX = 3  # PK_GROUP_MAX in packed_mma.cu: packed matrices one launch can serve
 
-    x: float32 [N, K] or (xf, inv) from packed_x. tile: force one of TILES (tests run every one; the same bits);
-    slices: force the K split (tests compare with dq_mma at the same split; other slices give other bits)."""
-    plan = plan_packed_mma(w, x, out=out, tile=tile, slices=slices)
+
+def plan_packed_group(members, x, *, outs=None, tile: str | None = None,
+                      slices: int | None = None) -> list[PackedLaunch]:
+    """Validate a grouped launch on the host: each member PackedMatrix as plan_packed_mma does, and the members
+    share what one launch must (type, columns, K split; the tile follows N). Returns one plan per member."""
+    members = list(members)
+    if not 1 <= len(members) <= GROUP_MAX:
+        raise ValueError(f"members: a grouped packed-MMA launch takes 1..{GROUP_MAX} matrices, got {len(members)}")
+    outs = [None] * len(members) if outs is None else list(outs)
+    if len(outs) != len(members):
+        raise ValueError(f"outs: expected {len(members)} outputs (one per member), got {len(outs)}")
+    plans = [plan_packed_mma(w, x, out=o, tile=tile, slices=slices) for w, o in zip(members, outs)]
+    first, w0 = plans[0], members[0]
+    for i, (w, plan) in enumerate(zip(members[1:], plans[1:]), 1):
+        if (w.type_name, w.n_cols, plan.slices) != (w0.type_name, w0.n_cols, first.slices):
+            raise ValueError(f"members[{i}]: {w.type_name} {w.rows}x{w.n_cols} with {plan.slices} K slices cannot "
+                             f"share a launch with member 0 ({w0.type_name} {w0.rows}x{w0.n_cols} with "
+                             f"{first.slices}): a grouped launch needs one type, column count and K split")
+    if first.slices > 1 and sum(p.grid[0] for p in plans) * first.grid[1] > COUNTER_SLOTS:
+        raise ValueError(f"members: {sum(p.grid[0] for p in plans) * first.grid[1]} tiles, more than the "
+                         f"{COUNTER_SLOTS} split-K counters")
+    return plans
+
+
+def packed_mma_group(members, x, *, outs=None, tile: str | None = None, slices: int | None = None) -> list:
+    """[x @ W_m.T for each member PackedMatrix W_m] in one launch (packed_mma.cu: a block runs the member whose row
+    tiles hold its blockIdx.x): the members read the same activations and share type, K and K split (the 12B's
+    q/k/v and gate/up do); each output has the bits of its own packed_mma_matvec launch. x as in packed_mma_matvec
+    (converted once for all members when float32)."""
+    plans = plan_packed_group(members, x, outs=outs, tile=tile, slices=slices)
+    outs = [None] * len(plans) if outs is None else list(outs)
     if not isinstance(x, tuple):
         require_device_arrays(x=x)
         x = packed_x(x)
     xf, inv = x
-    require_device_arrays(xf=xf, inv=inv, out=out)
-    y, part, counters = split_k_outputs(plan.n, plan.rows, plan.slices, out)
-    load_module(MODULE).get_function(plan.entry)(
-        plan.grid, plan.block, (w.data, np.int32(plan.rows), np.int32(plan.units), xf, inv, np.int32(plan.n), y,
-                                np.int32(plan.slices), part, counters))
-    return y
+    require_device_arrays(xf=xf, inv=inv, **{f"outs[{i}]": o for i, o in enumerate(outs)})
+    first = plans[0]
+    made = [split_k_outputs(p.n, p.rows, p.slices, o) for p, o in zip(plans, outs)]
+    ys, parts, counters = [m[0] for m in made], [m[1] for m in made], made[0][2]
+    tiles = [p.grid[0] for p in plans]
+    grid = (sum(tiles), first.grid[1], first.slices)
+
+    def padded(values, fill):  # members past the group's are never selected (no block's x reaches them)
+        return list(values) + [fill] * (GROUP_MAX - len(values))
+
+    bounds = (np.int32(tiles[0]), np.int32(tiles[0] + (tiles[1] if len(tiles) > 1 else 0)))
+    load_module(MODULE).get_function(first.entry)(
+        grid, first.block,
+        (*padded([w.data for w in members], members[0].data), *[np.int32(v) for v in padded([p.rows for p in plans], 0)],
+         *bounds, *padded(ys, ys[0]), *padded(parts, parts[0]), np.int32(first.units), xf, inv, np.int32(first.n),
+         np.int32(first.slices), counters))
+    return ys
+
+
+def packed_mma_matvec(w: PackedMatrix, x, *, out=None, tile: str | None = None, slices: int | None = None):
+    """y [N, rows] float32 = x @ W.T with fp16 operands and float32 accumulation (see module).
+
+    x: float32 [N, K] or (xf, inv) from packed_x. tile: force one of TILES (tests run every one; the same bits);
+    slices: force the K split (tests compare with dq_mma at the same split; other slices give other bits).
+    A group of one (packed_mma_group)."""
+    return packed_mma_group([w], x, outs=[out], tile=tile, slices=slices)[0]

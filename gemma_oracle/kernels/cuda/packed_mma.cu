@@ -42,10 +42,12 @@
 // ld.global.nc.L1::no_allocate (read once), activations through L1 (every warp of an SM reads the same ones).
 //
 // Entry points (<t> in q4_0 q4_k q6_k; <tile> in kernels/packed_mma.py TILES):
-//     packed_mma_<t>_<tile>(const uint4* w, int rows, int units, const uint4* xf, const float* inv, int n, float* y,
-//                           int slices, float* part, int* counters)
-//       w the packed records, units = K / 32 (even), xf / inv from packed_x, y [n, rows] float32, part / counters as
-//       in mmq.cu; grid (ceil(rows / BM), ceil(n / (8 NT)), slices), block 128.
+//     packed_mma_<t>_<tile>(w0, w1, w2, rows0, rows1, rows2, tiles0, tiles01, y0, y1, y2, part0, part1, part2,
+//                           int units, const uint4* xf, const float* inv, int n, int slices, int* counters)
+//       a group of 1..3 matrices (PK_PARAMS below): member m's packed records w_m, its rows, y_m [n, rows_m]
+//       float32 and partial sums part_m; tiles0 / tiles01 the grid.x bounds of members 0 / 0-1; units = K / 32
+//       (even), xf / inv from packed_x, counters as in mmq.cu; grid (sum of ceil(rows_m / BM), ceil(n / (8 NT)),
+//       slices), block 128.
 //     pack_<t>(const u8* w, i64 row_bytes, int rows, int units, uint4* out)
 //       one thread per (tile, group, lane): grid ceil(tiles * groups * 32 / 256), block 256.
 //     packed_x(const float* x, int k, int n, uint4* xf, float* inv)
@@ -147,15 +149,16 @@ struct pk_q6_k {
     }
 };
 
+// bx: the block's row tile of its member's matrix (w, rows, y, part); blockIdx.x is its place in the whole grid
 template <class P, int MT, int NT, int D>
-__device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, int rows, int units,
+__device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, int rows, int bx, int units,
                                                   const uint4* __restrict__ xf, const float* __restrict__ inv, int n,
                                                   float* __restrict__ y, int slices, float* __restrict__ part,
                                                   int* __restrict__ counters) {
     constexpr int BM = 16 * MT * PK_WARPS, BN = 8 * NT, THREADS = 32 * PK_WARPS;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int groups = units >> 1, tiles = (rows + 15) >> 4;
-    const int tile0 = (blockIdx.x * PK_WARPS + warp) * MT;  // this warp's first m16 tile
+    const int tile0 = (bx * PK_WARPS + warp) * MT;  // this warp's first m16 tile
     const int xt0 = blockIdx.y * NT;  // the block's first token tile
     const int2 k_slice = split_k_bounds(units, slices, blockIdx.z);
     const int u_lo = k_slice.x, u_hi = k_slice.y;
@@ -219,7 +222,7 @@ __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, i
     float* __restrict__ dst = slices == 1 ? y : part + (size_t)blockIdx.z * n * rows;
 #pragma unroll
     for (int m = 0; m < MT; ++m) dq_store_m16<NT>(acc[m], dst, inv, 16 * (tile0 + m) + g, 8 * xt0, t, rows, n);
-    if (slices > 1) mmq_last_slice_sums<BM, BN, THREADS>(part, slices, rows, n, blockIdx.x * BM, 8 * xt0, y, counters);
+    if (slices > 1) mmq_last_slice_sums<BM, BN, THREADS>(part, slices, rows, n, bx * BM, 8 * xt0, y, counters);
 }
 
 // Value 16 h + 2t + e + 8 hi (h, hi, e in {0, 1}) of a block's stage() codes (int8, value c in byte c & 3 of word
@@ -308,12 +311,24 @@ extern "C" __global__ void __launch_bounds__(F16_ROWS_THREADS) packed_x(const fl
     if (live && threadIdx.x == 0) inv[row] = ldexpf(1.0f, -e);
 }
 
-#define PK_PARAMS const uint4 *w, int rows, int units, const uint4 *xf, const float *inv, int n, float *y, int slices, \
-                  float *part, int *counters
+// Every entry serves a GROUP of 1..PK_GROUP_MAX packed matrices of one type, K and K split that read the same
+// activations (q/k/v, gate/up), as mmq.cu's entries do and for the same reason (a launch's fixed cost is a large
+// part of a small matrix's time at small N): grid.x is the concatenation of the members' row tiles (member 0:
+// [0, tiles0), 1: [tiles0, tiles01), 2: [tiles01, ...)) and a block runs the member its blockIdx.x falls in, with
+// that member's arithmetic alone, so a grouped launch gives each output the bits of its own launch. The split-K
+// counters are indexed by the block's place in the whole grid, so they stay distinct.
+#define PK_GROUP_MAX 3
+#define PK_PARAMS const uint4 *w0, const uint4 *w1, const uint4 *w2, int rows0, int rows1, int rows2, int tiles0,      \
+                  int tiles01, float *y0, float *y1, float *y2, float *part0, float *part1, float *part2, int units, \
+                  const uint4 *xf, const float *inv, int n, int slices, int *counters
 #define PK_ENTRY(name, P, MT, NT, D)                                                                             \
     extern "C" __global__ void __launch_bounds__(32 * PK_WARPS) packed_mma_##name##_m##MT##_n##NT##_d##D(PK_PARAMS) { \
+        const int m_ = blockIdx.x < tiles0 ? 0 : blockIdx.x < tiles01 ? 1 : 2;                                 \
+        const int bx = (int)blockIdx.x - (m_ == 0 ? 0 : m_ == 1 ? tiles0 : tiles01);                           \
         grid_dependency_enter();                                                                               \
-        packed_mma_kernel<P, MT, NT, D>(w, rows, units, xf, inv, n, y, slices, part, counters);                 \
+        packed_mma_kernel<P, MT, NT, D>(m_ == 0 ? w0 : m_ == 1 ? w1 : w2, m_ == 0 ? rows0 : m_ == 1 ? rows1 : rows2, \
+                                        bx, units, xf, inv, n, m_ == 0 ? y0 : m_ == 1 ? y1 : y2, slices,         \
+                                        m_ == 0 ? part0 : m_ == 1 ? part1 : part2, counters);                   \
     }
 #define PK_TILES(name, P)                                                                                        \
     PK_ENTRY(name, P, 2, 1, 3) PK_ENTRY(name, P, 1, 1, 4) PK_ENTRY(name, P, 2, 2, 2) PK_ENTRY(name, P, 1, 2, 3)   \
