@@ -36,7 +36,7 @@ _KERNEL_A_ROW8 = {0: False, 1: True, 2: False, 3: True}
 
 def _codes_and_scales(raw: np.ndarray, type_name: str, n_cols: int):
     """(values uint32 [tiles * 16, n_cols] (code + BIAS), d16 and negm16 fp16 [tiles * 16, n_cols / S]) with rows past
-    the matrix zero; S = 32 values a scale (Q6_K: 16)."""
+    the matrix code 0 (value BIAS) and scale 0, as the kernel stages them; S = 32 values a scale (Q6_K: 16)."""
     raw = np.asarray(raw)
     rows = raw.shape[0]
     codes, d, m = block_codes(raw.reshape(-1), type_name)
@@ -48,7 +48,8 @@ def _codes_and_scales(raw: np.ndarray, type_name: str, n_cols: int):
     negm16 = (-m).reshape(rows, -1).astype(np.float16)
     pad = -rows % 16
     if pad:
-        vals = np.concatenate([vals, np.zeros((pad, n_cols), np.uint32)])
+        # the pack kernel stages code 0 past the matrix (mmq_stage_or_zero), and packs it as 0 + BIAS
+        vals = np.concatenate([vals, np.full((pad, n_cols), BIAS[type_name], np.uint32)])
         d16 = np.concatenate([d16, np.zeros((pad, d16.shape[1]), np.float16)])
         # past the matrix the kernel stages d = 0, m = 0, so its scale word holds fp16(-0.0)
         negm16 = np.concatenate([negm16, np.full((pad, d16.shape[1]), -0.0, np.float16)])
