@@ -57,7 +57,8 @@ class Tile:
 
 
 # PK_TILES in packed_mma.cu
-TILES = {t.name: t for t in (Tile(2, 1, 3), Tile(1, 1, 4), Tile(2, 2, 2), Tile(1, 2, 3), Tile(2, 4, 2), Tile(1, 4, 3))}
+TILES = {t.name: t for t in (Tile(2, 1, 3), Tile(1, 1, 4), Tile(2, 2, 2), Tile(1, 2, 3), Tile(2, 4, 2), Tile(1, 4, 3),
+                             Tile(1, 1, 8), Tile(2, 1, 5), Tile(1, 2, 6))}
 # Which tile a launch uses (first match: min N). A speed choice only (the same bits); not yet timed on a GPU, so the
 # rule is the register budget's guess: two m16 tiles a warp where NT is small, one at NT = 4.
 TILE_RULES: tuple[tuple[int, str], ...] = ((17, "m1_n4_d3"), (9, "m2_n2_d2"), (1, "m2_n1_d3"))
