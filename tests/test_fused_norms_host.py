@@ -222,3 +222,24 @@ def test_profiled_pass_launches_each_matrix_alone():
     w = _Weights(_QKV, profiling=True)
     assert w._launch_groups(list(_QKV), lambda name: w._mmq_key(name, 1)) == [["q"], ["k"], ["v"]]
     assert w._launch_groups(list(_QKV), w._packed_key) == [["q"], ["k"], ["v"]]
+
+
+@pytest.mark.parametrize("routes,want", [
+    ({"q": routing.PACKED_MMA, "k": routing.PACKED_MMA, "v": routing.WS}, True),
+    ({"q": routing.PACKED_MMA, "k": routing.DECODE_MMQ}, False),  # the norm makes Q8_1; _matvecs packs for q
+    ({"q": routing.WS, "k": routing.GEMM_N}, False),
+    ({"q": routing.DECODE_MMQ}, False),
+], ids=["packed-and-ws", "packed-and-mmq", "float", "only-mmq"])
+def test_a_producer_writes_packed_records_only_for_packed_mma_without_decode_mmq(routes, want):
+    assert CupyEngine._packs(_Routes(routes), list(routes), 1) is want
+
+
+def test_plan_add_rms_norm_rms_norm_packed():
+    h, x, w = f32(3, 640), f32(3, 640), f32(640)
+    assert fn.plan_add_rms_norm_rms_norm(h, x, w, w, quantize=False, packed=True).entry == \
+        "add_rms_norm_rms_norm_packed_f32"
+    assert fn.plan_add_rms_norm_rms_norm(h, x, w, w, quantize=False).entry == "add_rms_norm_rms_norm_f32"
+    with pytest.raises(ValueError, match="one of quantize"):
+        fn.plan_add_rms_norm_rms_norm(h, x, w, w, quantize=True, packed=True)
+    with pytest.raises(ValueError, match="multiple of 64"):
+        fn.plan_add_rms_norm_rms_norm(f32(2, 96), f32(2, 96), None, None, quantize=False, packed=True)

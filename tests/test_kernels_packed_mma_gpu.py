@@ -9,7 +9,9 @@ GPU (marked `gpu`):
     the .cu header), at the shape's own slices and at a split whose bounds fall inside a 64-value group; and within
     the float32 accumulation bound of the float64 product of the fp16 operands;
   * batch invariance, bitwise: a needle token at a random slot of N-token launches equals the N = 1 launch, on every
-    tile; a repeated launch gives the same bits.
+    tile; a repeated launch gives the same bits;
+  * a grouped launch gives each member its own launch's bits; the producers that write packed_x of their output
+    in their own launch (the fused norm, gelu * up) write packed_x's bits.
 CPU (no mark): host-side validation and the launcher / .cu agreement.
 """
 from __future__ import annotations
@@ -78,7 +80,7 @@ def test_pack_kernel_writes_the_reference_records(t, shape):
 @gpu
 @pytest.mark.parametrize("n", (1, 5, 8, 9, 33))
 def test_packed_x_writes_the_reference_records(n):
-    """f16_rows' values and inv in fragment order (rows past N zero), on rows that exercise the scale."""
+    """f16_rows' values and inv in fragment order (the words of tokens < N), on rows that exercise the scale."""
     from gemma_oracle.kernels.packed_mma import packed_x
 
     rng = np.random.default_rng(n)
@@ -89,7 +91,8 @@ def test_packed_x_writes_the_reference_records(n):
         x[2, :8] = np.float32(1e-41)  # float32 subnormals in a row with normal values
     xf, inv = packed_x(cp.asarray(x))
     want_xf, want_inv = ref.x_fragments(x)
-    assert not first_bit_difference(_host(xf), want_xf), "activation records differ from the reference"
+    live = ref.x_written(n, 1088)  # the padding tokens' words are left unwritten
+    assert not first_bit_difference(_host(xf)[live], want_xf[live]), "activation records differ from the reference"
     assert not first_bit_difference(_host(inv), want_inv), "inv differs from the reference"
 
 
@@ -146,6 +149,37 @@ def test_packed_mma_batch_invariant(t):
             assert not diff, f"N={n} slot {slot} tile {tile}: {diff}"
             again = _host(packed_mma_matvec(packed, cp.asarray(x), tile=tile))
             assert not first_bit_difference(y, again), f"N={n} tile {tile}: not deterministic"
+
+
+@gpu
+@pytest.mark.parametrize("n", (1, 3, 8, 9))
+@pytest.mark.parametrize("d", (3840, 1088))
+def test_producers_write_packed_x_of_their_output(n, d):
+    """add_rms_norm_rms_norm(packed=True) and gelu_tanh_mul(packed=True) write, in their own launch, the records
+    packed_x writes for their output (the words of tokens < N and inv, bit for bit); their other outputs are the
+    plain launches' bits."""
+    from gemma_oracle.kernels.ffn_act import gelu_tanh_mul
+    from gemma_oracle.kernels.fused_norms import add_rms_norm_rms_norm
+    from gemma_oracle.kernels.packed_mma import packed_x
+
+    rng = np.random.default_rng(n * d)
+    h, x = (cp.asarray(rng.standard_normal((n, d)).astype(np.float32) * np.float32(s)) for s in (40.0, 3.0))
+    w_add, w_next = (cp.asarray(rng.uniform(0.5, 2.0, d).astype(np.float32)) for _ in range(2))
+    live = ref.x_written(n, d)
+    h2, y, (xf, inv) = add_rms_norm_rms_norm(h, x, w_add, w_next, 1e-6, 0.5, quantize=False, packed=True)
+    h2_plain, y_plain, none = add_rms_norm_rms_norm(h, x, w_add, w_next, 1e-6, 0.5, quantize=False)
+    assert none is None
+    assert not first_bit_difference(_host(h2), _host(h2_plain)) and not first_bit_difference(_host(y), _host(y_plain))
+    want_xf, want_inv = packed_x(y_plain)
+    assert not first_bit_difference(_host(xf)[live], _host(want_xf)[live]), "norm: records differ from packed_x(y)"
+    assert not first_bit_difference(_host(inv), _host(want_inv)), "norm: inv differs from packed_x(y)"
+    gate, up = h, x
+    act, (xf, inv) = gelu_tanh_mul(gate, up, packed=True)
+    act_plain = gelu_tanh_mul(gate, up)
+    assert not first_bit_difference(_host(act), _host(act_plain))
+    want_xf, want_inv = packed_x(act_plain)
+    assert not first_bit_difference(_host(xf)[live], _host(want_xf)[live]), "gelu: records differ from packed_x(y)"
+    assert not first_bit_difference(_host(inv), _host(want_inv)), "gelu: inv differs from packed_x(y)"
 
 
 GROUP_ROWS = (130, 77, 2096)  # one K split at 1024 columns (asserted), tiles of 64 and 128 rows with tails

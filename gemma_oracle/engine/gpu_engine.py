@@ -80,7 +80,7 @@ class SeparateNorms:
         return rms_norm(x, w, eps), None
 
     @staticmethod
-    def add_norm(h, x, w_add, w_next, eps: float, scale: float, quantize: bool):
+    def add_norm(h, x, w_add, w_next, eps: float, scale: float, quantize: bool, packed: bool = False):
         from gemma_oracle.kernels.norms import add_rms_norm, rms_norm
 
         h = add_rms_norm(h, x, w_add, eps, scale=scale)
@@ -106,9 +106,9 @@ class SeparateNorms:
         return q
 
     # The producers of decode-MMQ inputs that are no norm: gelu * up (ffn_down's, the PLE proj's) and attention
-    # (attn_output's); plain launches here, Q8_1 blocks left to _matvecs
+    # (attn_output's); plain launches here, Q8_1 blocks and packed-MMA records left to _matvecs
     @staticmethod
-    def gelu_mul(gate, up, quantize: bool):
+    def gelu_mul(gate, up, quantize: bool, packed: bool = False):
         from gemma_oracle.kernels.ffn_act import gelu_tanh_mul
 
         return gelu_tanh_mul(gate, up), None
@@ -133,10 +133,10 @@ class FusedNorms:
         return rms_norm_q8_1(x, w, eps) if quantize else (rms_norm(x, w, eps), None)
 
     @staticmethod
-    def add_norm(h, x, w_add, w_next, eps: float, scale: float, quantize: bool):
+    def add_norm(h, x, w_add, w_next, eps: float, scale: float, quantize: bool, packed: bool = False):
         from gemma_oracle.kernels.fused_norms import add_rms_norm_rms_norm
 
-        return add_rms_norm_rms_norm(h, x, w_add, w_next, eps, scale, quantize=quantize)
+        return add_rms_norm_rms_norm(h, x, w_add, w_next, eps, scale, quantize=quantize, packed=packed)
 
     @staticmethod
     def norm_rope(x, w, eps: float, positions, inv_freq):
@@ -150,11 +150,14 @@ class FusedNorms:
 
         return qkv_rope_kv(q_raw, k_raw, v_raw, q_w, k_w, eps, positions, inv_freq, pool, rows_slot, v_norm=v_norm)
 
-    # gelu * up and attention with their output's Q8_1 blocks made in the same launch when `quantize`
+    # gelu * up and attention with their output's Q8_1 blocks made in the same launch when `quantize`; gelu * up
+    # (and the residual add's norm) with their output's packed-MMA records when `packed`
     @staticmethod
-    def gelu_mul(gate, up, quantize: bool):
+    def gelu_mul(gate, up, quantize: bool, packed: bool = False):
         from gemma_oracle.kernels.ffn_act import gelu_tanh_mul
 
+        if packed:
+            return gelu_tanh_mul(gate, up, packed=True)
         return gelu_tanh_mul(gate, up, quantize=True) if quantize else (gelu_tanh_mul(gate, up), None)
 
     @staticmethod
@@ -312,6 +315,9 @@ class CupyEngine:
         x = self.cp.ascontiguousarray(x)
         rows = int(x.shape[0])
         routes = {name: self.route(name, rows) for name in names}
+        xf = None  # the packed-MMA matrices' fragment-ordered fp16 rows: from the producer (a pair) or made below
+        if isinstance(xq, tuple):
+            xf, xq = xq, None
         self._served.update(routes)
         out = {}
         for group in self._launch_groups([n for n in names if routes[n] == routing.DECODE_MMQ],
@@ -320,7 +326,6 @@ class CupyEngine:
                 xq = quantize_q8_1(x) if xq is None else xq
                 members = [(self.w[n].raw, self.w[n].type_name, self.w[n].n_cols) for n in group]
                 out.update(zip(group, mmq_matvec_group(members, xq)))
-        xf = None  # the packed-MMA matrices' fragment-ordered fp16 rows, converted once for all of them
         for group in self._launch_groups([n for n in names if routes[n] == routing.PACKED_MMA], self._packed_key):
             with self._span(group[0]):  # packed_x made here is counted in the first packed matmul's span
                 xf = packed_x(x) if xf is None else xf
@@ -380,6 +385,13 @@ class CupyEngine:
         (WS and GEMM-N read the float32 input)."""
         return any(self.route(name, rows) == routing.DECODE_MMQ for name in names)
 
+    def _packs(self, names: Sequence[str], rows: int) -> bool:
+        """Whether a producer that can (the fused residual-add norm, gelu * up) also writes its output as packed-MMA
+        records: one of these matrices routes to packed MMA and none to decode-MMQ (whose Q8_1 blocks the producer
+        makes instead; _matvecs then converts for the packed ones)."""
+        routes = [self.route(name, rows) for name in names]
+        return routing.PACKED_MMA in routes and routing.DECODE_MMQ not in routes
+
     # The norm steps (self.norms: fused or separate launches, the same bits); each returns its float32 output and,
     # when a matrix in `names` (the ones that read it) routes to decode-MMQ and the norms are fused, its Q8_1 blocks.
     def _norm(self, x, weight, names: Sequence[str]):
@@ -388,9 +400,10 @@ class CupyEngine:
 
     def _add_norm(self, h, x, w_add, w_next, scale: float, names: Sequence[str]):
         """(h + rms_norm(x) * w_add) * scale, the residual, and its rms_norm(.) * w_next (with Q8_1 blocks)."""
+        rows = int(h.shape[0])
         with self._span("norms"):
-            return self.norms.add_norm(h, x, w_add, w_next, self.config.rms_eps, scale,
-                                       self._quantizes(names, int(h.shape[0])))
+            return self.norms.add_norm(h, x, w_add, w_next, self.config.rms_eps, scale, self._quantizes(names, rows),
+                                       packed=self._packs(names, rows))
 
     def _norm_rope(self, x, weight, positions, inv_freq):
         """NEOX RoPE of the per-head rms_norm(x [R, H, d]) * weight (q and k)."""
@@ -430,7 +443,8 @@ class CupyEngine:
                 c = rms_norm(c.reshape(R * L, P), w["per_layer_proj_norm.weight"], cfg.rms_eps).reshape(R, L, P)
             pli = (c + e.reshape(R, L, P)) * np.float32(2**-0.5)
         eps = cfg.rms_eps
-        # x is the residual stream; a (with aq: its Q8_1 blocks or None) the normed input of the next matmuls
+        # x is the residual stream; a (with aq: its Q8_1 blocks, its packed-MMA records (xf, inv) or None) the normed
+        # input of the next matmuls
         a, aq = self._norm(x, w["blk.0.attn_norm.weight"], attention_matrices(cfg, 0))
         for i in range(cfg.n_layers):
             p = f"blk.{i}."
@@ -456,15 +470,18 @@ class CupyEngine:
             attn = self._matvec(p + "attn_output.weight", o.reshape(R, hq * d), oq)
             ffn = [p + "ffn_gate.weight", p + "ffn_up.weight"]
             x, u, uq = self._add_norm(x, attn, w[p + "post_attention_norm.weight"], w[p + "ffn_norm.weight"], 1.0, ffn)
-            act, actq = self.norms.gelu_mul(*self._matvecs(ffn, u, uq), self._quantizes([p + "ffn_down.weight"], R))
+            down = [p + "ffn_down.weight"]
+            act, actq = self.norms.gelu_mul(*self._matvecs(ffn, u, uq), self._quantizes(down, R),
+                                            packed=self._packs(down, R))
             f = self._matvec(p + "ffn_down.weight", act, actq)
             if pli is None:
                 last_in, last_norm = f, w[p + "post_ffw_norm.weight"]
             else:
                 with self._span("norms"):
                     x = add_rms_norm(x, f, w[p + "post_ffw_norm.weight"], eps)
+                proj = [p + "proj.weight"]
                 g, gq = self.norms.gelu_mul(self._matvec(p + "inp_gate.weight", x), cp.ascontiguousarray(pli[:, i]),
-                                            self._quantizes([p + "proj.weight"], R))
+                                            self._quantizes(proj, R), packed=self._packs(proj, R))
                 last_in, last_norm = self._matvec(p + "proj.weight", g, gq), w[p + "post_norm.weight"]
             # the layer's last residual add (times layer_output_scale), fused with the norm that reads its output
             next_norm, next_names = next_input_norm(cfg, i)
@@ -473,10 +490,12 @@ class CupyEngine:
                 trace.append(cp.asnumpy(x))
         # a = rms_norm(x) * output_norm; rows are normed (and quantized) independently, so picking rows afterwards
         # gives the bits of norming the picked rows (the Q8_1 blocks were made if the lm head routes to decode-MMQ at
-        # R rows; where it does so only at the picked count, _matvecs quantizes them)
+        # R rows; where it does so only at the picked count, _matvecs quantizes them). Packed-MMA records (a pair)
+        # are laid out by 8-token tile, so _matvecs makes the picked rows' afresh (the same bits: a row's own).
         if static is None and list(logits_rows) != list(range(R)):
             keep = cp.asarray(np.asarray(logits_rows, dtype=np.int64))
-            a, aq = cp.ascontiguousarray(a[keep]), None if aq is None else cp.ascontiguousarray(aq[keep])
+            picked_q = None if aq is None or isinstance(aq, tuple) else cp.ascontiguousarray(aq[keep])
+            a, aq = cp.ascontiguousarray(a[keep]), picked_q
         z = self._matvec(output_matrix(cfg), a, aq)
         return softcap(z, cfg.final_softcap) if cfg.final_softcap else z
 

@@ -51,11 +51,17 @@ def argmax_geometry(rows: int) -> tuple[tuple[int], tuple[int]]:
 
 
 def gelu_tanh_mul(gate: cp.ndarray, up: cp.ndarray, out: cp.ndarray | None = None, *, quantize: bool = False,
-                  out_q: cp.ndarray | None = None):
+                  out_q: cp.ndarray | None = None, packed: bool = False):
     """gelu_tanh(gate) * up, element-wise; gate and up of one shape (e.g. [R, F]), float32.
 
     quantize=True returns (y, yq): the same y, and yq = quantize_q8_1(y) bit for bit (uint8 [R, F / 32 * 36], or
-    `out_q`), made by the same launch; then gate and up must be [R, F] with F % 32 == 0 (ValueError otherwise)."""
+    `out_q`), made by the same launch; then gate and up must be [R, F] with F % 32 == 0 (ValueError otherwise).
+    packed=True returns (y, (xf, inv)): y's packed-MMA records (kernels/packed_mma.py packed_x(y), bit for bit) from
+    the same launch; gate and up [R, F] with R >= 1 and F % 64 == 0."""
+    if quantize and packed:
+        raise ValueError("packed: one of quantize (Q8_1 blocks) and packed (packed-MMA records) per launch")
+    if packed:
+        return _gelu_tanh_mul_packed(gate, up, out)
     if quantize:
         return _gelu_tanh_mul_q8_1(gate, up, out, out_q)
     if out_q is not None:
@@ -67,6 +73,21 @@ def gelu_tanh_mul(gate: cp.ndarray, up: cp.ndarray, out: cp.ndarray | None = Non
         grid, block = elementwise_geometry(gate.size)
         _kernel("gelu_tanh_mul_f32")(grid, block, (gate, up, y, cp.int64(gate.size)))
     return y
+
+
+def _gelu_tanh_mul_packed(gate, up, out):
+    from .packed_mma import GROUP, X_THREADS, packed_x_buffers
+
+    _check("gate", gate)
+    _check("up", up, shape=gate.shape)
+    if gate.ndim != 2 or gate.shape[0] == 0 or gate.shape[1] == 0 or gate.shape[1] % GROUP:
+        raise ValueError(f"gate: packed-MMA records need [R, F] with R >= 1 and F a multiple of {GROUP}, got shape "
+                         f"{tuple(gate.shape)}")
+    y = _out(out, gate.shape, cp.float32, gate, up)
+    rows, k = (int(v) for v in gate.shape)
+    xf, inv = packed_x_buffers(rows, k)
+    _kernel("gelu_tanh_mul_packed_f32")((rows,), (X_THREADS,), (gate, up, y, xf, inv, cp.int32(k)))
+    return y, (xf, inv)
 
 
 def _gelu_tanh_mul_q8_1(gate, up, out, out_q):

@@ -4,8 +4,9 @@ Each is one launch with the bits of the unfused kernel sequence (kernels/norms.p
 kernels/rope.py), which the .cu header explains:
 
 * `rms_norm_q8_1(x, w, eps)` = (rms_norm(x, w, eps), quantize_q8_1(that))
-* `add_rms_norm_rms_norm(h, x, w_add, w_next, eps, scale, quantize=...)` = (h2 := add_rms_norm(h, x, w_add, eps,
-  scale), rms_norm(h2, w_next, eps), quantize_q8_1(that) or None): a residual add and the next sub-block's norm
+* `add_rms_norm_rms_norm(h, x, w_add, w_next, eps, scale, quantize=..., packed=...)` = (h2 := add_rms_norm(h, x,
+  w_add, eps, scale), rms_norm(h2, w_next, eps), quantize_q8_1(that) or packed_x(that) or None): a residual add and
+  the next sub-block's norm
 * `rms_norm_rope_neox(x, w, eps, positions, inv_freq)` = rope_neox(rms_norm(x, w, eps), positions, inv_freq)
   per head (the q/k norm and RoPE)
 
@@ -29,7 +30,8 @@ from gemma_oracle.kernels.reference.q8_1 import BLOCK_BYTES, QK8_1
 MODULE = "fused_norms"
 THREADS = 256  # NORM_THREADS in norm_row.cuh (fixes the reduction order)
 REG_MAX = 4096  # NORM_REG_MAX in norm_row.cuh: the longest head row rms_norm_rope_neox takes
-ENTRIES = ("rms_norm_q8_1_f32", "add_rms_norm_rms_norm_f32", "rms_norm_rope_neox_f32")
+ENTRIES = ("rms_norm_q8_1_f32", "add_rms_norm_rms_norm_f32", "rms_norm_rope_neox_f32", "add_rms_norm_rms_norm_packed_f32")
+PACKED_GROUP = 64  # packed MMA's activation records cover 64 values of a row (kernels/packed_mma.py GROUP)
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,13 @@ def plan_rms_norm_q8_1(x, weight, *, out=None, out_q=None) -> FusedNormLaunch:
 
 
 def plan_add_rms_norm_rms_norm(h, x, w_add, w_next, *, quantize: bool, out_h=None, out=None,
-                               out_q=None) -> FusedNormLaunch:
+                               out_q=None, packed: bool = False) -> FusedNormLaunch:
     rows, d = _rows("h", h)
+    if packed and quantize:
+        raise ValueError("packed: one of quantize (Q8_1 blocks) and packed (packed-MMA records) per launch")
+    if packed and (d % PACKED_GROUP or rows == 0):
+        raise ValueError(f"h: packed-MMA records need at least one row of a multiple of {PACKED_GROUP} values, got "
+                         f"shape {tuple(h.shape)}")
     _check("x", x, np.float32, 2, (rows, d))
     _weight("w_add", w_add, d)
     _weight("w_next", w_next, d)
@@ -105,7 +112,7 @@ def plan_add_rms_norm_rms_norm(h, x, w_add, w_next, *, quantize: bool, out_h=Non
     check_no_overlap({"out_h": out_h, "out": out, "out_q": out_q},
                       {"h": h, "x": x, "w_add": w_add, "w_next": w_next}, in_place=(("out_h", "h"),))
     grid, block = _geometry(rows)
-    return FusedNormLaunch(ENTRIES[1], grid, block, rows, d, q_shape)
+    return FusedNormLaunch(ENTRIES[3] if packed else ENTRIES[1], grid, block, rows, d, q_shape)
 
 
 def plan_rms_norm_rope_neox(x, weight, positions, inv_freq, *, out=None) -> FusedNormLaunch:
@@ -151,15 +158,26 @@ def rms_norm_q8_1(x, weight, eps: float, *, out=None, out_q=None):
 
 
 def add_rms_norm_rms_norm(h, x, w_add, w_next, eps: float, scale: float = 1.0, *, quantize: bool, out_h=None,
-                          out=None, out_q=None):
+                          out=None, out_q=None, packed: bool = False):
     """(h2, y, yq): h2 = (h + rms_norm(x) [* w_add]) * scale (the residual), y = rms_norm(h2) [* w_next], and yq
-    = y's Q8_1 blocks when `quantize`, else None. h, x float32 [rows, D]; `out_h=h` updates the residual in place."""
+    = y's Q8_1 blocks when `quantize`, y's packed-MMA records (xf, inv) (kernels/packed_mma.py packed_x(y), bit for
+    bit) when `packed`, else None. h, x float32 [rows, D]; `out_h=h` updates the residual in place."""
     import cupy as cp
 
-    plan = plan_add_rms_norm_rms_norm(h, x, w_add, w_next, quantize=quantize, out_h=out_h, out=out, out_q=out_q)
+    plan = plan_add_rms_norm_rms_norm(h, x, w_add, w_next, quantize=quantize, out_h=out_h, out=out, out_q=out_q,
+                                      packed=packed)
     require_device_arrays(h=h, x=x, w_add=w_add, w_next=w_next, out_h=out_h, out=out, out_q=out_q)
     h2 = cp.empty_like(h) if out_h is None else out_h
     y = cp.empty_like(h) if out is None else out
+    if packed:
+        from gemma_oracle.kernels.packed_mma import packed_x_buffers
+
+        xf, inv = packed_x_buffers(plan.rows, plan.d)
+        _kernel(plan.entry)(plan.grid, plan.block,
+                            (h, x, x if w_add is None else w_add, x if w_next is None else w_next, h2, y, xf, inv,
+                             np.int32(plan.rows), np.int32(plan.d), np.float32(eps), np.float32(scale),
+                             np.int32(w_add is not None), np.int32(w_next is not None)))
+        return h2, y, (xf, inv)
     yq = None if not quantize else cp.empty(plan.q_shape, dtype=cp.uint8) if out_q is None else out_q
     if plan.rows:
         _kernel(plan.entry)(plan.grid, plan.block,

@@ -133,16 +133,21 @@ def plan_packed_x(x) -> tuple[int, int]:
     return n, k
 
 
-def packed_x(x):
-    """(xf uint32 [ceil(N / 8) * K / 64 * 256] fragment-ordered fp16 rows, inv float32 [N]) for float32 x [N, K]."""
+def packed_x_buffers(n: int, k: int):
+    """(xf, inv) to hold the fragment-ordered rows of N tokens of K values: uint32 [ceil(N / 8) * K / 64 * 256] and
+    float32 [N]. The words of the last tile's padding tokens are never written nor read."""
     import cupy
 
+    return (cupy.empty(-(-n // 8) * (k // GROUP) * X_RECORD_WORDS, dtype=cupy.uint32),
+            cupy.empty((n,), dtype=cupy.float32))
+
+
+def packed_x(x):
+    """(xf, inv) (packed_x_buffers) for float32 x [N, K]: f16_rows' fp16 rows and inv in mma fragment order."""
     n, k = plan_packed_x(x)
     require_device_arrays(x=x)
-    tiles = -(-n // 8)
-    xf = cupy.empty(tiles * (k // GROUP) * X_RECORD_WORDS, dtype=cupy.uint32)
-    inv = cupy.empty((n,), dtype=cupy.float32)
-    load_module(MODULE).get_function("packed_x")((8 * tiles, 1, 1), (X_THREADS, 1, 1), (x, np.int32(k), np.int32(n), xf, inv))
+    xf, inv = packed_x_buffers(n, k)
+    load_module(MODULE).get_function("packed_x")((n, 1, 1), (X_THREADS, 1, 1), (x, np.int32(k), xf, inv))
     return xf, inv
 
 

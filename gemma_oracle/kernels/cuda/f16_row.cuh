@@ -7,8 +7,9 @@
 
 #define F16_ROWS_THREADS 256
 
-// e of the float32 row [k], computed by the whole block (F16_ROWS_THREADS threads; every thread gets it).
-__device__ __forceinline__ int f16_row_exponent(const float* __restrict__ row, int k) {
+// e of the float32 row [k], computed by the whole block (F16_ROWS_THREADS threads; every thread gets it). Plain
+// loads (no __restrict__): packed_x_row.cuh passes rows its block has just written.
+__device__ __forceinline__ int f16_row_exponent(const float* row, int k) {
     __shared__ float s_max[F16_ROWS_THREADS / 32];
     float a = 0.0f;  // max |x| is exact in any order
     for (int i = threadIdx.x; i < k; i += F16_ROWS_THREADS) a = fmaxf(a, fabsf(row[i]));

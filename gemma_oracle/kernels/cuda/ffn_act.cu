@@ -13,6 +13,10 @@
 //       with the lane layout quantize_q8_1 uses. With a block size and grid-stride that are multiples of 32, the
 //       lanes of a warp hold 32 consecutive elements starting at a multiple of 32 in every round: one Q8_1 block,
 //       lane l = value l, and the guard i < n is warp-uniform (full-mask shuffles are legal).
+//   gelu_tanh_mul_packed_f32(gate, up, y, xf, xinv, K)
+//       the same y for gate / up [rows, K] (one block of F16_ROWS_THREADS a row, grid (rows)), and y's packed-MMA
+//       activation records xf / xinv (packed_x_row.cuh: packed_mma.cu's packed_x of y, bit for bit; K % 64 == 0):
+//       the input of a packed-MMA ffn_down made here instead of by a packed_x launch. y may alias an input.
 //   softcap_f32(x, y, n, cap)
 //       y[i] = cap * tanh(x[i] / cap)
 //   argmax_rows_f32(x, out, rows, V)
@@ -27,6 +31,7 @@
 // gelu_tanh_mul_f32, gelu_tanh_mul_q8_1_f32 and softcap_f32 are grid-stride loops: y may alias an input (in-place
 // allowed: each element is read, then written, by one thread). yq overlaps nothing.
 #include "common.cuh"
+#include "packed_x_row.cuh"
 #include "q8_1_block.cuh"
 
 #define ARGMAX_THREADS 1024
@@ -55,6 +60,15 @@ extern "C" __global__ void gelu_tanh_mul_q8_1_f32(const float* gate, const float
         y[i] = v;
         q8_1_block_from_warp(v, yq + (i >> 5) * Q8_1_BYTES);
     }
+}
+
+extern "C" __global__ void __launch_bounds__(F16_ROWS_THREADS)
+gelu_tanh_mul_packed_f32(const float* gate, const float* up, float* y, uint4* xf, float* xinv, int K) {
+    grid_dependency_enter();
+    const i64 off = (i64)blockIdx.x * K;
+    for (int i = threadIdx.x; i < K; i += F16_ROWS_THREADS) y[off + i] = gelu_tanh_mul_1(gate[off + i], up[off + i]);
+    __syncthreads();  // the row's y, written by every thread of the block, is read back whole
+    packed_x_row(y + off, K, blockIdx.x, xf, xinv);
 }
 
 extern "C" __global__ void softcap_f32(const float* x, float* y, i64 n, float cap) {

@@ -1,5 +1,5 @@
 // RMS norms fused with what follows them in a decode step: Q8_1 quantization of the normed row (the input of
-// decode-MMQ matmuls), the next norm after a residual add, or NEOX RoPE (q/k). One launch instead of two or three,
+// decode-MMQ matmuls) or its packed-MMA fp16 records, the next norm after a residual add, or NEOX RoPE (q/k). One launch instead of two or three,
 // with the bits of the unfused sequence: every output equals, bit for bit, what norms.cu, quantize_q8_1.cu and
 // rope.cu write for the same inputs, because the arithmetic is the same device functions (norm_row.cuh,
 // q8_1_block.cuh, rope_pair.cuh, all spelled with explicit rounding intrinsics) in the same order.
@@ -11,6 +11,10 @@
 //       h_out = (h + rms_norm(x) [* w_add]) * scale          (add_rms_norm_f32: the residual after a sub-block)
 //       y     = rms_norm(h_out) [* w_next]                   (rms_norm_f32: the next sub-block's input norm)
 //       yq    = Q8_1 blocks of y, where has_q (yq is not touched otherwise; has_q needs D % 32 == 0)
+//   add_rms_norm_rms_norm_packed_f32(h, x, w_add, w_next, h_out, y, xf, xinv, rows, D, eps, scale, has_w_add,
+//                                    has_w_next)
+//       h_out and y as above, and y's packed-MMA activation records xf / xinv (packed_mma.cu's packed_x of y,
+//       bit for bit; D % 64 == 0)
 //   rms_norm_rope_neox_f32(x, w, positions, inv_freq, y, rows, heads, d, half, eps, has_w)
 //       x, y [rows, heads, d]: each head row normed (rms_norm_f32 on [rows * heads, d]) then rotated
 //       (rope_neox_f32 on [rows, heads, d]: pairs (i, i + half), dims >= 2 * half copied). One block per
@@ -25,8 +29,11 @@
 // Aliasing: each element is read and written by one thread, and a row is read in full before the first barrier,
 // so h_out may be h (in place); rms_norm_rope_neox_f32's y may be x. The launcher refuses other overlaps.
 #include "norm_row.cuh"
+#include "packed_x_row.cuh"
 #include "q8_1_block.cuh"
 #include "rope_pair.cuh"
+
+static_assert(NORM_THREADS == F16_ROWS_THREADS, "packed_x_row runs on the norm's block");
 
 __device__ __forceinline__ u8* q8_1_row(u8* yq, int r, int D) { return yq + (i64)r * (D / 32) * Q8_1_BYTES; }
 
@@ -143,6 +150,22 @@ add_rms_norm_rms_norm_f32(const float* h, const float* x, const float* __restric
     else
         add_norm_norm_row<false>(h + off, x + off, w_add, w_next, h_out + off, y + off, nullptr, D, eps, scale,
                                  has_w_add, has_w_next);
+}
+
+// The same residual add and norm with y also written as packed MMA's fragment-ordered fp16 rows (packed_x_row.cuh:
+// xf and xinv as packed_mma.cu's packed_x writes them for y): one launch instead of the norm's and packed_x's.
+extern "C" __global__ void __launch_bounds__(NORM_THREADS)
+add_rms_norm_rms_norm_packed_f32(const float* h, const float* x, const float* __restrict__ w_add,
+                                 const float* __restrict__ w_next, float* h_out, float* y, uint4* xf, float* xinv,
+                                 int rows, int D, float eps, float scale, int has_w_add, int has_w_next) {
+    grid_dependency_enter();
+    const int r = blockIdx.x;
+    if (r >= rows) return;
+    const i64 off = (i64)r * D;
+    add_norm_norm_row<false>(h + off, x + off, w_add, w_next, h_out + off, y + off, nullptr, D, eps, scale,
+                             has_w_add, has_w_next);
+    __syncthreads();  // the row's y, written by every thread of the block, is read back whole
+    packed_x_row(y + off, D, r, xf, xinv);
 }
 
 extern "C" __global__ void __launch_bounds__(NORM_THREADS)

@@ -26,7 +26,7 @@
 // Activations (packed_x below): f16_rows.cu's fp16 rows and inv (bit for bit), in fragment order: per 8-token tile h
 //   and group j a 1024-byte record, lane l's 32 bytes = words (s0 b0, s0 b1, s1 b0, s1 b1, ..., s3 b1) with
 //   b0 = {x16[8h + g, 64j + 16s + 2t], x16[.., + 1]}, b1 = the same 8 values on (PTX B fragment: b0 = k 2t, 2t + 1 of
-//   column g; b1 = k 2t + 8, 2t + 9); tokens past n are zero.
+//   column g; b1 = k 2t + 8, 2t + 9); the words of tokens past n are not written, and not read.
 //
 // Reduction order (per output (r, n) and K slice, the slices decode-MMQ's shape-only split_k_bounds): acc = +0, then
 // one mma per 16-value step k0 = slice start, + 16, ... in increasing order, then y = acc * inv[n] (exact) and the
@@ -50,15 +50,15 @@
 //       slices), block 128.
 //     pack_<t>(const u8* w, i64 row_bytes, int rows, int units, uint4* out)
 //       one thread per (tile, group, lane): grid ceil(tiles * groups * 32 / 256), block 256.
-//     packed_x(const float* x, int k, int n, uint4* xf, float* inv)
-//       grid (8 * ceil(n / 8)) (one block a row; rows past n write zeros), block F16_ROWS_THREADS.
+//     packed_x(const float* x, int k, uint4* xf, float* inv)
+//       grid (n) (one block a row; the padding rows of the last 8-token tile are not written: never read), block
+//       F16_ROWS_THREADS; xf holds ceil(n / 8) tiles.
 #include "mmq_blocks.cuh"  // stage() of each weight type
 #include "f16_mma.cuh"     // dq_half2_fma / sub, dq_mma16816, dq_store_m16
-#include "f16_row.cuh"     // f16_row_exponent
+#include "packed_x_row.cuh"  // packed_x_row (f16_rows' values in fragment order), PK_X_RECORD
 #include "split_k.cuh"     // split_k_bounds, mmq_last_slice_sums
 
 #define PK_WARPS 4
-#define PK_X_RECORD 64     // uint4 a (token tile, group) activation record: 32 lanes x 2
 
 __device__ __forceinline__ u32 pk_lop3_and_or(u32 a, u32 mask, u32 c) {  // (a & mask) | c in one instruction
     u32 r;
@@ -192,8 +192,8 @@ __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, i
             uint4 xw[NT][2];  // this group's B words of each token tile (L1: shared by the SM's warps)
 #pragma unroll
             for (int h = 0; h < NT; ++h) {
-                // lane (g, t) holds token 8 (xt0 + h) + g: a padding token's words are zero in xf, so they are not
-                // read (at N = 1, 7 of the tile's 8 tokens)
+                // lane (g, t) holds token 8 (xt0 + h) + g: a padding token's words (never written) are not read,
+                // its B registers are zero (at N = 1, 7 of the tile's 8 tokens)
                 if (8 * (xt0 + h) + g < n) {
                     const uint4* rec = xf + ((size_t)(xt0 + h) * groups + j) * PK_X_RECORD + 2 * lane;
                     xw[h][0] = __ldg(rec);
@@ -291,24 +291,11 @@ __device__ __forceinline__ void pack_records(const u8* __restrict__ w, i64 row_b
                                           pk_h2(d[0][1][0], -m[0][1]), pk_h2(d[1][1][0], -m[1][1]));
 }
 
-// One token row of the fragment-ordered activations: f16_rows.cu's fp16 values and inv (rows past n: zeros), each
-// pair of values (k, k + 1) written as one word of its lane's record (layout in the header).
-extern "C" __global__ void __launch_bounds__(F16_ROWS_THREADS) packed_x(const float* __restrict__ x, int k, int n,
+// The fragment-ordered activations of x [n, k]: one block a token row (packed_x_row.cuh).
+extern "C" __global__ void __launch_bounds__(F16_ROWS_THREADS) packed_x(const float* __restrict__ x, int k,
                                                                         uint4* __restrict__ xf, float* __restrict__ inv) {
     grid_dependency_enter();
-    const int row = blockIdx.x, h = row >> 3, g = row & 7, groups = k >> 6;
-    const bool live = row < n;
-    const float* src = x + (size_t)row * k;
-    const int e = live ? f16_row_exponent(src, k) : 0;  // block-uniform branch: f16_row_exponent syncs the block
-    const float up = ldexpf(1.0f, e);
-    u32* words = (u32*)xf;
-    for (int c2 = threadIdx.x; c2 < k / 2; c2 += F16_ROWS_THREADS) {
-        const int kk = 2 * c2, j = kk >> 6, c = kk & 63, s = c >> 4, b = (c >> 3) & 1, t = (c & 7) >> 1;
-        u32 v = 0u;
-        if (live) v = (u32)f32_to_f16(__fmul_rn(src[kk], up)) | ((u32)f32_to_f16(__fmul_rn(src[kk + 1], up)) << 16);
-        words[(((size_t)h * groups + j) * 32 + 4 * g + t) * 8 + 2 * s + b] = v;
-    }
-    if (live && threadIdx.x == 0) inv[row] = ldexpf(1.0f, -e);
+    packed_x_row(x + (size_t)blockIdx.x * k, k, blockIdx.x, xf, inv);
 }
 
 // Every entry serves a GROUP of 1..PK_GROUP_MAX packed matrices of one type, K and K split that read the same

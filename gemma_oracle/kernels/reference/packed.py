@@ -3,7 +3,8 @@
 * `pack(raw, type_name, n_cols)`: the packed weight records (Q4_0, Q4_K, Q6_K) as the .cu header's layout states
   them (nibble i of word s of lane 4g + t holds value (row, column) of a table written from that text; Q6_K's high
   bits in slot i of the lane's high-plane word), bitwise what pack_<t> writes;
-* `x_fragments(x)`: the fragment-ordered fp16 activation records and inv, bitwise what packed_x writes;
+* `x_fragments(x)`: the fragment-ordered fp16 activation records and inv, bitwise what packed_x writes (the words
+  `x_written` names: padding tokens' are left unwritten);
 * `weights_from_registers(packed, ...)` and `activations_from_registers(xf, ...)`: the inverse, through what the
   kernel does with each loaded word (which nibbles make which A register, which scale word applies) and the PTX ISA's
   m16n8k16 fragment tables (which (row, k) each register half is). tests/test_kernels_packed_host.py checks that
@@ -98,6 +99,16 @@ def x_fragments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # [h, g, j, s, b, t, e] (k = 64 j + 16 s + 8 b + 2 t + e) -> [h, j, g, t, s, b, e]
     v = padded.reshape(tiles, 8, k // GROUP, 4, 2, 4, 2).transpose(0, 2, 1, 5, 3, 4, 6)
     return np.ascontiguousarray(v).reshape(-1).view(np.uint32), inv
+
+
+def x_written(n: int, k: int) -> np.ndarray:
+    """bool [ceil(N / 8) * K / 64 * 256]: the words of xf that hold one of the N tokens (packed_x writes those and
+    leaves the last tile's padding tokens' words unwritten: packed MMA never reads them)."""
+    tiles = -(-n // 8)
+    live = np.zeros((8 * tiles, k // 2), bool)
+    live[:n] = True
+    # one flag a word: [h, g, j, s, b, t] -> [h, j, g, t, s, b], as x_fragments orders the words
+    return np.ascontiguousarray(live.reshape(tiles, 8, k // GROUP, 4, 2, 4).transpose(0, 2, 1, 5, 3, 4)).reshape(-1)
 
 
 def _half(word: np.ndarray, high: bool) -> np.ndarray:
