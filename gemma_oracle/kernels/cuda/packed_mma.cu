@@ -310,9 +310,9 @@ extern "C" __global__ void __launch_bounds__(F16_ROWS_THREADS) packed_x(const fl
                   const uint4 *xf, const float *inv, int n, int slices, int *counters
 #define PK_ENTRY(name, P, MT, NT, D)                                                                             \
     extern "C" __global__ void __launch_bounds__(32 * PK_WARPS) packed_mma_##name##_m##MT##_n##NT##_d##D(PK_PARAMS) { \
+        grid_dependency_enter();                                                                               \
         const int m_ = blockIdx.x < tiles0 ? 0 : blockIdx.x < tiles01 ? 1 : 2;                                 \
         const int bx = (int)blockIdx.x - (m_ == 0 ? 0 : m_ == 1 ? tiles0 : tiles01);                           \
-        grid_dependency_enter();                                                                               \
         packed_mma_kernel<P, MT, NT, D>(m_ == 0 ? w0 : m_ == 1 ? w1 : w2, m_ == 0 ? rows0 : m_ == 1 ? rows1 : rows2, \
                                         bx, units, xf, inv, n, m_ == 0 ? y0 : m_ == 1 ? y1 : y2, slices,         \
                                         m_ == 0 ? part0 : m_ == 1 ? part1 : part2, counters);                   \
