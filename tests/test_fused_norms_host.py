@@ -231,7 +231,23 @@ def test_profiled_pass_launches_each_matrix_alone():
     ({"q": routing.DECODE_MMQ}, False),
 ], ids=["packed-and-ws", "packed-and-mmq", "float", "only-mmq"])
 def test_a_producer_writes_packed_records_only_for_packed_mma_without_decode_mmq(routes, want):
-    assert CupyEngine._packs(_Routes(routes), list(routes), 1) is want
+    engine = _Routes(routes)
+    engine.packed_producers = True
+    assert CupyEngine._packs(engine, list(routes), 1) is want
+    engine.packed_producers = False  # the default (ENV_PACKED_PRODUCERS unset): packed_x launches in _matvecs
+    assert CupyEngine._packs(engine, list(routes), 1) is False
+
+
+def test_packed_producers_switch_takes_0_or_1_and_is_off_when_unset(monkeypatch):
+    from gemma_oracle.engine.gpu_engine import ENV_PACKED_PRODUCERS, packed_producers_from_env
+
+    monkeypatch.delenv(ENV_PACKED_PRODUCERS, raising=False)
+    assert packed_producers_from_env() is False
+    monkeypatch.setenv(ENV_PACKED_PRODUCERS, "1")
+    assert packed_producers_from_env() is True
+    monkeypatch.setenv(ENV_PACKED_PRODUCERS, "yes")
+    with pytest.raises(ValueError, match="GEMMA_ORACLE_PACKED_PRODUCERS='yes': expected 0"):
+        packed_producers_from_env()
 
 
 def test_plan_add_rms_norm_rms_norm_packed():

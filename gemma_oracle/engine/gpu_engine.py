@@ -171,6 +171,20 @@ class FusedNorms:
 
 NORM_STEPS = {True: FusedNorms, False: SeparateNorms}  # CupyEngine(fused_norms=...)
 
+# Whether the fused residual-add norm and gelu * up also write packed MMA's input records in their own launch
+# (instead of a packed_x launch per input). Off until a device A/B in one call shows it faster: on an H100 the packed
+# mode with it on (reports/history/2026-12-07-s16.md, call 3) was 5-9 % slower at N = 1-8 than without it the same
+# day (call 1, another machine); the kernels themselves are bitwise checked (tests/test_kernels_packed_mma_gpu.py).
+ENV_PACKED_PRODUCERS = "GEMMA_ORACLE_PACKED_PRODUCERS"
+
+
+def packed_producers_from_env() -> bool:
+    value = os.environ.get(ENV_PACKED_PRODUCERS, "0").strip()
+    if value not in ("0", "1"):
+        raise ValueError(f"{ENV_PACKED_PRODUCERS}={value!r}: expected 0 (packed_x launches) or 1 (producers write "
+                         "packed MMA's input records)")
+    return value == "1"
+
 
 class GpuSequence:
     def __init__(self, engine: "CupyEngine", slot: int):
@@ -181,7 +195,8 @@ class GpuSequence:
 class CupyEngine:
     def __init__(self, model: ModelFile | os.PathLike | str, *, kv_dtype: str = "float32", max_sequences: int = 80,
                  max_context: int = 2048, route_mode: str | None = None, embed_scale_mode: str = "fp32",
-                 prefill_chunk: int = PREFILL_CHUNK, use_graphs: bool = True, fused_norms: bool = True):
+                 prefill_chunk: int = PREFILL_CHUNK, use_graphs: bool = True, fused_norms: bool = True,
+                 packed_producers: bool | None = None):
         import cupy as cp
 
         from gemma_oracle.kernels.kv_cache import alloc_layer_kv
@@ -234,6 +249,7 @@ class CupyEngine:
         self.use_graphs = use_graphs
         # fused_norms=False: every norm, RoPE and Q8_1 quantization as its own launch; the same bits (a test compares)
         self.norms = NORM_STEPS[fused_norms]
+        self.packed_producers = packed_producers_from_env() if packed_producers is None else packed_producers
         self.stream = cp.cuda.Stream()  # blocking: ordered with the default stream that prefill uses
         from gemma_oracle.kernels.mmq import prepare_counters
 
@@ -387,8 +403,10 @@ class CupyEngine:
 
     def _packs(self, names: Sequence[str], rows: int) -> bool:
         """Whether a producer that can (the fused residual-add norm, gelu * up) also writes its output as packed-MMA
-        records: one of these matrices routes to packed MMA and none to decode-MMQ (whose Q8_1 blocks the producer
-        makes instead; _matvecs then converts for the packed ones)."""
+        records: packed_producers is on (ENV_PACKED_PRODUCERS), one of these matrices routes to packed MMA and none
+        to decode-MMQ (whose Q8_1 blocks the producer makes instead; _matvecs then converts for the packed ones)."""
+        if not self.packed_producers:
+            return False
         routes = [self.route(name, rows) for name in names]
         return routing.PACKED_MMA in routes and routing.DECODE_MMQ not in routes
 
