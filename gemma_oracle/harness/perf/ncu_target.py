@@ -3,6 +3,7 @@ shape), or one eager decode step of a model inside the NVTX range "step" (every 
 
     ncu --clock-control none --kernel-name regex:mmq_q4_k --launch-skip 2 --launch-count 1 --section SpeedOfLight \
         python -m gemma_oracle.harness.perf.ncu_target --type Q4_K --rows 15360 --cols 3840 --n 1 --route decode_mmq
+    (--route packed_mma with --kernel-name regex:packed_mma_q: the pack and packed_x launches come first, once)
     ncu --clock-control none --cache-control none --nvtx --nvtx-include step/ --metrics gpu__time_duration.sum --csv \
         python -m gemma_oracle.harness.perf.ncu_target --step shape12b --n 1
 """
@@ -18,9 +19,9 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, default=15360)
     p.add_argument("--cols", type=int, default=3840)
     p.add_argument("--n", type=int, default=1)
-    p.add_argument("--route", default="decode_mmq", choices=("decode_mmq", "ws", "gemm_n", "dq_mma"))
-    p.add_argument("--tile", default=None, help="decode-MMQ tile (default: the tile rules' choice)")
-    p.add_argument("--slices", type=int, default=None, help="decode-MMQ K slices (default: split_k_slices)")
+    p.add_argument("--route", default="decode_mmq", choices=("decode_mmq", "ws", "gemm_n", "dq_mma", "packed_mma"))
+    p.add_argument("--tile", default=None, help="the route's tile (default: its tile rules' choice)")
+    p.add_argument("--slices", type=int, default=None, help="K slices of the tiled routes (default: split_k_slices)")
     p.add_argument("--launches", type=int, default=4)
     p.add_argument("--step", metavar="MODEL", help="profile one eager decode step of this model (fixture name) instead")
     p.add_argument("--route-mode", default="auto")
@@ -43,11 +44,17 @@ def main(argv=None) -> int:
     x = cp.asarray(np.random.default_rng(2).standard_normal((args.n, args.cols)).astype(np.float32))
     xq = quantize_q8_1(x)
     x16 = f16_rows(x)
+    if args.route == "packed_mma":  # the packed copy and the fragment-ordered rows, made once before the launches
+        from gemma_oracle.kernels.packed_mma import pack_weights, packed_mma_matvec, packed_x
+
+        packed, xf = pack_weights(w, args.type, args.cols), packed_x(x)
     for _ in range(args.launches):
         if args.route == "decode_mmq":
             mmq_matvec(w, args.type, args.cols, xq, tile=args.tile, slices=args.slices)
         elif args.route == "dq_mma":
             dq_mma_matvec(w, args.type, args.cols, x16, tile=args.tile, slices=args.slices)
+        elif args.route == "packed_mma":
+            packed_mma_matvec(packed, xf, tile=args.tile, slices=args.slices)
         else:
             matvec(w, args.type, args.cols, x, route=args.route)
     cp.cuda.get_current_stream().synchronize()
