@@ -232,21 +232,33 @@ def test_profiled_pass_launches_each_matrix_alone():
 ], ids=["packed-and-ws", "packed-and-mmq", "float", "only-mmq"])
 def test_a_producer_writes_packed_records_only_for_packed_mma_without_decode_mmq(routes, want):
     engine = _Routes(routes)
-    engine.packed_producers = True
-    assert CupyEngine._packs(engine, list(routes), 1) is want
-    engine.packed_producers = False  # the default (ENV_PACKED_PRODUCERS unset): packed_x launches in _matvecs
-    assert CupyEngine._packs(engine, list(routes), 1) is False
+    engine.packed_producers = frozenset({"norm", "gelu"})
+    assert CupyEngine._packs(engine, "norm", list(routes), 1) is want
+    assert CupyEngine._packs(engine, "gelu", list(routes), 1) is want
+    engine.packed_producers = frozenset({"norm"})  # one producer alone: the other leaves it to _matvecs
+    assert CupyEngine._packs(engine, "norm", list(routes), 1) is want
+    assert CupyEngine._packs(engine, "gelu", list(routes), 1) is False
+    engine.packed_producers = frozenset()  # the default (ENV_PACKED_PRODUCERS unset): packed_x launches in _matvecs
+    assert CupyEngine._packs(engine, "norm", list(routes), 1) is False
 
 
-def test_packed_producers_switch_takes_0_or_1_and_is_off_when_unset(monkeypatch):
+@pytest.mark.parametrize("value, want", [(None, set()), ("0", set()), ("1", {"norm", "gelu"}), ("norm", {"norm"}),
+                                         (" gelu ", {"gelu"})])
+def test_packed_producers_switch(monkeypatch, value, want):
     from gemma_oracle.engine.gpu_engine import ENV_PACKED_PRODUCERS, packed_producers_from_env
 
-    monkeypatch.delenv(ENV_PACKED_PRODUCERS, raising=False)
-    assert packed_producers_from_env() is False
-    monkeypatch.setenv(ENV_PACKED_PRODUCERS, "1")
-    assert packed_producers_from_env() is True
+    if value is None:
+        monkeypatch.delenv(ENV_PACKED_PRODUCERS, raising=False)
+    else:
+        monkeypatch.setenv(ENV_PACKED_PRODUCERS, value)
+    assert packed_producers_from_env() == want
+
+
+def test_packed_producers_switch_names_a_bad_value(monkeypatch):
+    from gemma_oracle.engine.gpu_engine import ENV_PACKED_PRODUCERS, packed_producers_from_env
+
     monkeypatch.setenv(ENV_PACKED_PRODUCERS, "yes")
-    with pytest.raises(ValueError, match="GEMMA_ORACLE_PACKED_PRODUCERS='yes': expected 0"):
+    with pytest.raises(ValueError, match="GEMMA_ORACLE_PACKED_PRODUCERS='yes': expected 0 .* norm or gelu"):
         packed_producers_from_env()
 
 

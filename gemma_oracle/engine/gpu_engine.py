@@ -175,15 +175,19 @@ NORM_STEPS = {True: FusedNorms, False: SeparateNorms}  # CupyEngine(fused_norms=
 # (instead of a packed_x launch per input). Off until a device A/B in one call shows it faster: on an H100 the packed
 # mode with it on (reports/history/2026-12-07-s16.md, call 3) was 5-9 % slower at N = 1-8 than without it the same
 # day (call 1, another machine); the kernels themselves are bitwise checked (tests/test_kernels_packed_mma_gpu.py).
+# 0: none; 1: both producers; "norm" or "gelu": that one alone (so one A/B call can tell them apart).
 ENV_PACKED_PRODUCERS = "GEMMA_ORACLE_PACKED_PRODUCERS"
+PACKED_PRODUCERS = ("norm", "gelu")  # the residual-add norm, gelu * up
+_PACKED_PRODUCER_VALUES = {"0": frozenset(), "1": frozenset(PACKED_PRODUCERS), "norm": frozenset({"norm"}),
+                           "gelu": frozenset({"gelu"})}
 
 
-def packed_producers_from_env() -> bool:
+def packed_producers_from_env() -> frozenset[str]:
     value = os.environ.get(ENV_PACKED_PRODUCERS, "0").strip()
-    if value not in ("0", "1"):
-        raise ValueError(f"{ENV_PACKED_PRODUCERS}={value!r}: expected 0 (packed_x launches) or 1 (producers write "
-                         "packed MMA's input records)")
-    return value == "1"
+    if value not in _PACKED_PRODUCER_VALUES:
+        raise ValueError(f"{ENV_PACKED_PRODUCERS}={value!r}: expected 0 (packed_x launches), 1 (both producers write "
+                         "packed MMA's input records), norm or gelu (that producer alone)")
+    return _PACKED_PRODUCER_VALUES[value]
 
 
 class GpuSequence:
@@ -196,7 +200,7 @@ class CupyEngine:
     def __init__(self, model: ModelFile | os.PathLike | str, *, kv_dtype: str = "float32", max_sequences: int = 80,
                  max_context: int = 2048, route_mode: str | None = None, embed_scale_mode: str = "fp32",
                  prefill_chunk: int = PREFILL_CHUNK, use_graphs: bool = True, fused_norms: bool = True,
-                 packed_producers: bool | None = None):
+                 packed_producers: frozenset[str] | None = None):
         import cupy as cp
 
         from gemma_oracle.kernels.kv_cache import alloc_layer_kv
@@ -249,7 +253,11 @@ class CupyEngine:
         self.use_graphs = use_graphs
         # fused_norms=False: every norm, RoPE and Q8_1 quantization as its own launch; the same bits (a test compares)
         self.norms = NORM_STEPS[fused_norms]
-        self.packed_producers = packed_producers_from_env() if packed_producers is None else packed_producers
+        # the producers that write packed MMA's input records (PACKED_PRODUCERS; default: ENV_PACKED_PRODUCERS)
+        self.packed_producers = packed_producers_from_env() if packed_producers is None else frozenset(packed_producers)
+        if not self.packed_producers <= set(PACKED_PRODUCERS):
+            raise ValueError(f"packed_producers: expected names from {PACKED_PRODUCERS}, got "
+                             f"{sorted(self.packed_producers)}")
         self.stream = cp.cuda.Stream()  # blocking: ordered with the default stream that prefill uses
         from gemma_oracle.kernels.mmq import prepare_counters
 
@@ -401,11 +409,12 @@ class CupyEngine:
         (WS and GEMM-N read the float32 input)."""
         return any(self.route(name, rows) == routing.DECODE_MMQ for name in names)
 
-    def _packs(self, names: Sequence[str], rows: int) -> bool:
-        """Whether a producer that can (the fused residual-add norm, gelu * up) also writes its output as packed-MMA
-        records: packed_producers is on (ENV_PACKED_PRODUCERS), one of these matrices routes to packed MMA and none
-        to decode-MMQ (whose Q8_1 blocks the producer makes instead; _matvecs then converts for the packed ones)."""
-        if not self.packed_producers:
+    def _packs(self, producer: str, names: Sequence[str], rows: int) -> bool:
+        """Whether `producer` (PACKED_PRODUCERS: the fused residual-add norm, gelu * up) also writes its output as
+        packed-MMA records: it is in packed_producers (ENV_PACKED_PRODUCERS), one of these matrices routes to packed
+        MMA and none to decode-MMQ (whose Q8_1 blocks the producer makes instead; _matvecs then converts for the
+        packed ones)."""
+        if producer not in self.packed_producers:
             return False
         routes = [self.route(name, rows) for name in names]
         return routing.PACKED_MMA in routes and routing.DECODE_MMQ not in routes
@@ -421,7 +430,7 @@ class CupyEngine:
         rows = int(h.shape[0])
         with self._span("norms"):
             return self.norms.add_norm(h, x, w_add, w_next, self.config.rms_eps, scale, self._quantizes(names, rows),
-                                       packed=self._packs(names, rows))
+                                       packed=self._packs("norm", names, rows))
 
     def _norm_rope(self, x, weight, positions, inv_freq):
         """NEOX RoPE of the per-head rms_norm(x [R, H, d]) * weight (q and k)."""
@@ -490,7 +499,7 @@ class CupyEngine:
             x, u, uq = self._add_norm(x, attn, w[p + "post_attention_norm.weight"], w[p + "ffn_norm.weight"], 1.0, ffn)
             down = [p + "ffn_down.weight"]
             act, actq = self.norms.gelu_mul(*self._matvecs(ffn, u, uq), self._quantizes(down, R),
-                                            packed=self._packs(down, R))
+                                            packed=self._packs("gelu", down, R))
             f = self._matvec(p + "ffn_down.weight", act, actq)
             if pli is None:
                 last_in, last_norm = f, w[p + "post_ffw_norm.weight"]
@@ -499,7 +508,7 @@ class CupyEngine:
                     x = add_rms_norm(x, f, w[p + "post_ffw_norm.weight"], eps)
                 proj = [p + "proj.weight"]
                 g, gq = self.norms.gelu_mul(self._matvec(p + "inp_gate.weight", x), cp.ascontiguousarray(pli[:, i]),
-                                            self._quantizes(proj, R), packed=self._packs(proj, R))
+                                            self._quantizes(proj, R), packed=self._packs("gelu", proj, R))
                 last_in, last_norm = self._matvec(p + "proj.weight", g, gq), w[p + "post_norm.weight"]
             # the layer's last residual add (times layer_output_scale), fused with the norm that reads its output
             next_norm, next_names = next_input_norm(cfg, i)
