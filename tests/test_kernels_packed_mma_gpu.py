@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from gemma_oracle.kernels._compile import source_path
-from gemma_oracle.kernels.mmq import split_k_slices
-from gemma_oracle.kernels.packed_mma import (GROUP_MAX, PACKED_TYPES, TILES, PackedMatrix, choose_tile, plan_pack,
+from gemma_oracle.kernels.mmq import GROUP_MAX, split_k_slices
+from gemma_oracle.kernels.packed_mma import (PACKED_TYPES, TILES, PackedMatrix, choose_tile, plan_pack,
                                              plan_packed_group, plan_packed_mma, plan_packed_x)
 from gemma_oracle.kernels.reference import packed as ref
 from gemma_oracle.kernels.reference.f16_operands import dequant_f16, f16_rows as f16_rows_host

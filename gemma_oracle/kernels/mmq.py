@@ -282,7 +282,41 @@ def plan_mmq(w_raw, type_name: str, n_cols: int, x, *, out=None, tile: str | Non
     return MmqLaunch(entry, chosen, grid, block, rows, rb, units, n, quantize, k_slices, pairs)
 
 
-GROUP_MAX = 3  # MMQ_GROUP_MAX in mmq.cu: weight matrices one launch can serve
+GROUP_MAX = 3  # MMQ_GROUP_MAX in mmq.cu (and PK_GROUP_MAX in packed_mma.cu): matrices one launch can serve
+
+
+# --- grouped split-K launches (mmq.cu, packed_mma.cu): 1..GROUP_MAX matrices that read one input in one launch ------
+
+def group_outs(members: list, outs, route: str) -> list:
+    """The per-member outputs (None: allocate) after checking the group's size and that `outs` matches it."""
+    if not 1 <= len(members) <= GROUP_MAX:
+        raise ValueError(f"members: a grouped {route} launch takes 1..{GROUP_MAX} matrices, got {len(members)}")
+    outs = [None] * len(members) if outs is None else list(outs)
+    if len(outs) != len(members):
+        raise ValueError(f"outs: expected {len(members)} outputs (one per member), got {len(outs)}")
+    return outs
+
+
+def check_group_counters(plans) -> None:
+    """A split group's tiles (every member's row tiles x the token tiles) each need a split-K counter."""
+    first = plans[0]
+    if first.slices > 1 and sum(p.grid[0] for p in plans) * first.grid[1] > COUNTER_SLOTS:
+        raise ValueError(f"members: {sum(p.grid[0] for p in plans) * first.grid[1]} tiles, more than the "
+                         f"{COUNTER_SLOTS} split-K counters")
+
+
+def group_grid(plans) -> tuple[tuple[int, int, int], tuple[np.int32, np.int32]]:
+    """(grid, (tiles0, tiles01)): grid.x the members' row tiles one after another, and the grid.x bounds of member 0
+    and of members 0-1 by which a block finds its member."""
+    tiles = [p.grid[0] for p in plans]
+    first = plans[0]
+    return ((sum(tiles), first.grid[1], first.slices),
+            (np.int32(tiles[0]), np.int32(tiles[0] + (tiles[1] if len(tiles) > 1 else 0))))
+
+
+def pad_group(values, fill) -> list:
+    """A kernel argument per member slot: members past the group's are never selected (no block's x reaches them)."""
+    return list(values) + [fill] * (GROUP_MAX - len(values))
 
 
 def plan_mmq_group(members, x, *, outs=None, tile: str | None = None, slices: int | None = None,
@@ -290,11 +324,7 @@ def plan_mmq_group(members, x, *, outs=None, tile: str | None = None, slices: in
     """Validate a grouped launch on the host: each member (w_raw, type_name, n_cols) as plan_mmq does, and the
     members share what one launch must (type, columns, tile, K split). Returns one plan per member."""
     members = list(members)
-    if not 1 <= len(members) <= GROUP_MAX:
-        raise ValueError(f"members: a grouped decode-MMQ launch takes 1..{GROUP_MAX} matrices, got {len(members)}")
-    outs = [None] * len(members) if outs is None else list(outs)
-    if len(outs) != len(members):
-        raise ValueError(f"outs: expected {len(members)} outputs (one per member), got {len(outs)}")
+    outs = group_outs(members, outs, "decode-MMQ")
     plans = [plan_mmq(w, t, c, x, out=o, tile=tile, slices=slices, pair=pair) for (w, t, c), o in zip(members, outs)]
     first = plans[0]
     for i, plan in enumerate(plans[1:], 1):
@@ -304,9 +334,7 @@ def plan_mmq_group(members, x, *, outs=None, tile: str | None = None, slices: in
                              f"{plan.slices} K slices cannot share a launch with member 0 ({members[0][1]} "
                              f"{first.rows}x{members[0][2]} on {first.tile.name} with {first.slices}): a grouped "
                              "launch needs one type, column count, tile and K split")
-    if first.slices > 1 and sum(p.grid[0] for p in plans) * first.grid[1] > COUNTER_SLOTS:
-        raise ValueError(f"members: {sum(p.grid[0] for p in plans) * first.grid[1]} tiles, more than the "
-                         f"{COUNTER_SLOTS} split-K counters")
+    check_group_counters(plans)
     return plans
 
 
@@ -316,8 +344,6 @@ def mmq_matvec_group(members, x, *, outs=None, tile: str | None = None, slices: 
     whose row tiles hold its blockIdx.x). The members share the activations, the type, K, the tile and the K split
     (the 12B's q/k/v and gate/up do at small N: choose_tile and split_k_slices give them the same); each output has
     the bits of its own mmq_matvec launch. x as in mmq_matvec (quantized once for all members when float32)."""
-    import cupy
-
     plans = plan_mmq_group(members, x, outs=outs, tile=tile, slices=slices, pair=pair)
     outs = [None] * len(plans) if outs is None else list(outs)
     require_device_arrays(x=x, **{f"members[{i}].w_raw": m[0] for i, m in enumerate(members)},
@@ -327,26 +353,16 @@ def mmq_matvec_group(members, x, *, outs=None, tile: str | None = None, slices: 
         from gemma_oracle.kernels.quantize_q8_1 import quantize_q8_1
 
         x = quantize_q8_1(x)
-    ys = [cupy.empty((p.n, p.rows), dtype=cupy.float32) if o is None else o for p, o in zip(plans, outs)]
-    if first.slices == 1:
-        parts, counters = ys, ys[0]  # not read by the kernel
-    else:
-        parts = [cupy.empty((p.slices, p.n, p.rows), dtype=cupy.float32) for p in plans]
-        counters = prepare_counters()
-    tiles = [p.grid[0] for p in plans]
-    grid = (sum(tiles), first.grid[1], first.slices)
-
-    def padded(values, fill):  # members past the group's are never selected (no block's x reaches them)
-        return list(values) + [fill] * (GROUP_MAX - len(values))
-
-    weights = padded([m[0] for m in members], members[0][0])
-    row_bytes = [np.int64(v) for v in padded([p.row_bytes for p in plans], first.row_bytes)]
-    rows = [np.int32(v) for v in padded([p.rows for p in plans], 0)]
-    bounds = (np.int32(tiles[0]), np.int32(tiles[0] + (tiles[1] if len(tiles) > 1 else 0)))
+    made = [split_k_outputs(p.n, p.rows, p.slices, o) for p, o in zip(plans, outs)]
+    ys, parts, counters = [m[0] for m in made], [m[1] for m in made], made[0][2]
+    grid, bounds = group_grid(plans)
+    weights = pad_group([m[0] for m in members], members[0][0])
+    row_bytes = [np.int64(v) for v in pad_group([p.row_bytes for p in plans], first.row_bytes)]
+    rows = [np.int32(v) for v in pad_group([p.rows for p in plans], 0)]
     load_module(MODULE).get_function(first.entry)(
         grid, first.block,
-        (*weights, *row_bytes, *rows, *bounds, *padded(ys, ys[0]), *padded(parts, parts[0]), np.int32(first.units),
-         x, np.int32(first.n), np.int32(first.slices), counters))
+        (*weights, *row_bytes, *rows, *bounds, *pad_group(ys, ys[0]), *pad_group(parts, parts[0]),
+         np.int32(first.units), x, np.int32(first.n), np.int32(first.slices), counters))
     return ys
 
 

@@ -21,7 +21,8 @@ import numpy as np
 
 from gemma_oracle.kernels._compile import load_module
 from gemma_oracle.kernels.dequant import UNIT, check_array, check_weight_rows, require_device_arrays
-from gemma_oracle.kernels.mmq import COUNTER_SLOTS, split_k_outputs, split_k_slices
+from gemma_oracle.kernels.mmq import (COUNTER_SLOTS, check_group_counters, group_grid, group_outs, pad_group,
+                                      split_k_outputs, split_k_slices)
 
 MODULE = "packed_mma"
 PACKED_TYPES = ("Q4_0", "Q4_K", "Q6_K")  # the pack_<t> / packed_mma_<t>_<tile> entries
@@ -207,19 +208,12 @@ def plan_packed_mma(w: PackedMatrix, x, *, out=None, tile: str | None = None,
                         units, n_tok, k_slices)
 
 
-GROUP_MAX = 3  # PK_GROUP_MAX in packed_mma.cu: packed matrices one launch can serve
-
-
 def plan_packed_group(members, x, *, outs=None, tile: str | None = None,
                       slices: int | None = None) -> list[PackedLaunch]:
     """Validate a grouped launch on the host: each member PackedMatrix as plan_packed_mma does, and the members
     share what one launch must (type, columns, K split; the tile follows N). Returns one plan per member."""
     members = list(members)
-    if not 1 <= len(members) <= GROUP_MAX:
-        raise ValueError(f"members: a grouped packed-MMA launch takes 1..{GROUP_MAX} matrices, got {len(members)}")
-    outs = [None] * len(members) if outs is None else list(outs)
-    if len(outs) != len(members):
-        raise ValueError(f"outs: expected {len(members)} outputs (one per member), got {len(outs)}")
+    outs = group_outs(members, outs, "packed-MMA")
     plans = [plan_packed_mma(w, x, out=o, tile=tile, slices=slices) for w, o in zip(members, outs)]
     first, w0 = plans[0], members[0]
     for i, (w, plan) in enumerate(zip(members[1:], plans[1:]), 1):
@@ -227,9 +221,7 @@ def plan_packed_group(members, x, *, outs=None, tile: str | None = None,
             raise ValueError(f"members[{i}]: {w.type_name} {w.rows}x{w.n_cols} with {plan.slices} K slices cannot "
                              f"share a launch with member 0 ({w0.type_name} {w0.rows}x{w0.n_cols} with "
                              f"{first.slices}): a grouped launch needs one type, column count and K split")
-    if first.slices > 1 and sum(p.grid[0] for p in plans) * first.grid[1] > COUNTER_SLOTS:
-        raise ValueError(f"members: {sum(p.grid[0] for p in plans) * first.grid[1]} tiles, more than the "
-                         f"{COUNTER_SLOTS} split-K counters")
+    check_group_counters(plans)
     return plans
 
 
@@ -248,18 +240,13 @@ def packed_mma_group(members, x, *, outs=None, tile: str | None = None, slices: 
     first = plans[0]
     made = [split_k_outputs(p.n, p.rows, p.slices, o) for p, o in zip(plans, outs)]
     ys, parts, counters = [m[0] for m in made], [m[1] for m in made], made[0][2]
-    tiles = [p.grid[0] for p in plans]
-    grid = (sum(tiles), first.grid[1], first.slices)
-
-    def padded(values, fill):  # members past the group's are never selected (no block's x reaches them)
-        return list(values) + [fill] * (GROUP_MAX - len(values))
-
-    bounds = (np.int32(tiles[0]), np.int32(tiles[0] + (tiles[1] if len(tiles) > 1 else 0)))
+    grid, bounds = group_grid(plans)
     load_module(MODULE).get_function(first.entry)(
         grid, first.block,
-        (*padded([w.data for w in members], members[0].data), *[np.int32(v) for v in padded([p.rows for p in plans], 0)],
-         *bounds, *padded(ys, ys[0]), *padded(parts, parts[0]), np.int32(first.units), xf, inv, np.int32(first.n),
-         np.int32(first.slices), counters))
+        (*pad_group([w.data for w in members], members[0].data),
+         *[np.int32(v) for v in pad_group([p.rows for p in plans], 0)], *bounds, *pad_group(ys, ys[0]),
+         *pad_group(parts, parts[0]), np.int32(first.units), xf, inv, np.int32(first.n), np.int32(first.slices),
+         counters))
     return ys
 
 
