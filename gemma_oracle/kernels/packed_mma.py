@@ -60,7 +60,8 @@ class Tile:
 # PK_TILES in packed_mma.cu
 # (Deeper rings, m1_n1_d8 / m2_n1_d5 / m1_n2_d6, were 1-20 % slower than these on every 12B shape at N = 1-2 on an
 # H100: reports/history/2026-12-07-s16.md; the N = 1 tile is not short of bytes in flight.)
-TILES = {t.name: t for t in (Tile(2, 1, 3), Tile(1, 1, 4), Tile(2, 2, 2), Tile(1, 2, 3), Tile(2, 4, 2), Tile(1, 4, 3))}
+TILES = {t.name: t for t in (Tile(2, 1, 3), Tile(1, 1, 4), Tile(2, 2, 2), Tile(1, 2, 3), Tile(2, 4, 2), Tile(1, 4, 3),
+                             Tile(2, 4, 3), Tile(4, 2, 2), Tile(4, 4, 2))}
 # Which tile a launch uses (first match: min N). A speed choice only (the same bits). At N = 1-2, m2_n1_d3 was the
 # fastest on every 12B matrix of 4096+ rows and m1_n1_d4 on the 2048- and 512-row ones (H100, route tuning,
 # reports/history/2026-12-07-h100-route-tuning-packed-s16-call2-shape12b.md); N >= 9 is still the register

@@ -319,7 +319,8 @@ extern "C" __global__ void __launch_bounds__(F16_ROWS_THREADS) packed_x(const fl
     }
 #define PK_TILES(name, P)                                                                                        \
     PK_ENTRY(name, P, 2, 1, 3) PK_ENTRY(name, P, 1, 1, 4) PK_ENTRY(name, P, 2, 2, 2) PK_ENTRY(name, P, 1, 2, 3)   \
-    PK_ENTRY(name, P, 2, 4, 2) PK_ENTRY(name, P, 1, 4, 3)
+    PK_ENTRY(name, P, 2, 4, 2) PK_ENTRY(name, P, 1, 4, 3) PK_ENTRY(name, P, 2, 4, 3) PK_ENTRY(name, P, 4, 2, 2)   \
+    PK_ENTRY(name, P, 4, 4, 2)
 #define PK_PACK(name, P)                                                                                         \
     extern "C" __global__ void __launch_bounds__(256) pack_##name(const u8* w, i64 row_bytes, int rows, int units, \
                                                                   uint4* out) {                                 \
