@@ -39,11 +39,12 @@ def test_activations_round_trip_through_the_fragments(n):
     assert xf.size == -(-n // 8) * 5 * 256
     assert _same_bits(ref.activations_from_registers(xf, n, 320), x16) and np.array_equal(inv, want_inv)
     # the padding tokens of the last tile are zero words
-    tail = xf.reshape(-(-n // 8), 5, 8, 4, 8)[-1, :, n % 8 or 8:]
+    tail = xf.reshape(-(-n // 8), 5, 2, 8, 4, 4)[-1, :, :, n % 8 or 8:]
     assert not tail.any()
-    # x_written: the words of tokens < N, from the record layout [tile h, group, lane g, lane t, word]
-    token = (8 * np.arange(-(-n // 8))[:, None, None, None, None] + np.arange(8)[None, None, :, None, None])
-    want = np.broadcast_to(token < n, (-(-n // 8), 5, 8, 4, 8)).reshape(-1)
+    # x_written: the words of tokens < N, from the record layout [tile h, group, half, lane g, lane t, word]
+    token = (8 * np.arange(-(-n // 8))[:, None, None, None, None, None]
+             + np.arange(8)[None, None, None, :, None, None])
+    want = np.broadcast_to(token < n, (-(-n // 8), 5, 2, 8, 4, 4)).reshape(-1)
     assert np.array_equal(ref.x_written(n, 320), want) and ref.x_written(n, 320).sum() == n * 160
 
 

@@ -23,7 +23,7 @@ import pytest
 
 from gemma_oracle.kernels._compile import source_path
 from gemma_oracle.kernels.mmq import GROUP_MAX, split_k_slices
-from gemma_oracle.kernels.packed_mma import (PACKED_TYPES, TILES, PackedMatrix, choose_tile, plan_pack,
+from gemma_oracle.kernels.packed_mma import (ENV_TILES, PACKED_TYPES, TILE_RULES, TILES, PackedMatrix, choose_tile, plan_pack,
                                              plan_packed_group, plan_packed_mma, plan_packed_x)
 from gemma_oracle.kernels.reference import packed as ref
 from gemma_oracle.kernels.reference.f16_operands import dequant_f16, f16_rows as f16_rows_host
@@ -215,8 +215,9 @@ def test_grouped_launch_gives_each_output_its_own_launchs_bits(t, n):
 def test_launcher_matches_the_compiled_entries():
     """kernels/packed_mma.py's TILES and PACKED_TYPES are exactly the entries packed_mma.cu compiles."""
     src = source_path("packed_mma").read_text()
-    tiles = re.findall(r"PK_ENTRY\(name, P, (\d+), (\d+), (\d+)\)", src)
-    assert sorted(f"m{m}_n{nt}_d{d}" for m, nt, d in tiles) == sorted(TILES)
+    tiles = re.findall(r"PK_ENTRY\(name, P, (\d+), (\d+), (\d+), (true|false), (_x)?\)", src)
+    assert all((xr == "true") == (suffix == "_x") for *_, xr, suffix in tiles)
+    assert sorted(f"m{m}_n{nt}_d{d}{suffix}" for m, nt, d, _, suffix in tiles) == sorted(TILES)
     assert sorted(re.findall(r"^PK_TILES\((\w+),", src, flags=re.M)) == sorted(t.lower() for t in PACKED_TYPES)
     assert sorted(re.findall(r"^PK_PACK\((\w+),", src, flags=re.M)) == sorted(t.lower() for t in PACKED_TYPES)
     for n in (1, 8, 9, 16, 17, 32, 64):
@@ -226,6 +227,21 @@ def test_launcher_matches_the_compiled_entries():
     params = re.search(r"#define PK_PARAMS (.*?)\n#define", src, flags=re.S).group(1)
     for name in ("w", "rows", "y", "part"):
         assert re.findall(rf"\b{name}(\d)\b", params) == [str(i) for i in range(GROUP_MAX)], name
+
+
+def test_tile_rules_from_the_environment(monkeypatch):
+    """GEMMA_ORACLE_PACKED_TILES replaces TILE_RULES (a tuning's choice, timed before it is written down); a value
+    that names no tile, or leaves N = 1 without one, is refused with the variable's name."""
+    monkeypatch.setenv(ENV_TILES, "1:m1_n1_d4_x, 17:m2_n4_d2_x,9:m1_n2_d3")
+    assert [choose_tile(n).name for n in (1, 8, 9, 16, 17, 64)] == ["m1_n1_d4_x"] * 2 + ["m1_n2_d3"] * 2 + [
+        "m2_n4_d2_x"] * 2
+    for bad, what in (("1:m9_n9_d9", "m9_n9_d9"), ("2:m2_n1_d3", "N = 1"), ("m2_n1_d3", "min_n:tile")):
+        monkeypatch.setenv(ENV_TILES, bad)
+        with pytest.raises(ValueError, match=ENV_TILES) as e:
+            choose_tile(4)
+        assert what in str(e.value)
+    monkeypatch.delenv(ENV_TILES)
+    assert choose_tile(32) == TILES[dict((n, t) for n, t in TILE_RULES)[max(n for n, _ in TILE_RULES)]]
 
 
 def test_host_validation_names_what_is_wrong():

@@ -197,3 +197,29 @@ def test_route_tuning_rejects_an_unknown_dq_tile_before_touching_the_gpu(capsys)
     with pytest.raises(SystemExit) as e:
         route_tuning_main(["--dq-tiles", "wide"])
     assert e.value.code == 2 and "--dq-tiles: unknown ['wide']" in capsys.readouterr().err
+
+
+def test_suggested_packed_rules_weigh_each_shape_by_its_count():
+    """The packed tile a step should use at each timed N is the one with the least count-weighted time over the
+    shapes every tile was timed on (a shape with a missing tile is left out), and the rules read back as tiles."""
+    import pandas as pd
+
+    from gemma_oracle.harness.perf.route_tuning import packed_step_us, suggested_packed_rules
+    from gemma_oracle.kernels.packed_mma import parse_tile_rules
+
+    def row(n, shape, tile, us):
+        t, r, c, count = shape
+        return dict(type=t, rows=r, cols=c, count=count, n=n, route="packed_mma", tile=tile, us=us)
+
+    big, small, odd = ("Q4_K", 15360, 3840, 96), ("Q4_K", 512, 3840, 8), ("Q6_K", 262144, 3840, 1)
+    rows = [row(1, big, "m2_n1_d3", 20.0), row(1, big, "m1_n1_d4", 21.0),
+            row(1, small, "m2_n1_d3", 9.0), row(1, small, "m1_n1_d4", 5.0),   # 8 x 4 us less, 96 x 1 us more
+            row(32, big, "m2_n1_d3", 60.0), row(32, big, "m2_n4_d2_x", 40.0),
+            row(32, small, "m2_n1_d3", 10.0), row(32, small, "m2_n4_d2_x", 30.0),  # 8 x 20 more, 96 x 20 less
+            row(32, odd, "m2_n1_d3", 1.0)]  # only one tile timed there: the shape is left out at N = 32
+    df = pd.DataFrame(rows)
+    table = packed_step_us(df)
+    assert table.loc[1, "m2_n1_d3"] == 96 * 20.0 + 8 * 9.0 and table.loc[32, "m2_n1_d3"] == 96 * 60.0 + 8 * 10.0
+    rules = suggested_packed_rules(df)
+    assert rules == "32:m2_n4_d2_x,1:m2_n1_d3"
+    assert parse_tile_rules(rules) == ((32, "m2_n4_d2_x"), (1, "m2_n1_d3"))

@@ -15,6 +15,8 @@ gives the same bits: batch-invariant at every N.
 """
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,10 +41,12 @@ X_THREADS = 256  # F16_ROWS_THREADS
 @dataclass(frozen=True)
 class Tile:
     """One compiled tile of packed_mma.cu: 4 warps of `mt` m16 tiles (bm = 64 mt rows) x 8 `nt` tokens, the weight
-    records of `d` - 1 groups ahead in flight. Every tile gives the same bits."""
+    records of `d` - 1 groups ahead in flight, and with `xr` the activation words too. Every tile gives the same
+    bits."""
     mt: int
     nt: int
     d: int
+    xr: bool = False
 
     @property
     def bm(self) -> int:
@@ -54,14 +58,18 @@ class Tile:
 
     @property
     def name(self) -> str:
-        return f"m{self.mt}_n{self.nt}_d{self.d}"
+        return f"m{self.mt}_n{self.nt}_d{self.d}" + ("_x" if self.xr else "")
 
 
 # PK_TILES in packed_mma.cu
 # (Deeper rings, m1_n1_d8 / m2_n1_d5 / m1_n2_d6, were 1-20 % slower than these on every 12B shape at N = 1-2 on an
-# H100: reports/history/2026-12-07-s16.md; the N = 1 tile is not short of bytes in flight.)
-TILES = {t.name: t for t in (Tile(2, 1, 3), Tile(1, 1, 4), Tile(2, 2, 2), Tile(1, 2, 3), Tile(2, 4, 2), Tile(1, 4, 3),
-                             Tile(2, 4, 3), Tile(4, 2, 2), Tile(4, 4, 2))}
+# H100: reports/history/2026-12-07-s16.md; the N = 1 tile is not short of bytes in flight. m2_n4_d3, m4_n2_d2 and
+# m4_n4_d2 were slower than m2_n4_d2 / m2_n2_d2 at N = 16-32 on every 12B shape but the lm head, where m4_n2_d2 won by
+# 2 %: reports/history/2026-12-07-s17.md.)
+_PLAIN = (Tile(2, 1, 3), Tile(1, 1, 4), Tile(2, 2, 2), Tile(1, 2, 3), Tile(2, 4, 2), Tile(1, 4, 3))
+_XR = (Tile(2, 1, 3, True), Tile(1, 1, 4, True), Tile(2, 2, 2, True), Tile(1, 2, 3, True), Tile(2, 4, 2, True),
+       Tile(1, 4, 3, True), Tile(1, 4, 2, True), Tile(2, 1, 2, True))
+TILES = {t.name: t for t in _PLAIN + _XR}
 # Which tile a launch uses (first match: min N). A speed choice only (the same bits). At N = 1-2, m2_n1_d3 was the
 # fastest on every 12B matrix of 4096+ rows and m1_n1_d4 on the 2048- and 512-row ones (H100, route tuning,
 # reports/history/2026-12-07-h100-route-tuning-packed-s16-call2-shape12b.md); N >= 9 is still the register
@@ -70,7 +78,31 @@ TILE_RULES: tuple[tuple[int, str], ...] = ((17, "m1_n4_d3"), (9, "m2_n2_d2"), (1
 MAX_N = 65535 * 8
 
 
-def choose_tile(n: int, rules=TILE_RULES) -> Tile:
+# A tuning's rules instead of TILE_RULES, to time whole steps before they are written down: "min_n:tile,..."
+# (route_tuning writes the fastest per timed N as packed-rules.txt). A speed choice only: every tile, the same bits.
+ENV_TILES = "GEMMA_ORACLE_PACKED_TILES"
+
+
+@functools.lru_cache(maxsize=8)
+def parse_tile_rules(value: str) -> tuple[tuple[int, str], ...]:
+    """'32:m2_n4_d2_x,1:m2_n1_d3_x' -> ((32, 'm2_n4_d2_x'), (1, 'm2_n1_d3_x')), largest min_n first; a rule for N = 1
+    is required (every N needs a tile)."""
+    rules = []
+    for item in value.split(","):
+        min_n, sep, name = item.strip().partition(":")
+        if not sep or not min_n.strip().isdigit() or name.strip() not in TILES:
+            raise ValueError(f"{ENV_TILES}: {item!r} is not min_n:tile with a tile of {sorted(TILES)}")
+        rules.append((int(min_n), name.strip()))
+    rules.sort(reverse=True)
+    if rules[-1][0] != 1:
+        raise ValueError(f"{ENV_TILES}={value!r}: no rule for N = 1 (the smallest min_n must be 1)")
+    return tuple(rules)
+
+
+def choose_tile(n: int, rules=None) -> Tile:
+    if rules is None:
+        value = os.environ.get(ENV_TILES, "").strip()
+        rules = parse_tile_rules(value) if value else TILE_RULES
     for min_n, name in rules:
         if n >= min_n:
             return TILES[name]

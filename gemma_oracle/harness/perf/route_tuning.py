@@ -143,6 +143,10 @@ def tune(shapes: list[Shape], n_list=N_LIST, repeats: int = 5, log=print, slice_
                         continue  # a tile mostly of padding tokens
                     candidates.append(("packed_mma", tile, auto_slices, lambda i, tile=tile: packed_mma_matvec(
                         packed[i % copies], xf, out=out, tile=tile)))
+                for k in slice_list:  # the chosen tile at other K splits (the split-K epilogue's cost grows with N)
+                    if k != auto_slices and k <= shape.cols // 32:
+                        candidates.append(("packed_mma", pk_chosen, k, lambda i, k=k: packed_mma_matvec(
+                            packed[i % copies], xf, out=out, tile=pk_chosen, slices=k)))
             for route, tile, k, fn in candidates:
                 ms, spread = graph_time_ms(fn, reps=reps, repeats=repeats)
                 rows_out.append(dict(type=shape.type_name, rows=shape.rows, cols=shape.cols, count=shape.count,
@@ -211,7 +215,7 @@ def summarize(rows: list[dict], device: str, read_gb_s: float) -> str:
             if ratio < 1 and (t, r, c) not in crossover:
                 crossover[(t, r, c)] = n
             dq_cells += f" {dq.iloc[0].us / best.us:.2f} |" if not dq.empty else " – |"
-            pk = gn[gn.route == "packed_mma"].sort_values("us")
+            pk = gn[(gn.route == "packed_mma") & gn.auto_slices.astype(bool)].sort_values("us")
             dq_cells += (f" {pk.iloc[0].tile} | {pk.iloc[0].us:.1f} ({pk.iloc[0].gb_s:.0f}) | {pk.iloc[0].us / best.us:.2f} |"
                          if not pk.empty else " – | – | – |")
             lines.append(f"| {n} | {flt.us:.1f} ({flt.gb_s:.0f}, {flt.route}) | {best.tile} | {best.us:.1f} "
@@ -222,6 +226,7 @@ def summarize(rows: list[dict], device: str, read_gb_s: float) -> str:
                          f"({best.gb_s:.0f}) | {chosen.us:.1f} ({int(chosen.slices)}) | – | "
                          f"{fastest.us:.1f} ({int(fastest.slices)}) | {ratio:.2f} |" + dq_cells)
         lines.append(f"\ncrossover: decode-MMQ first beats the float route at N = {crossover.get((t, r, c), 'never')}\n")
+    lines += packed_tile_lines(mats)
     q = df[df.route == "q8_1"].groupby("n").us.median()
     lines.append("Q8_1 activation quantization, median us per call by N: "
                  + ", ".join(f"{n}: {v:.1f}" for n, v in q.items()))
@@ -230,6 +235,49 @@ def summarize(rows: list[dict], device: str, read_gb_s: float) -> str:
         lines.append("\nfp16 activation rows (dequant-MMA's input), median us per call by N: "
                      + ", ".join(f"{n}: {v:.1f}" for n, v in f.items()))
     return "\n".join(lines) + "\n"
+
+
+def packed_step_us(mats) -> "object":
+    """Per N and packed tile, the count-weighted sum of us over the shapes every tile of that N was timed on (a
+    step's packed matmul time with that tile everywhere): a DataFrame [n x tile]."""
+    import pandas as pd
+
+    pk = mats[mats.route == "packed_mma"]
+    if "auto_slices" in pk:
+        pk = pk[pk.auto_slices.astype(bool)]  # each shape at its own K split
+    if pk.empty:
+        return None
+    table = pk.assign(step=pk.us * pk["count"]).pivot_table(index=["n", "type", "rows", "cols"], columns="tile",
+                                                            values="step")
+    sums = {}
+    for n, g in table.groupby(level="n"):
+        g = g.dropna(axis=1, how="all").dropna(axis=0, how="any")  # this N's tiles; the shapes all of them ran on
+        sums[n] = g.sum()
+    return pd.DataFrame(sums).T.rename_axis("n")
+
+
+def suggested_packed_rules(mats) -> str:
+    """GEMMA_ORACLE_PACKED_TILES's value (kernels/packed_mma.py) from the tuning: each timed N takes the tile with the
+    least count-weighted time and serves up to the next timed N."""
+    table = packed_step_us(mats)
+    if table is None or table.empty:
+        return ""
+    return ",".join(f"{n}:{table.loc[n].dropna().idxmin()}" for n in sorted(table.index, reverse=True))
+
+
+def packed_tile_lines(mats) -> list[str]:
+    table = packed_step_us(mats)
+    if table is None or table.empty:
+        return []
+    lines = ["## Packed MMA tiles: count-weighted matmul us a step, per N (every shape but those some tile missed)",
+             "| N | " + " | ".join(table.columns) + " |", "|---|" + "---|" * len(table.columns)]
+    for n, row in table.iterrows():
+        best = row.dropna().idxmin()
+        lines.append(f"| {n} | " + " | ".join("–" if v != v else f"**{v:.0f}**" if c == best else f"{v:.0f}"
+                                               for c, v in row.items())
+                     + " |")
+    lines.append(f"\nsuggested GEMMA_ORACLE_PACKED_TILES={suggested_packed_rules(mats)}\n")
+    return lines
 
 
 def main(argv=None) -> int:
@@ -272,6 +320,8 @@ def main(argv=None) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "route-tuning.md").write_text(text)
+        df = pd.DataFrame(rows)
+        (out / "packed-rules.txt").write_text(suggested_packed_rules(df[df.route == "packed_mma"]) + "\n")
         pd.DataFrame(rows).to_parquet(out / "route-tuning.parquet")
     return 0
 

@@ -24,9 +24,11 @@
 //   A weight is   w16 = fp16_rn(code * fp16_rn(d) + fp16_rn(-m))   (one half2 fma; code exact in fp16),
 //   dq_mma.cu's weight bit for bit. 5 bits a weight (Q4_K 4.5, Q4_0 4.5 in GGUF); Q6_K 7 (6.5625).
 // Activations (packed_x below): f16_rows.cu's fp16 rows and inv (bit for bit), in fragment order: per 8-token tile h
-//   and group j a 1024-byte record, lane l's 32 bytes = words (s0 b0, s0 b1, s1 b0, s1 b1, ..., s3 b1) with
-//   b0 = {x16[8h + g, 64j + 16s + 2t], x16[.., + 1]}, b1 = the same 8 values on (PTX B fragment: b0 = k 2t, 2t + 1 of
-//   column g; b1 = k 2t + 8, 2t + 9); the words of tokens past n are not written, and not read.
+//   and group j a 1024-byte record of two halves, half p = steps 2p, 2p + 1: lane l's 16 bytes at [512 p + 16 l) =
+//   words (s b0, s b1, s' b0, s' b1), s = 2p, s' = 2p + 1, with b0 = {x16[8h + g, 64j + 16s + 2t], x16[.., + 1]},
+//   b1 = the same 8 values on (PTX B fragment: b0 = k 2t, 2t + 1 of column g; b1 = k 2t + 8, 2t + 9). So each of a
+//   warp's two 16-byte loads of a record reads 512 contiguous bytes (ncu, 2026-12-07: a lane's 32 contiguous bytes
+//   cost twice the L1 sectors). The words of tokens past n are not written, and not read.
 //
 // Reduction order (per output (r, n) and K slice, the slices decode-MMQ's shape-only split_k_bounds): acc = +0, then
 // one mma per 16-value step k0 = slice start, + 16, ... in increasing order, then y = acc * inv[n] (exact) and the
@@ -36,9 +38,11 @@
 // on its own A row, B column and C only, the chain does not depend on the tile or N, and a token's fp16 row and inv
 // on its own row only.
 //
-// Tile <MT, NT, D>: 4 warps, each owning MT consecutive m16 tiles (BM = 64 MT rows a block) and all 8 NT tokens of
-// the block's token tile; a warp walks its slice's groups with the weight records of the next D - 1 groups in flight
-// (a ring of D register slots; the loop is unrolled D times, so slots are registers). Weights are read with
+// Tile <MT, NT, D, XR>: 4 warps, each owning MT consecutive m16 tiles (BM = 64 MT rows a block) and all 8 NT tokens
+// of the block's token tile; a warp walks its slice's groups with the weight records of the next D - 1 groups in
+// flight (a ring of D register slots; the loop is unrolled D times, so slots are registers), and with XR the
+// activation words too (without, they are loaded in the iteration that uses them: an L2 round trip a group that no
+// weight ring depth hides, ncu 2026-12-07: half the stalls at N = 1 wait on L1TEX). Weights are read with
 // ld.global.nc.L1::no_allocate (read once), activations through L1 (every warp of an SM reads the same ones).
 //
 // Entry points (<t> in q4_0 q4_k q6_k; <tile> in kernels/packed_mma.py TILES):
@@ -149,13 +153,31 @@ struct pk_q6_k {
     }
 };
 
+// One group's B words of each token tile of the block, or zeros past the slice (XR's ring runs past it)
+template <int NT>
+__device__ __forceinline__ void pk_load_x(uint4 (&xw)[NT][2], const uint4* __restrict__ xf, int groups, int xt0,
+                                          int j, int j_hi, int n, int lane, int g) {
+#pragma unroll
+    for (int h = 0; h < NT; ++h) {
+        // lane (g, t) holds token 8 (xt0 + h) + g: a padding token's words (never written) are not read, its B
+        // registers are zero (at N = 1, 7 of the tile's 8 tokens)
+        if (j < j_hi && 8 * (xt0 + h) + g < n) {
+            const uint4* rec = xf + ((size_t)(xt0 + h) * groups + j) * PK_X_RECORD + lane;
+            xw[h][0] = __ldg(rec);
+            xw[h][1] = __ldg(rec + PK_X_RECORD / 2);
+        } else {
+            xw[h][0] = xw[h][1] = make_uint4(0u, 0u, 0u, 0u);
+        }
+    }
+}
+
 // bx: the block's row tile of its member's matrix (w, rows, y, part); blockIdx.x is its place in the whole grid
-template <class P, int MT, int NT, int D>
+template <class P, int MT, int NT, int D, bool XR>
 __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, int rows, int bx, int units,
                                                   const uint4* __restrict__ xf, const float* __restrict__ inv, int n,
                                                   float* __restrict__ y, int slices, float* __restrict__ part,
                                                   int* __restrict__ counters) {
-    constexpr int BM = 16 * MT * PK_WARPS, BN = 8 * NT, THREADS = 32 * PK_WARPS;
+    constexpr int BM = 16 * MT * PK_WARPS, BN = 8 * NT, THREADS = 32 * PK_WARPS, XD = XR ? D : 1;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int groups = units >> 1, tiles = (rows + 15) >> 4;
     const int tile0 = (bx * PK_WARPS + warp) * MT;  // this warp's first m16 tile
@@ -173,6 +195,7 @@ __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, i
             for (int e = 0; e < 4; ++e) acc[m][h][e] = 0.0f;
 
     typename P::Regs ring[D][MT];  // the records of groups j .. j + D - 1
+    uint4 xring[XD][NT][2];  // with XR, their B words too (L1: shared by the SM's warps)
     auto load_w = [&](typename P::Regs (&r)[MT], int j) {
 #pragma unroll
         for (int m = 0; m < MT; ++m) {
@@ -181,7 +204,10 @@ __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, i
         }
     };
 #pragma unroll
-    for (int p = 0; p + 1 < D; ++p) load_w(ring[p], j_lo + p);
+    for (int p = 0; p + 1 < D; ++p) {
+        load_w(ring[p], j_lo + p);
+        if constexpr (XR) pk_load_x<NT>(xring[p], xf, groups, xt0, j_lo + p, j_hi, n, lane, g);
+    }
 
     for (int jb = j_lo; jb < j_hi; jb += D) {
 #pragma unroll
@@ -189,19 +215,9 @@ __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, i
             const int j = jb + p;
             if (j >= j_hi) break;  // warp-uniform
             load_w(ring[(p + D - 1) % D], j + D - 1);
-            uint4 xw[NT][2];  // this group's B words of each token tile (L1: shared by the SM's warps)
-#pragma unroll
-            for (int h = 0; h < NT; ++h) {
-                // lane (g, t) holds token 8 (xt0 + h) + g: a padding token's words (never written) are not read,
-                // its B registers are zero (at N = 1, 7 of the tile's 8 tokens)
-                if (8 * (xt0 + h) + g < n) {
-                    const uint4* rec = xf + ((size_t)(xt0 + h) * groups + j) * PK_X_RECORD + 2 * lane;
-                    xw[h][0] = __ldg(rec);
-                    xw[h][1] = __ldg(rec + 1);
-                } else {
-                    xw[h][0] = xw[h][1] = make_uint4(0u, 0u, 0u, 0u);
-                }
-            }
+            if constexpr (XR) pk_load_x<NT>(xring[(p + D - 1) % D], xf, groups, xt0, j + D - 1, j_hi, n, lane, g);
+            else pk_load_x<NT>(xring[0], xf, groups, xt0, j, j_hi, n, lane, g);
+            const uint4 (&xw)[NT][2] = xring[XR ? p : 0];
 #pragma unroll
             for (int s = 0; s < 4; ++s) {
                 const int blk = 2 * j + (s >> 1);
@@ -308,19 +324,23 @@ extern "C" __global__ void __launch_bounds__(F16_ROWS_THREADS) packed_x(const fl
 #define PK_PARAMS const uint4 *w0, const uint4 *w1, const uint4 *w2, int rows0, int rows1, int rows2, int tiles0,      \
                   int tiles01, float *y0, float *y1, float *y2, float *part0, float *part1, float *part2, int units, \
                   const uint4 *xf, const float *inv, int n, int slices, int *counters
-#define PK_ENTRY(name, P, MT, NT, D)                                                                             \
-    extern "C" __global__ void __launch_bounds__(32 * PK_WARPS) packed_mma_##name##_m##MT##_n##NT##_d##D(PK_PARAMS) { \
+#define PK_ENTRY(name, P, MT, NT, D, XR, SUFFIX)                                                                 \
+    extern "C" __global__ void __launch_bounds__(32 * PK_WARPS)                                                 \
+        packed_mma_##name##_m##MT##_n##NT##_d##D##SUFFIX(PK_PARAMS) {                                           \
         grid_dependency_enter();                                                                               \
         const int m_ = blockIdx.x < tiles0 ? 0 : blockIdx.x < tiles01 ? 1 : 2;                                 \
         const int bx = (int)blockIdx.x - (m_ == 0 ? 0 : m_ == 1 ? tiles0 : tiles01);                           \
-        packed_mma_kernel<P, MT, NT, D>(m_ == 0 ? w0 : m_ == 1 ? w1 : w2, m_ == 0 ? rows0 : m_ == 1 ? rows1 : rows2, \
-                                        bx, units, xf, inv, n, m_ == 0 ? y0 : m_ == 1 ? y1 : y2, slices,         \
-                                        m_ == 0 ? part0 : m_ == 1 ? part1 : part2, counters);                   \
+        packed_mma_kernel<P, MT, NT, D, XR>(m_ == 0 ? w0 : m_ == 1 ? w1 : w2, m_ == 0 ? rows0 : m_ == 1 ? rows1   \
+                                            : rows2, bx, units, xf, inv, n, m_ == 0 ? y0 : m_ == 1 ? y1 : y2,     \
+                                            slices, m_ == 0 ? part0 : m_ == 1 ? part1 : part2, counters);         \
     }
+// SUFFIX _x: the activation words in the ring (XR)
 #define PK_TILES(name, P)                                                                                        \
-    PK_ENTRY(name, P, 2, 1, 3) PK_ENTRY(name, P, 1, 1, 4) PK_ENTRY(name, P, 2, 2, 2) PK_ENTRY(name, P, 1, 2, 3)   \
-    PK_ENTRY(name, P, 2, 4, 2) PK_ENTRY(name, P, 1, 4, 3) PK_ENTRY(name, P, 2, 4, 3) PK_ENTRY(name, P, 4, 2, 2)   \
-    PK_ENTRY(name, P, 4, 4, 2)
+    PK_ENTRY(name, P, 2, 1, 3, false, ) PK_ENTRY(name, P, 1, 1, 4, false, ) PK_ENTRY(name, P, 2, 2, 2, false, )   \
+    PK_ENTRY(name, P, 1, 2, 3, false, ) PK_ENTRY(name, P, 2, 4, 2, false, ) PK_ENTRY(name, P, 1, 4, 3, false, )   \
+    PK_ENTRY(name, P, 2, 1, 3, true, _x) PK_ENTRY(name, P, 1, 1, 4, true, _x) PK_ENTRY(name, P, 2, 2, 2, true, _x) \
+    PK_ENTRY(name, P, 1, 2, 3, true, _x) PK_ENTRY(name, P, 2, 4, 2, true, _x) PK_ENTRY(name, P, 1, 4, 3, true, _x) \
+    PK_ENTRY(name, P, 1, 4, 2, true, _x) PK_ENTRY(name, P, 2, 1, 2, true, _x)
 #define PK_PACK(name, P)                                                                                         \
     extern "C" __global__ void __launch_bounds__(256) pack_##name(const u8* w, i64 row_bytes, int rows, int units, \
                                                                   uint4* out) {                                 \

@@ -96,8 +96,8 @@ def x_fragments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     tiles = -(-n // 8)
     padded = np.zeros((8 * tiles, k), np.float16)
     padded[:n] = x16
-    # [h, g, j, s, b, t, e] (k = 64 j + 16 s + 8 b + 2 t + e) -> [h, j, g, t, s, b, e]
-    v = padded.reshape(tiles, 8, k // GROUP, 4, 2, 4, 2).transpose(0, 2, 1, 5, 3, 4, 6)
+    # [h, g, j, p, s', b, t, e] (k = 64 j + 16 (2 p + s') + 8 b + 2 t + e) -> [h, j, p, g, t, s', b, e]
+    v = padded.reshape(tiles, 8, k // GROUP, 2, 2, 2, 4, 2).transpose(0, 2, 3, 1, 6, 4, 5, 7)
     return np.ascontiguousarray(v).reshape(-1).view(np.uint32), inv
 
 
@@ -107,8 +107,8 @@ def x_written(n: int, k: int) -> np.ndarray:
     tiles = -(-n // 8)
     live = np.zeros((8 * tiles, k // 2), bool)
     live[:n] = True
-    # one flag a word: [h, g, j, s, b, t] -> [h, j, g, t, s, b], as x_fragments orders the words
-    return np.ascontiguousarray(live.reshape(tiles, 8, k // GROUP, 4, 2, 4).transpose(0, 2, 1, 5, 3, 4)).reshape(-1)
+    # one flag a word: [h, g, j, p, s', b, t] -> [h, j, p, g, t, s', b], as x_fragments orders the words
+    return np.ascontiguousarray(live.reshape(tiles, 8, k // GROUP, 2, 2, 2, 4).transpose(0, 2, 3, 1, 6, 4, 5)).reshape(-1)
 
 
 def _half(word: np.ndarray, high: bool) -> np.ndarray:
@@ -151,13 +151,13 @@ def weights_from_registers(packed: np.ndarray, type_name: str, rows: int, n_cols
 def activations_from_registers(xf: np.ndarray, n: int, n_cols: int) -> np.ndarray:
     """fp16 [n, n_cols]: the activation each B register half holds, placed by the PTX fragment table."""
     tiles, groups = -(-n // 8), n_cols // GROUP
-    rec = np.asarray(xf, np.uint32).reshape(tiles, groups, 32, 8)
+    rec = np.asarray(xf, np.uint32).reshape(tiles, groups, 2, 32, 4)  # [h, j, half p (steps 2p, 2p + 1), lane, word]
     x = np.zeros((8 * tiles, n_cols), np.float16)
     for lane in range(32):
         g, t = divmod(lane, 4)
         for s in range(4):
             for r in range(2):
-                word = rec[:, :, lane, 2 * s + r]
+                word = rec[:, :, s >> 1, lane, 2 * (s & 1) + r]
                 for half in range(2):
                     cols = np.arange(groups) * GROUP + 16 * s + 2 * t + _PTX_B[r][half]
                     x[g::8][:, cols] = _half(word, bool(half)).view(np.float16)
