@@ -215,9 +215,9 @@ def test_grouped_launch_gives_each_output_its_own_launchs_bits(t, n):
 def test_launcher_matches_the_compiled_entries():
     """kernels/packed_mma.py's TILES and PACKED_TYPES are exactly the entries packed_mma.cu compiles."""
     src = source_path("packed_mma").read_text()
-    tiles = re.findall(r"PK_ENTRY\(name, P, (\d+), (\d+), (\d+), (true|false), (_x)?\)", src)
-    assert all((xr == "true") == (suffix == "_x") for *_, xr, suffix in tiles)
+    tiles = re.findall(r"PK_ENTRY\(name, P, (\d+), (\d+), (\d+), PK_X_(LOAD|REGS|SMEM), (_x|_s)?\)", src)
     assert sorted(f"m{m}_n{nt}_d{d}{suffix}" for m, nt, d, _, suffix in tiles) == sorted(TILES)
+    assert all(TILES[f"m{m}_n{nt}_d{d}{suffix}"].x == x.lower() for m, nt, d, x, suffix in tiles)
     assert sorted(re.findall(r"^PK_TILES\((\w+),", src, flags=re.M)) == sorted(t.lower() for t in PACKED_TYPES)
     assert sorted(re.findall(r"^PK_PACK\((\w+),", src, flags=re.M)) == sorted(t.lower() for t in PACKED_TYPES)
     for n in (1, 8, 9, 16, 17, 32, 64):
@@ -232,9 +232,9 @@ def test_launcher_matches_the_compiled_entries():
 def test_tile_rules_from_the_environment(monkeypatch):
     """GEMMA_ORACLE_PACKED_TILES replaces TILE_RULES (a tuning's choice, timed before it is written down); a value
     that names no tile, or leaves N = 1 without one, is refused with the variable's name."""
-    monkeypatch.setenv(ENV_TILES, "1:m1_n1_d4_x, 17:m2_n4_d2_x,9:m1_n2_d3")
+    monkeypatch.setenv(ENV_TILES, "1:m1_n1_d4_x, 17:m2_n4_d2_s,9:m1_n2_d3")
     assert [choose_tile(n).name for n in (1, 8, 9, 16, 17, 64)] == ["m1_n1_d4_x"] * 2 + ["m1_n2_d3"] * 2 + [
-        "m2_n4_d2_x"] * 2
+        "m2_n4_d2_s"] * 2
     for bad, what in (("1:m9_n9_d9", "m9_n9_d9"), ("2:m2_n1_d3", "N = 1"), ("m2_n1_d3", "min_n:tile")):
         monkeypatch.setenv(ENV_TILES, bad)
         with pytest.raises(ValueError, match=ENV_TILES) as e:
