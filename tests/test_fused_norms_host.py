@@ -181,11 +181,13 @@ class _Weights:
     """A stand-in for CupyEngine with matrices of given shapes (its launch grouping reads self.w and op_spans)."""
     _launch_groups, _mmq_key, _packed_key = CupyEngine._launch_groups, CupyEngine._mmq_key, CupyEngine._packed_key
 
-    def __init__(self, shapes: dict[str, tuple[str, int, int]], profiling: bool = False):
+    def __init__(self, shapes: dict[str, tuple[str, int, int]], profiling: bool = False,
+                 route_mode: str = "packed-invariant"):
         from types import SimpleNamespace
 
         self.w = {name: SimpleNamespace(type_name=t, rows=rows, n_cols=cols) for name, (t, rows, cols) in shapes.items()}
         self.op_spans = (lambda name: None) if profiling else None
+        self.route_mode = route_mode
 
 
 # the 12B's q/k/v (Q4_K 4096 / 2048 / 2048 rows x 3840) and gate/up (15360 x 3840), a Q6_K attn_v as in Q4_K_M mixes
@@ -212,16 +214,28 @@ def test_mmq_groups_share_a_launch_only_when_they_can(shapes, n, want):
     ({f"m{i}": ("Q4_0", 2048, 3840) for i in range(4)}, [["m0", "m1", "m2"], ["m3"]]),  # GROUP_MAX a launch
 ])
 def test_packed_groups_share_a_launch_only_when_they_can(shapes, want):
-    """Packed MMA's tile follows N alone, so its groups are the same at every N."""
+    """Packed MMA's tile follows N alone, so in a batch-invariant mode its groups are the same at every N."""
     w = _Weights(shapes)
-    assert w._launch_groups(list(shapes), w._packed_key) == want
+    for n in (1, 8, 32):
+        assert w._launch_groups(list(shapes), lambda name: w._packed_key(name, n)) == want
+
+
+def test_packed_groups_follow_the_capped_split_where_numbers_may_vary():
+    """In "packed" mode the K split is capped from SLICE_CAP_MIN_N tokens (kernels.packed_mma.packed_slices), so a
+    16-slice and an 8-slice matrix of one type and K share a launch there and only there."""
+    shapes = {"o": ("Q4_K", 4096, 3840), "q": ("Q4_K", 8192, 3840)}  # 16 and 8 K slices of their own
+    fast, invariant = _Weights(shapes, route_mode="packed"), _Weights(shapes)
+    assert fast._launch_groups(list(shapes), lambda name: fast._packed_key(name, 1)) == [["o"], ["q"]]
+    assert fast._launch_groups(list(shapes), lambda name: fast._packed_key(name, 32)) == [["o", "q"]]
+    assert fast._packed_key("o", 32)[2] == 8 and fast._packed_key("o", 15)[2] == 16
+    assert invariant._launch_groups(list(shapes), lambda name: invariant._packed_key(name, 32)) == [["o"], ["q"]]
 
 
 def test_profiled_pass_launches_each_matrix_alone():
     """op_spans times each matmul, so a profiled pass does not group (the bits are the same either way)."""
     w = _Weights(_QKV, profiling=True)
     assert w._launch_groups(list(_QKV), lambda name: w._mmq_key(name, 1)) == [["q"], ["k"], ["v"]]
-    assert w._launch_groups(list(_QKV), w._packed_key) == [["q"], ["k"], ["v"]]
+    assert w._launch_groups(list(_QKV), lambda name: w._packed_key(name, 1)) == [["q"], ["k"], ["v"]]
 
 
 @pytest.mark.parametrize("routes,want", [

@@ -23,7 +23,8 @@ import pytest
 
 from gemma_oracle.kernels._compile import source_path
 from gemma_oracle.kernels.mmq import GROUP_MAX, split_k_slices
-from gemma_oracle.kernels.packed_mma import (ENV_TILES, PACKED_TYPES, TILE_RULES, TILES, PackedMatrix, choose_tile, plan_pack,
+from gemma_oracle.kernels.packed_mma import (ENV_TILES, PACKED_TYPES, SLICE_CAP, SLICE_CAP_MIN_N, TILE_RULES, TILES,
+                                             packed_slices, PackedMatrix, choose_tile, plan_pack,
                                              plan_packed_group, plan_packed_mma, plan_packed_x)
 from gemma_oracle.kernels.reference import packed as ref
 from gemma_oracle.kernels.reference.f16_operands import dequant_f16, f16_rows as f16_rows_host
@@ -215,9 +216,9 @@ def test_grouped_launch_gives_each_output_its_own_launchs_bits(t, n):
 def test_launcher_matches_the_compiled_entries():
     """kernels/packed_mma.py's TILES and PACKED_TYPES are exactly the entries packed_mma.cu compiles."""
     src = source_path("packed_mma").read_text()
-    tiles = re.findall(r"PK_ENTRY\(name, P, (\d+), (\d+), (\d+), PK_X_(LOAD|REGS|SMEM), (_x|_s)?\)", src)
+    tiles = re.findall(r"PK_ENTRY\(name, P, (\d+), (\d+), (\d+), (true|false), (_x)?\)", src)
     assert sorted(f"m{m}_n{nt}_d{d}{suffix}" for m, nt, d, _, suffix in tiles) == sorted(TILES)
-    assert all(TILES[f"m{m}_n{nt}_d{d}{suffix}"].x == x.lower() for m, nt, d, x, suffix in tiles)
+    assert all(TILES[f"m{m}_n{nt}_d{d}{suffix}"].xr == (xr == "true") for m, nt, d, xr, suffix in tiles)
     assert sorted(re.findall(r"^PK_TILES\((\w+),", src, flags=re.M)) == sorted(t.lower() for t in PACKED_TYPES)
     assert sorted(re.findall(r"^PK_PACK\((\w+),", src, flags=re.M)) == sorted(t.lower() for t in PACKED_TYPES)
     for n in (1, 8, 9, 16, 17, 32, 64):
@@ -232,9 +233,9 @@ def test_launcher_matches_the_compiled_entries():
 def test_tile_rules_from_the_environment(monkeypatch):
     """GEMMA_ORACLE_PACKED_TILES replaces TILE_RULES (a tuning's choice, timed before it is written down); a value
     that names no tile, or leaves N = 1 without one, is refused with the variable's name."""
-    monkeypatch.setenv(ENV_TILES, "1:m1_n1_d4_x, 17:m2_n4_d2_s,9:m1_n2_d3")
+    monkeypatch.setenv(ENV_TILES, "1:m1_n1_d4_x, 17:m2_n4_d2,9:m1_n2_d3")
     assert [choose_tile(n).name for n in (1, 8, 9, 16, 17, 64)] == ["m1_n1_d4_x"] * 2 + ["m1_n2_d3"] * 2 + [
-        "m2_n4_d2_s"] * 2
+        "m2_n4_d2"] * 2
     for bad, what in (("1:m9_n9_d9", "m9_n9_d9"), ("2:m2_n1_d3", "N = 1"), ("m2_n1_d3", "min_n:tile")):
         monkeypatch.setenv(ENV_TILES, bad)
         with pytest.raises(ValueError, match=ENV_TILES) as e:
@@ -242,6 +243,18 @@ def test_tile_rules_from_the_environment(monkeypatch):
         assert what in str(e.value)
     monkeypatch.delenv(ENV_TILES)
     assert choose_tile(32) == TILES[dict((n, t) for n, t in TILE_RULES)[max(n for n, _ in TILE_RULES)]]
+
+
+def test_packed_slices_cap_only_where_numbers_may_vary_with_n():
+    """A batch-invariant caller keeps the shape's own K split at every N; a varying one caps it at SLICE_CAP from
+    SLICE_CAP_MIN_N tokens, and never raises a split (a 4-slice shape stays at 4)."""
+    for rows, units in ((3840, 480), (3840, 128), (15360, 120), (262144, 120)):
+        own = split_k_slices(rows, units)
+        for n in (1, 8, 15, 16, 32, 128):
+            assert packed_slices(rows, units, n, vary_with_n=False) == own
+            capped = packed_slices(rows, units, n, vary_with_n=True)
+            assert capped == (min(own, SLICE_CAP) if n >= SLICE_CAP_MIN_N else own) and capped <= own
+    assert split_k_slices(3840, 480) > SLICE_CAP  # the 12B's 3840 x 15360 is one the cap changes
 
 
 def test_host_validation_names_what_is_wrong():

@@ -214,12 +214,12 @@ def test_suggested_packed_rules_weigh_each_shape_by_its_count():
     big, small, odd = ("Q4_K", 15360, 3840, 96), ("Q4_K", 512, 3840, 8), ("Q6_K", 262144, 3840, 1)
     rows = [row(1, big, "m2_n1_d3", 20.0), row(1, big, "m1_n1_d4", 21.0),
             row(1, small, "m2_n1_d3", 9.0), row(1, small, "m1_n1_d4", 5.0),   # 8 x 4 us less, 96 x 1 us more
-            row(32, big, "m2_n1_d3", 60.0), row(32, big, "m2_n4_d2_s", 40.0),
-            row(32, small, "m2_n1_d3", 10.0), row(32, small, "m2_n4_d2_s", 30.0),  # 8 x 20 more, 96 x 20 less
+            row(32, big, "m2_n1_d3", 60.0), row(32, big, "m1_n4_d3", 40.0),
+            row(32, small, "m2_n1_d3", 10.0), row(32, small, "m1_n4_d3", 30.0),  # 8 x 20 more, 96 x 20 less
             row(32, odd, "m2_n1_d3", 1.0)]  # only one tile timed there: the shape is left out at N = 32
     df = pd.DataFrame(rows)
     table = packed_step_us(df)
     assert table.loc[1, "m2_n1_d3"] == 96 * 20.0 + 8 * 9.0 and table.loc[32, "m2_n1_d3"] == 96 * 60.0 + 8 * 10.0
     rules = suggested_packed_rules(df)
-    assert rules == "32:m2_n4_d2_s,1:m2_n1_d3"
-    assert parse_tile_rules(rules) == ((32, "m2_n4_d2_s"), (1, "m2_n1_d3"))
+    assert rules == "32:m1_n4_d3,1:m2_n1_d3"
+    assert parse_tile_rules(rules) == ((32, "m1_n4_d3"), (1, "m2_n1_d3"))

@@ -350,10 +350,12 @@ class CupyEngine:
                 xq = quantize_q8_1(x) if xq is None else xq
                 members = [(self.w[n].raw, self.w[n].type_name, self.w[n].n_cols) for n in group]
                 out.update(zip(group, mmq_matvec_group(members, xq)))
-        for group in self._launch_groups([n for n in names if routes[n] == routing.PACKED_MMA], self._packed_key):
+        for group in self._launch_groups([n for n in names if routes[n] == routing.PACKED_MMA],
+                                         lambda name: self._packed_key(name, rows)):
             with self._span(group[0]):  # packed_x made here is counted in the first packed matmul's span
                 xf = packed_x(x) if xf is None else xf
-                out.update(zip(group, packed_mma_group([self.w[n].packed for n in group], xf)))
+                out.update(zip(group, packed_mma_group([self.w[n].packed for n in group], xf,
+                                                       slices=self._packed_key(group[0], rows)[2])))
         x16 = None  # the dequant-MMA matrices' fp16 rows, likewise
         for name in names:
             if routes[name] in (routing.PACKED_MMA, routing.DECODE_MMQ):
@@ -394,12 +396,15 @@ class CupyEngine:
         return (m.type_name, m.n_cols, choose_tile(m.type_name, m.rows, m.n_cols, rows).name,
                 split_k_slices(m.rows, m.n_cols // 32))
 
-    def _packed_key(self, name: str) -> tuple:
-        """What packed matrices must share to share a launch: type, columns, K split (the tile follows N alone)."""
-        from gemma_oracle.kernels.mmq import split_k_slices
+    def _packed_key(self, name: str, rows: int) -> tuple:
+        """What packed matrices must share to share a launch at `rows` tokens: type, columns, K split (the tile
+        follows N alone). The K split is the shape's own, or in a mode whose numbers may vary with N capped from
+        SLICE_CAP_MIN_N tokens (kernels.packed_mma.packed_slices)."""
+        from gemma_oracle.kernels.packed_mma import packed_slices
 
         m = self.w[name]
-        return (m.type_name, m.n_cols, split_k_slices(m.rows, m.n_cols // 32))
+        return (m.type_name, m.n_cols, packed_slices(m.rows, m.n_cols // 32, rows,
+                                                     routing.routes_vary_with_n(self.route_mode)))
 
     def _matvec(self, name: str, x, xq=None):
         return self._matvecs([name], x, xq)[0]

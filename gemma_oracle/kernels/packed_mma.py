@@ -38,19 +38,15 @@ PACK_THREADS = 256
 X_THREADS = 256  # F16_ROWS_THREADS
 
 
-X_SUFFIX = {"load": "", "regs": "_x", "smem": "_s"}  # PK_X_LOAD, PK_X_REGS, PK_X_SMEM in packed_mma.cu
-
-
 @dataclass(frozen=True)
 class Tile:
     """One compiled tile of packed_mma.cu: 4 warps of `mt` m16 tiles (bm = 64 mt rows) x 8 `nt` tokens, the weight
-    records of `d` - 1 groups ahead in flight; the activation words `x`: loaded by each warp when used ("load"), in its
-    register ring ("regs") or in the block's shared-memory ring ("smem"), both d - 1 groups ahead. Every tile gives
-    the same bits."""
+    records of `d` - 1 groups ahead in flight, and with `xr` the activation words too. Every tile gives the same
+    bits."""
     mt: int
     nt: int
     d: int
-    x: str = "load"
+    xr: bool = False
 
     @property
     def bm(self) -> int:
@@ -62,25 +58,39 @@ class Tile:
 
     @property
     def name(self) -> str:
-        return f"m{self.mt}_n{self.nt}_d{self.d}{X_SUFFIX[self.x]}"
+        return f"m{self.mt}_n{self.nt}_d{self.d}" + ("_x" if self.xr else "")
 
 
 # PK_TILES in packed_mma.cu
 # (Deeper rings, m1_n1_d8 / m2_n1_d5 / m1_n2_d6, were 1-20 % slower than these on every 12B shape at N = 1-2 on an
 # H100: reports/history/2026-12-07-s16.md; the N = 1 tile is not short of bytes in flight. m2_n4_d3, m4_n2_d2 and
 # m4_n4_d2 were slower than m2_n4_d2 / m2_n2_d2 at N = 16-32 on every 12B shape but the lm head, where m4_n2_d2 won by
-# 2 %; m1_n4_d3_x, m1_n4_d2_x and m2_n4_d2_x lost to the plain tiles at N = 8-32 (their registers):
-# reports/history/2026-12-07-s17.md.)
+# 2 %; m1_n4_d3_x, m1_n4_d2_x and m2_n4_d2_x lost to the plain tiles at N = 8-32 (their registers), and so did every
+# tile with a shared-memory ring of activation words: reports/history/2026-12-07-s17.md.)
 TILES = {t.name: t for t in (
-    Tile(2, 1, 3), Tile(1, 1, 4), Tile(1, 2, 3), Tile(2, 2, 2), Tile(2, 4, 2), Tile(1, 4, 3),
-    Tile(2, 1, 3, "regs"), Tile(2, 1, 2, "regs"), Tile(1, 1, 4, "regs"), Tile(1, 2, 3, "regs"), Tile(2, 2, 2, "regs"),
-    Tile(2, 1, 3, "smem"), Tile(1, 1, 4, "smem"), Tile(1, 2, 3, "smem"), Tile(2, 2, 2, "smem"), Tile(2, 2, 3, "smem"),
-    Tile(1, 4, 3, "smem"), Tile(2, 4, 2, "smem"), Tile(2, 4, 3, "smem"), Tile(1, 4, 4, "smem"))}
+    Tile(2, 1, 3), Tile(1, 1, 4), Tile(1, 2, 3), Tile(2, 2, 2), Tile(2, 4, 2), Tile(1, 4, 3), Tile(1, 2, 2),
+    Tile(1, 4, 2),
+    Tile(2, 1, 3, True), Tile(2, 1, 2, True), Tile(1, 1, 4, True), Tile(1, 2, 3, True), Tile(2, 2, 2, True),
+    Tile(1, 1, 3, True))}
 # Which tile a launch uses (first match: min N). A speed choice only (the same bits). The fastest tile a step, count-
 # weighted over the 12B shapes at each timed N (route tuning on an H100: reports/history/2026-12-07-s17.md): the
 # activation words in the register ring at N = 1-15, two token tiles of one m16 tile a warp from 16.
 TILE_RULES: tuple[tuple[int, str], ...] = ((32, "m1_n2_d3"), (16, "m1_n2_d3_x"), (8, "m1_n1_d4_x"), (1, "m2_n1_d3_x"))
 MAX_N = 65535 * 8
+
+
+# The K split of a launch: decode-MMQ's shape-only split (split_k_slices), which a batch-invariant mode must keep at
+# every N. A mode whose numbers may vary with N (routing.routes_vary_with_n: "packed") caps it at SLICE_CAP slices from
+# SLICE_CAP_MIN_N tokens: the split-K partial sums grow with N, and at N = 32 the 16-slice shapes ran 10-28 % faster
+# at 8 slices (3840 x 4096: 35.1 -> 25.2 us) while at N = 1 they need the 16 (3840 x 15360: 22.1 us, 29.5 at 8):
+# route tuning on an H100, reports/history/2026-12-07-s17.md.
+SLICE_CAP, SLICE_CAP_MIN_N = 8, 16
+
+
+def packed_slices(rows: int, units: int, n: int, vary_with_n: bool) -> int:
+    """K slices of a packed launch of `rows` x `units` 32-value blocks at N tokens (see SLICE_CAP)."""
+    base = split_k_slices(rows, units)
+    return min(base, SLICE_CAP) if vary_with_n and n >= SLICE_CAP_MIN_N else base
 
 
 # A tuning's rules instead of TILE_RULES, to time whole steps before they are written down: "min_n:tile,..."

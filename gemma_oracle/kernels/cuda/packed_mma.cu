@@ -38,18 +38,18 @@
 // on its own A row, B column and C only, the chain does not depend on the tile or N, and a token's fp16 row and inv
 // on its own row only.
 //
-// Tile <MT, NT, D, XM>: 4 warps, each owning MT consecutive m16 tiles (BM = 64 MT rows a block) and all 8 NT tokens
+// Tile <MT, NT, D, XR>: 4 warps, each owning MT consecutive m16 tiles (BM = 64 MT rows a block) and all 8 NT tokens
 // of the block's token tile; a warp walks its slice's groups with the weight records of the next D - 1 groups in
-// flight (a ring of D register slots; the loop is unrolled D times, so slots are registers). Weights are read with
-// ld.global.nc.L1::no_allocate (read once). The activation words (XM):
-//   PK_X_LOAD  each warp loads them through L1 in the iteration that uses them: an L2 round trip a group that no
-//              weight ring depth hides (ncu 2026-12-07: half the stalls at N = 1 wait on L1TEX);
-//   PK_X_REGS  each warp keeps them in its register ring, D - 1 groups ahead (8 NT registers a slot: at NT = 4 the
-//              registers cost more blocks an SM than the latency it hides);
-//   PK_X_SMEM  the block copies them once into a shared-memory ring D - 1 groups ahead (cp.async, zero-filled for
-//              padding tokens and past the slice; one barrier a group) and every warp reads them from there.
-// The values and the mma chain are the same in all three: the same bits.
-//
+// flight (a ring of D register slots; the loop is unrolled D times, so slots are registers), and with XR the
+// activation words too (without, they are loaded in the iteration that uses them: an L2 round trip a group that no
+// weight ring depth hides, ncu 2026-12-07: half the stalls at N = 1 wait on L1TEX; at NT = 4 the ring's registers cost
+// more blocks an SM than the latency it hides, and a shared-memory ring copied once a block was no faster either:
+// reports/history/2026-12-07-s17.md). Weights are read with ld.global.nc.L1::no_allocate (read once), activations
+// through L1 (every warp of an SM reads the same ones). The loop keeps one pointer a stream, advanced by a record a
+// group, and tests only j < j_hi: what does not change along the slice (rows past the matrix, padding tokens) is
+// decided once, and their registers stay the zeros they start as (ncu 2026-12-07: ~200 instructions a warp and
+// group at N = 32, most of them 64-bit record addresses rebuilt every group).
+
 // Entry points (<t> in q4_0 q4_k q6_k; <tile> in kernels/packed_mma.py TILES):
 //     packed_mma_<t>_<tile>(w0, w1, w2, rows0, rows1, rows2, tiles0, tiles01, y0, y1, y2, part0, part1, part2,
 //                           int units, const uint4* xf, const float* inv, int n, int slices, int* counters)
@@ -158,57 +158,13 @@ struct pk_q6_k {
     }
 };
 
-#define PK_X_LOAD 0
-#define PK_X_REGS 1
-#define PK_X_SMEM 2
-
-// One group's B words of each token tile of the block, or zeros past the slice (PK_X_REGS' ring runs past it)
-template <int NT>
-__device__ __forceinline__ void pk_load_x(uint4 (&xw)[NT][2], const uint4* __restrict__ xf, int groups, int xt0,
-                                          int j, int j_hi, int n, int lane, int g) {
-#pragma unroll
-    for (int h = 0; h < NT; ++h) {
-        // lane (g, t) holds token 8 (xt0 + h) + g: a padding token's words (never written) are not read, its B
-        // registers are zero (at N = 1, 7 of the tile's 8 tokens)
-        if (j < j_hi && 8 * (xt0 + h) + g < n) {
-            const uint4* rec = xf + ((size_t)(xt0 + h) * groups + j) * PK_X_RECORD + lane;
-            xw[h][0] = __ldg(rec);
-            xw[h][1] = __ldg(rec + PK_X_RECORD / 2);
-        } else {
-            xw[h][0] = xw[h][1] = make_uint4(0u, 0u, 0u, 0u);
-        }
-    }
-}
-
-__device__ __forceinline__ void pk_cp_async16(uint4* dst, const uint4* src, bool read) {  // zero-filled unless read
-    const u32 d = (u32)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(read ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void pk_cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int PENDING>
-__device__ __forceinline__ void pk_cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(PENDING) : "memory"); }
-
-// The block's copy of one group's records of its NT token tiles into a shared-memory slot (NT x PK_X_RECORD uint4):
-// uint4 q of a record is lane q % 32's half q / 32, token 8 h + (q % 32) / 4; padding tokens and groups past the
-// slice are zero-filled, never read from global memory.
-template <int NT, int THREADS>
-__device__ __forceinline__ void pk_copy_x(uint4* __restrict__ slot, const uint4* __restrict__ xf, int groups, int xt0,
-                                          int j, int j_hi, int n) {
-#pragma unroll
-    for (int i = threadIdx.x; i < NT * PK_X_RECORD; i += THREADS) {
-        const int h = i / PK_X_RECORD, q = i % PK_X_RECORD;
-        const bool read = j < j_hi && 8 * (xt0 + h) + ((q & 31) >> 2) < n;
-        pk_cp_async16(slot + i, xf + ((size_t)(xt0 + h) * groups + (read ? j : 0)) * PK_X_RECORD + q, read);
-    }
-}
-
 // bx: the block's row tile of its member's matrix (w, rows, y, part); blockIdx.x is its place in the whole grid
-template <class P, int MT, int NT, int D, int XM>
+template <class P, int MT, int NT, int D, bool XR>
 __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, int rows, int bx, int units,
                                                   const uint4* __restrict__ xf, const float* __restrict__ inv, int n,
                                                   float* __restrict__ y, int slices, float* __restrict__ part,
                                                   int* __restrict__ counters) {
-    constexpr int BM = 16 * MT * PK_WARPS, BN = 8 * NT, THREADS = 32 * PK_WARPS, XD = XM == PK_X_REGS ? D : 1;
+    constexpr int BM = 16 * MT * PK_WARPS, BN = 8 * NT, THREADS = 32 * PK_WARPS, XD = XR ? D : 1;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int groups = units >> 1, tiles = (rows + 15) >> 4;
     const int tile0 = (bx * PK_WARPS + warp) * MT;  // this warp's first m16 tile
@@ -225,54 +181,61 @@ __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, i
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[m][h][e] = 0.0f;
 
-    typename P::Regs ring[D][MT];  // the records of groups j .. j + D - 1
-    uint4 xring[XD][NT][2];  // the B words a warp computes with (PK_X_REGS: D - 1 groups ahead)
-    __shared__ __align__(16) uint4 xs[XM == PK_X_SMEM ? D : 1][XM == PK_X_SMEM ? NT * PK_X_RECORD : 1];
-    auto load_w = [&](typename P::Regs (&r)[MT], int j) {
+    // The records of groups j .. j + D - 1, and the activation words (XR: of the same groups). A row tile past the
+    // matrix and a padding token (lane (g, t) holds token 8 (xt0 + h) + g: at N = 1, 7 of the tile's 8; never
+    // written) are never loaded: zero codes and scales add +0 products, zero B words make the padding columns.
+    typename P::Regs ring[D][MT] = {};
+    uint4 xring[XD][NT][2] = {};
+    bool w_live[MT], x_live[NT];
+    const uint4* w_next[MT];  // record of group j_next of each m16 tile
+    const uint4* x_next[NT];  // this lane's words of group j_next (XR) or j (else) of each token tile
 #pragma unroll
-        for (int m = 0; m < MT; ++m) {
-            if (j < j_hi && tile0 + m < tiles) P::load(r[m], w + ((size_t)(tile0 + m) * groups + j) * P::RECORD, lane);
-            else r[m] = typename P::Regs{};  // zero codes and scales: adds +0 products
+    for (int m = 0; m < MT; ++m) {
+        w_live[m] = tile0 + m < tiles;
+        w_next[m] = w + ((size_t)(tile0 + m) * groups + j_lo) * P::RECORD;
+    }
+#pragma unroll
+    for (int h = 0; h < NT; ++h) {
+        x_live[h] = 8 * (xt0 + h) + g < n;
+        x_next[h] = xf + ((size_t)(xt0 + h) * groups + j_lo) * PK_X_RECORD + lane;
+    }
+    int j_next = j_lo;  // the next group whose records are loaded
+    auto load_x = [&](uint4 (&xw)[NT][2], bool any) {
+#pragma unroll
+        for (int h = 0; h < NT; ++h) {
+            if (any && x_live[h]) {
+                xw[h][0] = __ldg(x_next[h]);
+                xw[h][1] = __ldg(x_next[h] + PK_X_RECORD / 2);
+            }
+            x_next[h] += PK_X_RECORD;
         }
     };
+    auto load_next = [&](int slot) {  // group j_next into ring slot `slot`; past the slice nothing is read
+        const bool any = j_next < j_hi;
 #pragma unroll
-    for (int p = 0; p + 1 < D; ++p) {
-        load_w(ring[p], j_lo + p);
-        if constexpr (XM == PK_X_REGS) pk_load_x<NT>(xring[p], xf, groups, xt0, j_lo + p, j_hi, n, lane, g);
-        if constexpr (XM == PK_X_SMEM) {
-            pk_copy_x<NT, THREADS>(xs[p], xf, groups, xt0, j_lo + p, j_hi, n);
-            pk_cp_async_commit();
+        for (int m = 0; m < MT; ++m) {
+            if (any && w_live[m]) P::load(ring[slot][m], w_next[m], lane);
+            w_next[m] += P::RECORD;
         }
-    }
+        if constexpr (XR) load_x(xring[slot], any);
+        ++j_next;
+    };
+#pragma unroll
+    for (int p = 0; p + 1 < D; ++p) load_next(p);
 
     for (int jb = j_lo; jb < j_hi; jb += D) {
 #pragma unroll
         for (int p = 0; p < D; ++p) {
             const int j = jb + p;
-            if (j >= j_hi) break;  // block-uniform
-            load_w(ring[(p + D - 1) % D], j + D - 1);
-            if constexpr (XM == PK_X_REGS) {
-                pk_load_x<NT>(xring[(p + D - 1) % D], xf, groups, xt0, j + D - 1, j_hi, n, lane, g);
-            } else if constexpr (XM == PK_X_LOAD) {
-                pk_load_x<NT>(xring[0], xf, groups, xt0, j, j_hi, n, lane, g);
-            } else {
-                // group j's copies (this thread's) have landed; the barrier makes every thread's visible and tells
-                // that slot (p + D - 1) % D, read in the last iteration, is free for group j + D - 1
-                pk_cp_async_wait<D - 2>();
-                __syncthreads();
-                pk_copy_x<NT, THREADS>(xs[(p + D - 1) % D], xf, groups, xt0, j + D - 1, j_hi, n);
-                pk_cp_async_commit();
-#pragma unroll
-                for (int h = 0; h < NT; ++h) {
-                    xring[0][h][0] = xs[p][h * PK_X_RECORD + lane];
-                    xring[0][h][1] = xs[p][h * PK_X_RECORD + PK_X_RECORD / 2 + lane];
-                }
-            }
-            const uint4 (&xw)[NT][2] = xring[XM == PK_X_REGS ? p : 0];
+            if (j >= j_hi) break;  // warp-uniform
+            load_next((p + D - 1) % D);
+            if constexpr (!XR) load_x(xring[0], true);
+            const uint4 (&xw)[NT][2] = xring[XR ? p : 0];
+            // a slice bound inside the group (only the slice's first or last one): its steps outside are skipped
+            const bool lo_in = 2 * j >= u_lo, hi_in = 2 * j + 1 < u_hi;
 #pragma unroll
             for (int s = 0; s < 4; ++s) {
-                const int blk = 2 * j + (s >> 1);
-                if (blk < u_lo || blk >= u_hi) continue;  // a slice bound inside the group: warp-uniform
+                if (!(s < 2 ? lo_in : hi_in)) continue;  // warp-uniform
                 u32 a[MT][4];
 #pragma unroll
                 for (int m = 0; m < MT; ++m) P::dequant(ring[p][m], s, a[m]);
@@ -285,7 +248,6 @@ __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, i
             }
         }
     }
-    if constexpr (XM == PK_X_SMEM) pk_cp_async_wait<0>();  // no copy outstanding at exit (the tail's zero fills)
 
     float* __restrict__ dst = slices == 1 ? y : part + (size_t)blockIdx.z * n * rows;
 #pragma unroll
@@ -376,29 +338,23 @@ extern "C" __global__ void __launch_bounds__(F16_ROWS_THREADS) packed_x(const fl
 #define PK_PARAMS const uint4 *w0, const uint4 *w1, const uint4 *w2, int rows0, int rows1, int rows2, int tiles0,      \
                   int tiles01, float *y0, float *y1, float *y2, float *part0, float *part1, float *part2, int units, \
                   const uint4 *xf, const float *inv, int n, int slices, int *counters
-#define PK_ENTRY(name, P, MT, NT, D, XM, SUFFIX)                                                                 \
+#define PK_ENTRY(name, P, MT, NT, D, XR, SUFFIX)                                                                 \
     extern "C" __global__ void __launch_bounds__(32 * PK_WARPS)                                                 \
         packed_mma_##name##_m##MT##_n##NT##_d##D##SUFFIX(PK_PARAMS) {                                           \
         grid_dependency_enter();                                                                               \
         const int m_ = blockIdx.x < tiles0 ? 0 : blockIdx.x < tiles01 ? 1 : 2;                                 \
         const int bx = (int)blockIdx.x - (m_ == 0 ? 0 : m_ == 1 ? tiles0 : tiles01);                           \
-        packed_mma_kernel<P, MT, NT, D, XM>(m_ == 0 ? w0 : m_ == 1 ? w1 : w2, m_ == 0 ? rows0 : m_ == 1 ? rows1   \
+        packed_mma_kernel<P, MT, NT, D, XR>(m_ == 0 ? w0 : m_ == 1 ? w1 : w2, m_ == 0 ? rows0 : m_ == 1 ? rows1   \
                                             : rows2, bx, units, xf, inv, n, m_ == 0 ? y0 : m_ == 1 ? y1 : y2,     \
                                             slices, m_ == 0 ? part0 : m_ == 1 ? part1 : part2, counters);         \
     }
-// SUFFIX: none (PK_X_LOAD), _x (PK_X_REGS), _s (PK_X_SMEM)
+// SUFFIX _x: the activation words in the ring (XR)
 #define PK_TILES(name, P)                                                                                        \
-    PK_ENTRY(name, P, 2, 1, 3, PK_X_LOAD, ) PK_ENTRY(name, P, 1, 1, 4, PK_X_LOAD, )                              \
-    PK_ENTRY(name, P, 1, 2, 3, PK_X_LOAD, ) PK_ENTRY(name, P, 2, 2, 2, PK_X_LOAD, )                              \
-    PK_ENTRY(name, P, 2, 4, 2, PK_X_LOAD, ) PK_ENTRY(name, P, 1, 4, 3, PK_X_LOAD, )                              \
-    PK_ENTRY(name, P, 2, 1, 3, PK_X_REGS, _x) PK_ENTRY(name, P, 2, 1, 2, PK_X_REGS, _x)                          \
-    PK_ENTRY(name, P, 1, 1, 4, PK_X_REGS, _x) PK_ENTRY(name, P, 1, 2, 3, PK_X_REGS, _x)                          \
-    PK_ENTRY(name, P, 2, 2, 2, PK_X_REGS, _x)                                                                    \
-    PK_ENTRY(name, P, 2, 1, 3, PK_X_SMEM, _s) PK_ENTRY(name, P, 1, 1, 4, PK_X_SMEM, _s)                          \
-    PK_ENTRY(name, P, 1, 2, 3, PK_X_SMEM, _s) PK_ENTRY(name, P, 2, 2, 2, PK_X_SMEM, _s)                          \
-    PK_ENTRY(name, P, 2, 2, 3, PK_X_SMEM, _s) PK_ENTRY(name, P, 1, 4, 3, PK_X_SMEM, _s)                          \
-    PK_ENTRY(name, P, 2, 4, 2, PK_X_SMEM, _s) PK_ENTRY(name, P, 2, 4, 3, PK_X_SMEM, _s)                          \
-    PK_ENTRY(name, P, 1, 4, 4, PK_X_SMEM, _s)
+    PK_ENTRY(name, P, 2, 1, 3, false, ) PK_ENTRY(name, P, 1, 1, 4, false, ) PK_ENTRY(name, P, 1, 2, 3, false, )   \
+    PK_ENTRY(name, P, 2, 2, 2, false, ) PK_ENTRY(name, P, 2, 4, 2, false, ) PK_ENTRY(name, P, 1, 4, 3, false, )   \
+    PK_ENTRY(name, P, 1, 2, 2, false, ) PK_ENTRY(name, P, 1, 4, 2, false, )                                      \
+    PK_ENTRY(name, P, 2, 1, 3, true, _x) PK_ENTRY(name, P, 2, 1, 2, true, _x) PK_ENTRY(name, P, 1, 1, 4, true, _x) \
+    PK_ENTRY(name, P, 1, 2, 3, true, _x) PK_ENTRY(name, P, 2, 2, 2, true, _x) PK_ENTRY(name, P, 1, 1, 3, true, _x)
 #define PK_PACK(name, P)                                                                                         \
     extern "C" __global__ void __launch_bounds__(256) pack_##name(const u8* w, i64 row_bytes, int rows, int units, \
                                                                   uint4* out) {                                 \
