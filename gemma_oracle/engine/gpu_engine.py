@@ -172,9 +172,10 @@ class FusedNorms:
 NORM_STEPS = {True: FusedNorms, False: SeparateNorms}  # CupyEngine(fused_norms=...)
 
 # Whether the fused residual-add norm and gelu * up also write packed MMA's input records in their own launch
-# (instead of a packed_x launch per input). Off until a device A/B in one call shows it faster: on an H100 the packed
-# mode with it on (reports/history/2026-12-07-s16.md, call 3) was 5-9 % slower at N = 1-8 than without it the same
-# day (call 1, another machine); the kernels themselves are bitwise checked (tests/test_kernels_packed_mma_gpu.py).
+# (instead of a packed_x launch per input). Off: the A/B in one call on an H100 (reports/history/2026-12-07-s17.md,
+# call 4, both producers against none) had the packed mode 5-9 % slower at N = 1-8 and 2-5 % at 16-32 with them on,
+# on both stand-ins; the suspect, not measured alone yet, is gelu * up's one block a (15360-wide) row. The kernels
+# themselves are bitwise checked (tests/test_kernels_packed_mma_gpu.py).
 # 0: none; 1: both producers; "norm" or "gelu": that one alone (so one A/B call can tell them apart).
 ENV_PACKED_PRODUCERS = "GEMMA_ORACLE_PACKED_PRODUCERS"
 PACKED_PRODUCERS = ("norm", "gelu")  # the residual-add norm, gelu * up

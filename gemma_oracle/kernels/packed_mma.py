@@ -73,9 +73,9 @@ TILES = {t.name: t for t in (
     Tile(2, 1, 3, True), Tile(2, 1, 2, True), Tile(1, 1, 4, True), Tile(1, 2, 3, True), Tile(2, 2, 2, True),
     Tile(1, 1, 3, True))}
 # Which tile a launch uses (first match: min N). A speed choice only (the same bits). The fastest tile a step, count-
-# weighted over the 12B shapes at each timed N (route tuning on an H100: reports/history/2026-12-07-s17.md): the
-# activation words in the register ring at N = 1-15, two token tiles of one m16 tile a warp from 16.
-TILE_RULES: tuple[tuple[int, str], ...] = ((32, "m1_n2_d3"), (16, "m1_n2_d3_x"), (8, "m1_n1_d4_x"), (1, "m2_n1_d3_x"))
+# weighted over the 12B shapes at each timed N (route tuning on an H100, reports/history/2026-12-07-s17.md, call 4):
+# the activation words in the register ring at N = 1-15, two token tiles of one m16 tile a warp from 16.
+TILE_RULES: tuple[tuple[int, str], ...] = ((32, "m1_n2_d2"), (16, "m1_n2_d3_x"), (8, "m1_n1_d4_x"), (1, "m2_n1_d3_x"))
 MAX_N = 65535 * 8
 
 

@@ -12,14 +12,23 @@ compared bitwise with the first tile's: every decode-MMQ tile (dp4a and mma alik
 same kind (its shared-memory and direct tiles assign values to mma slots differently), and every packed-MMA tile with
 dequant-MMA's shared-memory tile (the same bits by construction). Exit status 1 on a difference.
 
-    python -m gemma_oracle.harness.perf.mmq_memcheck
+    python -m gemma_oracle.harness.perf.mmq_memcheck [--routes packed-MMA ...]   (default: all three)
 """
 from __future__ import annotations
 
 import sys
 
 
-def main() -> int:
+ROUTES = ("decode-MMQ", "dequant-MMA", "packed-MMA")
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m gemma_oracle.harness.perf.mmq_memcheck", description=__doc__.split("\n\n")[0])
+    p.add_argument("--routes", nargs="+", choices=ROUTES, default=list(ROUTES),
+                   help="the routes whose tiles run (a kernel change needs only its own route's)")
+    chosen = set(p.parse_args(argv).routes)
     import cupy as cp
     import numpy as np
 
@@ -55,6 +64,8 @@ def main() -> int:
                                                      if tile in DQ_TILES else
                                                      packed_mma_matvec(packed, xf, tile=tile, slices=slices))))
                     for route, tiles, run in routes:
+                        if route not in chosen:
+                            continue
                         first = {}  # per tile kind: dequant-MMA's two kinds assign values to mma slots differently
                         for tile in tiles:
                             y = cp.asnumpy(run(tile)).view(np.uint32)
@@ -67,7 +78,8 @@ def main() -> int:
                                       f"{first[kind][0]}", flush=True)
             del w, packed
     cp.cuda.runtime.deviceSynchronize()
-    print(f"decode-MMQ, dequant-MMA and packed-MMA: {launches} launches on exactly sized weights, {failures} differ from the first tile's bits")
+    print(f"{', '.join(r for r in ROUTES if r in chosen)}: {launches} launches on exactly sized weights, {failures} differ "
+          f"from the first tile's bits")
     return 1 if failures else 0
 
 
