@@ -66,12 +66,12 @@ def _results(tmp_path: Path, auto: dict[int, float], inv: dict[int, float], llam
 
 def test_main_passes_only_when_both_criteria_hold(tmp_path, capsys):
     good = _results(tmp_path, {1: 200.0, 2: 400.0}, {1: 195.0, 2: 390.0}, {1: 150.0, 2: 300.0})
-    assert main([str(good)]) == 0
+    assert main([str(good), "--n", "1", "2"]) == 0
     out = capsys.readouterr().out
     assert "at every N: yes" in out and "| 2 | 400.0 | 390.0 | 300.0 | 1.33 | 0.975 |" in out
     # 1.3 x 150 = 195: 194 misses the target at N = 1 only; 370 / 400 = 0.925 < 0.95 at N = 2
     _results(tmp_path, {1: 194.0, 2: 400.0}, {1: 194.0, 2: 370.0}, {1: 150.0, 2: 300.0})
-    assert main([str(tmp_path)]) == 1
+    assert main([str(tmp_path), "--n", "1", "2"]) == 1
     out = capsys.readouterr().out
     assert "llama.cpp (its faster run) at every N: no (N = 1)" in out
     assert "batch-invariant >= 0.95 x auto at every N: no (N = 2)" in out
@@ -92,7 +92,7 @@ def test_unusable_input_is_exit_2_naming_the_file(tmp_path, capsys):
 def test_other_modes_are_listed_beside_llama_and_auto_without_changing_the_verdict(tmp_path, capsys):
     _results(tmp_path, {1: 194.0, 2: 400.0}, {1: 194.0, 2: 390.0}, {1: 150.0, 2: 300.0},
              packed={1: 210.0, 2: 480.0})
-    assert main([str(tmp_path)]) == 1  # judged on auto alone: packed's 1.40 at N = 1 does not pass it
+    assert main([str(tmp_path), "--n", "1", "2"]) == 1  # judged on auto alone: packed's 1.40 at N = 1 does not pass it
     out = capsys.readouterr().out
     # 210 / 150 = 1.40, 210 / 194 = 1.082; 480 / 300 = 1.60, 480 / 400 = 1.200 (by hand)
     assert "| packed | 210.0 (1.40, 1.082) | 480.0 (1.60, 1.200) |" in out
@@ -100,3 +100,21 @@ def test_other_modes_are_listed_beside_llama_and_auto_without_changing_the_verdi
     _results(tmp_path, {1: 200.0, 2: 400.0}, {1: 195.0, 2: 390.0}, {1: 150.0, 2: 300.0})
     main([str(tmp_path)])
     assert "Other modes" not in capsys.readouterr().out
+
+
+def test_an_n_not_run_is_a_no_named_as_such(tmp_path, capsys):
+    """Both criteria hold at N = 1 and 2, but the required list goes to 32: a bench cut by its time limit (the
+    seventeenth session's last call) must not read as a pass, and the table says which N were not run."""
+    _results(tmp_path, {1: 200.0, 2: 400.0}, {1: 195.0, 2: 390.0}, {1: 150.0, 2: 300.0})
+    data = json.loads((tmp_path / "mode-bench-m.json").read_text())
+    (tmp_path / "mode-bench-m.json").write_text(json.dumps({**data, "complete": False}))
+    assert main([str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "| 2 | 400.0 | 390.0 | 300.0 | 1.33 | 0.975 |" in out
+    assert "llama.cpp (its faster run) at every N: no (not run at N = 4, 8, 16, 32)" in out
+    assert "batch-invariant >= 0.95 x auto at every N: no (not run at N = 4, 8, 16, 32)" in out
+    assert "the mode bench was cut before its last N" in out
+    # a miss and a gap are both named
+    _results(tmp_path, {1: 194.0, 2: 400.0}, {1: 194.0, 2: 390.0}, {1: 150.0, 2: 300.0})
+    assert main([str(tmp_path), "--n", "1", "2", "4"]) == 1
+    assert "at every N: no (N = 1; not run at N = 4)" in capsys.readouterr().out

@@ -223,3 +223,23 @@ def test_suggested_packed_rules_weigh_each_shape_by_its_count():
     rules = suggested_packed_rules(df)
     assert rules == "32:m1_n4_d3,1:m2_n1_d3"
     assert parse_tile_rules(rules) == ((32, "m1_n4_d3"), (1, "m2_n1_d3"))
+
+
+def test_mode_bench_json_is_replaced_whole_and_says_whether_complete(tmp_path):
+    """After each N the bench rewrites its JSON with every row so far (complete: false), at the end with complete:
+    true; no .part file is left behind, and side_by_side reads the partial file."""
+    from gemma_oracle.harness.perf.mode_bench import write_bench_json
+    from gemma_oracle.harness.perf.side_by_side import load_model_run
+
+    path = tmp_path / "mode-bench-m.json"
+    meta = {"device": "GPU", "launch": "plain", "read_gb_s": 3000.0, "n_asked": [1, 2], "modes_asked": ["auto"]}
+    row = dict(n=1, mode="auto", tokens_per_s=170.0, weight_bytes=7e9, kv_bytes=1e8)
+    write_bench_json(path, meta, [row], complete=False)
+    assert json.loads(path.read_text())["complete"] is False and not list(tmp_path.glob("*.part"))
+    (tmp_path / "llamacpp-m-1.txt").write_text("| B | S_TG t/s |\n|---|---|\n| 1 | 150.0 |\n")
+    run = load_model_run(tmp_path, "m")
+    assert not run.complete and run.modes == {"auto": {1: 170.0}}
+    write_bench_json(path, meta, [row, {**row, "n": 2, "tokens_per_s": 300.0}], complete=True)
+    data = json.loads(path.read_text())
+    assert data["complete"] is True and [r["n"] for r in data["rows"]] == [1, 2] and data["n_asked"] == [1, 2]
+    assert load_model_run(tmp_path, "m").complete

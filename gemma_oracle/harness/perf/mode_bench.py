@@ -27,7 +27,9 @@ N_LIST = (1, 2, 4, 5, 6, 8, 16, 32)
 
 
 def bench_modes(model, n_list=N_LIST, modes=MODES, *, prompt_len: int = 128, steps: int = 8, warmup: int = 2,
-                repeats: int = 3, log=print) -> list[dict]:
+                repeats: int = 3, log=print, on_rows=None) -> list[dict]:
+    """Per N (in order) and mode: the median step time of `repeats` round-robin runs of `steps` decode steps.
+    on_rows(rows): called with every row so far after each N, so a caller can keep what a time limit would lose."""
     import cupy as cp
     import numpy as np
 
@@ -89,6 +91,8 @@ def bench_modes(model, n_list=N_LIST, modes=MODES, *, prompt_len: int = 128, ste
                              mean_position=mean_position, kv_bytes=kv_bytes,
                              routes=" ".join(f"{k}:{v}" for k, v in sorted(routes_of[mode].items()))))
             log(f"  N={n:3d} {mode:16s} {step_ms:8.3f} ms {1e3 * n / step_ms:9.1f} t/s  {rows[-1]['routes']}")
+        if on_rows is not None:
+            on_rows(list(rows))
         seqs.clear()  # the sequences' slots go back to the engine (GpuSequence finalizers)
     engine.set_route_mode(modes[0])  # frees the captured graphs
     return rows
@@ -138,6 +142,15 @@ def summarize(rows: list[dict], title: str, read_gb_s: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_bench_json(path: Path, meta: dict, rows: list[dict], complete: bool) -> None:
+    """The bench's JSON (meta, the rows so far, complete), replaced whole: a run cut by a time limit keeps the N values
+    it finished, marked complete: false (harness.perf.side_by_side names the rest as not run), and a reader never
+    sees a half-written file."""
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps({**meta, "complete": complete, "rows": rows}))
+    tmp.replace(path)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m gemma_oracle.harness.perf.mode_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", nargs="+", default=["shape12b", "shape12b-q4_0"])
@@ -167,21 +180,29 @@ def main(argv=None) -> int:
     # an A/B's sides say what they ran
     launch = launch_mode() + ("" if weight_prefetch_enabled() else " without weight prefetch")
     bw = read_bandwidth_gb_s()
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+
+    meta = {"device": device, "launch": launch, "read_gb_s": bw, "n_asked": list(args.n), "modes_asked": list(args.modes)}
+
+    def save(name: str, rows: list[dict], complete: bool) -> None:
+        if out is not None:
+            write_bench_json(out / f"mode-bench-{name}.json", meta, rows, complete)
+
     for name in args.model:
         path = fixture_path(name) if name in fixture_names() else Path(name)
         print(f"{name}: {device}", file=sys.stderr)
         rows = bench_modes(load_model(path), tuple(args.n), tuple(args.modes), steps=args.steps,
                            prompt_len=args.prompt_len,
-                           log=lambda m: print(m, file=sys.stderr, flush=True))
+                           log=lambda m: print(m, file=sys.stderr, flush=True),
+                           on_rows=lambda rows, name=name: save(name, rows, complete=False))
         text = summarize(rows, (f"{name} (synthetic 12B stand-in) on {device}" if name.startswith("shape12b")
                                 else f"{name} on {device}") + f", {launch} launches", bw)
         print(text, flush=True)
-        if args.out:
-            out = Path(args.out)
-            out.mkdir(parents=True, exist_ok=True)
+        if out is not None:
             (out / f"mode-bench-{name}.md").write_text(text)
-            (out / f"mode-bench-{name}.json").write_text(json.dumps({"device": device, "launch": launch, "read_gb_s": bw,
-                                                                        "rows": rows}))
+            save(name, rows, complete=True)
     return 0
 
 

@@ -8,7 +8,9 @@ aggregate decode t/s per mode and N, the streaming read measured in the same run
 Prints one table per model: auto, batch-invariant and llama.cpp t/s, auto / llama.cpp (against llama.cpp's faster run:
 the ratio is not flattered by a slow run of theirs), batch-invariant / auto, and both engines as a fraction of the
 memory ceiling (N x read / (weights + the batch's F16 KV), harness.perf.roofline), then whether auto >= target x
-llama.cpp and batch-invariant >= floor x auto at every N. Exit status 1 when either fails, 2 on unusable input.
+llama.cpp and batch-invariant >= floor x auto at every N of --n (1 2 4 8 16 32): an N that either engine did not
+finish (a mode bench cut by a time limit keeps what it finished, marked incomplete) is a "no", named as not run.
+Exit status 1 when either fails, 2 on unusable input.
 """
 from __future__ import annotations
 
@@ -56,6 +58,7 @@ class ModelRun:
     ceiling: dict[int, float]  # N -> memory ceiling t/s
     llama_runs: list[dict[int, float]] = field(default_factory=list)
     llama_missing: list[str] = field(default_factory=list)  # runs that printed no table, and why
+    complete: bool = True  # False: the mode bench was cut before its last N
 
 
 def load_model_run(results: Path, model: str) -> ModelRun:
@@ -80,7 +83,7 @@ def load_model_run(results: Path, model: str) -> ModelRun:
         except KeyError as e:
             raise SideBySideError(f"{path}: a row without {e} (needs n, mode, tokens_per_s, weight_bytes, "
                                   f"kv_bytes)") from None
-    run = ModelRun(model, str(data.get("device", "?")), read, modes, ceiling)
+    run = ModelRun(model, str(data.get("device", "?")), read, modes, ceiling, complete=bool(data.get("complete", True)))
     # llamacpp-<model>-<run>.txt exactly: "shape12b-*" would also match shape12b-q4_0's runs
     runs = sorted(f for f in results.glob(f"llamacpp-{model}-*.txt") if f.stem[len(f"llamacpp-{model}-"):].isdigit())
     for path in runs:
@@ -95,14 +98,18 @@ def load_model_run(results: Path, model: str) -> ModelRun:
     return run
 
 
-def table(run: ModelRun, target: float, floor: float) -> tuple[str, bool]:
-    """The model's markdown table and whether both criteria hold at every N it has."""
+REQUIRED_N = (1, 2, 4, 8, 16, 32)  # issue 23's table
+
+
+def table(run: ModelRun, target: float, floor: float, required=REQUIRED_N) -> tuple[str, bool]:
+    """The model's markdown table and whether both criteria hold at every required N (one not run is a no)."""
     for mode in ("auto", "batch-invariant"):
         if mode not in run.modes:
             raise SideBySideError(f"mode-bench-{run.model}.json: no '{mode}' rows (run the mode bench with --modes "
                                   f"auto batch-invariant)")
     auto, inv = run.modes["auto"], run.modes["batch-invariant"]
     ns = sorted(n for n in auto if n in inv and all(n in lr for lr in run.llama_runs))
+    not_run = sorted(set(required) - set(ns))
     lines = [f"## {run.model} on {run.device} (streaming read {run.read_gb_s:.0f} GB/s, same call)", "",
              "| N | auto t/s | batch-invariant t/s | llama.cpp t/s (runs) | auto / llama.cpp | batch-inv / auto "
              "| ceiling t/s | auto / ceiling | llama.cpp / ceiling |",
@@ -122,12 +129,22 @@ def table(run: ModelRun, target: float, floor: float) -> tuple[str, bool]:
     lines.append("")
     if run.llama_missing:
         lines.append("llama.cpp runs without a table: " + "; ".join(run.llama_missing))
-    lines.append(f"auto >= {target} x llama.cpp (its faster run) at every N: "
-                 + ("yes" if not short else f"no (N = {', '.join(map(str, short))})"))
-    lines.append(f"batch-invariant >= {floor} x auto at every N: "
-                 + ("yes" if not low else f"no (N = {', '.join(map(str, low))})"))
+    if not run.complete:
+        lines.append(f"the mode bench was cut before its last N (mode-bench-{run.model}.json: complete false)")
+    if not_run:
+        lines.append(f"not run at N = {', '.join(map(str, not_run))} (by our bench, llama.cpp or both)")
+
+    def verdict(failed: list[int]) -> str:
+        if not failed and not not_run:
+            return "yes"
+        parts = ([f"N = {', '.join(map(str, failed))}"] if failed else []) + (
+            [f"not run at N = {', '.join(map(str, not_run))}"] if not_run else [])
+        return f"no ({'; '.join(parts)})"
+
+    lines.append(f"auto >= {target} x llama.cpp (its faster run) at every N: {verdict(short)}")
+    lines.append(f"batch-invariant >= {floor} x auto at every N: {verdict(low)}")
     lines += _other_modes(run, ns, auto)
-    return "\n".join(lines) + "\n", not short and not low
+    return "\n".join(lines) + "\n", not short and not low and not not_run
 
 
 def _other_modes(run: ModelRun, ns: list[int], auto: dict[int, float]) -> list[str]:
@@ -155,6 +172,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", nargs="+", help="models (default: every mode-bench-<model>.json there)")
     p.add_argument("--target", type=float, default=1.3, help="auto / llama.cpp needed at every N")
     p.add_argument("--invariant-floor", type=float, default=0.95, help="batch-invariant / auto needed at every N")
+    p.add_argument("--n", nargs="+", type=int, default=list(REQUIRED_N), help="the N values both criteria need")
     args = p.parse_args(argv)
     models = args.model or sorted(f.name[len("mode-bench-"):-len(".json")]
                                   for f in args.results.glob("mode-bench-*.json"))
@@ -164,7 +182,7 @@ def main(argv=None) -> int:
     ok = True
     try:
         for model in models:
-            text, passed = table(load_model_run(args.results, model), args.target, args.invariant_floor)
+            text, passed = table(load_model_run(args.results, model), args.target, args.invariant_floor, args.n)
             print(text)
             ok &= passed
     except SideBySideError as e:
