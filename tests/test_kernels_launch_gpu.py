@@ -59,10 +59,17 @@ def plain_kernels():
 
 
 def _write_then_read(kernels, reader: str, value: int) -> int:
-    word, seen = cp.zeros(1, dtype=cp.int32), cp.full(1, -1, dtype=cp.int32)
-    kernels.get_function("slow_write")((1,), (1,), (word, np.int32(value), np.int64(SPIN_NS)))
-    kernels.get_function(reader)((1,), (1,), (word, seen))
-    return int(seen.get()[0])
+    # On a stream of its own, as the graph test below and the engine's captured steps: on CuPy's default (legacy)
+    # stream the racy reader saw the written word, no overlap (H100, 2026-12-07, reports/history/2026-12-07-s17.md),
+    # while the same kernels overlapped in a graph. The overlap is the runtime's to grant ("opportunistically"), so
+    # this test asks for it where it was seen; the ordering assertion is the guarantee.
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        word, seen = cp.zeros(1, dtype=cp.int32), cp.full(1, -1, dtype=cp.int32)
+        kernels.get_function("slow_write")((1,), (1,), (word, np.int32(value), np.int64(SPIN_NS)))
+        kernels.get_function(reader)((1,), (1,), (word, seen))
+        stream.synchronize()
+        return int(seen.get()[0])
 
 
 def _needs_pdl():
