@@ -204,7 +204,8 @@ def test_suggested_packed_rules_weigh_each_shape_by_its_count():
     shapes every tile was timed on (a shape with a missing tile is left out), and the rules read back as tiles."""
     import pandas as pd
 
-    from gemma_oracle.harness.perf.route_tuning import packed_step_us, suggested_packed_rules
+    from gemma_oracle.harness.perf.route_tuning import (mmq_step_us, packed_step_us, packed_tile_lines,
+                                                        suggested_packed_rules)
     from gemma_oracle.kernels.packed_mma import parse_tile_rules
 
     def row(n, shape, tile, us):
@@ -223,6 +224,16 @@ def test_suggested_packed_rules_weigh_each_shape_by_its_count():
     rules = suggested_packed_rules(df)
     assert rules == "32:m1_n4_d3,1:m2_n1_d3"
     assert parse_tile_rules(rules) == ((32, "m1_n4_d3"), (1, "m2_n1_d3"))
+    # decode-MMQ's bar: its fastest tile per shape at the shape's own K split, count-weighted
+    mmq_rows = [dict(type="Q4_K", rows=15360, cols=3840, count=96, n=1, route="decode_mmq", tile=t, us=us,
+                     auto_slices=True) for t, us in (("dp4a_bn1", 17.5), ("bm64_bn8", 30.0))]
+    mmq_rows += [dict(type="Q4_K", rows=512, cols=3840, count=8, n=1, route="decode_mmq", tile="dp4a_bn1", us=us,
+                      auto_slices=own) for us, own in ((5.5, True), (1.0, False))]  # another K split: left out
+    both = pd.concat([df.assign(auto_slices=True), pd.DataFrame(mmq_rows)], ignore_index=True)
+    assert mmq_step_us(both) == {1: 96 * 17.5 + 8 * 5.5}
+    lines = packed_tile_lines(both)
+    assert any(line.startswith("| 1 |") and line.endswith(f"| {96 * 17.5 + 8 * 5.5:.0f} |") for line in lines)
+    assert any(line.startswith("| 32 |") and line.endswith("| – |") for line in lines)
 
 
 def test_mode_bench_json_is_replaced_whole_and_says_whether_complete(tmp_path):

@@ -265,17 +265,31 @@ def suggested_packed_rules(mats) -> str:
     return ",".join(f"{n}:{table.loc[n].dropna().idxmin()}" for n in sorted(table.index, reverse=True))
 
 
+def mmq_step_us(mats) -> dict:
+    """Per N, the count-weighted sum over the shapes of decode-MMQ's fastest tile at the shape's own K split (the
+    step's decode-MMQ matmul time with the best tile everywhere): the bar packed MMA's row of the same N must beat."""
+    mmq = mats[mats.route == "decode_mmq"]
+    if "auto_slices" in mmq:
+        mmq = mmq[mmq.auto_slices.astype(bool)]
+    if mmq.empty:
+        return {}
+    best = mmq.assign(step=mmq.us * mmq["count"]).groupby(["n", "type", "rows", "cols"]).step.min()
+    return best.groupby(level="n").sum().to_dict()
+
+
 def packed_tile_lines(mats) -> list[str]:
     table = packed_step_us(mats)
     if table is None or table.empty:
         return []
+    mmq = mmq_step_us(mats)
     lines = ["## Packed MMA tiles: count-weighted matmul us a step, per N (every shape but those some tile missed)",
-             "| N | " + " | ".join(table.columns) + " |", "|---|" + "---|" * len(table.columns)]
+             "", "best decode-MMQ: its fastest tile of those timed on every shape (all shapes it ran on), for comparison", "",
+             "| N | " + " | ".join(table.columns) + " | best decode-MMQ |", "|---|" + "---|" * (len(table.columns) + 1)]
     for n, row in table.iterrows():
         best = row.dropna().idxmin()
-        lines.append(f"| {n} | " + " | ".join("–" if v != v else f"**{v:.0f}**" if c == best else f"{v:.0f}"
-                                               for c, v in row.items())
-                     + " |")
+        cells = ["–" if v != v else f"**{v:.0f}**" if c == best else f"{v:.0f}" for c, v in row.items()]
+        cells.append(f"{mmq[n]:.0f}" if n in mmq else "–")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
     lines.append(f"\nsuggested GEMMA_ORACLE_PACKED_TILES={suggested_packed_rules(mats)}\n")
     return lines
 
