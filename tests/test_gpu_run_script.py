@@ -39,33 +39,41 @@ def test_deadline_cuts_the_step_and_skips_the_rest(tmp_path):
 
 
 def test_llamaprebuilt_puts_a_carried_build_where_bench_sh_looks(tmp_path):
-    """The carried build (scripts/llamacpp-prebuild) is copied to bench.sh's build dir with BUILD_RC=0 when its
-    libraries resolve, and BUILD_RC=1 naming the missing one when they do not (a control: bench.sh then refuses)."""
-    carried, build = tmp_path / "carried", tmp_path / "build"
-    (carried / "bin").mkdir(parents=True)
-    exe = carried / "bin" / "llama-batched-bench"
-    exe.write_bytes(Path("/bin/true").read_bytes())  # a dynamic executable whose libraries resolve
-    exe.chmod(0o755)
-    env = dict(os.environ, LLAMACPP_BIN=str(carried), LLAMACPP_BUILD=str(build),
+    """The carried tarball (scripts/llamacpp-prebuild) is unpacked to bench.sh's build dir with BUILD_RC=0 when the
+    executable's libraries resolve, and BUILD_RC=1 naming the problem when they do not (a control: bench.sh then
+    refuses); a missing or wrong tarball is refused by name."""
+    import shutil
+
+    def pack(exe_bytes: bytes) -> Path:
+        root = tmp_path / "pack" / "llamacpp-bin" / "bin"
+        shutil.rmtree(tmp_path / "pack", ignore_errors=True)
+        root.mkdir(parents=True)
+        (root / "llama-batched-bench").write_bytes(exe_bytes)
+        (root / "llama-batched-bench").chmod(0o755)
+        tgz = tmp_path / "llamacpp-bin.tgz"
+        with tarfile.open(tgz, "w:gz") as tar:
+            tar.add(tmp_path / "pack" / "llamacpp-bin", arcname="llamacpp-bin")
+        return tgz
+
+    tgz, build = pack(Path("/bin/true").read_bytes()), tmp_path / "build"  # a dynamic executable that resolves
+    env = dict(os.environ, LLAMACPP_BIN=str(tgz), LLAMACPP_BUILD=str(build),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.run(["bash", "scripts/gpu-run", str(tmp_path / "out"), "llamaprebuilt"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+
+    def run() -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "scripts/gpu-run", str(tmp_path / "out"), "llamaprebuilt"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    proc = run()
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (build / "bin" / "llama-batched-bench").exists() and (tmp_path / "build.log").read_text() == "BUILD_RC=0\n"
     assert "prebuilt llama.cpp ready" in proc.stdout
-    # a library that is not there: ldd says "not found", the step fails and bench.sh would not run it
-    import shutil
-
-    if shutil.which("patchelf") is None:
-        exe.write_text("not an executable\n")  # ldd: "not a dynamic executable"
-    else:
-        subprocess.run(["patchelf", "--add-needed", "libgemma-oracle-missing.so", str(exe)], check=True)
-    proc = subprocess.run(["bash", "scripts/gpu-run", str(tmp_path / "out"), "llamaprebuilt"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    pack(b"not an executable\n")  # ldd: "not a dynamic executable"
+    proc = run()
     assert proc.returncode == 1 and (tmp_path / "build.log").read_text() == "BUILD_RC=1\n", proc.stdout
     assert "llamaprebuilt:" in proc.stdout
-    # nothing carried: a clear refusal
-    shutil.rmtree(carried)
-    proc = subprocess.run(["bash", "scripts/gpu-run", str(tmp_path / "out"), "llamaprebuilt"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "no " in proc.stdout and "scripts/llamacpp-prebuild" in proc.stdout
+    tgz.write_bytes(b"not a tarball")
+    proc = run()
+    assert proc.returncode == 2 and "is not a llamacpp-bin tarball" in proc.stdout
+    tgz.unlink()
+    proc = run()
+    assert proc.returncode == 2 and "scripts/llamacpp-prebuild" in proc.stdout
