@@ -16,6 +16,10 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pandas is imported where a table is made (the GPU box's tuning needs it, the CLI's help not)
+    import pandas
 
 N_LIST = (1, 2, 3, 4, 5, 6, 8, 12, 16, 17, 32)
 ROTATE_BYTES = 256 << 20  # working set per timing: 5x the H100's L2
@@ -237,7 +241,7 @@ def summarize(rows: list[dict], device: str, read_gb_s: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def packed_step_us(mats) -> "object":
+def packed_step_us(mats) -> pandas.DataFrame | None:
     """Per N and packed tile, the count-weighted sum of us over the shapes every tile of that N was timed on (a
     step's packed matmul time with that tile everywhere): a DataFrame [n x tile]."""
     import pandas as pd
@@ -265,7 +269,7 @@ def suggested_packed_rules(mats) -> str:
     return ",".join(f"{n}:{table.loc[n].dropna().idxmin()}" for n in sorted(table.index, reverse=True))
 
 
-def mmq_step_us(mats) -> dict:
+def mmq_step_us(mats) -> dict[int, float]:
     """Per N, the count-weighted sum over the shapes of decode-MMQ's fastest tile at the shape's own K split (the
     step's decode-MMQ matmul time with the best tile everywhere): the bar packed MMA's row of the same N must beat."""
     mmq = mats[mats.route == "decode_mmq"]
