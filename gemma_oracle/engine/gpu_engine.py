@@ -353,10 +353,10 @@ class CupyEngine:
                 out.update(zip(group, mmq_matvec_group(members, xq)))
         for group in self._launch_groups([n for n in names if routes[n] == routing.PACKED_MMA],
                                          lambda name: self._packed_key(name, rows)):
+            slices = self._packed_key(group[0], rows)[2]  # the group's shared K split
             with self._span(group[0]):  # packed_x made here is counted in the first packed matmul's span
                 xf = packed_x(x) if xf is None else xf
-                out.update(zip(group, packed_mma_group([self.w[n].packed for n in group], xf,
-                                                       slices=self._packed_key(group[0], rows)[2])))
+                out.update(zip(group, packed_mma_group([self.w[n].packed for n in group], xf, slices=slices)))
         x16 = None  # the dequant-MMA matrices' fp16 rows, likewise
         for name in names:
             if routes[name] in (routing.PACKED_MMA, routing.DECODE_MMQ):

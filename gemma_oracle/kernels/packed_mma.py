@@ -100,7 +100,7 @@ ENV_TILES = "GEMMA_ORACLE_PACKED_TILES"
 
 @functools.lru_cache(maxsize=8)
 def parse_tile_rules(value: str) -> tuple[tuple[int, str], ...]:
-    """'32:m2_n4_d2_x,1:m2_n1_d3_x' -> ((32, 'm2_n4_d2_x'), (1, 'm2_n1_d3_x')), largest min_n first; a rule for N = 1
+    """'1:m2_n1_d3_x,32:m1_n2_d2' -> ((32, 'm1_n2_d2'), (1, 'm2_n1_d3_x')), largest min_n first; a rule for N = 1
     is required (every N needs a tile)."""
     rules = []
     for item in value.split(","):
