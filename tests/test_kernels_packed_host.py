@@ -26,8 +26,8 @@ def test_weights_round_trip_through_the_fragments(t, shape):
     rows, cols = SHAPES[t][shape]
     raw = quantized_weights(t, rows, cols)
     packed = ref.pack(raw, t, cols)
-    bits = 7 if t == "Q6_K" else 5  # bits a weight
-    assert packed.dtype == np.uint32 and packed.size * 32 == -(-rows // 16) * 16 * cols * bits
+    half_bits = {"Q6_K": 14, "Q4_K": 10, "Q4_0": 9}[t]  # twice the bits a weight (Q4_0: d alone, 4.5)
+    assert packed.dtype == np.uint32 and packed.size * 64 == -(-rows // 16) * 16 * cols * half_bits
     assert _same_bits(ref.weights_from_registers(packed, t, rows, cols), dequant_f16(raw, t, cols))
 
 
@@ -59,7 +59,14 @@ def test_controls_a_wrong_layout_fails_the_round_trip(monkeypatch):
     monkeypatch.undo()
     monkeypatch.setattr(ref, "_KERNEL_A_ROW8", {0: True, 1: False, 2: True, 3: False})  # row g's scale on row g + 8
     assert not _same_bits(ref.weights_from_registers(ref.pack(raw, t, cols), t, rows, cols), want)
+    raw0 = quantized_weights("Q4_0", rows, cols)  # Q4_0's d-only scale words: the row halves matter there too
+    assert not _same_bits(ref.weights_from_registers(ref.pack(raw0, "Q4_0", cols), "Q4_0", rows, cols),
+                          dequant_f16(raw0, "Q4_0", cols))
     monkeypatch.undo()
+    good0 = ref.pack(raw0, "Q4_0", cols).reshape(-1, 144).copy()
+    good0[:, 128:144] = good0[:, 128:144].reshape(-1, 8, 2)[:, :, ::-1].reshape(-1, 16)  # blocks 2j, 2j + 1 swapped
+    assert not _same_bits(ref.weights_from_registers(good0.reshape(-1), "Q4_0", rows, cols),
+                          dequant_f16(raw0, "Q4_0", cols))
     raw6 = quantized_weights("Q6_K", rows, cols)
     good = ref.pack(raw6, "Q6_K", cols)
     assert _same_bits(ref.weights_from_registers(good, "Q6_K", rows, cols), dequant_f16(raw6, "Q6_K", cols))

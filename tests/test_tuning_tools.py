@@ -254,3 +254,27 @@ def test_mode_bench_json_is_replaced_whole_and_says_whether_complete(tmp_path):
     data = json.loads(path.read_text())
     assert data["complete"] is True and [r["n"] for r in data["rows"]] == [1, 2] and data["n_asked"] == [1, 2]
     assert load_model_run(tmp_path, "m").complete
+
+
+def test_packed_cap_policies_sum_each_shapes_capped_split():
+    """A cap C policy takes each shape at min(its own split, C) slices (a shape already at or under C keeps its own
+    rows), with each shape's fastest tile or the one tile fastest over all shapes, count-weighted."""
+    import pandas as pd
+
+    from gemma_oracle.harness.perf.route_tuning import packed_cap_lines, packed_cap_us
+
+    def row(shape, tile, slices, own, us):
+        t, r, c, count = shape
+        return dict(type=t, rows=r, cols=c, count=count, n=1, route="packed_mma", tile=tile, slices=slices,
+                    auto_slices=own, us=us)
+
+    wide, gate = ("Q4_K", 3840, 15360, 24), ("Q4_K", 15360, 3840, 96)  # own splits 16 and 4
+    rows = [row(wide, "a", 16, True, 20.0), row(wide, "b", 16, True, 22.0),
+            row(wide, "a", 8, False, 25.0), row(wide, "b", 8, False, 21.0),
+            row(gate, "a", 4, True, 18.0), row(gate, "b", 4, True, 19.0)]
+    table = packed_cap_us(pd.DataFrame(rows)).set_index("policy")
+    assert table.loc["own", "best_tile_a_shape"] == 24 * 20.0 + 96 * 18.0
+    assert table.loc["cap 8", "best_tile_a_shape"] == 24 * 21.0 + 96 * 18.0  # the gate matrix keeps its 4 slices
+    assert table.loc["cap 8", "one_tile"] == "a" and table.loc["cap 8", "best_one_tile"] == 24 * 25.0 + 96 * 18.0
+    lines = packed_cap_lines(pd.DataFrame(rows))
+    assert f"| 1 | cap 8 | {24 * 21.0 + 96 * 18.0:.0f} | {24 * 25.0 + 96 * 18.0:.0f} (a) |" in lines

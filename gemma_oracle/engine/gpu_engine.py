@@ -299,7 +299,7 @@ class CupyEngine:
         self._graphs.clear()
 
     def _pack_matrices(self) -> None:
-        """The packed copy (kernels/packed_mma.py) of every matrix packed MMA can serve, made once on the GPU (5 bits
+        """The packed copy (kernels/packed_mma.py) of every matrix packed MMA can serve, made once on the GPU (4.5-5 bits
         a weight beside the GGUF rows): before any step graph is captured with the packed route."""
         from gemma_oracle.kernels.packed_mma import pack_weights
 

@@ -1,7 +1,7 @@
 """Launcher of kernels/cuda/packed_mma.cu: packed-weight MMA, y[n, r] = sum_k W[r, k] * x[n, k] on fp16 tensor cores.
 
 The weights are repacked once, on the GPU, from GGUF rows (Q4_0, Q4_K, Q6_K) into the order the mma fragments take
-them (`pack_weights` -> PackedMatrix: 5 bits a weight, Q6_K 7), so the kernel's work per weight is a few instructions whatever N.
+them (`pack_weights` -> PackedMatrix: Q4_K 5 bits a weight, Q4_0 4.5, Q6_K 7), so the kernel's work per weight is a few instructions whatever N.
 The activations are converted per call into fragment-ordered fp16 rows (`packed_x`: f16_rows' values and inv, one
 launch) that every packed matrix reading the same input shares.
 
@@ -29,9 +29,9 @@ from gemma_oracle.kernels.mmq import (COUNTER_SLOTS, check_group_counters, group
 MODULE = "packed_mma"
 PACKED_TYPES = ("Q4_0", "Q4_K", "Q6_K")  # the pack_<t> / packed_mma_<t>_<tile> entries
 GROUP = 64  # values of K a packed record covers (two 32-value blocks)
-# uint32 words of one (m16 tile, group) record (the type's RECORD uint4s): 4-bit codes 128 + scales 32 (5 bits a
-# weight); Q6_K low nibbles 128 + high bits 64 + scales 32 (7 bits)
-RECORD_WORDS = {"Q4_0": 160, "Q4_K": 160, "Q6_K": 224}
+# uint32 words of one (m16 tile, group) record (the type's RECORD uint4s): 4-bit codes 128 + scales 32 (Q4_K: 5 bits
+# a weight) or 16 (Q4_0, d alone: 4.5 bits); Q6_K low nibbles 128 + high bits 64 + scales 32 (7 bits)
+RECORD_WORDS = {"Q4_0": 144, "Q4_K": 160, "Q6_K": 224}
 X_RECORD_WORDS = 256  # uint32 words of one (8-token tile, group) activation record (PK_X_RECORD uint4s)
 WARPS = 4  # PK_WARPS
 PACK_THREADS = 256

@@ -81,10 +81,13 @@ def select_dq_tiles(spec: tuple[str, ...] | None) -> tuple[str, ...]:
 
 
 def tune(shapes: list[Shape], n_list=N_LIST, repeats: int = 5, log=print, slice_list=SLICE_LIST,
-         tiles: tuple[str, ...] | None = None, dq_tiles: tuple[str, ...] | None = None) -> list[dict]:
+         tiles: tuple[str, ...] | None = None, dq_tiles: tuple[str, ...] | None = None,
+         packed_caps: tuple[int, ...] = (), mmq_routes: bool = True) -> list[dict]:
     """Time every route on every shape and N. tiles: the decode-MMQ tiles to time (default every one in TILES);
     the chosen tile (TILE_RULES) is always timed. slice_list: the other K splits timed on the chosen tile.
-    dq_tiles: the dequant-MMA tiles to time (select_dq_tiles; the chosen one always)."""
+    dq_tiles: the dequant-MMA tiles to time (select_dq_tiles; the chosen one always). packed_caps: K-split caps C
+    at which every packed tile is timed too (min(shape's split, C) slices; packed_cap_lines compares the policies).
+    mmq_routes=False: packed MMA (and the float routes, the bar) only."""
     import cupy as cp
     import numpy as np
 
@@ -119,7 +122,7 @@ def tune(shapes: list[Shape], n_list=N_LIST, repeats: int = 5, log=print, slice_
                                                                  route="ws", out=out)))
             auto_slices = split_k_slices(shape.rows, shape.cols // 32)
             chosen = choose_tile(shape.type_name, shape.rows, shape.cols, n).name
-            if shape.type_name in MMQ_TYPES:
+            if shape.type_name in MMQ_TYPES and mmq_routes:
                 for tile in (TILES if tiles is None else dict.fromkeys((*tiles, chosen))):  # at the shape's K split
                     candidates.append(("decode_mmq", tile, auto_slices, lambda i, tile=tile: mmq_matvec(
                         weights[i % copies], shape.type_name, shape.cols, xq, out=out, tile=tile)))
@@ -131,7 +134,7 @@ def tune(shapes: list[Shape], n_list=N_LIST, repeats: int = 5, log=print, slice_
                     if k != auto_slices and k <= shape.cols // 32:
                         candidates.append(("decode_mmq", chosen, k, lambda i, k=k: mmq_matvec(
                             weights[i % copies], shape.type_name, shape.cols, xq, out=out, tile=chosen, slices=k)))
-            if shape.type_name in DQ_MMA_TYPES:  # dequant-MMA on pre-converted fp16 rows, every tile
+            if shape.type_name in DQ_MMA_TYPES and mmq_routes:  # dequant-MMA on pre-converted fp16 rows, every tile
                 x16 = f16_rows(x)
                 dq_chosen = dq_choose_tile(n).name
                 for tile in dict.fromkeys((*select_dq_tiles(dq_tiles), dq_chosen)):
@@ -151,6 +154,12 @@ def tune(shapes: list[Shape], n_list=N_LIST, repeats: int = 5, log=print, slice_
                     if k != auto_slices and k <= shape.cols // 32:
                         candidates.append(("packed_mma", pk_chosen, k, lambda i, k=k: packed_mma_matvec(
                             packed[i % copies], xf, out=out, tile=pk_chosen, slices=k)))
+                for k in sorted({min(auto_slices, c) for c in packed_caps} - {auto_slices} - set(slice_list)):
+                    for tile in PK_TILES:  # every tile at a capped split (a split policy for every N)
+                        if PK_TILES[tile].bn > 8 * n and tile != pk_chosen:
+                            continue
+                        candidates.append(("packed_mma", tile, k, lambda i, tile=tile, k=k: packed_mma_matvec(
+                            packed[i % copies], xf, out=out, tile=tile, slices=k)))
             for route, tile, k, fn in candidates:
                 ms, spread = graph_time_ms(fn, reps=reps, repeats=repeats)
                 rows_out.append(dict(type=shape.type_name, rows=shape.rows, cols=shape.cols, count=shape.count,
@@ -231,6 +240,7 @@ def summarize(rows: list[dict], device: str, read_gb_s: float) -> str:
                          f"{fastest.us:.1f} ({int(fastest.slices)}) | {ratio:.2f} |" + dq_cells)
         lines.append(f"\ncrossover: decode-MMQ first beats the float route at N = {crossover.get((t, r, c), 'never')}\n")
     lines += packed_tile_lines(mats)
+    lines += packed_cap_lines(mats)
     q = df[df.route == "q8_1"].groupby("n").us.median()
     lines.append("Q8_1 activation quantization, median us per call by N: "
                  + ", ".join(f"{n}: {v:.1f}" for n, v in q.items()))
@@ -298,6 +308,49 @@ def packed_tile_lines(mats) -> list[str]:
     return lines
 
 
+def packed_cap_us(mats) -> pandas.DataFrame | None:
+    """Per N and K-split policy ("own": each shape's split_k_slices; "cap C": min(own, C)), the count-weighted matmul
+    us a step with each shape's fastest packed tile ("best tile a shape") and with the one tile fastest over all
+    shapes ("best one tile", its name beside): the shapes every policy of that N was timed on."""
+    import pandas as pd
+
+    pk = mats[mats.route == "packed_mma"]
+    if pk.empty or "auto_slices" not in pk:
+        return None
+    key = ["type", "rows", "cols"]
+    own = pk[pk.auto_slices.astype(bool)].groupby(key).slices.first().rename("own")
+    pk = pk.join(own, on=key).assign(step=lambda d: d.us * d["count"])
+    caps = sorted({int(s) for s in pk.slices[~pk.auto_slices.astype(bool)].unique()})  # the capped splits timed
+    out = []
+    for n, g in pk.groupby("n"):
+        policies = {"own": g[g.auto_slices.astype(bool)]}
+        for c in caps:
+            policies[f"cap {c}"] = g[g.slices == g.own.clip(upper=c)]
+        shapes = set.intersection(*(set(map(tuple, p[key].drop_duplicates().values)) for p in policies.values()))
+        for name, p in policies.items():
+            p = p[p[key].apply(tuple, axis=1).isin(shapes)]
+            if p.empty:
+                continue
+            per_tile = p.pivot_table(index=key, columns="tile", values="step").dropna(axis=1, how="any")
+            one = per_tile.sum().idxmin() if not per_tile.empty else ""
+            out.append(dict(n=n, policy=name, best_tile_a_shape=p.groupby(key).step.min().sum(),
+                            best_one_tile=per_tile[one].sum() if one else float("nan"), one_tile=one))
+    return pd.DataFrame(out) if out else None
+
+
+def packed_cap_lines(mats) -> list[str]:
+    table = packed_cap_us(mats)
+    if table is None or set(table.policy) == {"own"}:
+        return []
+    lines = ["## Packed MMA K-split policies: count-weighted matmul us a step, per N", "",
+             "own: each shape's split_k_slices (decode-MMQ's); cap C: at most C slices. A batch-invariant mode must "
+             "use one policy at every N.", "", "| N | policy | best tile a shape | best one tile (tile) |",
+             "|---|---|---|---|"]
+    for r in table.itertuples():
+        lines.append(f"| {r.n} | {r.policy} | {r.best_tile_a_shape:.0f} | {r.best_one_tile:.0f} ({r.one_tile}) |")
+    return lines + [""]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m gemma_oracle.harness.perf.route_tuning", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="shape12b", help="a stand-in or mini preset (preset:variant)")
@@ -308,6 +361,9 @@ def main(argv=None) -> int:
                    help="other K splits to time on the chosen tile (none: only the shape's own split)")
     p.add_argument("--dq-tiles", nargs="+", help="dequant-MMA tiles or tile kinds to time (default: every tile; the "
                                                   "chosen one always)")
+    p.add_argument("--packed-caps", nargs="*", type=int, default=[],
+                   help="K-split caps at which every packed tile is timed too (min(shape's split, C) slices)")
+    p.add_argument("--packed-only", action="store_true", help="time packed MMA and the float routes only")
     p.add_argument("--out", help="directory for route-tuning.md and route-tuning.parquet")
     args = p.parse_args(argv)
     from gemma_oracle.kernels.mmq import TILES
@@ -329,7 +385,8 @@ def main(argv=None) -> int:
     print(f"{args.model}: {len(shapes)} matmul shapes on {device}", file=sys.stderr)
     rows = tune(shapes, tuple(args.n), args.repeats, log=lambda m: print(m, file=sys.stderr),
                 slice_list=tuple(args.slices), tiles=tuple(args.tiles) if args.tiles else None,
-                dq_tiles=tuple(args.dq_tiles) if args.dq_tiles else None)
+                dq_tiles=tuple(args.dq_tiles) if args.dq_tiles else None, packed_caps=tuple(args.packed_caps),
+                mmq_routes=not args.packed_only)
     text = summarize(rows, device, bw)
     print(text)
     if args.out:

@@ -11,18 +11,21 @@
 // Packed layout (Q4_0 and Q4_K; Q6_K adds a plane of high bits: pk_q6_k below; pack_<t> writes it from the GGUF rows,
 // on the GPU):
 //   the matrix in m16 row tiles i (rows 16i .. 16i + 15; rows past `rows` are zero) and 64-value groups j (blocks
-//   2j, 2j + 1 of K), each (i, j) a record (640 bytes; Q6_K 896), records in order i * groups + j:
+//   2j, 2j + 1 of K), each (i, j) a record (Q4_K 640 bytes, Q4_0 576, Q6_K 896), records in order i * groups + j:
 //     bytes [16 l, 16 l + 16), lane l = 4g + t: four words, word s (k16 step s of the group) = eight nibbles
 //         nibble 0 = (row g, c), 1 = (row g + 8, c), 2 = (g, c + 8), 3 = (g + 8, c + 8),
 //                4 = (g, c + 1), 5 = (g + 8, c + 1), 6 = (g, c + 9), 7 = (g + 8, c + 9),   c = 16 s + 2t,
 //         each nibble the code + BIAS (Q4_0: code + 8; Q4_K: the code itself), 0..15;
-//     bytes [512 + 16 g, +16): four half2 words {fp16_rn(d), fp16_rn(-m)} of (row g, block 2j), (row g + 8, block
-//         2j), (row g, block 2j + 1), (row g + 8, block 2j + 1); d, m the block's float32 scale and offset
-//         (mmq_blocks.cuh stage(): value = d * code - m).
+//     Q4_K: bytes [512 + 16 g, +16): four half2 words {fp16_rn(d), fp16_rn(-m)} of (row g, block 2j), (row g + 8,
+//         block 2j), (row g, block 2j + 1), (row g + 8, block 2j + 1); d, m the block's float32 scale and offset
+//         (mmq_blocks.cuh stage(): value = d * code - m) (640 bytes a record);
+//     Q4_0 (m = 0: its offset is the code bias): bytes [512 + 8 g, +8): two half2 words {fp16_rn(d) of row g, of row
+//         g + 8} of block 2j, then of block 2j + 1 (576 bytes a record: 4.5 bits a weight, as in GGUF).
 //   So nibbles (0, 4), (1, 5), (2, 6), (3, 7) of word s are the A registers a0, a1, a2, a3 of step s (PTX ISA,
 //   m16n8k16 .f16: a0 = row g, k 2t, 2t + 1; a1 = row g + 8, same k; a2 = row g, k 2t + 8, 2t + 9; a3 = row g + 8).
 //   A weight is   w16 = fp16_rn(code * fp16_rn(d) + fp16_rn(-m))   (one half2 fma; code exact in fp16),
-//   dq_mma.cu's weight bit for bit. 5 bits a weight (Q4_K 4.5, Q4_0 4.5 in GGUF); Q6_K 7 (6.5625).
+//   dq_mma.cu's weight bit for bit (Q4_0 and Q6_K: -m = -0, as dq_mma.cu's fp16_rn(-0.0f)). Q4_K 5 bits a weight
+//   (4.5 in GGUF), Q4_0 4.5 (4.5), Q6_K 7 (6.5625).
 // Activations (packed_x below): f16_rows.cu's fp16 rows and inv (bit for bit), in fragment order: per 8-token tile h
 //   and group j a 1024-byte record of two halves, half p = steps 2p, 2p + 1: lane l's 16 bytes at [512 p + 16 l) =
 //   words (s b0, s b1, s' b0, s' b1), s = 2p, s' = 2p + 1, with b0 = {x16[8h + g, 64j + 16s + 2t], x16[.., + 1]},
@@ -113,13 +116,14 @@ __device__ __forceinline__ void pk_dequant_step(u32 q, u32 hi01, u32 hi23, u32 d
 }
 
 // Each packed type: its GGUF decoder (Block), the code bias (nibble or 6-bit value = code + BIAS), the record size
-// in uint4 (RECORD), a lane's registers of one record (Regs, load) and the A registers of step s (dequant).
-// 4-bit (Q4_0, Q4_K): codes [0, 32) uint4, scales [32, 40): entry g = half2 {d, -m} of (row g, block 0),
-// (row g + 8, block 0), (row g, block 1), (row g + 8, block 1).
-template <class Q, int BIAS>
-struct pk_4bit {
-    using Block = Q;
-    static constexpr int bias = BIAS, RECORD = 40, HI = 0, SCALE_AT = 32;
+// in uint4 (RECORD), a lane's registers of one record (Regs, load) and the A registers of step s (dequant); D_ONLY:
+// the scales hold d alone (offset -0).
+// Q4_K: codes [0, 32) uint4, scales [32, 40): entry g = half2 {d, -m} of (row g, block 0), (row g + 8, block 0),
+// (row g, block 1), (row g + 8, block 1).
+struct pk_q4_k {
+    using Block = mq_qk<false>;
+    static constexpr int bias = 0, RECORD = 40, HI = 0, SCALE_AT = 32;
+    static constexpr bool D_ONLY = false;
     struct Regs { uint4 q, s; };
     static __device__ __forceinline__ void load(Regs& r, const uint4* rec, int lane) {
         r.q = pk_ld_stream(rec + lane);
@@ -127,12 +131,29 @@ struct pk_4bit {
     }
     static __device__ __forceinline__ void dequant(const Regs& r, int s, u32 (&a)[4]) {
         const u32 sg = pk_word(r.s, 2 * (s >> 1)), sg8 = pk_word(r.s, 2 * (s >> 1) + 1);
-        pk_dequant_step<BIAS>(pk_word(r.q, s), 0u, 0u, __byte_perm(sg, 0u, 0x1010), __byte_perm(sg, 0u, 0x3232),
-                              __byte_perm(sg8, 0u, 0x1010), __byte_perm(sg8, 0u, 0x3232), a);
+        pk_dequant_step<0>(pk_word(r.q, s), 0u, 0u, __byte_perm(sg, 0u, 0x1010), __byte_perm(sg, 0u, 0x3232),
+                           __byte_perm(sg8, 0u, 0x1010), __byte_perm(sg8, 0u, 0x3232), a);
     }
 };
-using pk_q4_0 = pk_4bit<mq_q4_0, 8>;
-using pk_q4_k = pk_4bit<mq_qk<false>, 0>;
+
+// Q4_0: codes [0, 32) uint4 as Q4_K's, scales [32, 36): lane's uint2 at uint2 index g, word b = half2 {d(row g,
+// block b), d(row g + 8, block b)}. Its -m half would always be -0 (the bias is the offset): 64 bytes a record fewer
+// than Q4_K's layout, 10 % of what a step reads of a Q4_0 matrix.
+struct pk_q4_0 {
+    using Block = mq_q4_0;
+    static constexpr int bias = 8, RECORD = 36, HI = 0, SCALE_AT = 32;
+    static constexpr bool D_ONLY = true;
+    struct Regs { uint4 q; uint2 s; };
+    static __device__ __forceinline__ void load(Regs& r, const uint4* rec, int lane) {
+        r.q = pk_ld_stream(rec + lane);
+        r.s = pk_ld_stream2((const uint2*)(rec + SCALE_AT) + (lane >> 2));
+    }
+    static __device__ __forceinline__ void dequant(const Regs& r, int s, u32 (&a)[4]) {
+        const u32 sb = s >> 1 ? r.s.y : r.s.x, neg0 = 0x80008000u;
+        pk_dequant_step<8>(pk_word(r.q, s), 0u, 0u, __byte_perm(sb, 0u, 0x1010), neg0, __byte_perm(sb, 0u, 0x3232),
+                           neg0, a);
+    }
+};
 
 // Q6_K: codes' low nibbles [0, 32) uint4 as above; their high 2 bits [32, 48): lane l's uint2 at uint2 index l, word
 // p = steps 2p and 2p + 1, nibble slot i (bits 4i .. 4i + 3) = high bits of nibble i of step 2p (bits 0-1) and of
@@ -143,6 +164,7 @@ using pk_q4_k = pk_4bit<mq_qk<false>, 0>;
 struct pk_q6_k {
     using Block = mq_q6_k;
     static constexpr int bias = 32, RECORD = 56, HI = 32, SCALE_AT = 48;
+    static constexpr bool D_ONLY = true;
     struct Regs { uint4 q, s; uint2 h; };
     static __device__ __forceinline__ void load(Regs& r, const uint4* rec, int lane) {
         r.q = pk_ld_stream(rec + lane);
@@ -316,6 +338,8 @@ __device__ __forceinline__ void pack_records(const u8* __restrict__ w, i64 row_b
     if constexpr (P::HI > 0)  // Q6_K: a scale per 16-value half (step), offset 0
         dst[P::SCALE_AT + g] = make_uint4(pk_h2(d[0][0][0], d[0][0][1]), pk_h2(d[0][1][0], d[0][1][1]),
                                           pk_h2(d[1][0][0], d[1][0][1]), pk_h2(d[1][1][0], d[1][1][1]));
+    else if constexpr (P::D_ONLY)  // Q4_0: d of rows g, g + 8 for block 2j, then 2j + 1
+        ((uint2*)(dst + P::SCALE_AT))[g] = make_uint2(pk_h2(d[0][0][0], d[1][0][0]), pk_h2(d[0][1][0], d[1][1][0]));
     else
         dst[P::SCALE_AT + g] = make_uint4(pk_h2(d[0][0][0], -m[0][0]), pk_h2(d[1][0][0], -m[1][0]),
                                           pk_h2(d[0][1][0], -m[0][1]), pk_h2(d[1][1][0], -m[1][1]));

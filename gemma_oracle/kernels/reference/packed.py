@@ -19,7 +19,7 @@ from gemma_oracle.kernels.reference.dequant import block_codes
 
 GROUP = 64
 BIAS = {"Q4_0": 8, "Q4_K": 0, "Q6_K": 32}  # nibble (Q6_K: 6-bit value) = code + BIAS
-RECORD_WORDS = {"Q4_0": 160, "Q4_K": 160, "Q6_K": 224}  # uint32 words of a (m16 tile, group) record
+RECORD_WORDS = {"Q4_0": 144, "Q4_K": 160, "Q6_K": 224}  # uint32 words of a (m16 tile, group) record
 HIGH_AT, Q6_SCALE_AT = 128, 192  # Q6_K: word offsets of the high-bit plane and the scales in a record
 
 # The layout text: nibble i of a lane's step word is value (row offset, column offset) of the step's 16 x 16 piece,
@@ -83,6 +83,10 @@ def pack(raw: np.ndarray, type_name: str, n_cols: int) -> np.ndarray:
             for k, (dr, p) in enumerate(((0, 0), (0, 1), (8, 0), (8, 1))):
                 lo, hi = d_bits[g + dr::16][:, 2 * p::4], d_bits[g + dr::16][:, 2 * p + 1::4]
                 out[:, :, Q6_SCALE_AT + 4 * g + k] = lo | (hi << np.uint32(16))
+        elif type_name == "Q4_0":  # half2 {d(row g), d(row g + 8)} of block 0, then of block 1 (offset -0)
+            d_bits = d16.view(np.uint16).astype(np.uint32)
+            for b in range(2):
+                out[:, :, 128 + 2 * g + b] = d_bits[g::16][:, b::2] | (d_bits[g + 8::16][:, b::2] << np.uint32(16))
         else:
             for k, (dr, b) in enumerate(((0, 0), (8, 0), (0, 1), (8, 1))):
                 out[:, :, 128 + 4 * g + k] = sc[g + dr::16][:, b::2]
@@ -131,6 +135,11 @@ def weights_from_registers(packed: np.ndarray, type_name: str, rows: int, n_cols
                     d = _half(scale, bool(s & 1)).view(np.float16).astype(np.float64)
                     negm = np.float64(-0.0)
                     high = (rec[:, :, HIGH_AT + 2 * lane + s // 2] >> np.uint32(2 * (s & 1))) & np.uint32(0x33333333)
+                elif type_name == "Q4_0":  # the block's d word, the row's half; offset -0
+                    scale = rec[:, :, 128 + 2 * g + (s >> 1)]
+                    d = _half(scale, bool(row8)).view(np.float16).astype(np.float64)
+                    negm = np.float64(-0.0)
+                    high = np.zeros_like(word)
                 else:
                     scale = rec[:, :, 128 + 4 * g + 2 * (s >> 1) + row8]
                     d = _half(scale, False).view(np.float16).astype(np.float64)
