@@ -233,16 +233,21 @@ def test_launcher_matches_the_compiled_entries():
 def test_tile_rules_from_the_environment(monkeypatch):
     """GEMMA_ORACLE_PACKED_TILES replaces TILE_RULES (a tuning's choice, timed before it is written down); a value
     that names no tile, or leaves N = 1 without one, is refused with the variable's name."""
-    monkeypatch.setenv(ENV_TILES, "1:m1_n1_d4_x, 17:m2_n4_d2,9:m1_n2_d3")
+    monkeypatch.setenv(ENV_TILES, "1:m1_n1_d4_x, 17:m2_n4_d2,9:m1_n2_d3,17@4:m1_n4_d3")
     assert [choose_tile(n).name for n in (1, 8, 9, 16, 17, 64)] == ["m1_n1_d4_x"] * 2 + ["m1_n2_d3"] * 2 + [
         "m2_n4_d2"] * 2
-    for bad, what in (("1:m9_n9_d9", "m9_n9_d9"), ("2:m2_n1_d3", "N = 1"), ("m2_n1_d3", "min_n:tile")):
+    # a tall matrix (rows >= 4 cols) takes its own rule from 17 tokens, the others' below
+    assert [choose_tile(n, 15360, 3840).name for n in (16, 17, 64)] == ["m1_n2_d3", "m1_n4_d3", "m1_n4_d3"]
+    assert choose_tile(17, 15359, 3840).name == "m2_n4_d2"
+    for bad, what in (("1:m9_n9_d9", "m9_n9_d9"), ("2:m2_n1_d3", "N = 1"), ("m2_n1_d3", "min_n[@min_aspect]:tile"),
+                      ("1@4:m2_n1_d3", "N = 1"), ("1:m2_n1_d3,8@x:m1_n2_d3", "8@x")):
         monkeypatch.setenv(ENV_TILES, bad)
         with pytest.raises(ValueError, match=ENV_TILES) as e:
             choose_tile(4)
         assert what in str(e.value)
     monkeypatch.delenv(ENV_TILES)
-    assert choose_tile(32) == TILES[dict((n, t) for n, t in TILE_RULES)[max(n for n, _ in TILE_RULES)]]
+    top = max(n for n, _, _ in TILE_RULES)
+    assert choose_tile(32) == TILES[dict(((n, a), t) for n, a, t in TILE_RULES)[(top, 0.0)]]
 
 
 def test_packed_slices_cap_only_where_numbers_may_vary_with_n():

@@ -201,7 +201,8 @@ def test_route_tuning_rejects_an_unknown_dq_tile_before_touching_the_gpu(capsys)
 
 def test_suggested_packed_rules_weigh_each_shape_by_its_count():
     """The packed tile a step should use at each timed N is the one with the least count-weighted time over the
-    shapes every tile was timed on (a shape with a missing tile is left out), and the rules read back as tiles."""
+    shapes every tile was timed on (a shape with a missing tile is left out), the tall shapes (rows >= TALL x cols)
+    apart where another tile wins there, and the rules read back as tiles."""
     import pandas as pd
 
     from gemma_oracle.harness.perf.route_tuning import (mmq_step_us, packed_step_us, packed_tile_lines,
@@ -212,18 +213,24 @@ def test_suggested_packed_rules_weigh_each_shape_by_its_count():
         t, r, c, count = shape
         return dict(type=t, rows=r, cols=c, count=count, n=n, route="packed_mma", tile=tile, us=us)
 
-    big, small, odd = ("Q4_K", 15360, 3840, 96), ("Q4_K", 512, 3840, 8), ("Q6_K", 262144, 3840, 1)
+    big, mid, small = ("Q4_K", 3840, 15360, 96), ("Q4_K", 4096, 3840, 40), ("Q4_K", 512, 3840, 8)
+    tall, odd = ("Q4_K", 15360, 3840, 96), ("Q6_K", 262144, 3840, 1)  # rows >= 4 cols
     rows = [row(1, big, "m2_n1_d3", 20.0), row(1, big, "m1_n1_d4", 21.0),
             row(1, small, "m2_n1_d3", 9.0), row(1, small, "m1_n1_d4", 5.0),   # 8 x 4 us less, 96 x 1 us more
+            row(1, tall, "m2_n1_d3", 20.0), row(1, tall, "m1_n1_d4", 22.0),   # the same tile as the others
             row(32, big, "m2_n1_d3", 60.0), row(32, big, "m1_n4_d3", 40.0),
             row(32, small, "m2_n1_d3", 10.0), row(32, small, "m1_n4_d3", 30.0),  # 8 x 20 more, 96 x 20 less
+            row(32, mid, "m2_n1_d3", 30.0), row(32, mid, "m1_n4_d3", 31.0),
+            row(32, tall, "m2_n1_d3", 35.0), row(32, tall, "m1_n4_d3", 50.0),  # another tile than the others'
             row(32, odd, "m2_n1_d3", 1.0)]  # only one tile timed there: the shape is left out at N = 32
     df = pd.DataFrame(rows)
     table = packed_step_us(df)
-    assert table.loc[1, "m2_n1_d3"] == 96 * 20.0 + 8 * 9.0 and table.loc[32, "m2_n1_d3"] == 96 * 60.0 + 8 * 10.0
+    assert table.loc[1, "m2_n1_d3"] == 96 * 20.0 + 8 * 9.0 + 96 * 20.0
+    assert table.loc[32, "m2_n1_d3"] == 96 * 60.0 + 8 * 10.0 + 40 * 30.0 + 96 * 35.0
+    assert packed_step_us(df, tall=False).loc[32, "m2_n1_d3"] == 96 * 60.0 + 8 * 10.0 + 40 * 30.0
     rules = suggested_packed_rules(df)
-    assert rules == "32:m1_n4_d3,1:m2_n1_d3"
-    assert parse_tile_rules(rules) == ((32, "m1_n4_d3"), (1, "m2_n1_d3"))
+    assert rules == "32@4:m2_n1_d3,32:m1_n4_d3,1:m2_n1_d3"
+    assert parse_tile_rules(rules) == ((32, 4.0, "m2_n1_d3"), (32, 0.0, "m1_n4_d3"), (1, 0.0, "m2_n1_d3"))
     # decode-MMQ's bar: its fastest tile per shape at the shape's own K split, count-weighted
     mmq_rows = [dict(type="Q4_K", rows=15360, cols=3840, count=96, n=1, route="decode_mmq", tile=t, us=us,
                      auto_slices=True) for t, us in (("dp4a_bn1", 17.5), ("bm64_bn8", 30.0))]

@@ -398,14 +398,15 @@ class CupyEngine:
                 split_k_slices(m.rows, m.n_cols // 32))
 
     def _packed_key(self, name: str, rows: int) -> tuple:
-        """What packed matrices must share to share a launch at `rows` tokens: type, columns, K split (the tile
-        follows N alone). The K split is the shape's own, or in a mode whose numbers may vary with N capped from
-        SLICE_CAP_MIN_N tokens (kernels.packed_mma.packed_slices)."""
-        from gemma_oracle.kernels.packed_mma import packed_slices
+        """What packed matrices must share to share a launch at `rows` tokens: type, columns, K split, tile. The K
+        split is the shape's own, or in a mode whose numbers may vary with N capped from SLICE_CAP_MIN_N tokens
+        (kernels.packed_mma.packed_slices)."""
+        from gemma_oracle.kernels.packed_mma import choose_tile, packed_slices
 
         m = self.w[name]
         return (m.type_name, m.n_cols, packed_slices(m.rows, m.n_cols // 32, rows,
-                                                     routing.routes_vary_with_n(self.route_mode)))
+                                                     routing.routes_vary_with_n(self.route_mode)),
+                choose_tile(rows, m.rows, m.n_cols).name)
 
     def _matvec(self, name: str, x, xq=None):
         return self._matvecs([name], x, xq)[0]

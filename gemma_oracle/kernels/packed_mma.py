@@ -72,10 +72,16 @@ TILES = {t.name: t for t in (
     Tile(1, 4, 2),
     Tile(2, 1, 3, True), Tile(2, 1, 2, True), Tile(1, 1, 4, True), Tile(1, 2, 3, True), Tile(2, 2, 2, True),
     Tile(1, 1, 3, True))}
-# Which tile a launch uses (first match: min N). A speed choice only (the same bits). The fastest tile a step, count-
-# weighted over the 12B shapes at each timed N (route tuning on an H100, reports/history/2026-12-07-s17.md, call 4):
-# the activation words in the register ring at N = 1-15, two token tiles of one m16 tile a warp from 16.
-TILE_RULES: tuple[tuple[int, str], ...] = ((32, "m1_n2_d2"), (16, "m1_n2_d3_x"), (8, "m1_n1_d4_x"), (1, "m2_n1_d3_x"))
+# Which tile a launch uses: (min N, min rows / cols, tile), the first rule that matches in (min N, min aspect)
+# descending order. A speed choice only (the same bits). The fastest tile a step, count-weighted over the 12B shapes
+# at each timed N (route tuning on an H100, reports/history/2026-12-07-s17.md, call 4): the activation words in the
+# register ring at N = 1-15, two token tiles of one m16 tile a warp from 16; at 32 the tall matrices (rows >= 4 cols:
+# the ffn gate / up and the lm head, which have row tiles enough without a second token tile a block) take all four
+# token tiles a warp (15360 x 3840: 39.5 us against 43.3; the lm head 424 against 641).
+TALL = 4.0
+TILE_RULES: tuple[tuple[int, float, str], ...] = (
+    (32, TALL, "m1_n4_d3"), (32, 0.0, "m1_n2_d2"), (16, 0.0, "m1_n2_d3_x"), (8, 0.0, "m1_n1_d4_x"),
+    (1, 0.0, "m2_n1_d3_x"))
 MAX_N = 65535 * 8
 
 
@@ -93,35 +99,42 @@ def packed_slices(rows: int, units: int, n: int, vary_with_n: bool) -> int:
     return min(base, SLICE_CAP) if vary_with_n and n >= SLICE_CAP_MIN_N else base
 
 
-# A tuning's rules instead of TILE_RULES, to time whole steps before they are written down: "min_n:tile,..."
+# A tuning's rules instead of TILE_RULES, to time whole steps before they are written down: "min_n[@min_aspect]:tile,..."
 # (route_tuning writes the fastest per timed N as packed-rules.txt). A speed choice only: every tile, the same bits.
 ENV_TILES = "GEMMA_ORACLE_PACKED_TILES"
 
 
 @functools.lru_cache(maxsize=8)
-def parse_tile_rules(value: str) -> tuple[tuple[int, str], ...]:
-    """'1:m2_n1_d3_x,32:m1_n2_d2' -> ((32, 'm1_n2_d2'), (1, 'm2_n1_d3_x')), largest min_n first; a rule for N = 1
-    is required (every N needs a tile)."""
+def parse_tile_rules(value: str) -> tuple[tuple[int, float, str], ...]:
+    """'1:m2_n1_d3_x,32:m1_n2_d2,32@4:m1_n4_d3' -> ((32, 4.0, 'm1_n4_d3'), (32, 0.0, 'm1_n2_d2'), (1, 0.0,
+    'm2_n1_d3_x')): min N, min rows / cols (0 without @), tile, in matching order; a rule for every shape at N = 1
+    is required (every launch needs a tile)."""
     rules = []
     for item in value.split(","):
-        min_n, sep, name = item.strip().partition(":")
-        if not sep or not min_n.strip().isdigit() or name.strip() not in TILES:
-            raise ValueError(f"{ENV_TILES}: {item!r} is not min_n:tile with a tile of {sorted(TILES)}")
-        rules.append((int(min_n), name.strip()))
+        key, sep, name = item.strip().partition(":")
+        min_n, at, aspect = key.strip().partition("@")
+        try:
+            min_aspect = float(aspect) if at else 0.0
+        except ValueError:
+            min_aspect = -1.0
+        if not sep or not min_n.strip().isdigit() or name.strip() not in TILES or min_aspect < 0:
+            raise ValueError(f"{ENV_TILES}: {item!r} is not min_n[@min_aspect]:tile with a tile of {sorted(TILES)}")
+        rules.append((int(min_n), min_aspect, name.strip()))
     rules.sort(reverse=True)
-    if rules[-1][0] != 1:
-        raise ValueError(f"{ENV_TILES}={value!r}: no rule for N = 1 (the smallest min_n must be 1)")
+    if (1, 0.0) not in [(n, a) for n, a, _ in rules]:
+        raise ValueError(f"{ENV_TILES}={value!r}: no rule for N = 1 on every shape (a '1:tile' rule)")
     return tuple(rules)
 
 
-def choose_tile(n: int, rules=None) -> Tile:
+def choose_tile(n: int, rows: int = 0, cols: int = 1, rules=None) -> Tile:
+    """The tile a launch of N tokens on a rows x cols matrix uses (TILE_RULES, or ENV_TILES's rules)."""
     if rules is None:
         value = os.environ.get(ENV_TILES, "").strip()
         rules = parse_tile_rules(value) if value else TILE_RULES
-    for min_n, name in rules:
-        if n >= min_n:
+    for min_n, min_aspect, name in rules:
+        if n >= min_n and rows >= min_aspect * cols:
             return TILES[name]
-    raise ValueError(f"no packed-MMA tile rule matches N={n}")
+    raise ValueError(f"no packed-MMA tile rule matches N={n}, {rows} x {cols}")
 
 
 @dataclass(frozen=True)
@@ -244,7 +257,7 @@ def plan_packed_mma(w: PackedMatrix, x, *, out=None, tile: str | None = None,
         raise ValueError(f"tile: expected one of {sorted(TILES)}, got {tile!r}")
     if slices is not None and not (isinstance(slices, int) and 1 <= slices <= units):
         raise ValueError(f"slices: expected an int in 1..{units} (K has {units} blocks), got {slices!r}")
-    chosen = TILES[tile] if tile is not None else choose_tile(n_tok)
+    chosen = TILES[tile] if tile is not None else choose_tile(n_tok, w.rows, w.n_cols)
     k_slices = split_k_slices(w.rows, units) if slices is None else slices
     grid = (-(-w.rows // chosen.bm), -(-n_tok // chosen.bn), k_slices)
     if grid[1] > 65535:
@@ -259,16 +272,17 @@ def plan_packed_mma(w: PackedMatrix, x, *, out=None, tile: str | None = None,
 def plan_packed_group(members, x, *, outs=None, tile: str | None = None,
                       slices: int | None = None) -> list[PackedLaunch]:
     """Validate a grouped launch on the host: each member PackedMatrix as plan_packed_mma does, and the members
-    share what one launch must (type, columns, K split; the tile follows N). Returns one plan per member."""
+    share what one launch must (type, columns, K split, tile). Returns one plan per member."""
     members = list(members)
     outs = group_outs(members, outs, "packed-MMA")
     plans = [plan_packed_mma(w, x, out=o, tile=tile, slices=slices) for w, o in zip(members, outs)]
     first, w0 = plans[0], members[0]
     for i, (w, plan) in enumerate(zip(members[1:], plans[1:]), 1):
-        if (w.type_name, w.n_cols, plan.slices) != (w0.type_name, w0.n_cols, first.slices):
-            raise ValueError(f"members[{i}]: {w.type_name} {w.rows}x{w.n_cols} with {plan.slices} K slices cannot "
-                             f"share a launch with member 0 ({w0.type_name} {w0.rows}x{w0.n_cols} with "
-                             f"{first.slices}): a grouped launch needs one type, column count and K split")
+        if (w.type_name, w.n_cols, plan.slices, plan.tile) != (w0.type_name, w0.n_cols, first.slices, first.tile):
+            raise ValueError(f"members[{i}]: {w.type_name} {w.rows}x{w.n_cols} with {plan.slices} K slices and tile "
+                             f"{plan.tile.name} cannot share a launch with member 0 ({w0.type_name} {w0.rows}x"
+                             f"{w0.n_cols} with {first.slices}, {first.tile.name}): a grouped launch needs one type, "
+                             "column count, K split and tile")
     check_group_counters(plans)
     return plans
 

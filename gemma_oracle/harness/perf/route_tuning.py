@@ -144,7 +144,7 @@ def tune(shapes: list[Shape], n_list=N_LIST, repeats: int = 5, log=print, slice_
                         weights[i % copies], shape.type_name, shape.cols, x16, out=out, tile=tile)))
             if packed:  # packed MMA on its fragment-ordered activations, every tile
                 xf = packed_x(x)
-                pk_chosen = pk_choose_tile(n).name
+                pk_chosen = pk_choose_tile(n, shape.rows, shape.cols).name
                 for tile in PK_TILES:
                     if PK_TILES[tile].bn > 8 * n and tile != pk_chosen:
                         continue  # a tile mostly of padding tokens
@@ -167,7 +167,8 @@ def tune(shapes: list[Shape], n_list=N_LIST, repeats: int = 5, log=print, slice_
                                      auto_slices=k == auto_slices,
                                      chosen_tile=(route == "decode_mmq" and tile == chosen and k == auto_slices)
                                      or (route == "dq_mma" and tile == dq_choose_tile(n).name)
-                                     or (route == "packed_mma" and tile == pk_choose_tile(n).name),
+                                     or (route == "packed_mma" and tile == pk_choose_tile(n, shape.rows,
+                                                                                          shape.cols).name),
                                      us=ms * 1e3, spread_us=spread * 1e3, gb_s=host.nbytes / (ms * 1e-3) / 1e9))
             q_ms, q_spread = graph_time_ms(lambda i: quantize_q8_1(x), reps=32, repeats=repeats)
             rows_out.append(dict(type="Q8_1", rows=0, cols=shape.cols, count=0, example="activation quantize", n=n,
@@ -251,12 +252,17 @@ def summarize(rows: list[dict], device: str, read_gb_s: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def packed_step_us(mats) -> pandas.DataFrame | None:
+def packed_step_us(mats, tall: bool | None = None) -> pandas.DataFrame | None:
     """Per N and packed tile, the count-weighted sum of us over the shapes every tile of that N was timed on (a
-    step's packed matmul time with that tile everywhere): a DataFrame [n x tile]."""
+    step's packed matmul time with that tile everywhere): a DataFrame [n x tile]. tall: only the shapes of rows >=
+    packed_mma.TALL x cols (True) or the others (False)."""
     import pandas as pd
 
+    from gemma_oracle.kernels.packed_mma import TALL
+
     pk = mats[mats.route == "packed_mma"]
+    if tall is not None:
+        pk = pk[(pk.rows >= TALL * pk.cols) == tall]
     if "auto_slices" in pk:
         pk = pk[pk.auto_slices.astype(bool)]  # each shape at its own K split
     if pk.empty:
@@ -271,12 +277,23 @@ def packed_step_us(mats) -> pandas.DataFrame | None:
 
 
 def suggested_packed_rules(mats) -> str:
-    """GEMMA_ORACLE_PACKED_TILES's value (kernels/packed_mma.py) from the tuning: each timed N takes the tile with the
-    least count-weighted time and serves up to the next timed N."""
-    table = packed_step_us(mats)
+    """GEMMA_ORACLE_PACKED_TILES's value (kernels/packed_mma.py) from the tuning: at each timed N the tile with the
+    least count-weighted time over the shapes under packed_mma.TALL rows a column ("N:tile", serving up to the next
+    timed N), and over the tall ones where another tile wins there ("N@TALL:tile")."""
+    from gemma_oracle.kernels.packed_mma import TALL
+
+    table, tall = packed_step_us(mats, tall=False), packed_step_us(mats, tall=True)
     if table is None or table.empty:
         return ""
-    return ",".join(f"{n}:{table.loc[n].dropna().idxmin()}" for n in sorted(table.index, reverse=True))
+    rules = []
+    for n in sorted(table.index, reverse=True):
+        best = table.loc[n].dropna().idxmin()
+        if tall is not None and n in tall.index and not tall.loc[n].dropna().empty:
+            best_tall = tall.loc[n].dropna().idxmin()
+            if best_tall != best:
+                rules.append(f"{n}@{TALL:g}:{best_tall}")
+        rules.append(f"{n}:{best}")
+    return ",".join(rules)
 
 
 def mmq_step_us(mats) -> dict[int, float]:
