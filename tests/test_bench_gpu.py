@@ -36,11 +36,12 @@ def test_gpu_bench_rows(bench):
     assert {r.weight_bytes for r in bench.rows} == {expected}
     by = {(r.route, r.n): r for r in bench.rows}
     assert by["auto", 5].kv_bytes == by["batch-invariant", 5].kv_bytes > by["auto", 1].kv_bytes > 0
-    # engine/routing.py: auto puts more matmuls on decode-MMQ at N = 5 than at N = 1 (the 2048-row and tall ones from
-    # N = 1, the 512-row ones from N = 3); batch-invariant routes by shape alone, so N = 1 and N = 5 use the same kernels
-    mmq = {key: int(dict(p.split(":") for p in row.routes.split()).get("decode_mmq", 0)) for key, row in by.items()}
-    assert mmq["auto", 5] > mmq["auto", 1] > 0
-    assert by["batch-invariant", 1].routes == by["batch-invariant", 5].routes and mmq["batch-invariant", 5] > 0
+    # engine/routing.py: both modes put every Q4_K / Q6_K matrix (all of this preset's) on packed MMA at every N, so
+    # N = 1 and N = 5 use the same kernels; no matmul is left on decode-MMQ
+    taken = {key: dict(p.split(":") for p in row.routes.split()) for key, row in by.items()}
+    for mode in ("auto", "batch-invariant"):
+        assert by[mode, 1].routes == by[mode, 5].routes and int(taken[mode, 5].get("packed_mma", 0)) > 0
+        assert "decode_mmq" not in taken[mode, 5], taken[mode, 5]
     for r in bench.rows:
         assert r.tokens_per_s > 0 and r.read_gb_s > 100 and 0 < r.roofline_pct
         assert r.step_ms_min <= r.step_ms <= r.step_ms_max
@@ -48,13 +49,10 @@ def test_gpu_bench_rows(bench):
 
 def test_gpu_route_table_rows(bench):
     kernels = {(r.route, r.n, r.tensor): r.kernel for r in bench.routes}
-    # g4-12b-mini: ffn_gate 2048 x 256 (rows >= 2048: decode-MMQ at every N in auto and batch-invariant mode);
-    # attn_k 512 x 256 (auto: WS at N = 1, decode-MMQ from N = 3); ffn_down 256 x 2048 (< 512 rows: WS in both)
-    assert kernels["auto", 1, "blk.0.ffn_gate.weight"] == kernels["auto", 5, "blk.0.ffn_gate.weight"] \
-        == kernels["batch-invariant", 1, "blk.0.ffn_gate.weight"] == "decode_mmq"
-    assert kernels["auto", 1, "blk.0.attn_k.weight"] == "ws" and kernels["auto", 5, "blk.0.attn_k.weight"] == "decode_mmq"
-    assert kernels["auto", 5, "blk.0.ffn_down.weight"] == "ws"
-    assert kernels["batch-invariant", 1, "blk.0.ffn_down.weight"] == kernels["batch-invariant", 5, "blk.0.ffn_down.weight"] == "ws"
+    # g4-12b-mini: ffn_gate 2048 x 256, attn_k 512 x 256, ffn_down 256 x 2048 (Q4_K / Q6_K, 64-column multiples):
+    # packed MMA at every N in both modes (engine/routing.py)
+    for tensor in ("blk.0.ffn_gate.weight", "blk.0.attn_k.weight", "blk.0.ffn_down.weight"):
+        assert {kernels[mode, n, tensor] for mode in ("auto", "batch-invariant") for n in (1, 5)} == {"packed_mma"}
 
 
 def test_gpu_op_profile(bench):
@@ -99,7 +97,7 @@ def test_gpu_nightly_small_plan(tmp_path):
     synthetic = oracle[oracle["suite"] == "synthetic"]
     policies = synthetic.groupby("route")["policy"].first().to_dict()
     assert policies == {"auto": "calibrated", "batch-invariant": "exact"}
-    assert synthetic.loc[synthetic["route"] == "auto", "routes_taken"].str.contains("decode_mmq").any()
+    assert synthetic.loc[synthetic["route"] == "auto", "routes_taken"].str.contains("packed_mma").any()
     # the engines part: our float64 engine and both GPU modes through `gemma-oracle check`, as separate rows
     checked = set(oracle.loc[oracle["suite"] == "check", "backend"])
     assert {"numpy", "cupy:mode=batch-invariant", "cupy:mode=auto"} <= checked, checked

@@ -188,6 +188,7 @@ class _Weights:
         self.w = {name: SimpleNamespace(type_name=t, rows=rows, n_cols=cols) for name, (t, rows, cols) in shapes.items()}
         self.op_spans = (lambda name: None) if profiling else None
         self.route_mode = route_mode
+        self._decoding = True
 
 
 # the 12B's q/k/v (Q4_K 4096 / 2048 / 2048 rows x 3840) and gate/up (15360 x 3840), a Q6_K attn_v as in Q4_K_M mixes
@@ -207,28 +208,35 @@ def test_mmq_groups_share_a_launch_only_when_they_can(shapes, n, want):
 
 
 @pytest.mark.parametrize("shapes, want", [
-    (_QKV, [["q", "k", "v"]]),                                    # 16 K slices each (4096 and 2048 x 3840)
+    (_QKV, [["q", "k", "v"]]),                                    # 8 K slices each (4096 and 2048 x 3840)
     ({**_QKV, "v": ("Q6_K", 2048, 3840)}, [["q", "k"], ["v"]]),   # another type: its own launch
     ({"gate": ("Q4_K", 15360, 3840), "up": ("Q4_K", 15360, 3840)}, [["gate", "up"]]),  # 4 slices each
-    ({"gate": ("Q4_K", 15360, 3840), "o": ("Q4_K", 4096, 3840)}, [["gate"], ["o"]]),  # 4 slices against 16
+    ({"gate": ("Q4_K", 15360, 3840), "o": ("Q4_K", 4096, 3840)}, [["gate"], ["o"]]),  # 4 slices against 8
     ({f"m{i}": ("Q4_0", 2048, 3840) for i in range(4)}, [["m0", "m1", "m2"], ["m3"]]),  # GROUP_MAX a launch
 ])
 def test_packed_groups_share_a_launch_only_when_they_can(shapes, want):
-    """Packed MMA's tile follows N alone, so in a batch-invariant mode its groups are the same at every N."""
+    """Packed MMA's tile follows N and the shape's class (rows >= TALL cols or not), and in a batch-invariant mode the
+    K split the shape alone, so there its groups are the same at every N."""
     w = _Weights(shapes)
     for n in (1, 8, 32):
         assert w._launch_groups(list(shapes), lambda name: w._packed_key(name, n)) == want
 
 
 def test_packed_groups_follow_the_capped_split_where_numbers_may_vary():
-    """In "packed" mode the K split is capped from SLICE_CAP_MIN_N tokens (kernels.packed_mma.packed_slices), so a
-    16-slice and an 8-slice matrix of one type and K share a launch there and only there."""
-    shapes = {"o": ("Q4_K", 4096, 3840), "q": ("Q4_K", 8192, 3840)}  # 16 and 8 K slices of their own
-    fast, invariant = _Weights(shapes, route_mode="packed"), _Weights(shapes)
-    assert fast._launch_groups(list(shapes), lambda name: fast._packed_key(name, 1)) == [["o"], ["q"]]
-    assert fast._launch_groups(list(shapes), lambda name: fast._packed_key(name, 32)) == [["o", "q"]]
-    assert fast._packed_key("o", 32)[2] == 8 and fast._packed_key("o", 15)[2] == 16
-    assert invariant._launch_groups(list(shapes), lambda name: invariant._packed_key(name, 32)) == [["o"], ["q"]]
+    """In auto mode the K split is capped further from SLICE_CAP_MIN_N tokens (kernels.packed_mma.packed_slices), so
+    an 8-slice and a 4-slice matrix of one type and K share a launch there and only there; a pinned decode step
+    (auto@K) takes the split of K rows whatever its own count, and prefill in it its own rows'."""
+    shapes = {"o": ("Q4_K", 4096, 3840), "p": ("Q4_K", 12288, 3840)}  # 8 (16 capped) and 4 K slices; neither tall
+    fast, invariant = _Weights(shapes, route_mode="auto"), _Weights(shapes, route_mode="batch-invariant")
+    assert fast._launch_groups(list(shapes), lambda name: fast._packed_key(name, 1)) == [["o"], ["p"]]
+    assert fast._launch_groups(list(shapes), lambda name: fast._packed_key(name, 32)) == [["o", "p"]]
+    assert fast._packed_key("o", 32)[2] == 4 and fast._packed_key("o", 15)[2] == 8
+    for n in (1, 15, 32):
+        assert invariant._launch_groups(list(shapes), lambda name: invariant._packed_key(name, n)) == [["o"], ["p"]]
+    pinned = _Weights(shapes, route_mode="auto@32")
+    assert pinned._packed_key("o", 1)[2] == 4  # a single-user step on the 32-row split
+    pinned._decoding = False
+    assert pinned._packed_key("o", 1)[2] == 8  # prefill keeps its own
 
 
 def test_profiled_pass_launches_each_matrix_alone():
@@ -252,11 +260,11 @@ def test_a_producer_writes_packed_records_only_for_packed_mma_without_decode_mmq
     engine.packed_producers = frozenset({"norm"})  # one producer alone: the other leaves it to _matvecs
     assert CupyEngine._packs(engine, "norm", list(routes), 1) is want
     assert CupyEngine._packs(engine, "gelu", list(routes), 1) is False
-    engine.packed_producers = frozenset()  # the default (ENV_PACKED_PRODUCERS unset): packed_x launches in _matvecs
+    engine.packed_producers = frozenset()  # ENV_PACKED_PRODUCERS=0: packed_x launches in _matvecs
     assert CupyEngine._packs(engine, "norm", list(routes), 1) is False
 
 
-@pytest.mark.parametrize("value, want", [(None, set()), ("0", set()), ("1", {"norm", "gelu"}), ("norm", {"norm"}),
+@pytest.mark.parametrize("value, want", [(None, {"norm"}), ("0", set()), ("1", {"norm", "gelu"}), ("norm", {"norm"}),
                                          (" gelu ", {"gelu"})])
 def test_packed_producers_switch(monkeypatch, value, want):
     from gemma_oracle.engine.gpu_engine import ENV_PACKED_PRODUCERS, packed_producers_from_env

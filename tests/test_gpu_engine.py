@@ -122,18 +122,17 @@ def test_graph_replay_equals_eager_forward(n):
         assert not any(np.shares_memory(returned, other) for other, _ in kept[step + 1:])
 
 
-# (preset, variant, route mode, does any matmul read Q8_1 at N = 1 and 5?), routes from engine/routing.py:
-# g4-12b-mini in auto mode puts q and gate/up on decode-MMQ from N = 1, k/v and the lm head too at N = 5 (the
-# attention, FFN and output norms make Q8_1 blocks); forced decode_mmq every matrix (the lm head's Q8_1 row-picked in
-# prefill);
-# g4-e2b-mini in auto its tall double-wide gate/up; ws and keqv-mixed's small shapes none (the fused kernels without
-# Q8_1). The e2b/e4b presets run the PLE branch and KV-shared layers, keqv-mixed a layer whose V is the raw K.
+# (preset, variant, route mode, the tile route its matmuls take at N = 1 and 5, or None), routes from
+# engine/routing.py: auto and batch-invariant put every Q4_K / Q6_K / Q4_0 matrix on packed MMA (the residual-add
+# norms write its records: gpu_engine PACKED_PRODUCERS); forced decode_mmq every matrix on decode-MMQ (the attention,
+# FFN and output norms make Q8_1 blocks; the lm head's Q8_1 row-picked in prefill); ws none (the fused kernels alone).
+# The e2b/e4b presets run the PLE branch and KV-shared layers, keqv-mixed a layer whose V is the raw K.
 FUSION_CASES = {
-    "g4-12b-mini-q4_k_m-auto": ("g4-12b-mini", "q4_k_m", "auto", True),
-    "g4-12b-mini-q4_k_m-decode_mmq": ("g4-12b-mini", "q4_k_m", "decode_mmq", True),
-    "g4-e2b-mini-q4_k_m-auto": ("g4-e2b-mini", "q4_k_m", "auto", True),
-    "g4-e4b-mini-q8_0-ws": ("g4-e4b-mini", "q8_0", "ws", False),
-    "keqv-mixed-q4_0-batch-invariant": ("keqv-mixed", "q4_0", "batch-invariant", False),
+    "g4-12b-mini-q4_k_m-auto": ("g4-12b-mini", "q4_k_m", "auto", "packed_mma"),
+    "g4-12b-mini-q4_k_m-decode_mmq": ("g4-12b-mini", "q4_k_m", "decode_mmq", "decode_mmq"),
+    "g4-e2b-mini-q4_k_m-auto": ("g4-e2b-mini", "q4_k_m", "auto", "packed_mma"),
+    "g4-e4b-mini-q8_0-ws": ("g4-e4b-mini", "q8_0", "ws", None),
+    "keqv-mixed-q4_0-batch-invariant": ("keqv-mixed", "q4_0", "batch-invariant", "packed_mma"),
 }
 
 
@@ -143,11 +142,11 @@ def test_fused_norms_change_no_bit(case):
     separate launches (CupyEngine(fused_norms=False)): every layer's residual stream and the logits of an eager
     8-row pass, prefill logits (the output norm's row pick) and graph-replayed decode steps at N = 1 and 5."""
     from gemma_oracle.engine.factory import make_engine
-    from gemma_oracle.engine.routing import DECODE_MMQ
+    from gemma_oracle.engine.routing import DECODE_MMQ, PACKED_MMA
     from gemma_oracle.harness.fixtures.cache import fixture_path
     from tests.kernel_support import first_bit_difference
 
-    preset, variant, mode, mmq = case
+    preset, variant, mode, tile_route = case
     path = fixture_path(preset, variant)
     fused, separate = (make_engine("cupy", path, route_mode=mode, fused_norms=f) for f in (True, False))
     assert fused.norms is not separate.norms
@@ -168,7 +167,8 @@ def test_fused_norms_change_no_bit(case):
             diff = first_bit_difference(fused.decode(seqs[fused], tokens), separate.decode(seqs[separate], tokens))
             assert not diff, f"N={n} decode step {step}: {diff}"
         assert fused.routes_served[n] == separate.routes_served[n]
-        assert (DECODE_MMQ in fused.routes_served[n].values()) is mmq, fused.routes_served[n]
+        tiles = set(fused.routes_served[n].values()) & {DECODE_MMQ, PACKED_MMA}
+        assert tiles == ({tile_route} if tile_route else set()), fused.routes_served[n]
 
 
 def test_set_route_mode_drops_graphs_and_matches_a_fresh_engine():

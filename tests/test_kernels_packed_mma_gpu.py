@@ -23,8 +23,8 @@ import pytest
 
 from gemma_oracle.kernels._compile import source_path
 from gemma_oracle.kernels.mmq import GROUP_MAX, split_k_slices
-from gemma_oracle.kernels.packed_mma import (ENV_TILES, PACKED_TYPES, SLICE_CAP, SLICE_CAP_MIN_N, TILE_RULES, TILES,
-                                             packed_slices, PackedMatrix, choose_tile, plan_pack,
+from gemma_oracle.kernels.packed_mma import (ENV_TILES, PACKED_TYPES, SHAPE_SLICE_CAP, SLICE_CAP, SLICE_CAP_MIN_N,
+                                             TILE_RULES, TILES, PackedMatrix, choose_tile, packed_slices, plan_pack,
                                              plan_packed_group, plan_packed_mma, plan_packed_x)
 from gemma_oracle.kernels.reference import packed as ref
 from gemma_oracle.kernels.reference.f16_operands import dequant_f16, f16_rows as f16_rows_host
@@ -251,15 +251,15 @@ def test_tile_rules_from_the_environment(monkeypatch):
 
 
 def test_packed_slices_cap_only_where_numbers_may_vary_with_n():
-    """A batch-invariant caller keeps the shape's own K split at every N; a varying one caps it at SLICE_CAP from
-    SLICE_CAP_MIN_N tokens, and never raises a split (a 4-slice shape stays at 4)."""
-    for rows, units in ((3840, 480), (3840, 128), (15360, 120), (262144, 120)):
-        own = split_k_slices(rows, units)
+    """A batch-invariant caller keeps one K split at every N (the shape's, capped at SHAPE_SLICE_CAP); a varying one
+    caps it further at SLICE_CAP from SLICE_CAP_MIN_N tokens, and never raises a split (a 4-slice shape stays 4)."""
+    for rows, units in ((3840, 480), (3840, 128), (15360, 120), (262144, 120), (512, 120)):
+        own = min(split_k_slices(rows, units), SHAPE_SLICE_CAP)
         for n in (1, 8, 15, 16, 32, 128):
             assert packed_slices(rows, units, n, vary_with_n=False) == own
             capped = packed_slices(rows, units, n, vary_with_n=True)
             assert capped == (min(own, SLICE_CAP) if n >= SLICE_CAP_MIN_N else own) and capped <= own
-    assert split_k_slices(3840, 480) > SLICE_CAP  # the 12B's 3840 x 15360 is one the cap changes
+    assert split_k_slices(3840, 480) > SHAPE_SLICE_CAP > SLICE_CAP  # the 12B's 3840 x 15360: both caps change it
 
 
 def test_host_validation_names_what_is_wrong():
@@ -290,11 +290,13 @@ def test_group_validation_names_the_member_that_cannot_share():
         return PackedMatrix(np.zeros(1, np.uint32), t, rows, cols)
 
     x = np.zeros((5, 1024), np.float32)
-    q, k = w("Q4_K", 4096, 1024), w("Q4_K", 2048, 1024)
+    q, k = w("Q4_K", 3072, 1024), w("Q4_K", 2048, 1024)  # neither tall (rows < TALL cols): one tile
     plans = plan_packed_group([q, k, k], x)
-    assert [p.rows for p in plans] == [4096, 2048, 2048] and len({p.entry for p in plans}) == 1
+    assert [p.rows for p in plans] == [3072, 2048, 2048] and len({p.entry for p in plans}) == 1
     with pytest.raises(ValueError, match=r"members\[1\]: Q6_K 2048x1024 .* cannot share a launch"):
         plan_packed_group([q, w("Q6_K", 2048, 1024)], x)
+    with pytest.raises(ValueError, match=r"members\[1\]: Q4_K 4096x1024 .* and tile m2_n1_d3_x cannot share"):
+        plan_packed_group([k, w("Q4_K", 4096, 1024)], x)  # a tall matrix takes another tile at N = 5
     with pytest.raises(ValueError, match="1..3 matrices, got 4"):
         plan_packed_group([q, k, k, k], x)
     with pytest.raises(ValueError, match="1..3 matrices, got 0"):

@@ -42,11 +42,23 @@ DECODE_STEPS = 2
 # attention over zero-padded keys (gemma_oracle/harness/suites/planted.py; README "What the oracle catches").
 
 
-def _engine(model, route_mode: str):
+def _engine(model, route_mode: str, disabled: str = ""):
+    """disabled: GEMMA_ORACLE_DISABLE_ROUTES while the engine is made (it reads the variable at construction)."""
+    import os
+
+    from gemma_oracle.engine import routing
     from gemma_oracle.engine.gpu_engine import CupyEngine
 
-    return CupyEngine(model.path, route_mode=route_mode, kv_dtype=KV_DTYPE, max_sequences=MAX_SEQUENCES,
-                      max_context=MAX_CONTEXT)
+    before = os.environ.get(routing.ENV_DISABLE)
+    os.environ[routing.ENV_DISABLE] = disabled
+    try:
+        return CupyEngine(model.path, route_mode=route_mode, kv_dtype=KV_DTYPE, max_sequences=MAX_SEQUENCES,
+                          max_context=MAX_CONTEXT)
+    finally:
+        if before is None:
+            os.environ.pop(routing.ENV_DISABLE)
+        else:
+            os.environ[routing.ENV_DISABLE] = before
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +69,14 @@ def ws_engine(real_model):
 
 @pytest.fixture(scope="module")
 def mmq_engine(real_model):
-    """auto routes (engine/routing.py ROUTE_TABLE): decode-MMQ where the H100 timings put it at each N."""
+    """auto routes without packed MMA (engine/routing.py ROUTE_TABLE's decode-MMQ rules, what GEMMA_ORACLE_DISABLE_ROUTES=
+    packed_mma gives): decode-MMQ where the H100 timings put it at each N, so some matmuls switch route with N."""
+    return _engine(real_model, "auto", disabled="packed_mma")
+
+
+@pytest.fixture(scope="module")
+def auto_engine(real_model):
+    """auto routes as shipped: packed MMA on every Q4_0 / Q4_K / Q6_K matrix at every N, its K split N's."""
     return _engine(real_model, "auto")
 
 
@@ -133,7 +152,7 @@ def test_two_steps_n2_is_bitwise(ws_engine):
 
 
 @pytest.mark.gpu
-def test_n6_through_decode_mmq(mmq_engine, real_model, record_property):
+def test_n6_through_decode_mmq(mmq_engine, ws_engine, real_model, record_property):
     table = mmq_engine.route_table(6)
     on_mmq = [t[0] for t in table if t[4] == "decode_mmq"]
     assert on_mmq, "no matmul takes decode-MMQ at N = 6: this item would not test it"
@@ -148,6 +167,20 @@ def test_n6_through_decode_mmq(mmq_engine, real_model, record_property):
                                                         "matmuls_on_decode_mmq": len(on_mmq), "matmuls": len(table)}
     record_property("worst_case", json.dumps(worst))
     print(f"decode-MMQ N=6 worst case on {real_model.label}: {json.dumps(worst)}")
+    assert len(result.comparisons) == 6 * (DECODE_STEPS + 1)
+    result.assert_passed()
+
+
+@pytest.mark.gpu
+def test_n6_through_packed_mma(auto_engine, ws_engine, real_model, record_property):
+    on_packed = [t[0] for t in auto_engine.route_table(6) if t[4] == "packed_mma"]
+    assert on_packed, "no matmul takes packed MMA at N = 6: this item would not test it"
+    ps = prompts(auto_engine.config, (8, 9, 10, 11, 8, 10), seed=6)
+    result = calibrated_single_vs_batched(auto_engine, ps, greedy_scripts(auto_engine, ps, DECODE_STEPS),
+                                          reference_engine=ws_engine, policy=CALIBRATED_POLICY)
+    worst = worst_case(result) | noise_ratios(result) | {"model": real_model.label, "matmuls_on_packed": len(on_packed)}
+    record_property("worst_case", json.dumps(worst))
+    print(f"packed MMA N=6 worst case on {real_model.label}: {json.dumps(worst)}")
     assert len(result.comparisons) == 6 * (DECODE_STEPS + 1)
     result.assert_passed()
 

@@ -91,10 +91,10 @@ def test_real12b_suite_skips_without_the_file_and_labels_stand_ins(isolated):
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
     real12b_items = re.findall(r"^tests/test_real12b.py::(\w+)\[real12b\] (\w+)", out, flags=re.M)
-    assert len(real12b_items) == 6 and {verdict for _, verdict in real12b_items} == {"SKIPPED"}
+    assert len(real12b_items) == 7 and {verdict for _, verdict in real12b_items} == {"SKIPPED"}
     skip_lines = [ln for ln in out.splitlines() if ln.startswith("SKIPPED")]
     assert skip_lines and all("`gemma-oracle fixtures download real12b`" in ln for ln in skip_lines)
     assert "tests/test_real12b.py::test_layout_preconditions[mini12b-SYNTHETIC] PASSED" in out
     assert "gemma-oracle --go-model mini12b: SYNTHETIC stand-in for real12b" in out  # report header
     assert "SYNTHETIC model results" in out  # terminal summary
-    assert re.search(r"1 passed, 6 skipped", out)
+    assert re.search(r"1 passed, 7 skipped", out)

@@ -4,7 +4,11 @@ from __future__ import annotations
 import pytest
 
 from gemma_oracle.engine import routing
-from gemma_oracle.engine.routing import DECODE_MMQ, GEMM_N, WS, Route, explain_route, route_for
+from gemma_oracle.engine.routing import DECODE_MMQ, GEMM_N, PACKED_MMA, WS, Route, explain_route, route_for
+
+# Packed MMA leads both tables for the types it packs; the decode-MMQ and float rules below it (what a type without
+# a packed kernel, or GEMMA_ORACLE_DISABLE_ROUTES=packed_mma, gets) are tested with it taken out.
+NO_PACKED = frozenset({PACKED_MMA})
 
 # The measured crossovers of ROUTE_TABLE on the 12B shapes (H100, reports/history/2026-11-25-h100-route-tuning-*):
 # (type, rows, cols, last N on a float route, first N on decode-MMQ, float route below it)
@@ -27,10 +31,10 @@ CROSSOVERS = [
 def test_auto_table_switches_at_the_measured_crossovers(type_name, rows, cols, last_float, first_mmq, float_route):
     if last_float is not None:
         for n in range(1, last_float + 1):
-            assert route_for(type_name, rows, cols, n) == float_route, n
+            assert route_for(type_name, rows, cols, n, disabled=NO_PACKED) == float_route, n
     for n in (first_mmq, first_mmq + 1, 16, 17, 32, 64):
         if n >= first_mmq:
-            assert route_for(type_name, rows, cols, n) == DECODE_MMQ, n
+            assert route_for(type_name, rows, cols, n, disabled=NO_PACKED) == DECODE_MMQ, n
 
 
 @pytest.mark.parametrize("type_name, rows, cols, n, expected", [
@@ -43,25 +47,25 @@ def test_auto_table_switches_at_the_measured_crossovers(type_name, rows, cols, l
     ("Q4_K", 256, 2048, 3, WS), ("Q4_K", 256, 2048, 17, GEMM_N),   # < 512 rows: not measured, float routes
 ])
 def test_auto_table_other_shapes(type_name, rows, cols, n, expected):
-    assert route_for(type_name, rows, cols, n) == expected
+    assert route_for(type_name, rows, cols, n, disabled=NO_PACKED) == expected
 
 
 def test_modes_force_or_exclude_routes():
     # batch-invariant: an MMQ-eligible shape (rows >= 2048) takes decode-MMQ at every N, N = 1 included
     for n in (1, 4, 8, 32):
-        assert route_for("Q4_K", 4096, 3840, n, mode="batch-invariant") == DECODE_MMQ
-    assert route_for("Q4_K", 1024, 3840, 8, mode="batch-invariant") == WS
-    assert route_for("Q4_K", 1024, 3840, 32, mode="batch-invariant") == GEMM_N
-    assert route_for("Q4_K", 4096, 3840, 8, mode="batch-invariant", disabled=frozenset({DECODE_MMQ})) == WS
-    assert route_for("Q4_K", 4096, 3840, 8, mode=GEMM_N) == GEMM_N
-    assert route_for("Q4_K", 4096, 3840, 8, mode=WS) == WS
-    assert route_for("Q4_K", 4096, 3840, 32, mode=WS) == GEMM_N  # WS cannot take N=32
+        assert route_for("Q4_K", 4096, 3840, n, mode="batch-invariant", disabled=NO_PACKED) == DECODE_MMQ
+    assert route_for("Q4_K", 1024, 3840, 8, mode="batch-invariant", disabled=NO_PACKED) == WS
+    assert route_for("Q4_K", 1024, 3840, 32, mode="batch-invariant", disabled=NO_PACKED) == GEMM_N
+    assert route_for("Q4_K", 4096, 3840, 8, mode="batch-invariant", disabled=NO_PACKED | {DECODE_MMQ}) == WS
+    assert route_for("Q4_K", 4096, 3840, 8, mode=GEMM_N, disabled=NO_PACKED) == GEMM_N
+    assert route_for("Q4_K", 4096, 3840, 8, mode=WS, disabled=NO_PACKED) == WS
+    assert route_for("Q4_K", 4096, 3840, 32, mode=WS, disabled=NO_PACKED) == GEMM_N  # WS cannot take N=32
     # forced MMQ ignores the speed rules (N floor, rows, column multiple): only a type without a tile falls back
-    assert route_for("Q4_K", 4096, 3840, 2, mode=DECODE_MMQ) == DECODE_MMQ
-    assert route_for("Q4_K", 512, 3840, 1, mode=DECODE_MMQ) == DECODE_MMQ
-    assert route_for("Q5_0", 4096, 3840, 8, mode=DECODE_MMQ) == GEMM_N
-    assert route_for("Q4_K", 4096, 3840, 8, disabled=frozenset({DECODE_MMQ})) == GEMM_N
-    assert route_for("Q4_K", 2048, 3840, 8, disabled=frozenset({DECODE_MMQ})) == WS
+    assert route_for("Q4_K", 4096, 3840, 2, mode=DECODE_MMQ, disabled=NO_PACKED) == DECODE_MMQ
+    assert route_for("Q4_K", 512, 3840, 1, mode=DECODE_MMQ, disabled=NO_PACKED) == DECODE_MMQ
+    assert route_for("Q5_0", 4096, 3840, 8, mode=DECODE_MMQ, disabled=NO_PACKED) == GEMM_N
+    assert route_for("Q4_K", 4096, 3840, 8, disabled=NO_PACKED | {DECODE_MMQ}) == GEMM_N
+    assert route_for("Q4_K", 2048, 3840, 8, disabled=NO_PACKED | {DECODE_MMQ}) == WS
 
 
 def test_type_without_tile_never_takes_mmq():
@@ -71,7 +75,7 @@ def test_type_without_tile_never_takes_mmq():
 
 
 def test_explanation_names_the_rules_that_failed():
-    name, why = explain_route("Q4_K", 1024, 3840, 2)
+    name, why = explain_route("Q4_K", 1024, 3840, 2, disabled=NO_PACKED)
     assert name == WS and "rows=1024 < 2048" in why and "rows/cols=0.27 < 4.0" in why and "N=2 < 3" in why
 
 
@@ -105,22 +109,31 @@ def test_gemm_n_is_last_and_total():
 @pytest.mark.parametrize("rows,cols", [(512, 3840), (2048, 256), (4096, 3840), (15360, 3840), (3840, 15360),
                                        (262144, 3840), (4096, 3840 + 32)])
 def test_batch_invariant_mode_routes_by_shape_only(type_name, rows, cols):
-    """In batch-invariant mode decode-MMQ serves a matrix at every N or at none, and the float routes it falls back
-    to (WS up to 16, GEMM-N beyond) share one reduction order, so no output's arithmetic depends on N."""
-    routes = {n: route_for(type_name, rows, cols, n, mode="batch-invariant") for n in (1, 2, 4, 5, 8, 9, 16, 17, 32, 64)}
-    mmq_at = {n for n, r in routes.items() if r == DECODE_MMQ}
-    assert mmq_at in (set(), set(routes)), routes
-    if not mmq_at:
-        assert all(r == (WS if n <= 16 else GEMM_N) for n, r in routes.items()), routes
+    """In batch-invariant mode packed MMA or decode-MMQ serves a matrix at every N or at none, and the float routes it
+    falls back to (WS up to 16, GEMM-N beyond) share one reduction order, so no output's arithmetic depends on N;
+    with packed MMA taken out, decode-MMQ alike."""
+    for disabled in (frozenset(), NO_PACKED):
+        routes = {n: route_for(type_name, rows, cols, n, mode="batch-invariant", disabled=disabled)
+                  for n in (1, 2, 4, 5, 8, 9, 16, 17, 32, 64)}
+        tile_at = {n for n, r in routes.items() if r in (DECODE_MMQ, PACKED_MMA)}
+        assert tile_at in (set(), set(routes)), routes
+        if tile_at:
+            assert len(set(routes.values())) == 1, routes
+        else:
+            assert all(r == (WS if n <= 16 else GEMM_N) for n, r in routes.items()), routes
+    if routing.packable(type_name, rows, cols):
+        assert set(routes.values()) != {PACKED_MMA}  # the last pass had it taken out
 
 
 @pytest.mark.parametrize("type_name, rows, cols, last_float, first_mmq, float_route", CROSSOVERS)
 def test_pinned_mode_takes_the_routes_of_its_n_at_any_row_count(type_name, rows, cols, last_float, first_mmq,
                                                                  float_route):
     """auto@K: a step of any row count takes the auto routes of K rows (the single-user twin of a K-row batch)."""
-    for k in (1, 2, 3, 5, 16, 32):
-        for n in (1, 2):
-            assert route_for(type_name, rows, cols, n, mode=routing.pinned_mode(k)) == route_for(type_name, rows, cols, k)
+    for disabled in (frozenset(), NO_PACKED):
+        for k in (1, 2, 3, 5, 16, 32):
+            for n in (1, 2):
+                assert (route_for(type_name, rows, cols, n, mode=routing.pinned_mode(k), disabled=disabled)
+                        == route_for(type_name, rows, cols, k, disabled=disabled))
 
 
 def test_pinned_mode_spelling():
@@ -134,8 +147,8 @@ def test_pinned_mode_spelling():
         routing.pinned_mode(0)
     # a pinned mode run on more rows than its route can take fails loudly instead of overrunning the kernel
     with pytest.raises(ValueError, match="cannot take ws"):
-        route_for("Q4_K", 512, 3840, 17, mode=routing.pinned_mode(2))
-    assert route_for("Q4_K", 512, 3840, 17, mode=routing.pinned_mode(3)) == DECODE_MMQ
+        route_for("Q4_K", 512, 3840, 17, mode=routing.pinned_mode(2), disabled=NO_PACKED)
+    assert route_for("Q4_K", 512, 3840, 17, mode=routing.pinned_mode(3), disabled=NO_PACKED) == DECODE_MMQ
 
 
 def test_registry_accepts_a_pinned_cupy_mode():
@@ -160,13 +173,14 @@ def test_dq_mma_is_a_forced_mode():
     assert all(r.name != DQ_MMA for r in ROUTE_TABLE + INVARIANT_TABLE)
 
 
-def test_packed_modes_put_packed_mma_first_for_its_types_only():
-    """The packed modes are the auto / batch-invariant tables with packed MMA first: Q4_0 / Q4_K / Q6_K matrices of a
-    multiple of 64 columns take it at every N, every other matrix the route its table gives; packed_mma forces it."""
-    from gemma_oracle.engine.routing import INVARIANT_TABLE, PACKED_MMA, PACKED_TABLES, ROUTE_TABLE, packable, uses_packed
+def test_packed_mma_leads_both_tables_for_its_types_only():
+    """Both tables (and the packed / packed-invariant names, now the same tables) put packed MMA first: Q4_0 / Q4_K /
+    Q6_K matrices of a multiple of 64 columns take it at every N, every other matrix the route the rest of its table
+    gives; packed_mma forces it; with it disabled no mode packs and the tables are decode-MMQ's."""
+    from gemma_oracle.engine.routing import INVARIANT_TABLE, PACKED_TABLES, ROUTE_TABLE, packable, uses_packed
 
     for n in (1, 2, 9, 17, 32, 64):
-        for mode in ("packed", "packed-invariant", PACKED_MMA):
+        for mode in ("auto", "batch-invariant", "packed", "packed-invariant", PACKED_MMA):
             assert route_for("Q4_K", 15360, 3840, n, mode=mode) == PACKED_MMA
             assert route_for("Q4_0", 512, 3840, n, mode=mode) == PACKED_MMA
             assert route_for("Q6_K", 262144, 3840, n, mode=mode) == PACKED_MMA
@@ -176,11 +190,13 @@ def test_packed_modes_put_packed_mma_first_for_its_types_only():
         assert route_for("Q4_0", 4096, 288, n, mode="packed") == route_for("Q4_0", 4096, 288, n, mode="auto")
         assert route_for("Q5_K", 4096, 3840, n, mode=PACKED_MMA) == GEMM_N
         assert route_for("Q4_0", 4096, 288, n, mode=PACKED_MMA) == GEMM_N  # no packed rows of 288 values
+        assert route_for("Q4_K", 15360, 3840, n, mode="auto", disabled=NO_PACKED) == DECODE_MMQ
     assert packable("Q4_K", 7, 256) and packable("Q6_K", 7, 256) and not packable("Q4_0", 7, 288)
     assert not packable("Q5_K", 7, 256)
-    assert uses_packed("packed") and uses_packed("packed-invariant") and uses_packed(PACKED_MMA)
-    assert not uses_packed("auto") and not uses_packed("batch-invariant") and not uses_packed("auto@4")
-    assert all(r.name != PACKED_MMA for r in ROUTE_TABLE + INVARIANT_TABLE)
+    for mode in ("auto", "batch-invariant", "packed", "packed-invariant", PACKED_MMA, "auto@4"):
+        assert uses_packed(mode) and not uses_packed(mode, NO_PACKED)
+    assert not uses_packed(DECODE_MMQ) and not uses_packed(WS)
+    assert ROUTE_TABLE[0].name == INVARIANT_TABLE[0].name == PACKED_MMA
 
 
 def test_the_packed_modes_are_judged_as_their_base_tables():

@@ -183,8 +183,14 @@ _PACKED_PRODUCER_VALUES = {"0": frozenset(), "1": frozenset(PACKED_PRODUCERS), "
                            "gelu": frozenset({"gelu"})}
 
 
+# The default: the residual-add norm writes packed MMA's records (96 of the 12B step's 193 packed_x launches gone:
+# whole step 1.02-1.045x on both stand-ins at N = 1-32, H100, reports/history/2026-12-07-s18.md call 1); gelu * up
+# does not (one block a 15360-wide row: both producers were 0.91-0.98x, reports/history/2026-12-07-s17.md).
+DEFAULT_PACKED_PRODUCERS = "norm"
+
+
 def packed_producers_from_env() -> frozenset[str]:
-    value = os.environ.get(ENV_PACKED_PRODUCERS, "0").strip()
+    value = os.environ.get(ENV_PACKED_PRODUCERS, DEFAULT_PACKED_PRODUCERS).strip()
     if value not in _PACKED_PRODUCER_VALUES:
         raise ValueError(f"{ENV_PACKED_PRODUCERS}={value!r}: expected 0 (packed_x launches), 1 (both producers write "
                          "packed MMA's input records), norm or gelu (that producer alone)")
@@ -236,7 +242,7 @@ class CupyEngine:
 
         self.w = {name: (mat(name) if len(info.ne) == 2 else vec(name)) for name, info in mf.tensors.items()
                   if name != "rope_freqs.weight"}
-        if routing.uses_packed(self.route_mode):
+        if routing.uses_packed(self.route_mode, self.disabled_routes):
             self._pack_matrices()
         self.out_scale = [float(mf.dequantize(f"blk.{i}.layer_output_scale.weight")[0])
                           if mf.has(f"blk.{i}.layer_output_scale.weight") else 1.0 for i in range(cfg.n_layers)]
@@ -291,7 +297,7 @@ class CupyEngine:
             return
         routing.explain_route("F32", 1, 256, 1, mode=mode)  # a bad mode fails here, not mid-step
         self.route_mode = mode
-        if routing.uses_packed(mode):
+        if routing.uses_packed(mode, self.disabled_routes):
             self._pack_matrices()
         self.name = self._base_name
         if mode != "batch-invariant" or self.disabled_routes:  # different numbers: a different name
@@ -303,8 +309,9 @@ class CupyEngine:
         a weight beside the GGUF rows): before any step graph is captured with the packed route."""
         from gemma_oracle.kernels.packed_mma import pack_weights
 
-        for m in getattr(self, "w", {}).values():  # none yet while __init__ sets the first mode
-            if isinstance(m, _Matrix) and m.packed is None and routing.packable(m.type_name, m.rows, m.n_cols):
+        for name, m in getattr(self, "w", {}).items():  # none yet while __init__ sets the first mode
+            if (isinstance(m, _Matrix) and m.packed is None and self._multiplies(name)
+                    and routing.packable(m.type_name, m.rows, m.n_cols)):
                 m.packed = pack_weights(m.raw, m.type_name, m.n_cols)
 
     # --- the forward pass ----------------------------------------------------------------------------
@@ -316,11 +323,14 @@ class CupyEngine:
             mode = routing.split_mode(mode)[0]
         return routing.route_for(m.type_name, m.rows, m.n_cols, n, mode=mode, disabled=self.disabled_routes)
 
+    def _multiplies(self, name: str) -> bool:
+        """Whether a step multiplies by this matrix (the embedding tables are only read a row at a time)."""
+        return name != "per_layer_token_embd.weight" and not (name == "token_embd.weight" and not self.config.tied_output)
+
     def route_table(self, n: int) -> list[tuple[str, str, int, int, str]]:
         """(tensor, type, rows, cols, route) for every matrix a step of N rows multiplies by."""
         return [(name, m.type_name, m.rows, m.n_cols, self.route(name, n, decoding=True)) for name, m in self.w.items()
-                if isinstance(m, _Matrix) and name not in ("per_layer_token_embd.weight",)
-                and not (name == "token_embd.weight" and not self.config.tied_output)]
+                if isinstance(m, _Matrix) and self._multiplies(name)]
 
     def _span(self, name: str):
         return contextlib.nullcontext() if self.op_spans is None else self.op_spans(name)
@@ -399,13 +409,15 @@ class CupyEngine:
 
     def _packed_key(self, name: str, rows: int) -> tuple:
         """What packed matrices must share to share a launch at `rows` tokens: type, columns, K split, tile. The K
-        split is the shape's own, or in a mode whose numbers may vary with N capped from SLICE_CAP_MIN_N tokens
-        (kernels.packed_mma.packed_slices)."""
+        split (kernels.packed_mma.packed_slices) is the shape's alone, or in a mode whose numbers may vary with N
+        (auto) also N's: a pinned decode step (auto@K) takes the split of K rows, as an auto step of K rows does."""
         from gemma_oracle.kernels.packed_mma import choose_tile, packed_slices
 
         m = self.w[name]
-        return (m.type_name, m.n_cols, packed_slices(m.rows, m.n_cols // 32, rows,
-                                                     routing.routes_vary_with_n(self.route_mode)),
+        base, pin = routing.split_mode(self.route_mode)
+        policy_n = pin if pin is not None and self._decoding else rows
+        return (m.type_name, m.n_cols, packed_slices(m.rows, m.n_cols // 32, policy_n,
+                                                     routing.routes_vary_with_n(base)),
                 choose_tile(rows, m.rows, m.n_cols).name)
 
     def _matvec(self, name: str, x, xq=None):

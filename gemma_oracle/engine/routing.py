@@ -70,11 +70,15 @@ PACKED_ROUTE = Route(PACKED_MMA, PACKED_TYPES, cap_col_multiple=64,
                          "cores, every N (the same bits at every N)")
 
 # The fast mode ("auto"): tried in order, the first eligible route serves the matmul; GEMM_N accepts everything.
-# Each MMQ line is the measured crossover (time of the split-K int8 tile over the best float route, H100, 12B
+# Packed MMA first: every Q4_0 / Q4_K / Q6_K matrix of a multiple of 64 columns takes it at every N. On an H100 its
+# whole step, with the residual-add norm writing its records (gpu_engine PACKED_PRODUCERS), was 1.01x decode-MMQ's at
+# N = 1 and 1.36x at N = 32 on the 12B stand-in (reports/history/2026-12-07-s18.md, call 1); with it taken out
+# (GEMMA_ORACLE_DISABLE_ROUTES=packed_mma) the table below is decode-MMQ's as tuned before. Each MMQ line is the measured crossover (time of the split-K int8 tile over the best float route, H100, 12B
 # shapes, Q4_K_M and Q4_0 stand-ins, reports/history/2026-11-25-h100-route-tuning-bn8-*.md): decode-MMQ's time is
 # nearly flat in N and, since K is split by shape (kernels/mmq.py), no longer bound by a long serial K walk; the
 # float routes' time grows with N. Only the few-row matrices keep a float route at the smallest N.
 ROUTE_TABLE: tuple[Route, ...] = (
+    PACKED_ROUTE,
     Route(DECODE_MMQ, MMQ_TYPES, min_n=1, min_rows=2048, col_multiple=256,
           why="2048+-row matrices (every 12B matmul but the global attn_k, the tied lm-head included): the tile "
               "wins from N = 1 (0.40..0.92x the best float route's time)"),
@@ -91,11 +95,13 @@ ROUTE_TABLE: tuple[Route, ...] = (
                                  "3840+-row matrices: WS is 1.3..1.7x slower there from N = 3)"),
 )
 
-# batch-invariant mode: the route of a matrix may depend on its shape only, so one choice serves every N. With the
+# batch-invariant mode: the route of a matrix may depend on its shape only, so one choice serves every N. Packed MMA
+# first, at every N (its order is fixed by the shape and its K split, kernels/packed_mma.py packed_slices). With the
 # split-K tile decode-MMQ is the faster route from N = 1 on every >= 2048-row matrix (route tuning above), so the
 # seed's shape rule is also the fast choice there: decode-MMQ on rows >= 2048, else WS / GEMM-N (the 512-row global
 # attn_k: 1.1..1.4x slower on the tile up to N = 2, faster from 3).
 INVARIANT_TABLE: tuple[Route, ...] = (
+    PACKED_ROUTE,
     Route(DECODE_MMQ, MMQ_TYPES, min_rows=2048, col_multiple=256,
           why="batch-invariant: decode-MMQ on every >= 2048-row 256-aligned matrix, at every N"),
     Route(WS, ALL_TYPES, max_n=16, why="batch-invariant: the float route, WS up to 16 tokens"),
@@ -108,22 +114,20 @@ FORCE_ONLY: tuple[Route, ...] = (
     PACKED_ROUTE,
 )
 
-# The packed modes, until the GPU has timed packed MMA against the tables above: each table with PACKED_ROUTE first,
-# so the Q4_0 / Q4_K / Q6_K matrices take packed MMA at every N and every other matrix its usual route. "packed-invariant"
-# judges decode-MMQ on the shape alone, as batch-invariant does: both packed modes are batch-invariant when the
-# other mode's routes are (packed MMA's order is fixed by the shape).
+# The packed modes of the sessions before packed MMA led both tables (reports/history/2026-12-07-s17.md): now the
+# same tables, kept as names so earlier commands and recorded runs still read.
 PACKED_TABLES: dict[str, tuple[str, tuple[Route, ...]]] = {
-    "packed": ("auto", (PACKED_ROUTE,) + ROUTE_TABLE),
-    "packed-invariant": ("batch-invariant", (PACKED_ROUTE,) + INVARIANT_TABLE),
+    "packed": ("auto", ROUTE_TABLE),
+    "packed-invariant": ("batch-invariant", INVARIANT_TABLE),
 }
 
 # Modes a user A/B-tests routes with (CLI --route / env GEMMA_ORACLE_ROUTE):
-#   auto             ROUTE_TABLE (the fast mode)
-#   batch-invariant  INVARIANT_TABLE, decode-MMQ judged on the shape alone: each matrix takes it at every N
+#   auto             ROUTE_TABLE (the fast mode): packed MMA, else decode-MMQ or the float routes by N and shape
+#   batch-invariant  INVARIANT_TABLE: packed MMA at every N; decode-MMQ judged on the shape alone: each matrix takes it at every N
 #                    (N = 1 included) or never; the float routes it falls back to (WS, GEMM-N beyond 16) share one
 #                    reduction order, so every sequence's logits are bitwise independent of the batch.
-#   packed           ROUTE_TABLE with packed MMA first (PACKED_TABLES)
-#   packed-invariant INVARIANT_TABLE with packed MMA first
+#   packed           the same as auto (PACKED_TABLES)
+#   packed-invariant the same as batch-invariant
 #   ws | gemm_n | decode_mmq | dq_mma | packed_mma   force one route wherever its kernel can serve the matmul (type, N capacity), the
 #                    speed rules ignored; GEMM_N where it cannot. All four are batch-invariant too (each kernel's
 #                    order is fixed by the shape); ws and gemm_n are the float path (no Q8_1 activations), dq_mma
@@ -144,9 +148,11 @@ def routes_vary_with_n(mode: str) -> bool:
     return mode in ("auto", "packed")
 
 
-def uses_packed(mode: str) -> bool:
-    """Whether a mode may route a matrix to packed MMA (the engine then makes the packed copies)."""
-    return split_mode(mode)[0] in (*PACKED_TABLES, PACKED_MMA)
+def uses_packed(mode: str, disabled: frozenset[str] = frozenset()) -> bool:
+    """Whether a mode may route a matrix to packed MMA (the engine then makes the packed copies, 4.5-7 bits a weight
+    beside the GGUF rows): every table mode and the forced packed_mma, unless packed MMA is disabled."""
+    return PACKED_MMA not in disabled and split_mode(mode)[0] in ("auto", "batch-invariant", *PACKED_TABLES,
+                                                                   PACKED_MMA)
 
 
 def packable(type_name: str, rows: int, cols: int) -> bool:

@@ -74,28 +74,32 @@ TILES = {t.name: t for t in (
     Tile(1, 1, 3, True))}
 # Which tile a launch uses: (min N, min rows / cols, tile), the first rule that matches in (min N, min aspect)
 # descending order. A speed choice only (the same bits). The fastest tile a step, count-weighted over the 12B shapes
-# at each timed N (route tuning on an H100, reports/history/2026-12-07-s17.md, call 4): the activation words in the
-# register ring at N = 1-15, two token tiles of one m16 tile a warp from 16; at 32 the tall matrices (rows >= 4 cols:
-# the ffn gate / up and the lm head, which have row tiles enough without a second token tile a block) take all four
-# token tiles a warp (15360 x 3840: 39.5 us against 43.3; the lm head 424 against 641).
+# at each timed N with packed_slices' splits (route tuning on an H100, reports/history/2026-12-07-s18.md, call 1):
+# the tall matrices (rows >= TALL cols: the ffn gate / up at 4 slices and the lm head at 1, which have row tiles
+# enough) two m16 tiles a warp up to N = 15, then two and four token tiles; the others (at most 8 slices) one m16 tile
+# a warp, the activation words in the register ring, two token tiles from 32.
 TALL = 4.0
 TILE_RULES: tuple[tuple[int, float, str], ...] = (
-    (32, TALL, "m1_n4_d3"), (32, 0.0, "m1_n2_d2"), (16, 0.0, "m1_n2_d3_x"), (8, 0.0, "m1_n1_d4_x"),
-    (1, 0.0, "m2_n1_d3_x"))
+    (32, TALL, "m1_n4_d3"), (32, 0.0, "m1_n2_d3_x"), (16, TALL, "m1_n2_d3_x"), (1, TALL, "m2_n1_d3_x"),
+    (1, 0.0, "m1_n1_d4_x"))
 MAX_N = 65535 * 8
 
 
-# The K split of a launch: decode-MMQ's shape-only split (split_k_slices), which a batch-invariant mode must keep at
-# every N. A mode whose numbers may vary with N (routing.routes_vary_with_n: "packed") caps it at SLICE_CAP slices from
-# SLICE_CAP_MIN_N tokens: the split-K partial sums grow with N, and at N = 32 the 16-slice shapes ran 10-28 % faster
-# at 8 slices (3840 x 4096: 35.1 -> 25.2 us) while at N = 1 they need the 16 (3840 x 15360: 22.1 us, 29.5 at 8):
-# route tuning on an H100, reports/history/2026-12-07-s17.md.
-SLICE_CAP, SLICE_CAP_MIN_N = 8, 16
+# The K split of a launch: decode-MMQ's shape-only split (split_k_slices) capped at SHAPE_SLICE_CAP, which a
+# batch-invariant mode keeps at every N; a mode whose numbers may vary with N (routing.routes_vary_with_n: auto) caps
+# it further at SLICE_CAP from SLICE_CAP_MIN_N tokens. The split-K partial sums grow with N. Route tuning on an H100,
+# count-weighted matmul us a step of the 12B stand-in, each shape's fastest tile (reports/history/2026-12-07-s18.md,
+# call 1):
+#   | K split      | N = 1 | 2    | 16   | 32    |
+#   | own (<= 16)  | 4818  | 5074 | 7929 | 10760 |
+#   | at most 8    | 4880  | 4991 | 7032 | 9685  |
+#   | at most 4    | 5493  | 5593 | 7085 | 8890  |
+SHAPE_SLICE_CAP, SLICE_CAP, SLICE_CAP_MIN_N = 8, 4, 16
 
 
 def packed_slices(rows: int, units: int, n: int, vary_with_n: bool) -> int:
     """K slices of a packed launch of `rows` x `units` 32-value blocks at N tokens (see SLICE_CAP)."""
-    base = split_k_slices(rows, units)
+    base = min(split_k_slices(rows, units), SHAPE_SLICE_CAP)
     return min(base, SLICE_CAP) if vary_with_n and n >= SLICE_CAP_MIN_N else base
 
 
