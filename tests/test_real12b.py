@@ -42,23 +42,11 @@ DECODE_STEPS = 2
 # attention over zero-padded keys (gemma_oracle/harness/suites/planted.py; README "What the oracle catches").
 
 
-def _engine(model, route_mode: str, disabled: str = ""):
-    """disabled: GEMMA_ORACLE_DISABLE_ROUTES while the engine is made (it reads the variable at construction)."""
-    import os
-
-    from gemma_oracle.engine import routing
+def _engine(model, route_mode: str, disabled: frozenset[str] = frozenset()):
     from gemma_oracle.engine.gpu_engine import CupyEngine
 
-    before = os.environ.get(routing.ENV_DISABLE)
-    os.environ[routing.ENV_DISABLE] = disabled
-    try:
-        return CupyEngine(model.path, route_mode=route_mode, kv_dtype=KV_DTYPE, max_sequences=MAX_SEQUENCES,
-                          max_context=MAX_CONTEXT)
-    finally:
-        if before is None:
-            os.environ.pop(routing.ENV_DISABLE)
-        else:
-            os.environ[routing.ENV_DISABLE] = before
+    return CupyEngine(model.path, route_mode=route_mode, kv_dtype=KV_DTYPE, max_sequences=MAX_SEQUENCES,
+                      max_context=MAX_CONTEXT, disabled_routes=disabled)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +59,7 @@ def ws_engine(real_model):
 def mmq_engine(real_model):
     """auto routes without packed MMA (engine/routing.py ROUTE_TABLE's decode-MMQ rules, what GEMMA_ORACLE_DISABLE_ROUTES=
     packed_mma gives): decode-MMQ where the H100 timings put it at each N, so some matmuls switch route with N."""
-    return _engine(real_model, "auto", disabled="packed_mma")
+    return _engine(real_model, "auto", disabled=frozenset({"packed_mma"}))
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,7 @@ at every switch point and override, and the golden single-user vs batched oracle
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 
 import pytest
 
@@ -30,20 +28,6 @@ _ENGINES: dict = {}
 _SINGLE_MEMO: dict = {}  # single-user results per (engine name, sequence): shared across N
 
 
-@contextlib.contextmanager
-def _disabled(routes: str):
-    """GEMMA_ORACLE_DISABLE_ROUTES=routes while an engine is made (it reads the variable once, at construction)."""
-    before = os.environ.get(routing.ENV_DISABLE)
-    os.environ[routing.ENV_DISABLE] = routes
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(routing.ENV_DISABLE)
-        else:
-            os.environ[routing.ENV_DISABLE] = before
-
-
 def engine(preset: str, variant: str, mode: str, disabled: str = ""):
     """A cached engine; disabled="packed_mma": the tables' decode-MMQ and float rules (what a type without a packed
     kernel gets), the routes these tests were written for before packed MMA led both tables."""
@@ -52,8 +36,8 @@ def engine(preset: str, variant: str, mode: str, disabled: str = ""):
 
     key = (preset, variant, mode, disabled)
     if key not in _ENGINES:
-        with _disabled(disabled):
-            _ENGINES[key] = make_engine("cupy", fixture_path(preset, variant), route_mode=mode)
+        _ENGINES[key] = make_engine("cupy", fixture_path(preset, variant), route_mode=mode,
+                                    disabled_routes=frozenset(filter(None, [disabled])))
     return _ENGINES[key]
 
 

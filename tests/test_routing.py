@@ -219,3 +219,10 @@ def test_the_packed_modes_are_judged_as_their_base_tables():
         assert routing.routes_vary_with_n(mode) is calibrated
         assert (policy_for(Described(mode), "cupy") is CALIBRATED_POLICY) is calibrated, mode
         assert (policy_for_engine(Described(mode), "q4_k_m") is CALIBRATED_POLICY) is calibrated, mode
+
+
+def test_disabled_routes_name_their_source_and_the_unknown_route():
+    """The engine's disabled_routes argument and GEMMA_ORACLE_DISABLE_ROUTES are checked alike, each naming itself."""
+    assert routing.checked_disabled([PACKED_MMA], "disabled_routes") == NO_PACKED
+    with pytest.raises(ValueError, match=r"disabled_routes: unknown route\(s\) \['packed'\]"):
+        routing.checked_disabled(["packed"], "disabled_routes")

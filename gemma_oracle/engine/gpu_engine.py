@@ -207,7 +207,7 @@ class CupyEngine:
     def __init__(self, model: ModelFile | os.PathLike | str, *, kv_dtype: str = "float32", max_sequences: int = 80,
                  max_context: int = 2048, route_mode: str | None = None, embed_scale_mode: str = "fp32",
                  prefill_chunk: int = PREFILL_CHUNK, use_graphs: bool = True, fused_norms: bool = True,
-                 packed_producers: frozenset[str] | None = None):
+                 packed_producers: frozenset[str] | None = None, disabled_routes: frozenset[str] | None = None):
         import cupy as cp
 
         from gemma_oracle.kernels.kv_cache import alloc_layer_kv
@@ -221,7 +221,9 @@ class CupyEngine:
         self._last_batch: BatchRecord | None = None
         # gemma_oracle.engine.routing: which kernel serves each matmul; the default keeps batch invariance (WS/GEMM-N).
         self._base_name = self.name
-        self.disabled_routes = routing.disabled_from_env()
+        # routes taken out of the tables (default: routing.ENV_DISABLE); packed_mma out: nothing is packed
+        self.disabled_routes = (routing.disabled_from_env() if disabled_routes is None
+                                else routing.checked_disabled(disabled_routes, "disabled_routes"))
         self._graphs: dict[int, _StepGraph] = {}
         self._decoding = False  # set by decode: a pinned route mode (auto@K) applies to decode steps only (route)
         self.set_route_mode(route_mode or routing.mode_from_env())

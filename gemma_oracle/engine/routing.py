@@ -188,12 +188,17 @@ def mode_from_env(default: str = "batch-invariant") -> str:
     return mode
 
 
-def disabled_from_env() -> frozenset[str]:
-    names = frozenset(n.strip() for n in os.environ.get(ENV_DISABLE, "").split(",") if n.strip())
+def checked_disabled(names, source: str = ENV_DISABLE) -> frozenset[str]:
+    """The route names to take out of the tables; ValueError naming `source` and any unknown name."""
+    names = frozenset(names)
     unknown = names - set(ROUTES)
     if unknown:
-        raise ValueError(f"{ENV_DISABLE}: unknown route(s) {sorted(unknown)}; expected some of {ROUTES}")
+        raise ValueError(f"{source}: unknown route(s) {sorted(unknown)}; expected some of {ROUTES}")
     return names
+
+
+def disabled_from_env() -> frozenset[str]:
+    return checked_disabled(n.strip() for n in os.environ.get(ENV_DISABLE, "").split(",") if n.strip())
 
 
 def _candidates(mode: str, disabled: frozenset[str], table: tuple[Route, ...] | None) -> list[Route]:
