@@ -43,6 +43,28 @@ extern "C" __global__ void read_after_enter(const int* word, int* seen) {
 extern "C" __global__ void read_racy(const int* word, int* seen) {
     *seen = *word;  // no grid_dependency_enter(): the bug the host test's scan rejects in kernels/cuda/
 }
+// Each block writes its cluster rank and size and the sum of its cluster's blockIdx.z read from the siblings'
+// shared memory (distributed shared memory, as packed_mma.cu's split K).
+extern "C" __global__ void cluster_ranks(int* out) {
+    grid_dependency_enter();
+    __shared__ int z;
+    unsigned rank, size;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+    asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(size));
+    if (threadIdx.x == 0) z = blockIdx.z;
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+    int sum = 0;
+    for (unsigned r = 0; r < size; ++r) {
+        unsigned local = (unsigned)__cvta_generic_to_shared(&z), remote;
+        int v;
+        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(r));
+        asm volatile("ld.shared::cluster.s32 %0, [%1];" : "=r"(v) : "r"(remote) : "memory");
+        sum += v;
+    }
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+    const int b = (blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+    if (threadIdx.x == 0) out[3 * b] = rank, out[3 * b + 1] = size, out[3 * b + 2] = sum;
+}
 """
 
 
@@ -110,6 +132,36 @@ def test_pdl_in_a_cuda_graph(kernels):
             stream.synchronize()
             # the racy reader ran during the first spin: word was still 0; the other saw the second write
             assert (int(seen_racy.get()[0]), int(seen.get()[0])) == (0, 12)
+
+
+@pytest.mark.parametrize("pdl", (False, True), ids=("plain", "pdl"))
+@pytest.mark.parametrize("cluster_z", (2, 3, 8))
+def test_cluster_launches_share_shared_memory(kernels, plain_kernels, pdl, cluster_z):
+    """Kernel(..., cluster=(1, 1, z)) launches clusters along z: each block's rank is its blockIdx.z, the cluster
+    holds z blocks, and each reads its siblings' shared memory (the sum of 0..z-1), eagerly and in a CUDA graph."""
+    if int(cp.cuda.Device().compute_capability[:-1]) < 9:
+        pytest.skip(f"compute capability {cp.cuda.Device().compute_capability}: no thread block clusters")
+    module = kernels if pdl else plain_kernels
+    grid = (5, 2, cluster_z)
+    want = np.array([[z, cluster_z, cluster_z * (cluster_z - 1) // 2] for z in range(cluster_z) for _ in range(10)],
+                    dtype=np.int32)
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        out = cp.full(3 * 10 * cluster_z, -1, dtype=cp.int32)
+        module.get_function("cluster_ranks")(grid, (64,), (out,), cluster=(1, 1, cluster_z))
+        stream.synchronize()
+        assert (out.get().reshape(-1, 3) == want).all()
+        out.fill(-1)
+        stream.begin_capture()
+        try:
+            module.get_function("cluster_ranks")(grid, (64,), (out,), cluster=(1, 1, cluster_z))
+        finally:
+            graph = stream.end_capture()
+        graph.launch(stream)
+        stream.synchronize()
+        assert (out.get().reshape(-1, 3) == want).all()
+    with pytest.raises(launch.LaunchError, match="cluster_ranks: grid .* is not a multiple of the cluster"):
+        module.get_function("cluster_ranks")((5, 2, cluster_z + 1), (64,), (out,), cluster=(1, 1, cluster_z))
 
 
 def test_plain_launches_keep_stream_order_without_the_call(plain_kernels):

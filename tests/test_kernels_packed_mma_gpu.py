@@ -23,9 +23,11 @@ import pytest
 
 from gemma_oracle.kernels._compile import source_path
 from gemma_oracle.kernels.mmq import GROUP_MAX, split_k_slices
-from gemma_oracle.kernels.packed_mma import (ENV_TILES, PACKED_TYPES, SHAPE_SLICE_CAP, SLICE_CAP, SLICE_CAP_MIN_N,
-                                             TILE_RULES, TILES, PackedMatrix, choose_tile, packed_slices, plan_pack,
-                                             plan_packed_group, plan_packed_mma, plan_packed_x)
+from gemma_oracle.kernels.packed_mma import (CLUSTER_MAX, ENV_SUMS, ENV_TILES, PACKED_TYPES, SHAPE_SLICE_CAP,
+                                             SLICE_CAP, SLICE_CAP_MIN_N, SUMS, TILE_RULES, TILES, PackedMatrix,
+                                             choose_tile, cluster_shared_bytes, packed_slices, plan_pack,
+                                             plan_packed_group, plan_packed_mma, plan_packed_x, sums_from_env,
+                                             uses_cluster)
 from gemma_oracle.kernels.reference import packed as ref
 from gemma_oracle.kernels.reference.f16_operands import dequant_f16, f16_rows as f16_rows_host
 from tests.kernel_support import GuardedOutput, activations, first_bit_difference, quantized_weights
@@ -111,21 +113,24 @@ def test_packed_mma_case(case):
     w16 = dequant_f16(raw, t, cols).astype(np.float64)
     x16, inv = f16_rows_host(x)
     xs = x16.astype(np.float64) * inv.astype(np.float64)[:, None]
-    for slices in sorted({split_k_slices(rows, units), _odd_slices(units)}):
+    for slices in sorted({split_k_slices(rows, units), min(split_k_slices(rows, units), CLUSTER_MAX),
+                          _odd_slices(units)}):
         want = _host(dq_mma_matvec(w_dev, t, cols, x_dev, tile=DQ_SMEM_TILE, slices=slices))
         bound = ACC_BOUND_ULPS * 2.0**-24 * (cols // 16 + slices) * (np.abs(xs) @ np.abs(w16).T)
-        for tile in TILES:
+        # a split adds its slices through a cluster's shared memory (up to CLUSTER_MAX) or the counted split
+        for tile, sums in [(tile, sums) for tile in TILES for sums in (SUMS if slices > 1 else SUMS[:1])]:
             out = GuardedOutput(cp, (n, rows), np.float32)
             out.view[...] = np.nan
-            packed_mma_matvec(packed, x_dev, out=out.view, tile=tile, slices=slices)
+            packed_mma_matvec(packed, x_dev, out=out.view, tile=tile, slices=slices, sums=sums)
+            what = f"{tile} slices {slices} ({sums if uses_cluster(slices, sums) else 'counters'})"
             before, after = out.guards_intact()
-            assert before and after, f"{tile} slices {slices}: guard overwritten ({before}, {after})"
+            assert before and after, f"{what}: guard overwritten ({before}, {after})"
             y = _host(out.view)
-            assert np.isfinite(y).all(), f"{tile}: {int((~np.isfinite(y)).sum())} outputs not written or not finite"
+            assert np.isfinite(y).all(), f"{what}: {int((~np.isfinite(y)).sum())} outputs not written or not finite"
             err = np.abs(y.astype(np.float64) - xs @ w16.T)
-            assert (err <= bound).all(), f"{tile} slices {slices}: beyond the accumulation bound ({err.max():.3e})"
+            assert (err <= bound).all(), f"{what}: beyond the accumulation bound ({err.max():.3e})"
             diff = first_bit_difference(y, want)
-            assert not diff, f"{tile} slices {slices}: differs from dequant-MMA {DQ_SMEM_TILE}: {diff}"
+            assert not diff, f"{what}: differs from dequant-MMA {DQ_SMEM_TILE}: {diff}"
 
 
 @gpu
@@ -198,17 +203,18 @@ def test_grouped_launch_gives_each_output_its_own_launchs_bits(t, n):
     assert len({split_k_slices(r, cols // 32) for r in GROUP_ROWS}) == 1
     packed = [pack_weights(cp.asarray(quantized_weights(t, r, cols)), t, cols) for r in GROUP_ROWS]
     xf = packed_x(cp.asarray(activations(n, cols, "group", t, n)))
-    for slices in (None, 1):
-        alone = [_host(packed_mma_matvec(w, xf, slices=slices)) for w in packed]
+    for slices, sums in ((None, "counters"), (4, "cluster"), (1, "counters")):
+        alone = [_host(packed_mma_matvec(w, xf, slices=slices, sums="counters")) for w in packed]
         for size in (1, 2, 3):
             outs = [GuardedOutput(cp, (n, w.rows), np.float32) for w in packed[:size]]
             for o in outs:
                 o.view[...] = np.nan
-            packed_mma_group(packed[:size], xf, outs=[o.view for o in outs], slices=slices)
+            packed_mma_group(packed[:size], xf, outs=[o.view for o in outs], slices=slices, sums=sums)
             for i, o in enumerate(outs):
-                assert all(o.guards_intact()), f"group of {size}, member {i}, slices {slices}: guard overwritten"
+                what = f"group of {size}, member {i} ({GROUP_ROWS[i]} rows), slices {slices}, {sums}"
+                assert all(o.guards_intact()), f"{what}: guard overwritten"
                 diff = first_bit_difference(_host(o.view), alone[i])
-                assert not diff, f"group of {size}, member {i} ({GROUP_ROWS[i]} rows), slices {slices}: {diff}"
+                assert not diff, f"{what}: {diff}"
 
 
 # --- CPU tests -------------------------------------------------------------------------------------------------------
@@ -224,10 +230,28 @@ def test_launcher_matches_the_compiled_entries():
     for n in (1, 8, 9, 16, 17, 32, 64):
         assert choose_tile(n).name in TILES
     assert re.search(r"#define PK_GROUP_MAX (\d+)", src).group(1) == str(GROUP_MAX)
-    # the entry's parameters: GROUP_MAX weights, rows, outputs and partial sums each
+    # the entry's parameters: GROUP_MAX weights, rows, outputs and partial sums each, and the cluster switch last
     params = re.search(r"#define PK_PARAMS (.*?)\n#define", src, flags=re.S).group(1)
     for name in ("w", "rows", "y", "part"):
         assert re.findall(rf"\b{name}(\d)\b", params) == [str(i) for i in range(GROUP_MAX)], name
+    assert params.rstrip(" \\\n").endswith("int *counters, int cluster")
+    assert re.search(r"#define PK_CLUSTER_MAX (\d+)", src).group(1) == str(CLUSTER_MAX)
+    # pk_cluster_sums's shared memory: [MT * NT * 4][THREADS] floats
+    assert "pk_part[((m * NT + h) * 4 + e) * THREADS + tid]" in src
+    assert cluster_shared_bytes(TILES["m2_n4_d2"]) == 2 * 4 * 4 * 128 * 4
+
+
+def test_sums_switch(monkeypatch):
+    """GEMMA_ORACLE_PACKED_SUMS: cluster (the default) or counters; anything else names the variable."""
+    monkeypatch.delenv(ENV_SUMS, raising=False)
+    assert sums_from_env() == "cluster"
+    monkeypatch.setenv(ENV_SUMS, "counters")
+    assert sums_from_env() == "counters"
+    monkeypatch.setenv(ENV_SUMS, "dsmem")
+    with pytest.raises(ValueError, match="GEMMA_ORACLE_PACKED_SUMS='dsmem': expected one of"):
+        sums_from_env()
+    with pytest.raises(ValueError, match="sums: expected one of"):
+        uses_cluster(4, "atomic")
 
 
 def test_tile_rules_from_the_environment(monkeypatch):

@@ -30,6 +30,7 @@ import numpy as np
 
 ENV = "GEMMA_ORACLE_PDL"
 # cuda.h: CUlaunchAttributeID
+_ATTR_CLUSTER_DIMENSION = 4
 _ATTR_PROGRAMMATIC_STREAM_SERIALIZATION = 6
 
 
@@ -107,35 +108,49 @@ def launch_mode() -> str:
 
 
 class Kernel:
-    """A compiled kernel, called as CuPy's are: kernel(grid, block, args, shared_mem=0), on the current stream.
-    `pdl` is fixed when its module is compiled: only a kernel compiled with GRID_DEPENDENCY=1 (the wait in
-    grid_dependency_enter) may be launched with the attribute, whatever the environment says later."""
+    """A compiled kernel, called as CuPy's are: kernel(grid, block, args, shared_mem=0, cluster=None), on the current
+    stream. `pdl` is fixed when its module is compiled: only a kernel compiled with GRID_DEPENDENCY=1 (the wait in
+    grid_dependency_enter) may be launched with the attribute, whatever the environment says later. `cluster`
+    (x, y, z): launch in thread block clusters of that shape (sm_90; the grid a multiple of it in each dimension),
+    for kernels that share shared memory across a cluster (packed_mma.cu's split K)."""
 
     def __init__(self, function, name: str, pdl: bool):
         self.function = function  # cupy RawKernel (RawModule.get_function)
         self.name = name
         self.pdl = pdl
 
-    def __call__(self, grid, block, args, shared_mem: int = 0):
-        if not self.pdl:
+    def __call__(self, grid, block, args, shared_mem: int = 0, cluster=None):
+        if not self.pdl and cluster is None:
             return self.function(grid, block, args, shared_mem=shared_mem)
         import cupy
 
         grid, block = _dims(grid), _dims(block)
         values = pack_args(self.name, args)
         params = (ctypes.c_void_p * max(len(values), 1))(*[ctypes.addressof(v) for v in values])
-        attr = _LaunchAttribute(id=_ATTR_PROGRAMMATIC_STREAM_SERIALIZATION)
-        attr.value[0] = 1  # programmaticStreamSerializationAllowed (an int at offset 0, little-endian)
+        attrs = []
+        if self.pdl:
+            attr = _LaunchAttribute(id=_ATTR_PROGRAMMATIC_STREAM_SERIALIZATION)
+            attr.value[0] = 1  # programmaticStreamSerializationAllowed (an int at offset 0, little-endian)
+            attrs.append(attr)
+        if cluster is not None:
+            cluster = _dims(cluster)
+            if any(g % c for g, c in zip(grid, cluster)):
+                raise LaunchError(f"{self.name}: grid {grid} is not a multiple of the cluster {cluster}")
+            attr = _LaunchAttribute(id=_ATTR_CLUSTER_DIMENSION)
+            words = (ctypes.c_uint * 16).from_buffer(attr.value)  # CUlaunchAttributeValue.clusterDim: x, y, z
+            words[0], words[1], words[2] = cluster
+            attrs.append(attr)
+        array = (_LaunchAttribute * len(attrs))(*attrs)
         config = _LaunchConfig(*grid, *block, int(shared_mem), ctypes.c_void_p(cupy.cuda.get_current_stream().ptr),
-                               ctypes.pointer(attr), 1)
+                               array, len(attrs))
         function = getattr(self.function, "kernel", self.function)  # RawKernel -> cupy.cuda.function.Function
         lib = _driver()
         status = lib.cuLaunchKernelEx(ctypes.byref(config), ctypes.c_void_p(function.ptr), params, None)
         if status:
             name = ctypes.c_char_p()
             lib.cuGetErrorName(status, ctypes.byref(name))
-            raise LaunchError(f"{self.name}: cuLaunchKernelEx(grid={grid}, block={block}, shared_mem={shared_mem}) "
-                              f"failed with {(name.value or b'?').decode()} ({status})")
+            raise LaunchError(f"{self.name}: cuLaunchKernelEx(grid={grid}, block={block}, shared_mem={shared_mem}, "
+                              f"cluster={cluster}) failed with {(name.value or b'?').decode()} ({status})")
 
 
 def _dims(d) -> tuple[int, int, int]:

@@ -84,6 +84,46 @@ TILE_RULES: tuple[tuple[int, float, str], ...] = (
     (1, 0.0, "m1_n1_d4_x"))
 MAX_N = 65535 * 8
 
+# How a split launch adds its K slices: "cluster" (sm_90): the slice blocks of an output tile are one thread block
+# cluster and add up through distributed shared memory (packed_mma.cu pk_cluster_sums), at most CLUSTER_MAX slices
+# (the portable cluster size); "counters": mmq.cu's counted split (the partials in global memory, the last block
+# adds them). The same bits either way (one chain, slice order); a speed choice.
+ENV_SUMS = "GEMMA_ORACLE_PACKED_SUMS"
+SUMS = ("cluster", "counters")
+CLUSTER_MAX = 8  # PK_CLUSTER_MAX
+
+
+def sums_from_env() -> str:
+    value = os.environ.get(ENV_SUMS, "cluster").strip() or "cluster"
+    if value not in SUMS:
+        raise ValueError(f"{ENV_SUMS}={value!r}: expected one of {SUMS}")
+    return value
+
+
+@functools.lru_cache(maxsize=None)
+def _device_has_clusters(device_id: int) -> bool:
+    import cupy
+
+    return int(cupy.cuda.Device(device_id).compute_capability[:-1] or 0) >= 9
+
+
+def uses_cluster(slices: int, sums: str | None = None) -> bool:
+    """Whether a launch of `slices` K slices adds them in a cluster (ENV_SUMS, or `sums`; the device must have
+    clusters: compute capability 9.0 or more)."""
+    sums = sums_from_env() if sums is None else sums
+    if sums not in SUMS:
+        raise ValueError(f"sums: expected one of {SUMS}, got {sums!r}")
+    if not (2 <= slices <= CLUSTER_MAX and sums == "cluster"):
+        return False
+    import cupy
+
+    return _device_has_clusters(cupy.cuda.Device().id)
+
+
+def cluster_shared_bytes(tile: Tile) -> int:
+    """Dynamic shared memory of a cluster launch: each thread's MT * NT * 4 partial sums (pk_cluster_sums)."""
+    return tile.mt * tile.nt * 4 * 32 * WARPS * 4
+
 
 # The K split of a launch: decode-MMQ's shape-only split (split_k_slices) capped at SHAPE_SLICE_CAP, which a
 # batch-invariant mode keeps at every N; a mode whose numbers may vary with N (routing.routes_vary_with_n: auto) caps
@@ -291,11 +331,12 @@ def plan_packed_group(members, x, *, outs=None, tile: str | None = None,
     return plans
 
 
-def packed_mma_group(members, x, *, outs=None, tile: str | None = None, slices: int | None = None) -> list:
+def packed_mma_group(members, x, *, outs=None, tile: str | None = None, slices: int | None = None,
+                     sums: str | None = None) -> list:
     """[x @ W_m.T for each member PackedMatrix W_m] in one launch (packed_mma.cu: a block runs the member whose row
     tiles hold its blockIdx.x): the members read the same activations and share type, K and K split (the 12B's
     q/k/v and gate/up do); each output has the bits of its own packed_mma_matvec launch. x as in packed_mma_matvec
-    (converted once for all members when float32)."""
+    (converted once for all members when float32). sums: how a split adds its slices (SUMS; default ENV_SUMS)."""
     plans = plan_packed_group(members, x, outs=outs, tile=tile, slices=slices)
     outs = [None] * len(plans) if outs is None else list(outs)
     if not isinstance(x, tuple):
@@ -304,22 +345,26 @@ def packed_mma_group(members, x, *, outs=None, tile: str | None = None, slices: 
     xf, inv = x
     require_device_arrays(xf=xf, inv=inv, **{f"outs[{i}]": o for i, o in enumerate(outs)})
     first = plans[0]
-    made = [split_k_outputs(p.n, p.rows, p.slices, o) for p, o in zip(plans, outs)]
+    cluster = uses_cluster(first.slices, sums)
+    # a cluster launch adds its slices in shared memory: no partial sums nor counters (y stands in for both)
+    made = [split_k_outputs(p.n, p.rows, 1 if cluster else p.slices, o) for p, o in zip(plans, outs)]
     ys, parts, counters = [m[0] for m in made], [m[1] for m in made], made[0][2]
     grid, bounds = group_grid(plans)
+    launch = dict(shared_mem=cluster_shared_bytes(first.tile), cluster=(1, 1, first.slices)) if cluster else {}
     load_module(MODULE).get_function(first.entry)(
         grid, first.block,
         (*pad_group([w.data for w in members], members[0].data),
          *[np.int32(v) for v in pad_group([p.rows for p in plans], 0)], *bounds, *pad_group(ys, ys[0]),
          *pad_group(parts, parts[0]), np.int32(first.units), xf, inv, np.int32(first.n), np.int32(first.slices),
-         counters))
+         counters, np.int32(cluster)), **launch)
     return ys
 
 
-def packed_mma_matvec(w: PackedMatrix, x, *, out=None, tile: str | None = None, slices: int | None = None):
+def packed_mma_matvec(w: PackedMatrix, x, *, out=None, tile: str | None = None, slices: int | None = None,
+                      sums: str | None = None):
     """y [N, rows] float32 = x @ W.T with fp16 operands and float32 accumulation (see module).
 
     x: float32 [N, K] or (xf, inv) from packed_x. tile: force one of TILES (tests run every one; the same bits);
     slices: force the K split (tests compare with dq_mma at the same split; other slices give other bits).
-    A group of one (packed_mma_group)."""
-    return packed_mma_group([w], x, outs=[out], tile=tile, slices=slices)[0]
+    sums: how a split adds its slices (SUMS; the same bits). A group of one (packed_mma_group)."""
+    return packed_mma_group([w], x, outs=[out], tile=tile, slices=slices, sums=sums)[0]

@@ -53,7 +53,7 @@ def main(argv=None) -> int:
                 x = cp.asarray(np.random.default_rng(n).standard_normal((n, cols)), dtype=cp.float32)
                 xq, x16 = quantize_q8_1(x), f16_rows(x)
                 xf = packed_x(x) if packed is not None else None
-                for slices in (1, 3, 16):
+                for slices in (1, 3, 8, 16):  # 3 and 8: cluster sums (packed MMA), 16: counted
                     routes = [
                         ("decode-MMQ", TILES, lambda tile: mmq_matvec(w, type_name, cols, xq, tile=tile, slices=slices)),
                         ("dequant-MMA", DQ_TILES, lambda tile: dq_mma_matvec(w, type_name, cols, x16, tile=tile,

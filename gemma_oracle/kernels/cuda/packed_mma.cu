@@ -55,11 +55,14 @@
 
 // Entry points (<t> in q4_0 q4_k q6_k; <tile> in kernels/packed_mma.py TILES):
 //     packed_mma_<t>_<tile>(w0, w1, w2, rows0, rows1, rows2, tiles0, tiles01, y0, y1, y2, part0, part1, part2,
-//                           int units, const uint4* xf, const float* inv, int n, int slices, int* counters)
+//                           int units, const uint4* xf, const float* inv, int n, int slices, int* counters,
+//                           int cluster)
 //       a group of 1..3 matrices (PK_PARAMS below): member m's packed records w_m, its rows, y_m [n, rows_m]
 //       float32 and partial sums part_m; tiles0 / tiles01 the grid.x bounds of members 0 / 0-1; units = K / 32
 //       (even), xf / inv from packed_x, counters as in mmq.cu; grid (sum of ceil(rows_m / BM), ceil(n / (8 NT)),
-//       slices), block 128.
+//       slices), block 128. cluster = 1 (2 <= slices <= 8): launched in clusters (1, 1, slices) with MT * NT * 2 KB
+//       of dynamic shared memory, the slices add up through it (pk_cluster_sums; part and counters unused); 0: the
+//       counted split of mmq.cu.
 //     pack_<t>(const u8* w, i64 row_bytes, int rows, int units, uint4* out)
 //       one thread per (tile, group, lane): grid ceil(tiles * groups * 32 / 256), block 256.
 //     packed_x(const float* x, int k, uint4* xf, float* inv)
@@ -180,12 +183,71 @@ struct pk_q6_k {
     }
 };
 
+// Split K through distributed shared memory (sm_90 thread block clusters; `cluster` set: the launch's cluster is
+// (1, 1, slices), so the slice blocks of one (row tile, token tile) are one cluster and slice z is cluster rank z).
+// Each block puts its partial sums acc * inv[n] (dq_store_m16's values) in its own shared memory [element][thread];
+// after the cluster barrier, block z adds the elements i = z, z + slices, ... of every thread's tile, reading the
+// slices' values from their blocks' shared memory and adding them in slice order 0, 1, ... (mmq_last_slice_sums's
+// chain, so the same bits). Why: the counted split (mmq_last_slice_sums) writes every partial to global memory and
+// leaves the adds to the one block that arrives last, reading them back from L2, a serial tail that grows with N
+// (route tuning, 2026-12-07: 4096 x 3840 at N = 32 took 21.1 us with 8 slices against 16.3 us with 4). The second
+// barrier keeps each block's shared memory alive until its siblings have read it.
+__device__ __forceinline__ void pk_cluster_barrier() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
+__device__ __forceinline__ float pk_ld_cluster(u32 local, u32 rank) {  // a float of cluster block `rank`'s smem
+    u32 remote;
+    float v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+    return v;
+}
+
+#define PK_CLUSTER_MAX 8  // the portable cluster size: kernels/packed_mma.py CLUSTER_MAX
+
+template <int MT, int NT, int THREADS>
+__device__ __forceinline__ void pk_cluster_sums(const float (&acc)[MT][NT][4], const float* __restrict__ inv,
+                                                float* __restrict__ y, int rows, int n, int tile0, int xt0,
+                                                int slices, int g, int t) {
+    extern __shared__ float pk_part[];  // [MT * NT * 4][THREADS]: dynamic shared memory, sized by the launcher
+    constexpr int E = MT * NT * 4;
+    const int tid = threadIdx.x;
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int h = 0; h < NT; ++h)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int j = 8 * (xt0 + h) + 2 * t + (e & 1);
+                pk_part[((m * NT + h) * 4 + e) * THREADS + tid] = j < n ? __fmul_rn(acc[m][h][e], __ldg(inv + j)) : 0.0f;
+            }
+    pk_cluster_barrier();
+    const u32 base = (u32)__cvta_generic_to_shared(pk_part);
+    for (int i = blockIdx.z; i < E; i += slices) {
+        const int m = i / (NT * 4), h = (i >> 2) % NT, e = i & 3;
+        const int r = 16 * (tile0 + m) + g + 8 * (e >> 1), j = 8 * (xt0 + h) + 2 * t + (e & 1);
+        if (r < rows && j < n) {
+            const u32 at = base + 4u * (u32)(i * THREADS + tid);
+            float v[PK_CLUSTER_MAX];
+#pragma unroll
+            for (int z = 0; z < PK_CLUSTER_MAX; ++z) v[z] = z < slices ? pk_ld_cluster(at, (u32)z) : 0.0f;
+            float sum = v[0];
+#pragma unroll
+            for (int z = 1; z < PK_CLUSTER_MAX; ++z)
+                if (z < slices) sum = __fadd_rn(sum, v[z]);
+            y[(size_t)j * rows + r] = sum;
+        }
+    }
+    pk_cluster_barrier();
+}
+
 // bx: the block's row tile of its member's matrix (w, rows, y, part); blockIdx.x is its place in the whole grid
 template <class P, int MT, int NT, int D, bool XR>
 __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, int rows, int bx, int units,
                                                   const uint4* __restrict__ xf, const float* __restrict__ inv, int n,
                                                   float* __restrict__ y, int slices, float* __restrict__ part,
-                                                  int* __restrict__ counters) {
+                                                  int* __restrict__ counters, int cluster) {
     constexpr int BM = 16 * MT * PK_WARPS, BN = 8 * NT, THREADS = 32 * PK_WARPS, XD = XR ? D : 1;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int groups = units >> 1, tiles = (rows + 15) >> 4;
@@ -271,6 +333,10 @@ __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, i
         }
     }
 
+    if (slices > 1 && cluster) {
+        pk_cluster_sums<MT, NT, THREADS>(acc, inv, y, rows, n, tile0, xt0, slices, g, t);
+        return;
+    }
     float* __restrict__ dst = slices == 1 ? y : part + (size_t)blockIdx.z * n * rows;
 #pragma unroll
     for (int m = 0; m < MT; ++m) dq_store_m16<NT>(acc[m], dst, inv, 16 * (tile0 + m) + g, 8 * xt0, t, rows, n);
@@ -361,7 +427,7 @@ extern "C" __global__ void __launch_bounds__(F16_ROWS_THREADS) packed_x(const fl
 #define PK_GROUP_MAX 3
 #define PK_PARAMS const uint4 *w0, const uint4 *w1, const uint4 *w2, int rows0, int rows1, int rows2, int tiles0,      \
                   int tiles01, float *y0, float *y1, float *y2, float *part0, float *part1, float *part2, int units, \
-                  const uint4 *xf, const float *inv, int n, int slices, int *counters
+                  const uint4 *xf, const float *inv, int n, int slices, int *counters, int cluster
 #define PK_ENTRY(name, P, MT, NT, D, XR, SUFFIX)                                                                 \
     extern "C" __global__ void __launch_bounds__(32 * PK_WARPS)                                                 \
         packed_mma_##name##_m##MT##_n##NT##_d##D##SUFFIX(PK_PARAMS) {                                           \
@@ -370,7 +436,8 @@ extern "C" __global__ void __launch_bounds__(F16_ROWS_THREADS) packed_x(const fl
         const int bx = (int)blockIdx.x - (m_ == 0 ? 0 : m_ == 1 ? tiles0 : tiles01);                           \
         packed_mma_kernel<P, MT, NT, D, XR>(m_ == 0 ? w0 : m_ == 1 ? w1 : w2, m_ == 0 ? rows0 : m_ == 1 ? rows1   \
                                             : rows2, bx, units, xf, inv, n, m_ == 0 ? y0 : m_ == 1 ? y1 : y2,     \
-                                            slices, m_ == 0 ? part0 : m_ == 1 ? part1 : part2, counters);         \
+                                            slices, m_ == 0 ? part0 : m_ == 1 ? part1 : part2, counters,          \
+                                            cluster);                                                             \
     }
 // SUFFIX _x: the activation words in the ring (XR)
 #define PK_TILES(name, P)                                                                                        \
