@@ -28,7 +28,8 @@ ENTER = "grid_dependency_enter();"
 # The only statements a kernel may run before the wait: they read kernel parameters and block indices, and touch
 # nothing but weight bytes, which no kernel writes while a step runs (mmq.cu: the member a block serves, then the L2
 # prefetch of its weights).
-BEFORE_ENTER = (re.compile(r"MMQ_MEMBER\b"), re.compile(r"mmq_prefetch_weights_l2<[^;]*>\([^;]*\);"))
+BEFORE_ENTER = (re.compile(r"MMQ_MEMBER\b"), re.compile(r"mmq_prefetch_weights_l2<[^;]*>\([^;]*\);"),
+                re.compile(r"PK_MEMBER\b"), re.compile(r"pk_prefetch_weights_l2<[^;]*>\([^;]*\);"))
 
 
 def kernels_without_enter(source: str) -> list[str]:
@@ -134,6 +135,7 @@ def test_opt_in_compile_switches(monkeypatch):
     from gemma_oracle.kernels.mmq import weight_prefetch_enabled
 
     monkeypatch.delenv(_compile.PREFETCH_ENV, raising=False)  # opt-in: unset compiles the plain kernels
+    monkeypatch.delenv(_compile.PACKED_PREFETCH_ENV, raising=False)
     assert _compile.nvrtc_options() == _compile.NVRTC_OPTIONS and not weight_prefetch_enabled()
     assert _compile.nvrtc_options(pdl=True) == _compile.NVRTC_OPTIONS + ("-DGRID_DEPENDENCY=1",)
     monkeypatch.setenv(_compile.PREFETCH_ENV, "1")
@@ -143,6 +145,14 @@ def test_opt_in_compile_switches(monkeypatch):
     assert not weight_prefetch_enabled()
     monkeypatch.setenv(_compile.PREFETCH_ENV, "no")
     with pytest.raises(ValueError, match=r"GEMMA_ORACLE_MMQ_PREFETCH='no': expected 0"):
+        _compile.nvrtc_options()
+    monkeypatch.setenv(_compile.PREFETCH_ENV, "0")
+    monkeypatch.setenv(_compile.PACKED_PREFETCH_ENV, "6")  # packed MMA's: a count of groups
+    assert _compile.nvrtc_options(pdl=True) == _compile.NVRTC_OPTIONS + ("-DGRID_DEPENDENCY=1", "-DPK_L2_PREFETCH=6")
+    monkeypatch.setenv(_compile.PACKED_PREFETCH_ENV, "0")
+    assert _compile.nvrtc_options() == _compile.NVRTC_OPTIONS
+    monkeypatch.setenv(_compile.PACKED_PREFETCH_ENV, "yes")
+    with pytest.raises(ValueError, match=r"GEMMA_ORACLE_PACKED_PREFETCH='yes': expected a count"):
         _compile.nvrtc_options()
 
 

@@ -418,6 +418,32 @@ extern "C" __global__ void __launch_bounds__(F16_ROWS_THREADS) packed_x(const fl
     packed_x_row(x + (size_t)blockIdx.x * k, k, blockIdx.x, xf, inv);
 }
 
+// The first PK_L2_PREFETCH groups of each m16 tile of this warp's K slice, asked into L2 before the wait
+// (cp.async.bulk.prefetch.L2, one a tile, lane m for tile m; a record is 16-byte aligned and contiguous along K).
+// Why: under PDL (GRID_DEPENDENCY=1) a matmul's blocks launch while the short kernel before it runs (the fused
+// norm, gelu * up, packed_x, the attention merge) and DRAM idles; they stream their first records into L2 then,
+// so the ring's first loads wait on L2, not DRAM. Weights are never written while a step runs, so they may be
+// touched before the wait (tests/test_kernels_launch_host.py lists this prologue). Opt-in until a device A/B has
+// measured it: kernels/_compile.py defines PK_L2_PREFETCH from GEMMA_ORACLE_PACKED_PREFETCH (groups; 0 or unset:
+// none), and without PDL the prologue is empty.
+#ifndef PK_L2_PREFETCH
+#define PK_L2_PREFETCH 0
+#endif
+template <class P, int MT>
+__device__ __forceinline__ void pk_prefetch_weights_l2(const uint4* w, int rows, int bx, int units, int slices) {
+    if (!(PK_L2_PREFETCH > 0 && GRID_DEPENDENCY)) return;
+    const int lane = threadIdx.x & 31, tile = (bx * PK_WARPS + (int)(threadIdx.x >> 5)) * MT + lane;
+    if (lane >= MT || tile >= (rows + 15) >> 4) return;
+    // split_k_bounds' slice in 32-bit arithmetic (its 64-bit division is a called subroutine): units < 2^16 and
+    // slices <= 64 for any K the engine takes
+    const u32 z = blockIdx.z, u_lo = z * (u32)units / (u32)slices, u_hi = (z + 1) * (u32)units / (u32)slices;
+    const u32 j_lo = u_lo >> 1, j_hi = min((u_hi + 1) >> 1, j_lo + (u32)PK_L2_PREFETCH);
+    const uint4* a = w + ((size_t)tile * (u32)(units >> 1) + j_lo) * P::RECORD;
+    if (j_hi > j_lo)
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(a), "r"((j_hi - j_lo) * P::RECORD * 16u)
+                     : "memory");
+}
+
 // Every entry serves a GROUP of 1..PK_GROUP_MAX packed matrices of one type, K and K split that read the same
 // activations (q/k/v, gate/up), as mmq.cu's entries do and for the same reason (a launch's fixed cost is a large
 // part of a small matrix's time at small N): grid.x is the concatenation of the members' row tiles (member 0:
@@ -428,14 +454,19 @@ extern "C" __global__ void __launch_bounds__(F16_ROWS_THREADS) packed_x(const fl
 #define PK_PARAMS const uint4 *w0, const uint4 *w1, const uint4 *w2, int rows0, int rows1, int rows2, int tiles0,      \
                   int tiles01, float *y0, float *y1, float *y2, float *part0, float *part1, float *part2, int units, \
                   const uint4 *xf, const float *inv, int n, int slices, int *counters, int cluster
+// The member a block serves (its weights, rows, row tile bx), from the kernel parameters and blockIdx alone.
+#define PK_MEMBER                                                                                                \
+    const int m_ = blockIdx.x < tiles0 ? 0 : blockIdx.x < tiles01 ? 1 : 2;                                     \
+    const int bx = (int)blockIdx.x - (m_ == 0 ? 0 : m_ == 1 ? tiles0 : tiles01);                               \
+    const uint4* w_ = m_ == 0 ? w0 : m_ == 1 ? w1 : w2;                                                        \
+    const int rows_ = m_ == 0 ? rows0 : m_ == 1 ? rows1 : rows2;
 #define PK_ENTRY(name, P, MT, NT, D, XR, SUFFIX)                                                                 \
     extern "C" __global__ void __launch_bounds__(32 * PK_WARPS)                                                 \
         packed_mma_##name##_m##MT##_n##NT##_d##D##SUFFIX(PK_PARAMS) {                                           \
+        PK_MEMBER                                                                                              \
+        pk_prefetch_weights_l2<P, MT>(w_, rows_, bx, units, slices);                                           \
         grid_dependency_enter();                                                                               \
-        const int m_ = blockIdx.x < tiles0 ? 0 : blockIdx.x < tiles01 ? 1 : 2;                                 \
-        const int bx = (int)blockIdx.x - (m_ == 0 ? 0 : m_ == 1 ? tiles0 : tiles01);                           \
-        packed_mma_kernel<P, MT, NT, D, XR>(m_ == 0 ? w0 : m_ == 1 ? w1 : w2, m_ == 0 ? rows0 : m_ == 1 ? rows1   \
-                                            : rows2, bx, units, xf, inv, n, m_ == 0 ? y0 : m_ == 1 ? y1 : y2,     \
+        packed_mma_kernel<P, MT, NT, D, XR>(w_, rows_, bx, units, xf, inv, n, m_ == 0 ? y0 : m_ == 1 ? y1 : y2, \
                                             slices, m_ == 0 ? part0 : m_ == 1 ? part1 : part2, counters,          \
                                             cluster);                                                             \
     }
