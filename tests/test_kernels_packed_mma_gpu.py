@@ -118,7 +118,7 @@ def test_packed_mma_case(case):
         want = _host(dq_mma_matvec(w_dev, t, cols, x_dev, tile=DQ_SMEM_TILE, slices=slices))
         bound = ACC_BOUND_ULPS * 2.0**-24 * (cols // 16 + slices) * (np.abs(xs) @ np.abs(w16).T)
         # a split adds its slices through a cluster's shared memory (up to CLUSTER_MAX) or the counted split
-        for tile, sums in [(tile, sums) for tile in TILES for sums in (SUMS if slices > 1 else SUMS[:1])]:
+        for tile, sums in [(tile, sums) for tile in TILES for sums in (SUMS if slices > 1 else ("counters",))]:
             out = GuardedOutput(cp, (n, rows), np.float32)
             out.view[...] = np.nan
             packed_mma_matvec(packed, x_dev, out=out.view, tile=tile, slices=slices, sums=sums)
@@ -242,11 +242,11 @@ def test_launcher_matches_the_compiled_entries():
 
 
 def test_sums_switch(monkeypatch):
-    """GEMMA_ORACLE_PACKED_SUMS: cluster (the default) or counters; anything else names the variable."""
+    """GEMMA_ORACLE_PACKED_SUMS: counters (the default) or cluster; anything else names the variable."""
     monkeypatch.delenv(ENV_SUMS, raising=False)
-    assert sums_from_env() == "cluster"
-    monkeypatch.setenv(ENV_SUMS, "counters")
     assert sums_from_env() == "counters"
+    monkeypatch.setenv(ENV_SUMS, "cluster")
+    assert sums_from_env() == "cluster"
     monkeypatch.setenv(ENV_SUMS, "dsmem")
     with pytest.raises(ValueError, match="GEMMA_ORACLE_PACKED_SUMS='dsmem': expected one of"):
         sums_from_env()

@@ -84,17 +84,18 @@ TILE_RULES: tuple[tuple[int, float, str], ...] = (
     (1, 0.0, "m1_n1_d4_x"))
 MAX_N = 65535 * 8
 
-# How a split launch adds its K slices: "cluster" (sm_90): the slice blocks of an output tile are one thread block
+# How a split launch adds its K slices: "counters" (the default): mmq.cu's counted split (the partials in global
+# memory, the last block adds them); "cluster" (sm_90): the slice blocks of an output tile are one thread block
 # cluster and add up through distributed shared memory (packed_mma.cu pk_cluster_sums), at most CLUSTER_MAX slices
-# (the portable cluster size); "counters": mmq.cu's counted split (the partials in global memory, the last block
-# adds them). The same bits either way (one chain, slice order); a speed choice.
+# (the portable cluster size). The same bits either way (one chain, slice order); a speed choice, opt-in until a
+# device A/B has measured it (reports/history/2026-12-07-s19.md: no GPU came in that session).
 ENV_SUMS = "GEMMA_ORACLE_PACKED_SUMS"
-SUMS = ("cluster", "counters")
+SUMS = ("counters", "cluster")
 CLUSTER_MAX = 8  # PK_CLUSTER_MAX
 
 
 def sums_from_env() -> str:
-    value = os.environ.get(ENV_SUMS, "cluster").strip() or "cluster"
+    value = os.environ.get(ENV_SUMS, "counters").strip() or "counters"
     if value not in SUMS:
         raise ValueError(f"{ENV_SUMS}={value!r}: expected one of {SUMS}")
     return value

@@ -6,11 +6,12 @@ Run it under `compute-sanitizer --tool memcheck` (scripts/gpu-run memcheck): the
 weight matrix is its own cudaMalloc of exactly rows x row_bytes bytes, and a load past the last row's last byte is
 reported as an out-of-bounds global read (the pool's larger blocks would hide it). Rows of 1, 7 and 77 with 81 or 80
 blocks (Q4_0 1458-byte rows, Q8_0 2754, Q6_K 2100: allocations ending 2 mod 4 or 4 mod 16; the one-block types also
-at 80 blocks, where the paired readers take two blocks up to the row's last byte) at K splits of 1, 3 and 16
+at 80 blocks, where the paired readers take two blocks up to the row's last byte) at K splits of 1, 3, 8 and 16
 (slices starting inside a super-block), N = 1, 3 and 17 (the dp4a and mma entries). Every tile's output is also
 compared bitwise with the first tile's: every decode-MMQ tile (dp4a and mma alike), and every dequant-MMA tile of the
-same kind (its shared-memory and direct tiles assign values to mma slots differently), and every packed-MMA tile with
-dequant-MMA's shared-memory tile (the same bits by construction). Exit status 1 on a difference.
+same kind (its shared-memory and direct tiles assign values to mma slots differently), and every packed-MMA tile, with
+both ways of adding K slices (counters; a cluster's shared memory up to 8 slices), with dequant-MMA's shared-memory
+tile (the same bits by construction). Exit status 1 on a difference.
 
     python -m gemma_oracle.harness.perf.mmq_memcheck [--routes packed-MMA ...]   (default: all three)
 """
@@ -35,7 +36,8 @@ def main(argv=None) -> int:
     from gemma_oracle.kernels.dq_mma import TILES as DQ_TILES, dq_mma_matvec
     from gemma_oracle.kernels.f16_rows import f16_rows
     from gemma_oracle.kernels.mmq import MMQ_TYPES, TILES, mmq_matvec
-    from gemma_oracle.kernels.packed_mma import PACKED_TYPES, TILES as PK_TILES, pack_weights, packed_mma_matvec, packed_x
+    from gemma_oracle.kernels.packed_mma import (PACKED_TYPES, SUMS, TILES as PK_TILES, pack_weights,
+                                                 packed_mma_matvec, packed_x)
     from gemma_oracle.kernels.quantize_q8_1 import quantize_q8_1
 
     from gemma_oracle.harness.fixtures.fast_blocks import random_blocks
@@ -58,11 +60,14 @@ def main(argv=None) -> int:
                         ("decode-MMQ", TILES, lambda tile: mmq_matvec(w, type_name, cols, xq, tile=tile, slices=slices)),
                         ("dequant-MMA", DQ_TILES, lambda tile: dq_mma_matvec(w, type_name, cols, x16, tile=tile,
                                                                              slices=slices))]
-                    if packed is not None:  # compared with dequant-MMA's shared-memory tile: the same bits
-                        routes.append(("packed-MMA", {"w4_m1_bn8_kb4_pf0": DQ_TILES["w4_m1_bn8_kb4_pf0"], **PK_TILES},
+                    if packed is not None:  # compared with dequant-MMA's shared-memory tile: the same bits; each
+                        # tile with both K-slice sums (name@sums: counters, and a cluster's shared memory)
+                        pk = {f"{t}@{sums}": PK_TILES[t] for t in PK_TILES for sums in SUMS}
+                        routes.append(("packed-MMA", {"w4_m1_bn8_kb4_pf0": DQ_TILES["w4_m1_bn8_kb4_pf0"], **pk},
                                        lambda tile: (dq_mma_matvec(w, type_name, cols, x16, tile=tile, slices=slices)
                                                      if tile in DQ_TILES else
-                                                     packed_mma_matvec(packed, xf, tile=tile, slices=slices))))
+                                                     packed_mma_matvec(packed, xf, tile=tile.split("@")[0],
+                                                                       slices=slices, sums=tile.split("@")[1]))))
                     for route, tiles, run in routes:
                         if route not in chosen:
                             continue
