@@ -332,3 +332,18 @@ def test_group_validation_names_the_member_that_cannot_share():
     assert split_k_slices(15360, 120) != split_k_slices(4096, 120)
     with pytest.raises(ValueError, match=r"members\[1\]: .* with 16 K slices"):
         plan_packed_group([w("Q4_K", 15360, 3840), w("Q4_K", 4096, 3840)], x3840)
+
+
+def test_prefetch_groups_only_with_pdl(monkeypatch):
+    """GEMMA_ORACLE_PACKED_PREFETCH counts only where kernels are launched with PDL (the prologue is empty else)."""
+    from gemma_oracle.kernels import _compile, launch
+    from gemma_oracle.kernels.packed_mma import prefetch_groups
+
+    monkeypatch.setenv(_compile.PACKED_PREFETCH_ENV, "8")
+    monkeypatch.setattr(launch, "launch_mode", lambda: "pdl")
+    assert prefetch_groups() == 8
+    monkeypatch.setattr(launch, "launch_mode", lambda: "plain")
+    assert prefetch_groups() == 0
+    monkeypatch.setattr(launch, "launch_mode", lambda: "pdl")
+    monkeypatch.delenv(_compile.PACKED_PREFETCH_ENV)
+    assert prefetch_groups() == 0

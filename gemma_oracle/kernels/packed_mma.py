@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gemma_oracle.kernels._compile import load_module
+from gemma_oracle.kernels._compile import load_module, nvrtc_options
 from gemma_oracle.kernels.dequant import UNIT, check_array, check_weight_rows, require_device_arrays
 from gemma_oracle.kernels.mmq import (COUNTER_SLOTS, check_group_counters, group_grid, group_outs, pad_group,
                                       split_k_outputs, split_k_slices)
@@ -119,6 +119,16 @@ def uses_cluster(slices: int, sums: str | None = None) -> bool:
     import cupy
 
     return _device_has_clusters(cupy.cuda.Device().id)
+
+
+def prefetch_groups() -> int:
+    """The groups of each tile's K slice the packed entries ask into L2 before the PDL wait (packed_mma.cu,
+    pk_prefetch_weights_l2): GEMMA_ORACLE_PACKED_PREFETCH when kernels are launched with PDL, else 0."""
+    from gemma_oracle.kernels.launch import launch_mode
+
+    if launch_mode() != "pdl":
+        return 0
+    return max([int(o.split("=")[1]) for o in nvrtc_options(pdl=True) if o.startswith("-DPK_L2_PREFETCH=")] or [0])
 
 
 def cluster_shared_bytes(tile: Tile) -> int:

@@ -172,19 +172,16 @@ def main(argv=None) -> int:
 
     from gemma_oracle.harness.perf.devices import gpu_read_bandwidth_gb_s as read_bandwidth_gb_s
     from gemma_oracle.harness.fixtures.cache import fixture_names, fixture_path
-    from gemma_oracle.kernels._compile import nvrtc_options
     from gemma_oracle.kernels.launch import launch_mode
     from gemma_oracle.kernels.mmq import weight_prefetch_enabled
-    from gemma_oracle.kernels.packed_mma import sums_from_env
+    from gemma_oracle.kernels.packed_mma import prefetch_groups, sums_from_env
 
     device = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
     # 'pdl' or 'plain' (GEMMA_ORACLE_PDL), whether decode-MMQ prefetches its weights (GEMMA_ORACLE_MMQ_PREFETCH) and
     # packed MMA its first groups (GEMMA_ORACLE_PACKED_PREFETCH), how packed MMA adds its K slices
     # (GEMMA_ORACLE_PACKED_SUMS): an A/B's sides say what they ran
-    packed_prefetch = [o.split("=")[1] for o in nvrtc_options(pdl=launch_mode() == "pdl")
-                       if o.startswith("-DPK_L2_PREFETCH=")]
     launch = (launch_mode() + ("" if weight_prefetch_enabled() else " without weight prefetch")
-              + (f", packed prefetch {packed_prefetch[0]} groups" if packed_prefetch and launch_mode() == "pdl" else "")
+              + (f", packed prefetch {prefetch_groups()} groups" if prefetch_groups() else "")
               + f", packed sums {sums_from_env()}")
     bw = read_bandwidth_gb_s()
     out = Path(args.out) if args.out else None
