@@ -3,9 +3,11 @@ before it ends, and that `grid_dependency_enter()` (kernels/cuda/common.cuh) is 
 
 Two kernels: `slow_write` lets its dependents launch, spins for SPIN_NS, then writes `value`; `read_*` copies that
 word. `read_after_enter` starts with grid_dependency_enter() as every kernel of kernels/cuda/ does; `read_racy` does
-not (the control). With PDL the racy reader runs during the spin and sees the old word, which shows the overlap is
-real; the reader that enters through the wait sees the new one, eagerly and replayed from a CUDA graph. With plain
-launches (the default: compiled without GRID_DEPENDENCY, launched by CuPy) both see the new word.
+not (the control). With PDL, replayed from a CUDA graph, the racy reader runs during the spin and sees the old word,
+which shows the overlap is real (eager launches were not seen to overlap); the reader that enters through the wait
+sees the new one, eagerly and in the graph. With plain launches (the default: compiled without GRID_DEPENDENCY,
+launched by CuPy) both see the new word. Cluster launches (Kernel(..., cluster=...)) share shared memory across the
+cluster, plain and with PDL, eagerly and in a graph.
 """
 from __future__ import annotations
 
@@ -107,9 +109,12 @@ def test_pdl_is_used_when_asked_on_this_device(monkeypatch):
     assert launch.launch_mode() == ("pdl" if major >= 9 else "plain")
 
 
-def test_pdl_overlaps_and_the_enter_call_orders(kernels):
+def test_pdl_enter_call_orders_eager_launches(kernels):
+    """Eager PDL launches: the reader that enters through the wait sees the write. Whether the next grid starts
+    early here is the runtime's choice: on an H100 the racy reader saw the written word on a stream of its own, alone
+    in its process (2026-12-07, reports/history/2026-12-07-s19.md) as under 8 xdist workers (s17), so the overlap
+    is asserted where it was seen, in a CUDA graph (test_pdl_in_a_cuda_graph), and here only the ordering."""
     _needs_pdl()
-    assert _write_then_read(kernels, "read_racy", 7) == 0, "the next grid did not start before the first ended"
     assert _write_then_read(kernels, "read_after_enter", 7) == 7
 
 

@@ -87,8 +87,9 @@ MAX_N = 65535 * 8
 # How a split launch adds its K slices: "counters" (the default): mmq.cu's counted split (the partials in global
 # memory, the last block adds them); "cluster" (sm_90): the slice blocks of an output tile are one thread block
 # cluster and add up through distributed shared memory (packed_mma.cu pk_cluster_sums), at most CLUSTER_MAX slices
-# (the portable cluster size). The same bits either way (one chain, slice order); a speed choice, opt-in until a
-# device A/B has measured it (reports/history/2026-12-07-s19.md: no GPU came in that session).
+# (the portable cluster size). The same bits either way (one chain, slice order); a speed choice. On an H100, one
+# matmul at a time, cluster sums were 2-6 % faster at N = 1-2 and 4-25 % at N = 16-32 on 16 of 19 12B shapes and
+# splits (reports/history/2026-12-07-s19.md); opt-in until whole steps and the engine's checks have run with them.
 ENV_SUMS = "GEMMA_ORACLE_PACKED_SUMS"
 SUMS = ("counters", "cluster")
 CLUSTER_MAX = 8  # PK_CLUSTER_MAX
