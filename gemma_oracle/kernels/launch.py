@@ -83,7 +83,8 @@ def pdl_requested() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _device_has_pdl(device_id: int) -> bool:
+def device_is_sm90(device_id: int) -> bool:
+    """Compute capability 9.0 or more: programmatic dependent launch and thread block clusters."""
     import cupy
 
     major = int(cupy.cuda.Device(device_id).compute_capability[:-1] or 0)
@@ -104,7 +105,7 @@ def launch_mode() -> str:
     """'pdl' or 'plain': how kernels compiled now are launched on the current device (the bench records it)."""
     import cupy
 
-    return "pdl" if pdl_requested() and _device_has_pdl(cupy.cuda.Device().id) else "plain"
+    return "pdl" if pdl_requested() and device_is_sm90(cupy.cuda.Device().id) else "plain"
 
 
 class Kernel:

@@ -102,13 +102,6 @@ def sums_from_env() -> str:
     return value
 
 
-@functools.lru_cache(maxsize=None)
-def _device_has_clusters(device_id: int) -> bool:
-    import cupy
-
-    return int(cupy.cuda.Device(device_id).compute_capability[:-1] or 0) >= 9
-
-
 def uses_cluster(slices: int, sums: str | None = None) -> bool:
     """Whether a launch of `slices` K slices adds them in a cluster (ENV_SUMS, or `sums`; the device must have
     clusters: compute capability 9.0 or more)."""
@@ -119,7 +112,9 @@ def uses_cluster(slices: int, sums: str | None = None) -> bool:
         return False
     import cupy
 
-    return _device_has_clusters(cupy.cuda.Device().id)
+    from gemma_oracle.kernels.launch import device_is_sm90
+
+    return device_is_sm90(cupy.cuda.Device().id)
 
 
 def prefetch_groups() -> int:
