@@ -223,20 +223,22 @@ def test_packed_groups_share_a_launch_only_when_they_can(shapes, want):
 
 
 def test_packed_groups_follow_the_capped_split_where_numbers_may_vary():
-    """In auto mode the K split is capped further from SLICE_CAP_MIN_N tokens (kernels.packed_mma.packed_slices), so
+    """In auto mode the K split is capped further from SLICE_CAP_MIN_N tokens (kernels.packed_mma.packed_split), so
     an 8-slice and a 4-slice matrix of one type and K share a launch there and only there; a pinned decode step
     (auto@K) takes the split of K rows whatever its own count, and prefill in it its own rows'."""
     shapes = {"o": ("Q4_K", 4096, 3840), "p": ("Q4_K", 12288, 3840)}  # 8 (16 capped) and 4 K slices; neither tall
     fast, invariant = _Weights(shapes, route_mode="auto"), _Weights(shapes, route_mode="batch-invariant")
     assert fast._launch_groups(list(shapes), lambda name: fast._packed_key(name, 1)) == [["o"], ["p"]]
     assert fast._launch_groups(list(shapes), lambda name: fast._packed_key(name, 32)) == [["o", "p"]]
-    assert fast._packed_key("o", 32)[2] == 4 and fast._packed_key("o", 15)[2] == 8
+    assert fast._packed_key("o", 32)[2] == (4, 4) and fast._packed_key("o", 15)[2] == (8, 8)
+    # batch-invariant: the shape's 8 chunks at every N, walked by 4 blocks from SLICE_CAP_MIN_N tokens
+    assert invariant._packed_key("o", 32)[2] == (8, 4) and invariant._packed_key("o", 15)[2] == (8, 8)
     for n in (1, 15, 32):
         assert invariant._launch_groups(list(shapes), lambda name: invariant._packed_key(name, n)) == [["o"], ["p"]]
     pinned = _Weights(shapes, route_mode="auto@32")
-    assert pinned._packed_key("o", 1)[2] == 4  # a single-user step on the 32-row split
+    assert pinned._packed_key("o", 1)[2] == (4, 4)  # a single-user step on the 32-row split
     pinned._decoding = False
-    assert pinned._packed_key("o", 1)[2] == 8  # prefill keeps its own
+    assert pinned._packed_key("o", 1)[2] == (8, 8)  # prefill keeps its own
 
 
 def test_profiled_pass_launches_each_matrix_alone():

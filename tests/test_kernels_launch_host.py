@@ -7,7 +7,8 @@
   the structs of the installed cuda.h (skipped, with the reason, where no cuda.h or C compiler is found).
 * pack_args passes each argument as CuPy does (device array -> pointer, NumPy scalar -> its own bytes, Python int ->
   int64, float -> float64) and names the kernel and position of one it cannot pass.
-* GEMMA_ORACLE_PDL and GEMMA_ORACLE_MMQ_PREFETCH take 0 or 1 and nothing else, and are off when unset.
+* GEMMA_ORACLE_PDL and GEMMA_ORACLE_MMQ_PREFETCH take 0 or 1 and nothing else; PDL is on when unset, decode-MMQ's
+  prefetch off; GEMMA_ORACLE_PACKED_PREFETCH is a count of groups, PACKED_PREFETCH_DEFAULT (8) when unset.
 """
 from __future__ import annotations
 
@@ -130,13 +131,16 @@ def test_pack_args_names_the_kernel_and_position_of_what_it_cannot_pass(bad):
         launch.pack_args("attn_merge_d256", (np.int32(1), bad))
 
 
-def test_opt_in_compile_switches(monkeypatch):
+def test_compile_switches(monkeypatch):
     from gemma_oracle.kernels import _compile
     from gemma_oracle.kernels.mmq import weight_prefetch_enabled
 
-    monkeypatch.delenv(_compile.PREFETCH_ENV, raising=False)  # opt-in: unset compiles the plain kernels
-    monkeypatch.delenv(_compile.PACKED_PREFETCH_ENV, raising=False)
-    assert _compile.nvrtc_options() == _compile.NVRTC_OPTIONS and not weight_prefetch_enabled()
+    monkeypatch.delenv(_compile.PREFETCH_ENV, raising=False)  # decode-MMQ's prefetch is opt-in
+    monkeypatch.delenv(_compile.PACKED_PREFETCH_ENV, raising=False)  # packed MMA's: 8 groups unless set
+    assert _compile.PACKED_PREFETCH_DEFAULT == 8
+    assert _compile.nvrtc_options() == _compile.NVRTC_OPTIONS + ("-DPK_L2_PREFETCH=8",) and not weight_prefetch_enabled()
+    assert _compile.nvrtc_options(pdl=True) == _compile.NVRTC_OPTIONS + ("-DGRID_DEPENDENCY=1", "-DPK_L2_PREFETCH=8")
+    monkeypatch.setenv(_compile.PACKED_PREFETCH_ENV, "0")
     assert _compile.nvrtc_options(pdl=True) == _compile.NVRTC_OPTIONS + ("-DGRID_DEPENDENCY=1",)
     monkeypatch.setenv(_compile.PREFETCH_ENV, "1")
     assert _compile.nvrtc_options() == _compile.NVRTC_OPTIONS + ("-DMMQ_L2_PREFETCH=1",)
@@ -157,8 +161,10 @@ def test_opt_in_compile_switches(monkeypatch):
 
 
 def test_pdl_switch(monkeypatch):
-    monkeypatch.delenv(launch.ENV, raising=False)  # opt-in: off when unset
-    assert launch.pdl_requested() is False
+    monkeypatch.delenv(launch.ENV, raising=False)  # the default: on when unset
+    assert launch.pdl_requested() is True
+    monkeypatch.setenv(launch.ENV, "")
+    assert launch.pdl_requested() is True
     monkeypatch.setenv(launch.ENV, "0")
     assert launch.pdl_requested() is False
     monkeypatch.setenv(launch.ENV, "1")

@@ -11,7 +11,8 @@ GPU (marked `gpu`):
   * batch invariance, bitwise: a needle token at a random slot of N-token launches equals the N = 1 launch, on every
     tile; a repeated launch gives the same bits;
   * a grouped launch gives each member its own launch's bits; the producers that write packed_x of their output
-    in their own launch (the fused norm, gelu * up) write packed_x's bits.
+    in their own launch (the fused norm, gelu * up) write packed_x's bits; so do both kernels of gelu * up (one block
+    a row; a thread block cluster a row) at K = 64 .. 15360, N = 1 .. 17, on rows of every exponent case.
 CPU (no mark): host-side validation and the launcher / .cu agreement.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ from gemma_oracle.kernels._compile import source_path
 from gemma_oracle.kernels.mmq import GROUP_MAX, split_k_slices
 from gemma_oracle.kernels.packed_mma import (CLUSTER_MAX, ENV_SUMS, ENV_TILES, PACKED_TYPES, SHAPE_SLICE_CAP,
                                              SLICE_CAP, SLICE_CAP_MIN_N, SUMS, TILE_RULES, TILES, PackedMatrix,
-                                             choose_tile, cluster_shared_bytes, packed_slices, plan_pack,
+                                             choose_tile, cluster_shared_bytes, packed_split, plan_pack,
                                              plan_packed_group, plan_packed_mma, plan_packed_x, sums_from_env,
                                              uses_cluster)
 from gemma_oracle.kernels.reference import packed as ref
@@ -133,6 +134,44 @@ def test_packed_mma_case(case):
             assert not diff, f"{what}: differs from dequant-MMA {DQ_SMEM_TILE}: {diff}"
 
 
+# (rows, cols, chunks): the 12B's 4096 x 3840 and 3840 x 15360 splits (8 chunks), 6 chunks of a 130-row matrix, and
+# chunk bounds inside a 64-value group (15 blocks a chunk of 120)
+CHUNK_CASES = ((4096, 3840, 8), (3840, 15360, 8), (130, 2560, 6), (64, 3840, 8))
+
+
+@gpu
+@pytest.mark.parametrize("t", PACKED_TYPES)
+@pytest.mark.parametrize("rows,cols,chunks", CHUNK_CASES)
+def test_packed_mma_chunks_walked_by_fewer_blocks_keep_the_bits(t, rows, cols, chunks):
+    """K in `chunks` chunks walked by `slices` blocks (chunks / slices each: packed_split's batch-invariant walk from
+    SLICE_CAP_MIN_N tokens) is bitwise one block a chunk, for every divisor of chunks, both sums, at N = 1, 16, 33, on
+    a grouped launch too; the plan refuses a slice count that does not divide the chunks."""
+    from gemma_oracle.kernels.packed_mma import pack_weights, packed_mma_group, packed_mma_matvec, packed_x
+
+    raw = quantized_weights(t, rows, cols)
+    packed = pack_weights(cp.asarray(raw), t, cols)
+    other = pack_weights(cp.asarray(quantized_weights(t, 77, cols)), t, cols)
+    for n in (1, 16, 33):
+        xf = packed_x(cp.asarray(activations(n, cols, "packed_mma_chunks", t, rows)))
+        want = _host(packed_mma_matvec(packed, xf, slices=chunks, sums="counters"))
+        want_other = _host(packed_mma_matvec(other, xf, slices=chunks, sums="counters"))
+        for slices in [d for d in range(1, chunks + 1) if chunks % d == 0]:
+            for sums in SUMS:
+                what = f"N={n} {chunks} chunks on {slices} slices ({sums})"
+                out = GuardedOutput(cp, (n, rows), np.float32)
+                out.view[...] = np.nan
+                packed_mma_matvec(packed, xf, out=out.view, slices=slices, chunks=chunks, sums=sums)
+                before, after = out.guards_intact()
+                assert before and after, f"{what}: guard overwritten ({before}, {after})"
+                diff = first_bit_difference(_host(out.view), want)
+                assert not diff, f"{what}: differs from one block a chunk: {diff}"
+                ys = packed_mma_group([packed, other], xf, slices=slices, chunks=chunks, sums=sums)
+                assert not first_bit_difference(_host(ys[0]), want), f"{what}: grouped member 0 differs"
+                assert not first_bit_difference(_host(ys[1]), want_other), f"{what}: grouped member 1 differs"
+    with pytest.raises(ValueError, match="cannot walk"):
+        plan_packed_mma(packed, np.zeros((1, cols), np.float32), slices=3, chunks=8)
+
+
 @gpu
 @pytest.mark.parametrize("t", PACKED_TYPES)
 def test_packed_mma_batch_invariant(t):
@@ -188,6 +227,104 @@ def test_producers_write_packed_x_of_their_output(n, d):
     assert not first_bit_difference(_host(inv), _host(want_inv)), "gelu: inv differs from packed_x(y)"
 
 
+# gelu_tanh_mul(packed=True)'s two kernels (kernels/packed_out.py): 1 to 240 groups of 64 (clusters of 1, 2, 3 and 8
+# blocks, 8 with 30 groups each at the 12B ffn's 15360), token tiles with and without padding tokens
+GELU_PACKED_KS = (64, 128, 192, 640, 3840, 15360)
+GELU_PACKED_ROWS = (1, 3, 9, 17)
+GELU_ROW_KINDS = 6
+
+
+def _gelu_packed_inputs(n: int, k: int, shift: int) -> tuple[np.ndarray, np.ndarray]:
+    """gate, up [n, k] whose row r gives y the exponent case (r + shift) % 6: 0, normal values with the row's max
+    planted in its last group (the last cluster block's); 1, all zero (signed zeros); 2, a max near float32's largest
+    (e = -113); 3, a max below 2^-112 (e clamped at 126; most values subnormal); 4, only subnormals (e = 0); 5, inf and
+    NaN among large values (fmaxf drops the NaN; inf sets e)."""
+    rng = np.random.default_rng(k * 1000 + n * 10 + shift)
+    gate = (rng.standard_normal((n, k)) * 3).astype(np.float32)
+    up = rng.standard_normal((n, k)).astype(np.float32)
+    for r in range(n):
+        kind = (r + shift) % GELU_ROW_KINDS
+        if kind == 0:
+            i = k - 1 - int(rng.integers(64))
+            gate[r, i], up[r, i] = 40.0, -100.0
+        elif kind == 1:
+            up[r] = 0.0
+        elif kind == 2:  # gelu(x) = x for such x: |y| < 2e18 * 8e19
+            gate[r] = rng.uniform(1e18, 2e18, k).astype(np.float32)
+            up[r] = rng.uniform(-8e19, 8e19, k).astype(np.float32)
+        elif kind == 3:
+            gate[r] *= np.float32(1e-17)
+            up[r] *= np.float32(1e-19)
+        elif kind == 4:
+            gate[r] *= np.float32(1e-20)
+            up[r] *= np.float32(1e-20)
+        else:
+            up[r] *= np.float32(1e30)
+            i, j = rng.choice(k, 2, replace=False)
+            gate[r, i], gate[r, j] = np.inf, np.nan
+    return gate, up
+
+
+@gpu
+@pytest.mark.parametrize("n", GELU_PACKED_ROWS)
+@pytest.mark.parametrize("k", GELU_PACKED_KS)
+def test_gelu_tanh_mul_packed_kernels_write_packed_x_of_gelu_tanh_mul(k, n, monkeypatch):
+    """Both kernels of gelu_tanh_mul(packed=True), and the launcher's own choice (cluster=None), write y bitwise
+    gelu_tanh_mul(gate, up) and (xf, inv) bitwise packed_x(y) (the words of tokens < N, and inv): into poisoned
+    buffers (a word, inv or y left unwritten fails), and in place over gate; on rows of every exponent case."""
+    from gemma_oracle.kernels import packed_mma
+    from gemma_oracle.kernels.ffn_act import gelu_tanh_mul
+    from gemma_oracle.kernels.launch import device_is_sm90
+
+    fresh = packed_mma.packed_x_buffers
+
+    def poisoned(rows: int, cols: int):
+        xf, inv = fresh(rows, cols)
+        xf.fill(0xFFFFFFFF)  # fp16 NaN 0xFFFF twice: no word of a finite or canonical-NaN value
+        inv.fill(np.nan)
+        return xf, inv
+
+    monkeypatch.setattr(packed_mma, "packed_x_buffers", poisoned)  # the launcher's and packed_x's buffers
+    kernels = (None, False) + ((True,) if device_is_sm90(cp.cuda.Device().id) else ())
+    live = ref.x_written(n, k)
+    for shift in range(GELU_ROW_KINDS) if n < GELU_ROW_KINDS else (0,):
+        gate_h, up_h = _gelu_packed_inputs(n, k, shift)
+        gate, up = cp.asarray(gate_h), cp.asarray(up_h)
+        want_y = _host(gelu_tanh_mul(gate, up))
+        want_xf, want_inv = (_host(a) for a in packed_mma.packed_x(cp.asarray(want_y)))
+        for cluster in kernels:
+            out = cp.full((n, k), np.nan, dtype=cp.float32)
+            in_place = gate.copy()
+            runs = (("into out", out, gelu_tanh_mul(gate, up, out=out, packed=True, cluster=cluster)),
+                    ("in place over gate", in_place, gelu_tanh_mul(in_place, up, out=in_place, packed=True,
+                                                                   cluster=cluster)))
+            for how, buf, (y, (xf, inv)) in runs:
+                what = f"K={k} N={n} row kinds from {shift}, cluster={cluster}, {how}"
+                assert y is buf, what
+                diff = first_bit_difference(_host(y), want_y)
+                assert not diff, f"{what}: y differs from gelu_tanh_mul: {diff}"
+                diff = first_bit_difference(_host(xf)[live], want_xf[live])
+                assert not diff, f"{what}: records differ from packed_x(y): {diff}"
+                diff = first_bit_difference(_host(inv), want_inv)
+                assert not diff, f"{what}: inv differs from packed_x(y): {diff}"
+
+
+@gpu
+def test_gelu_tanh_mul_cluster_argument():
+    """`cluster` belongs to packed=True and is None, False or True; True needs a device with clusters."""
+    from gemma_oracle.kernels.ffn_act import gelu_tanh_mul
+    from gemma_oracle.kernels.launch import device_is_sm90
+
+    gate, up = (cp.ones((2, 128), dtype=cp.float32) for _ in range(2))
+    with pytest.raises(ValueError, match="cluster: given with packed=False"):
+        gelu_tanh_mul(gate, up, cluster=False)
+    with pytest.raises(ValueError, match="cluster: expected None"):
+        gelu_tanh_mul(gate, up, packed=True, cluster="yes")
+    if not device_is_sm90(cp.cuda.Device().id):
+        with pytest.raises(ValueError, match="cluster: True needs thread block clusters"):
+            gelu_tanh_mul(gate, up, packed=True, cluster=True)
+
+
 GROUP_ROWS = (130, 77, 2096)  # one K split at 1024 columns (asserted), tiles of 64 and 128 rows with tails
 
 
@@ -230,20 +367,25 @@ def test_launcher_matches_the_compiled_entries():
     for n in (1, 8, 9, 16, 17, 32, 64):
         assert choose_tile(n).name in TILES
     assert re.search(r"#define PK_GROUP_MAX (\d+)", src).group(1) == str(GROUP_MAX)
-    # the entry's parameters: GROUP_MAX weights, rows, outputs and partial sums each, and the cluster switch last
+    # the entry's parameters: GROUP_MAX weights, rows, outputs and partial sums each, then the cluster switch and
+    # the K chunks last (the launcher's order)
     params = re.search(r"#define PK_PARAMS (.*?)\n#define", src, flags=re.S).group(1)
     for name in ("w", "rows", "y", "part"):
         assert re.findall(rf"\b{name}(\d)\b", params) == [str(i) for i in range(GROUP_MAX)], name
-    assert re.search(r"int \*counters, int cluster\s*$", params.split("\n//")[0])
+    assert re.search(r"int \*counters, int cluster, int chunks\s*$", params.split("\n//")[0])
     assert re.search(r"#define PK_CLUSTER_MAX (\d+)", src).group(1) == str(CLUSTER_MAX)
-    # pk_cluster_sums's shared memory: [MT * NT * 4][THREADS] floats
-    assert "pk_part[((m * NT + h) * 4 + e) * THREADS + tid]" in src
+    # pk_cluster_store's shared memory: [chunk slot][MT * NT * 4][THREADS] floats
+    assert "float* part = pk_part + (size_t)slot * E * THREADS + threadIdx.x;" in src
+    assert "part[((m * NT + h) * 4 + e) * THREADS]" in src
     assert cluster_shared_bytes(TILES["m2_n4_d2"]) == 2 * 4 * 4 * 128 * 4
+    assert cluster_shared_bytes(TILES["m1_n2_d3_x"], 2) == 2 * 1 * 2 * 4 * 128 * 4
 
 
 def test_sums_switch(monkeypatch):
-    """GEMMA_ORACLE_PACKED_SUMS: counters (the default) or cluster; anything else names the variable."""
+    """GEMMA_ORACLE_PACKED_SUMS: cluster (the default) or counters; anything else names the variable."""
     monkeypatch.delenv(ENV_SUMS, raising=False)
+    assert sums_from_env() == "cluster"
+    monkeypatch.setenv(ENV_SUMS, "counters")
     assert sums_from_env() == "counters"
     monkeypatch.setenv(ENV_SUMS, "cluster")
     assert sums_from_env() == "cluster"
@@ -274,16 +416,21 @@ def test_tile_rules_from_the_environment(monkeypatch):
     assert choose_tile(32) == TILES[dict(((n, a), t) for n, a, t in TILE_RULES)[(top, 0.0)]]
 
 
-def test_packed_slices_cap_only_where_numbers_may_vary_with_n():
-    """A batch-invariant caller keeps one K split at every N (the shape's, capped at SHAPE_SLICE_CAP); a varying one
-    caps it further at SLICE_CAP from SLICE_CAP_MIN_N tokens, and never raises a split (a 4-slice shape stays 4)."""
-    for rows, units in ((3840, 480), (3840, 128), (15360, 120), (262144, 120), (512, 120)):
+def test_packed_split_caps_chunks_only_where_numbers_may_vary_with_n():
+    """A batch-invariant caller keeps one K chunking at every N (the shape's split, capped at SHAPE_SLICE_CAP) and
+    from SLICE_CAP_MIN_N tokens walks it with at most SLICE_CAP blocks, each taking whole chunks; a varying caller
+    caps the chunks themselves there, and never raises a split (a 4-slice shape stays 4)."""
+    for rows, units in ((3840, 480), (3840, 128), (15360, 120), (262144, 120), (512, 120), (2048, 120)):
         own = min(split_k_slices(rows, units), SHAPE_SLICE_CAP)
         for n in (1, 8, 15, 16, 32, 128):
-            assert packed_slices(rows, units, n, vary_with_n=False) == own
-            capped = packed_slices(rows, units, n, vary_with_n=True)
-            assert capped == (min(own, SLICE_CAP) if n >= SLICE_CAP_MIN_N else own) and capped <= own
+            chunks, slices = packed_split(rows, units, n, vary_with_n=False)
+            assert chunks == own and chunks % slices == 0
+            assert slices == (own if n < SLICE_CAP_MIN_N else max(d for d in range(1, SLICE_CAP + 1) if own % d == 0))
+            capped = packed_split(rows, units, n, vary_with_n=True)
+            assert capped == ((min(own, SLICE_CAP),) * 2 if n >= SLICE_CAP_MIN_N else (own, own))
     assert split_k_slices(3840, 480) > SHAPE_SLICE_CAP > SLICE_CAP  # the 12B's 3840 x 15360: both caps change it
+    assert packed_split(3840, 480, 32, vary_with_n=False) == (8, 4)  # 2 chunks a block
+    assert packed_split(3840, 480, 32, vary_with_n=True) == (4, 4)
 
 
 def test_host_validation_names_what_is_wrong():
@@ -345,5 +492,7 @@ def test_prefetch_groups_only_with_pdl(monkeypatch):
     monkeypatch.setattr(launch, "launch_mode", lambda: "plain")
     assert prefetch_groups() == 0
     monkeypatch.setattr(launch, "launch_mode", lambda: "pdl")
-    monkeypatch.delenv(_compile.PACKED_PREFETCH_ENV)
+    monkeypatch.setenv(_compile.PACKED_PREFETCH_ENV, "0")
     assert prefetch_groups() == 0
+    monkeypatch.delenv(_compile.PACKED_PREFETCH_ENV)  # the default
+    assert prefetch_groups() == _compile.PACKED_PREFETCH_DEFAULT == 8

@@ -365,10 +365,11 @@ class CupyEngine:
                 out.update(zip(group, mmq_matvec_group(members, xq)))
         for group in self._launch_groups([n for n in names if routes[n] == routing.PACKED_MMA],
                                          lambda name: self._packed_key(name, rows)):
-            slices = self._packed_key(group[0], rows)[2]  # the group's shared K split
+            chunks, slices = self._packed_key(group[0], rows)[2]  # the group's shared K split
             with self._span(group[0]):  # packed_x made here is counted in the first packed matmul's span
                 xf = packed_x(x) if xf is None else xf
-                out.update(zip(group, packed_mma_group([self.w[n].packed for n in group], xf, slices=slices)))
+                out.update(zip(group, packed_mma_group([self.w[n].packed for n in group], xf, slices=slices,
+                                                       chunks=chunks)))
         x16 = None  # the dequant-MMA matrices' fp16 rows, likewise
         for name in names:
             if routes[name] in (routing.PACKED_MMA, routing.DECODE_MMQ):
@@ -410,16 +411,17 @@ class CupyEngine:
                 split_k_slices(m.rows, m.n_cols // 32))
 
     def _packed_key(self, name: str, rows: int) -> tuple:
-        """What packed matrices must share to share a launch at `rows` tokens: type, columns, K split, tile. The K
-        split (kernels.packed_mma.packed_slices) is the shape's alone, or in a mode whose numbers may vary with N
-        (auto) also N's: a pinned decode step (auto@K) takes the split of K rows, as an auto step of K rows does."""
-        from gemma_oracle.kernels.packed_mma import choose_tile, packed_slices
+        """What packed matrices must share to share a launch at `rows` tokens: type, columns, K split (chunks,
+        slices), tile. The K chunks (kernels.packed_mma.packed_split) are the shape's alone, or in a mode whose
+        numbers may vary with N (auto) also N's: a pinned decode step (auto@K) takes the split of K rows, as an auto
+        step of K rows does. The slices that walk them follow N in every mode (the same bits)."""
+        from gemma_oracle.kernels.packed_mma import choose_tile, packed_split
 
         m = self.w[name]
         base, pin = routing.split_mode(self.route_mode)
         policy_n = pin if pin is not None and self._decoding else rows
-        return (m.type_name, m.n_cols, packed_slices(m.rows, m.n_cols // 32, policy_n,
-                                                     routing.routes_vary_with_n(base)),
+        return (m.type_name, m.n_cols, packed_split(m.rows, m.n_cols // 32, policy_n,
+                                                    routing.routes_vary_with_n(base)),
                 choose_tile(rows, m.rows, m.n_cols).name)
 
     def _matvec(self, name: str, x, xq=None):

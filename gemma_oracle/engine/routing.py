@@ -96,7 +96,7 @@ ROUTE_TABLE: tuple[Route, ...] = (
 )
 
 # batch-invariant mode: the route of a matrix may depend on its shape only, so one choice serves every N. Packed MMA
-# first, at every N (its order is fixed by the shape and its K split, kernels/packed_mma.py packed_slices). With the
+# first, at every N (its order is fixed by the shape and its K split, kernels/packed_mma.py packed_split). With the
 # split-K tile decode-MMQ is the faster route from N = 1 on every >= 2048-row matrix (route tuning above), so the
 # seed's shape rule is also the fast choice there: decode-MMQ on rows >= 2048, else WS / GEMM-N (the 512-row global
 # attn_k: 1.1..1.4x slower on the tile up to N = 2, faster from 3).

@@ -22,26 +22,28 @@ NVRTC_OPTIONS = COMMON_OPTIONS + tuple("-" + o for o in IEEE_OPTIONS) + (f"--gpu
 # which hold everything the default build holds and more.
 NVCC_OPTIONS = COMMON_OPTIONS + IEEE_OPTIONS + (f"-arch={ARCH}", "-Xptxas", "-v", "--cubin", "-DGRID_DEPENDENCY=1",
                                                 "-DMMQ_L2_PREFETCH=1", "-DPK_L2_PREFETCH=8")
-# Opt-in switches, until a device A/B has measured them (reports/history/2026-12-07-s14.md):
-# programmatic dependent launch (kernels/launch.py, GEMMA_ORACLE_PDL=1) compiles every kernel with GRID_DEPENDENCY=1
-# (the wait in common.cuh's grid_dependency_enter); GEMMA_ORACLE_MMQ_PREFETCH=1 compiles in decode-MMQ's L2 prefetch
-# of its weights before that wait (mmq.cu, MMQ_L2_PREFETCH). Unset or 0: the kernels are the plain ones.
+# Switches: programmatic dependent launch (kernels/launch.py, GEMMA_ORACLE_PDL: on unless 0) compiles every kernel
+# with GRID_DEPENDENCY=1 (the wait in common.cuh's grid_dependency_enter); GEMMA_ORACLE_MMQ_PREFETCH=1 (opt-in) compiles in decode-MMQ's L2 prefetch of its weights before that
+# wait (mmq.cu, MMQ_L2_PREFETCH).
 PREFETCH_ENV = "GEMMA_ORACLE_MMQ_PREFETCH"
-# GEMMA_ORACLE_PACKED_PREFETCH=G (G groups of 64 values; 0 or unset: none) compiles in packed MMA's L2 prefetch of the
-# first G groups of each m16 tile's K slice before that wait (packed_mma.cu, PK_L2_PREFETCH; only with PDL).
+# GEMMA_ORACLE_PACKED_PREFETCH=G (G groups of 64 values; 0: none; unset: PACKED_PREFETCH_DEFAULT) compiles in packed
+# MMA's L2 prefetch of the first G groups of each m16 tile's K slice before that wait (packed_mma.cu, PK_L2_PREFETCH;
+# only with PDL). Whole 12B step on an H100, PDL and cluster sums on both sides (reports/history/2026-12-07-s20.md):
+# 8 groups were 1.02-1.05x none at N = 1, 2, 16, 32 (auto and batch-invariant); 4 groups 0.96-1.01x 8, 16 groups 0.96x.
 PACKED_PREFETCH_ENV = "GEMMA_ORACLE_PACKED_PREFETCH"
+PACKED_PREFETCH_DEFAULT = 8
 
 
 def nvrtc_options(pdl: bool = False) -> tuple[str, ...]:
     """NVRTC_OPTIONS with the opt-in defines: GRID_DEPENDENCY=1 when `pdl` (kernels/launch.py decides it from
     GEMMA_ORACLE_PDL and the device), MMQ_L2_PREFETCH=1 when GEMMA_ORACLE_MMQ_PREFETCH=1, PK_L2_PREFETCH=G when
-    GEMMA_ORACLE_PACKED_PREFETCH=G > 0."""
+    GEMMA_ORACLE_PACKED_PREFETCH=G > 0 (unset: PACKED_PREFETCH_DEFAULT)."""
     import os
 
     value = os.environ.get(PREFETCH_ENV, "0").strip()
     if value not in ("0", "1"):
         raise ValueError(f"{PREFETCH_ENV}={value!r}: expected 0 (no weight prefetch) or 1")
-    groups = os.environ.get(PACKED_PREFETCH_ENV, "0").strip() or "0"
+    groups = os.environ.get(PACKED_PREFETCH_ENV, str(PACKED_PREFETCH_DEFAULT)).strip() or str(PACKED_PREFETCH_DEFAULT)
     if not groups.isdigit() or int(groups) > 1024:
         raise ValueError(f"{PACKED_PREFETCH_ENV}={groups!r}: expected a count of 64-value groups, 0 (none) to 1024")
     return (NVRTC_OPTIONS + (("-DGRID_DEPENDENCY=1",) if pdl else ())

@@ -2,7 +2,8 @@
 
 CuPy float32 C-contiguous inputs. `out=` may be an input itself (in place, element-wise ops only) or a separate
 C-contiguous array of the right shape and dtype. `gelu_tanh_mul(..., quantize=True)` also writes the result's Q8_1
-blocks in the same launch (the input of a decode-MMQ ffn_down / PLE proj; kernels/q8_1_out.py plans it).
+blocks in the same launch (the input of a decode-MMQ ffn_down / PLE proj; kernels/q8_1_out.py plans it), and
+`packed=True` its packed-MMA records (the input of a packed-MMA ffn_down; kernels/packed_out.py plans it).
 """
 from __future__ import annotations
 
@@ -51,17 +52,21 @@ def argmax_geometry(rows: int) -> tuple[tuple[int], tuple[int]]:
 
 
 def gelu_tanh_mul(gate: cp.ndarray, up: cp.ndarray, out: cp.ndarray | None = None, *, quantize: bool = False,
-                  out_q: cp.ndarray | None = None, packed: bool = False):
+                  out_q: cp.ndarray | None = None, packed: bool = False, cluster: bool | None = None):
     """gelu_tanh(gate) * up, element-wise; gate and up of one shape (e.g. [R, F]), float32.
 
     quantize=True returns (y, yq): the same y, and yq = quantize_q8_1(y) bit for bit (uint8 [R, F / 32 * 36], or
     `out_q`), made by the same launch; then gate and up must be [R, F] with F % 32 == 0 (ValueError otherwise).
     packed=True returns (y, (xf, inv)): y's packed-MMA records (kernels/packed_mma.py packed_x(y), bit for bit) from
-    the same launch; gate and up [R, F] with R >= 1 and F % 64 == 0."""
+    the same launch; gate and up [R, F] with R >= 1 and F % 64 == 0. `cluster` picks its kernel (kernels/packed_out.py;
+    the same bits): None, a cluster of blocks a row where the device has clusters; False, one block a row; True, the
+    cluster kernel (ValueError on a device without clusters)."""
     if quantize and packed:
         raise ValueError("packed: one of quantize (Q8_1 blocks) and packed (packed-MMA records) per launch")
+    if cluster is not None and not packed:
+        raise ValueError("cluster: given with packed=False (it picks the kernel of the packed-MMA records)")
     if packed:
-        return _gelu_tanh_mul_packed(gate, up, out)
+        return _gelu_tanh_mul_packed(gate, up, out, cluster)
     if quantize:
         return _gelu_tanh_mul_q8_1(gate, up, out, out_q)
     if out_q is not None:
@@ -75,18 +80,27 @@ def gelu_tanh_mul(gate: cp.ndarray, up: cp.ndarray, out: cp.ndarray | None = Non
     return y
 
 
-def _gelu_tanh_mul_packed(gate, up, out):
-    from .packed_mma import GROUP, X_THREADS, packed_x_buffers
+def _gelu_tanh_mul_packed(gate, up, out, cluster: bool | None):
+    from .launch import device_is_sm90
+    from .packed_mma import GROUP, packed_x_buffers
+    from .packed_out import plan_gelu_tanh_mul_packed
 
     _check("gate", gate)
     _check("up", up, shape=gate.shape)
     if gate.ndim != 2 or gate.shape[0] == 0 or gate.shape[1] == 0 or gate.shape[1] % GROUP:
         raise ValueError(f"gate: packed-MMA records need [R, F] with R >= 1 and F a multiple of {GROUP}, got shape "
                          f"{tuple(gate.shape)}")
+    if cluster not in (None, False, True):
+        raise ValueError(f"cluster: expected None (the device decides), False or True, got {cluster!r}")
+    clusters = device_is_sm90(cp.cuda.Device().id)
+    if cluster and not clusters:
+        raise ValueError("cluster: True needs thread block clusters (compute capability 9.0 or more); this device "
+                         "has none")
     y = _out(out, gate.shape, cp.float32, gate, up)
     rows, k = (int(v) for v in gate.shape)
+    plan = plan_gelu_tanh_mul_packed(rows, k, clusters if cluster is None else cluster)
     xf, inv = packed_x_buffers(rows, k)
-    _kernel("gelu_tanh_mul_packed_f32")((rows,), (X_THREADS,), (gate, up, y, xf, inv, cp.int32(k)))
+    _kernel(plan.entry)(plan.grid, plan.block, (gate, up, y, xf, inv, cp.int32(k)), cluster=plan.cluster)
     return y, (xf, inv)
 
 

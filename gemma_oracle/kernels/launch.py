@@ -10,15 +10,15 @@ Stream order is kept exactly: every kernel's first statement is `grid_dependency
 which, compiled with GRID_DEPENDENCY=1 (kernels/_compile.py does so exactly when PDL is asked for), waits for the
 grid before it before reading or writing anything, and only then lets the grid after it launch; compiled without it,
 it is empty and the kernels are the plain ones. A module remembers which it was compiled as (Module.pdl).
-So no kernel overlaps the memory work of another (the one exception, opt-in on its own: decode-MMQ may ask its
-weight bytes into L2 before the wait, which no kernel writes), the results are the same bits as plain launches, and
+So no kernel overlaps the memory work of another (the exceptions read weights, which no kernel writes: packed MMA
+asks its first weight groups into L2 before the wait, GEMMA_ORACLE_PACKED_PREFETCH, and decode-MMQ may, opt-in), the results are the same bits as plain launches, and
 only the launch and block start-up of the next grid overlap the tail of this one. `tests/test_kernels_launch_host.py` checks
 that every `__global__` in kernels/cuda/ starts with that call; a kernel without it, launched here, would race.
 
-`GEMMA_ORACLE_PDL=1` asks for it (on devices of compute capability 9.0 or more); unset or 0, kernels are launched
-through CuPy as before. It is opt-in until a device A/B has measured it (reports/history/2026-12-07-s14.md: no GPU
-came in that session). Launches are captured into CUDA graphs like any other (programmatic edges, CUDA 12.3+
-drivers).
+PDL is the default on devices of compute capability 9.0 or more (`GEMMA_ORACLE_PDL` unset or 1); `GEMMA_ORACLE_PDL=0`
+launches every kernel through CuPy as before. Measured on an H100 (reports/history/2026-12-07-s20.md), the whole 12B
+step at N = 1, 2, 16, 32 on both stand-ins, auto and batch-invariant: PDL with packed MMA's L2 prefetch (8 groups)
+was 1.02-1.07x plain launches (cluster sums on both sides, same call). Launches are captured into CUDA graphs like any other (programmatic edges, CUDA 12.3+ drivers).
 """
 from __future__ import annotations
 
@@ -75,8 +75,8 @@ def pack_args(kernel: str, args) -> list:
 
 
 def pdl_requested() -> bool:
-    """True when GEMMA_ORACLE_PDL is 1; 0 or unset: plain launches (the default until measured)."""
-    value = os.environ.get(ENV, "0").strip()
+    """True when GEMMA_ORACLE_PDL is 1 or unset (the default); 0: plain launches."""
+    value = os.environ.get(ENV, "1").strip() or "1"
     if value not in ("0", "1"):
         raise ValueError(f"{ENV}={value!r}: expected 0 (plain launches) or 1 (programmatic dependent launch)")
     return value == "1"

@@ -298,9 +298,10 @@ def group_outs(members: list, outs, route: str) -> list:
 
 
 def check_group_counters(plans) -> None:
-    """A split group's tiles (every member's row tiles x the token tiles) each need a split-K counter."""
+    """A split group's tiles (every member's row tiles x the token tiles) each need a split-K counter (a packed plan
+    counts when it has several K chunks, even walked by one block)."""
     first = plans[0]
-    if first.slices > 1 and sum(p.grid[0] for p in plans) * first.grid[1] > COUNTER_SLOTS:
+    if max(first.slices, getattr(first, "chunks", 1)) > 1 and sum(p.grid[0] for p in plans) * first.grid[1] > COUNTER_SLOTS:
         raise ValueError(f"members: {sum(p.grid[0] for p in plans) * first.grid[1]} tiles, more than the "
                          f"{COUNTER_SLOTS} split-K counters")
 

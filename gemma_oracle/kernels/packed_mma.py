@@ -74,7 +74,7 @@ TILES = {t.name: t for t in (
     Tile(1, 1, 3, True))}
 # Which tile a launch uses: (min N, min rows / cols, tile), the first rule that matches in (min N, min aspect)
 # descending order. A speed choice only (the same bits). The fastest tile a step, count-weighted over the 12B shapes
-# at each timed N with packed_slices' splits (route tuning on an H100, reports/history/2026-12-07-s18.md, call 1):
+# at each timed N with packed_split's splits (route tuning on an H100, reports/history/2026-12-07-s18.md, call 1):
 # the tall matrices (rows >= TALL cols: the ffn gate / up at 4 slices and the lm head at 1, which have row tiles
 # enough) two m16 tiles a warp up to N = 15, then two and four token tiles; the others (at most 8 slices) one m16 tile
 # a warp, the activation words in the register ring, two token tiles from 32.
@@ -84,31 +84,34 @@ TILE_RULES: tuple[tuple[int, float, str], ...] = (
     (1, 0.0, "m1_n1_d4_x"))
 MAX_N = 65535 * 8
 
-# How a split launch adds its K slices: "counters" (the default): mmq.cu's counted split (the partials in global
-# memory, the last block adds them); "cluster" (sm_90): the slice blocks of an output tile are one thread block
-# cluster and add up through distributed shared memory (packed_mma.cu pk_cluster_sums), at most CLUSTER_MAX slices
-# (the portable cluster size). The same bits either way (one chain, slice order); a speed choice. On an H100, one
-# matmul at a time, cluster sums were 2-6 % faster at N = 1-2 and 4-25 % at N = 16-32 on 16 of 19 12B shapes and
-# splits (reports/history/2026-12-07-s19.md); opt-in until whole steps and the engine's checks have run with them.
+# How a split launch adds its K slices: "cluster" (the default; sm_90, else counters): the slice blocks of an output
+# tile are one thread block cluster and add up through distributed shared memory (packed_mma.cu pk_cluster_sums), at
+# most CLUSTER_MAX slices (the portable cluster size); "counters": mmq.cu's counted split (the partials in global
+# memory, the last block adds them). The same bits either way (one chain, slice order); a speed choice. On an H100,
+# one matmul at a time, cluster sums were 2-6 % faster at N = 1-2 and 4-25 % at N = 16-32 on 16 of 19 12B shapes and
+# splits (reports/history/2026-12-07-s19.md); the whole 12B step 1.01-1.09x counters on both stand-ins at N = 1, 2,
+# 16, 32, auto and batch-invariant (one bi case 0.999x; reports/history/2026-12-07-s20.md).
 ENV_SUMS = "GEMMA_ORACLE_PACKED_SUMS"
 SUMS = ("counters", "cluster")
+DEFAULT_SUMS = "cluster"
 CLUSTER_MAX = 8  # PK_CLUSTER_MAX
 
 
 def sums_from_env() -> str:
-    value = os.environ.get(ENV_SUMS, "counters").strip() or "counters"
+    value = os.environ.get(ENV_SUMS, DEFAULT_SUMS).strip() or DEFAULT_SUMS
     if value not in SUMS:
         raise ValueError(f"{ENV_SUMS}={value!r}: expected one of {SUMS}")
     return value
 
 
-def uses_cluster(slices: int, sums: str | None = None) -> bool:
-    """Whether a launch of `slices` K slices adds them in a cluster (ENV_SUMS, or `sums`; the device must have
-    clusters: compute capability 9.0 or more)."""
+def uses_cluster(slices: int, sums: str | None = None, chunks: int | None = None) -> bool:
+    """Whether a launch of `slices` K slices (over `chunks` K chunks; default one a slice) adds them in a cluster
+    (ENV_SUMS, or `sums`; the device must have clusters: compute capability 9.0 or more)."""
     sums = sums_from_env() if sums is None else sums
     if sums not in SUMS:
         raise ValueError(f"sums: expected one of {SUMS}, got {sums!r}")
-    if not (2 <= slices <= CLUSTER_MAX and sums == "cluster"):
+    chunks = slices if chunks is None else chunks
+    if not (2 <= slices <= CLUSTER_MAX and chunks <= CLUSTER_MAX and sums == "cluster"):
         return False
     import cupy
 
@@ -127,9 +130,13 @@ def prefetch_groups() -> int:
     return max([int(o.split("=")[1]) for o in nvrtc_options(pdl=True) if o.startswith("-DPK_L2_PREFETCH=")] or [0])
 
 
-def cluster_shared_bytes(tile: Tile) -> int:
-    """Dynamic shared memory of a cluster launch: each thread's MT * NT * 4 partial sums (pk_cluster_sums)."""
-    return tile.mt * tile.nt * 4 * 32 * WARPS * 4
+def cluster_shared_bytes(tile: Tile, chunks_per_block: int = 1) -> int:
+    """Dynamic shared memory of a cluster launch: each thread's MT * NT * 4 partial sums of each of its block's K
+    chunks (pk_cluster_store)."""
+    return tile.mt * tile.nt * 4 * 32 * WARPS * 4 * chunks_per_block
+
+
+CLUSTER_SHARED_MAX = 48 * 1024  # dynamic shared memory a launch gets without opting in to more
 
 
 # The K split of a launch: decode-MMQ's shape-only split (split_k_slices) capped at SHAPE_SLICE_CAP, which a
@@ -144,10 +151,19 @@ def cluster_shared_bytes(tile: Tile) -> int:
 SHAPE_SLICE_CAP, SLICE_CAP, SLICE_CAP_MIN_N = 8, 4, 16
 
 
-def packed_slices(rows: int, units: int, n: int, vary_with_n: bool) -> int:
-    """K slices of a packed launch of `rows` x `units` 32-value blocks at N tokens (see SLICE_CAP)."""
+def packed_split(rows: int, units: int, n: int, vary_with_n: bool) -> tuple[int, int]:
+    """(chunks, slices) of a packed launch of `rows` x `units` 32-value blocks at N tokens: K in `chunks` chunks,
+    each summed on its own and the chunks added in order (the bits), walked by `slices` blocks (chunks / slices
+    chunks a block; a speed choice). A batch-invariant caller keeps the shape's chunks at every N and, from
+    SLICE_CAP_MIN_N tokens, walks them with at most SLICE_CAP blocks (the largest divisor of chunks up to it): the
+    auto mode's speed at N >= 16 with the bits of N = 1. A caller whose numbers may vary with N caps the chunks
+    themselves there."""
     base = min(split_k_slices(rows, units), SHAPE_SLICE_CAP)
-    return min(base, SLICE_CAP) if vary_with_n and n >= SLICE_CAP_MIN_N else base
+    if n < SLICE_CAP_MIN_N:
+        return base, base
+    if vary_with_n:
+        return min(base, SLICE_CAP), min(base, SLICE_CAP)
+    return base, max(d for d in range(1, min(base, SLICE_CAP) + 1) if base % d == 0)
 
 
 # A tuning's rules instead of TILE_RULES, to time whole steps before they are written down: "min_n[@min_aspect]:tile,..."
@@ -277,10 +293,11 @@ class PackedLaunch:
     units: int
     n: int
     slices: int
+    chunks: int
 
 
 def plan_packed_mma(w: PackedMatrix, x, *, out=None, tile: str | None = None,
-                    slices: int | None = None) -> PackedLaunch:
+                    slices: int | None = None, chunks: int | None = None) -> PackedLaunch:
     """Validate the arguments of `packed_mma_matvec` on the host. x: float32 [N, K], or the pair (xf, inv) from
     `packed_x` (then N is inv's length)."""
     if not isinstance(w, PackedMatrix):
@@ -308,43 +325,50 @@ def plan_packed_mma(w: PackedMatrix, x, *, out=None, tile: str | None = None,
         raise ValueError(f"tile: expected one of {sorted(TILES)}, got {tile!r}")
     if slices is not None and not (isinstance(slices, int) and 1 <= slices <= units):
         raise ValueError(f"slices: expected an int in 1..{units} (K has {units} blocks), got {slices!r}")
+    if chunks is not None and not (isinstance(chunks, int) and 1 <= chunks <= units):
+        raise ValueError(f"chunks: expected an int in 1..{units} (K has {units} blocks), got {chunks!r}")
     chosen = TILES[tile] if tile is not None else choose_tile(n_tok, w.rows, w.n_cols)
-    k_slices = split_k_slices(w.rows, units) if slices is None else slices
+    k_chunks = chunks if chunks is not None else slices if slices is not None else split_k_slices(w.rows, units)
+    k_slices = k_chunks if slices is None else slices
+    if k_chunks % k_slices:
+        raise ValueError(f"slices: {k_slices} blocks cannot walk {k_chunks} K chunks (chunks must be a multiple of "
+                         "slices)")
     grid = (-(-w.rows // chosen.bm), -(-n_tok // chosen.bn), k_slices)
     if grid[1] > 65535:
         raise ValueError(f"x: N={n_tok} tokens need more than 65535 token tiles of {chosen.bn}")
-    if k_slices > 1 and grid[0] * grid[1] > COUNTER_SLOTS:
+    if k_chunks > 1 and grid[0] * grid[1] > COUNTER_SLOTS:
         raise ValueError(f"x: N={n_tok} tokens x {w.rows} rows make {grid[0] * grid[1]} tiles, more than the "
                          f"{COUNTER_SLOTS} split-K counters")
     return PackedLaunch(f"packed_mma_{w.type_name.lower()}_{chosen.name}", chosen, grid, (32 * WARPS, 1, 1), w.rows,
-                        units, n_tok, k_slices)
+                        units, n_tok, k_slices, k_chunks)
 
 
-def plan_packed_group(members, x, *, outs=None, tile: str | None = None,
-                      slices: int | None = None) -> list[PackedLaunch]:
+def plan_packed_group(members, x, *, outs=None, tile: str | None = None, slices: int | None = None,
+                      chunks: int | None = None) -> list[PackedLaunch]:
     """Validate a grouped launch on the host: each member PackedMatrix as plan_packed_mma does, and the members
     share what one launch must (type, columns, K split, tile). Returns one plan per member."""
     members = list(members)
     outs = group_outs(members, outs, "packed-MMA")
-    plans = [plan_packed_mma(w, x, out=o, tile=tile, slices=slices) for w, o in zip(members, outs)]
+    plans = [plan_packed_mma(w, x, out=o, tile=tile, slices=slices, chunks=chunks) for w, o in zip(members, outs)]
     first, w0 = plans[0], members[0]
     for i, (w, plan) in enumerate(zip(members[1:], plans[1:]), 1):
-        if (w.type_name, w.n_cols, plan.slices, plan.tile) != (w0.type_name, w0.n_cols, first.slices, first.tile):
-            raise ValueError(f"members[{i}]: {w.type_name} {w.rows}x{w.n_cols} with {plan.slices} K slices and tile "
-                             f"{plan.tile.name} cannot share a launch with member 0 ({w0.type_name} {w0.rows}x"
-                             f"{w0.n_cols} with {first.slices}, {first.tile.name}): a grouped launch needs one type, "
-                             "column count, K split and tile")
+        if ((w.type_name, w.n_cols, plan.slices, plan.chunks, plan.tile)
+                != (w0.type_name, w0.n_cols, first.slices, first.chunks, first.tile)):
+            raise ValueError(f"members[{i}]: {w.type_name} {w.rows}x{w.n_cols} with {plan.slices} K slices "
+                             f"({plan.chunks} chunks) and tile {plan.tile.name} cannot share a launch with member 0 "
+                             f"({w0.type_name} {w0.rows}x{w0.n_cols} with {first.slices} ({first.chunks}), "
+                             f"{first.tile.name}): a grouped launch needs one type, column count, K split and tile")
     check_group_counters(plans)
     return plans
 
 
 def packed_mma_group(members, x, *, outs=None, tile: str | None = None, slices: int | None = None,
-                     sums: str | None = None) -> list:
+                     chunks: int | None = None, sums: str | None = None) -> list:
     """[x @ W_m.T for each member PackedMatrix W_m] in one launch (packed_mma.cu: a block runs the member whose row
     tiles hold its blockIdx.x): the members read the same activations and share type, K and K split (the 12B's
     q/k/v and gate/up do); each output has the bits of its own packed_mma_matvec launch. x as in packed_mma_matvec
     (converted once for all members when float32). sums: how a split adds its slices (SUMS; default ENV_SUMS)."""
-    plans = plan_packed_group(members, x, outs=outs, tile=tile, slices=slices)
+    plans = plan_packed_group(members, x, outs=outs, tile=tile, slices=slices, chunks=chunks)
     outs = [None] * len(plans) if outs is None else list(outs)
     if not isinstance(x, tuple):
         require_device_arrays(x=x)
@@ -352,26 +376,30 @@ def packed_mma_group(members, x, *, outs=None, tile: str | None = None, slices: 
     xf, inv = x
     require_device_arrays(xf=xf, inv=inv, **{f"outs[{i}]": o for i, o in enumerate(outs)})
     first = plans[0]
-    cluster = uses_cluster(first.slices, sums)
-    # a cluster launch adds its slices in shared memory: no partial sums nor counters (y stands in for both)
-    made = [split_k_outputs(p.n, p.rows, 1 if cluster else p.slices, o) for p, o in zip(plans, outs)]
+    per = first.chunks // first.slices
+    cluster = (uses_cluster(first.slices, sums, first.chunks)
+               and cluster_shared_bytes(first.tile, per) <= CLUSTER_SHARED_MAX)
+    # a cluster launch adds its chunks in shared memory: no partial sums nor counters (y stands in for both)
+    made = [split_k_outputs(p.n, p.rows, 1 if cluster else p.chunks, o) for p, o in zip(plans, outs)]
     ys, parts, counters = [m[0] for m in made], [m[1] for m in made], made[0][2]
     grid, bounds = group_grid(plans)
-    launch = dict(shared_mem=cluster_shared_bytes(first.tile), cluster=(1, 1, first.slices)) if cluster else {}
+    launch = dict(shared_mem=cluster_shared_bytes(first.tile, per), cluster=(1, 1, first.slices)) if cluster else {}
     load_module(MODULE).get_function(first.entry)(
         grid, first.block,
         (*pad_group([w.data for w in members], members[0].data),
          *[np.int32(v) for v in pad_group([p.rows for p in plans], 0)], *bounds, *pad_group(ys, ys[0]),
          *pad_group(parts, parts[0]), np.int32(first.units), xf, inv, np.int32(first.n), np.int32(first.slices),
-         counters, np.int32(cluster)), **launch)
+         counters, np.int32(cluster), np.int32(first.chunks)), **launch)
     return ys
 
 
 def packed_mma_matvec(w: PackedMatrix, x, *, out=None, tile: str | None = None, slices: int | None = None,
-                      sums: str | None = None):
+                      chunks: int | None = None, sums: str | None = None):
     """y [N, rows] float32 = x @ W.T with fp16 operands and float32 accumulation (see module).
 
     x: float32 [N, K] or (xf, inv) from packed_x. tile: force one of TILES (tests run every one; the same bits);
-    slices: force the K split (tests compare with dq_mma at the same split; other slices give other bits).
-    sums: how a split adds its slices (SUMS; the same bits). A group of one (packed_mma_group)."""
-    return packed_mma_group([w], x, outs=[out], tile=tile, slices=slices, sums=sums)[0]
+    chunks: force the K split (tests compare with dq_mma at the same split; other chunks give other bits; default
+    `slices`, else the shape's split_k_slices); slices: the blocks that walk the chunks (a divisor of chunks; the
+    same bits whatever it is; default chunks); sums: how a split adds its chunks (SUMS; the same bits). A group of
+    one (packed_mma_group)."""
+    return packed_mma_group([w], x, outs=[out], tile=tile, slices=slices, chunks=chunks, sums=sums)[0]

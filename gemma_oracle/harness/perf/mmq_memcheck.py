@@ -10,8 +10,8 @@ at 80 blocks, where the paired readers take two blocks up to the row's last byte
 (slices starting inside a super-block), N = 1, 3 and 17 (the dp4a and mma entries). Every tile's output is also
 compared bitwise with the first tile's: every decode-MMQ tile (dp4a and mma alike), and every dequant-MMA tile of the
 same kind (its shared-memory and direct tiles assign values to mma slots differently), and every packed-MMA tile, with
-both ways of adding K slices (counters; a cluster's shared memory up to 8 slices), with dequant-MMA's shared-memory
-tile (the same bits by construction). Exit status 1 on a difference.
+both ways of adding K slices (counters; a cluster's shared memory up to 8 slices), and the 8-slice split walked by 4
+and 2 blocks of two and four K chunks, with dequant-MMA's shared-memory tile (the same bits by construction). Exit status 1 on a difference.
 
     python -m gemma_oracle.harness.perf.mmq_memcheck [--routes packed-MMA ...]   (default: all three)
 """
@@ -62,12 +62,16 @@ def main(argv=None) -> int:
                                                                              slices=slices))]
                     if packed is not None:  # compared with dequant-MMA's shared-memory tile: the same bits; each
                         # tile with both K-slice sums (name@sums: counters, and a cluster's shared memory)
-                        pk = {f"{t}@{sums}": PK_TILES[t] for t in PK_TILES for sums in SUMS}
+                        # the 8-slice split also walked by 4 and 2 blocks of whole K chunks (name@sums@blocks:
+                        # the batch-invariant walk from 16 tokens, kernels/packed_mma.py packed_split)
+                        walks = (slices,) + ((4, 2) if slices == 8 else ())
+                        pk = {f"{t}@{sums}@{b}": PK_TILES[t] for t in PK_TILES for sums in SUMS for b in walks}
                         routes.append(("packed-MMA", {"w4_m1_bn8_kb4_pf0": DQ_TILES["w4_m1_bn8_kb4_pf0"], **pk},
                                        lambda tile: (dq_mma_matvec(w, type_name, cols, x16, tile=tile, slices=slices)
                                                      if tile in DQ_TILES else
                                                      packed_mma_matvec(packed, xf, tile=tile.split("@")[0],
-                                                                       slices=slices, sums=tile.split("@")[1]))))
+                                                                       chunks=slices, slices=int(tile.split("@")[2]),
+                                                                       sums=tile.split("@")[1]))))
                     for route, tiles, run in routes:
                         if route not in chosen:
                             continue

@@ -7,12 +7,19 @@
 
 #define F16_ROWS_THREADS 256
 
-// e of the float32 row [k], computed by the whole block (F16_ROWS_THREADS threads; every thread gets it). Plain
-// loads (no __restrict__): packed_x_row.cuh passes rows its block has just written.
-__device__ __forceinline__ int f16_row_exponent(const float* row, int k) {
+// e of a row whose largest magnitude is a (the rule above): the one definition, whether one block found a
+// (f16_row_exponent) or the blocks of a cluster did, each over a part of the row (ffn_act.cu).
+__device__ __forceinline__ int f16_exponent_of_max(float a) {
+    const int biased = (int)((__float_as_uint(a) >> 23) & 0xFFu);  // 0: zero or subnormal
+    return biased == 0 ? 0 : min(126, max(-126, 15 - (biased - 126)));
+}
+
+// The largest of the block's per-thread maxima a (F16_ROWS_THREADS threads; every thread calls it and gets it).
+// fmaxf drops NaN and max is exact in any order, so any split of a row into parts gives the same max. Its
+// __syncthreads also orders the block's earlier writes before the reads that follow it. Once a kernel: a second
+// call could overwrite s_max while a slower warp still reads the first one's.
+__device__ __forceinline__ float f16_block_max(float a) {
     __shared__ float s_max[F16_ROWS_THREADS / 32];
-    float a = 0.0f;  // max |x| is exact in any order
-    for (int i = threadIdx.x; i < k; i += F16_ROWS_THREADS) a = fmaxf(a, fabsf(row[i]));
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
     if ((threadIdx.x & 31) == 0) s_max[threadIdx.x >> 5] = a;
@@ -20,6 +27,13 @@ __device__ __forceinline__ int f16_row_exponent(const float* row, int k) {
     a = s_max[0];
 #pragma unroll
     for (int w = 1; w < F16_ROWS_THREADS / 32; ++w) a = fmaxf(a, s_max[w]);
-    const int biased = (int)((__float_as_uint(a) >> 23) & 0xFFu);  // 0: zero or subnormal
-    return biased == 0 ? 0 : min(126, max(-126, 15 - (biased - 126)));
+    return a;
+}
+
+// e of the float32 row [k], computed by the whole block (F16_ROWS_THREADS threads; every thread gets it). Plain
+// loads (no __restrict__): packed_x_row.cuh passes rows its block has just written.
+__device__ __forceinline__ int f16_row_exponent(const float* row, int k) {
+    float a = 0.0f;  // max |x| is exact in any order
+    for (int i = threadIdx.x; i < k; i += F16_ROWS_THREADS) a = fmaxf(a, fabsf(row[i]));
+    return f16_exponent_of_max(f16_block_max(a));
 }

@@ -16,7 +16,19 @@
 //   gelu_tanh_mul_packed_f32(gate, up, y, xf, xinv, K)
 //       the same y for gate / up [rows, K] (one block of F16_ROWS_THREADS a row, grid (rows)), and y's packed-MMA
 //       activation records xf / xinv (packed_x_row.cuh: packed_mma.cu's packed_x of y, bit for bit; K % 64 == 0):
-//       the input of a packed-MMA ffn_down made here instead of by a packed_x launch. y may alias an input.
+//       the input of a packed-MMA ffn_down made here instead of by a packed_x launch. y may alias an input. The
+//       kernel of devices without thread block clusters (and of more than 65535 rows).
+//   gelu_tanh_mul_packed_cluster_f32(gate, up, y, xf, xinv, K)
+//       the same y, xf and xinv (bit for bit) from C blocks a row: grid (C, rows), thread block clusters of
+//       (C, 1, 1), 1 <= C <= min(8, K / 64) (8: the portable cluster size). Why: the record's exponent needs the
+//       max |y| of the whole row, so the one-block kernel puts a whole row on one SM; at one token row and
+//       K = 15360 (the 12B ffn) that made the decode step 12 % slower on an H100 than a gelu launch and a packed_x
+//       launch. Block c takes the 64-value groups [c G / C, (c + 1) G / C) of the row (G = K / 64): it writes their
+//       y, puts its max |y| in its shared memory, and after a cluster barrier reads every block's max through
+//       distributed shared memory (cluster.cuh). Max is exact in any order, so e is f16_row_exponent's (the same
+//       f16_exponent_of_max), and the words are packed_x_words' formula. The second barrier keeps each block's
+//       shared memory alive until its siblings have read it. y may alias an input (each block reads and writes its
+//       own groups only). sm_90: kernels/packed_out.py plans which of the two runs.
 //   softcap_f32(x, y, n, cap)
 //       y[i] = cap * tanh(x[i] / cap)
 //   argmax_rows_f32(x, out, rows, V)
@@ -30,6 +42,7 @@
 //
 // gelu_tanh_mul_f32, gelu_tanh_mul_q8_1_f32 and softcap_f32 are grid-stride loops: y may alias an input (in-place
 // allowed: each element is read, then written, by one thread). yq overlaps nothing.
+#include "cluster.cuh"
 #include "common.cuh"
 #include "packed_x_row.cuh"
 #include "q8_1_block.cuh"
@@ -69,6 +82,35 @@ gelu_tanh_mul_packed_f32(const float* gate, const float* up, float* y, uint4* xf
     for (int i = threadIdx.x; i < K; i += F16_ROWS_THREADS) y[off + i] = gelu_tanh_mul_1(gate[off + i], up[off + i]);
     __syncthreads();  // the row's y, written by every thread of the block, is read back whole
     packed_x_row(y + off, K, blockIdx.x, xf, xinv);
+}
+
+// The cluster is (gridDim.x, 1, 1) and the grid (gridDim.x, rows), so a block's cluster rank is blockIdx.x, and
+// gridDim.x <= 32 lets each warp read the cluster's maxima a lane each (no further block sync).
+extern "C" __global__ void __launch_bounds__(F16_ROWS_THREADS)
+gelu_tanh_mul_packed_cluster_f32(const float* gate, const float* up, float* y, uint4* xf, float* xinv, int K) {
+    grid_dependency_enter();
+    __shared__ float s_row_max;  // this block's max |y|, read by every block of the cluster
+    const int rank = blockIdx.x, blocks = gridDim.x, row = blockIdx.y, groups = K >> 6;
+    const int j0 = rank * groups / blocks, j1 = (rank + 1) * groups / blocks;
+    const i64 off = (i64)row * K;
+    float a = 0.0f;
+    for (int i = 64 * j0 + threadIdx.x; i < 64 * j1; i += F16_ROWS_THREADS) {
+        const float v = gelu_tanh_mul_1(gate[off + i], up[off + i]);
+        y[off + i] = v;
+        a = fmaxf(a, fabsf(v));
+    }
+    a = f16_block_max(a);  // its __syncthreads: the groups' y, written by every thread, are read back below
+    if (threadIdx.x == 0) s_row_max = a;
+    cluster_barrier();
+    const int lane = threadIdx.x & 31;
+    a = lane < blocks ? ld_cluster_f32((u32)__cvta_generic_to_shared(&s_row_max), (u32)lane) : 0.0f;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
+    cluster_arrive();  // the siblings' shared memory is read (a holds it): they may exit once all have arrived
+    const int e = f16_exponent_of_max(a);
+    packed_x_words(y + off, K, row, j0, j1, ldexpf(1.0f, e), xf);
+    if (rank == 0 && threadIdx.x == 0) xinv[row] = ldexpf(1.0f, -e);
+    cluster_wait();
 }
 
 extern "C" __global__ void softcap_f32(const float* x, float* y, i64 n, float cap) {

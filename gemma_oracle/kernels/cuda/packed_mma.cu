@@ -33,9 +33,12 @@
 //   warp's two 16-byte loads of a record reads 512 contiguous bytes (ncu, 2026-12-07: a lane's 32 contiguous bytes
 //   cost twice the L1 sectors). The words of tokens past n are not written, and not read.
 //
-// Reduction order (per output (r, n) and K slice, the slices decode-MMQ's shape-only split_k_bounds): acc = +0, then
-// one mma per 16-value step k0 = slice start, + 16, ... in increasing order, then y = acc * inv[n] (exact) and the
-// slices added in slice order (split_k.cuh). The A and B registers hold the values dq_mma.cu's shared-memory tiles
+// Reduction order (per output (r, n) and K chunk, the chunks decode-MMQ's shape-only split_k_bounds): acc = +0, then
+// one mma per 16-value step k0 = chunk start, + 16, ... in increasing order, then y = acc * inv[n] (exact) and the
+// chunks added in chunk order (split_k.cuh). A block walks chunks / slices consecutive chunks, each from acc = +0
+// into a partial sum of its own, so the blocks along K (slices) are a speed choice with the bits of one a chunk: a
+// batch-invariant mode keeps the shape's chunks at every N and walks them with fewer, longer blocks at large N,
+// where the partial sums cost more than the blocks' parallelism gains (kernels/packed_mma.py packed_split). The A and B registers hold the values dq_mma.cu's shared-memory tiles
 // load with ldmatrix (the standard fragment order), so an output is BITWISE equal to those tiles at the same slices
 // (tests/test_kernels_packed_mma_gpu.py). Batch invariance as argued in dq_mma.cu: one mma's output element depends
 // on its own A row, B column and C only, the chain does not depend on the tile or N, and a token's fp16 row and inv
@@ -56,13 +59,14 @@
 // Entry points (<t> in q4_0 q4_k q6_k; <tile> in kernels/packed_mma.py TILES):
 //     packed_mma_<t>_<tile>(w0, w1, w2, rows0, rows1, rows2, tiles0, tiles01, y0, y1, y2, part0, part1, part2,
 //                           int units, const uint4* xf, const float* inv, int n, int slices, int* counters,
-//                           int cluster)
+//                           int cluster, int chunks)
 //       a group of 1..3 matrices (PK_PARAMS below): member m's packed records w_m, its rows, y_m [n, rows_m]
-//       float32 and partial sums part_m; tiles0 / tiles01 the grid.x bounds of members 0 / 0-1; units = K / 32
-//       (even), xf / inv from packed_x, counters as in mmq.cu; grid (sum of ceil(rows_m / BM), ceil(n / (8 NT)),
-//       slices), block 128. cluster = 1 (2 <= slices <= 8): launched in clusters (1, 1, slices) with MT * NT * 2 KB
-//       of dynamic shared memory, the slices add up through it (pk_cluster_sums; part and counters unused); 0: the
-//       counted split of mmq.cu.
+//       float32 and partial sums part_m [chunks, n, rows_m]; tiles0 / tiles01 the grid.x bounds of members 0 / 0-1;
+//       units = K / 32 (even), xf / inv from packed_x, counters as in mmq.cu; K in `chunks` chunks (a multiple of
+//       slices), chunks / slices a block; grid (sum of ceil(rows_m / BM), ceil(n / (8 NT)), slices), block 128.
+//       cluster = 1 (2 <= slices <= 8, chunks <= 8): launched in clusters (1, 1, slices) with MT * NT * 2 KB of
+//       dynamic shared memory a chunk of the block, the chunks add up through it (pk_cluster_store / sums; part and
+//       counters unused); 0: the counted split of mmq.cu over the chunks' planes.
 //     pack_<t>(const u8* w, i64 row_bytes, int rows, int units, uint4* out)
 //       one thread per (tile, group, lane): grid ceil(tiles * groups * 32 / 256), block 256.
 //     packed_x(const float* x, int k, uint4* xf, float* inv)
@@ -185,10 +189,10 @@ struct pk_q6_k {
 
 // Split K through distributed shared memory (sm_90 thread block clusters; `cluster` set: the launch's cluster is
 // (1, 1, slices), so the slice blocks of one (row tile, token tile) are one cluster and slice z is cluster rank z).
-// Each block puts its partial sums acc * inv[n] (dq_store_m16's values) in its own shared memory [element][thread];
-// after the cluster barrier, block z adds the elements i = z, z + slices, ... of every thread's tile, reading the
-// slices' values from their blocks' shared memory and adding them in slice order 0, 1, ... (mmq_last_slice_sums's
-// chain, so the same bits). Why: the counted split (mmq_last_slice_sums) writes every partial to global memory and
+// Each block puts the partial sums acc * inv[n] (dq_store_m16's values) of each of its chunks in its own shared
+// memory [chunk slot][element][thread]; after the cluster barrier, block z adds the elements i = z, z + slices, ...
+// of every thread's tile, reading the chunks' values from their blocks' shared memory and adding them in chunk order
+// 0, 1, ... (mmq_last_slice_sums's chain, so the same bits). Why: the counted split (mmq_last_slice_sums) writes every partial to global memory and
 // leaves the adds to the one block that arrives last, reading them back from L2, a serial tail that grows with N
 // (route tuning, 2026-12-07: 4096 x 3840 at N = 32 took 21.1 us with 8 slices against 16.3 us with 4). The second
 // barrier keeps each block's shared memory alive until its siblings have read it.
@@ -206,13 +210,14 @@ __device__ __forceinline__ float pk_ld_cluster(u32 local, u32 rank) {  // a floa
 
 #define PK_CLUSTER_MAX 8  // the portable cluster size: kernels/packed_mma.py CLUSTER_MAX
 
+// This block's partial sums of chunk slot `slot` (acc * inv[n], dq_store_m16's values) into its shared memory,
+// [slot][MT * NT * 4][THREADS] (dynamic, sized by the launcher).
 template <int MT, int NT, int THREADS>
-__device__ __forceinline__ void pk_cluster_sums(const float (&acc)[MT][NT][4], const float* __restrict__ inv,
-                                                float* __restrict__ y, int rows, int n, int tile0, int xt0,
-                                                int slices, int g, int t) {
-    extern __shared__ float pk_part[];  // [MT * NT * 4][THREADS]: dynamic shared memory, sized by the launcher
+__device__ __forceinline__ void pk_cluster_store(const float (&acc)[MT][NT][4], const float* __restrict__ inv, int n,
+                                                 int xt0, int t, int slot) {
+    extern __shared__ float pk_part[];
     constexpr int E = MT * NT * 4;
-    const int tid = threadIdx.x;
+    float* part = pk_part + (size_t)slot * E * THREADS + threadIdx.x;
 #pragma unroll
     for (int m = 0; m < MT; ++m)
 #pragma unroll
@@ -220,8 +225,19 @@ __device__ __forceinline__ void pk_cluster_sums(const float (&acc)[MT][NT][4], c
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int j = 8 * (xt0 + h) + 2 * t + (e & 1);
-                pk_part[((m * NT + h) * 4 + e) * THREADS + tid] = j < n ? __fmul_rn(acc[m][h][e], __ldg(inv + j)) : 0.0f;
+                part[((m * NT + h) * 4 + e) * THREADS] = j < n ? __fmul_rn(acc[m][h][e], __ldg(inv + j)) : 0.0f;
             }
+}
+
+// After every block of the cluster has stored its chunks (pk_cluster_store): block z adds the elements i = z, z +
+// slices, ... of every thread's tile over the chunks 0, 1, ..., chunks - 1 in order, chunk c read from cluster rank
+// c / per, slot c % per (per = chunks / slices chunks a block).
+template <int MT, int NT, int THREADS>
+__device__ __forceinline__ void pk_cluster_sums(float* __restrict__ y, int rows, int n, int tile0, int xt0,
+                                                int slices, int chunks, int g, int t) {
+    extern __shared__ float pk_part[];
+    constexpr int E = MT * NT * 4;
+    const int tid = threadIdx.x, per = chunks / slices;
     pk_cluster_barrier();
     const u32 base = (u32)__cvta_generic_to_shared(pk_part);
     for (int i = blockIdx.z; i < E; i += slices) {
@@ -230,12 +246,16 @@ __device__ __forceinline__ void pk_cluster_sums(const float (&acc)[MT][NT][4], c
         if (r < rows && j < n) {
             const u32 at = base + 4u * (u32)(i * THREADS + tid);
             float v[PK_CLUSTER_MAX];
+            u32 rank = 0, slot = 0;  // of chunk c: c / per, c % per (counted, not divided: registers)
 #pragma unroll
-            for (int z = 0; z < PK_CLUSTER_MAX; ++z) v[z] = z < slices ? pk_ld_cluster(at, (u32)z) : 0.0f;
+            for (int c = 0; c < PK_CLUSTER_MAX; ++c) {
+                v[c] = c < chunks ? pk_ld_cluster(at + slot * (4u * E * THREADS), rank) : 0.0f;
+                if (++slot == (u32)per) slot = 0, ++rank;
+            }
             float sum = v[0];
 #pragma unroll
-            for (int z = 1; z < PK_CLUSTER_MAX; ++z)
-                if (z < slices) sum = __fadd_rn(sum, v[z]);
+            for (int c = 1; c < PK_CLUSTER_MAX; ++c)
+                if (c < chunks) sum = __fadd_rn(sum, v[c]);
             y[(size_t)j * rows + r] = sum;
         }
     }
@@ -247,15 +267,13 @@ template <class P, int MT, int NT, int D, bool XR>
 __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, int rows, int bx, int units,
                                                   const uint4* __restrict__ xf, const float* __restrict__ inv, int n,
                                                   float* __restrict__ y, int slices, float* __restrict__ part,
-                                                  int* __restrict__ counters, int cluster) {
+                                                  int* __restrict__ counters, int cluster, int chunks) {
     constexpr int BM = 16 * MT * PK_WARPS, BN = 8 * NT, THREADS = 32 * PK_WARPS, XD = XR ? D : 1;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int groups = units >> 1, tiles = (rows + 15) >> 4;
     const int tile0 = (bx * PK_WARPS + warp) * MT;  // this warp's first m16 tile
     const int xt0 = blockIdx.y * NT;  // the block's first token tile
-    const int2 k_slice = split_k_bounds(units, slices, blockIdx.z);
-    const int u_lo = k_slice.x, u_hi = k_slice.y;
-    const int j_lo = u_lo >> 1, j_hi = (u_hi + 1) >> 1;  // groups holding a block of the slice
+    const int per = chunks / slices, c0 = blockIdx.z * per;  // this block's chunks c0 .. c0 + per - 1
 
     float acc[MT][NT][4];
 #pragma unroll
@@ -265,82 +283,105 @@ __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, i
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[m][h][e] = 0.0f;
 
-    // The records of groups j .. j + D - 1, and the activation words (XR: of the same groups). A row tile past the
-    // matrix and a padding token (lane (g, t) holds token 8 (xt0 + h) + g: at N = 1, 7 of the tile's 8; never
-    // written) are never loaded: zero codes and scales add +0 products, zero B words make the padding columns.
-    typename P::Regs ring[D][MT] = {};
-    uint4 xring[XD][NT][2] = {};
-    bool w_live[MT], x_live[NT];
-    const uint4* w_next[MT];  // record of group j_next of each m16 tile
-    const uint4* x_next[NT];  // this lane's words of group j_next (XR) or j (else) of each token tile
-#pragma unroll
-    for (int m = 0; m < MT; ++m) {
-        w_live[m] = tile0 + m < tiles;
-        w_next[m] = w + ((size_t)(tile0 + m) * groups + j_lo) * P::RECORD;
-    }
-#pragma unroll
-    for (int h = 0; h < NT; ++h) {
-        x_live[h] = 8 * (xt0 + h) + g < n;
-        x_next[h] = xf + ((size_t)(xt0 + h) * groups + j_lo) * PK_X_RECORD + lane;
-    }
-    int j_next = j_lo;  // the next group whose records are loaded
-    auto load_x = [&](uint4 (&xw)[NT][2], bool any) {
-#pragma unroll
-        for (int h = 0; h < NT; ++h) {
-            if (any && x_live[h]) {
-                xw[h][0] = __ldg(x_next[h]);
-                xw[h][1] = __ldg(x_next[h] + PK_X_RECORD / 2);
-            }
-            x_next[h] += PK_X_RECORD;
-        }
-    };
-    auto load_next = [&](int slot) {  // group j_next into ring slot `slot`; past the slice nothing is read
-        const bool any = j_next < j_hi;
+#pragma unroll 1
+    for (int c = c0; c < c0 + per; ++c) {
+        const int2 k_slice = split_k_bounds_u32(units, chunks, c);
+        const int u_lo = k_slice.x, u_hi = k_slice.y;
+        const int j_lo = u_lo >> 1, j_hi = (u_hi + 1) >> 1;  // groups holding a block of the chunk
+
+        // The records of groups j .. j + D - 1, and the activation words (XR: of the same groups). A row tile past
+        // the matrix and a padding token (lane (g, t) holds token 8 (xt0 + h) + g: at N = 1, 7 of the tile's 8;
+        // never written) are never loaded: zero codes and scales add +0 products, zero B words make the padding
+        // columns.
+        typename P::Regs ring[D][MT] = {};
+        uint4 xring[XD][NT][2] = {};
+        bool w_live[MT], x_live[NT];
+        const uint4* w_next[MT];  // record of group j_next of each m16 tile
+        const uint4* x_next[NT];  // this lane's words of group j_next (XR) or j (else) of each token tile
 #pragma unroll
         for (int m = 0; m < MT; ++m) {
-            if (any && w_live[m]) P::load(ring[slot][m], w_next[m], lane);
-            w_next[m] += P::RECORD;
+            w_live[m] = tile0 + m < tiles;
+            w_next[m] = w + ((size_t)(tile0 + m) * groups + j_lo) * P::RECORD;
         }
-        if constexpr (XR) load_x(xring[slot], any);
-        ++j_next;
-    };
 #pragma unroll
-    for (int p = 0; p + 1 < D; ++p) load_next(p);
+        for (int h = 0; h < NT; ++h) {
+            x_live[h] = 8 * (xt0 + h) + g < n;
+            x_next[h] = xf + ((size_t)(xt0 + h) * groups + j_lo) * PK_X_RECORD + lane;
+        }
+        int j_next = j_lo;  // the next group whose records are loaded
+        auto load_x = [&](uint4 (&xw)[NT][2], bool any) {
+#pragma unroll
+            for (int h = 0; h < NT; ++h) {
+                if (any && x_live[h]) {
+                    xw[h][0] = __ldg(x_next[h]);
+                    xw[h][1] = __ldg(x_next[h] + PK_X_RECORD / 2);
+                }
+                x_next[h] += PK_X_RECORD;
+            }
+        };
+        auto load_next = [&](int slot) {  // group j_next into ring slot `slot`; past the chunk nothing is read
+            const bool any = j_next < j_hi;
+#pragma unroll
+            for (int m = 0; m < MT; ++m) {
+                if (any && w_live[m]) P::load(ring[slot][m], w_next[m], lane);
+                w_next[m] += P::RECORD;
+            }
+            if constexpr (XR) load_x(xring[slot], any);
+            ++j_next;
+        };
+#pragma unroll
+        for (int p = 0; p + 1 < D; ++p) load_next(p);
 
-    for (int jb = j_lo; jb < j_hi; jb += D) {
+        for (int jb = j_lo; jb < j_hi; jb += D) {
 #pragma unroll
-        for (int p = 0; p < D; ++p) {
-            const int j = jb + p;
-            if (j >= j_hi) break;  // warp-uniform
-            load_next((p + D - 1) % D);
-            if constexpr (!XR) load_x(xring[0], true);
-            const uint4 (&xw)[NT][2] = xring[XR ? p : 0];
-            // a slice bound inside the group (only the slice's first or last one): its steps outside are skipped
-            const bool lo_in = 2 * j >= u_lo, hi_in = 2 * j + 1 < u_hi;
+            for (int p = 0; p < D; ++p) {
+                const int j = jb + p;
+                if (j >= j_hi) break;  // warp-uniform
+                load_next((p + D - 1) % D);
+                if constexpr (!XR) load_x(xring[0], true);
+                const uint4 (&xw)[NT][2] = xring[XR ? p : 0];
+                // a chunk bound inside the group (only the chunk's first or last one): its steps outside are skipped
+                const bool lo_in = 2 * j >= u_lo, hi_in = 2 * j + 1 < u_hi;
 #pragma unroll
-            for (int s = 0; s < 4; ++s) {
-                if (!(s < 2 ? lo_in : hi_in)) continue;  // warp-uniform
-                u32 a[MT][4];
+                for (int s = 0; s < 4; ++s) {
+                    if (!(s < 2 ? lo_in : hi_in)) continue;  // warp-uniform
+                    u32 a[MT][4];
 #pragma unroll
-                for (int m = 0; m < MT; ++m) P::dequant(ring[p][m], s, a[m]);
+                    for (int m = 0; m < MT; ++m) P::dequant(ring[p][m], s, a[m]);
 #pragma unroll
-                for (int h = 0; h < NT; ++h) {
-                    const u32 b0 = pk_word(xw[h][s >> 1], 2 * (s & 1)), b1 = pk_word(xw[h][s >> 1], 2 * (s & 1) + 1);
+                    for (int h = 0; h < NT; ++h) {
+                        const u32 b0 = pk_word(xw[h][s >> 1], 2 * (s & 1)),
+                                  b1 = pk_word(xw[h][s >> 1], 2 * (s & 1) + 1);
 #pragma unroll
-                    for (int m = 0; m < MT; ++m) dq_mma16816(acc[m][h], a[m], b0, b1);
+                        for (int m = 0; m < MT; ++m) dq_mma16816(acc[m][h], a[m], b0, b1);
+                    }
                 }
             }
         }
+        // the chunk's partial sums: into y when K is one chunk, else into this block's shared memory (cluster) or the
+        // chunk's plane of part; then acc starts the next chunk from +0, as a block of its own would
+        if (cluster) {
+            pk_cluster_store<MT, NT, THREADS>(acc, inv, n, xt0, t, c - c0);
+        } else {
+            float* __restrict__ dst = chunks == 1 ? y : part + (size_t)c * n * rows;
+#pragma unroll
+            for (int m = 0; m < MT; ++m)
+                dq_store_m16<NT>(acc[m], dst, inv, 16 * (tile0 + m) + g, 8 * xt0, t, rows, n);
+        }
+#pragma unroll
+        for (int m = 0; m < MT; ++m)
+#pragma unroll
+            for (int h = 0; h < NT; ++h)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc[m][h][e] = 0.0f;
     }
 
-    if (slices > 1 && cluster) {
-        pk_cluster_sums<MT, NT, THREADS>(acc, inv, y, rows, n, tile0, xt0, slices, g, t);
+    if (cluster) {
+        pk_cluster_sums<MT, NT, THREADS>(y, rows, n, tile0, xt0, slices, chunks, g, t);
         return;
     }
-    float* __restrict__ dst = slices == 1 ? y : part + (size_t)blockIdx.z * n * rows;
-#pragma unroll
-    for (int m = 0; m < MT; ++m) dq_store_m16<NT>(acc[m], dst, inv, 16 * (tile0 + m) + g, 8 * xt0, t, rows, n);
-    if (slices > 1) mmq_last_slice_sums<BM, BN, THREADS>(part, slices, rows, n, bx * BM, 8 * xt0, y, counters);
+    if (chunks > 1)
+        mmq_last_slice_sums<BM, BN, THREADS>(part, slices, rows, n, bx * BM, 8 * xt0, y, counters, chunks);
 }
 
 // Value 16 h + 2t + e + 8 hi (h, hi, e in {0, 1}) of a block's stage() codes (int8, value c in byte c & 3 of word
@@ -430,13 +471,14 @@ extern "C" __global__ void __launch_bounds__(F16_ROWS_THREADS) packed_x(const fl
 #define PK_L2_PREFETCH 0
 #endif
 template <class P, int MT>
-__device__ __forceinline__ void pk_prefetch_weights_l2(const uint4* w, int rows, int bx, int units, int slices) {
+__device__ __forceinline__ void pk_prefetch_weights_l2(const uint4* w, int rows, int bx, int units, int slices,
+                                                       int chunks) {
     if (!(PK_L2_PREFETCH > 0 && GRID_DEPENDENCY)) return;
     const int lane = threadIdx.x & 31, tile = (bx * PK_WARPS + (int)(threadIdx.x >> 5)) * MT + lane;
     if (lane >= MT || tile >= (rows + 15) >> 4) return;
-    // split_k_bounds' slice in 32-bit arithmetic (its 64-bit division is a called subroutine): units < 2^16 and
-    // slices <= 64 for any K the engine takes
-    const u32 z = blockIdx.z, u_lo = z * (u32)units / (u32)slices, u_hi = (z + 1) * (u32)units / (u32)slices;
+    // the block's first chunk
+    const int2 k_slice = split_k_bounds_u32(units, chunks, (int)blockIdx.z * (chunks / slices));
+    const u32 u_lo = k_slice.x, u_hi = k_slice.y;
     const u32 j_lo = u_lo >> 1, j_hi = min((u_hi + 1) >> 1, j_lo + (u32)PK_L2_PREFETCH);
     const uint4* a = w + ((size_t)tile * (u32)(units >> 1) + j_lo) * P::RECORD;
     if (j_hi > j_lo)
@@ -453,7 +495,7 @@ __device__ __forceinline__ void pk_prefetch_weights_l2(const uint4* w, int rows,
 #define PK_GROUP_MAX 3
 #define PK_PARAMS const uint4 *w0, const uint4 *w1, const uint4 *w2, int rows0, int rows1, int rows2, int tiles0,      \
                   int tiles01, float *y0, float *y1, float *y2, float *part0, float *part1, float *part2, int units, \
-                  const uint4 *xf, const float *inv, int n, int slices, int *counters, int cluster
+                  const uint4 *xf, const float *inv, int n, int slices, int *counters, int cluster, int chunks
 // The member a block serves (its weights, rows, row tile bx), from the kernel parameters and blockIdx alone.
 #define PK_MEMBER                                                                                                \
     const int m_ = blockIdx.x < tiles0 ? 0 : blockIdx.x < tiles01 ? 1 : 2;                                     \
@@ -464,11 +506,11 @@ __device__ __forceinline__ void pk_prefetch_weights_l2(const uint4* w, int rows,
     extern "C" __global__ void __launch_bounds__(32 * PK_WARPS)                                                 \
         packed_mma_##name##_m##MT##_n##NT##_d##D##SUFFIX(PK_PARAMS) {                                           \
         PK_MEMBER                                                                                              \
-        pk_prefetch_weights_l2<P, MT>(w_, rows_, bx, units, slices);                                           \
+        pk_prefetch_weights_l2<P, MT>(w_, rows_, bx, units, slices, chunks);                                   \
         grid_dependency_enter();                                                                               \
         packed_mma_kernel<P, MT, NT, D, XR>(w_, rows_, bx, units, xf, inv, n, m_ == 0 ? y0 : m_ == 1 ? y1 : y2, \
                                             slices, m_ == 0 ? part0 : m_ == 1 ? part1 : part2, counters,          \
-                                            cluster);                                                             \
+                                            cluster, chunks);                                                     \
     }
 // SUFFIX _x: the activation words in the ring (XR)
 #define PK_TILES(name, P)                                                                                        \

@@ -9,14 +9,23 @@ __device__ __forceinline__ int2 split_k_bounds(int units, int slices, unsigned z
     return make_int2((int)((long long)z * units / slices), (int)((long long)(z + 1) * units / slices));
 }
 
+// split_k_bounds in 32-bit arithmetic, the same bounds while (z + 1) * units < 2^32 (units < 2^16 and slices <= 64
+// for any K the engine takes): the 64-bit division is a called subroutine, and a call inside a loop (packed_mma.cu's
+// chunk loop) makes ptxas save registers to the stack.
+__device__ __forceinline__ int2 split_k_bounds_u32(int units, int slices, int z) {
+    return make_int2((int)((u32)z * (u32)units / (u32)slices), (int)((u32)(z + 1) * (u32)units / (u32)slices));
+}
+
 // Split K without a second launch: the slice blocks of one (row tile, token tile) count themselves in
 // counters[tile] (zero between launches); the block that arrives last adds the tile's partial sums in slice order
 // z = 0, 1, ... (the same chain whichever block it is) into y and sets the counter back to zero, ready for the next
 // launch in stream order. Each block makes its partial stores visible (__threadfence) before it counts, and the
 // last block reads the partials from L2 (__ldcg), never from a stale L1 line.
+// `planes`: the partial-sum planes to add when a block stores several (packed_mma.cu's K chunks); 0: one a slice.
 template <int BM, int BN, int THREADS>
 __device__ __forceinline__ void mmq_last_slice_sums(const float* part, int slices, int rows, int n, int row0,
-                                                    int tok0, float* __restrict__ y, int* __restrict__ counters) {
+                                                    int tok0, float* __restrict__ y, int* __restrict__ counters,
+                                                    int planes = 0) {
     __shared__ int s_last;
     const int tid = threadIdx.x, tile = blockIdx.y * gridDim.x + blockIdx.x;
     __threadfence();
@@ -31,7 +40,7 @@ __device__ __forceinline__ void mmq_last_slice_sums(const float* part, int slice
         if (r < rows && j < n) {
             const size_t i = (size_t)j * rows + r;
             float acc = __ldcg(part + i);
-            for (int z = 1; z < slices; ++z) acc = __fadd_rn(acc, __ldcg(part + z * plane + i));
+            for (int z = 1; z < (planes ? planes : slices); ++z) acc = __fadd_rn(acc, __ldcg(part + z * plane + i));
             y[i] = acc;
         }
     }
