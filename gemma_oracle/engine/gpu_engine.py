@@ -185,7 +185,8 @@ _PACKED_PRODUCER_VALUES = {"0": frozenset(), "1": frozenset(PACKED_PRODUCERS), "
 
 # The default: the residual-add norm writes packed MMA's records (96 of the 12B step's 193 packed_x launches gone:
 # whole step 1.02-1.045x on both stand-ins at N = 1-32, H100, reports/history/2026-12-07-s18.md call 1); gelu * up
-# does not (one block a 15360-wide row: both producers were 0.91-0.98x, reports/history/2026-12-07-s17.md).
+# does not: with one block a 15360-wide row both producers were 0.91-0.98x (reports/history/2026-12-07-s17.md), and
+# with a cluster of 8 blocks a row (kernels/packed_out.py) 0.98-1.02x, level (2026-12-07-s20.md, call 2).
 DEFAULT_PACKED_PRODUCERS = "norm"
 
 

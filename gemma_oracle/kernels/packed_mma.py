@@ -155,9 +155,11 @@ def packed_split(rows: int, units: int, n: int, vary_with_n: bool) -> tuple[int,
     """(chunks, slices) of a packed launch of `rows` x `units` 32-value blocks at N tokens: K in `chunks` chunks,
     each summed on its own and the chunks added in order (the bits), walked by `slices` blocks (chunks / slices
     chunks a block; a speed choice). A batch-invariant caller keeps the shape's chunks at every N and, from
-    SLICE_CAP_MIN_N tokens, walks them with at most SLICE_CAP blocks (the largest divisor of chunks up to it): the
-    auto mode's speed at N >= 16 with the bits of N = 1. A caller whose numbers may vary with N caps the chunks
-    themselves there."""
+    SLICE_CAP_MIN_N tokens, walks them with at most SLICE_CAP blocks (the largest divisor of chunks up to it), so it
+    comes near the auto mode's speed at N >= 16 with the bits of N = 1. A caller whose numbers may vary with N caps
+    the chunks themselves there. Whole 12B step on an H100, batch-invariant / auto (reports/history/2026-12-07-s20.md):
+    0.91-0.96x at N = 16 with 8 blocks, 0.97-0.98x walked by 4; at N = 32 0.93-0.94x with 8, 0.86-0.97x walked by 4
+    (four runs on both stand-ins: a wide spread, not understood yet)."""
     base = min(split_k_slices(rows, units), SHAPE_SLICE_CAP)
     if n < SLICE_CAP_MIN_N:
         return base, base

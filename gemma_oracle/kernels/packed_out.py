@@ -5,8 +5,10 @@ bits: one block a row, and, on devices with thread block clusters, a cluster of 
 parts' maxima through distributed shared memory (the .cu header says why: at one token row the one-block kernel put
 the 12B ffn's whole K = 15360 row on one SM). Which one runs, and its geometry, is a function of the shape and the
 device's clusters alone, planned here without CuPy so the CPU tests check it; the launcher is
-`gemma_oracle.kernels.ffn_act.gelu_tanh_mul`. The cluster kernel is the default on sm_90 without a device timing yet
-(written where no GPU was): time a decode step against `cluster=False` before trusting the choice.
+`gemma_oracle.kernels.ffn_act.gelu_tanh_mul`. The cluster kernel is the choice on sm_90; its bits were checked
+against packed_x(gelu_tanh_mul) on an H100 (tests/test_kernels_packed_mma_gpu.py). Whether gelu * up writes the
+records at all is the engine's (gpu_engine PACKED_PRODUCERS): with this kernel the whole 12B step was level with a
+separate packed_x launch (0.98-1.02x, reports/history/2026-12-07-s20.md), so it does not by default.
 """
 from __future__ import annotations
 
