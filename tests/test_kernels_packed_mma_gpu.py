@@ -24,11 +24,12 @@ import pytest
 
 from gemma_oracle.kernels._compile import source_path
 from gemma_oracle.kernels.mmq import GROUP_MAX, split_k_slices
-from gemma_oracle.kernels.packed_mma import (CLUSTER_MAX, ENV_SUMS, ENV_TILES, PACKED_TYPES, SHAPE_SLICE_CAP,
-                                             SLICE_CAP, SLICE_CAP_MIN_N, SUMS, TILE_RULES, TILES, PackedMatrix,
+from gemma_oracle.kernels.packed_mma import (CLUSTER_MAX, ENV_SUMS, ENV_TILES, ENV_WALK, PACKED_TYPES,
+                                             SHAPE_SLICE_CAP, SLICE_CAP, SLICE_CAP_MIN_N, SUMS, TILE_RULES, TILES,
+                                             PackedMatrix,
                                              choose_tile, cluster_shared_bytes, packed_split, plan_pack,
                                              plan_packed_group, plan_packed_mma, plan_packed_x, sums_from_env,
-                                             uses_cluster)
+                                             uses_cluster, walk_from_env)
 from gemma_oracle.kernels.reference import packed as ref
 from gemma_oracle.kernels.reference.f16_operands import dequant_f16, f16_rows as f16_rows_host
 from tests.kernel_support import GuardedOutput, activations, first_bit_difference, quantized_weights
@@ -431,6 +432,22 @@ def test_packed_split_caps_chunks_only_where_numbers_may_vary_with_n():
     assert split_k_slices(3840, 480) > SHAPE_SLICE_CAP > SLICE_CAP  # the 12B's 3840 x 15360: both caps change it
     assert packed_split(3840, 480, 32, vary_with_n=False) == (8, 4)  # 2 chunks a block
     assert packed_split(3840, 480, 32, vary_with_n=True) == (4, 4)
+
+
+def test_packed_walk_switch(monkeypatch):
+    """GEMMA_ORACLE_PACKED_WALK: the most blocks a batch-invariant launch walks its chunks with from SLICE_CAP_MIN_N
+    tokens (SLICE_CAP when unset); the chunks, hence the bits, never change; anything but 1..8 names the variable."""
+    monkeypatch.delenv(ENV_WALK, raising=False)
+    assert walk_from_env() == SLICE_CAP
+    for walk, want in (("2", (8, 2)), ("8", (8, 8)), ("1", (8, 1)), ("3", (8, 2))):
+        monkeypatch.setenv(ENV_WALK, walk)
+        assert packed_split(3840, 480, 32, vary_with_n=False) == want
+        assert packed_split(3840, 480, 8, vary_with_n=False) == (8, 8)  # below SLICE_CAP_MIN_N: a block a chunk
+        assert packed_split(3840, 480, 32, vary_with_n=True) == (4, 4)  # auto caps its chunks instead
+    for bad in ("0", "9", "two"):
+        monkeypatch.setenv(ENV_WALK, bad)
+        with pytest.raises(ValueError, match=f"GEMMA_ORACLE_PACKED_WALK='{bad}': expected"):
+            walk_from_env()
 
 
 def test_host_validation_names_what_is_wrong():

@@ -149,13 +149,24 @@ CLUSTER_SHARED_MAX = 48 * 1024  # dynamic shared memory a launch gets without op
 #   | at most 8    | 4880  | 4991 | 7032 | 9685  |
 #   | at most 4    | 5493  | 5593 | 7085 | 8890  |
 SHAPE_SLICE_CAP, SLICE_CAP, SLICE_CAP_MIN_N = 8, 4, 16
+# The most blocks a batch-invariant launch walks its K chunks with from SLICE_CAP_MIN_N tokens (default SLICE_CAP):
+# a speed choice (the same bits), an environment variable so that a device call can time the walks side by side.
+ENV_WALK = "GEMMA_ORACLE_PACKED_WALK"
 
 
-def packed_split(rows: int, units: int, n: int, vary_with_n: bool) -> tuple[int, int]:
+def walk_from_env() -> int:
+    value = os.environ.get(ENV_WALK, "").strip() or str(SLICE_CAP)
+    if not value.isdigit() or not 1 <= int(value) <= SHAPE_SLICE_CAP:
+        raise ValueError(f"{ENV_WALK}={value!r}: expected the most blocks along K, 1 to {SHAPE_SLICE_CAP}")
+    return int(value)
+
+
+def packed_split(rows: int, units: int, n: int, vary_with_n: bool, walk: int | None = None) -> tuple[int, int]:
     """(chunks, slices) of a packed launch of `rows` x `units` 32-value blocks at N tokens: K in `chunks` chunks,
     each summed on its own and the chunks added in order (the bits), walked by `slices` blocks (chunks / slices
     chunks a block; a speed choice). A batch-invariant caller keeps the shape's chunks at every N and, from
-    SLICE_CAP_MIN_N tokens, walks them with at most SLICE_CAP blocks (the largest divisor of chunks up to it), so it
+    SLICE_CAP_MIN_N tokens, walks them with at most `walk` blocks (default ENV_WALK, else SLICE_CAP; the largest
+    divisor of chunks up to it), so it
     comes near the auto mode's speed at N >= 16 with the bits of N = 1. A caller whose numbers may vary with N caps
     the chunks themselves there. Whole 12B step on an H100, batch-invariant / auto (reports/history/2026-12-07-s20.md):
     0.91-0.96x at N = 16 with 8 blocks, 0.97-0.98x walked by 4; at N = 32 0.93-0.94x with 8, 0.86-0.97x walked by 4
@@ -165,7 +176,8 @@ def packed_split(rows: int, units: int, n: int, vary_with_n: bool) -> tuple[int,
         return base, base
     if vary_with_n:
         return min(base, SLICE_CAP), min(base, SLICE_CAP)
-    return base, max(d for d in range(1, min(base, SLICE_CAP) + 1) if base % d == 0)
+    walk = walk_from_env() if walk is None else walk
+    return base, max(d for d in range(1, min(base, walk) + 1) if base % d == 0)
 
 
 # A tuning's rules instead of TILE_RULES, to time whole steps before they are written down: "min_n[@min_aspect]:tile,..."
