@@ -297,11 +297,11 @@ def group_outs(members: list, outs, route: str) -> list:
     return outs
 
 
-def check_group_counters(plans) -> None:
-    """A split group's tiles (every member's row tiles x the token tiles) each need a split-K counter (a packed plan
-    counts when it has several K chunks, even walked by one block)."""
+def check_group_counters(plans, split: int | None = None) -> None:
+    """A split group's tiles (every member's row tiles x the token tiles) each need a split-K counter when its K is
+    split (`split`: the plans' K split; default their slices, packed MMA passes its chunks)."""
     first = plans[0]
-    if max(first.slices, getattr(first, "chunks", 1)) > 1 and sum(p.grid[0] for p in plans) * first.grid[1] > COUNTER_SLOTS:
+    if (first.slices if split is None else split) > 1 and sum(p.grid[0] for p in plans) * first.grid[1] > COUNTER_SLOTS:
         raise ValueError(f"members: {sum(p.grid[0] for p in plans) * first.grid[1]} tiles, more than the "
                          f"{COUNTER_SLOTS} split-K counters")
 

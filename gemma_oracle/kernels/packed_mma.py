@@ -166,9 +166,8 @@ def packed_split(rows: int, units: int, n: int, vary_with_n: bool, walk: int | N
     each summed on its own and the chunks added in order (the bits), walked by `slices` blocks (chunks / slices
     chunks a block; a speed choice). A batch-invariant caller keeps the shape's chunks at every N and, from
     SLICE_CAP_MIN_N tokens, walks them with at most `walk` blocks (default ENV_WALK, else SLICE_CAP; the largest
-    divisor of chunks up to it), so it
-    comes near the auto mode's speed at N >= 16 with the bits of N = 1. A caller whose numbers may vary with N caps
-    the chunks themselves there. Whole 12B step on an H100, batch-invariant / auto (reports/history/2026-12-07-s20.md):
+    divisor of chunks up to it), so it comes near the auto mode's speed at N >= 16 with the bits of N = 1. A caller
+    whose numbers may vary with N caps the chunks themselves there. Whole 12B step on an H100, batch-invariant / auto (reports/history/2026-12-07-s20.md):
     0.91-0.96x at N = 16 with 8 blocks, 0.97-0.98x walked by 4; at N = 32 0.93-0.94x with 8, 0.86-0.97x walked by 4
     (four runs on both stand-ins: a wide spread, not understood yet)."""
     base = min(split_k_slices(rows, units), SHAPE_SLICE_CAP)
@@ -372,7 +371,7 @@ def plan_packed_group(members, x, *, outs=None, tile: str | None = None, slices:
                              f"({plan.chunks} chunks) and tile {plan.tile.name} cannot share a launch with member 0 "
                              f"({w0.type_name} {w0.rows}x{w0.n_cols} with {first.slices} ({first.chunks}), "
                              f"{first.tile.name}): a grouped launch needs one type, column count, K split and tile")
-    check_group_counters(plans)
+    check_group_counters(plans, split=first.chunks)
     return plans
 
 
