@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-GROUP = 64  # values of a packed record's group (kernels/packed_mma.py GROUP): the cluster splits a row by groups
-THREADS = 256  # F16_ROWS_THREADS (f16_row.cuh): both kernels' block
-CLUSTER_MAX = 8  # the portable cluster size (no non-portable attribute is set); the kernel needs <= 32 (a lane each)
+from .packed_mma import CLUSTER_MAX, GROUP, X_THREADS as THREADS  # the portable cluster size (the kernel: <= 32)
+
 GRID_Y_MAX = 65535  # a cluster launch's rows are its grid's y
 ENTRIES = ("gelu_tanh_mul_packed_f32", "gelu_tanh_mul_packed_cluster_f32")  # one block a row; a cluster a row
 

@@ -276,15 +276,15 @@ __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, i
     const int per = chunks / slices, c0 = blockIdx.z * per;  // this block's chunks c0 .. c0 + per - 1
 
     float acc[MT][NT][4];
-#pragma unroll
-    for (int m = 0; m < MT; ++m)
-#pragma unroll
-        for (int h = 0; h < NT; ++h)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[m][h][e] = 0.0f;
-
 #pragma unroll 1
     for (int c = c0; c < c0 + per; ++c) {
+        // each chunk from +0, as a block of its own would sum it
+#pragma unroll
+        for (int m = 0; m < MT; ++m)
+#pragma unroll
+            for (int h = 0; h < NT; ++h)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc[m][h][e] = 0.0f;
         const int2 k_slice = split_k_bounds_u32(units, chunks, c);
         const int u_lo = k_slice.x, u_hi = k_slice.y;
         const int j_lo = u_lo >> 1, j_hi = (u_hi + 1) >> 1;  // groups holding a block of the chunk
@@ -359,7 +359,7 @@ __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, i
             }
         }
         // the chunk's partial sums: into y when K is one chunk, else into this block's shared memory (cluster) or the
-        // chunk's plane of part; then acc starts the next chunk from +0, as a block of its own would
+        // chunk's plane of part
         if (cluster) {
             pk_cluster_store<MT, NT, THREADS>(acc, inv, n, xt0, t, c - c0);
         } else {
@@ -368,12 +368,6 @@ __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, i
             for (int m = 0; m < MT; ++m)
                 dq_store_m16<NT>(acc[m], dst, inv, 16 * (tile0 + m) + g, 8 * xt0, t, rows, n);
         }
-#pragma unroll
-        for (int m = 0; m < MT; ++m)
-#pragma unroll
-            for (int h = 0; h < NT; ++h)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) acc[m][h][e] = 0.0f;
     }
 
     if (cluster) {
