@@ -158,6 +158,19 @@ def test_compile_switches(monkeypatch):
     monkeypatch.setenv(_compile.PACKED_PREFETCH_ENV, "yes")
     with pytest.raises(ValueError, match=r"GEMMA_ORACLE_PACKED_PREFETCH='yes': expected a count"):
         _compile.nvrtc_options()
+    monkeypatch.setenv(_compile.PACKED_PREFETCH_ENV, "0")
+    # packed MMA's rolling prefetch: opt-in, a count of groups, with or without PDL
+    monkeypatch.delenv(_compile.PACKED_AHEAD_ENV, raising=False)
+    assert _compile.PACKED_AHEAD_DEFAULT == 0 and _compile.nvrtc_options() == _compile.NVRTC_OPTIONS
+    monkeypatch.setenv(_compile.PACKED_AHEAD_ENV, "4")
+    assert _compile.nvrtc_options() == _compile.NVRTC_OPTIONS + ("-DPK_L2_AHEAD=4",)
+    assert _compile.nvrtc_options(pdl=True) == _compile.NVRTC_OPTIONS + ("-DGRID_DEPENDENCY=1", "-DPK_L2_AHEAD=4")
+    monkeypatch.setenv(_compile.PACKED_AHEAD_ENV, "6")
+    with pytest.raises(ValueError, match=r"GEMMA_ORACLE_PACKED_AHEAD=6: expected a power of two"):
+        _compile.nvrtc_options()
+    monkeypatch.setenv(_compile.PACKED_AHEAD_ENV, "-1")
+    with pytest.raises(ValueError, match=r"GEMMA_ORACLE_PACKED_AHEAD='-1': expected a count"):
+        _compile.nvrtc_options()
 
 
 def test_pdl_switch(monkeypatch):

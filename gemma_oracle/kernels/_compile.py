@@ -6,6 +6,7 @@ that reads `ptxas -v` for register use and spills (`nvcc_command`).
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 CUDA_DIR = Path(__file__).with_name("cuda")
@@ -21,7 +22,8 @@ NVRTC_OPTIONS = COMMON_OPTIONS + tuple("-" + o for o in IEEE_OPTIONS) + (f"--gpu
 # The local nvcc build (tests/test_kernels_compile.py: registers and spills) compiles the opt-in variants below,
 # which hold everything the default build holds and more.
 NVCC_OPTIONS = COMMON_OPTIONS + IEEE_OPTIONS + (f"-arch={ARCH}", "-Xptxas", "-v", "--cubin", "-DGRID_DEPENDENCY=1",
-                                                "-DMMQ_L2_PREFETCH=1", "-DPK_L2_PREFETCH=8")
+                                                "-DMMQ_L2_PREFETCH=1", "-DPK_L2_PREFETCH=8",
+                                                "-DPK_L2_AHEAD=8")
 # Switches: programmatic dependent launch (kernels/launch.py, GEMMA_ORACLE_PDL: on unless 0) compiles every kernel
 # with GRID_DEPENDENCY=1 (the wait in common.cuh's grid_dependency_enter); GEMMA_ORACLE_MMQ_PREFETCH=1 (opt-in) compiles in decode-MMQ's L2 prefetch of its weights before that
 # wait (mmq.cu, MMQ_L2_PREFETCH).
@@ -32,23 +34,36 @@ PREFETCH_ENV = "GEMMA_ORACLE_MMQ_PREFETCH"
 # 8 groups were 1.02-1.05x none at N = 1, 2, 16, 32 (auto and batch-invariant); 4 groups 0.96-1.01x 8, 16 groups 0.96x.
 PACKED_PREFETCH_ENV = "GEMMA_ORACLE_PACKED_PREFETCH"
 PACKED_PREFETCH_DEFAULT = 8
+# GEMMA_ORACLE_PACKED_AHEAD=A (groups, a power of two; 0 or unset: PACKED_AHEAD_DEFAULT) compiles in packed MMA's
+# rolling L2 prefetch: every A groups, each m16 tile's next A records, A to 2A groups past its register ring
+# (packed_mma.cu, PK_L2_AHEAD; with or without PDL). Opt-in until a device A/B has measured it.
+PACKED_AHEAD_ENV = "GEMMA_ORACLE_PACKED_AHEAD"
+PACKED_AHEAD_DEFAULT = 0
+
+
+def _groups_from_env(name: str, default: int) -> int:
+    value = os.environ.get(name, str(default)).strip() or str(default)
+    if not value.isdigit() or int(value) > 1024:
+        raise ValueError(f"{name}={value!r}: expected a count of 64-value groups, 0 (none) to 1024")
+    return int(value)
 
 
 def nvrtc_options(pdl: bool = False) -> tuple[str, ...]:
     """NVRTC_OPTIONS with the opt-in defines: GRID_DEPENDENCY=1 when `pdl` (kernels/launch.py decides it from
     GEMMA_ORACLE_PDL and the device), MMQ_L2_PREFETCH=1 when GEMMA_ORACLE_MMQ_PREFETCH=1, PK_L2_PREFETCH=G when
-    GEMMA_ORACLE_PACKED_PREFETCH=G > 0 (unset: PACKED_PREFETCH_DEFAULT)."""
-    import os
-
+    GEMMA_ORACLE_PACKED_PREFETCH=G > 0 (unset: PACKED_PREFETCH_DEFAULT), PK_L2_AHEAD=A when
+    GEMMA_ORACLE_PACKED_AHEAD=A > 0 (unset: PACKED_AHEAD_DEFAULT)."""
     value = os.environ.get(PREFETCH_ENV, "0").strip()
     if value not in ("0", "1"):
         raise ValueError(f"{PREFETCH_ENV}={value!r}: expected 0 (no weight prefetch) or 1")
-    groups = os.environ.get(PACKED_PREFETCH_ENV, str(PACKED_PREFETCH_DEFAULT)).strip() or str(PACKED_PREFETCH_DEFAULT)
-    if not groups.isdigit() or int(groups) > 1024:
-        raise ValueError(f"{PACKED_PREFETCH_ENV}={groups!r}: expected a count of 64-value groups, 0 (none) to 1024")
+    groups = _groups_from_env(PACKED_PREFETCH_ENV, PACKED_PREFETCH_DEFAULT)
+    ahead = _groups_from_env(PACKED_AHEAD_ENV, PACKED_AHEAD_DEFAULT)
+    if ahead & (ahead - 1):
+        raise ValueError(f"{PACKED_AHEAD_ENV}={ahead}: expected a power of two of 64-value groups, or 0 (none)")
     return (NVRTC_OPTIONS + (("-DGRID_DEPENDENCY=1",) if pdl else ())
             + (("-DMMQ_L2_PREFETCH=1",) if value == "1" else ())
-            + ((f"-DPK_L2_PREFETCH={int(groups)}",) if int(groups) else ()))
+            + ((f"-DPK_L2_PREFETCH={groups}",) if groups else ())
+            + ((f"-DPK_L2_AHEAD={ahead}",) if ahead else ()))
 
 
 def source_path(name: str) -> Path:

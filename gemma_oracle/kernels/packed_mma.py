@@ -130,6 +130,12 @@ def prefetch_groups() -> int:
     return max([int(o.split("=")[1]) for o in nvrtc_options(pdl=True) if o.startswith("-DPK_L2_PREFETCH=")] or [0])
 
 
+def ahead_groups() -> int:
+    """How far past its register ring each m16 tile's rolling L2 prefetch asks, in groups (packed_mma.cu,
+    pk_prefetch_ahead; GEMMA_ORACLE_PACKED_AHEAD; 0: none)."""
+    return max([int(o.split("=")[1]) for o in nvrtc_options() if o.startswith("-DPK_L2_AHEAD=")] or [0])
+
+
 def cluster_shared_bytes(tile: Tile, chunks_per_block: int = 1) -> int:
     """Dynamic shared memory of a cluster launch: each thread's MT * NT * 4 partial sums of each of its block's K
     chunks (pk_cluster_store)."""

@@ -262,6 +262,35 @@ __device__ __forceinline__ void pk_cluster_sums(float* __restrict__ y, int rows,
     pk_cluster_barrier();
 }
 
+// A rolling L2 prefetch ahead of the register ring (kernels/_compile.py defines PK_L2_AHEAD = A, a power of two, from
+// GEMMA_ORACLE_PACKED_AHEAD; 0: none): when the ring loads a group j_next that is a multiple of A, each
+// m16 tile asks groups j_next + A .. j_next + 2A - 1 into L2 (cp.async.bulk.prefetch.L2 of A contiguous records, lane
+// m for tile m), so the DRAM requests run A to 2A groups past the ring, A records (A * 640 bytes of Q4_K) at a time.
+// Why: the ring holds D - 1 groups in flight in registers, and registers bound D (deeper rings cost blocks an SM:
+// reports/history/2026-12-07-s16.md); at N = 1 a block then waits a DRAM round trip every D - 1 groups, reading
+// 640-byte records of many row tiles at once (ncu, 2026-12-07: the 15360 x 3840 Q4_K launch at 1.74 TB/s, 0.45
+// issued warps a scheduler, L1TEX waits the first stall). Bytes asked into L2 cost no registers, and a longer run of
+// one tile's records a request gives DRAM fewer, longer bursts. Never past the block's last group `j_end` (nor the
+// matrix: a row tile's last group is the last of its chunks); the groups before the block's first multiple of A
+// are the prologue's (pk_prefetch_weights_l2, under PDL).
+#ifndef PK_L2_AHEAD
+#define PK_L2_AHEAD 0
+#endif
+static_assert((PK_L2_AHEAD & (PK_L2_AHEAD - 1)) == 0, "PK_L2_AHEAD: a power of two (or 0)");
+template <class P, int MT>
+__device__ __forceinline__ void pk_prefetch_ahead(const uint4* const (&w_next)[MT], const bool (&w_live)[MT],
+                                                  int j_next, int j_end, int lane) {
+    if constexpr (PK_L2_AHEAD > 0) {
+        const int count = min(PK_L2_AHEAD, j_end - (j_next + PK_L2_AHEAD));
+        if ((j_next & (PK_L2_AHEAD - 1)) != 0 || count <= 0) return;  // warp-uniform
+#pragma unroll
+        for (int m = 0; m < MT; ++m)
+            if (lane == m && w_live[m])
+                asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;"
+                             ::"l"(w_next[m] + PK_L2_AHEAD * P::RECORD), "r"((u32)count * P::RECORD * 16u));
+    }
+}
+
 // bx: the block's row tile of its member's matrix (w, rows, y, part); blockIdx.x is its place in the whole grid
 template <class P, int MT, int NT, int D, bool XR>
 __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, int rows, int bx, int units,
@@ -274,6 +303,9 @@ __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, i
     const int tile0 = (bx * PK_WARPS + warp) * MT;  // this warp's first m16 tile
     const int xt0 = blockIdx.y * NT;  // the block's first token tile
     const int per = chunks / slices, c0 = blockIdx.z * per;  // this block's chunks c0 .. c0 + per - 1
+    // the end of the block's last chunk: the rolling L2 prefetch (pk_prefetch_ahead) runs on across its chunk bounds
+    // (a tile's records are contiguous along K) and stops there
+    const int j_end = PK_L2_AHEAD > 0 ? (split_k_bounds_u32(units, chunks, c0 + per - 1).y + 1) >> 1 : 0;
 
     float acc[MT][NT][4];
 #pragma unroll 1
@@ -321,6 +353,7 @@ __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, i
         };
         auto load_next = [&](int slot) {  // group j_next into ring slot `slot`; past the chunk nothing is read
             const bool any = j_next < j_hi;
+            pk_prefetch_ahead<P, MT>(w_next, w_live, j_next, j_end, lane);
 #pragma unroll
             for (int m = 0; m < MT; ++m) {
                 if (any && w_live[m]) P::load(ring[slot][m], w_next[m], lane);
