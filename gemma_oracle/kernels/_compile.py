@@ -36,7 +36,8 @@ PACKED_PREFETCH_ENV = "GEMMA_ORACLE_PACKED_PREFETCH"
 PACKED_PREFETCH_DEFAULT = 8
 # GEMMA_ORACLE_PACKED_AHEAD=A (groups, a power of two; 0 or unset: PACKED_AHEAD_DEFAULT) compiles in packed MMA's
 # rolling L2 prefetch: every A groups, each m16 tile's next A records, A to 2A groups past its register ring
-# (packed_mma.cu, PK_L2_AHEAD; with or without PDL). Opt-in until a device A/B has measured it.
+# (packed_mma.cu, PK_L2_AHEAD; with or without PDL). Off by default: on an H100, A = 4 made the whole 12B step
+# 0.91-0.92x at N = 1-2 (shape12b, auto; reports/history/2026-12-07-s21.md).
 PACKED_AHEAD_ENV = "GEMMA_ORACLE_PACKED_AHEAD"
 PACKED_AHEAD_DEFAULT = 0
 
