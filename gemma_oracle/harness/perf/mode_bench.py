@@ -178,9 +178,9 @@ def main(argv=None) -> int:
 
     device = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
     # 'pdl' or 'plain' (GEMMA_ORACLE_PDL), whether decode-MMQ prefetches its weights (GEMMA_ORACLE_MMQ_PREFETCH) and
-    # packed MMA its first groups (GEMMA_ORACLE_PACKED_PREFETCH) and ahead of its ring (GEMMA_ORACLE_PACKED_AHEAD), how packed MMA adds its K slices
-    # (GEMMA_ORACLE_PACKED_SUMS) and how many blocks batch-invariant mode walks its K chunks with from 16 tokens
-    # (GEMMA_ORACLE_PACKED_WALK): an A/B's sides say what they ran
+    # packed MMA its first groups (GEMMA_ORACLE_PACKED_PREFETCH) and ahead of its ring (GEMMA_ORACLE_PACKED_AHEAD),
+    # how packed MMA adds its K slices (GEMMA_ORACLE_PACKED_SUMS) and how many blocks batch-invariant mode walks its K
+    # chunks with from 16 tokens (GEMMA_ORACLE_PACKED_WALK): an A/B's sides say what they ran
     launch = (launch_mode() + ("" if weight_prefetch_enabled() else " without weight prefetch")
               + (f", packed prefetch {prefetch_groups()} groups" if prefetch_groups() else "")
               + (f", packed prefetch ahead {ahead_groups()} groups" if ahead_groups() else "")

@@ -272,7 +272,8 @@ __device__ __forceinline__ void pk_cluster_sums(float* __restrict__ y, int rows,
 // issued warps a scheduler, L1TEX waits the first stall). Bytes asked into L2 cost no registers, and a longer run of
 // one tile's records a request gives DRAM fewer, longer bursts. Never past the block's last group `j_end` (nor the
 // matrix: a row tile's last group is the last of its chunks); the groups before the block's first multiple of A
-// are the prologue's (pk_prefetch_weights_l2, under PDL).
+// are the prologue's (pk_prefetch_weights_l2, under PDL). Measured slower, so off by default: A = 4 made the whole
+// 12B step 0.91-0.92x at N = 1-2 on an H100 (reports/history/2026-12-07-s21.md).
 #ifndef PK_L2_AHEAD
 #define PK_L2_AHEAD 0
 #endif
