@@ -15,6 +15,20 @@ __device__ __forceinline__ u32 dq_half2_sub(u32 a, u32 b) {
     return r;
 }
 
+// A half2 of one half of `v` twice ({lo, lo} / {hi, hi}). Spelled as PTX moves of the halves, which ptxas folds into
+// the next half2 instruction's operand (.H0_H0 / .H1_H1), where a byte permute (__byte_perm 0x1010 / 0x3232) costs an
+// instruction of its own (sm_90 SASS, nvcc 13.0).
+__device__ __forceinline__ u32 half2_lo(u32 v) {
+    u32 r;
+    asm("{\n\t.reg .b16 l, h;\n\tmov.b32 {l, h}, %1;\n\tmov.b32 %0, {l, l};\n\t}" : "=r"(r) : "r"(v));
+    return r;
+}
+__device__ __forceinline__ u32 half2_hi(u32 v) {
+    u32 r;
+    asm("{\n\t.reg .b16 l, h;\n\tmov.b32 {l, h}, %1;\n\tmov.b32 %0, {h, h};\n\t}" : "=r"(r) : "r"(v));
+    return r;
+}
+
 __device__ __forceinline__ void dq_mma16816(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
         "{%0, %1, %2, %3};"
