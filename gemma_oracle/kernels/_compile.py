@@ -45,7 +45,8 @@ PACKED_AHEAD_ENV = "GEMMA_ORACLE_PACKED_AHEAD"
 PACKED_AHEAD_DEFAULT = 0
 # GEMMA_ORACLE_PACKED_BULK=S (stages, 0 or unset: PACKED_BULK_DEFAULT) compiles in packed MMA's shared-memory ring of
 # weight records filled by bulk copies, S groups a warp ahead of its register ring (packed_mma.cu, PK_BULK; S is cut
-# to what fits 32 KB a block). Not yet timed on a device, so off by default.
+# to what fits 32 KB a block). Off by default: on an H100 6 stages made the whole 12B step 0.78-0.89x the register
+# ring (both stand-ins, N = 1, 2, 32, auto; reports/history/2026-12-07-s22.md).
 PACKED_BULK_ENV = "GEMMA_ORACLE_PACKED_BULK"
 PACKED_BULK_DEFAULT = 0
 

@@ -329,7 +329,9 @@ __device__ __forceinline__ void pk_prefetch_ahead(const uint4* const (&w_next)[M
 // itself uses its stages, so a warp barrier orders its lanes' reads of a stage before lane 0 refills it; no block
 // barrier. The values reach the mma exactly as from global memory: the same bits. Each chunk's groups are all asked
 // and all read (none past the chunk), so no copy is in flight when the block exits. A block's ring is at most
-// PK_BULK_BYTES bytes (S is cut to fit), which leaves room for the cluster sums' dynamic shared memory.
+// PK_BULK_BYTES bytes (S is cut to fit), which leaves room for the cluster sums' dynamic shared memory. Measured
+// slower, so off by default: 6 stages made the whole 12B step 0.78-0.89x the register ring on an H100 (both
+// stand-ins, N = 1, 2, 32; reports/history/2026-12-07-s22.md).
 #ifndef PK_BULK
 #define PK_BULK 0
 #endif
@@ -504,7 +506,9 @@ __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, i
                 // a chunk bound inside the group (only the chunk's first or last one): its steps outside are skipped.
                 // The skip predicates the step's mma, not the step: a branch around each step cost a branch, a nop
                 // and two constants rebuilt a step (sm_90 SASS, nvcc 13.0: the N = 1 loops 9-24 % fewer
-                // instructions without it), and an mma not issued leaves acc as a skipped step does (the same bits).
+                // instructions without it, with half2_lo / hi), and an mma not issued leaves acc as a skipped step
+                // does (the same bits). The two made the whole 12B step 1.06-1.09x on the Q4_K_M stand-in and left
+                // the Q4_0 one level (H100, reports/history/2026-12-07-s22.md).
                 const bool lo_in = 2 * j >= u_lo, hi_in = 2 * j + 1 < u_hi;
 #pragma unroll
                 for (int s = 0; s < 4; ++s) {
