@@ -38,6 +38,19 @@ def test_deadline_cuts_the_step_and_skips_the_rest(tmp_path):
     assert not (out / "results.tgz.part").exists()
 
 
+def test_tests_step_takes_a_k_expression_of_several_words(tmp_path):
+    """PYTEST_K reaches pytest as one -k expression (PYTEST_TARGETS is split on spaces, so quotes inside it break)."""
+    targets = tmp_path / "test_three.py"
+    targets.write_text("def test_alpha():\n    pass\n\ndef test_beta():\n    pass\n\ndef test_gamma():\n    pass\n")
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTEST_TARGETS=f"-p gemma_oracle.harness.pytest_plugin {targets}", PYTEST_K="alpha or beta",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(["bash", "scripts/gpu-run", str(out), "tests"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 passed, 1 deselected" in proc.stdout, proc.stdout
+
+
 def test_llamaprebuilt_puts_a_carried_build_where_bench_sh_looks(tmp_path):
     """The carried tarball (scripts/llamacpp-prebuild) is unpacked to bench.sh's build dir with BUILD_RC=0 when the
     executable's libraries resolve, and BUILD_RC=1 naming the problem when they do not (a control: bench.sh then
