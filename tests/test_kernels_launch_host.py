@@ -171,16 +171,6 @@ def test_compile_switches(monkeypatch):
     monkeypatch.setenv(_compile.PACKED_AHEAD_ENV, "-1")
     with pytest.raises(ValueError, match=r"GEMMA_ORACLE_PACKED_AHEAD='-1': expected a count"):
         _compile.nvrtc_options()
-    monkeypatch.delenv(_compile.PACKED_AHEAD_ENV)
-    # packed MMA's shared-memory weight ring: opt-in, a count of stages, with or without PDL
-    monkeypatch.delenv(_compile.PACKED_BULK_ENV, raising=False)
-    assert _compile.PACKED_BULK_DEFAULT == 0 and _compile.nvrtc_options() == _compile.NVRTC_OPTIONS
-    monkeypatch.setenv(_compile.PACKED_BULK_ENV, "6")
-    assert _compile.nvrtc_options() == _compile.NVRTC_OPTIONS + ("-DPK_BULK=6",)
-    assert _compile.nvrtc_options(pdl=True) == _compile.NVRTC_OPTIONS + ("-DGRID_DEPENDENCY=1", "-DPK_BULK=6")
-    monkeypatch.setenv(_compile.PACKED_BULK_ENV, "six")
-    with pytest.raises(ValueError, match=r"GEMMA_ORACLE_PACKED_BULK='six': expected a count"):
-        _compile.nvrtc_options()
 
 
 def test_pdl_switch(monkeypatch):

@@ -10,7 +10,6 @@ GPU (marked `gpu`):
     the float32 accumulation bound of the float64 product of the fp16 operands;
   * batch invariance, bitwise: a needle token at a random slot of N-token launches equals the N = 1 launch, on every
     tile; a repeated launch gives the same bits;
-  * the shared-memory weight ring filled by bulk copies (GEMMA_ORACLE_PACKED_BULK) gives the register ring's bits;
   * a grouped launch gives each member its own launch's bits; the producers that write packed_x of their output
     in their own launch (the fused norm, gelu * up) write packed_x's bits; so do both kernels of gelu * up (one block
     a row; a thread block cluster a row) at K = 64 .. 15360, N = 1 .. 17, on rows of every exponent case.
@@ -172,49 +171,6 @@ def test_packed_mma_chunks_walked_by_fewer_blocks_keep_the_bits(t, rows, cols, c
                 assert not first_bit_difference(_host(ys[1]), want_other), f"{what}: grouped member 1 differs"
     with pytest.raises(ValueError, match="cannot walk"):
         plan_packed_mma(packed, np.zeros((1, cols), np.float32), slices=3, chunks=8)
-
-
-# (rows, cols, chunks, slices): a split with bounds inside a 64-value group, chunks of fewer groups than the ring's
-# stages (3840 / 8 / 64 = 7.5), and 8 chunks walked by 2 blocks (the ring runs on from one chunk into the next)
-BULK_CASES = ((130, 2560, 5, 5), (2096, 1024, 1, 1), (4096, 3840, 8, 8), (4096, 3840, 8, 2))
-
-
-@gpu
-@pytest.mark.parametrize("t", PACKED_TYPES)
-def test_bulk_weight_ring_keeps_the_bits(t, monkeypatch):
-    """packed_mma.cu's shared-memory weight ring filled by bulk copies (GEMMA_ORACLE_PACKED_BULK: 1 stage, and 6,
-    which Q6_K's two-tile entries cut to the 4 that fit) gives every tile the register ring's bits, with both sums,
-    at N = 1, 9, 33, alone and grouped, and writes nothing past its output."""
-    from gemma_oracle.kernels import _compile
-    from gemma_oracle.kernels.packed_mma import bulk_stages, pack_weights, packed_mma_group, packed_x
-
-    monkeypatch.delenv(_compile.PACKED_BULK_ENV, raising=False)
-    cases = []
-    for rows, cols, chunks, slices in BULK_CASES:
-        packed = pack_weights(cp.asarray(quantized_weights(t, rows, cols)), t, cols)
-        other = pack_weights(cp.asarray(quantized_weights(t, 77, cols)), t, cols)
-        for n in (1, 9, 33):
-            xf = packed_x(cp.asarray(activations(n, cols, "packed_mma_bulk", t, rows)))
-            for tile in TILES:
-                for sums in SUMS if chunks > 1 else ("counters",):
-                    want = [_host(y) for y in packed_mma_group([packed, other], xf, tile=tile, slices=slices,
-                                                               chunks=chunks, sums=sums)]
-                    cases.append((f"{rows}x{cols} chunks {chunks} on {slices} N={n} {tile} {sums}",
-                                  packed, other, xf, tile, slices, chunks, sums, want))
-    assert bulk_stages() == 0
-    for stages in (1, 6):
-        monkeypatch.setenv(_compile.PACKED_BULK_ENV, str(stages))
-        assert bulk_stages() == stages
-        for what, packed, other, xf, tile, slices, chunks, sums, want in cases:
-            out = GuardedOutput(cp, (want[0].shape[0], packed.rows), np.float32)
-            out.view[...] = np.nan
-            ys = packed_mma_group([packed, other], xf, outs=[out.view, None], tile=tile, slices=slices,
-                                  chunks=chunks, sums=sums)
-            before, after = out.guards_intact()
-            assert before and after, f"{stages} stages, {what}: guard overwritten ({before}, {after})"
-            for m in range(2):
-                diff = first_bit_difference(_host(ys[m]), want[m])
-                assert not diff, f"{stages} stages, {what}: member {m} differs from the register ring: {diff}"
 
 
 @gpu

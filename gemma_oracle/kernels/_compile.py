@@ -24,9 +24,6 @@ NVRTC_OPTIONS = COMMON_OPTIONS + tuple("-" + o for o in IEEE_OPTIONS) + (f"--gpu
 NVCC_OPTIONS = COMMON_OPTIONS + IEEE_OPTIONS + (f"-arch={ARCH}", "-Xptxas", "-v", "--cubin", "-DGRID_DEPENDENCY=1",
                                                 "-DMMQ_L2_PREFETCH=1", "-DPK_L2_PREFETCH=8",
                                                 "-DPK_L2_AHEAD=8")
-# Opt-in variants that replace code rather than add to it, compiled by that test as builds of their own beside the one
-# above: packed MMA's bulk weight ring (PK_BULK) takes the place of its register ring's global loads.
-NVCC_VARIANTS = {"packed_mma": (("-DPK_BULK=6",),)}
 # Switches: programmatic dependent launch (kernels/launch.py, GEMMA_ORACLE_PDL: on unless 0) compiles every kernel
 # with GRID_DEPENDENCY=1 (the wait in common.cuh's grid_dependency_enter); GEMMA_ORACLE_MMQ_PREFETCH=1 (opt-in) compiles in decode-MMQ's L2 prefetch of its weights before that
 # wait (mmq.cu, MMQ_L2_PREFETCH).
@@ -43,12 +40,6 @@ PACKED_PREFETCH_DEFAULT = 8
 # 0.91-0.92x at N = 1-2 (shape12b, auto; reports/history/2026-12-07-s21.md).
 PACKED_AHEAD_ENV = "GEMMA_ORACLE_PACKED_AHEAD"
 PACKED_AHEAD_DEFAULT = 0
-# GEMMA_ORACLE_PACKED_BULK=S (stages, 0 or unset: PACKED_BULK_DEFAULT) compiles in packed MMA's shared-memory ring of
-# weight records filled by bulk copies, S groups a warp ahead of its register ring (packed_mma.cu, PK_BULK; S is cut
-# to what fits 32 KB a block). Off by default: on an H100 6 stages made the whole 12B step 0.78-0.89x the register
-# ring (both stand-ins, N = 1, 2, 32, auto; reports/history/2026-12-07-s22.md).
-PACKED_BULK_ENV = "GEMMA_ORACLE_PACKED_BULK"
-PACKED_BULK_DEFAULT = 0
 
 
 def _groups_from_env(name: str, default: int) -> int:
@@ -62,8 +53,7 @@ def nvrtc_options(pdl: bool = False) -> tuple[str, ...]:
     """NVRTC_OPTIONS with the opt-in defines: GRID_DEPENDENCY=1 when `pdl` (kernels/launch.py decides it from
     GEMMA_ORACLE_PDL and the device), MMQ_L2_PREFETCH=1 when GEMMA_ORACLE_MMQ_PREFETCH=1, PK_L2_PREFETCH=G when
     GEMMA_ORACLE_PACKED_PREFETCH=G > 0 (unset: PACKED_PREFETCH_DEFAULT), PK_L2_AHEAD=A when
-    GEMMA_ORACLE_PACKED_AHEAD=A > 0 (unset: PACKED_AHEAD_DEFAULT), PK_BULK=S when GEMMA_ORACLE_PACKED_BULK=S > 0
-    (unset: PACKED_BULK_DEFAULT)."""
+    GEMMA_ORACLE_PACKED_AHEAD=A > 0 (unset: PACKED_AHEAD_DEFAULT)."""
     value = os.environ.get(PREFETCH_ENV, "0").strip()
     if value not in ("0", "1"):
         raise ValueError(f"{PREFETCH_ENV}={value!r}: expected 0 (no weight prefetch) or 1")
@@ -71,22 +61,19 @@ def nvrtc_options(pdl: bool = False) -> tuple[str, ...]:
     ahead = _groups_from_env(PACKED_AHEAD_ENV, PACKED_AHEAD_DEFAULT)
     if ahead & (ahead - 1):
         raise ValueError(f"{PACKED_AHEAD_ENV}={ahead}: expected a power of two of 64-value groups, or 0 (none)")
-    stages = _groups_from_env(PACKED_BULK_ENV, PACKED_BULK_DEFAULT)
     return (NVRTC_OPTIONS + (("-DGRID_DEPENDENCY=1",) if pdl else ())
             + (("-DMMQ_L2_PREFETCH=1",) if value == "1" else ())
             + ((f"-DPK_L2_PREFETCH={groups}",) if groups else ())
-            + ((f"-DPK_L2_AHEAD={ahead}",) if ahead else ())
-            + ((f"-DPK_BULK={stages}",) if stages else ()))
+            + ((f"-DPK_L2_AHEAD={ahead}",) if ahead else ()))
 
 
 def source_path(name: str) -> Path:
     return CUDA_DIR / f"{name}.cu"
 
 
-def nvcc_command(name: str, out: Path, variant: tuple[str, ...] = ()) -> list[str]:
-    """The local nvcc command that compiles kernels/cuda/<name>.cu with the run-time options (and a variant's defines
-    from NVCC_VARIANTS)."""
-    return ["nvcc", *NVCC_OPTIONS, *variant, "-o", str(out), str(source_path(name))]
+def nvcc_command(name: str, out: Path) -> list[str]:
+    """The local nvcc command that compiles kernels/cuda/<name>.cu with the run-time options."""
+    return ["nvcc", *NVCC_OPTIONS, "-o", str(out), str(source_path(name))]
 
 
 def _headers_digest() -> str:

@@ -119,15 +119,8 @@ class Kernel:
         self.function = function  # cupy RawKernel (RawModule.get_function)
         self.name = name
         self.pdl = pdl
-        self.dynamic_max = 0  # the dynamic shared memory this kernel has been allowed so far (bytes)
 
     def __call__(self, grid, block, args, shared_mem: int = 0, cluster=None):
-        if shared_mem > self.dynamic_max:
-            # a kernel's static shared memory and the launch's dynamic one may add up past the 48 KB a launch gets
-            # without asking (packed_mma.cu's bulk ring beside the cluster sums); the attribute is the driver's
-            # opt-in (cuFuncSetAttribute), not a stream operation, so it is allowed inside a CUDA graph capture
-            self.function.max_dynamic_shared_size_bytes = int(shared_mem)
-            self.dynamic_max = int(shared_mem)
         if not self.pdl and cluster is None:
             return self.function(grid, block, args, shared_mem=shared_mem)
         import cupy

@@ -136,12 +136,6 @@ def ahead_groups() -> int:
     return max([int(o.split("=")[1]) for o in nvrtc_options() if o.startswith("-DPK_L2_AHEAD=")] or [0])
 
 
-def bulk_stages() -> int:
-    """The stages of packed MMA's shared-memory weight ring this process compiles (packed_mma.cu PK_BULK;
-    GEMMA_ORACLE_PACKED_BULK; 0: none)."""
-    return max([int(o.split("=")[1]) for o in nvrtc_options() if o.startswith("-DPK_BULK=")] or [0])
-
-
 def cluster_shared_bytes(tile: Tile, chunks_per_block: int = 1) -> int:
     """Dynamic shared memory of a cluster launch: each thread's MT * NT * 4 partial sums of each of its block's K
     chunks (pk_cluster_store)."""

@@ -174,19 +174,16 @@ def main(argv=None) -> int:
     from gemma_oracle.harness.fixtures.cache import fixture_names, fixture_path
     from gemma_oracle.kernels.launch import launch_mode
     from gemma_oracle.kernels.mmq import weight_prefetch_enabled
-    from gemma_oracle.kernels.packed_mma import (ahead_groups, bulk_stages, prefetch_groups, sums_from_env,
-                                                 walk_from_env)
+    from gemma_oracle.kernels.packed_mma import ahead_groups, prefetch_groups, sums_from_env, walk_from_env
 
     device = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
     # 'pdl' or 'plain' (GEMMA_ORACLE_PDL), whether decode-MMQ prefetches its weights (GEMMA_ORACLE_MMQ_PREFETCH) and
     # packed MMA its first groups (GEMMA_ORACLE_PACKED_PREFETCH) and ahead of its ring (GEMMA_ORACLE_PACKED_AHEAD),
-    # its shared-memory weight ring (GEMMA_ORACLE_PACKED_BULK),
     # how packed MMA adds its K slices (GEMMA_ORACLE_PACKED_SUMS) and how many blocks batch-invariant mode walks its K
     # chunks with from 16 tokens (GEMMA_ORACLE_PACKED_WALK): an A/B's sides say what they ran
     launch = (launch_mode() + ("" if weight_prefetch_enabled() else " without weight prefetch")
               + (f", packed prefetch {prefetch_groups()} groups" if prefetch_groups() else "")
               + (f", packed prefetch ahead {ahead_groups()} groups" if ahead_groups() else "")
-              + (f", packed bulk ring {bulk_stages()} stages" if bulk_stages() else "")
               + f", packed sums {sums_from_env()}, invariant walk {walk_from_env()}")
     bw = read_bandwidth_gb_s()
     out = Path(args.out) if args.out else None

@@ -98,20 +98,6 @@ __device__ __forceinline__ uint2 pk_ld_stream2(const uint2* p) {
     return v;
 }
 
-// Reads of a record from the shared-memory ring (pk_bulk below), at a 32-bit shared address. volatile: they stay after
-// the wait on the stage's barrier.
-__device__ __forceinline__ uint4 pk_lds4(u32 at) {
-    uint4 v;
-    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(at));
-    return v;
-}
-
-__device__ __forceinline__ uint2 pk_lds2(u32 at) {
-    uint2 v;
-    asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "r"(at));
-    return v;
-}
-
 __device__ __forceinline__ u32 pk_word(const uint4& v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
 
 // A registers of one k16 step from the low nibbles of its code word q (PLUS: the codes' bits above the nibble, already
@@ -150,10 +136,6 @@ struct pk_q4_k {
         r.q = pk_ld_stream(rec + lane);
         r.s = pk_ld_stream(rec + SCALE_AT + (lane >> 2));
     }
-    static __device__ __forceinline__ void load_shared(Regs& r, u32 rec, int lane) {
-        r.q = pk_lds4(rec + 16 * lane);
-        r.s = pk_lds4(rec + 16 * (SCALE_AT + (lane >> 2)));
-    }
     static __device__ __forceinline__ void dequant(const Regs& r, int s, u32 (&a)[4]) {
         const u32 sg = pk_word(r.s, 2 * (s >> 1)), sg8 = pk_word(r.s, 2 * (s >> 1) + 1);
         pk_dequant_step<0>(pk_word(r.q, s), 0u, 0u, half2_lo(sg), half2_hi(sg), half2_lo(sg8), half2_hi(sg8), a);
@@ -171,10 +153,6 @@ struct pk_q4_0 {
     static __device__ __forceinline__ void load(Regs& r, const uint4* rec, int lane) {
         r.q = pk_ld_stream(rec + lane);
         r.s = pk_ld_stream2((const uint2*)(rec + SCALE_AT) + (lane >> 2));
-    }
-    static __device__ __forceinline__ void load_shared(Regs& r, u32 rec, int lane) {
-        r.q = pk_lds4(rec + 16 * lane);
-        r.s = pk_lds2(rec + 16 * SCALE_AT + 8 * (lane >> 2));
     }
     static __device__ __forceinline__ void dequant(const Regs& r, int s, u32 (&a)[4]) {
         const u32 sb = s >> 1 ? r.s.y : r.s.x, neg0 = 0x80008000u;
@@ -197,11 +175,6 @@ struct pk_q6_k {
         r.q = pk_ld_stream(rec + lane);
         r.h = pk_ld_stream2((const uint2*)(rec + HI) + lane);
         r.s = pk_ld_stream(rec + SCALE_AT + (lane >> 2));
-    }
-    static __device__ __forceinline__ void load_shared(Regs& r, u32 rec, int lane) {
-        r.q = pk_lds4(rec + 16 * lane);
-        r.h = pk_lds2(rec + 16 * HI + 8 * lane);
-        r.s = pk_lds4(rec + 16 * (SCALE_AT + (lane >> 2)));
     }
     static __device__ __forceinline__ void dequant(const Regs& r, int s, u32 (&a)[4]) {
         const u32 hs = ((s >> 1 ? r.h.y : r.h.x) >> (2 * (s & 1))) & 0x33333333u;
@@ -299,6 +272,9 @@ __device__ __forceinline__ void pk_cluster_sums(float* __restrict__ y, int rows,
 // matrix: a row tile's last group is the last of its chunks); the groups before the block's first multiple of A
 // are the prologue's (pk_prefetch_weights_l2, under PDL). Measured slower, so off by default: A = 4 made the whole
 // 12B step 0.91-0.92x at N = 1-2 on an H100 (reports/history/2026-12-07-s21.md).
+// (A shared-memory ring of weight records filled by cp.async.bulk, S groups a warp ahead of a 2-slot register ring,
+// was slower still: 0.78-0.89x the whole step with 6 stages, reports/history/2026-12-07-s22.md; removed, its code in
+// commit fcb4b12.)
 #ifndef PK_L2_AHEAD
 #define PK_L2_AHEAD 0
 #endif
@@ -317,57 +293,12 @@ __device__ __forceinline__ void pk_prefetch_ahead(const uint4* const (&w_next)[M
     }
 }
 
-// A shared-memory ring of weight records filled by bulk copies (opt-in: kernels/_compile.py defines PK_BULK = S, the
-// stages, from GEMMA_ORACLE_PACKED_BULK; 0: none). Each warp owns S stages, a stage one group's records of the warp's
-// MT tiles, and one mbarrier a stage: lane 0 asks a stage's records with one cp.async.bulk a tile (the TMA unit copies
-// them; the barrier counts the bytes), and the register ring's loads (load_next) read them from shared memory after
-// the stage's barrier completes, then lane 0 asks the same stage for the group S further on. So S groups of records
-// are in flight a warp beyond the register ring, held in shared memory, not registers. Why: at N = 1 the launches are
-// one wave whose warps each walk 8-16 groups, and the register ring's D - 1 groups in flight (deeper rings cost
-// blocks an SM) leave DRAM idle between round trips (ncu 2026-12-07: the 15360 x 3840 Q4_K launch at 1.74 TB/s, the
-// 6144 x 3840 q/k at 0.8 TB/s); an L2 prefetch ahead of the ring was slower (PK_L2_AHEAD above). Only the warp
-// itself uses its stages, so a warp barrier orders its lanes' reads of a stage before lane 0 refills it; no block
-// barrier. The values reach the mma exactly as from global memory: the same bits. Each chunk's groups are all asked
-// and all read (none past the chunk), so no copy is in flight when the block exits. A block's ring is at most
-// PK_BULK_BYTES bytes (S is cut to fit), which leaves room for the cluster sums' dynamic shared memory. Measured
-// slower, so off by default: 6 stages made the whole 12B step 0.78-0.89x the register ring on an H100 (both
-// stand-ins, N = 1, 2, 32; reports/history/2026-12-07-s22.md).
-#ifndef PK_BULK
-#define PK_BULK 0
-#endif
-#define PK_BULK_BYTES (32 * 1024)
-template <class P, int MT>
-struct pk_bulk {
-    static constexpr int RECORDS = MT * P::RECORD;  // uint4 of a stage: one group's records of a warp's MT tiles
-    static constexpr int FIT = PK_BULK_BYTES / (PK_WARPS * RECORDS * 16);
-    static constexpr int STAGES = PK_BULK < FIT ? PK_BULK : FIT;
-};
-
-__device__ __forceinline__ void pk_bar_init(u32 bar) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar) : "memory");
-}
-// the arrival of the stage's one producer, with the bytes its copies will bring
-__device__ __forceinline__ void pk_bar_expect(u32 bar, u32 bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void pk_bar_wait(u32 bar, u32 parity) {
-    asm volatile("{\n\t.reg .pred done;\n\tPK_WAIT:\n\t"
-                 "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n\t"
-                 "@!done bra PK_WAIT;\n\t}" ::"r"(bar), "r"(parity) : "memory");
-}
-__device__ __forceinline__ void pk_bulk_copy(u32 dst, const uint4* src, u32 bytes, u32 bar) {
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                 ::"r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
-}
-
 // bx: the block's row tile of its member's matrix (w, rows, y, part); blockIdx.x is its place in the whole grid
-template <class P, int MT, int NT, int D_TILE, bool XR>
+template <class P, int MT, int NT, int D, bool XR>
 __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, int rows, int bx, int units,
                                                   const uint4* __restrict__ xf, const float* __restrict__ inv, int n,
                                                   float* __restrict__ y, int slices, float* __restrict__ part,
                                                   int* __restrict__ counters, int cluster, int chunks) {
-    // with the bulk ring (PK_BULK) the register ring only covers a shared-memory read: 2 slots (registers)
-    constexpr int S = pk_bulk<P, MT>::STAGES, SR = pk_bulk<P, MT>::RECORDS, D = S > 0 && D_TILE > 2 ? 2 : D_TILE;
     constexpr int BM = 16 * MT * PK_WARPS, BN = 8 * NT, THREADS = 32 * PK_WARPS, XD = XR ? D : 1;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int groups = units >> 1, tiles = (rows + 15) >> 4;
@@ -376,25 +307,7 @@ __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, i
     const int per = chunks / slices, c0 = blockIdx.z * per;  // this block's chunks c0 .. c0 + per - 1
     // the end of the block's last chunk: the rolling L2 prefetch (pk_prefetch_ahead) runs on across its chunk bounds
     // (a tile's records are contiguous along K) and stops there
-    const int j_end = PK_L2_AHEAD > 0 && S == 0 ? (split_k_bounds_u32(units, chunks, c0 + per - 1).y + 1) >> 1 : 0;
-
-    // the bulk ring (PK_BULK): this warp's stages and barriers (shared addresses), the stage the next read takes and
-    // its barrier's phase, and the bytes a stage brings (the warp's tiles inside the matrix)
-    u32 bulk_ring = 0, bulk_bar = 0, bulk_stage = 0, bulk_phase = 0, bulk_bytes = 0;
-    if constexpr (S > 0) {
-        __shared__ alignas(128) uint4 pk_ring[PK_WARPS][S][SR];
-        __shared__ alignas(8) unsigned long long pk_bars[PK_WARPS][S];
-        bulk_ring = (u32)__cvta_generic_to_shared(&pk_ring[warp][0][0]);
-        bulk_bar = (u32)__cvta_generic_to_shared(&pk_bars[warp][0]);
-#pragma unroll
-        for (int m = 0; m < MT; ++m) bulk_bytes += tile0 + m < tiles ? P::RECORD * 16 : 0;
-        if (lane == 0) {
-#pragma unroll
-            for (int i = 0; i < S; ++i) pk_bar_init(bulk_bar + 8 * i);
-            asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-        }
-        __syncwarp();
-    }
+    const int j_end = PK_L2_AHEAD > 0 ? (split_k_bounds_u32(units, chunks, c0 + per - 1).y + 1) >> 1 : 0;
 
     float acc[MT][NT][4];
 #pragma unroll 1
@@ -430,29 +343,6 @@ __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, i
             x_next[h] = xf + ((size_t)(xt0 + h) * groups + j_lo) * PK_X_RECORD + lane;
         }
         int j_next = j_lo;  // the next group whose records are loaded
-        // bulk copies of tile m's group jj (its record at w_next[m] + (jj - j_next) records) into `stage`
-        auto bulk_ask = [&](u32 stage, int ahead) {
-            const u32 bar = bulk_bar + 8 * stage;
-            pk_bar_expect(bar, bulk_bytes);
-#pragma unroll
-            for (int m = 0; m < MT; ++m)
-                if (w_live[m])
-                    pk_bulk_copy(bulk_ring + 16 * (stage * SR + m * P::RECORD), w_next[m] + ahead * P::RECORD,
-                                 P::RECORD * 16, bar);
-        };
-        if constexpr (S > 0) {
-            // the chunk's first S groups into the stages from the next one read on (every stage is free here: all
-            // asked groups of the chunk before were read)
-            if (lane == 0) {
-                // the last chunk's reads of these stages (each followed by a warp barrier) before the copies
-                asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-                u32 stage = bulk_stage;
-                for (int i = 0; i < S && j_lo + i < j_hi; ++i) {
-                    bulk_ask(stage, i);
-                    stage = stage + 1 == S ? 0 : stage + 1;
-                }
-            }
-        }
         auto load_x = [&](uint4 (&xw)[NT][2], bool any) {
 #pragma unroll
             for (int h = 0; h < NT; ++h) {
@@ -465,29 +355,11 @@ __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, i
         };
         auto load_next = [&](int slot) {  // group j_next into ring slot `slot`; past the chunk nothing is read
             const bool any = j_next < j_hi;
-            if constexpr (S > 0) {
-                if (any) {  // group j_next from its stage, which then asks for group j_next + S
-                    const u32 at = bulk_ring + 16 * bulk_stage * SR;
-                    pk_bar_wait(bulk_bar + 8 * bulk_stage, bulk_phase);
+            pk_prefetch_ahead<P, MT>(w_next, w_live, j_next, j_end, lane);
 #pragma unroll
-                    for (int m = 0; m < MT; ++m)
-                        if (w_live[m]) P::load_shared(ring[slot][m], at + 16 * m * P::RECORD, lane);
-                    __syncwarp();  // every lane has read the stage
-                    if (lane == 0 && j_next + S < j_hi) {
-                        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // those reads before the copy
-                        bulk_ask(bulk_stage, S);
-                    }
-                    if (++bulk_stage == S) bulk_stage = 0, bulk_phase ^= 1;
-                }
-#pragma unroll
-                for (int m = 0; m < MT; ++m) w_next[m] += P::RECORD;
-            } else {  // (the rolling L2 prefetch only here: the bulk ring asks its records further ahead itself)
-                pk_prefetch_ahead<P, MT>(w_next, w_live, j_next, j_end, lane);
-#pragma unroll
-                for (int m = 0; m < MT; ++m) {
-                    if (any && w_live[m]) P::load(ring[slot][m], w_next[m], lane);
-                    w_next[m] += P::RECORD;
-                }
+            for (int m = 0; m < MT; ++m) {
+                if (any && w_live[m]) P::load(ring[slot][m], w_next[m], lane);
+                w_next[m] += P::RECORD;
             }
             if constexpr (XR) load_x(xring[slot], any);
             ++j_next;
