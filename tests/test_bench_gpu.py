@@ -104,3 +104,40 @@ def test_gpu_nightly_small_plan(tmp_path):
     assert set(oracle["suite"]) <= {"synthetic", "check"}
     md = (out.run_dir / "report.md").read_text()
     assert "| g4-12b-mini-q4_k_m | 5 | auto | batch-invariant |" in md  # the MMQ / WS table
+
+
+def test_step_split_records_leaves_out_and_times_the_matmuls():
+    """harness.perf.step_split: the recorded matmul calls replay to their own bits; with them left out no matmul
+    runs (the lm head's stand-in zeros come out as the logits); the three timings are positive and the per-shape
+    launches add up to the step's."""
+    import cupy as cp
+
+    from gemma_oracle.engine.factory import make_engine
+    from gemma_oracle.harness.perf import step_split
+    from gemma_oracle.harness.suites.synthetic import sequences
+
+    engine = make_engine("cupy", fixture_path(PRESET, VARIANT), route_mode="auto", kv_dtype="float16")
+    prompts, _ = sequences(engine.vocab_size)
+    seqs = [engine.new_sequence() for _ in range(5)]
+    for s, p in zip(seqs, prompts):
+        engine.prefill(s, p)
+    static = (cp.full(5, 5, dtype=cp.int32), cp.asarray([s.length for s in seqs], dtype=cp.int32),
+              cp.asarray([s.slot for s in seqs], dtype=cp.int32))
+    engine._decoding = True
+    logits = cp.asnumpy(engine.forward(None, None, None, None, static=static))
+    calls = step_split.record_matmuls(lambda: engine.forward(None, None, None, None, static=static))
+    # q/k/v (grouped or not), o, gate/up, down in each of 6 layers, then the lm head
+    assert 6 * 4 + 1 <= len(calls) <= 6 * 6 + 1
+    for c in calls:
+        again = c.launcher(*c.args, **c.kwargs)
+        pairs = zip(again, c.outputs) if isinstance(again, list) else [(again, c.outputs)]
+        assert all(np.array_equal(cp.asnumpy(a), cp.asnumpy(b)) for a, b in pairs), c.key
+    with step_split.without_matmuls(calls):
+        left_out = cp.asnumpy(engine.forward(None, None, None, None, static=static))
+    assert not np.any(left_out) and np.any(logits)
+    engine._decoding = False
+    split = step_split.split_step(engine, seqs, reps=2, repeats=3)
+    assert split.step_ms > 0 and split.rest_ms > 0 and split.matmul_ms > 0 and split.n == 5
+    assert sum(r["launches"] for r in split.shapes) == split.matmul_launches == len(calls)
+    assert sum(r["weight_bytes"] for r in split.shapes) == split.weight_bytes > 0
+    assert "| matmul shape |" in step_split.summarize([split])

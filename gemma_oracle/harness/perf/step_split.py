@@ -1,0 +1,225 @@
+"""Where a decode step's GPU time goes, as a CUDA graph replay sees it (launch gaps and PDL overlap included, which an
+ncu kernel list leaves out):
+
+- the whole step (the engine's forward of N rows, captured as its step graphs are);
+- the same step with every matmul left out (each returns zeroed outputs made before the capture): the norms,
+  RoPE, attention, activations, packed_x and their gaps;
+- the step's matmul launches alone, in step order (each weight read once a replay, as in the step);
+- per matmul shape (route, type, rows, columns, tile): its launches of the step alone, ms and GB/s of weights.
+
+    python -m gemma_oracle.harness.perf.step_split --model shape12b-q4_0 --n 1 2 --route-mode auto batch-invariant --out DIR
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# the launchers a step's matmuls go through (gpu_engine._matvecs imports them at call time, so patching the module
+# attribute reaches every call)
+MATMUL_LAUNCHERS = (("gemma_oracle.kernels.packed_mma", "packed_mma_group"),
+                    ("gemma_oracle.kernels.mmq", "mmq_matvec_group"),
+                    ("gemma_oracle.kernels.dq_mma", "dq_mma_matvec"),
+                    ("gemma_oracle.kernels.matvec", "matvec"))
+
+
+@dataclass
+class MatmulCall:
+    launcher: object
+    args: tuple
+    kwargs: dict
+    outputs: object  # the arrays it returned (a list or one array): their shapes stand in when matmuls are left out
+    key: str  # route type rows x cols (tile)
+    weight_bytes: int
+
+
+@dataclass
+class StepSplit:
+    model: str
+    n: int
+    route_mode: str
+    step_ms: float
+    rest_ms: float
+    matmul_ms: float
+    matmul_launches: int
+    weight_bytes: int
+    shapes: list[dict] = field(default_factory=list)
+
+
+def _describe(name: str, args: tuple, kwargs: dict) -> tuple[str, int]:
+    """(the call's shape key, the weight bytes it reads)."""
+    if name == "packed_mma_group":
+        from gemma_oracle.kernels.packed_mma import choose_tile
+
+        members, x = list(args[0]), args[1]
+        w0 = members[0]
+        tokens = int(x[1].shape[0]) if isinstance(x, tuple) else int(x.shape[0])
+        tile = kwargs.get("tile") or choose_tile(tokens, w0.rows, w0.n_cols).name
+        rows = "+".join(str(w.rows) for w in members)
+        return (f"packed {w0.type_name} {rows} x {w0.n_cols} {tile} chunks {kwargs.get('chunks')} slices "
+                f"{kwargs.get('slices')}", sum(int(w.data.nbytes) for w in members))
+    if name == "mmq_matvec_group":
+        members = list(args[0])
+        rows = "+".join(str(int(m[0].shape[0])) for m in members)
+        return f"decode_mmq {members[0][1]} {rows} x {members[0][2]}", sum(int(m[0].nbytes) for m in members)
+    w_raw, type_name, n_cols = args[0], args[1], args[2]
+    route = "dq_mma" if name == "dq_mma_matvec" else kwargs.get("route", "auto")
+    return f"{route} {type_name} {int(w_raw.shape[0])} x {n_cols}", int(w_raw.nbytes)
+
+
+@contextlib.contextmanager
+def _patched(make_wrapper):
+    saved = []
+    try:
+        for module_name, name in MATMUL_LAUNCHERS:
+            module = importlib.import_module(module_name)
+            original = getattr(module, name)
+            saved.append((module, name, original))
+            setattr(module, name, make_wrapper(name, original))
+        yield
+    finally:
+        for module, name, original in saved:
+            setattr(module, name, original)
+
+
+def record_matmuls(forward) -> list[MatmulCall]:
+    """The matmul calls of one forward(), in order, each with its arguments and outputs."""
+    calls: list[MatmulCall] = []
+
+    def wrap(name, original):
+        def recorder(*args, **kwargs):
+            out = original(*args, **kwargs)
+            key, nbytes = _describe(name, args, kwargs)
+            calls.append(MatmulCall(original, args, kwargs, out, key, nbytes))
+            return out
+        return recorder
+
+    with _patched(wrap):
+        forward()
+    return calls
+
+
+def without_matmuls(calls: list[MatmulCall]):
+    """A context in which each matmul launcher returns, in the recorded order, zeroed arrays of the recorded
+    outputs' shapes (made once, here) and launches nothing."""
+    import cupy as cp
+
+    def zeros_like(out):
+        return [cp.zeros_like(o) for o in out] if isinstance(out, list) else cp.zeros_like(out)
+
+    stand_ins = [zeros_like(c.outputs) for c in calls]
+    position = [0]
+
+    def wrap(name, original):
+        def stand_in(*args, **kwargs):
+            out = stand_ins[position[0] % len(stand_ins)]
+            position[0] += 1
+            return out
+        return stand_in
+
+    return _patched(wrap)
+
+
+def split_step(engine, seqs, *, reps: int = 4, repeats: int = 7) -> StepSplit:
+    """engine: a CupyEngine whose `seqs` hold their prompts; times its forward of one decode step of len(seqs)
+    rows (tokens 5, the sequences' positions and slots) three ways (module docstring)."""
+    import cupy as cp
+    import numpy as np
+
+    from gemma_oracle.harness.perf.gpu_timing import graph_time_ms
+
+    n = len(seqs)
+    static = (cp.full(n, 5, dtype=cp.int32), cp.asarray(np.asarray([s.length for s in seqs], dtype=np.int32)),
+              cp.asarray(np.asarray([s.slot for s in seqs], dtype=np.int32)))
+
+    def forward(_=0):
+        return engine.forward(None, None, None, None, static=static)
+
+    engine._decoding = True  # the routes and K splits of a decode step (a pinned mode pins these)
+    try:
+        calls = record_matmuls(forward)
+        cp.cuda.Device().synchronize()
+        step_ms, _ = graph_time_ms(forward, reps=reps, repeats=repeats)
+        with without_matmuls(calls):
+            rest_ms, _ = graph_time_ms(forward, reps=reps, repeats=repeats)
+
+        def run(selected):
+            def body(_=0):
+                for c in selected:
+                    c.launcher(*c.args, **c.kwargs)
+            return body
+
+        matmul_ms, _ = graph_time_ms(run(calls), reps=reps, repeats=repeats)
+        shapes = []
+        for key in dict.fromkeys(c.key for c in calls):
+            selected = [c for c in calls if c.key == key]
+            ms, spread = graph_time_ms(run(selected), reps=reps, repeats=repeats)
+            nbytes = sum(c.weight_bytes for c in selected)
+            shapes.append(dict(shape=key, launches=len(selected), ms=ms, spread_ms=spread, weight_bytes=nbytes,
+                               gb_s=nbytes / ms / 1e6, us_per_launch=1e3 * ms / len(selected)))
+    finally:
+        engine._decoding = False
+    return StepSplit(engine.model_file.path.name, n, engine.route_mode, step_ms, rest_ms, matmul_ms, len(calls),
+                     sum(c.weight_bytes for c in calls), shapes)
+
+
+def summarize(splits: list[StepSplit]) -> str:
+    lines = []
+    for s in splits:
+        lines += [f"## {s.model}, N = {s.n}, mode {s.route_mode}", "",
+                  f"- whole step: {s.step_ms:.3f} ms ({1e3 * s.n / s.step_ms:.1f} t/s)",
+                  f"- without the matmuls: {s.rest_ms:.3f} ms ({100 * s.rest_ms / s.step_ms:.1f} % of the step)",
+                  f"- the {s.matmul_launches} matmul launches alone: {s.matmul_ms:.3f} ms, "
+                  f"{s.weight_bytes / 1e9:.3f} GB at {s.weight_bytes / s.matmul_ms / 1e6:.0f} GB/s",
+                  f"- both parts' sum less the step: {s.rest_ms + s.matmul_ms - s.step_ms:+.3f} ms", "",
+                  "| matmul shape | launches | ms | us a launch | GB/s |", "|---|---|---|---|---|"]
+        for r in sorted(s.shapes, key=lambda r: -r["ms"]):
+            lines.append(f"| {r['shape']} | {r['launches']} | {r['ms']:.3f} | {r['us_per_launch']:.1f} | "
+                         f"{r['gb_s']:.0f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m gemma_oracle.harness.perf.step_split",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", nargs="+", default=["shape12b-q4_0"], help="fixture names")
+    p.add_argument("--n", nargs="+", type=int, default=[1])
+    p.add_argument("--route-mode", nargs="+", default=["auto"], help="route modes (each N is timed in each)")
+    p.add_argument("--prompt-len", type=int, default=178)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    import numpy as np
+
+    from gemma_oracle.engine.gpu_engine import CupyEngine
+    from gemma_oracle.harness.fixtures.cache import fixture_path
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    splits = []
+    for model in args.model:
+        engine = CupyEngine(fixture_path(model), kv_dtype="float16", max_sequences=max(args.n) + 1,
+                            max_context=args.prompt_len + 8, prefill_chunk=args.prompt_len, route_mode="decode_mmq")
+        rng = np.random.default_rng(0)
+        for n in args.n:
+            seqs = [engine.new_sequence() for _ in range(n)]
+            for s in seqs:  # prefill in decode-MMQ (the mode bench's choice), then the step's mode
+                engine.prefill(s, [2] + [int(t) for t in rng.integers(4, engine.vocab_size, size=args.prompt_len - 1)])
+            for mode in args.route_mode:  # the forward writes the step's KV at each sequence's length: reusable
+                engine.set_route_mode(mode)
+                splits.append(split_step(engine, seqs))
+                print(summarize(splits[-1:]), flush=True)
+                (args.out / "step-split.md").write_text(summarize(splits))  # what a time limit would lose
+            engine.set_route_mode("decode_mmq")
+            del seqs
+        del engine
+    (args.out / "step-split.md").write_text(summarize(splits))
+    (args.out / "step-split.json").write_text(json.dumps([vars(s) for s in splits], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
