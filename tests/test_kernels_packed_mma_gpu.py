@@ -26,7 +26,7 @@ from gemma_oracle.kernels._compile import source_path
 from gemma_oracle.kernels.mmq import GROUP_MAX, split_k_slices
 from gemma_oracle.kernels.packed_mma import (CLUSTER_MAX, ENV_SUMS, ENV_TILES, ENV_WALK, PACKED_TYPES,
                                              SHAPE_SLICE_CAP, SLICE_CAP, SLICE_CAP_MIN_N, SUMS, TILE_RULES, TILES,
-                                             PackedMatrix,
+                                             WALK_TILES, WALK_TYPES, PackedMatrix,
                                              choose_tile, cluster_shared_bytes, packed_split, plan_pack,
                                              plan_packed_group, plan_packed_mma, plan_packed_x, sums_from_env,
                                              uses_cluster, walk_from_env)
@@ -171,6 +171,46 @@ def test_packed_mma_chunks_walked_by_fewer_blocks_keep_the_bits(t, rows, cols, c
                 assert not first_bit_difference(_host(ys[1]), want_other), f"{what}: grouped member 1 differs"
     with pytest.raises(ValueError, match="cannot walk"):
         plan_packed_mma(packed, np.zeros((1, cols), np.float32), slices=3, chunks=8)
+
+
+@gpu
+@pytest.mark.parametrize("t", WALK_TYPES)
+@pytest.mark.parametrize("tile", WALK_TILES)
+def test_carried_ring_entries_keep_the_bits(t, tile):
+    """The entries whose register ring runs on across a block's K chunks (suffix _w: launched when chunks > slices)
+    are bitwise one block a chunk (the loop per chunk), forced onto each walk tile: chunk bounds inside a 64-value
+    group (15 blocks a chunk) and on one, chunks shorter than the ring (130 x 512: 2 blocks a chunk), N = 1, 16, 33
+    (a padded token tile), both sums, a grouped launch, guard bytes; the plan names the _w entry only when a block
+    walks several chunks of a walk type, and GEMMA_ORACLE_PACKED_CARRY=1 or carry=True asks for it."""
+    from gemma_oracle.kernels.packed_mma import pack_weights, packed_mma_group, packed_mma_matvec, packed_x
+
+    for rows, cols, chunks in ((64, 3840, 8), (4096, 3840, 8), (130, 512, 8), (130, 2560, 4)):
+        packed = pack_weights(cp.asarray(quantized_weights(t, rows, cols)), t, cols)
+        other = pack_weights(cp.asarray(quantized_weights(t, 77, cols)), t, cols)
+        for n in (1, 16, 33):
+            xf = packed_x(cp.asarray(activations(n, cols, "packed_mma_walk", t, rows)))
+            want = _host(packed_mma_matvec(packed, xf, tile=tile, slices=chunks, chunks=chunks, sums="counters"))
+            want_other = _host(packed_mma_matvec(other, xf, tile=tile, slices=chunks, chunks=chunks))
+            for slices in [d for d in range(1, chunks) if chunks % d == 0]:
+                assert plan_packed_mma(packed, xf, tile=tile, slices=slices, chunks=chunks, carry=True).entry \
+                    .endswith("_w")
+                assert not plan_packed_mma(packed, xf, tile=tile, slices=slices, chunks=chunks, carry=False).entry \
+                    .endswith("_w")
+                for sums in SUMS:
+                    what = f"{tile} {rows}x{cols} N={n} {chunks} chunks on {slices} slices ({sums})"
+                    out = GuardedOutput(cp, (n, rows), np.float32)
+                    out.view[...] = np.nan
+                    packed_mma_matvec(packed, xf, out=out.view, tile=tile, slices=slices, chunks=chunks, sums=sums,
+                                      carry=True)
+                    before, after = out.guards_intact()
+                    assert before and after, f"{what}: guard overwritten ({before}, {after})"
+                    diff = first_bit_difference(_host(out.view), want)
+                    assert not diff, f"{what}: differs from one block a chunk: {diff}"
+                    ys = packed_mma_group([packed, other], xf, tile=tile, slices=slices, chunks=chunks, sums=sums,
+                                          carry=True)
+                    assert not first_bit_difference(_host(ys[0]), want), f"{what}: grouped member 0 differs"
+                    assert not first_bit_difference(_host(ys[1]), want_other), f"{what}: grouped member 1 differs"
+    assert not plan_packed_mma(packed, xf, tile=tile, slices=chunks, chunks=chunks, carry=True).entry.endswith("_w")
 
 
 @gpu
@@ -360,9 +400,15 @@ def test_grouped_launch_gives_each_output_its_own_launchs_bits(t, n):
 def test_launcher_matches_the_compiled_entries():
     """kernels/packed_mma.py's TILES and PACKED_TYPES are exactly the entries packed_mma.cu compiles."""
     src = source_path("packed_mma").read_text()
-    tiles = re.findall(r"PK_ENTRY\(name, P, (\d+), (\d+), (\d+), (true|false), (_x)?\)", src)
-    assert sorted(f"m{m}_n{nt}_d{d}{suffix}" for m, nt, d, _, suffix in tiles) == sorted(TILES)
-    assert all(TILES[f"m{m}_n{nt}_d{d}{suffix}"].xr == (xr == "true") for m, nt, d, xr, suffix in tiles)
+    entries = re.findall(r"PK_ENTRY\(name, P, (\d+), (\d+), (\d+), (true|false), (true|false), (_x)?(_w)?\)", src)
+    tiles = [e for e in entries if e[4] == "false"]
+    assert sorted(f"m{m}_n{nt}_d{d}{x}" for m, nt, d, _, _, x, w in tiles) == sorted(TILES)
+    assert all(TILES[f"m{m}_n{nt}_d{d}{x}"].xr == (xr == "true") and not w for m, nt, d, xr, _, x, w in tiles)
+    # the carried-ring entries (suffix _w, CARRY true): exactly WALK_TILES, for WALK_TYPES
+    walks = [e for e in entries if e[4] == "true"]
+    assert sorted(f"m{m}_n{nt}_d{d}{x}" for m, nt, d, _, _, x, w in walks) == sorted(WALK_TILES)
+    assert all(w == "_w" and TILES[f"m{m}_n{nt}_d{d}{x}"].xr == (xr == "true") for m, nt, d, xr, _, x, w in walks)
+    assert sorted(re.findall(r"^PK_WALK_TILES\((\w+),", src, flags=re.M)) == sorted(t.lower() for t in WALK_TYPES)
     assert sorted(re.findall(r"^PK_TILES\((\w+),", src, flags=re.M)) == sorted(t.lower() for t in PACKED_TYPES)
     assert sorted(re.findall(r"^PK_PACK\((\w+),", src, flags=re.M)) == sorted(t.lower() for t in PACKED_TYPES)
     for n in (1, 8, 9, 16, 17, 32, 64):
@@ -448,6 +494,31 @@ def test_packed_walk_switch(monkeypatch):
         monkeypatch.setenv(ENV_WALK, bad)
         with pytest.raises(ValueError, match=f"GEMMA_ORACLE_PACKED_WALK='{bad}': expected"):
             walk_from_env()
+
+
+def test_packed_carry_switch(monkeypatch):
+    """GEMMA_ORACLE_PACKED_CARRY=1: a launch whose blocks walk several K chunks on a WALK_TILES tile of a WALK_TYPES
+    matrix names the carried ring's entry (suffix _w); one block a chunk, another tile or Q6_K never does; unset is
+    DEFAULT_CARRY; anything but 0 / 1 names the variable."""
+    from gemma_oracle.kernels.packed_mma import DEFAULT_CARRY, ENV_CARRY, carry_from_env
+
+    w = PackedMatrix(None, "Q4_0", 4096, 3840)
+    x = np.zeros((32, 3840), np.float32)
+    monkeypatch.delenv(ENV_CARRY, raising=False)
+    assert carry_from_env() == (DEFAULT_CARRY == "1")
+    monkeypatch.setenv(ENV_CARRY, "1")
+    assert plan_packed_mma(w, x, tile="m1_n2_d3_x", slices=4, chunks=8).entry == "packed_mma_q4_0_m1_n2_d3_x_w"
+    assert plan_packed_mma(w, x, tile="m1_n2_d3_x", slices=8, chunks=8).entry == "packed_mma_q4_0_m1_n2_d3_x"
+    assert plan_packed_mma(w, x, tile="m2_n2_d2", slices=4, chunks=8).entry == "packed_mma_q4_0_m2_n2_d2"
+    assert plan_packed_mma(PackedMatrix(None, "Q6_K", 4096, 3840), x, tile="m1_n4_d3", slices=2, chunks=8).entry \
+        == "packed_mma_q6_k_m1_n4_d3"
+    assert plan_packed_mma(w, x, tile="m1_n4_d3", slices=2, chunks=8, carry=False).entry == "packed_mma_q4_0_m1_n4_d3"
+    monkeypatch.setenv(ENV_CARRY, "0")
+    assert plan_packed_mma(w, x, tile="m1_n2_d3_x", slices=4, chunks=8).entry == "packed_mma_q4_0_m1_n2_d3_x"
+    assert plan_packed_mma(w, x, tile="m1_n2_d3_x", slices=4, chunks=8, carry=True).entry.endswith("_w")
+    monkeypatch.setenv(ENV_CARRY, "yes")
+    with pytest.raises(ValueError, match="GEMMA_ORACLE_PACKED_CARRY='yes': expected"):
+        plan_packed_mma(w, x, tile="m1_n2_d3_x", slices=4, chunks=8)
 
 
 def test_host_validation_names_what_is_wrong():

@@ -83,6 +83,24 @@ TILE_RULES: tuple[tuple[int, float, str], ...] = (
     (32, TALL, "m1_n4_d3"), (32, 0.0, "m1_n2_d3_x"), (16, TALL, "m1_n2_d3_x"), (1, TALL, "m2_n1_d3_x"),
     (1, 0.0, "m1_n1_d4_x"))
 MAX_N = 65535 * 8
+# The tiles and types with a second entry (suffix _w, packed_mma.cu PK_WALK_TILES) whose register ring runs on across
+# a block's K chunks: launched when a block walks several (chunks > slices: a batch-invariant launch from
+# SLICE_CAP_MIN_N tokens), where the loop per chunk drains its ring at each bound. The tiles TILE_RULES gives from
+# 16 tokens, and m1_n1_d4_x (the others' from 1 to 31); not Q6_K, whose registers would cost a block an SM. A speed
+# choice: the same bits.
+WALK_TILES = ("m1_n1_d4_x", "m1_n2_d3_x", "m1_n4_d3")
+WALK_TYPES = ("Q4_0", "Q4_K")
+# Whether those entries are launched: GEMMA_ORACLE_PACKED_CARRY=1 (0 or unset: DEFAULT_CARRY, the loop per chunk), so
+# that one device call can time both in one tree. Opt-in until a device A/B has measured it.
+ENV_CARRY = "GEMMA_ORACLE_PACKED_CARRY"
+DEFAULT_CARRY = "0"
+
+
+def carry_from_env() -> bool:
+    value = os.environ.get(ENV_CARRY, DEFAULT_CARRY).strip() or DEFAULT_CARRY
+    if value not in ("0", "1"):
+        raise ValueError(f"{ENV_CARRY}={value!r}: expected 1 (the ring carried across a block's K chunks) or 0")
+    return value == "1"
 
 # How a split launch adds its K slices: "cluster" (the default; sm_90, else counters): the slice blocks of an output
 # tile are one thread block cluster and add up through distributed shared memory (packed_mma.cu pk_cluster_sums), at
@@ -316,9 +334,10 @@ class PackedLaunch:
 
 
 def plan_packed_mma(w: PackedMatrix, x, *, out=None, tile: str | None = None,
-                    slices: int | None = None, chunks: int | None = None) -> PackedLaunch:
+                    slices: int | None = None, chunks: int | None = None, carry: bool | None = None) -> PackedLaunch:
     """Validate the arguments of `packed_mma_matvec` on the host. x: float32 [N, K], or the pair (xf, inv) from
-    `packed_x` (then N is inv's length)."""
+    `packed_x` (then N is inv's length). carry: launch a WALK_TILES entry's carried ring where a block walks several
+    chunks (default ENV_CARRY)."""
     if not isinstance(w, PackedMatrix):
         raise ValueError(f"w: expected a PackedMatrix from pack_weights, got {type(w).__name__}")
     check_packable(w.type_name, w.n_cols)
@@ -358,17 +377,20 @@ def plan_packed_mma(w: PackedMatrix, x, *, out=None, tile: str | None = None,
     if k_chunks > 1 and grid[0] * grid[1] > COUNTER_SLOTS:
         raise ValueError(f"x: N={n_tok} tokens x {w.rows} rows make {grid[0] * grid[1]} tiles, more than the "
                          f"{COUNTER_SLOTS} split-K counters")
-    return PackedLaunch(f"packed_mma_{w.type_name.lower()}_{chosen.name}", chosen, grid, (32 * WARPS, 1, 1), w.rows,
-                        units, n_tok, k_slices, k_chunks)
+    walks = (k_chunks > k_slices and w.type_name in WALK_TYPES and chosen.name in WALK_TILES
+             and (carry_from_env() if carry is None else carry))
+    return PackedLaunch(f"packed_mma_{w.type_name.lower()}_{chosen.name}" + ("_w" if walks else ""), chosen, grid,
+                        (32 * WARPS, 1, 1), w.rows, units, n_tok, k_slices, k_chunks)
 
 
 def plan_packed_group(members, x, *, outs=None, tile: str | None = None, slices: int | None = None,
-                      chunks: int | None = None) -> list[PackedLaunch]:
+                      chunks: int | None = None, carry: bool | None = None) -> list[PackedLaunch]:
     """Validate a grouped launch on the host: each member PackedMatrix as plan_packed_mma does, and the members
     share what one launch must (type, columns, K split, tile). Returns one plan per member."""
     members = list(members)
     outs = group_outs(members, outs, "packed-MMA")
-    plans = [plan_packed_mma(w, x, out=o, tile=tile, slices=slices, chunks=chunks) for w, o in zip(members, outs)]
+    plans = [plan_packed_mma(w, x, out=o, tile=tile, slices=slices, chunks=chunks, carry=carry)
+             for w, o in zip(members, outs)]
     first, w0 = plans[0], members[0]
     for i, (w, plan) in enumerate(zip(members[1:], plans[1:]), 1):
         if ((w.type_name, w.n_cols, plan.slices, plan.chunks, plan.tile)
@@ -382,12 +404,13 @@ def plan_packed_group(members, x, *, outs=None, tile: str | None = None, slices:
 
 
 def packed_mma_group(members, x, *, outs=None, tile: str | None = None, slices: int | None = None,
-                     chunks: int | None = None, sums: str | None = None) -> list:
+                     chunks: int | None = None, sums: str | None = None, carry: bool | None = None) -> list:
     """[x @ W_m.T for each member PackedMatrix W_m] in one launch (packed_mma.cu: a block runs the member whose row
     tiles hold its blockIdx.x): the members read the same activations and share type, K and K split (the 12B's
     q/k/v and gate/up do); each output has the bits of its own packed_mma_matvec launch. x as in packed_mma_matvec
-    (converted once for all members when float32). sums: how a split adds its slices (SUMS; default ENV_SUMS)."""
-    plans = plan_packed_group(members, x, outs=outs, tile=tile, slices=slices, chunks=chunks)
+    (converted once for all members when float32). sums: how a split adds its slices (SUMS; default ENV_SUMS); carry:
+    as plan_packed_mma (default ENV_CARRY; the same bits)."""
+    plans = plan_packed_group(members, x, outs=outs, tile=tile, slices=slices, chunks=chunks, carry=carry)
     outs = [None] * len(plans) if outs is None else list(outs)
     if not isinstance(x, tuple):
         require_device_arrays(x=x)
@@ -413,12 +436,13 @@ def packed_mma_group(members, x, *, outs=None, tile: str | None = None, slices: 
 
 
 def packed_mma_matvec(w: PackedMatrix, x, *, out=None, tile: str | None = None, slices: int | None = None,
-                      chunks: int | None = None, sums: str | None = None):
+                      chunks: int | None = None, sums: str | None = None, carry: bool | None = None):
     """y [N, rows] float32 = x @ W.T with fp16 operands and float32 accumulation (see module).
 
     x: float32 [N, K] or (xf, inv) from packed_x. tile: force one of TILES (tests run every one; the same bits);
     chunks: force the K split (tests compare with dq_mma at the same split; other chunks give other bits; default
     `slices`, else the shape's split_k_slices); slices: the blocks that walk the chunks (a divisor of chunks; the
-    same bits whatever it is; default chunks); sums: how a split adds its chunks (SUMS; the same bits). A group of
-    one (packed_mma_group)."""
-    return packed_mma_group([w], x, outs=[out], tile=tile, slices=slices, chunks=chunks, sums=sums)[0]
+    same bits whatever it is; default chunks); sums: how a split adds its chunks (SUMS; the same bits); carry: the
+    carried ring's entry where a block walks several chunks (WALK_TILES; default ENV_CARRY; the same bits). A group
+    of one (packed_mma_group)."""
+    return packed_mma_group([w], x, outs=[out], tile=tile, slices=slices, chunks=chunks, sums=sums, carry=carry)[0]

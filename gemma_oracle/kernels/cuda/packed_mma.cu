@@ -293,8 +293,69 @@ __device__ __forceinline__ void pk_prefetch_ahead(const uint4* const (&w_next)[M
     }
 }
 
-// bx: the block's row tile of its member's matrix (w, rows, y, part); blockIdx.x is its place in the whole grid
-template <class P, int MT, int NT, int D, bool XR>
+// One group's four k16 steps into acc: the A registers from ring slot `r`, the B words `xw`. lo_in / hi_in: the
+// group's first / second 32-value block is inside the chunk (a chunk bound inside the group: only the chunk's first
+// or last one). The skip predicates the step's mma, not the step: a branch around each step cost a branch, a nop and
+// two constants rebuilt a step (sm_90 SASS, nvcc 13.0: the N = 1 loops 9-24 % fewer instructions without it, with
+// half2_lo / hi), and an mma not issued leaves acc as a skipped step does (the same bits). The two made the whole
+// 12B step 1.06-1.09x on the Q4_K_M stand-in and left the Q4_0 one level (H100, reports/history/2026-12-07-s22.md).
+template <class P, int MT, int NT>
+__device__ __forceinline__ void pk_group_mma(const typename P::Regs (&r)[MT], const uint4 (&xw)[NT][2], bool lo_in,
+                                             bool hi_in, float (&acc)[MT][NT][4]) {
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+        const bool in = s < 2 ? lo_in : hi_in;  // warp-uniform
+        u32 a[MT][4];
+#pragma unroll
+        for (int m = 0; m < MT; ++m) P::dequant(r[m], s, a[m]);
+#pragma unroll
+        for (int h = 0; h < NT; ++h) {
+            const u32 b0 = pk_word(xw[h][s >> 1], 2 * (s & 1)), b1 = pk_word(xw[h][s >> 1], 2 * (s & 1) + 1);
+#pragma unroll
+            for (int m = 0; m < MT; ++m)
+                if (in) dq_mma16816(acc[m][h], a[m], b0, b1);
+        }
+    }
+}
+
+// Chunk c's partial sums: into y when K is one chunk, else into this block's shared memory (cluster, slot c - c0)
+// or the chunk's plane of part.
+template <int MT, int NT, int THREADS>
+__device__ __forceinline__ void pk_store_chunk(const float (&acc)[MT][NT][4], int cluster, int chunks, int c, int c0,
+                                               float* __restrict__ y, float* __restrict__ part,
+                                               const float* __restrict__ inv, int rows, int n, int tile0, int xt0,
+                                               int g, int t) {
+    if (cluster) {
+        pk_cluster_store<MT, NT, THREADS>(acc, inv, n, xt0, t, c - c0);
+    } else {
+        float* __restrict__ dst = chunks == 1 ? y : part + (size_t)c * n * rows;
+#pragma unroll
+        for (int m = 0; m < MT; ++m) dq_store_m16<NT>(acc[m], dst, inv, 16 * (tile0 + m) + g, 8 * xt0, t, rows, n);
+    }
+}
+
+template <int MT, int NT>
+__device__ __forceinline__ void pk_zero(float (&acc)[MT][NT][4]) {
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int h = 0; h < NT; ++h)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[m][h][e] = 0.0f;
+}
+
+// bx: the block's row tile of its member's matrix (w, rows, y, part); blockIdx.x is its place in the whole grid.
+// A block walks its chunks c0 .. c0 + per - 1 (per = chunks / slices; more than one in a batch-invariant launch from
+// 16 tokens, kernels/packed_mma.py packed_split), each summed from +0 into a partial sum of its own. CARRY (the tiles
+// of two or more token tiles, the only ones a launch of 16+ tokens takes): the register ring runs on across the
+// chunks' bounds, loading the next chunk's first groups while it finishes the last ones of this chunk, where without
+// it the ring drains at each bound and refills (a DRAM round trip with nothing in flight), once a chunk; a bound
+// inside a 64-value group reads that group twice, once for each chunk, as the loop per chunk does. The same
+// products in the same chains: the same bits. The N = 1 tiles keep the loop per chunk (only ever one chunk a block
+// there), with the registers and instructions they were measured with, and so does Q6_K (ptxas, sm_90: the carried
+// ring took m1_n2_d3_x from 118 to 148 registers and m1_n4_d3 from 112 to 148, 4 blocks an SM to 3; Q4_0 and Q4_K
+// stay at 4: m1_n2_d3_x 109 / 115 -> 128, m1_n4_d3 113 / 108 -> 128).
+template <class P, int MT, int NT, int D, bool XR, bool CARRY>
 __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, int rows, int bx, int units,
                                                   const uint4* __restrict__ xf, const float* __restrict__ inv, int n,
                                                   float* __restrict__ y, int slices, float* __restrict__ part,
@@ -304,24 +365,19 @@ __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, i
     const int groups = units >> 1, tiles = (rows + 15) >> 4;
     const int tile0 = (bx * PK_WARPS + warp) * MT;  // this warp's first m16 tile
     const int xt0 = blockIdx.y * NT;  // the block's first token tile
-    const int per = chunks / slices, c0 = blockIdx.z * per;  // this block's chunks c0 .. c0 + per - 1
+    const int per = chunks / slices, c0 = blockIdx.z * per, c_end = c0 + per;  // this block's chunks [c0, c_end)
     // the end of the block's last chunk: the rolling L2 prefetch (pk_prefetch_ahead) runs on across its chunk bounds
     // (a tile's records are contiguous along K) and stops there
-    const int j_end = PK_L2_AHEAD > 0 ? (split_k_bounds_u32(units, chunks, c0 + per - 1).y + 1) >> 1 : 0;
+    const int j_end = PK_L2_AHEAD > 0 ? (split_k_bounds_u32(units, chunks, c_end - 1).y + 1) >> 1 : 0;
 
     float acc[MT][NT][4];
 #pragma unroll 1
-    for (int c = c0; c < c0 + per; ++c) {
-        // each chunk from +0, as a block of its own would sum it
-#pragma unroll
-        for (int m = 0; m < MT; ++m)
-#pragma unroll
-            for (int h = 0; h < NT; ++h)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) acc[m][h][e] = 0.0f;
-        const int2 k_slice = split_k_bounds_u32(units, chunks, c);
-        const int u_lo = k_slice.x, u_hi = k_slice.y;
-        const int j_lo = u_lo >> 1, j_hi = (u_hi + 1) >> 1;  // groups holding a block of the chunk
+    for (int c = c0; c < (CARRY ? c0 + 1 : c_end); ++c) {  // CARRY: one pass, the chunk moves inside the loop
+        pk_zero<MT, NT>(acc);  // each chunk from +0, as a block of its own would sum it
+        int2 k_slice = split_k_bounds_u32(units, chunks, c);
+        int u_lo = k_slice.x, u_hi = k_slice.y;
+        int j = u_lo >> 1, j_hi = (u_hi + 1) >> 1;  // the group computed next; the end of the chunk's groups
+        int cc = c;  // the chunk computed (CARRY: moves on at each bound)
 
         // The records of groups j .. j + D - 1, and the activation words (XR: of the same groups). A row tile past
         // the matrix and a padding token (lane (g, t) holds token 8 (xt0 + h) + g: at N = 1, 7 of the tile's 8;
@@ -335,14 +391,14 @@ __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, i
 #pragma unroll
         for (int m = 0; m < MT; ++m) {
             w_live[m] = tile0 + m < tiles;
-            w_next[m] = w + ((size_t)(tile0 + m) * groups + j_lo) * P::RECORD;
+            w_next[m] = w + ((size_t)(tile0 + m) * groups + j) * P::RECORD;
         }
 #pragma unroll
         for (int h = 0; h < NT; ++h) {
             x_live[h] = 8 * (xt0 + h) + g < n;
-            x_next[h] = xf + ((size_t)(xt0 + h) * groups + j_lo) * PK_X_RECORD + lane;
+            x_next[h] = xf + ((size_t)(xt0 + h) * groups + j) * PK_X_RECORD + lane;
         }
-        int j_next = j_lo;  // the next group whose records are loaded
+        int j_next = j, l_hi = j_hi, lc = c;  // the next group loaded, the end of its chunk's groups, that chunk
         auto load_x = [&](uint4 (&xw)[NT][2], bool any) {
 #pragma unroll
             for (int h = 0; h < NT; ++h) {
@@ -353,8 +409,8 @@ __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, i
                 x_next[h] += PK_X_RECORD;
             }
         };
-        auto load_next = [&](int slot) {  // group j_next into ring slot `slot`; past the chunk nothing is read
-            const bool any = j_next < j_hi;
+        auto load_next = [&](int slot) {  // group j_next into ring slot `slot`; past the last chunk nothing is read
+            const bool any = j_next < l_hi;
             pk_prefetch_ahead<P, MT>(w_next, w_live, j_next, j_end, lane);
 #pragma unroll
             for (int m = 0; m < MT; ++m) {
@@ -363,51 +419,58 @@ __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, i
             }
             if constexpr (XR) load_x(xring[slot], any);
             ++j_next;
+            if (CARRY && j_next == l_hi && lc + 1 < c_end) {  // on to the next chunk's first group (warp-uniform)
+                const int2 b = split_k_bounds_u32(units, chunks, ++lc);
+                const int back = j_next - (b.x >> 1);  // 1 when the bound is inside a group (read again), else 0
+#pragma unroll
+                for (int m = 0; m < MT; ++m) w_next[m] -= back * P::RECORD;
+                if constexpr (XR) {
+#pragma unroll
+                    for (int h = 0; h < NT; ++h) x_next[h] -= back * PK_X_RECORD;
+                }
+                j_next -= back;
+                l_hi = (b.y + 1) >> 1;
+            }
         };
 #pragma unroll
         for (int p = 0; p + 1 < D; ++p) load_next(p);
 
-        for (int jb = j_lo; jb < j_hi; jb += D) {
+        if constexpr (!CARRY) {
+            for (; j < j_hi; j += D) {
 #pragma unroll
-            for (int p = 0; p < D; ++p) {
-                const int j = jb + p;
-                if (j >= j_hi) break;  // warp-uniform
-                load_next((p + D - 1) % D);
-                if constexpr (!XR) load_x(xring[0], true);
-                const uint4 (&xw)[NT][2] = xring[XR ? p : 0];
-                // a chunk bound inside the group (only the chunk's first or last one): its steps outside are skipped.
-                // The skip predicates the step's mma, not the step: a branch around each step cost a branch, a nop
-                // and two constants rebuilt a step (sm_90 SASS, nvcc 13.0: the N = 1 loops 9-24 % fewer
-                // instructions without it, with half2_lo / hi), and an mma not issued leaves acc as a skipped step
-                // does (the same bits). The two made the whole 12B step 1.06-1.09x on the Q4_K_M stand-in and left
-                // the Q4_0 one level (H100, reports/history/2026-12-07-s22.md).
-                const bool lo_in = 2 * j >= u_lo, hi_in = 2 * j + 1 < u_hi;
+                for (int p = 0; p < D; ++p) {
+                    const int jp = j + p;
+                    if (jp >= j_hi) break;  // warp-uniform
+                    load_next((p + D - 1) % D);
+                    if constexpr (!XR) load_x(xring[0], true);
+                    pk_group_mma<P, MT, NT>(ring[p], xring[XR ? p : 0], 2 * jp >= u_lo, 2 * jp + 1 < u_hi, acc);
+                }
+            }
+            pk_store_chunk<MT, NT, THREADS>(acc, cluster, chunks, c, c0, y, part, inv, rows, n, tile0, xt0, g, t);
+        } else {
+            while (cc < c_end) {
 #pragma unroll
-                for (int s = 0; s < 4; ++s) {
-                    const bool in = s < 2 ? lo_in : hi_in;  // warp-uniform
-                    u32 a[MT][4];
+                for (int p = 0; p < D; ++p) {
+                    if (cc >= c_end) break;  // warp-uniform
+                    load_next((p + D - 1) % D);
+                    if constexpr (!XR) load_x(xring[0], true);
+                    pk_group_mma<P, MT, NT>(ring[p], xring[XR ? p : 0], 2 * j >= u_lo, 2 * j + 1 < u_hi, acc);
+                    if (++j == j_hi) {  // chunk cc done: its partial sums, then the next chunk from +0
+                        pk_store_chunk<MT, NT, THREADS>(acc, cluster, chunks, cc, c0, y, part, inv, rows, n, tile0,
+                                                        xt0, g, t);
+                        pk_zero<MT, NT>(acc);
+                        if (++cc < c_end) {
+                            k_slice = split_k_bounds_u32(units, chunks, cc);
+                            if constexpr (!XR) {  // the activation words follow the computed group
 #pragma unroll
-                    for (int m = 0; m < MT; ++m) P::dequant(ring[p][m], s, a[m]);
-#pragma unroll
-                    for (int h = 0; h < NT; ++h) {
-                        const u32 b0 = pk_word(xw[h][s >> 1], 2 * (s & 1)),
-                                  b1 = pk_word(xw[h][s >> 1], 2 * (s & 1) + 1);
-#pragma unroll
-                        for (int m = 0; m < MT; ++m)
-                            if (in) dq_mma16816(acc[m][h], a[m], b0, b1);
+                                for (int h = 0; h < NT; ++h) x_next[h] -= (j - (k_slice.x >> 1)) * PK_X_RECORD;
+                            }
+                            u_lo = k_slice.x, u_hi = k_slice.y;
+                            j = u_lo >> 1, j_hi = (u_hi + 1) >> 1;
+                        }
                     }
                 }
             }
-        }
-        // the chunk's partial sums: into y when K is one chunk, else into this block's shared memory (cluster) or the
-        // chunk's plane of part
-        if (cluster) {
-            pk_cluster_store<MT, NT, THREADS>(acc, inv, n, xt0, t, c - c0);
-        } else {
-            float* __restrict__ dst = chunks == 1 ? y : part + (size_t)c * n * rows;
-#pragma unroll
-            for (int m = 0; m < MT; ++m)
-                dq_store_m16<NT>(acc[m], dst, inv, 16 * (tile0 + m) + g, 8 * xt0, t, rows, n);
         }
     }
 
@@ -537,23 +600,29 @@ __device__ __forceinline__ void pk_prefetch_weights_l2(const uint4* w, int rows,
     const int bx = (int)blockIdx.x - (m_ == 0 ? 0 : m_ == 1 ? tiles0 : tiles01);                               \
     const uint4* w_ = m_ == 0 ? w0 : m_ == 1 ? w1 : w2;                                                        \
     const int rows_ = m_ == 0 ? rows0 : m_ == 1 ? rows1 : rows2;
-#define PK_ENTRY(name, P, MT, NT, D, XR, SUFFIX)                                                                 \
+#define PK_ENTRY(name, P, MT, NT, D, XR, W, SUFFIX)                                                                 \
     extern "C" __global__ void __launch_bounds__(32 * PK_WARPS)                                                 \
         packed_mma_##name##_m##MT##_n##NT##_d##D##SUFFIX(PK_PARAMS) {                                           \
         PK_MEMBER                                                                                              \
         pk_prefetch_weights_l2<P, MT>(w_, rows_, bx, units, slices, chunks);                                   \
         grid_dependency_enter();                                                                               \
-        packed_mma_kernel<P, MT, NT, D, XR>(w_, rows_, bx, units, xf, inv, n, m_ == 0 ? y0 : m_ == 1 ? y1 : y2, \
+        packed_mma_kernel<P, MT, NT, D, XR, W>(w_, rows_, bx, units, xf, inv, n, m_ == 0 ? y0 : m_ == 1 ? y1 : y2, \
                                             slices, m_ == 0 ? part0 : m_ == 1 ? part1 : part2, counters,          \
                                             cluster, chunks);                                                     \
     }
-// SUFFIX _x: the activation words in the ring (XR)
+// SUFFIX _x: the activation words in the ring (XR); _w: the register ring carried across the block's K chunks
+// (CARRY, packed_mma_kernel), launched when a block walks several (kernels/packed_mma.py WALK_TILES, WALK_TYPES)
 #define PK_TILES(name, P)                                                                                        \
-    PK_ENTRY(name, P, 2, 1, 3, false, ) PK_ENTRY(name, P, 1, 1, 4, false, ) PK_ENTRY(name, P, 1, 2, 3, false, )   \
-    PK_ENTRY(name, P, 2, 2, 2, false, ) PK_ENTRY(name, P, 2, 4, 2, false, ) PK_ENTRY(name, P, 1, 4, 3, false, )   \
-    PK_ENTRY(name, P, 1, 2, 2, false, ) PK_ENTRY(name, P, 1, 4, 2, false, )                                      \
-    PK_ENTRY(name, P, 2, 1, 3, true, _x) PK_ENTRY(name, P, 2, 1, 2, true, _x) PK_ENTRY(name, P, 1, 1, 4, true, _x) \
-    PK_ENTRY(name, P, 1, 2, 3, true, _x) PK_ENTRY(name, P, 2, 2, 2, true, _x) PK_ENTRY(name, P, 1, 1, 3, true, _x)
+    PK_ENTRY(name, P, 2, 1, 3, false, false, ) PK_ENTRY(name, P, 1, 1, 4, false, false, )                        \
+    PK_ENTRY(name, P, 1, 2, 3, false, false, ) PK_ENTRY(name, P, 2, 2, 2, false, false, )                        \
+    PK_ENTRY(name, P, 2, 4, 2, false, false, ) PK_ENTRY(name, P, 1, 4, 3, false, false, )                        \
+    PK_ENTRY(name, P, 1, 2, 2, false, false, ) PK_ENTRY(name, P, 1, 4, 2, false, false, )                        \
+    PK_ENTRY(name, P, 2, 1, 3, true, false, _x) PK_ENTRY(name, P, 2, 1, 2, true, false, _x)                      \
+    PK_ENTRY(name, P, 1, 1, 4, true, false, _x) PK_ENTRY(name, P, 1, 2, 3, true, false, _x)                      \
+    PK_ENTRY(name, P, 2, 2, 2, true, false, _x) PK_ENTRY(name, P, 1, 1, 3, true, false, _x)
+#define PK_WALK_TILES(name, P)                                                                                   \
+    PK_ENTRY(name, P, 1, 1, 4, true, true, _x_w) PK_ENTRY(name, P, 1, 2, 3, true, true, _x_w)                    \
+    PK_ENTRY(name, P, 1, 4, 3, false, true, _w)
 #define PK_PACK(name, P)                                                                                         \
     extern "C" __global__ void __launch_bounds__(256) pack_##name(const u8* w, i64 row_bytes, int rows, int units, \
                                                                   uint4* out) {                                 \
@@ -564,6 +633,8 @@ __device__ __forceinline__ void pk_prefetch_weights_l2(const uint4* w, int rows,
 PK_TILES(q4_0, pk_q4_0)
 PK_TILES(q4_k, pk_q4_k)
 PK_TILES(q6_k, pk_q6_k)
+PK_WALK_TILES(q4_0, pk_q4_0)
+PK_WALK_TILES(q4_k, pk_q4_k)
 PK_PACK(q4_0, pk_q4_0)
 PK_PACK(q4_k, pk_q4_k)
 PK_PACK(q6_k, pk_q6_k)
