@@ -108,8 +108,8 @@ def test_gpu_nightly_small_plan(tmp_path):
 
 def test_step_split_records_leaves_out_and_times_the_matmuls():
     """harness.perf.step_split: the recorded matmul calls replay to their own bits; with them left out no matmul
-    runs (the lm head's stand-in zeros come out as the logits); the three timings are positive and the per-shape
-    launches add up to the step's."""
+    runs (the lm head's stand-in zeros come out as the logits); the three timings are positive, the per-shape
+    launches add up to the step's, and the sweep times every packed shape."""
     import cupy as cp
 
     from gemma_oracle.engine.factory import make_engine
@@ -136,8 +136,10 @@ def test_step_split_records_leaves_out_and_times_the_matmuls():
         left_out = cp.asnumpy(engine.forward(None, None, None, None, static=static))
     assert not np.any(left_out) and np.any(logits)
     engine._decoding = False
-    split = step_split.split_step(engine, seqs, reps=2, repeats=3)
+    split = step_split.split_step(engine, seqs, reps=2, repeats=3, sweep=True)
     assert split.step_ms > 0 and split.rest_ms > 0 and split.matmul_ms > 0 and split.n == 5
+    packed = {c.key for c in calls if c.key.startswith("packed ")}
+    assert {r["shape"] for r in split.sweeps} == packed and all(r["ms"] > 0 for r in split.sweeps)
     assert sum(r["launches"] for r in split.shapes) == split.matmul_launches == len(calls)
     assert sum(r["weight_bytes"] for r in split.shapes) == split.weight_bytes > 0
     assert "| matmul shape |" in step_split.summarize([split])

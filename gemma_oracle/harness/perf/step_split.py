@@ -48,6 +48,26 @@ class StepSplit:
     matmul_launches: int
     weight_bytes: int
     shapes: list[dict] = field(default_factory=list)
+    sweeps: list[dict] = field(default_factory=list)  # packed shapes: each (tile, chunks, slices) timed in step order
+
+
+def packed_candidates(n: int, call: MatmulCall) -> list[tuple[str, int, int]]:
+    """(tile, chunks, slices) to time a packed call with: every tile whose token tiles are no wider than N needs
+    (all NT = 1 tiles at N <= 8), with K in 1, 2, 4, 8 or 16 chunks a block each, and the call's own chunks walked by
+    each divisor (the splits a batch-invariant launch may take, which keeps its chunks)."""
+    from gemma_oracle.kernels.packed_mma import TILES
+
+    own = call.kwargs.get("chunks")
+    nts = {t.nt for t in TILES.values() if 8 * t.nt <= max(8, -(-n // 8) * 8)}
+    out = []
+    for name, tile in TILES.items():
+        if tile.nt not in nts:
+            continue
+        splits = [(c, c) for c in (1, 2, 4, 8, 16)]
+        if own:
+            splits += [(own, d) for d in range(1, own) if own % d == 0]
+        out += [(name, c, s) for c, s in splits]
+    return out
 
 
 def _describe(name: str, args: tuple, kwargs: dict) -> tuple[str, int]:
@@ -124,9 +144,10 @@ def without_matmuls(calls: list[MatmulCall]):
     return _patched(wrap)
 
 
-def split_step(engine, seqs, *, reps: int = 4, repeats: int = 7) -> StepSplit:
+def split_step(engine, seqs, *, reps: int = 4, repeats: int = 7, sweep: bool = False) -> StepSplit:
     """engine: a CupyEngine whose `seqs` hold their prompts; times its forward of one decode step of len(seqs)
-    rows (tokens 5, the sequences' positions and slots) three ways (module docstring)."""
+    rows (tokens 5, the sequences' positions and slots) three ways (module docstring). sweep: also each packed
+    shape's launches of the step with every tile and K split of packed_candidates (StepSplit.sweeps)."""
     import cupy as cp
     import numpy as np
 
@@ -154,17 +175,31 @@ def split_step(engine, seqs, *, reps: int = 4, repeats: int = 7) -> StepSplit:
             return body
 
         matmul_ms, _ = graph_time_ms(run(calls), reps=reps, repeats=repeats)
-        shapes = []
+        shapes, sweeps = [], []
         for key in dict.fromkeys(c.key for c in calls):
             selected = [c for c in calls if c.key == key]
             ms, spread = graph_time_ms(run(selected), reps=reps, repeats=repeats)
             nbytes = sum(c.weight_bytes for c in selected)
             shapes.append(dict(shape=key, launches=len(selected), ms=ms, spread_ms=spread, weight_bytes=nbytes,
                                gb_s=nbytes / ms / 1e6, us_per_launch=1e3 * ms / len(selected)))
+        if sweep:
+            for key in dict.fromkeys(c.key for c in calls if c.key.startswith("packed ")):
+                selected = [c for c in calls if c.key == key]
+                for tile, chunks, slices in packed_candidates(n, selected[0]):
+                    try:
+                        variant = [MatmulCall(c.launcher, c.args, {**c.kwargs, "tile": tile, "chunks": chunks,
+                                                                     "slices": slices}, None, key, c.weight_bytes)
+                                   for c in selected]
+                        ms, spread = graph_time_ms(run(variant), reps=reps, repeats=repeats)
+                    except ValueError:  # a split this shape or tile cannot take (counters, K blocks)
+                        continue
+                    nbytes = sum(c.weight_bytes for c in selected)
+                    sweeps.append(dict(shape=key, tile=tile, chunks=chunks, slices=slices, ms=ms, spread_ms=spread,
+                                       gb_s=nbytes / ms / 1e6))
     finally:
         engine._decoding = False
     return StepSplit(engine.model_file.path.name, n, engine.route_mode, step_ms, rest_ms, matmul_ms, len(calls),
-                     sum(c.weight_bytes for c in calls), shapes)
+                     sum(c.weight_bytes for c in calls), shapes, sweeps)
 
 
 def summarize(splits: list[StepSplit]) -> str:
@@ -181,6 +216,14 @@ def summarize(splits: list[StepSplit]) -> str:
             lines.append(f"| {r['shape']} | {r['launches']} | {r['ms']:.3f} | {r['us_per_launch']:.1f} | "
                          f"{r['gb_s']:.0f} |")
         lines.append("")
+        for key in dict.fromkeys(r["shape"] for r in s.sweeps):
+            rows = sorted((r for r in s.sweeps if r["shape"] == key), key=lambda r: r["ms"])
+            own = next(r["ms"] for r in s.shapes if r["shape"] == key)
+            lines += [f"sweep of {key} (its own: {own:.3f} ms), the 8 fastest:", "",
+                      "| tile | chunks | slices | ms | own / this | GB/s |", "|---|---|---|---|---|---|"]
+            lines += [f"| {r['tile']} | {r['chunks']} | {r['slices']} | {r['ms']:.3f} | {own / r['ms']:.3f} | "
+                      f"{r['gb_s']:.0f} |" for r in rows[:8]]
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -191,6 +234,7 @@ def main(argv=None) -> int:
     p.add_argument("--n", nargs="+", type=int, default=[1])
     p.add_argument("--route-mode", nargs="+", default=["auto"], help="route modes (each N is timed in each)")
     p.add_argument("--prompt-len", type=int, default=178)
+    p.add_argument("--sweep", action="store_true", help="also time each packed shape with every tile and K split")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     import numpy as np
@@ -210,7 +254,7 @@ def main(argv=None) -> int:
                 engine.prefill(s, [2] + [int(t) for t in rng.integers(4, engine.vocab_size, size=args.prompt_len - 1)])
             for mode in args.route_mode:  # the forward writes the step's KV at each sequence's length: reusable
                 engine.set_route_mode(mode)
-                splits.append(split_step(engine, seqs))
+                splits.append(split_step(engine, seqs, sweep=args.sweep))
                 print(summarize(splits[-1:]), flush=True)
                 (args.out / "step-split.md").write_text(summarize(splits))  # what a time limit would lose
             engine.set_route_mode("decode_mmq")
