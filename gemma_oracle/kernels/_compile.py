@@ -40,6 +40,16 @@ PACKED_PREFETCH_DEFAULT = 8
 # 0.91-0.92x at N = 1-2 (shape12b, auto; reports/history/2026-12-07-s21.md).
 PACKED_AHEAD_ENV = "GEMMA_ORACLE_PACKED_AHEAD"
 PACKED_AHEAD_DEFAULT = 0
+# GEMMA_ORACLE_PACKED_Q4_0_PAD=1 pads packed MMA's Q4_0 records from 576 to 640 bytes (packed_mma.cu PK_Q4_0_RECORD;
+# kernels/packed_mma.py record_words): every record's codes on a 128-byte line. Opt-in until a device A/B has timed it.
+PACKED_Q4_0_PAD_ENV = "GEMMA_ORACLE_PACKED_Q4_0_PAD"
+
+
+def q4_0_padded() -> bool:
+    value = os.environ.get(PACKED_Q4_0_PAD_ENV, "0").strip() or "0"
+    if value not in ("0", "1"):
+        raise ValueError(f"{PACKED_Q4_0_PAD_ENV}={value!r}: expected 1 (640-byte Q4_0 records) or 0 (576)")
+    return value == "1"
 
 
 def _groups_from_env(name: str, default: int) -> int:
@@ -53,7 +63,8 @@ def nvrtc_options(pdl: bool = False) -> tuple[str, ...]:
     """NVRTC_OPTIONS with the opt-in defines: GRID_DEPENDENCY=1 when `pdl` (kernels/launch.py decides it from
     GEMMA_ORACLE_PDL and the device), MMQ_L2_PREFETCH=1 when GEMMA_ORACLE_MMQ_PREFETCH=1, PK_L2_PREFETCH=G when
     GEMMA_ORACLE_PACKED_PREFETCH=G > 0 (unset: PACKED_PREFETCH_DEFAULT), PK_L2_AHEAD=A when
-    GEMMA_ORACLE_PACKED_AHEAD=A > 0 (unset: PACKED_AHEAD_DEFAULT)."""
+    GEMMA_ORACLE_PACKED_AHEAD=A > 0 (unset: PACKED_AHEAD_DEFAULT), PK_Q4_0_RECORD=40 when
+    GEMMA_ORACLE_PACKED_Q4_0_PAD=1."""
     value = os.environ.get(PREFETCH_ENV, "0").strip()
     if value not in ("0", "1"):
         raise ValueError(f"{PREFETCH_ENV}={value!r}: expected 0 (no weight prefetch) or 1")
@@ -64,7 +75,8 @@ def nvrtc_options(pdl: bool = False) -> tuple[str, ...]:
     return (NVRTC_OPTIONS + (("-DGRID_DEPENDENCY=1",) if pdl else ())
             + (("-DMMQ_L2_PREFETCH=1",) if value == "1" else ())
             + ((f"-DPK_L2_PREFETCH={groups}",) if groups else ())
-            + ((f"-DPK_L2_AHEAD={ahead}",) if ahead else ()))
+            + ((f"-DPK_L2_AHEAD={ahead}",) if ahead else ())
+            + (("-DPK_Q4_0_RECORD=40",) if q4_0_padded() else ()))
 
 
 def source_path(name: str) -> Path:

@@ -32,6 +32,13 @@ GROUP = 64  # values of K a packed record covers (two 32-value blocks)
 # uint32 words of one (m16 tile, group) record (the type's RECORD uint4s): 4-bit codes 128 + scales 32 (Q4_K: 5 bits
 # a weight) or 16 (Q4_0, d alone: 4.5 bits); Q6_K low nibbles 128 + high bits 64 + scales 32 (7 bits)
 RECORD_WORDS = {"Q4_0": 144, "Q4_K": 160, "Q6_K": 224}
+
+
+def record_words(type_name: str) -> int:
+    """RECORD_WORDS, with Q4_0's padded to 160 under GEMMA_ORACLE_PACKED_Q4_0_PAD=1 (kernels/_compile.py)."""
+    from gemma_oracle.kernels._compile import q4_0_padded
+
+    return 160 if type_name == "Q4_0" and q4_0_padded() else RECORD_WORDS[type_name]
 X_RECORD_WORDS = 256  # uint32 words of one (8-token tile, group) activation record (PK_X_RECORD uint4s)
 WARPS = 4  # PK_WARPS
 PACK_THREADS = 256
@@ -276,7 +283,7 @@ def plan_pack(w_raw, type_name: str, n_cols: int) -> PackLaunch:
     tiles, groups = -(-rows // 16), int(n_cols) // GROUP
     threads = tiles * groups * 32
     return PackLaunch(f"pack_{type_name.lower()}", (-(-threads // PACK_THREADS), 1, 1), (PACK_THREADS, 1, 1), rows, rb,
-                      units, tiles * groups * RECORD_WORDS[type_name])
+                      units, tiles * groups * record_words(type_name))
 
 
 def pack_weights(w_raw, type_name: str, n_cols: int) -> PackedMatrix:
@@ -285,7 +292,7 @@ def pack_weights(w_raw, type_name: str, n_cols: int) -> PackedMatrix:
 
     plan = plan_pack(w_raw, type_name, n_cols)
     require_device_arrays(w_raw=w_raw)
-    data = cupy.empty(plan.words, dtype=cupy.uint32)
+    data = cupy.zeros(plan.words, dtype=cupy.uint32)  # a padded record's unused words: zero
     load_module(MODULE).get_function(plan.entry)(
         plan.grid, plan.block, (w_raw, np.int64(plan.row_bytes), np.int32(plan.rows), np.int32(plan.units), data))
     return PackedMatrix(data, type_name, plan.rows, int(n_cols))

@@ -70,6 +70,13 @@ def packed_candidates(n: int, call: MatmulCall) -> list[tuple[str, int, int]]:
     return out
 
 
+def _packed_bytes(w) -> int:
+    """The bytes a packed launch reads of matrix w: its records without any padding (RECORD_WORDS)."""
+    from gemma_oracle.kernels.packed_mma import GROUP, RECORD_WORDS
+
+    return -(-w.rows // 16) * (w.n_cols // GROUP) * RECORD_WORDS[w.type_name] * 4
+
+
 def _describe(name: str, args: tuple, kwargs: dict) -> tuple[str, int]:
     """(the call's shape key, the weight bytes it reads)."""
     if name == "packed_mma_group":
@@ -81,7 +88,7 @@ def _describe(name: str, args: tuple, kwargs: dict) -> tuple[str, int]:
         tile = kwargs.get("tile") or choose_tile(tokens, w0.rows, w0.n_cols).name
         rows = "+".join(str(w.rows) for w in members)
         return (f"packed {w0.type_name} {rows} x {w0.n_cols} {tile} chunks {kwargs.get('chunks')} slices "
-                f"{kwargs.get('slices')}", sum(int(w.data.nbytes) for w in members))
+                f"{kwargs.get('slices')}", sum(_packed_bytes(w) for w in members))
     if name == "mmq_matvec_group":
         members = list(args[0])
         rows = "+".join(str(int(m[0].shape[0])) for m in members)

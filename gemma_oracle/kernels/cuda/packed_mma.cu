@@ -145,9 +145,15 @@ struct pk_q4_k {
 // Q4_0: codes [0, 32) uint4 as Q4_K's, scales [32, 36): lane's uint2 at uint2 index g, word b = half2 {d(row g,
 // block b), d(row g + 8, block b)}. Its -m half would always be -0 (the bias is the offset): 64 bytes a record fewer
 // than Q4_K's layout, 10 % of what a step reads of a Q4_0 matrix.
+// PK_Q4_0_RECORD (uint4s a record; kernels/_compile.py, GEMMA_ORACLE_PACKED_Q4_0_PAD=1: 40): a record padded to
+// 640 bytes, so that every record's codes start on a 128-byte line (576-byte records put every other record's 512
+// bytes of codes across 5 lines instead of 4). The padding is never read by the loop; the L2 prefetches read it.
+#ifndef PK_Q4_0_RECORD
+#define PK_Q4_0_RECORD 36
+#endif
 struct pk_q4_0 {
     using Block = mq_q4_0;
-    static constexpr int bias = 8, RECORD = 36, HI = 0, SCALE_AT = 32;
+    static constexpr int bias = 8, RECORD = PK_Q4_0_RECORD, HI = 0, SCALE_AT = 32;
     static constexpr bool D_ONLY = true;
     struct Regs { uint4 q; uint2 s; };
     static __device__ __forceinline__ void load(Regs& r, const uint4* rec, int lane) {

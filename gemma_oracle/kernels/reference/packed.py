@@ -20,6 +20,14 @@ from gemma_oracle.kernels.reference.dequant import block_codes
 GROUP = 64
 BIAS = {"Q4_0": 8, "Q4_K": 0, "Q6_K": 32}  # nibble (Q6_K: 6-bit value) = code + BIAS
 RECORD_WORDS = {"Q4_0": 144, "Q4_K": 160, "Q6_K": 224}  # uint32 words of a (m16 tile, group) record
+PADDED_Q4_0_WORDS = 160  # GEMMA_ORACLE_PACKED_Q4_0_PAD=1: Q4_0 records padded with zero words to 640 bytes
+
+
+def record_words(type_name: str) -> int:
+    import os
+
+    return PADDED_Q4_0_WORDS if type_name == "Q4_0" and os.environ.get("GEMMA_ORACLE_PACKED_Q4_0_PAD", "0").strip() \
+        == "1" else RECORD_WORDS[type_name]
 HIGH_AT, Q6_SCALE_AT = 128, 192  # Q6_K: word offsets of the high-bit plane and the scales in a record
 
 # The layout text: nibble i of a lane's step word is value (row offset, column offset) of the step's 16 x 16 piece,
@@ -63,7 +71,7 @@ def pack(raw: np.ndarray, type_name: str, n_cols: int) -> np.ndarray:
         raise ValueError(f"pack: {type_name} rows of {n_cols} values: need Q4_0 / Q4_K / Q6_K and a multiple of {GROUP}")
     vals, d16, negm16 = _codes_and_scales(raw, type_name, n_cols)
     tiles, groups = vals.shape[0] // 16, n_cols // GROUP
-    out = np.zeros((tiles, groups, RECORD_WORDS[type_name]), np.uint32)
+    out = np.zeros((tiles, groups, record_words(type_name)), np.uint32)
     for lane in range(32):
         g, t = divmod(lane, 4)
         for s in range(4):
@@ -122,7 +130,7 @@ def _half(word: np.ndarray, high: bool) -> np.ndarray:
 def weights_from_registers(packed: np.ndarray, type_name: str, rows: int, n_cols: int) -> np.ndarray:
     """fp16 [rows, n_cols]: the weight each A register half holds, placed by the PTX fragment table."""
     tiles, groups = -(-rows // 16), n_cols // GROUP
-    rec = np.asarray(packed, np.uint32).reshape(tiles, groups, RECORD_WORDS[type_name])
+    rec = np.asarray(packed, np.uint32).reshape(tiles, groups, record_words(type_name))
     w = np.zeros((tiles * 16, n_cols), np.float64)
     for lane in range(32):
         g, t = divmod(lane, 4)
