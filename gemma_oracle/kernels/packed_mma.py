@@ -93,14 +93,17 @@ MAX_N = 65535 * 8
 # The tiles and types with a second entry (suffix _w, packed_mma.cu PK_WALK_TILES) whose register ring runs on across
 # a block's K chunks: launched when a block walks several (chunks > slices: a batch-invariant launch from
 # SLICE_CAP_MIN_N tokens), where the loop per chunk drains its ring at each bound. The tiles TILE_RULES gives from
-# 16 tokens, and m1_n1_d4_x (the others' from 1 to 31); not Q6_K, whose registers would cost a block an SM. A speed
-# choice: the same bits.
-WALK_TILES = ("m1_n1_d4_x", "m1_n2_d3_x", "m1_n4_d3")
+# 32 tokens (and the tall shapes' from 16); not Q6_K, whose registers would cost a block an SM. A speed choice: the
+# same bits. Whole 12B step, batch-invariant at N = 32 on an H100 (reports/history/2026-12-07-s23.md, call 1): 1.060x
+# the loop per chunk on the Q4_0 stand-in, 1.014x on the Q4_K_M one; auto (never walks) and N = 1 level.
+# (m1_n1_d4_x had an entry too in that A/B, the N = 16 tile of the other shapes: it took 112-120 registers against
+# 80-90, 6 blocks an SM to 4, and batch-invariant / auto at N = 16 did not move: 0.977 -> 0.973, 0.983 -> 0.980.)
+WALK_TILES = ("m1_n2_d3_x", "m1_n4_d3")
 WALK_TYPES = ("Q4_0", "Q4_K")
-# Whether those entries are launched: GEMMA_ORACLE_PACKED_CARRY=1 (0 or unset: DEFAULT_CARRY, the loop per chunk), so
-# that one device call can time both in one tree. Opt-in until a device A/B has measured it.
+# Whether those entries are launched: GEMMA_ORACLE_PACKED_CARRY (1 or 0; unset: DEFAULT_CARRY), so that one device
+# call can time both in one tree.
 ENV_CARRY = "GEMMA_ORACLE_PACKED_CARRY"
-DEFAULT_CARRY = "0"
+DEFAULT_CARRY = "1"
 
 
 def carry_from_env() -> bool:

@@ -352,15 +352,17 @@ __device__ __forceinline__ void pk_zero(float (&acc)[MT][NT][4]) {
 
 // bx: the block's row tile of its member's matrix (w, rows, y, part); blockIdx.x is its place in the whole grid.
 // A block walks its chunks c0 .. c0 + per - 1 (per = chunks / slices; more than one in a batch-invariant launch from
-// 16 tokens, kernels/packed_mma.py packed_split), each summed from +0 into a partial sum of its own. CARRY (the tiles
-// of two or more token tiles, the only ones a launch of 16+ tokens takes): the register ring runs on across the
+// 16 tokens, kernels/packed_mma.py packed_split), each summed from +0 into a partial sum of its own. CARRY (the _w
+// entries, PK_WALK_TILES: launched only where a block walks several chunks): the register ring runs on across the
 // chunks' bounds, loading the next chunk's first groups while it finishes the last ones of this chunk, where without
 // it the ring drains at each bound and refills (a DRAM round trip with nothing in flight), once a chunk; a bound
 // inside a 64-value group reads that group twice, once for each chunk, as the loop per chunk does. The same
-// products in the same chains: the same bits. The N = 1 tiles keep the loop per chunk (only ever one chunk a block
-// there), with the registers and instructions they were measured with, and so does Q6_K (ptxas, sm_90: the carried
-// ring took m1_n2_d3_x from 118 to 148 registers and m1_n4_d3 from 112 to 148, 4 blocks an SM to 3; Q4_0 and Q4_K
-// stay at 4: m1_n2_d3_x 109 / 115 -> 128, m1_n4_d3 113 / 108 -> 128).
+// products in the same chains: the same bits. Its own entries, so that the others keep the loop per chunk with the
+// registers they were measured with: one kernel with both loops took ptxas (sm_90) to 139-168 registers on the
+// tiles of 2+ token tiles, and Q4_0 m1_n4_d3 spilled. The _w entries alone: Q4_0 / Q4_K m1_n2_d3_x 109 / 115 -> 128,
+// m1_n4_d3 113 / 108 -> 128 (4 blocks an SM either way); Q6_K has none (118 -> 148 and 112 -> 148: 4 blocks to 3).
+// Whole 12B step, batch-invariant at N = 32 on an H100: 1.060x the loop per chunk on the Q4_0 stand-in, 1.014x on
+// the Q4_K_M one (reports/history/2026-12-07-s23.md, call 1).
 template <class P, int MT, int NT, int D, bool XR, bool CARRY>
 __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, int rows, int bx, int units,
                                                   const uint4* __restrict__ xf, const float* __restrict__ inv, int n,
@@ -627,8 +629,7 @@ __device__ __forceinline__ void pk_prefetch_weights_l2(const uint4* w, int rows,
     PK_ENTRY(name, P, 1, 1, 4, true, false, _x) PK_ENTRY(name, P, 1, 2, 3, true, false, _x)                      \
     PK_ENTRY(name, P, 2, 2, 2, true, false, _x) PK_ENTRY(name, P, 1, 1, 3, true, false, _x)
 #define PK_WALK_TILES(name, P)                                                                                   \
-    PK_ENTRY(name, P, 1, 1, 4, true, true, _x_w) PK_ENTRY(name, P, 1, 2, 3, true, true, _x_w)                    \
-    PK_ENTRY(name, P, 1, 4, 3, false, true, _w)
+    PK_ENTRY(name, P, 1, 2, 3, true, true, _x_w) PK_ENTRY(name, P, 1, 4, 3, false, true, _w)
 #define PK_PACK(name, P)                                                                                         \
     extern "C" __global__ void __launch_bounds__(256) pack_##name(const u8* w, i64 row_bytes, int rows, int units, \
                                                                   uint4* out) {                                 \
