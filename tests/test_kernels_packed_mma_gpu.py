@@ -521,6 +521,30 @@ def test_packed_carry_switch(monkeypatch):
         plan_packed_mma(w, x, tile="m1_n2_d3_x", slices=4, chunks=8)
 
 
+def test_q4_0_pad_switch(monkeypatch):
+    """GEMMA_ORACLE_PACKED_Q4_0_PAD=1 (opt-in): the kernels compile with 40-uint4 Q4_0 records, the launcher and the
+    reference packer both size a Q4_0 record at 160 words (the reference's extra words zero) and the other types
+    keep theirs; unset or 0 is the 144-word layout; anything else names the variable."""
+    from gemma_oracle.kernels._compile import nvrtc_options
+    from gemma_oracle.kernels.packed_mma import RECORD_WORDS, record_words
+
+    monkeypatch.delenv("GEMMA_ORACLE_PACKED_Q4_0_PAD", raising=False)
+    assert record_words("Q4_0") == ref.record_words("Q4_0") == 144
+    assert not any(o.startswith("-DPK_Q4_0_RECORD") for o in nvrtc_options())
+    monkeypatch.setenv("GEMMA_ORACLE_PACKED_Q4_0_PAD", "1")
+    assert "-DPK_Q4_0_RECORD=40" in nvrtc_options()
+    assert record_words("Q4_0") == ref.record_words("Q4_0") == 160
+    assert [record_words(t) for t in ("Q4_K", "Q6_K")] == [RECORD_WORDS["Q4_K"], RECORD_WORDS["Q6_K"]]
+    raw = quantized_weights("Q4_0", 16, 128)
+    padded = ref.pack(raw, "Q4_0", 128).reshape(1, 2, 160)
+    monkeypatch.setenv("GEMMA_ORACLE_PACKED_Q4_0_PAD", "0")
+    plain = ref.pack(raw, "Q4_0", 128).reshape(1, 2, 144)
+    assert np.array_equal(padded[:, :, :144], plain) and not padded[:, :, 144:].any()
+    monkeypatch.setenv("GEMMA_ORACLE_PACKED_Q4_0_PAD", "2")
+    with pytest.raises(ValueError, match="GEMMA_ORACLE_PACKED_Q4_0_PAD='2': expected"):
+        nvrtc_options()
+
+
 def test_host_validation_names_what_is_wrong():
     raw = quantized_weights("Q4_K", 7, 512)
     with pytest.raises(ValueError, match="packed MMA supports"):

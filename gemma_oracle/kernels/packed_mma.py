@@ -32,6 +32,10 @@ GROUP = 64  # values of K a packed record covers (two 32-value blocks)
 # uint32 words of one (m16 tile, group) record (the type's RECORD uint4s): 4-bit codes 128 + scales 32 (Q4_K: 5 bits
 # a weight) or 16 (Q4_0, d alone: 4.5 bits); Q6_K low nibbles 128 + high bits 64 + scales 32 (7 bits)
 RECORD_WORDS = {"Q4_0": 144, "Q4_K": 160, "Q6_K": 224}
+X_RECORD_WORDS = 256  # uint32 words of one (8-token tile, group) activation record (PK_X_RECORD uint4s)
+WARPS = 4  # PK_WARPS
+PACK_THREADS = 256
+X_THREADS = 256  # F16_ROWS_THREADS
 
 
 def record_words(type_name: str) -> int:
@@ -39,10 +43,6 @@ def record_words(type_name: str) -> int:
     from gemma_oracle.kernels._compile import q4_0_padded
 
     return 160 if type_name == "Q4_0" and q4_0_padded() else RECORD_WORDS[type_name]
-X_RECORD_WORDS = 256  # uint32 words of one (8-token tile, group) activation record (PK_X_RECORD uint4s)
-WARPS = 4  # PK_WARPS
-PACK_THREADS = 256
-X_THREADS = 256  # F16_ROWS_THREADS
 
 
 @dataclass(frozen=True)

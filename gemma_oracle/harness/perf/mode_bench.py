@@ -172,6 +172,7 @@ def main(argv=None) -> int:
 
     from gemma_oracle.harness.perf.devices import gpu_read_bandwidth_gb_s as read_bandwidth_gb_s
     from gemma_oracle.harness.fixtures.cache import fixture_names, fixture_path
+    from gemma_oracle.kernels._compile import q4_0_padded
     from gemma_oracle.kernels.launch import launch_mode
     from gemma_oracle.kernels.mmq import weight_prefetch_enabled
     from gemma_oracle.kernels.packed_mma import (ahead_groups, carry_from_env, prefetch_groups, sums_from_env,
@@ -182,12 +183,14 @@ def main(argv=None) -> int:
     # packed MMA its first groups (GEMMA_ORACLE_PACKED_PREFETCH) and ahead of its ring (GEMMA_ORACLE_PACKED_AHEAD),
     # how packed MMA adds its K slices (GEMMA_ORACLE_PACKED_SUMS) and how many blocks batch-invariant mode walks its K
     # chunks with from 16 tokens (GEMMA_ORACLE_PACKED_WALK), with the ring carried across them or not
-    # (GEMMA_ORACLE_PACKED_CARRY): an A/B's sides say what they ran
+    # (GEMMA_ORACLE_PACKED_CARRY), and whether Q4_0 records are padded (GEMMA_ORACLE_PACKED_Q4_0_PAD): an A/B's sides
+    # say what they ran
     launch = (launch_mode() + ("" if weight_prefetch_enabled() else " without weight prefetch")
               + (f", packed prefetch {prefetch_groups()} groups" if prefetch_groups() else "")
               + (f", packed prefetch ahead {ahead_groups()} groups" if ahead_groups() else "")
               + f", packed sums {sums_from_env()}, invariant walk {walk_from_env()}"
-              + (" (ring carried across chunks)" if carry_from_env() else ""))
+              + (" (ring carried across chunks)" if carry_from_env() else "")
+              + (", Q4_0 records padded to 640 bytes" if q4_0_padded() else ""))
     bw = read_bandwidth_gb_s()
     out = Path(args.out) if args.out else None
     if out is not None:
