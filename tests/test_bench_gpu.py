@@ -108,8 +108,9 @@ def test_gpu_nightly_small_plan(tmp_path):
 
 def test_step_split_records_leaves_out_and_times_the_matmuls():
     """harness.perf.step_split: the recorded matmul calls replay to their own bits; with them left out no matmul
-    runs (the lm head's stand-in zeros come out as the logits); the three timings are positive, the per-shape
-    launches add up to the step's, and the sweep times every packed shape."""
+    runs (the lm head's stand-in zeros come out as the logits); each other kind left out changes the logits and
+    gives them back when restored; the timings are positive, the per-shape launches add up to the step's, and the
+    sweep times every packed shape."""
     import cupy as cp
 
     from gemma_oracle.engine.factory import make_engine
@@ -135,6 +136,14 @@ def test_step_split_records_leaves_out_and_times_the_matmuls():
     with step_split.without_matmuls(calls):
         left_out = cp.asnumpy(engine.forward(None, None, None, None, static=static))
     assert not np.any(left_out) and np.any(logits)
+    # each other kind left out in turn changes the logits, and putting it back gives the step's bits again
+    norms, engine.norms = engine.norms, step_split._Delegate(engine.norms)
+    for kind in step_split.OP_KINDS:
+        with step_split.without_ops(kind, lambda: engine.forward(None, None, None, None, static=static), engine):
+            other = cp.asnumpy(engine.forward(None, None, None, None, static=static))
+        assert not np.array_equal(other, logits), kind
+        assert np.array_equal(cp.asnumpy(engine.forward(None, None, None, None, static=static)), logits), kind
+    engine.norms = norms
     engine._decoding = False
     split = step_split.split_step(engine, seqs, reps=2, repeats=3, sweep=True)
     assert split.step_ms > 0 and split.rest_ms > 0 and split.matmul_ms > 0 and split.n == 5
@@ -142,4 +151,6 @@ def test_step_split_records_leaves_out_and_times_the_matmuls():
     assert {r["shape"] for r in split.sweeps} == packed and all(r["ms"] > 0 for r in split.sweeps)
     assert sum(r["launches"] for r in split.shapes) == split.matmul_launches == len(calls)
     assert sum(r["weight_bytes"] for r in split.shapes) == split.weight_bytes > 0
-    assert "| matmul shape |" in step_split.summarize([split])
+    assert set(split.without) == set(step_split.OP_KINDS) and all(ms > 0 for ms in split.without.values())
+    summary = step_split.summarize([split])
+    assert "| matmul shape |" in summary and "- without attention:" in summary

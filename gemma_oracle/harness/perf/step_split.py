@@ -3,11 +3,12 @@ ncu kernel list leaves out):
 
 - the whole step (the engine's forward of N rows, captured as its step graphs are);
 - the same step with every matmul left out (each returns zeroed outputs made before the capture): the norms,
-  RoPE, attention, activations, packed_x and their gaps;
+  RoPE, attention, activations, packed_x and their gaps; and with each of those kinds left out in turn (OP_KINDS);
 - the step's matmul launches alone, in step order (each weight read once a replay, as in the step);
 - per matmul shape (route, type, rows, columns, tile): its launches of the step alone, ms and GB/s of weights.
 
-    python -m gemma_oracle.harness.perf.step_split --model shape12b-q4_0 --n 1 2 --route-mode auto batch-invariant --out DIR
+    python -m gemma_oracle.harness.perf.step_split --model shape12b-q4_0 --n 1 32 \
+        --route-mode auto batch-invariant [--sweep] --out DIR
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ class StepSplit:
     weight_bytes: int
     shapes: list[dict] = field(default_factory=list)
     sweeps: list[dict] = field(default_factory=list)  # packed shapes: each (tile, chunks, slices) timed in step order
+    without: dict = field(default_factory=dict)  # OP_KINDS kind -> ms of the step with its launches left out
 
 
 def packed_candidates(n: int, call: MatmulCall) -> list[tuple[str, int, int]]:
@@ -98,19 +100,50 @@ def _describe(name: str, args: tuple, kwargs: dict) -> tuple[str, int]:
     return f"{route} {type_name} {int(w_raw.shape[0])} x {n_cols}", int(w_raw.nbytes)
 
 
+# The step's other launches by kind, each left out in turn (without_ops) to time its share of the step: the engine's
+# norm steps (gpu_engine FusedNorms / SeparateNorms, reached through engine.norms) and packed_x (imported at call time
+# by _matvecs). A kind left out returns zeroed outputs of the recorded shapes; the kernels after it run on zeros.
+OP_KINDS = {
+    "packed_x": (("gemma_oracle.kernels.packed_mma", "packed_x"),),
+    "norms": (("norms", "norm"), ("norms", "add_norm")),
+    "rope + kv": (("norms", "qkv_rope_kv"), ("norms", "norm_rope")),
+    "attention": (("norms", "attention"),),
+    "gelu * up": (("norms", "gelu_mul"),),
+}
+
+
+class _Delegate:
+    """Stands in for engine.norms while a step is timed: attributes set on it shadow the original's."""
+
+    def __init__(self, original):
+        self._original = original
+
+    def __getattr__(self, name):
+        return getattr(self._original, name)
+
+
+def _owner(where: str, engine):
+    return engine.norms if where == "norms" else importlib.import_module(where)
+
+
 @contextlib.contextmanager
-def _patched(make_wrapper):
+def _patched(make_wrapper, targets=MATMUL_LAUNCHERS, engine=None):
+    """Each (owner, name) of targets replaced by make_wrapper(name, original) inside the context. An owner is a
+    module name, or "norms" for engine.norms (then a _Delegate, installed by split_step)."""
     saved = []
     try:
-        for module_name, name in MATMUL_LAUNCHERS:
-            module = importlib.import_module(module_name)
-            original = getattr(module, name)
-            saved.append((module, name, original))
-            setattr(module, name, make_wrapper(name, original))
+        for where, name in targets:
+            owner = _owner(where, engine)
+            original = getattr(owner, name)
+            saved.append((owner, name, original))
+            setattr(owner, name, make_wrapper(name, original))
         yield
     finally:
-        for module, name, original in saved:
-            setattr(module, name, original)
+        for owner, name, original in reversed(saved):
+            if isinstance(owner, _Delegate):
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
 
 
 def record_matmuls(forward) -> list[MatmulCall]:
@@ -130,15 +163,36 @@ def record_matmuls(forward) -> list[MatmulCall]:
     return calls
 
 
-def without_matmuls(calls: list[MatmulCall]):
-    """A context in which each matmul launcher returns, in the recorded order, zeroed arrays of the recorded
-    outputs' shapes (made once, here) and launches nothing."""
-    import cupy as cp
+def record_outputs(forward, targets, engine) -> list:
+    """The outputs of every call to `targets` in one forward(), in order."""
+    outputs: list = []
 
-    def zeros_like(out):
-        return [cp.zeros_like(o) for o in out] if isinstance(out, list) else cp.zeros_like(out)
+    def wrap(name, original):
+        def recorder(*args, **kwargs):
+            outputs.append(original(*args, **kwargs))
+            return outputs[-1]
+        return recorder
 
-    stand_ins = [zeros_like(c.outputs) for c in calls]
+    with _patched(wrap, targets, engine):
+        forward()
+    return outputs
+
+
+def _zeros_like(out):
+    """Zeroed arrays in the structure of `out` (device or host arrays, tuples and lists of them, None)."""
+    import numpy as np
+
+    if out is None:
+        return None
+    if isinstance(out, (tuple, list)):
+        return type(out)(_zeros_like(o) for o in out)
+    return np.zeros_like(out) if isinstance(out, np.ndarray) else importlib.import_module("cupy").zeros_like(out)
+
+
+def _stubbed(outputs: list, targets, engine):
+    """A context in which each call to `targets` returns, in the recorded order, zeroed stand-ins of the recorded
+    outputs (made once, here) and launches nothing."""
+    stand_ins = [_zeros_like(o) for o in outputs]
     position = [0]
 
     def wrap(name, original):
@@ -148,7 +202,20 @@ def without_matmuls(calls: list[MatmulCall]):
             return out
         return stand_in
 
-    return _patched(wrap)
+    return _patched(wrap, targets, engine)
+
+
+def without_matmuls(calls: list[MatmulCall]):
+    """A context in which each matmul launcher returns, in the recorded order, zeroed arrays of the recorded
+    outputs' shapes (made once, here) and launches nothing."""
+    return _stubbed([c.outputs for c in calls], MATMUL_LAUNCHERS, None)
+
+
+def without_ops(kind: str, forward, engine):
+    """A context in which the step's launches of OP_KINDS[kind] are left out (the recorded outputs' zeroed
+    stand-ins instead); engine.norms must be a _Delegate (split_step installs one)."""
+    targets = OP_KINDS[kind]
+    return _stubbed(record_outputs(forward, targets, engine), targets, engine)
 
 
 def split_step(engine, seqs, *, reps: int = 4, repeats: int = 7, sweep: bool = False) -> StepSplit:
@@ -168,12 +235,17 @@ def split_step(engine, seqs, *, reps: int = 4, repeats: int = 7, sweep: bool = F
         return engine.forward(None, None, None, None, static=static)
 
     engine._decoding = True  # the routes and K splits of a decode step (a pinned mode pins these)
+    norms, engine.norms = engine.norms, _Delegate(engine.norms)
     try:
         calls = record_matmuls(forward)
         cp.cuda.Device().synchronize()
         step_ms, _ = graph_time_ms(forward, reps=reps, repeats=repeats)
         with without_matmuls(calls):
             rest_ms, _ = graph_time_ms(forward, reps=reps, repeats=repeats)
+        ops = {}  # kind -> the step without it, ms
+        for kind in OP_KINDS:
+            with without_ops(kind, forward, engine):
+                ops[kind], _ = graph_time_ms(forward, reps=reps, repeats=repeats)
 
         def run(selected):
             def body(_=0):
@@ -205,8 +277,9 @@ def split_step(engine, seqs, *, reps: int = 4, repeats: int = 7, sweep: bool = F
                                        gb_s=nbytes / ms / 1e6))
     finally:
         engine._decoding = False
+        engine.norms = norms
     return StepSplit(engine.model_file.path.name, n, engine.route_mode, step_ms, rest_ms, matmul_ms, len(calls),
-                     sum(c.weight_bytes for c in calls), shapes, sweeps)
+                     sum(c.weight_bytes for c in calls), shapes, sweeps, ops)
 
 
 def summarize(splits: list[StepSplit]) -> str:
@@ -217,7 +290,9 @@ def summarize(splits: list[StepSplit]) -> str:
                   f"- without the matmuls: {s.rest_ms:.3f} ms ({100 * s.rest_ms / s.step_ms:.1f} % of the step)",
                   f"- the {s.matmul_launches} matmul launches alone: {s.matmul_ms:.3f} ms, "
                   f"{s.weight_bytes / 1e9:.3f} GB at {s.weight_bytes / s.matmul_ms / 1e6:.0f} GB/s",
-                  f"- both parts' sum less the step: {s.rest_ms + s.matmul_ms - s.step_ms:+.3f} ms", "",
+                  f"- both parts' sum less the step: {s.rest_ms + s.matmul_ms - s.step_ms:+.3f} ms",
+                  *[f"- without {kind}: {ms:.3f} ms (its share: {s.step_ms - ms:.3f} ms, "
+                    f"{100 * (s.step_ms - ms) / s.step_ms:.1f} %)" for kind, ms in s.without.items()], "",
                   "| matmul shape | launches | ms | us a launch | GB/s |", "|---|---|---|---|---|"]
         for r in sorted(s.shapes, key=lambda r: -r["ms"]):
             lines.append(f"| {r['shape']} | {r['launches']} | {r['ms']:.3f} | {r['us_per_launch']:.1f} | "
