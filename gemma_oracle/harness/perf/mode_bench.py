@@ -172,11 +172,10 @@ def main(argv=None) -> int:
 
     from gemma_oracle.harness.perf.devices import gpu_read_bandwidth_gb_s as read_bandwidth_gb_s
     from gemma_oracle.harness.fixtures.cache import fixture_names, fixture_path
-    from gemma_oracle.kernels._compile import q4_0_padded
     from gemma_oracle.kernels.launch import launch_mode
     from gemma_oracle.kernels.mmq import weight_prefetch_enabled
-    from gemma_oracle.kernels.packed_mma import (ahead_groups, carry_from_env, prefetch_groups, sums_from_env,
-                                                 walk_from_env)
+    from gemma_oracle.kernels.packed_mma import (RECORD_WORDS, ahead_groups, carry_from_env, prefetch_groups,
+                                                 record_words, sums_from_env, walk_from_env)
 
     device = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
     # 'pdl' or 'plain' (GEMMA_ORACLE_PDL), whether decode-MMQ prefetches its weights (GEMMA_ORACLE_MMQ_PREFETCH) and
@@ -190,7 +189,7 @@ def main(argv=None) -> int:
               + (f", packed prefetch ahead {ahead_groups()} groups" if ahead_groups() else "")
               + f", packed sums {sums_from_env()}, invariant walk {walk_from_env()}"
               + (" (ring carried across chunks)" if carry_from_env() else "")
-              + (", Q4_0 records padded to 640 bytes" if q4_0_padded() else ""))
+              + (", Q4_0 records padded to 640 bytes" if record_words("Q4_0") != RECORD_WORDS["Q4_0"] else ""))
     bw = read_bandwidth_gb_s()
     out = Path(args.out) if args.out else None
     if out is not None:
