@@ -102,12 +102,7 @@ __device__ __forceinline__ void dq_mma_kernel(const u8* __restrict__ w, i64 row_
     const size_t k_all = (size_t)units * 32;
 
     float acc[MT][NT][4];
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int h = 0; h < NT; ++h)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][h][e] = 0.0f;
+    dq_zero_acc<MT, NT>(acc);
 
     // ldmatrix row addresses of this lane: A (x4: rows 0-7 / 8-15 of the m16 tile, k 0-7 / 8-15), B (x4: tokens 0-7 /
     // 8-15 of two n8 tiles, k 0-7 / 8-15)

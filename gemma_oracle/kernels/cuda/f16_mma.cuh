@@ -29,6 +29,17 @@ __device__ __forceinline__ u32 half2_hi(u32 v) {
     return r;
 }
 
+// acc = +0 for every (m16 tile, token tile, element): a chain's start (dq_mma.cu, packed_mma.cu's chunks).
+template <int MT, int NT>
+__device__ __forceinline__ void dq_zero_acc(float (&acc)[MT][NT][4]) {
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int h = 0; h < NT; ++h)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[m][h][e] = 0.0f;
+}
+
 __device__ __forceinline__ void dq_mma16816(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
         "{%0, %1, %2, %3};"

@@ -340,16 +340,6 @@ __device__ __forceinline__ void pk_store_chunk(const float (&acc)[MT][NT][4], in
     }
 }
 
-template <int MT, int NT>
-__device__ __forceinline__ void pk_zero(float (&acc)[MT][NT][4]) {
-#pragma unroll
-    for (int m = 0; m < MT; ++m)
-#pragma unroll
-        for (int h = 0; h < NT; ++h)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[m][h][e] = 0.0f;
-}
-
 // bx: the block's row tile of its member's matrix (w, rows, y, part); blockIdx.x is its place in the whole grid.
 // A block walks its chunks c0 .. c0 + per - 1 (per = chunks / slices; more than one in a batch-invariant launch from
 // 16 tokens, kernels/packed_mma.py packed_split), each summed from +0 into a partial sum of its own. CARRY (the _w
@@ -381,7 +371,7 @@ __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, i
     float acc[MT][NT][4];
 #pragma unroll 1
     for (int c = c0; c < (CARRY ? c0 + 1 : c_end); ++c) {  // CARRY: one pass, the chunk moves inside the loop
-        pk_zero<MT, NT>(acc);  // each chunk from +0, as a block of its own would sum it
+        dq_zero_acc<MT, NT>(acc);  // each chunk from +0, as a block of its own would sum it
         int2 k_slice = split_k_bounds_u32(units, chunks, c);
         int u_lo = k_slice.x, u_hi = k_slice.y;
         int j = u_lo >> 1, j_hi = (u_hi + 1) >> 1;  // the group computed next; the end of the chunk's groups
@@ -466,7 +456,7 @@ __device__ __forceinline__ void packed_mma_kernel(const uint4* __restrict__ w, i
                     if (++j == j_hi) {  // chunk cc done: its partial sums, then the next chunk from +0
                         pk_store_chunk<MT, NT, THREADS>(acc, cluster, chunks, cc, c0, y, part, inv, rows, n, tile0,
                                                         xt0, g, t);
-                        pk_zero<MT, NT>(acc);
+                        dq_zero_acc<MT, NT>(acc);
                         if (++cc < c_end) {
                             k_slice = split_k_bounds_u32(units, chunks, cc);
                             if constexpr (!XR) {  // the activation words follow the computed group
