@@ -202,3 +202,89 @@ def test_pdl_gives_the_bits_of_plain_launches(model, monkeypatch):
     assert runs["0"][0] == "plain" and runs["1"][0] == "pdl"
     for k, (a, b) in enumerate(zip(runs["0"][1], runs["1"][1])):
         assert np.array_equal(a, b), f"output {k} (prefills 0-{n - 1}, then decode steps) differs between launch modes"
+
+
+def _ahead_kernel(wait: bool):
+    """kernels/cuda/l2_ahead.cu compiled as PDL compiles it; wait=False: without its closing wait (the bug the
+    ordering test below must catch)."""
+    from gemma_oracle.kernels._compile import CUDA_DIR
+
+    source = (CUDA_DIR / "l2_ahead.cu").read_text()
+    if not wait:
+        tail = "    l2_ahead_ranges(p0, n0, p1, n1, p2, n2);\n    grid_dependency_enter();\n}"
+        assert tail in source
+        source = source.replace(tail, "    l2_ahead_ranges(p0, n0, p1, n1, p2, n2);\n}")
+    return launch.Module(cp.RawModule(code=source, options=nvrtc_options(pdl=True)), pdl=True).get_function("l2_ahead")
+
+
+@pytest.mark.parametrize("wait", (True, False), ids=("as-shipped", "without-its-wait"))
+def test_l2_ahead_between_grids_keeps_stream_order_and_the_early_launch(kernels, wait):
+    """The engine's L2 ahead launch (kernels/l2_ahead.py) sits between a matmul and the launch after it. In a graph:
+    a reader without the wait, placed after it, runs inside the writer's spin and sees 0 (the ahead grid lets the
+    next one launch at once: the early start PDL gives is kept), and a reader that enters through the wait sees the
+    write, because the ahead grid ends only after the grid before it. The same launch without its closing wait lets
+    that reader see a stale word: the control the ordering assertion must fail on."""
+    _needs_pdl()
+    ahead = _ahead_kernel(wait)
+    weights = cp.arange(1 << 22, dtype=cp.uint8)
+    args = (weights, np.int64(weights.nbytes), weights, np.int64(0), weights, np.int64(0))
+    stream = cp.cuda.Stream(non_blocking=True)
+    word, seen_racy, seen = (cp.zeros(1, dtype=cp.int32) for _ in range(3))
+    with stream:
+        stream.begin_capture()
+        try:
+            kernels.get_function("slow_write")((1,), (1,), (word, np.int32(31), np.int64(SPIN_NS)))
+            ahead((4,), (128,), args)
+            kernels.get_function("read_racy")((1,), (1,), (word, seen_racy))
+            kernels.get_function("slow_write")((1,), (1,), (word, np.int32(32), np.int64(SPIN_NS)))
+            ahead((4,), (128,), args)
+            kernels.get_function("read_after_enter")((1,), (1,), (word, seen))
+        finally:
+            graph = stream.end_capture()
+        for _ in range(3):
+            word.fill(0)
+            graph.launch(stream)
+            stream.synchronize()
+            observed = (int(seen_racy.get()[0]), int(seen.get()[0]))
+            if wait:
+                assert observed == (0, 32)
+            else:
+                assert observed[1] != 32, "a reader after an ahead launch without its wait saw the write: no race shown"
+                return
+
+
+@pytest.mark.parametrize("model", [("g4-12b-mini", "q4_k_m", "auto"), ("keqv-mixed", "q4_0", "batch-invariant")],
+                         ids=lambda m: "-".join(m))
+def test_l2_ahead_gives_the_same_bits(model, monkeypatch):
+    """Prefill and four graph-replayed decode steps of N = 1 and 5 sequences with GEMMA_ORACLE_L2_AHEAD off and at
+    8 MB a place: the same logits bitwise, and the steps with it did launch it (twice a layer and once more)."""
+    from gemma_oracle.engine.factory import make_engine
+    from gemma_oracle.harness.fixtures.cache import fixture_path
+    from gemma_oracle.harness.suites.synthetic import sequences
+    from gemma_oracle.kernels import l2_ahead
+
+    preset, variant, mode = model
+    path = fixture_path(preset, variant)
+    calls = []
+    original = l2_ahead.l2_ahead
+    monkeypatch.setattr(l2_ahead, "l2_ahead", lambda arrays, nbytes: (calls.append(sum(nbytes)),
+                                                                       original(arrays, nbytes)))
+    runs = {}
+    for setting in ("0", "8"):
+        monkeypatch.setenv(l2_ahead.ENV, setting)
+        engine = make_engine("cupy", path, route_mode=mode)
+        prompts, forced = sequences(engine.vocab_size)
+        out = []
+        for n in (1, 5):
+            seqs = [engine.new_sequence() for _ in range(n)]
+            out += [engine.prefill(seqs[i], prompts[i]) for i in range(n)]
+            out += [engine.decode(seqs, [forced[i][step] for i in range(n)]) for step in range(4)]
+        runs[setting] = out
+        if setting == "0":
+            assert calls == [], "GEMMA_ORACLE_L2_AHEAD=0 launched the ahead kernel"
+        else:  # one capture a step size: 3 places a layer, one launch each (at most 3 matrices a place)
+            layers = engine.config.n_layers
+            assert len(calls) >= 2 * 3 * layers and all(0 < c <= 8 * l2_ahead.MB for c in calls), calls[:6]
+        del engine
+    for k, (a, b) in enumerate(zip(runs["0"], runs["8"])):
+        assert np.array_equal(a, b), f"output {k} differs with the L2 ahead launches"

@@ -28,9 +28,10 @@ from gemma_oracle.kernels._compile import CUDA_DIR
 ENTER = "grid_dependency_enter();"
 # The only statements a kernel may run before the wait: they read kernel parameters and block indices, and touch
 # nothing but weight bytes, which no kernel writes while a step runs (mmq.cu: the member a block serves, then the L2
-# prefetch of its weights).
+# prefetch of its weights; l2_ahead.cu: the next grid released first, then weights asked into L2).
 BEFORE_ENTER = (re.compile(r"MMQ_MEMBER\b"), re.compile(r"mmq_prefetch_weights_l2<[^;]*>\([^;]*\);"),
-                re.compile(r"PK_MEMBER\b"), re.compile(r"pk_prefetch_weights_l2<[^;]*>\([^;]*\);"))
+                re.compile(r"PK_MEMBER\b"), re.compile(r"pk_prefetch_weights_l2<[^;]*>\([^;]*\);"),
+                re.compile(r"grid_dependency_release\(\);"), re.compile(r"l2_ahead_ranges\([^;]*\);"))
 
 
 def kernels_without_enter(source: str) -> list[str]:

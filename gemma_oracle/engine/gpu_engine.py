@@ -268,6 +268,10 @@ class CupyEngine:
         if not self.packed_producers <= set(PACKED_PRODUCERS):
             raise ValueError(f"packed_producers: expected names from {PACKED_PRODUCERS}, got "
                              f"{sorted(self.packed_producers)}")
+        # bytes of the next matmuls' weights a decode step asks into L2 after each matmul (kernels/l2_ahead.py); 0: off
+        from gemma_oracle.kernels.l2_ahead import ahead_bytes_from_env
+
+        self.l2_ahead_bytes = ahead_bytes_from_env()
         self.stream = cp.cuda.Stream()  # blocking: ordered with the default stream that prefill uses
         from gemma_oracle.kernels.mmq import prepare_counters
 
@@ -425,6 +429,25 @@ class CupyEngine:
                                                     routing.routes_vary_with_n(base)),
                 choose_tile(rows, m.rows, m.n_cols).name)
 
+    def _ahead(self, groups: Sequence[Sequence[str]], rows: int) -> None:
+        """Ask the weights of the next launches' matrices (`groups`: a launch's matrices each, in step order) into L2
+        while the small launches between run (kernels/l2_ahead.py): the packed copy where a matrix routes to packed
+        MMA at `rows` rows, else its GGUF rows, up to l2_ahead_bytes in all. Decode steps only; no result changes."""
+        if not self.l2_ahead_bytes or not self._decoding:
+            return
+        from gemma_oracle.kernels.l2_ahead import l2_ahead, plan_ahead
+
+        arrays = [[self._read_by(name, rows) for name in group if name in self.w] for group in groups]
+        shares = plan_ahead([[a.nbytes for a in group] for group in arrays], self.l2_ahead_bytes)
+        picked = [(a, n) for group, share in zip(arrays, shares) for a, n in zip(group, share) if n]
+        for i in range(0, len(picked), 3):  # the kernel takes three ranges a launch
+            l2_ahead([a for a, _ in picked[i:i + 3]], [n for _, n in picked[i:i + 3]])
+
+    def _read_by(self, name: str, rows: int):
+        """The device array a matmul of `rows` rows by `name` reads its weights from."""
+        m = self.w[name]
+        return m.packed.data if self.route(name, rows) == routing.PACKED_MMA else m.raw
+
     def _matvec(self, name: str, x, xq=None):
         return self._matvecs([name], x, xq)[0]
 
@@ -502,6 +525,8 @@ class CupyEngine:
             d, hq, hkv = cfg.head_dim(i), cfg.n_heads, cfg.n_kv_heads[i]
             own_v = cfg.owns_kv(i) and not cfg.layer_k_eq_v[i]
             qkv = self._matvecs(attention_matrices(cfg, i), a, aq)
+            ffn = [p + "ffn_gate.weight", p + "ffn_up.weight"]
+            self._ahead([[p + "attn_output.weight"], ffn], R)  # while RoPE, the KV write and attention run
             q_raw = qkv[0].reshape(R, hq, d)
             if cfg.owns_kv(i):  # q and k normed + roped, v normed, k and v into the pool: one launch when fused
                 k_raw = qkv[1].reshape(R, hkv, d)
@@ -519,12 +544,14 @@ class CupyEngine:
                 o, oq = self.norms.attention(q, self.pools[cfg.kv_source[i]], seq, pos, window, cfg.query_scale,
                                              max_pos, self._quantizes([p + "attn_output.weight"], R))
             attn = self._matvec(p + "attn_output.weight", o.reshape(R, hq * d), oq)
-            ffn = [p + "ffn_gate.weight", p + "ffn_up.weight"]
             x, u, uq = self._add_norm(x, attn, w[p + "post_attention_norm.weight"], w[p + "ffn_norm.weight"], 1.0, ffn)
             down = [p + "ffn_down.weight"]
-            act, actq = self.norms.gelu_mul(*self._matvecs(ffn, u, uq), self._quantizes(down, R),
-                                            packed=self._packs("gelu", down, R))
+            gate_up = self._matvecs(ffn, u, uq)
+            self._ahead([down], R)  # while gelu * up runs
+            act, actq = self.norms.gelu_mul(*gate_up, self._quantizes(down, R), packed=self._packs("gelu", down, R))
             f = self._matvec(p + "ffn_down.weight", act, actq)
+            # while the residual add and the next norm run: the next layer's q/k/v, or after the last the lm head
+            self._ahead([attention_matrices(cfg, i + 1) if i + 1 < cfg.n_layers else [output_matrix(cfg)]], R)
             if pli is None:
                 last_in, last_norm = f, w[p + "post_ffw_norm.weight"]
             else:

@@ -26,6 +26,16 @@ __device__ __forceinline__ void grid_dependency_enter() {
 #endif
 }
 
+// Let the next grid launch now, before this one waits (a no-op without GRID_DEPENDENCY). Only for a kernel that reads
+// and writes nothing before its grid_dependency_enter() (l2_ahead.cu, which asks weights into L2): the next grid's own
+// wait still waits for this grid to complete, and this grid completes only after its wait for the grid before it, so
+// stream order holds; what it buys is that the next grid's blocks start as early as they did without this launch.
+__device__ __forceinline__ void grid_dependency_release() {
+#if GRID_DEPENDENCY
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // IEEE fp16 bits -> float (exact), via the hardware conversion instruction.
 __device__ __forceinline__ float f16_to_f32(u16 h) {
     float f;
