@@ -266,6 +266,71 @@ def test_rows_in_workspace_groups_give_the_same_bits(case_dtype, quantize):
             assert not first_bit_difference(cp.asnumpy(a), cp.asnumpy(b)), f"groups of {group} rows"
 
 
+@pytest.mark.parametrize("dtype", POOL_DTYPES)
+@pytest.mark.parametrize("rows", (1, 5, 17, 32), ids=lambda r: f"r{r}")
+@pytest.mark.parametrize("case", ids(ATTN_CASES))
+def test_merge_in_the_last_partial_block_gives_the_same_bits(case, rows, dtype):
+    """fused=True (attention.cu attn_fused_*: the merge done by the last partial block of each head group and row)
+    against the partial and merge launches: every output bit equal, NaN rows included (a bad slot, a row with no
+    key), at every heads-per-block choice, launched again (the counters it left at zero) and replayed from a CUDA
+    graph. A launch over counters that never come to a block's last arrival (no merge runs) is the control: it must
+    differ."""
+    from gemma_oracle.kernels.attention import chunks_needed, workspace_floats
+    from gemma_oracle.kernels.mmq import prepare_counters
+
+    rng = np.random.default_rng(rows * 31 + case.d + case.window)
+    rows_slot, positions, last = plan_rows(case, rows, rng)
+    pool = build_pool(case, last, dtype, seed=rows + 1)
+    if rows >= 5:  # a slot that holds nothing and one past the pool's slots: NaN rows
+        rows_slot = rows_slot.copy()
+        rows_slot[1], rows_slot[3] = len(last) - 1, len(last) + 4
+        pool.pos[len(last) - 1] = -1
+    q = cp.asarray((rng.standard_normal((rows, case.hq, case.d)) * case.query_std).astype(np.float32))
+    mp = int(positions.max())
+
+    def run(fused, hpb=None, out=None):
+        got = decode_attention(q, pool.k, pool.v, pool.pos, cp.asarray(rows_slot), cp.asarray(positions),
+                               window=case.window, ring=case.ring, scale=case.scale, max_position=mp, fused=fused,
+                               heads_per_block_override=hpb, out=out)
+        return cp.asnumpy(got).view(np.uint32)
+
+    counters = prepare_counters()
+    group = case.hq // case.hkv
+    for hpb in [None] + [h for h in (1, 2, 4, 8) if group % h == 0]:
+        two = run(False, hpb)
+        for again in range(2):
+            diff = first_bit_difference(run(True, hpb), two)
+            assert not diff, f"heads per block {hpb}, fused launch {again}: {diff}"
+        assert not cp.any(counters[: rows * case.hq]), "the fused launch left a counter non-zero"
+    # a graph of two fused launches, replayed twice
+    out = cp.empty((rows, case.hq, case.d), dtype=cp.float32)
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        decode_attention(q, pool.k, pool.v, pool.pos, cp.asarray(rows_slot), cp.asarray(positions), window=case.window,
+                         ring=case.ring, scale=case.scale, max_position=mp, fused=True, out=out)  # compile outside
+        slots_d, pos_d = cp.asarray(rows_slot), cp.asarray(positions)
+        ws = cp.empty(workspace_floats(rows, case.hq, case.d, chunks_needed(mp, case.window)), dtype=cp.float32)
+        stream.begin_capture()
+        try:
+            for _ in range(2):
+                decode_attention(q, pool.k, pool.v, pool.pos, slots_d, pos_d, window=case.window, ring=case.ring,
+                                 scale=case.scale, max_position=mp, fused=True, out=out, workspace=ws)
+        finally:
+            graph = stream.end_capture()
+        for _ in range(2):
+            out.fill(0)
+            graph.launch(stream)
+            stream.synchronize()
+            assert not first_bit_difference(cp.asnumpy(out).view(np.uint32), run(False)), "graph replay"
+    # the control: counters far from zero, so no block is ever the last to arrive; the output must differ
+    counters[: rows * case.hq] = 1 << 20
+    try:
+        broken = run(True, out=cp.zeros((rows, case.hq, case.d), dtype=cp.float32))
+    finally:
+        counters[: rows * case.hq] = 0
+    assert first_bit_difference(broken, run(False)), "a launch whose merge never ran gave the right bits"
+
+
 def test_rows_per_launch():
     """All rows in one launch while their workspace fits the limit, else as many as fit, never fewer than one (pure
     arithmetic, but gemma_oracle.kernels.attention imports CuPy, so it runs with the GPU tests)."""

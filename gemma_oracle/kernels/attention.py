@@ -16,11 +16,13 @@ explains why), never on R, the other rows or the launch shape.
 from __future__ import annotations
 
 import functools
+import os
 
 import cupy as cp
 
 from ._compile import load_module
 from .kv_cache import LayerKVPool, check_pool, device_rows
+from .mmq import COUNTER_SLOTS, prepare_counters
 
 CHUNK = 64           # ATTN_CHUNK: positions per split-KV chunk, aligned to absolute positions
 THREADS = 256        # ATTN_THREADS
@@ -31,6 +33,17 @@ MERGE_THREADS = 128  # MERGE_THREADS (the Q8_1 merge: MERGE_Q8_1_THREADS(D) = ma
 # rows of a decode step, where a block's time is load latency, and still reaches H = 8 at N = 32.
 MIN_BLOCKS_PER_SM = 4
 HEAD_DIMS = (64, 128, 256, 512)
+# GEMMA_ORACLE_ATTN_FUSED=1: one launch a group of rows instead of two, the merge done by the last partial block of
+# each (head group, row) (attention.cu attn_fused_*, split_k.cuh last_arrival; the same bits). Not with quantize=True
+# (the Q8_1 merge keeps its launch). Opt-in until a whole step on the device has been timed.
+ENV_FUSED = "GEMMA_ORACLE_ATTN_FUSED"
+
+
+def fused_from_env() -> bool:
+    value = os.environ.get(ENV_FUSED, "0").strip() or "0"
+    if value not in ("0", "1"):
+        raise ValueError(f"{ENV_FUSED}={value!r}: expected 1 (the merge in the last partial block) or 0 (its own launch)")
+    return value == "1"
 
 
 def chunks_needed(max_position: int, window: int) -> int:
@@ -90,7 +103,8 @@ def decode_attention(q: cp.ndarray, k_cache: cp.ndarray, v_cache: cp.ndarray, po
                      positions, *, window: int, ring: bool, scale: float, max_position: int | None = None,
                      out: cp.ndarray | None = None, workspace: cp.ndarray | None = None,
                      heads_per_block_override: int | None = None, quantize: bool = False,
-                     out_q: cp.ndarray | None = None, max_workspace_bytes: int = WORKSPACE_MAX_BYTES):
+                     out_q: cp.ndarray | None = None, max_workspace_bytes: int = WORKSPACE_MAX_BYTES,
+                     fused: bool | None = None):
     """Attention of R query rows over their own sequences' caches; returns out [R, Hq, d] float32, or with
     quantize=True (out, out_q): out_q the Q8_1 blocks of out.reshape(R, Hq * d) (uint8 [R, Hq * d / 32 * 36]).
 
@@ -103,6 +117,7 @@ def decode_attention(q: cp.ndarray, k_cache: cp.ndarray, v_cache: cp.ndarray, po
     window)) elements (e.g. for CUDA-graph capture); otherwise one is taken from CuPy's memory pool.
     heads_per_block_override: force the partial kernel's heads per block (1, 2, 4 or 8, dividing Hq / Hkv), for tests
     that show the choice never changes a bit; None lets launch_geometry choose.
+    fused: the merge in the last partial block (one launch; ENV_FUSED when None); ignored with quantize=True.
     Rows whose sequence slot is out of range, or that see no key, come back as NaN.
     """
     suffix, n_seq, cap, hkv, d = check_pool(k_cache, v_cache, pos_table)
@@ -163,18 +178,20 @@ def decode_attention(q: cp.ndarray, k_cache: cp.ndarray, v_cache: cp.ndarray, po
             raise ValueError(f"heads_per_block_override {hpb}: must divide {hq // hkv} and be in "
                              f"{HEADS_PER_BLOCK_CHOICES}")
     module = load_module("attention")
+    fused = (fused_from_env() if fused is None else bool(fused)) and out_q is None
     for r0 in range(0, rows, group):
         r1 = min(rows, r0 + group)
         _launch(module, suffix, q[r0:r1], k_cache, v_cache, pos_table, seq_d[r0:r1], pos_d[r0:r1], out[r0:r1],
                 None if out_q is None else out_q[r0:r1], workspace, hq, hkv, d, n_seq, cap, window, ring, scale,
-                n_chunks, heads_per_block_override)
+                n_chunks, heads_per_block_override, fused)
     return (out, out_q) if quantize else out
 
 
 def _launch(module, suffix: str, q, k_cache, v_cache, pos_table, seq_d, pos_d, out, out_q, workspace, hq: int,
             hkv: int, d: int, n_seq: int, cap: int, window: int, ring: bool, scale: float, n_chunks: int,
-            hpb_override: int | None) -> None:
-    """The partial and merge launches of one group of rows (all arrays already sliced to the group)."""
+            hpb_override: int | None, fused: bool = False) -> None:
+    """The partial and merge launches of one group of rows (all arrays already sliced to the group); fused (and
+    out_q None, the counters enough): one launch, the merge in the last partial block."""
     rows = int(q.shape[0])
     need = workspace_floats(rows, hq, d, n_chunks)
     ws_acc = workspace[: rows * hq * n_chunks * d]
@@ -183,6 +200,12 @@ def _launch(module, suffix: str, q, k_cache, v_cache, pos_table, seq_d, pos_d, o
     if hpb_override is not None:
         hpb = int(hpb_override)
         grid = (hq // hpb, grid[1], grid[2])
+    if fused and out_q is None and grid[0] * grid[1] <= COUNTER_SLOTS:
+        module.get_function(f"attn_fused_{suffix}_d{d}_h{hpb}")(
+            grid, block, (q, k_cache, v_cache, pos_table, seq_d, pos_d, ws_acc, ws_ml, out, prepare_counters(),
+                          cp.int32(rows), cp.int32(hq), cp.int32(hkv), cp.int32(n_seq), cp.int32(cap),
+                          cp.int32(window), cp.int32(int(ring)), cp.float32(scale), cp.int32(n_chunks)))
+        return
     module.get_function(f"attn_partial_{suffix}_d{d}_h{hpb}")(
         grid, block, (q, k_cache, v_cache, pos_table, seq_d, pos_d, ws_acc, ws_ml, cp.int32(rows), cp.int32(hq),
                       cp.int32(hkv), cp.int32(n_seq), cp.int32(cap), cp.int32(window),

@@ -77,6 +77,7 @@
 //   MERGE_THREADS    threads per merge block (128); MERGE_Q8_1_THREADS(D) = max(D, 128) for the Q8_1 entry
 #include "common.cuh"
 #include "q8_1_block.cuh"
+#include "split_k.cuh"  // last_arrival
 
 #define ATTN_CHUNK 64
 #define ATTN_THREADS 256
@@ -380,21 +381,27 @@ __device__ __forceinline__ void attn_partial_body(const float* __restrict__ q, c
 // pointer made up front stayed live through the chunk loop, whose loads then overlapped less (H100, 128 threads,
 // d512 at 64 chunks: 15.7 us instead of 10.8; the plain merge 8.7, with one thread per dim the Q8_1 merge 6.8).
 template <int D>
-__device__ __forceinline__ u8* merge_q8_1_block(u8* out_q, int Hq, int i) {
-    return out_q + (((i64)blockIdx.x * Hq + blockIdx.y) * (D / 32) + (i >> 5)) * Q8_1_BYTES;
+__device__ __forceinline__ u8* merge_q8_1_block(u8* out_q, int Hq, int r, int h, int i) {
+    return out_q + (((i64)r * Hq + h) * (D / 32) + (i >> 5)) * Q8_1_BYTES;
 }
 
-// NT threads (MERGE_THREADS, or MERGE_Q8_1_THREADS(D) for the Q8_1 entry); QUANT: also out's Q8_1 blocks at out_q
-// (see attn_merge_q8_1_d<D> in the header)
-template <int D, bool QUANT, int NT>
+// A workspace word: from L2 (ld.global.cg) where another block of the same launch wrote it (the fused entries' merge
+// in the last partial block), so no stale L1 line is read; the same value either way.
+template <bool CG>
+__device__ __forceinline__ float ws_word(const float* p) { return CG ? __ldcg(p) : *p; }
+
+// Head h of row r on NT threads (MERGE_THREADS, MERGE_Q8_1_THREADS(D) for the Q8_1 entry, ATTN_THREADS in the fused
+// entries); QUANT: also out's Q8_1 blocks at out_q (see attn_merge_q8_1_d<D> in the header); CG: workspace read
+// through L2 (ws_word)
+template <int D, bool QUANT, int NT, bool CG = false>
 __device__ __forceinline__ void attn_merge_body(const float* __restrict__ ws_acc, const float* __restrict__ ws_ml,
                                                 const int* __restrict__ row_seq, const int* __restrict__ positions,
                                                 float* __restrict__ out, u8* __restrict__ out_q, int rows, int Hq,
-                                                int n_seq_slots, int window, int n_ws_chunks) {
+                                                int n_seq_slots, int window, int n_ws_chunks, int r, int h) {
     constexpr int DPT = (D + NT - 1) / NT;
     static_assert(D % 32 == 0 && NT % 32 == 0, "a warp's dims are one whole Q8_1 block");
     __shared__ float f_s[NT], l_s[NT], red[NT / 32];
-    const int r = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
+    const int tid = threadIdx.x;
     if (r >= rows) return;
     float* o = out + ((i64)r * Hq + h) * D;
     const int seq = row_seq[r];
@@ -409,7 +416,7 @@ __device__ __forceinline__ void attn_merge_body(const float* __restrict__ ws_acc
     if (!ok) {
         for (int i = tid; i < D; i += NT) {
             o[i] = QNAN;
-            if (QUANT) q8_1_block_from_warp(QNAN, merge_q8_1_block<D>(out_q, Hq, i));
+            if (QUANT) q8_1_block_from_warp(QNAN, merge_q8_1_block<D>(out_q, Hq, r, h, i));
         }
         return;
     }
@@ -417,7 +424,7 @@ __device__ __forceinline__ void attn_merge_body(const float* __restrict__ ws_acc
     const float* acc = ws_acc + ((i64)r * Hq + h) * n_ws_chunks * D;
     // M = max over chunks (exact whatever the order)
     float m = NEG_INF;
-    for (int c = tid; c < n_chunks; c += NT) m = fmaxf(m, ml[2 * c]);
+    for (int c = tid; c < n_chunks; c += NT) m = fmaxf(m, ws_word<CG>(ml + 2 * c));
     m = warp_max(m);
     if ((tid & 31) == 0) red[tid >> 5] = m;
     __syncthreads();
@@ -433,8 +440,8 @@ __device__ __forceinline__ void attn_merge_body(const float* __restrict__ ws_acc
     for (int c0 = 0; c0 < n_chunks; c0 += NT) {
         __syncthreads();  // the previous tile's readers are done
         if (c0 + tid < n_chunks) {
-            f_s[tid] = expf(ml[2 * (c0 + tid)] - M);  // M = -inf (no key at all) gives NaN: loud
-            l_s[tid] = ml[2 * (c0 + tid) + 1];
+            f_s[tid] = expf(ws_word<CG>(ml + 2 * (c0 + tid)) - M);  // M = -inf (no key at all) gives NaN: loud
+            l_s[tid] = ws_word<CG>(ml + 2 * (c0 + tid) + 1);
         }
         __syncthreads();
         const int n = min(NT, n_chunks - c0);
@@ -446,7 +453,7 @@ __device__ __forceinline__ void attn_merge_body(const float* __restrict__ ws_acc
 #pragma unroll
             for (int a = 0; a < DPT; ++a) {
                 const int i = tid + NT * a;
-                if (i < D) A[a] = __fmaf_rn(f, ac[i], A[a]);
+                if (i < D) A[a] = __fmaf_rn(f, ws_word<CG>(ac + i), A[a]);
             }
         }
     }
@@ -456,7 +463,7 @@ __device__ __forceinline__ void attn_merge_body(const float* __restrict__ ws_acc
         if (i < D) {  // warp-uniform
             const float v = __fdiv_rn(A[a], L);
             o[i] = v;
-            if (QUANT) q8_1_block_from_warp(v, merge_q8_1_block<D>(out_q, Hq, i));
+            if (QUANT) q8_1_block_from_warp(v, merge_q8_1_block<D>(out_q, Hq, r, h, i));
         }
     }
 }
@@ -471,11 +478,47 @@ __device__ __forceinline__ void attn_merge_body(const float* __restrict__ ws_acc
                                      Hkv, n_seq_slots, capacity, window, ring, scale, n_ws_chunks);               \
     }
 
+// The partials, then the merge of the block's heads in the block of its (head group, row) that finishes last
+// (last_arrival over the gridDim.z chunk blocks, split_k.cuh): the merge entries' arithmetic on ATTN_THREADS threads,
+// so out has their bits, without their launch.
+template <int D, int HPB>
+__device__ __forceinline__ void attn_merge_in_last_block(const float* ws_acc, const float* ws_ml, const int* row_seq,
+                                                         const int* positions, float* out, int* counters, int rows,
+                                                         int Hq, int Hkv, int n_seq_slots, int window,
+                                                         int n_ws_chunks) {
+    const int r = blockIdx.y;
+    if (r >= rows || !last_arrival(counters, r * gridDim.x + blockIdx.x, gridDim.z)) return;
+    const int G = Hq / Hkv, groups = G / HPB, kvh = blockIdx.x / groups;
+    const int h0 = kvh * G + (blockIdx.x - kvh * groups) * HPB;
+#pragma unroll 1
+    for (int g = 0; g < HPB; ++g) {
+        if (g) __syncthreads();  // the previous head's readers of the merge's shared arrays are done
+        attn_merge_body<D, false, ATTN_THREADS, true>(ws_acc, ws_ml, row_seq, positions, out, nullptr, rows, Hq,
+                                                      n_seq_slots, window, n_ws_chunks, r, h0 + g);
+    }
+}
+
+#define ATTN_FUSED_ENTRY(TNAME, T, D, HPB)                                                                         \
+    extern "C" __global__ void __launch_bounds__(ATTN_THREADS, ATTN_MIN_BLOCKS) attn_fused_##TNAME##_d##D##_h##HPB( \
+        const float* q, const T* k_pool, const T* v_pool, const int* pos_table, const int* row_seq,               \
+        const int* positions, float* ws_acc, float* ws_ml, float* out, int* counters, int rows, int Hq, int Hkv,  \
+        int n_seq_slots, int capacity, int window, int ring, float scale, int n_ws_chunks) {                       \
+        grid_dependency_enter();                                                                                   \
+        attn_partial_body<D, HPB, T>(q, k_pool, v_pool, pos_table, row_seq, positions, ws_acc, ws_ml, rows, Hq,   \
+                                     Hkv, n_seq_slots, capacity, window, ring, scale, n_ws_chunks);               \
+        attn_merge_in_last_block<D, HPB>(ws_acc, ws_ml, row_seq, positions, out, counters, rows, Hq, Hkv,         \
+                                         n_seq_slots, window, n_ws_chunks);                                        \
+    }
+
 #define ATTN_PARTIAL_ENTRIES(TNAME, T, D)                                                                          \
     ATTN_PARTIAL_ENTRY(TNAME, T, D, 1)                                                                             \
     ATTN_PARTIAL_ENTRY(TNAME, T, D, 2)                                                                             \
     ATTN_PARTIAL_ENTRY(TNAME, T, D, 4)                                                                             \
-    ATTN_PARTIAL_ENTRY(TNAME, T, D, 8)
+    ATTN_PARTIAL_ENTRY(TNAME, T, D, 8)                                                                             \
+    ATTN_FUSED_ENTRY(TNAME, T, D, 1)                                                                               \
+    ATTN_FUSED_ENTRY(TNAME, T, D, 2)                                                                               \
+    ATTN_FUSED_ENTRY(TNAME, T, D, 4)                                                                               \
+    ATTN_FUSED_ENTRY(TNAME, T, D, 8)
 
 #define ATTN_MERGE_ENTRY(D)                                                                                        \
     extern "C" __global__ void __launch_bounds__(MERGE_THREADS) attn_merge_d##D(                                   \
@@ -483,14 +526,14 @@ __device__ __forceinline__ void attn_merge_body(const float* __restrict__ ws_acc
         int Hq, int n_seq_slots, int window, int n_ws_chunks) {                                                    \
         grid_dependency_enter();                                                                                   \
         attn_merge_body<D, false, MERGE_THREADS>(ws_acc, ws_ml, row_seq, positions, out, nullptr, rows, Hq,        \
-                                                 n_seq_slots, window, n_ws_chunks);                                \
+                                                 n_seq_slots, window, n_ws_chunks, blockIdx.x, blockIdx.y);        \
     }                                                                                                              \
     extern "C" __global__ void __launch_bounds__(MERGE_Q8_1_THREADS(D)) attn_merge_q8_1_d##D(                      \
         const float* ws_acc, const float* ws_ml, const int* row_seq, const int* positions, float* out, u8* out_q,  \
         int rows, int Hq, int n_seq_slots, int window, int n_ws_chunks) {                                          \
         grid_dependency_enter();                                                                                   \
         attn_merge_body<D, true, MERGE_Q8_1_THREADS(D)>(ws_acc, ws_ml, row_seq, positions, out, out_q, rows, Hq,   \
-                                                        n_seq_slots, window, n_ws_chunks);                         \
+                                                        n_seq_slots, window, n_ws_chunks, blockIdx.x, blockIdx.y); \
     }
 
 ATTN_PARTIAL_ENTRIES(f16, u16, 64)

@@ -22,18 +22,29 @@ __device__ __forceinline__ int2 split_k_bounds_u32(int units, int slices, int z)
 // launch in stream order. Each block makes its partial stores visible (__threadfence) before it counts, and the
 // last block reads the partials from L2 (__ldcg), never from a stale L1 line.
 // `planes`: the partial-sum planes to add when a block stores several (packed_mma.cu's K chunks); 0: one a slice.
+// Whether this block is the last of `arrivals` blocks to count at counters[tile] (block-uniform); the last one sets
+// the counter back to zero. The block's stores are made visible first; a true return is followed by a fence, so the
+// caller reads the others' stores through L2 (__ldcg), as below.
+__device__ __forceinline__ bool last_arrival(int* __restrict__ counters, int tile, int arrivals) {
+    __shared__ int s_last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        s_last = atomicAdd(counters + tile, 1) == arrivals - 1;
+        if (s_last) counters[tile] = 0;  // every block of this launch has counted: ready for the next one
+    }
+    __syncthreads();
+    if (!s_last) return false;
+    __threadfence();
+    return true;
+}
+
 template <int BM, int BN, int THREADS>
 __device__ __forceinline__ void mmq_last_slice_sums(const float* part, int slices, int rows, int n, int row0,
                                                     int tok0, float* __restrict__ y, int* __restrict__ counters,
                                                     int planes = 0) {
-    __shared__ int s_last;
-    const int tid = threadIdx.x, tile = blockIdx.y * gridDim.x + blockIdx.x;
-    __threadfence();
-    __syncthreads();
-    if (tid == 0) s_last = atomicAdd(counters + tile, 1) == slices - 1;
-    __syncthreads();
-    if (!s_last) return;
-    __threadfence();
+    const int tid = threadIdx.x;
+    if (!last_arrival(counters, blockIdx.y * gridDim.x + blockIdx.x, slices)) return;
     const size_t plane = (size_t)n * rows;
     for (int e = tid; e < BM * BN; e += THREADS) {
         const int r = row0 + e % BM, j = tok0 + e / BM;
@@ -44,5 +55,4 @@ __device__ __forceinline__ void mmq_last_slice_sums(const float* part, int slice
             y[i] = acc;
         }
     }
-    if (tid == 0) counters[tile] = 0;
 }
