@@ -3,6 +3,8 @@ the route table, the per-op profile through the engine's op_spans hook (which mu
 small nightly with both route modes."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -154,3 +156,29 @@ def test_step_split_records_leaves_out_and_times_the_matmuls():
     assert set(split.without) == set(step_split.OP_KINDS) and all(ms > 0 for ms in split.without.values())
     summary = step_split.summarize([split])
     assert "| matmul shape |" in summary and "- without attention:" in summary
+
+
+def test_step_variants_time_each_setting_and_leave_the_engine_as_it_was(monkeypatch):
+    """harness.perf.step_variants: every variant timed in every round; the L2 ahead variant's steps launch the
+    ahead kernel and the base's do not; afterwards the engine reads the process's own setting again."""
+    from gemma_oracle.engine.factory import make_engine
+    from gemma_oracle.harness.perf.step_variants import parse_variant, time_variants
+    from gemma_oracle.harness.suites.synthetic import sequences
+    from gemma_oracle.kernels import l2_ahead
+
+    monkeypatch.delenv(l2_ahead.ENV, raising=False)
+    engine = make_engine("cupy", fixture_path(PRESET, VARIANT), route_mode="auto", kv_dtype="float16")
+    prompts, _ = sequences(engine.vocab_size)
+    seqs = [engine.new_sequence() for _ in range(3)]
+    for s, p in zip(seqs, prompts):
+        engine.prefill(s, p)
+    launched = []
+    original = l2_ahead.l2_ahead
+    monkeypatch.setattr(l2_ahead, "l2_ahead", lambda a, n: (launched.append(os.environ.get(l2_ahead.ENV)),
+                                                             original(a, n)))
+    variants = [parse_variant("base:"), parse_variant(f"ahead:{l2_ahead.ENV}=8"),
+                parse_variant("fused:GEMMA_ORACLE_ATTN_FUSED=1")]
+    times = time_variants(engine, seqs, variants, rounds=2, reps=2, repeats=2)
+    assert set(times) == {"base", "ahead", "fused"} and all(len(t) == 2 and min(t) > 0 for t in times.values())
+    assert launched and set(launched) == {"8"}, "the ahead kernel ran outside its variant, or not at all"
+    assert engine.l2_ahead_bytes == 0 and not engine._decoding

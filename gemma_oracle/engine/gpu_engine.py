@@ -269,9 +269,7 @@ class CupyEngine:
             raise ValueError(f"packed_producers: expected names from {PACKED_PRODUCERS}, got "
                              f"{sorted(self.packed_producers)}")
         # bytes of the next matmuls' weights a decode step asks into L2 after each matmul (kernels/l2_ahead.py); 0: off
-        from gemma_oracle.kernels.l2_ahead import ahead_bytes_from_env
-
-        self.l2_ahead_bytes = ahead_bytes_from_env()
+        self.read_step_switches()
         self.stream = cp.cuda.Stream()  # blocking: ordered with the default stream that prefill uses
         from gemma_oracle.kernels.mmq import prepare_counters
 
@@ -428,6 +426,15 @@ class CupyEngine:
         return (m.type_name, m.n_cols, packed_split(m.rows, m.n_cols // 32, policy_n,
                                                     routing.routes_vary_with_n(base)),
                 choose_tile(rows, m.rows, m.n_cols).name)
+
+    def read_step_switches(self) -> None:
+        """Read again the environment switches a step takes at capture (GEMMA_ORACLE_L2_AHEAD) and drop the captured
+        step graphs: for tools that time one loaded model under several settings (harness/perf/step_variants.py).
+        The attention launcher reads its switch at each call (kernels/attention.py ENV_FUSED)."""
+        from gemma_oracle.kernels.l2_ahead import ahead_bytes_from_env
+
+        self.l2_ahead_bytes = ahead_bytes_from_env()
+        self._graphs.clear()
 
     def _ahead(self, groups: Sequence[Sequence[str]], rows: int) -> None:
         """Ask the weights of the next launches' matrices (`groups`: a launch's matrices each, in step order) into L2

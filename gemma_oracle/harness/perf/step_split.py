@@ -218,14 +218,11 @@ def without_ops(kind: str, forward, engine):
     return _stubbed(record_outputs(forward, targets, engine), targets, engine)
 
 
-def split_step(engine, seqs, *, reps: int = 4, repeats: int = 7, sweep: bool = False) -> StepSplit:
-    """engine: a CupyEngine whose `seqs` hold their prompts; times its forward of one decode step of len(seqs)
-    rows (tokens 5, the sequences' positions and slots) three ways (module docstring). sweep: also each packed
-    shape's launches of the step with every tile and K split of packed_candidates (StepSplit.sweeps)."""
+def step_forward(engine, seqs):
+    """The engine's forward of one decode step of len(seqs) rows (tokens 5 at the sequences' positions and slots),
+    with device inputs made once, as a step graph captures it: a callable for graph_time_ms."""
     import cupy as cp
     import numpy as np
-
-    from gemma_oracle.harness.perf.gpu_timing import graph_time_ms
 
     n = len(seqs)
     static = (cp.full(n, 5, dtype=cp.int32), cp.asarray(np.asarray([s.length for s in seqs], dtype=np.int32)),
@@ -233,7 +230,19 @@ def split_step(engine, seqs, *, reps: int = 4, repeats: int = 7, sweep: bool = F
 
     def forward(_=0):
         return engine.forward(None, None, None, None, static=static)
+    return forward
 
+
+def split_step(engine, seqs, *, reps: int = 4, repeats: int = 7, sweep: bool = False) -> StepSplit:
+    """engine: a CupyEngine whose `seqs` hold their prompts; times its forward of one decode step of len(seqs)
+    rows (tokens 5, the sequences' positions and slots) three ways (module docstring). sweep: also each packed
+    shape's launches of the step with every tile and K split of packed_candidates (StepSplit.sweeps)."""
+    import cupy as cp
+
+    from gemma_oracle.harness.perf.gpu_timing import graph_time_ms
+
+    n = len(seqs)
+    forward = step_forward(engine, seqs)
     engine._decoding = True  # the routes and K splits of a decode step (a pinned mode pins these)
     norms, engine.norms = engine.norms, _Delegate(engine.norms)
     try:
