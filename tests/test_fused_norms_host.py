@@ -267,7 +267,8 @@ def test_a_producer_writes_packed_records_only_for_packed_mma_without_decode_mmq
 
 
 @pytest.mark.parametrize("value, want", [(None, {"norm"}), ("0", set()), ("1", {"norm", "gelu"}), ("norm", {"norm"}),
-                                         (" gelu ", {"gelu"})])
+                                         (" gelu ", {"gelu"}), ("norm+attention", {"norm", "attention"}),
+                                         ("attention + gelu", {"gelu", "attention"})])
 def test_packed_producers_switch(monkeypatch, value, want):
     from gemma_oracle.engine.gpu_engine import ENV_PACKED_PRODUCERS, packed_producers_from_env
 
@@ -281,9 +282,10 @@ def test_packed_producers_switch(monkeypatch, value, want):
 def test_packed_producers_switch_names_a_bad_value(monkeypatch):
     from gemma_oracle.engine.gpu_engine import ENV_PACKED_PRODUCERS, packed_producers_from_env
 
-    monkeypatch.setenv(ENV_PACKED_PRODUCERS, "yes")
-    with pytest.raises(ValueError, match="GEMMA_ORACLE_PACKED_PRODUCERS='yes': expected 0 .* norm or gelu"):
-        packed_producers_from_env()
+    for bad in ("yes", "norm+", "norm,gelu"):
+        monkeypatch.setenv(ENV_PACKED_PRODUCERS, bad)
+        with pytest.raises(ValueError, match=re.escape(f"PACKED_PRODUCERS={bad!r}: expected 0") + ".* norm or gelu"):
+            packed_producers_from_env()
 
 
 def test_plan_add_rms_norm_rms_norm_packed():

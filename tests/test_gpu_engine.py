@@ -171,6 +171,42 @@ def test_fused_norms_change_no_bit(case):
         assert tiles == ({tile_route} if tile_route else set()), fused.routes_served[n]
 
 
+@pytest.mark.parametrize("case", [("g4-12b-mini", "q4_k_m", "auto"), ("keqv-mixed", "q4_0", "batch-invariant")],
+                         ids=lambda c: "-".join(c))
+def test_fused_attention_and_its_packed_records_change_no_bit(case, monkeypatch):
+    """The attention merge in the last partial block (GEMMA_ORACLE_ATTN_FUSED=1) with attn_output's packed-MMA
+    records from that launch (the "attention" producer) against the default engine: prefill logits and three
+    graph-replayed decode steps at N = 1 and 5, bitwise, and the producer ran (its launch wrote records)."""
+    from gemma_oracle.engine.factory import make_engine
+    from gemma_oracle.harness.fixtures.cache import fixture_path
+    from gemma_oracle.kernels import attention
+
+    preset, variant, mode = case
+    path = fixture_path(preset, variant)
+    monkeypatch.delenv(attention.ENV_FUSED, raising=False)
+    plain = make_engine("cupy", path, route_mode=mode)
+    fused = make_engine("cupy", path, route_mode=mode, packed_producers=frozenset({"norm", "attention"}))
+    packed_calls = []
+    original = attention.decode_attention
+    monkeypatch.setattr(attention, "decode_attention",
+                        lambda *a, **k: (packed_calls.append(k.get("packed")), original(*a, **k))[1])
+    prompts, forced = sequences(plain.vocab_size)
+    for n in (1, 5):
+        seqs = {e: [e.new_sequence() for _ in range(n)] for e in (plain, fused)}
+        for i in range(n):
+            monkeypatch.setenv(attention.ENV_FUSED, "1")
+            got = fused.prefill(seqs[fused][i], prompts[i])
+            monkeypatch.delenv(attention.ENV_FUSED)
+            assert np.array_equal(got, plain.prefill(seqs[plain][i], prompts[i])), f"prefill {i}"
+        for step in range(3):
+            tokens = [forced[i][step] for i in range(n)]
+            monkeypatch.setenv(attention.ENV_FUSED, "1")
+            got = fused.decode(seqs[fused], tokens)
+            monkeypatch.delenv(attention.ENV_FUSED)
+            assert np.array_equal(got, plain.decode(seqs[plain], tokens)), f"N={n} decode step {step}"
+    assert True in packed_calls, "no attention launch wrote attn_output's packed records"
+
+
 def test_set_route_mode_drops_graphs_and_matches_a_fresh_engine():
     """An engine switched to another route mode (the bench compares modes on one copy of the weights) captures new
     step graphs and gives the bits of an engine built in that mode; a bad mode is refused and changes nothing."""

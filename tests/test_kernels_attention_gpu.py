@@ -302,6 +302,21 @@ def test_merge_in_the_last_partial_block_gives_the_same_bits(case, rows, dtype):
             diff = first_bit_difference(run(True, hpb), two)
             assert not diff, f"heads per block {hpb}, fused launch {again}: {diff}"
         assert not cp.any(counters[: rows * case.hq]), "the fused launch left a counter non-zero"
+    # packed=True: attn_output's packed-MMA records from the fused launch equal packed_x of its output, on the
+    # words of real tokens (padding tokens' words are never written), and without fusing the same (packed_x after)
+    from gemma_oracle.kernels.packed_mma import packed_x
+    from gemma_oracle.kernels.reference import packed as packed_ref
+
+    live = packed_ref.x_written(rows, case.hq * case.d)
+    for fused in (True, False):
+        out, (xf, inv) = decode_attention(q, pool.k, pool.v, pool.pos, cp.asarray(rows_slot), cp.asarray(positions),
+                                          window=case.window, ring=case.ring, scale=case.scale, max_position=mp,
+                                          fused=fused, packed=True)
+        assert not first_bit_difference(cp.asnumpy(out).view(np.uint32), two)
+        want_xf, want_inv = packed_x(out.reshape(rows, case.hq * case.d))
+        assert not first_bit_difference(cp.asnumpy(xf)[live], cp.asnumpy(want_xf)[live]), f"records, fused={fused}"
+        assert not first_bit_difference(cp.asnumpy(inv), cp.asnumpy(want_inv)), f"inv, fused={fused}"
+    assert not cp.any(counters[: rows * case.hq + rows]), "the packed launch left a counter non-zero"
     # a graph of two fused launches, replayed twice
     out = cp.empty((rows, case.hq, case.d), dtype=cp.float32)
     stream = cp.cuda.Stream(non_blocking=True)

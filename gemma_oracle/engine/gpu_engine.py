@@ -114,11 +114,12 @@ class SeparateNorms:
         return gelu_tanh_mul(gate, up), None
 
     @staticmethod
-    def attention(q, pool, rows_slot, positions, window: int, scale: float, max_position: int, quantize: bool):
+    def attention(q, pool, rows_slot, positions, window: int, scale: float, max_position: int, quantize: bool,
+                  packed: bool = False):
         from gemma_oracle.kernels.attention import decode_attention_layer
 
         return decode_attention_layer(q, pool, rows_slot, positions, window=window, scale=scale,
-                                      max_position=max_position), None
+                                      max_position=max_position, fused=False), None
 
 
 class FusedNorms:
@@ -150,8 +151,8 @@ class FusedNorms:
 
         return qkv_rope_kv(q_raw, k_raw, v_raw, q_w, k_w, eps, positions, inv_freq, pool, rows_slot, v_norm=v_norm)
 
-    # gelu * up and attention with their output's Q8_1 blocks made in the same launch when `quantize`; gelu * up
-    # (and the residual add's norm) with their output's packed-MMA records when `packed`
+    # gelu * up and attention with their output's Q8_1 blocks made in the same launch when `quantize`; gelu * up,
+    # attention (and the residual add's norm) with their output's packed-MMA records when `packed`
     @staticmethod
     def gelu_mul(gate, up, quantize: bool, packed: bool = False):
         from gemma_oracle.kernels.ffn_act import gelu_tanh_mul
@@ -161,9 +162,13 @@ class FusedNorms:
         return gelu_tanh_mul(gate, up, quantize=True) if quantize else (gelu_tanh_mul(gate, up), None)
 
     @staticmethod
-    def attention(q, pool, rows_slot, positions, window: int, scale: float, max_position: int, quantize: bool):
+    def attention(q, pool, rows_slot, positions, window: int, scale: float, max_position: int, quantize: bool,
+                  packed: bool = False):
         from gemma_oracle.kernels.attention import decode_attention_layer
 
+        if packed:  # the records from the fused launch where it runs (kernels/attention.py ENV_FUSED)
+            return decode_attention_layer(q, pool, rows_slot, positions, window=window, scale=scale,
+                                          max_position=max_position, packed=True)
         o = decode_attention_layer(q, pool, rows_slot, positions, window=window, scale=scale,
                                    max_position=max_position, quantize=quantize)
         return o if quantize else (o, None)
@@ -176,11 +181,12 @@ NORM_STEPS = {True: FusedNorms, False: SeparateNorms}  # CupyEngine(fused_norms=
 # call 4, both producers against none) had the packed mode 5-9 % slower at N = 1-8 and 2-5 % at 16-32 with them on,
 # on both stand-ins; the suspect, not measured alone yet, is gelu * up's one block a (15360-wide) row. The kernels
 # themselves are bitwise checked (tests/test_kernels_packed_mma_gpu.py).
-# 0: none; 1: both producers; "norm" or "gelu": that one alone (so one A/B call can tell them apart).
+# 0: none; 1: the norm and gelu * up; else producer names joined by "+" (e.g. norm+attention), so one A/B call can
+# tell them apart. "attention": the attention output's records from the fused attention launch (kernels/attention.py
+# ENV_FUSED; without it, a packed_x launch after the merge, as in _matvecs).
 ENV_PACKED_PRODUCERS = "GEMMA_ORACLE_PACKED_PRODUCERS"
-PACKED_PRODUCERS = ("norm", "gelu")  # the residual-add norm, gelu * up
-_PACKED_PRODUCER_VALUES = {"0": frozenset(), "1": frozenset(PACKED_PRODUCERS), "norm": frozenset({"norm"}),
-                           "gelu": frozenset({"gelu"})}
+PACKED_PRODUCERS = ("norm", "gelu", "attention")  # the residual-add norm, gelu * up, attention
+_PACKED_PRODUCER_VALUES = {"0": frozenset(), "1": frozenset({"norm", "gelu"})}
 
 
 # The default: the residual-add norm writes packed MMA's records (96 of the 12B step's 193 packed_x launches gone:
@@ -191,11 +197,15 @@ DEFAULT_PACKED_PRODUCERS = "norm"
 
 
 def packed_producers_from_env() -> frozenset[str]:
-    value = os.environ.get(ENV_PACKED_PRODUCERS, DEFAULT_PACKED_PRODUCERS).strip()
-    if value not in _PACKED_PRODUCER_VALUES:
-        raise ValueError(f"{ENV_PACKED_PRODUCERS}={value!r}: expected 0 (packed_x launches), 1 (both producers write "
-                         "packed MMA's input records), norm or gelu (that producer alone)")
-    return _PACKED_PRODUCER_VALUES[value]
+    value = os.environ.get(ENV_PACKED_PRODUCERS, "").strip() or DEFAULT_PACKED_PRODUCERS
+    if value in _PACKED_PRODUCER_VALUES:
+        return _PACKED_PRODUCER_VALUES[value]
+    names = [n.strip() for n in value.split("+")]
+    if not set(names) <= set(PACKED_PRODUCERS):
+        raise ValueError(f"{ENV_PACKED_PRODUCERS}={value!r}: expected 0 (packed_x launches), 1 (the norm and gelu * "
+                         f"up write packed MMA's input records), or producers of {PACKED_PRODUCERS} joined by +, "
+                         "e.g. norm or gelu (that producer alone)")
+    return frozenset(names)
 
 
 class GpuSequence:
@@ -264,6 +274,7 @@ class CupyEngine:
         # fused_norms=False: every norm, RoPE and Q8_1 quantization as its own launch; the same bits (a test compares)
         self.norms = NORM_STEPS[fused_norms]
         # the producers that write packed MMA's input records (PACKED_PRODUCERS; default: ENV_PACKED_PRODUCERS)
+        self._producers_from_env = packed_producers is None
         self.packed_producers = packed_producers_from_env() if packed_producers is None else frozenset(packed_producers)
         if not self.packed_producers <= set(PACKED_PRODUCERS):
             raise ValueError(f"packed_producers: expected names from {PACKED_PRODUCERS}, got "
@@ -428,12 +439,15 @@ class CupyEngine:
                 choose_tile(rows, m.rows, m.n_cols).name)
 
     def read_step_switches(self) -> None:
-        """Read again the environment switches a step takes at capture (GEMMA_ORACLE_L2_AHEAD) and drop the captured
-        step graphs: for tools that time one loaded model under several settings (harness/perf/step_variants.py).
-        The attention launcher reads its switch at each call (kernels/attention.py ENV_FUSED)."""
+        """Read again the environment switches a step takes at capture (GEMMA_ORACLE_L2_AHEAD, and
+        GEMMA_ORACLE_PACKED_PRODUCERS unless the engine was given its producers) and drop the captured step graphs:
+        for tools that time one loaded model under several settings (harness/perf/step_variants.py). The attention
+        launcher reads its switch at each call (kernels/attention.py ENV_FUSED)."""
         from gemma_oracle.kernels.l2_ahead import ahead_bytes_from_env
 
         self.l2_ahead_bytes = ahead_bytes_from_env()
+        if getattr(self, "_producers_from_env", False):
+            self.packed_producers = packed_producers_from_env()
         self._graphs.clear()
 
     def _ahead(self, groups: Sequence[Sequence[str]], rows: int) -> None:
@@ -548,8 +562,10 @@ class CupyEngine:
             # the window is the ring: the same positions are visible
             window = min(cfg.sliding_window, self.pools[cfg.kv_source[i]].capacity) if cfg.layer_is_sliding[i] else 0
             with self._span("attention"):
+                o_name = [p + "attn_output.weight"]
                 o, oq = self.norms.attention(q, self.pools[cfg.kv_source[i]], seq, pos, window, cfg.query_scale,
-                                             max_pos, self._quantizes([p + "attn_output.weight"], R))
+                                             max_pos, self._quantizes(o_name, R),
+                                             packed=self._packs("attention", o_name, R))
             attn = self._matvec(p + "attn_output.weight", o.reshape(R, hq * d), oq)
             x, u, uq = self._add_norm(x, attn, w[p + "post_attention_norm.weight"], w[p + "ffn_norm.weight"], 1.0, ffn)
             down = [p + "ffn_down.weight"]

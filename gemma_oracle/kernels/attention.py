@@ -19,6 +19,7 @@ import functools
 import os
 
 import cupy as cp
+import numpy as np
 
 from ._compile import load_module
 from .kv_cache import LayerKVPool, check_pool, device_rows
@@ -104,7 +105,7 @@ def decode_attention(q: cp.ndarray, k_cache: cp.ndarray, v_cache: cp.ndarray, po
                      out: cp.ndarray | None = None, workspace: cp.ndarray | None = None,
                      heads_per_block_override: int | None = None, quantize: bool = False,
                      out_q: cp.ndarray | None = None, max_workspace_bytes: int = WORKSPACE_MAX_BYTES,
-                     fused: bool | None = None):
+                     fused: bool | None = None, packed: bool = False):
     """Attention of R query rows over their own sequences' caches; returns out [R, Hq, d] float32, or with
     quantize=True (out, out_q): out_q the Q8_1 blocks of out.reshape(R, Hq * d) (uint8 [R, Hq * d / 32 * 36]).
 
@@ -118,6 +119,9 @@ def decode_attention(q: cp.ndarray, k_cache: cp.ndarray, v_cache: cp.ndarray, po
     heads_per_block_override: force the partial kernel's heads per block (1, 2, 4 or 8, dividing Hq / Hkv), for tests
     that show the choice never changes a bit; None lets launch_geometry choose.
     fused: the merge in the last partial block (one launch; ENV_FUSED when None); ignored with quantize=True.
+    packed=True: returns (out, (xf, inv)), xf / inv out.reshape(R, Hq * d)'s packed-MMA records (attn_output's
+    packed input, kernels/packed_mma.py packed_x, bit for bit): written by the fused launch where it serves all rows
+    in one launch, else by a packed_x launch after. Not with quantize=True.
     Rows whose sequence slot is out of range, or that see no key, come back as NaN.
     """
     suffix, n_seq, cap, hkv, d = check_pool(k_cache, v_cache, pos_table)
@@ -158,8 +162,11 @@ def decode_attention(q: cp.ndarray, k_cache: cp.ndarray, v_cache: cp.ndarray, po
         out_q = cp.empty(plan.q_shape, dtype=cp.uint8) if out_q is None else out_q
     elif out_q is not None:
         raise ValueError("out_q: given with quantize=False")
+    if packed and (quantize or (hq * d) % 64):
+        raise ValueError(f"packed=True: needs quantize=False and Hq * d a multiple of 64, got quantize={quantize}, "
+                         f"Hq * d = {hq * d}")
     if rows == 0:
-        return (out, out_q) if quantize else out
+        return (out, out_q) if quantize else (out, _packed_buffers(0, hq * d)) if packed else out
     if max_position is None:
         max_position = int(pos_h.max()) if pos_h is not None else int(pos_d.max())
     n_chunks = chunks_needed(max(int(max_position), 0), window)
@@ -179,19 +186,32 @@ def decode_attention(q: cp.ndarray, k_cache: cp.ndarray, v_cache: cp.ndarray, po
                              f"{HEADS_PER_BLOCK_CHOICES}")
     module = load_module("attention")
     fused = (fused_from_env() if fused is None else bool(fused)) and out_q is None
+    records = _packed_buffers(rows, hq * d) if packed and fused and group >= rows else None
     for r0 in range(0, rows, group):
         r1 = min(rows, r0 + group)
-        _launch(module, suffix, q[r0:r1], k_cache, v_cache, pos_table, seq_d[r0:r1], pos_d[r0:r1], out[r0:r1],
-                None if out_q is None else out_q[r0:r1], workspace, hq, hkv, d, n_seq, cap, window, ring, scale,
-                n_chunks, heads_per_block_override, fused)
-    return (out, out_q) if quantize else out
+        wrote = _launch(module, suffix, q[r0:r1], k_cache, v_cache, pos_table, seq_d[r0:r1], pos_d[r0:r1],
+                        out[r0:r1], None if out_q is None else out_q[r0:r1], workspace, hq, hkv, d, n_seq, cap,
+                        window, ring, scale, n_chunks, heads_per_block_override, fused, records)
+        records = records if wrote else None
+    if packed and records is None:  # the records from a launch of their own (two launches, or row groups)
+        from .packed_mma import packed_x
+
+        records = packed_x(out.reshape(rows, hq * d))
+    return (out, out_q) if quantize else (out, records) if packed else out
+
+
+def _packed_buffers(rows: int, k: int):
+    from .packed_mma import packed_x_buffers
+
+    return packed_x_buffers(rows, k)
 
 
 def _launch(module, suffix: str, q, k_cache, v_cache, pos_table, seq_d, pos_d, out, out_q, workspace, hq: int,
             hkv: int, d: int, n_seq: int, cap: int, window: int, ring: bool, scale: float, n_chunks: int,
-            hpb_override: int | None, fused: bool = False) -> None:
+            hpb_override: int | None, fused: bool = False, records=None) -> bool:
     """The partial and merge launches of one group of rows (all arrays already sliced to the group); fused (and
-    out_q None, the counters enough): one launch, the merge in the last partial block."""
+    out_q None, the counters enough): one launch, the merge in the last partial block, and with `records` (xf, inv)
+    for all the rows, their packed-MMA records. True: the fused launch ran (and wrote the records given)."""
     rows = int(q.shape[0])
     need = workspace_floats(rows, hq, d, n_chunks)
     ws_acc = workspace[: rows * hq * n_chunks * d]
@@ -200,12 +220,14 @@ def _launch(module, suffix: str, q, k_cache, v_cache, pos_table, seq_d, pos_d, o
     if hpb_override is not None:
         hpb = int(hpb_override)
         grid = (hq // hpb, grid[1], grid[2])
-    if fused and out_q is None and grid[0] * grid[1] <= COUNTER_SLOTS:
+    if fused and out_q is None and (grid[0] + 1) * grid[1] <= COUNTER_SLOTS:  # a counter a block group, one a row
+        xf, xinv = records if records is not None else (np.uint64(0), np.uint64(0))  # null: no records
         module.get_function(f"attn_fused_{suffix}_d{d}_h{hpb}")(
-            grid, block, (q, k_cache, v_cache, pos_table, seq_d, pos_d, ws_acc, ws_ml, out, prepare_counters(),
+            grid, block, (q, k_cache, v_cache, pos_table, seq_d, pos_d, ws_acc, ws_ml, out, xf, xinv,
+                          prepare_counters(),
                           cp.int32(rows), cp.int32(hq), cp.int32(hkv), cp.int32(n_seq), cp.int32(cap),
                           cp.int32(window), cp.int32(int(ring)), cp.float32(scale), cp.int32(n_chunks)))
-        return
+        return True
     module.get_function(f"attn_partial_{suffix}_d{d}_h{hpb}")(
         grid, block, (q, k_cache, v_cache, pos_table, seq_d, pos_d, ws_acc, ws_ml, cp.int32(rows), cp.int32(hq),
                       cp.int32(hkv), cp.int32(n_seq), cp.int32(cap), cp.int32(window),
@@ -216,14 +238,17 @@ def _launch(module, suffix: str, q, k_cache, v_cache, pos_table, seq_d, pos_d, o
     module.get_function(merge)(
         mgrid, mblock, (ws_acc, ws_ml, seq_d, pos_d, *outs, cp.int32(rows), cp.int32(hq), cp.int32(n_seq),
                         cp.int32(window), cp.int32(n_chunks)))
+    return False
 
 
 def decode_attention_layer(q: cp.ndarray, pool: LayerKVPool, rows_slot, positions, *, window: int, scale: float,
                            max_position: int | None = None, out: cp.ndarray | None = None,
                            workspace: cp.ndarray | None = None, quantize: bool = False,
-                           out_q: cp.ndarray | None = None, max_workspace_bytes: int = WORKSPACE_MAX_BYTES):
+                           out_q: cp.ndarray | None = None, max_workspace_bytes: int = WORKSPACE_MAX_BYTES,
+                           fused: bool | None = None, packed: bool = False):
     """decode_attention over a LayerKVPool (its ring flag decides the slot rule)."""
     return decode_attention(q, pool.k, pool.v, pool.pos, rows_slot, positions, window=window, ring=pool.ring,
-                            scale=scale, max_position=max_position, out=out, workspace=workspace,
+                            scale=scale, max_position=max_position, out=out, workspace=workspace, fused=fused,
+                            packed=packed,
                             quantize=quantize, out_q=out_q, max_workspace_bytes=max_workspace_bytes)
 

@@ -30,10 +30,16 @@ __device__ __forceinline__ float f16_block_max(float a) {
     return a;
 }
 
+// A float of a row: with CG through L2 (ld.global.cg), for a row other blocks of the same launch wrote (attention.cu's
+// fused entries); the same value either way.
+template <bool CG>
+__device__ __forceinline__ float row_word(const float* p) { return CG ? __ldcg(p) : *p; }
+
 // e of the float32 row [k], computed by the whole block (F16_ROWS_THREADS threads; every thread gets it). Plain
-// loads (no __restrict__): packed_x_row.cuh passes rows its block has just written.
+// loads (no __restrict__): packed_x_row.cuh passes rows its block has just written (CG: see row_word).
+template <bool CG = false>
 __device__ __forceinline__ int f16_row_exponent(const float* row, int k) {
     float a = 0.0f;  // max |x| is exact in any order
-    for (int i = threadIdx.x; i < k; i += F16_ROWS_THREADS) a = fmaxf(a, fabsf(row[i]));
+    for (int i = threadIdx.x; i < k; i += F16_ROWS_THREADS) a = fmaxf(a, fabsf(row_word<CG>(row + i)));
     return f16_exponent_of_max(f16_block_max(a));
 }
