@@ -270,7 +270,7 @@ def test_rows_in_workspace_groups_give_the_same_bits(case_dtype, quantize):
 @pytest.mark.parametrize("rows", (1, 5, 17, 32), ids=lambda r: f"r{r}")
 @pytest.mark.parametrize("case", ids(ATTN_CASES))
 def test_merge_in_the_last_partial_block_gives_the_same_bits(case, rows, dtype):
-    """fused=True (attention.cu attn_fused_*: the merge done by the last partial block of each head group and row)
+    """fused=True (attention_fused.cu: the merge done by the last partial block of each head group and row)
     against the partial and merge launches: every output bit equal, NaN rows included (a bad slot, a row with no
     key), at every heads-per-block choice, launched again (the counters it left at zero) and replayed from a CUDA
     graph. A launch over counters that never come to a block's last arrival (no merge runs) is the control: it must

@@ -35,7 +35,8 @@ MERGE_THREADS = 128  # MERGE_THREADS (the Q8_1 merge: MERGE_Q8_1_THREADS(D) = ma
 MIN_BLOCKS_PER_SM = 4
 HEAD_DIMS = (64, 128, 256, 512)
 # GEMMA_ORACLE_ATTN_FUSED=1: one launch a group of rows instead of two, the merge done by the last partial block of
-# each (head group, row) (attention.cu attn_fused_*, split_k.cuh last_arrival; the same bits). Not with quantize=True
+# each (head group, row) (attention_fused.cu, a module of its own so the default build compiles none of it;
+# split_k.cuh last_arrival; the same bits). Not with quantize=True
 # (the Q8_1 merge keeps its launch). Opt-in until a whole step on the device has been timed.
 ENV_FUSED = "GEMMA_ORACLE_ATTN_FUSED"
 
@@ -184,14 +185,15 @@ def decode_attention(q: cp.ndarray, k_cache: cp.ndarray, v_cache: cp.ndarray, po
         if hpb not in HEADS_PER_BLOCK_CHOICES or (hq // hkv) % hpb:
             raise ValueError(f"heads_per_block_override {hpb}: must divide {hq // hkv} and be in "
                              f"{HEADS_PER_BLOCK_CHOICES}")
-    module = load_module("attention")
     fused = (fused_from_env() if fused is None else bool(fused)) and out_q is None
+    module = load_module("attention")
+    fused_module = load_module("attention_fused") if fused else None
     records = _packed_buffers(rows, hq * d) if packed and fused and group >= rows else None
     for r0 in range(0, rows, group):
         r1 = min(rows, r0 + group)
-        wrote = _launch(module, suffix, q[r0:r1], k_cache, v_cache, pos_table, seq_d[r0:r1], pos_d[r0:r1],
+        wrote = _launch(module, fused_module, suffix, q[r0:r1], k_cache, v_cache, pos_table, seq_d[r0:r1], pos_d[r0:r1],
                         out[r0:r1], None if out_q is None else out_q[r0:r1], workspace, hq, hkv, d, n_seq, cap,
-                        window, ring, scale, n_chunks, heads_per_block_override, fused, records)
+                        window, ring, scale, n_chunks, heads_per_block_override, records)
         records = records if wrote else None
     if packed and records is None:  # the records from a launch of their own (two launches, or row groups)
         from .packed_mma import packed_x
@@ -206,12 +208,13 @@ def _packed_buffers(rows: int, k: int):
     return packed_x_buffers(rows, k)
 
 
-def _launch(module, suffix: str, q, k_cache, v_cache, pos_table, seq_d, pos_d, out, out_q, workspace, hq: int,
-            hkv: int, d: int, n_seq: int, cap: int, window: int, ring: bool, scale: float, n_chunks: int,
-            hpb_override: int | None, fused: bool = False, records=None) -> bool:
-    """The partial and merge launches of one group of rows (all arrays already sliced to the group); fused (and
-    out_q None, the counters enough): one launch, the merge in the last partial block, and with `records` (xf, inv)
-    for all the rows, their packed-MMA records. True: the fused launch ran (and wrote the records given)."""
+def _launch(module, fused_module, suffix: str, q, k_cache, v_cache, pos_table, seq_d, pos_d, out, out_q, workspace,
+            hq: int, hkv: int, d: int, n_seq: int, cap: int, window: int, ring: bool, scale: float, n_chunks: int,
+            hpb_override: int | None, records=None) -> bool:
+    """The partial and merge launches of one group of rows (all arrays already sliced to the group); with
+    fused_module (attention_fused.cu; out_q None, the counters enough): one launch, the merge in the last partial
+    block, and with `records` (xf, inv) for all the rows, their packed-MMA records. True: the fused launch ran (and
+    wrote the records given)."""
     rows = int(q.shape[0])
     need = workspace_floats(rows, hq, d, n_chunks)
     ws_acc = workspace[: rows * hq * n_chunks * d]
@@ -220,9 +223,10 @@ def _launch(module, suffix: str, q, k_cache, v_cache, pos_table, seq_d, pos_d, o
     if hpb_override is not None:
         hpb = int(hpb_override)
         grid = (hq // hpb, grid[1], grid[2])
-    if fused and out_q is None and (grid[0] + 1) * grid[1] <= COUNTER_SLOTS:  # a counter a block group, one a row
-        xf, xinv = records if records is not None else (np.uint64(0), np.uint64(0))  # null: no records
-        module.get_function(f"attn_fused_{suffix}_d{d}_h{hpb}")(
+    # the fused launch counts at a counter a (head group, row) and one a row
+    if fused_module is not None and out_q is None and (grid[0] + 1) * grid[1] <= COUNTER_SLOTS:
+        xf, xinv = records if records is not None else (np.uint64(0), np.uint64(0))  # null pointers: no records
+        fused_module.get_function(f"attn_fused_{suffix}_d{d}_h{hpb}")(
             grid, block, (q, k_cache, v_cache, pos_table, seq_d, pos_d, ws_acc, ws_ml, out, xf, xinv,
                           prepare_counters(),
                           cp.int32(rows), cp.int32(hq), cp.int32(hkv), cp.int32(n_seq), cp.int32(cap),
