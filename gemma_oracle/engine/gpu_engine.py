@@ -279,7 +279,8 @@ class CupyEngine:
         if not self.packed_producers <= set(PACKED_PRODUCERS):
             raise ValueError(f"packed_producers: expected names from {PACKED_PRODUCERS}, got "
                              f"{sorted(self.packed_producers)}")
-        # bytes of the next matmuls' weights a decode step asks into L2 after each matmul (kernels/l2_ahead.py); 0: off
+        # l2_ahead_bytes: what a decode step asks into L2 of the next matmuls' weights after each matmul
+        # (kernels/l2_ahead.py; 0: off), with the packed producers the switches a step reads at capture
         self.read_step_switches()
         self.stream = cp.cuda.Stream()  # blocking: ordered with the default stream that prefill uses
         from gemma_oracle.kernels.mmq import prepare_counters
