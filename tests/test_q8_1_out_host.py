@@ -32,11 +32,12 @@ def test_entries_are_in_the_cuda_sources():
     ffn = source_path("ffn_act").read_text()
     assert re.search(r'extern "C" __global__ void gelu_tanh_mul_q8_1_f32\(', ffn)
     att = source_path("attention").read_text()
+    bodies = (source_path("attention").parent / "attention.cuh").read_text()  # the merge body and its constants
     macro = att[att.index("#define ATTN_MERGE_ENTRY(D)"):]
     assert "attn_merge_d##D(" in macro and "attn_merge_q8_1_d##D(" in macro
     assert sorted(int(d) for d in re.findall(r"^ATTN_MERGE_ENTRY\((\d+)\)$", att, re.M)) == list(HEAD_DIMS)
     # the launcher's block for the Q8_1 merge is the kernel's __launch_bounds__ and thread count: max(D, 128)
-    assert "#define MERGE_Q8_1_THREADS(D) ((D) > MERGE_THREADS ? (D) : MERGE_THREADS)" in att
+    assert "#define MERGE_Q8_1_THREADS(D) ((D) > MERGE_THREADS ? (D) : MERGE_THREADS)" in bodies
     assert "(max(d, MERGE_THREADS),)" in (source_path("attention").parent.parent / "attention.py").read_text()
 
 
@@ -113,8 +114,10 @@ def test_fused_and_separate_producer_steps_have_one_interface():
         f, s = getattr(fused, step).__code__, getattr(separate, step).__code__
         assert f.co_varnames[:f.co_argcount] == s.co_varnames[:s.co_argcount]
         assert "quantize" in f.co_varnames[:f.co_argcount]
-    # gelu * up can also write its output's packed-MMA records (attention cannot: a block holds one head)
-    assert "packed" in fused.gelu_mul.__code__.co_varnames and "packed" not in fused.attention.__code__.co_varnames
+    # both can also write their output's packed-MMA records (attention from its fused launch: kernels/attention.py)
+    for step in ("gelu_mul", "attention"):
+        assert "packed" in getattr(fused, step).__code__.co_varnames
+        assert "packed" in getattr(separate, step).__code__.co_varnames
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

@@ -1,4 +1,5 @@
-"""Launcher of kernels/cuda/attention.cu: batched decode attention over per-sequence KV pools (split-KV).
+"""Launcher of kernels/cuda/attention.cu and attention_fused.cu (their bodies: attention.cuh): batched decode
+attention over per-sequence KV pools (split-KV).
 
 Arrays (CuPy, C-contiguous):
     q          [R, Hq, d] float32, one query row per batch row (already normed and rotated)
@@ -10,7 +11,7 @@ Arrays (CuPy, C-contiguous):
                decode-MMQ input, bit for bit quantize_q8_1's, written by the merge launch (kernels/q8_1_out.py)
 Row r attends to the keys of its own sequence at positions j with max(0, p - window + 1) <= j <= p (window 0 =
 global), in position order; head h reads KV head h // (Hq / Hkv); scores are (q . k) * scale (1.0 for Gemma 4,
-1/sqrt(d) for Gemma 3). A row's result depends only on its own sequence's cache and position (attention.cu
+1/sqrt(d) for Gemma 3). A row's result depends only on its own sequence's cache and position (attention.cuh
 explains why), never on R, the other rows or the launch shape.
 """
 from __future__ import annotations
@@ -44,7 +45,8 @@ ENV_FUSED = "GEMMA_ORACLE_ATTN_FUSED"
 def fused_from_env() -> bool:
     value = os.environ.get(ENV_FUSED, "0").strip() or "0"
     if value not in ("0", "1"):
-        raise ValueError(f"{ENV_FUSED}={value!r}: expected 1 (the merge in the last partial block) or 0 (its own launch)")
+        raise ValueError(f"{ENV_FUSED}={value!r}: expected 1 (the merge in the last partial block) or 0 (its own "
+                         "launch)")
     return value == "1"
 
 
@@ -62,7 +64,7 @@ def workspace_floats(rows: int, n_q_heads: int, head_dim: int, n_chunks: int) ->
 
 
 # A launch's split-KV workspace at most, in bytes: more rows (a long prefill chunk at a long context) run as several
-# launches of row groups, one after another over one workspace. Rows are independent (attention.cu: a row's result
+# launches of row groups, one after another over one workspace. Rows are independent (attention.cuh: a row's result
 # depends on its own q, sequence and position only), so grouping changes no bit. Without it, 512 rows at context 2048
 # on a d512 layer need 540 MB, and 2048 rows at context 32768 34 GB.
 WORKSPACE_MAX_BYTES = 256 << 20
@@ -80,7 +82,7 @@ def heads_per_block(group: int, blocks_per_head: int, sm_count: int) -> int:
 
     The largest such divisor that still gives >= MIN_BLOCKS_PER_SM blocks per SM (blocks = blocks_per_head * group
     / H), else the smallest: small batches spread over more blocks, large ones share K/V loads among more heads. The choice never
-    changes a result (attention.cu: each (head, key) and (head, dim) chain is the same whoever computes it)."""
+    changes a result (attention.cuh: each (head, key) and (head, dim) chain is the same whoever computes it)."""
     divisors = [h for h in HEADS_PER_BLOCK_CHOICES if group % h == 0]
     for h in reversed(divisors):
         if blocks_per_head * (group // h) >= MIN_BLOCKS_PER_SM * sm_count:

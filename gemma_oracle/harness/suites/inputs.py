@@ -6,7 +6,7 @@ prompts of 26 tokens; a ring that wraps at window + chunk - 1 is never reached w
 context; a RoPE-offset or padded-keys bug needs rows at different positions (mixed lengths) in one batch. So the
 positions are not a fixed list: `boundaries(cfg)` reads them from the config (sliding window, context length,
 which layers slide and own KV) and the engines (engine/kv_cache.py's growth rule, both engines' PREFILL_CHUNK, the
-GPU attention's split-KV chunk in kernels/cuda/attention.cu), and `plans(cfg)` makes prompts whose batched decode
+GPU attention's split-KV chunk in kernels/cuda/attention.cuh), and `plans(cfg)` makes prompts whose batched decode
 steps cross each one, with rows reaching it at different steps (mixed) or all at once (equal). Batch sizes come
 from the route tables the same way (`route_switch_points`, `batch_sizes`).
 
@@ -46,9 +46,9 @@ KV_CHUNK_STARTS = 2
 
 
 def attention_chunk() -> int:
-    """Positions per split-KV chunk of the GPU attention: ATTN_CHUNK as kernels/cuda/attention.cu defines it (read
+    """Positions per split-KV chunk of the GPU attention: ATTN_CHUNK as kernels/cuda/attention.cuh defines it (read
     from the source: the launcher, kernels/attention.py, needs CuPy to import; a GPU test checks they agree)."""
-    source = (Path(__file__).resolve().parents[2] / "kernels" / "cuda" / "attention.cu").read_text()
+    source = (Path(__file__).resolve().parents[2] / "kernels" / "cuda" / "attention.cuh").read_text()
     return int(re.search(r"^#define ATTN_CHUNK (\d+)", source, re.M).group(1))
 
 
