@@ -233,6 +233,29 @@ def step_forward(engine, seqs):
     return forward
 
 
+def prefilled_steps(models, ns, prompt_len: int):
+    """(model, engine, n, seqs) for each model and N: one engine a model (F16 KV, context prompt_len + 8), and N
+    sequences prefilled with random prompts of prompt_len tokens in decode-MMQ (the mode bench's choice); the caller
+    sets the step's mode. A forward writes the step's KV at each sequence's length, so one set serves every mode."""
+    import numpy as np
+
+    from gemma_oracle.engine.gpu_engine import CupyEngine
+    from gemma_oracle.harness.fixtures.cache import fixture_path
+
+    for model in models:
+        engine = CupyEngine(fixture_path(model), kv_dtype="float16", max_sequences=max(ns) + 1,
+                            max_context=prompt_len + 8, prefill_chunk=prompt_len, route_mode="decode_mmq")
+        rng = np.random.default_rng(0)
+        for n in ns:
+            seqs = [engine.new_sequence() for _ in range(n)]
+            for s in seqs:
+                engine.prefill(s, [2] + [int(t) for t in rng.integers(4, engine.vocab_size, size=prompt_len - 1)])
+            yield model, engine, n, seqs
+            engine.set_route_mode("decode_mmq")
+            seqs.clear()  # the caller's list too: their slots are free before the next N's sequences take theirs
+        del engine
+
+
 def split_step(engine, seqs, *, reps: int = 4, repeats: int = 7, sweep: bool = False) -> StepSplit:
     """engine: a CupyEngine whose `seqs` hold their prompts; times its forward of one decode step of len(seqs)
     rows (tokens 5, the sequences' positions and slots) three ways (module docstring). sweep: also each packed
@@ -328,29 +351,14 @@ def main(argv=None) -> int:
     p.add_argument("--sweep", action="store_true", help="also time each packed shape with every tile and K split")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
-    import numpy as np
-
-    from gemma_oracle.engine.gpu_engine import CupyEngine
-    from gemma_oracle.harness.fixtures.cache import fixture_path
-
     args.out.mkdir(parents=True, exist_ok=True)
     splits = []
-    for model in args.model:
-        engine = CupyEngine(fixture_path(model), kv_dtype="float16", max_sequences=max(args.n) + 1,
-                            max_context=args.prompt_len + 8, prefill_chunk=args.prompt_len, route_mode="decode_mmq")
-        rng = np.random.default_rng(0)
-        for n in args.n:
-            seqs = [engine.new_sequence() for _ in range(n)]
-            for s in seqs:  # prefill in decode-MMQ (the mode bench's choice), then the step's mode
-                engine.prefill(s, [2] + [int(t) for t in rng.integers(4, engine.vocab_size, size=args.prompt_len - 1)])
-            for mode in args.route_mode:  # the forward writes the step's KV at each sequence's length: reusable
-                engine.set_route_mode(mode)
-                splits.append(split_step(engine, seqs, sweep=args.sweep))
-                print(summarize(splits[-1:]), flush=True)
-                (args.out / "step-split.md").write_text(summarize(splits))  # what a time limit would lose
-            engine.set_route_mode("decode_mmq")
-            del seqs
-        del engine
+    for _, engine, n, seqs in prefilled_steps(args.model, args.n, args.prompt_len):
+        for mode in args.route_mode:
+            engine.set_route_mode(mode)
+            splits.append(split_step(engine, seqs, sweep=args.sweep))
+            print(summarize(splits[-1:]), flush=True)
+            (args.out / "step-split.md").write_text(summarize(splits))  # what a time limit would lose
     (args.out / "step-split.md").write_text(summarize(splits))
     (args.out / "step-split.json").write_text(json.dumps([vars(s) for s in splits], indent=1))
     return 0

@@ -107,34 +107,21 @@ def main(argv=None) -> int:
     variants = [parse_variant(s) for s in args.variant]
     if len({v.name for v in variants}) != len(variants):
         p.error("variant names must differ")
-    import numpy as np
-
-    from gemma_oracle.engine.gpu_engine import CupyEngine
-    from gemma_oracle.harness.fixtures.cache import fixture_path
+    from gemma_oracle.harness.perf.step_split import prefilled_steps
 
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for model in args.model:
-        engine = CupyEngine(fixture_path(model), kv_dtype="float16", max_sequences=max(args.n) + 1,
-                            max_context=args.prompt_len + 8, prefill_chunk=args.prompt_len, route_mode="decode_mmq")
-        rng = np.random.default_rng(0)
-        for n in args.n:
-            seqs = [engine.new_sequence() for _ in range(n)]
-            for s in seqs:  # prefill as the mode bench does, then the step's mode
-                engine.prefill(s, [2] + [int(t) for t in rng.integers(4, engine.vocab_size, size=args.prompt_len - 1)])
-            for mode in args.route_mode:
-                engine.set_route_mode(mode)
-                times = time_variants(engine, seqs, variants, rounds=args.rounds)
-                base = statistics.median(times[variants[0].name])
-                for v in variants:
-                    ms = statistics.median(times[v.name])
-                    rows.append(dict(model=model, n=n, mode=mode, variant=v.name, env=dict(v.env), ms=ms,
-                                     ratio=base / ms, rounds=times[v.name]))
-                print(summarize(rows[-len(variants):]), flush=True)
-                (args.out / "step-variants.md").write_text(summarize(rows))  # what a time limit would lose
-            engine.set_route_mode("decode_mmq")
-            del seqs
-        del engine
+    for model, engine, n, seqs in prefilled_steps(args.model, args.n, args.prompt_len):
+        for mode in args.route_mode:
+            engine.set_route_mode(mode)
+            times = time_variants(engine, seqs, variants, rounds=args.rounds)
+            base = statistics.median(times[variants[0].name])
+            for v in variants:
+                ms = statistics.median(times[v.name])
+                rows.append(dict(model=model, n=n, mode=mode, variant=v.name, env=dict(v.env), ms=ms,
+                                 ratio=base / ms, rounds=times[v.name]))
+            print(summarize(rows[-len(variants):]), flush=True)
+            (args.out / "step-variants.md").write_text(summarize(rows))  # what a time limit would lose
     (args.out / "step-variants.json").write_text(json.dumps(rows, indent=1))
     return 0
 

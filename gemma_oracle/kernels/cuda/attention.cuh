@@ -469,3 +469,7 @@ __device__ __forceinline__ void attn_merge_body(const float* __restrict__ ws_acc
     }
 }
 
+// The (pool type, head dim) pairs every entry family is made for (attention.cu, attention_fused.cu): M(TNAME, T, D)
+#define ATTN_FOR_EACH_POOL_AND_DIM(M) \
+    M(f16, u16, 64) M(f16, u16, 128) M(f16, u16, 256) M(f16, u16, 512) \
+    M(f32, float, 64) M(f32, float, 128) M(f32, float, 256) M(f32, float, 512)

@@ -56,11 +56,4 @@ __device__ __noinline__ void attn_merge_in_last_block(const float* ws_acc, const
     ATTN_FUSED_ENTRY(TNAME, T, D, 4)                                                                               \
     ATTN_FUSED_ENTRY(TNAME, T, D, 8)
 
-ATTN_FUSED_ENTRIES(f16, u16, 64)
-ATTN_FUSED_ENTRIES(f16, u16, 128)
-ATTN_FUSED_ENTRIES(f16, u16, 256)
-ATTN_FUSED_ENTRIES(f16, u16, 512)
-ATTN_FUSED_ENTRIES(f32, float, 64)
-ATTN_FUSED_ENTRIES(f32, float, 128)
-ATTN_FUSED_ENTRIES(f32, float, 256)
-ATTN_FUSED_ENTRIES(f32, float, 512)
+ATTN_FOR_EACH_POOL_AND_DIM(ATTN_FUSED_ENTRIES)
